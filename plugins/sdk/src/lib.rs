@@ -1,0 +1,164 @@
+//! The contract between the lessor broker and its backend plugins.
+//!
+//! The broker owns identity, naming, passwords, leases and scheduling; a
+//! plugin only talks to its backend. This crate holds what both sides must
+//! agree on, and nothing else:
+//!
+//! - [`Plugin`]: the one object-safe trait a backend implements;
+//! - [`Credential`]: what an issuance hands back, with secrets in
+//!   [`secrecy`] types so they cannot be logged by accident;
+//! - [`PluginError`]: errors as data, classified as retryable or not and by
+//!   who is at fault, so the broker can decide between retry, 4xx and 502;
+//! - [`names`]: username and password generation, shared so every backend
+//!   gets the same safe alphabet and the same truncation rules;
+//! - [`template`]: Vault-compatible statement templates (`{{name}}`, …).
+
+pub mod error;
+pub mod names;
+pub mod template;
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+
+pub use error::{ConfigError, Fault, PluginError};
+
+/// A role's plugin-specific settings after the plugin has validated them.
+///
+/// The broker stores it and hands it back on every call for that role; only
+/// the plugin that made it knows its concrete type (see [`downcast_role`]).
+pub type RoleSettings = Arc<dyn Any + Send + Sync>;
+
+/// Returns the plugin's own settings type, or a permanent error when the
+/// broker handed over settings made by another plugin (a broker bug).
+pub fn downcast_role<T: Any + Send + Sync>(settings: &RoleSettings) -> Result<&T, PluginError> {
+    settings.downcast_ref::<T>().ok_or_else(|| PluginError::Internal {
+        message: "role settings belong to another plugin".into(),
+    })
+}
+
+/// What a plugin can do beyond create and revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `renew` moves the backend's own expiry (or is a no-op that may succeed).
+    pub renewable: bool,
+    /// `revoke` removes the credential. When false the credential lives until
+    /// its own expiry (STS tokens) and revoking only ends the lease.
+    pub revocable: bool,
+    /// The longest username the backend accepts, in bytes.
+    pub max_username_len: usize,
+}
+
+/// One issuance.
+#[derive(Debug)]
+pub struct CreateRequest<'a> {
+    /// The role's name in the config.
+    pub role: &'a str,
+    /// What [`Plugin::check_role`] returned for this role.
+    pub settings: &'a RoleSettings,
+    /// The lease id the credential will be tracked under.
+    pub lease_id: &'a str,
+    /// The username the broker generated (already persisted in a pending lease).
+    pub username: &'a str,
+    /// The password the broker generated.
+    pub password: &'a SecretString,
+    /// When the lease ends.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What a successful issuance returns.
+#[derive(Debug)]
+pub struct Created {
+    pub credential: Credential,
+    /// Non-secret data the plugin needs later to renew or revoke (for
+    /// example an access key id). Stored with the lease.
+    pub plugin_data: Option<serde_json::Value>,
+}
+
+/// A lease as the plugin sees it when renewing or revoking.
+#[derive(Debug)]
+pub struct LeaseRef<'a> {
+    pub lease_id: &'a str,
+    pub role: &'a str,
+    /// The role's settings, or `None` when the role is no longer configured:
+    /// the plugin then uses its default recipe.
+    pub settings: Option<&'a RoleSettings>,
+    pub username: &'a str,
+    pub plugin_data: Option<&'a serde_json::Value>,
+}
+
+/// Credential material handed to the caller exactly once.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Credential {
+    /// A database login.
+    Database {
+        username: String,
+        password: SecretString,
+    },
+    /// An AWS key pair, with a session token for STS credentials.
+    Aws {
+        access_key_id: String,
+        secret_access_key: SecretString,
+        session_token: Option<SecretString>,
+        expiration: Option<DateTime<Utc>>,
+    },
+}
+
+/// A backend plugin. One value serves one configured connection.
+///
+/// Every method must be safe to call concurrently; `revoke` must be
+/// idempotent ("already gone" is success).
+#[async_trait]
+pub trait Plugin: Send + Sync + Debug {
+    /// The plugin's name as written in `plugin = "…"`.
+    fn name(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Validates a role's plugin-specific settings at config load.
+    /// `options` holds every key of the role table the broker does not own.
+    fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError>;
+
+    /// Can we reach the backend with the admin credential?
+    async fn verify(&self) -> Result<(), PluginError>;
+
+    /// Creates the credential. Either the credential exists afterwards and
+    /// `Ok` is returned, or the plugin has done its best to leave nothing
+    /// behind; the broker revokes the username on error regardless.
+    async fn create(&self, request: &CreateRequest<'_>) -> Result<Created, PluginError>;
+
+    /// Moves the backend's own expiry to `expires_at`.
+    async fn renew(&self, lease: &LeaseRef<'_>, expires_at: DateTime<Utc>) -> Result<(), PluginError> {
+        let _ = (lease, expires_at);
+        Err(PluginError::Unsupported { operation: "renew" })
+    }
+
+    /// Removes the credential and ends its sessions. Idempotent.
+    async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError>;
+}
+
+/// Everything a plugin gets when the broker builds it for one connection.
+///
+/// A struct rather than arguments, so that a new shared handle reaches
+/// every plugin without touching each constructor.
+#[derive(Debug)]
+pub struct ConnectionContext<'a> {
+    /// The connection's name in the config (`[connections.NAME]`).
+    pub name: &'a str,
+    /// The backend's address, without a password.
+    pub url: Option<&'a str>,
+    /// The admin password, read from `password_file` or `password_env`.
+    pub password: Option<SecretString>,
+    /// The most admin connections the plugin may hold open.
+    pub max_connections: usize,
+    /// Every key of the connection table the broker does not own.
+    pub options: &'a toml::Table,
+}
+
+/// Builds a plugin for one connection; one entry of the broker's registry.
+pub type PluginFactory = fn(ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigError>;

@@ -1,0 +1,3 @@
+//! lessor, a dynamic credential broker.
+pub mod lease;
+pub mod store;

@@ -1,0 +1,94 @@
+//! Durable lease storage behind one trait, so the embedded SQLite store and
+//! a shared PostgreSQL store (for several nodes) are interchangeable.
+//!
+//! Every write is durable (fsynced) before its future resolves: the API
+//! answers only after the lease it describes would survive a crash.
+//! Writes are few and small, so stores batch concurrent ones into one
+//! transaction (group commit): one fsync serves many requests.
+
+pub mod sqlite;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::lease::{Lease, LeaseId, LeaseState};
+
+pub use sqlite::SqliteStore;
+
+/// A change to one lease. Each names the states it applies in; a write whose
+/// lease is not in one of them changes nothing and reports `false`.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Records a new lease (normally `pending`). Fails if the id exists.
+    Insert(Lease),
+    /// `pending` → `active`, storing the plugin's non-secret data.
+    Activate { id: LeaseId, plugin_data: Option<serde_json::Value> },
+    /// Moves `expires_at` of an `active` lease.
+    Renew { id: LeaseId, expires_at: DateTime<Utc> },
+    /// `pending` | `active` | `irrevocable` → `revoking`.
+    StartRevoking { id: LeaseId },
+    /// Records a failed revocation attempt of a `revoking` or `irrevocable`
+    /// lease; `irrevocable` moves it to that state.
+    RevokeFailed { id: LeaseId, attempts: u32, last_error: String, irrevocable: bool },
+    /// Any non-final state → `revoked`.
+    Revoked { id: LeaseId, at: DateTime<Utc> },
+    /// Removes the lease whatever its state (`force`, purge).
+    Delete { id: LeaseId },
+}
+
+impl Write {
+    /// The lease this write concerns.
+    pub fn id(&self) -> &LeaseId {
+        match self {
+            Write::Insert(lease) => &lease.id,
+            Write::Activate { id, .. }
+            | Write::Renew { id, .. }
+            | Write::StartRevoking { id }
+            | Write::RevokeFailed { id, .. }
+            | Write::Revoked { id, .. }
+            | Write::Delete { id } => id,
+        }
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open lease store {location}: {message}")]
+    Open { location: String, message: String },
+    /// A lease with this id already exists.
+    #[error("lease {0} already exists")]
+    Duplicate(LeaseId),
+    /// A read or write failed.
+    #[error("lease store failed: {0}")]
+    Io(String),
+    /// The store's writer has stopped (shutdown or a fatal error).
+    #[error("lease store is closed")]
+    Closed,
+}
+
+/// Durable lease storage.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + Debug {
+    /// Applies one write durably. `Ok(false)` when the lease was not in a
+    /// state the write applies to (or does not exist).
+    async fn write(&self, write: Write) -> Result<bool, StoreError>;
+
+    /// One lease, in any state.
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError>;
+
+    /// Leases whose id starts with `prefix` (all with ""), in any state
+    /// but those listed in `exclude`, ordered by id.
+    async fn list(&self, prefix: &str, exclude: &[LeaseState]) -> Result<Vec<Lease>, StoreError>;
+
+    /// Every lease that still needs work (not `revoked`), earliest
+    /// `expires_at` first: what start-up feeds to the expiry index.
+    async fn unfinished(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Deletes `revoked` leases revoked before `before`; returns how many.
+    async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}

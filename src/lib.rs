@@ -1,3 +1,29 @@
-//! lessor, a dynamic credential broker.
+//! lessor, a dynamic credential broker: a local daemon that mints
+//! short-lived database and cloud credentials on request over a Unix
+//! socket, tracks each as a lease, and removes it when the lease ends.
+//!
+//! - [`config`]: the TOML config, its schema and validation into a
+//!   [`config::ValidatedConfig`] with built plugins;
+//! - [`lease`]: the lease model and ids;
+//! - [`store`]: durable lease storage (embedded SQLite, group commit);
+//! - [`expiry`]: the time-ordered index of due leases and retry backoff;
+//! - [`broker`]: issuance, renewal, revocation and the background work;
+//! - [`api`]: the HTTP/JSON socket API and peer identity;
+//! - [`daemon`]: `lessor serve`, socket ownership, start-up and shutdown;
+//! - [`client`]: the socket client the CLI, tests and benchmarks use;
+//! - [`cli`]: the command line;
+//! - [`metrics`]: counters rendered as Prometheus text.
+//!
+//! Backends live in their own crates behind the `lessor_plugin::Plugin`
+//! trait; [`config::PLUGINS`] is the one table that registers them.
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod expiry;
 pub mod lease;
+pub mod metrics;
 pub mod store;

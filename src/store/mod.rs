@@ -91,4 +91,10 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// Deletes `revoked` leases revoked before `before`; returns how many.
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Transactions committed so far, for metrics: against the number of
+    /// writes it shows how well group commit batches. 0 if not counted.
+    fn commits(&self) -> u64 {
+        0
+    }
 }

@@ -1,1 +1,38 @@
+//! The PostgreSQL plugin of lessor: dynamic roles made, renewed and dropped
+//! through a small pool of admin connections. Not for direct use: the
+//! broker builds it from `[connections.NAME]` with `plugin = "postgres"`
+//! through [`factory`].
+//!
+//! - `config`: the connection and role settings, parsed into values that
+//!   are already valid (unknown keys and bad templates fail at load, with
+//!   the offending key), and the admin URL check (no password in it);
+//! - `client`: [`PgPlugin`], the engine: the admin pool, the creation
+//!   transaction, the renew statement and the step-by-step revocation;
+//! - `error`: how PostgreSQL's failures map to the broker's retry/blame
+//!   classes, and the scrubbing that keeps passwords and SCRAM verifiers
+//!   out of every message.
+//!
+//! Only the config types and the plugin are public; the broker talks to it
+//! through [`lessor_plugin::Plugin`].
 
+mod client;
+mod config;
+mod error;
+
+use std::sync::Arc;
+
+use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
+
+pub use client::PgPlugin;
+pub use config::{PasswordEncoding, PgConnectionOptions, PgRole, PgRoleOptions};
+
+/// The name this plugin is registered under (`plugin = "postgres"`).
+pub const PLUGIN_NAME: &str = "postgres";
+
+/// Builds the plugin for one connection: the broker's registry entry.
+pub fn factory(ctx: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigError> {
+    Ok(Arc::new(PgPlugin::new(ctx)?))
+}
+
+// The registry stores plain function pointers; keep `factory` one.
+const _: PluginFactory = factory;

@@ -1,0 +1,461 @@
+//! The engine: [`PgPlugin`] runs the role recipes over a pool of admin
+//! connections.
+//!
+//! Creation is one transaction, so a failed grant leaves no half-made role.
+//! Revocation is the opposite: each step commits on its own, because a
+//! `NOLOGIN` that sticks is worth more than a rollback to a role that can
+//! still log in while a later step (say `DROP OWNED`) fails. Every step that
+//! finds the role gone counts as success, so revoking is idempotent and two
+//! brokers racing on the same lease both succeed.
+//!
+//! Passwords: by default `{{password}}` renders as a SCRAM-SHA-256 verifier
+//! computed here, so the plaintext never crosses the wire. Statement text is
+//! never logged nor put in errors; error text is scrubbed of the password
+//! and verifier (see [`crate::error`]).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use lessor_plugin::template::{Template, Values};
+use lessor_plugin::{
+    downcast_role, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created, Credential, LeaseRef,
+    Plugin, PluginError, RoleSettings,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+use tracing::debug;
+
+use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
+use crate::error::{classify, classify_pool, Context, Operation, Redactor};
+
+/// How long opening one admin connection may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may wait for a free admin connection before it fails
+/// as `Unavailable` (the broker retries; a stuck pool must not hang callers).
+pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL's `NAMEDATALEN - 1`.
+pub(crate) const MAX_USERNAME_LEN: usize = 63;
+
+/// The PostgreSQL plugin for one `[connections.NAME]`.
+pub struct PgPlugin {
+    connection: String,
+    /// `user@host:port/db`, for logs and `Debug`.
+    target: String,
+    encoding: PasswordEncoding,
+    /// Admin connections; the password lives inside the manager's
+    /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
+    pool: Pool,
+}
+
+impl fmt::Debug for PgPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgPlugin")
+            .field("connection", &self.connection)
+            .field("target", &self.target)
+            .field("password_encoding", &self.encoding)
+            .field("max_connections", &self.pool.status().max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgPlugin {
+    /// Builds the plugin for one connection. Does not connect: the pool
+    /// opens connections on demand, and [`Plugin::verify`] checks them.
+    pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
+        let settings =
+            ConnectionSettings::parse(ctx.name, ctx.url, ctx.password.as_ref(), ctx.max_connections, ctx.options)?;
+        Self::from_settings(settings)
+    }
+
+    fn from_settings(settings: ConnectionSettings) -> Result<Self, ConfigError> {
+        let target = target(&settings.pg);
+        // `Fast` recycling only checks that the socket is open; a connection
+        // that died since is reported as Unavailable and the broker retries.
+        let manager = Manager::from_config(
+            settings.pg,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e.to_string()))?;
+        Ok(Self { connection: settings.name, target, encoding: settings.options.password_encoding, pool })
+    }
+
+    async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
+        self.pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
+    }
+
+    /// Runs the role's rollback statements after a failed creation, best
+    /// effort: the broker revokes the username regardless.
+    async fn rollback(&self, client: &Object, role: &str, statements: &[Template], username: &str, redactor: &Redactor) {
+        let cx = Context::new(Operation::Create, Some(username));
+        for (i, template) in statements.iter().enumerate() {
+            let sql = template.render(&Values { name: username, password: None, expiration: None });
+            if let Err(e) = client.batch_execute(sql.expose_secret()).await {
+                let step = format!("rollback statement {} of {}", i + 1, statements.len());
+                let err = classify(&e, &cx.step(step, true), redactor);
+                debug!(operation = "create", connection = %self.connection, role, username, error = %err, "rollback statement failed");
+            }
+        }
+    }
+
+    async fn revoke_default(&self, client: &Object, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+        let redactor = Redactor::default();
+        let ident = quote_ident(username);
+
+        // 1. No new logins, committed before anything else can fail.
+        match client.batch_execute(&format!("ALTER ROLE {ident} NOLOGIN")).await {
+            Err(e) if is_undefined_object(&e) => {
+                debug!(operation = "revoke", connection = %self.connection, username, "role already gone");
+                return Ok(());
+            }
+            other => other.map_err(|e| classify(&e, &cx.step("ALTER ROLE NOLOGIN", false), &redactor))?,
+        }
+
+        // 2. End live sessions: NOLOGIN does not, and DROP ROLE leaves them
+        // running under a dangling identity.
+        let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1";
+        let steps: [(&str, Step<'_>); 4] = [
+            ("terminate sessions", Step::Query(terminate)),
+            ("REASSIGN OWNED", Step::Batch(format!("REASSIGN OWNED BY {ident} TO CURRENT_USER"))),
+            ("DROP OWNED", Step::Batch(format!("DROP OWNED BY {ident}"))),
+            ("DROP ROLE", Step::Batch(format!("DROP ROLE IF EXISTS {ident}"))),
+        ];
+        let mut granted = false;
+        for (name, step) in &steps {
+            let mut result = step.run(client, username).await;
+            // PostgreSQL 15: CREATEROLE does not make the admin a member of
+            // the roles it created, and signalling their sessions or
+            // reassigning/dropping what they own needs that membership.
+            if !granted && matches!(&result, Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)) {
+                granted = true;
+                debug!(operation = "revoke", connection = %self.connection, username, step = name, "granting the role to the admin and retrying");
+                match client.batch_execute(&format!("GRANT {ident} TO CURRENT_USER")).await {
+                    Err(e) if is_undefined_object(&e) => return Ok(()),
+                    Err(e) => return Err(classify(&e, &cx.step("GRANT role TO CURRENT_USER", false), &redactor)),
+                    Ok(()) => result = step.run(client, username).await,
+                }
+            }
+            match result {
+                Ok(()) => debug!(operation = "revoke", connection = %self.connection, username, step = name, "done"),
+                // Someone else dropped it between two steps: that is success.
+                Err(e) if is_undefined_object(&e) => return Ok(()),
+                Err(e) => return Err(classify(&e, &cx.step(*name, false), &redactor)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke_custom(
+        &self,
+        client: &Object,
+        username: &str,
+        statements: &[Template],
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
+        let redactor = Redactor::default();
+        check_username(username, cx)?;
+        for (i, template) in statements.iter().enumerate() {
+            let step = format!("revocation statement {} of {}", i + 1, statements.len());
+            let sql = template.render(&Values { name: username, password: None, expiration: None });
+            match client.batch_execute(sql.expose_secret()).await {
+                Ok(()) => {}
+                // 42704 may be about another object; only a missing role is
+                // "already revoked".
+                Err(e) if is_undefined_object(&e) => {
+                    if !role_exists(client, username).await.map_err(|e| classify(&e, cx, &redactor))? {
+                        debug!(operation = "revoke", connection = %self.connection, username, "role already gone");
+                        return Ok(());
+                    }
+                    return Err(classify(&e, &cx.step(step, true), &redactor));
+                }
+                Err(e) => return Err(classify(&e, &cx.step(step, true), &redactor)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One step of the default revocation recipe.
+enum Step<'a> {
+    /// A statement without parameters (identifiers are quoted in).
+    Batch(String),
+    /// A query taking the username as `$1`.
+    Query(&'a str),
+}
+
+impl Step<'_> {
+    async fn run(&self, client: &Object, username: &str) -> Result<(), tokio_postgres::Error> {
+        match self {
+            Self::Batch(sql) => client.batch_execute(sql).await,
+            Self::Query(sql) => client.query(*sql, &[&username]).await.map(drop),
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for PgPlugin {
+    fn name(&self) -> &'static str {
+        crate::PLUGIN_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { renewable: true, revocable: true, max_username_len: MAX_USERNAME_LEN }
+    }
+
+    fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
+        Ok(Arc::new(PgRole::parse(role, options)?))
+    }
+
+    async fn verify(&self) -> Result<(), PluginError> {
+        let cx = Context::new(Operation::Verify, None);
+        let redactor = Redactor::default();
+        let client = self.get(&cx, &redactor).await?;
+        client.batch_execute("SELECT 1").await.map_err(|e| classify(&e, &cx, &redactor))?;
+        let row = client
+            .query_opt("SELECT rolcreaterole OR rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .map_err(|e| classify(&e, &cx, &redactor))?;
+        let can_create: bool = row.map(|r| r.get(0)).unwrap_or(false);
+        debug!(operation = "verify", connection = %self.connection, target = %self.target, can_create, "verified");
+        if !can_create {
+            return Err(PluginError::Rejected {
+                message: format!(
+                    "verify: the admin role of {} has neither CREATEROLE nor SUPERUSER, so it cannot create roles",
+                    self.target
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn create(&self, request: &CreateRequest<'_>) -> Result<Created, PluginError> {
+        let role: &PgRole = downcast_role(request.settings)?;
+        let username = request.username;
+        let cx = Context::new(Operation::Create, Some(username));
+        check_username(username, &cx)?;
+
+        let password = request.password.expose_secret();
+        let sent = match self.encoding {
+            PasswordEncoding::ScramSha256 => {
+                SecretString::from(postgres_protocol::password::scram_sha_256(password.as_bytes()))
+            }
+            PasswordEncoding::Plaintext => request.password.clone(),
+        };
+        let redactor = Redactor::new([password, sent.expose_secret()]);
+        let expiration = format_expiration(request.expires_at);
+        let values = Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
+        debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating role");
+
+        let mut client = self.get(&cx, &redactor).await?;
+        let result = async {
+            let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
+            let total = role.creation.len();
+            for (i, template) in role.creation.iter().enumerate() {
+                let sql = template.render(&values);
+                if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
+                    let err = classify(&e, &cx.step(format!("creation statement {} of {total}", i + 1), true), &redactor);
+                    if let Err(e) = tx.rollback().await {
+                        let e = classify(&e, &cx, &redactor);
+                        debug!(operation = "create", connection = %self.connection, username, error = %e, "rollback failed");
+                    }
+                    return Err(err);
+                }
+            }
+            tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
+        }
+        .await;
+
+        if let Err(err) = result {
+            debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolled back");
+            if let Some(rollback) = &role.rollback {
+                if !client.is_closed() {
+                    self.rollback(&client, request.role, rollback, username, &redactor).await;
+                }
+            }
+            return Err(err);
+        }
+        debug!(operation = "create", connection = %self.connection, role = request.role, username, "created");
+        Ok(Created {
+            credential: Credential::Database { username: username.to_string(), password: request.password.clone() },
+            plugin_data: None,
+        })
+    }
+
+    async fn renew(&self, lease: &LeaseRef<'_>, expires_at: DateTime<Utc>) -> Result<(), PluginError> {
+        let username = lease.username;
+        let cx = Context::new(Operation::Renew, Some(username));
+        let redactor = Redactor::default();
+        let expiration = format_expiration(expires_at);
+        let custom = match lease.settings {
+            Some(settings) => downcast_role::<PgRole>(settings)?.renew.as_deref(),
+            None => None,
+        };
+        debug!(operation = "renew", connection = %self.connection, role = lease.role, username, expiration, "renewing");
+        let statements: Vec<(String, SecretString, bool)> = match custom {
+            Some(templates) => {
+                check_username(username, &cx)?;
+                templates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let sql = t.render(&Values { name: username, password: None, expiration: Some(&expiration) });
+                        (format!("renew statement {} of {}", i + 1, templates.len()), sql, true)
+                    })
+                    .collect()
+            }
+            None => vec![(
+                "ALTER ROLE VALID UNTIL".to_string(),
+                SecretString::from(format!("ALTER ROLE {} VALID UNTIL '{expiration}'", quote_ident(username))),
+                false,
+            )],
+        };
+        let mut client = self.get(&cx, &redactor).await?;
+        let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
+        for (step, sql, role_statement) in statements {
+            if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
+                let err = if is_undefined_object(&e) && !role_statement {
+                    PluginError::Rejected { message: format!("renew {username}: the role no longer exists") }
+                } else {
+                    classify(&e, &cx.step(step, role_statement), &redactor)
+                };
+                let _ = tx.rollback().await;
+                return Err(err);
+            }
+        }
+        tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))?;
+        debug!(operation = "renew", connection = %self.connection, role = lease.role, username, "renewed");
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
+        let username = lease.username;
+        let cx = Context::new(Operation::Revoke, Some(username));
+        let custom = match lease.settings {
+            Some(settings) => downcast_role::<PgRole>(settings)?.revocation.as_deref(),
+            None => None,
+        };
+        debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "revoking");
+        let client = self.get(&cx, &Redactor::default()).await?;
+        match custom {
+            Some(statements) => self.revoke_custom(&client, username, statements, &cx).await?,
+            None => self.revoke_default(&client, username, &cx).await?,
+        }
+        debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, "revoked");
+        Ok(())
+    }
+}
+
+/// `{{expiration}}` as PostgreSQL reads it in `VALID UNTIL`: UTC, explicit
+/// offset, whole seconds.
+pub(crate) fn format_expiration(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S+00").to_string()
+}
+
+/// Quotes an identifier, doubling any `"`. Broker usernames are
+/// `[a-z0-9_]`, so this is defence in depth.
+pub(crate) fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Templates paste the username raw between the operator's own quotes, so
+/// a name that could close them is refused before anything is rendered.
+fn check_username(username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+    let ok = !username.is_empty()
+        && username.len() <= MAX_USERNAME_LEN
+        && username.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(PluginError::Internal {
+            message: format!(
+                "{:?}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {MAX_USERNAME_LEN} bytes)",
+                cx.operation
+            ),
+        })
+    }
+}
+
+fn is_undefined_object(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNDEFINED_OBJECT)
+}
+
+async fn role_exists(client: &Object, username: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&username]).await?;
+    Ok(row.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn plugin(options: &str) -> PgPlugin {
+        let options: toml::Table = options.parse().unwrap();
+        PgPlugin::new(ConnectionContext {
+            name: "pg_main",
+            url: Some("postgres://lessor_admin@db.internal:5432/app"),
+            password: Some(SecretString::from("admin-pw-never-shown")),
+            max_connections: 3,
+            options: &options,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn expiration_is_utc_with_offset() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        assert_eq!(format_expiration(at), "2026-11-22 10:00:00+00");
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("v_app_1"), "\"v_app_1\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn usernames_that_break_quoting_are_refused() {
+        let cx = Context::new(Operation::Create, None);
+        assert!(check_username("v_app_ro_abc123", &cx).is_ok());
+        for bad in ["", "a\"b", "a'b", "a b", "a\\b", &"x".repeat(64)] {
+            assert!(check_username(bad, &cx).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_hides_the_admin_password() {
+        let p = plugin("password_encoding = \"plaintext\"");
+        let dbg = format!("{p:?} {p:#?}");
+        assert!(!dbg.contains("admin-pw-never-shown"), "{dbg}");
+        assert!(dbg.contains("lessor_admin@db.internal:5432/app"), "{dbg}");
+        // The pool's own Debug reaches the manager's tokio_postgres::Config.
+        let pool = format!("{:?}", p.pool.manager());
+        assert!(!pool.contains("admin-pw-never-shown"), "{pool}");
+    }
+
+    #[tokio::test]
+    async fn capabilities_and_roles() {
+        let p = plugin("");
+        assert_eq!(p.name(), "postgres");
+        let caps = p.capabilities();
+        assert!(caps.renewable && caps.revocable);
+        assert_eq!(caps.max_username_len, 63);
+        let options: toml::Table = r#"creation_statements = ["CREATE ROLE \"{{name}}\""]"#.parse().unwrap();
+        let settings = p.check_role("app", &options).unwrap();
+        assert!(downcast_role::<PgRole>(&settings).is_ok());
+        let e = p.check_role("app", &toml::Table::new()).unwrap_err();
+        assert_eq!(e.key, "roles.app.creation_statements");
+    }
+}

@@ -1,0 +1,365 @@
+//! The plugin's settings: what a `[connections.NAME]` table and a
+//! `[roles.NAME]` table may say, parsed into values that are already valid.
+//!
+//! Config is checked once, at load, so a typo is a precise [`ConfigError`]
+//! (`connections.pg_main.pasword_encoding: unknown field …`) instead of a
+//! failed issuance at three in the morning. Statement templates are parsed
+//! here for the same reason. The admin password never comes from these
+//! tables: the broker reads it from `password_file` / `password_env` and a
+//! URL that carries one is refused, so the config file can be world-readable.
+
+use std::fmt;
+use std::str::FromStr;
+
+use lessor_plugin::template::{Placeholder, Template};
+use lessor_plugin::ConfigError;
+use schemars::JsonSchema;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// How `{{password}}` is rendered in creation statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum PasswordEncoding {
+    /// A SCRAM-SHA-256 verifier computed by lessor, so the plaintext never
+    /// reaches the server (nor its logs, nor `pg_stat_statements`).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// The password itself; for servers or poolers that cannot take a
+    /// verifier. The server hashes it according to `password_encryption`.
+    #[serde(rename = "plaintext")]
+    Plaintext,
+}
+
+/// The plugin-specific keys of a `[connections.NAME]` table with
+/// `plugin = "postgres"` (the broker owns `url`, `password_file`,
+/// `password_env` and `max_connections`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PgConnectionOptions {
+    /// How `{{password}}` is rendered: `"scram-sha-256"` (default) sends a
+    /// verifier, `"plaintext"` sends the password.
+    #[serde(default)]
+    pub password_encoding: PasswordEncoding,
+}
+
+/// The plugin-specific keys of a `[roles.NAME]` table whose connection is a
+/// PostgreSQL one, as written. [`PgRole`] is the validated form.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PgRoleOptions {
+    /// Statements that create the role, run in one transaction. Required;
+    /// Vault placeholders: `{{name}}`, `{{username}}`, `{{password}}`,
+    /// `{{expiration}}`.
+    #[serde(default)]
+    pub creation_statements: Vec<String>,
+    /// Statements that remove the role, each committed on its own. Default:
+    /// `NOLOGIN`, terminate sessions, reassign and drop owned objects, drop.
+    #[serde(default)]
+    pub revocation_statements: Option<Vec<String>>,
+    /// Statements that move the role's expiry. Default:
+    /// `ALTER ROLE "{{name}}" VALID UNTIL '{{expiration}}'`.
+    #[serde(default)]
+    pub renew_statements: Option<Vec<String>>,
+    /// Statements run, best effort, after a failed creation, for effects the
+    /// creation transaction's rollback cannot undo.
+    #[serde(default)]
+    pub rollback_statements: Option<Vec<String>>,
+}
+
+/// A role's validated settings: what `check_role` hands the broker, and the
+/// broker hands back on every call.
+#[derive(Debug, Clone)]
+pub struct PgRole {
+    pub(crate) creation: Vec<Template>,
+    pub(crate) revocation: Option<Vec<Template>>,
+    pub(crate) renew: Option<Vec<Template>>,
+    pub(crate) rollback: Option<Vec<Template>>,
+}
+
+impl PgRole {
+    /// Validates a role table's plugin keys; `role` names it in errors.
+    pub fn parse(role: &str, options: &toml::Table) -> Result<Self, ConfigError> {
+        let prefix = format!("roles.{role}");
+        let raw: PgRoleOptions = parse_table(options, &prefix)?;
+        let key = |field: &str| format!("{prefix}.{field}");
+        if raw.creation_statements.is_empty() {
+            return Err(ConfigError::new(
+                key("creation_statements"),
+                "required: at least one statement, e.g. CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+            ));
+        }
+        let creation = templates(&key("creation_statements"), &raw.creation_statements)?;
+        let optional = |field: &str, list: &Option<Vec<String>>| match list {
+            None => Ok(None),
+            Some(list) if list.is_empty() => Err(ConfigError::new(
+                key(field),
+                "must not be empty; omit it to use the plugin's default",
+            )),
+            Some(list) => templates(&key(field), list).map(Some),
+        };
+        Ok(Self {
+            creation,
+            revocation: optional("revocation_statements", &raw.revocation_statements)?,
+            renew: optional("renew_statements", &raw.renew_statements)?,
+            rollback: optional("rollback_statements", &raw.rollback_statements)?,
+        })
+    }
+}
+
+/// Parses a list of statements; a list that never says `{{name}}` cannot
+/// act on the lease's role, so it is refused.
+fn templates(key: &str, sources: &[String]) -> Result<Vec<Template>, ConfigError> {
+    let parsed = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if s.trim().is_empty() {
+                return Err(ConfigError::new(key, format!("statement {} is empty", i + 1)));
+            }
+            Template::parse(s).map_err(|e| ConfigError::new(key, format!("statement {}: {e}", i + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !parsed.iter().any(|t| t.uses(Placeholder::Name)) {
+        return Err(ConfigError::new(
+            key,
+            "no statement uses {{name}} (or {{username}}), so none would act on the generated role",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// A connection's validated settings: the admin connection and the options.
+///
+/// Holds the admin password (inside the `tokio_postgres::Config`), hence the
+/// hand-written `Debug`.
+#[derive(Clone)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) name: String,
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) options: PgConnectionOptions,
+    pub(crate) max_connections: usize,
+}
+
+impl fmt::Debug for ConnectionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("name", &self.name)
+            .field("target", &target(&self.pg))
+            .field("options", &self.options)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSettings {
+    /// Validates a connection's settings; `name` is `[connections.NAME]`.
+    pub(crate) fn parse(
+        name: &str,
+        url: Option<&str>,
+        password: Option<&SecretString>,
+        max_connections: usize,
+        options: &toml::Table,
+    ) -> Result<Self, ConfigError> {
+        let prefix = format!("connections.{name}");
+        let key = |field: &str| format!("{prefix}.{field}");
+        let options: PgConnectionOptions = parse_table(options, &prefix)?;
+        let url = url.ok_or_else(|| {
+            ConfigError::new(key("url"), "required, e.g. \"postgres://lessor_admin@db.internal:5432/app\"")
+        })?;
+        // tokio-postgres's parse errors name the option, never its value.
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| ConfigError::new(key("url"), format!("not a PostgreSQL URL: {e}")))?;
+        if pg.get_password().is_some() {
+            return Err(ConfigError::new(
+                key("url"),
+                "the URL contains a password; remove it and use password_file or password_env",
+            ));
+        }
+        if pg.get_user().is_none() {
+            return Err(ConfigError::new(key("url"), "the URL names no user, e.g. postgres://lessor_admin@host/db"));
+        }
+        if pg.get_hosts().is_empty() {
+            return Err(ConfigError::new(key("url"), "the URL names no host"));
+        }
+        if max_connections == 0 {
+            return Err(ConfigError::new(key("max_connections"), "must be at least 1"));
+        }
+        if let Some(password) = password {
+            pg.password(password.expose_secret().as_bytes());
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("lessor");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(crate::client::CONNECT_TIMEOUT);
+        }
+        Ok(Self { name: name.to_string(), pg, options, max_connections })
+    }
+}
+
+/// `user@host:port/db`, for logs and `Debug`: never the password.
+pub(crate) fn target(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => String::new(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let user = pg.get_user().unwrap_or("");
+    let db = pg.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+/// Deserializes a config table into `T` (all of whose fields have defaults)
+/// and, on failure, finds the key at fault by trying each key alone, so the
+/// error names `prefix.key` rather than the whole table.
+fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
+    let whole = match T::deserialize(toml::Value::Table(table.clone())) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    for (key, value) in table {
+        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+        if let Err(e) = T::deserialize(toml::Value::Table(alone)) {
+            let mut message = e.message().to_string();
+            if key.contains("password") {
+                message.push_str(
+                    "; the admin password belongs in password_file or password_env, never in the config",
+                );
+            }
+            return Err(ConfigError::new(format!("{prefix}.{key}"), message));
+        }
+    }
+    Err(ConfigError::new(prefix, whole.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(src: &str) -> toml::Table {
+        src.parse().unwrap()
+    }
+
+    fn conn(url: Option<&str>, options: &str) -> Result<ConnectionSettings, ConfigError> {
+        ConnectionSettings::parse("pg_main", url, None, 4, &table(options))
+    }
+
+    #[test]
+    fn connection_defaults_to_scram() {
+        let c = conn(Some("postgres://lessor_admin@db.internal:5433/app"), "").unwrap();
+        assert_eq!(c.options.password_encoding, PasswordEncoding::ScramSha256);
+        assert_eq!(target(&c.pg), "lessor_admin@db.internal:5433/app");
+        let c = conn(Some("postgres://a@h/d"), "password_encoding = \"plaintext\"").unwrap();
+        assert_eq!(c.options.password_encoding, PasswordEncoding::Plaintext);
+    }
+
+    #[test]
+    fn connection_errors_name_the_key() {
+        let e = conn(Some("postgres://a@h/d"), "pasword_encoding = \"plaintext\"").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.pasword_encoding");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = conn(Some("postgres://a@h/d"), "password_encoding = \"md5\"").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.password_encoding");
+
+        let e = conn(None, "").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.url");
+
+        let e = conn(Some("postgres://h/d"), "").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.url");
+
+        let e = ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), None, 0, &table("")).unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.max_connections");
+    }
+
+    #[test]
+    fn password_in_url_or_options_is_refused_without_echoing_it() {
+        let e = conn(Some("postgres://admin:hunter2secret@h:5432/d"), "").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.url");
+        assert!(e.message.contains("password_file"), "{e}");
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+
+        let e = conn(Some("host=h user=admin password=hunter2secret"), "").unwrap_err();
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+
+        let e = conn(Some("postgres://a@h/d"), "password = \"hunter2secret\"").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.password");
+        assert!(e.message.contains("password_file"), "{e}");
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_the_admin_password() {
+        let pw = SecretString::from("s3cr3t-admin-pw");
+        let c = ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), Some(&pw), 2, &table("")).unwrap();
+        assert_eq!(c.pg.get_password(), Some(&b"s3cr3t-admin-pw"[..]));
+        let dbg = format!("{c:?} {c:#?}");
+        assert!(!dbg.contains("s3cr3t-admin-pw"), "{dbg}");
+        assert!(dbg.contains("a@h:5432/d"), "{dbg}");
+    }
+
+    #[test]
+    fn role_parses_and_defaults() {
+        let r = PgRole::parse(
+            "app_ro",
+            &table(
+                r#"creation_statements = [
+                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\"",
+                ]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.creation.len(), 2);
+        assert!(r.revocation.is_none() && r.renew.is_none() && r.rollback.is_none());
+
+        let r = PgRole::parse(
+            "app_ro",
+            &table(
+                r#"creation_statements = ["CREATE ROLE \"{{name}}\""]
+                revocation_statements = ["DROP ROLE IF EXISTS \"{{username}}\""]
+                renew_statements = ["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'"]
+                rollback_statements = ["DROP ROLE IF EXISTS \"{{name}}\""]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.revocation.unwrap().len(), 1);
+        assert_eq!(r.renew.unwrap().len(), 1);
+        assert_eq!(r.rollback.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn role_errors_name_the_key() {
+        let err = |src: &str| PgRole::parse("app_ro", &table(src)).unwrap_err();
+
+        let e = err("");
+        assert_eq!(e.key, "roles.app_ro.creation_statements");
+        let e = err("creation_statements = []");
+        assert_eq!(e.key, "roles.app_ro.creation_statements");
+        let e = err(r#"creation_statements = ["CREATE ROLE \"{{nmae}}\""]"#);
+        assert_eq!(e.key, "roles.app_ro.creation_statements");
+        assert!(e.message.contains("statement 1") && e.message.contains("{{nmae}}"), "{e}");
+        let e = err(r#"creation_statements = ["CREATE ROLE bob"]"#);
+        assert!(e.message.contains("{{name}}"), "{e}");
+        let e = err(r#"creation_statements = ["CREATE ROLE \"{{name}}\"", " "]"#);
+        assert!(e.message.contains("statement 2 is empty"), "{e}");
+        let e = err(r#"creation_statements = "CREATE ROLE \"{{name}}\"""#);
+        assert_eq!(e.key, "roles.app_ro.creation_statements");
+
+        let e = err(r#"creation_statements = ["CREATE ROLE \"{{name}}\""]
+            revocation_statments = ["DROP ROLE \"{{name}}\""]"#);
+        assert_eq!(e.key, "roles.app_ro.revocation_statments");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = err(r#"creation_statements = ["CREATE ROLE \"{{name}}\""]
+            renew_statements = []"#);
+        assert_eq!(e.key, "roles.app_ro.renew_statements");
+        let e = err(r#"creation_statements = ["CREATE ROLE \"{{name}}\""]
+            revocation_statements = ["DROP ROLE \"{{name}\""]"#);
+        assert_eq!(e.key, "roles.app_ro.revocation_statements");
+    }
+}

@@ -1,0 +1,305 @@
+//! The socket API: HTTP/1.1 + JSON over a Unix socket (DESIGN §5).
+//!
+//! Handlers are thin: they parse, call the [`Broker`] and shape the answer.
+//! What every request needs (the caller's identity from `SO_PEERCRED`, a
+//! timeout, a body limit, a log line with uid and pid) lives in layers
+//! around them. Bodies are read and parsed here rather than by axum's
+//! extractors so that every rejection, including an oversized body, is a
+//! JSON error in the documented shape.
+
+mod peer;
+
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt;
+use lessor_plugin::Credential;
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::info;
+
+use crate::broker::{Broker, BrokerError, Caller, Revocation};
+use crate::config::Duration;
+use crate::lease::{Lease, LeaseId};
+
+pub use peer::PeerInfo;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    pub max_body_bytes: usize,
+    pub request_timeout: StdDuration,
+}
+
+/// An error answer: `{"error":{"code":"…","message":"…"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let (status, code) = e.status_and_code();
+        Self::new(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the router with its layers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/creds/{role}", post(issue))
+        .route("/v1/leases", get(list_leases))
+        .route("/v1/leases/revoke", post(revoke_prefix))
+        .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Logs every request with the caller's uid and pid, and bounds its time.
+async fn guard(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<PeerInfo>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut request = request;
+    request.extensions_mut().insert(peer.caller());
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response(),
+    };
+    info!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        uid = peer.uid,
+        pid = peer.pid,
+        exe = peer.exe.as_deref().unwrap_or("?"),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    response
+}
+
+/// Reads a JSON body of at most `limit` bytes; an empty body is `T::default()`.
+async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body is larger than {limit} bytes"),
+            ))
+        }
+        Err(e) => return Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    text.map(|t| t.parse::<Duration>().map_err(|e| ApiError::bad_request(format!("{field}: {e}"))))
+        .transpose()
+}
+
+fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
+    LeaseId::parse(raw).ok_or_else(|| {
+        ApiError::bad_request(format!("{raw:?} is not a lease id (expected ROLE/ID, letters, digits, '_' and '-')"))
+    })
+}
+
+fn caller(request_parts: &axum::http::Extensions) -> Caller {
+    *request_parts.get::<Caller>().expect("guard layer sets the caller")
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let ready = state.broker.is_ready();
+    let body = json!({
+        "status": if ready { "ready" } else { "starting" },
+        "scheduled_leases": state.broker.scheduled(),
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.broker.metrics_text()).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    ttl: Option<String>,
+}
+
+async fn issue(State(state): State<AppState>, Path(role): Path<String>, request: Request) -> ApiResult {
+    let caller = caller(request.extensions());
+    let body: IssueBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    let ttl = parse_duration("ttl", body.ttl.as_deref())?;
+    // The issuance runs in its own task: a caller that goes away mid-request
+    // does not cancel it, so the lease always reaches a final state.
+    let broker = state.broker.clone();
+    let issued = tokio::spawn(async move { broker.issue(&role, ttl, caller).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let credential = match &issued.credential {
+        Credential::Database { username, password } => {
+            json!({ "username": username, "password": password.expose_secret() })
+        }
+        Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => json!({
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key.expose_secret(),
+            "session_token": session_token.as_ref().map(|t| t.expose_secret()),
+            "expiration": expiration,
+        }),
+        _ => Value::Null,
+    };
+    let lease = &issued.lease;
+    let ttl_seconds = (lease.expires_at - lease.issued_at).num_seconds();
+    let body = json!({
+        "lease_id": lease.id,
+        "role": lease.role,
+        "plugin": issued.plugin,
+        "ttl_seconds": ttl_seconds,
+        "expires_at": lease.expires_at,
+        "renewable": lease.renewable,
+        "credential": credential,
+    });
+    Ok(Json(body).into_response())
+}
+
+fn lease_json(lease: &Lease) -> Value {
+    json!({
+        "lease_id": lease.id,
+        "role": lease.role,
+        "connection": lease.connection,
+        "username": lease.username,
+        "state": lease.state,
+        "issued_at": lease.issued_at,
+        "expires_at": lease.expires_at,
+        "max_expires_at": lease.max_expires_at,
+        "renewable": lease.renewable,
+        "attempts": lease.attempts,
+        "last_error": lease.last_error,
+        "owner": lease.owner,
+        "revoked_at": lease.revoked_at,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn list_leases(State(state): State<AppState>, Query(query): Query<ListQuery>, request: Request) -> ApiResult {
+    let leases = state.broker.list(&query.prefix, caller(request.extensions())).await?;
+    let leases: Vec<Value> = leases.iter().map(lease_json).collect();
+    Ok(Json(json!({ "leases": leases })).into_response())
+}
+
+async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
+    let id = parse_lease_id(&rest)?;
+    let lease = state.broker.get(&id, caller(request.extensions())).await?;
+    Ok(Json(lease_json(&lease)).into_response())
+}
+
+async fn revoke_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
+    let id = parse_lease_id(&rest)?;
+    let outcome = state.broker.revoke(&id, false, caller(request.extensions())).await?;
+    Ok(Json(revocation_json(&id, outcome)).into_response())
+}
+
+fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {
+    let outcome = match outcome {
+        Revocation::Revoked => "revoked",
+        Revocation::AlreadyRevoked => "already_revoked",
+        Revocation::Forced => "forced",
+    };
+    json!({ "lease_id": id, "outcome": outcome })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    increment: Option<String>,
+}
+
+/// `POST /v1/leases/{id}/renew`; the id may hold a raw `/`.
+async fn lease_action(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
+    let Some(raw_id) = rest.strip_suffix("/renew") else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (did you mean …/renew?)"));
+    };
+    let id = parse_lease_id(raw_id)?;
+    let caller = caller(request.extensions());
+    let body: RenewBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    let increment = parse_duration("increment", body.increment.as_deref())?;
+    let broker = state.broker.clone();
+    let renewed = tokio::spawn(async move { broker.renew(&id, increment, caller).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
+    let mut body = lease_json(&renewed);
+    body["ttl_seconds"] = json!(ttl_seconds);
+    Ok(Json(body).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokePrefixBody {
+    prefix: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiResult {
+    let caller = caller(request.extensions());
+    let body: RevokePrefixBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    let prefix = body.prefix.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad_request("prefix is required (e.g. \"app_ro/\"); it selects the leases to revoke")
+    })?;
+    let broker = state.broker.clone();
+    let (revoked, failed) = tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, caller).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let failed: Vec<Value> =
+        failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
+    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
+}

@@ -1,0 +1,621 @@
+//! The broker: issuance, renewal and revocation of leases, and the
+//! background work that revokes leases when they fall due.
+//!
+//! The order of operations is the product (DESIGN §1):
+//! - issuing writes a durable `pending` lease *before* the backend is
+//!   touched, so a crash at any instant leaves a record of the username;
+//! - every failure after that turns into an ordinary idempotent revocation;
+//! - revocation never gives up: failures back off and, after
+//!   [`MAX_FAST_ATTEMPTS`], the lease is flagged `irrevocable` and retried
+//!   hourly;
+//! - revocations run on a per-connection semaphore apart from issuance, so
+//!   a storm of expiries cannot starve new requests.
+//!
+//! Operations on one lease are serialised by a per-lease async lock, so a
+//! revoke that arrives while the lease is still being issued waits for the
+//! issuance to finish rather than racing it in the backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use lessor_plugin::{names, CreateRequest, Credential, Fault, LeaseRef, PluginError};
+use rand::Rng;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{Connection, Duration, Role, ValidatedConfig};
+use crate::expiry::{self, ExpiryIndex, MAX_FAST_ATTEMPTS};
+use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{LeaseStore, StoreError, Write};
+
+/// How many times a creation transaction is tried when the backend reports
+/// a transient conflict (concurrent GRANTs, deadlocks, serialization).
+const CREATE_ATTEMPTS: u32 = 8;
+
+/// Why a broker operation failed. Each variant maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// No role of that name is configured (404).
+    #[error("unknown role {role:?}")]
+    UnknownRole { role: String },
+    /// No lease with that id is known (404).
+    #[error("unknown lease {id:?}")]
+    UnknownLease { id: String },
+    /// The request is malformed or asks for too much (400).
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// The caller may not act on this lease (403).
+    #[error("lease {id} belongs to another user")]
+    Forbidden { id: LeaseId },
+    /// The lease is not in a state that allows the operation (409).
+    #[error("lease {id} is {state}: {message}")]
+    Conflict { id: LeaseId, state: &'static str, message: String },
+    /// The backend failed (502) or the role is wrong for it.
+    #[error("{context}: {source}")]
+    Backend { context: String, source: PluginError },
+    /// The lease store failed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    /// The HTTP status and the machine-readable code for this error.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::UnknownRole { .. } => (404, "unknown_role"),
+            Self::UnknownLease { .. } => (404, "unknown_lease"),
+            Self::BadRequest { .. } => (400, "bad_request"),
+            Self::Forbidden { .. } => (403, "forbidden"),
+            Self::Conflict { .. } => (409, "conflict"),
+            Self::Backend { source, .. } => match source.fault() {
+                Fault::Caller => (400, "invalid_role"),
+                Fault::Backend => (502, "backend_failed"),
+                Fault::Internal => (500, "internal"),
+            },
+            Self::Store(_) => (500, "store_failed"),
+        }
+    }
+}
+
+/// What a successful issuance returns to the caller, once.
+#[derive(Debug)]
+pub struct Issued {
+    pub lease: Lease,
+    pub plugin: &'static str,
+    pub credential: Credential,
+}
+
+/// The outcome of a revocation that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The credential was removed now.
+    Revoked,
+    /// It had been revoked before.
+    AlreadyRevoked,
+    /// `force`: the backend refused, the lease was dropped anyway.
+    Forced,
+}
+
+/// Who is calling, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Caller {
+    fn owner(self) -> Owner {
+        Owner { uid: self.uid, gid: self.gid, pid: self.pid }
+    }
+
+    /// Root and the daemon's own user act on any lease.
+    fn is_admin(self) -> bool {
+        self.uid == 0 || self.uid == current_uid()
+    }
+
+    fn may_touch(self, lease: &Lease) -> bool {
+        self.is_admin() || lease.owner.uid == self.uid
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// A connection as the broker runs it: the plugin and its revocation pool.
+#[derive(Debug)]
+struct Backend {
+    connection: Connection,
+    name: Arc<str>,
+    revocations: Arc<Semaphore>,
+}
+
+/// The broker. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Broker {
+    roles: BTreeMap<String, Role>,
+    backends: HashMap<String, Backend>,
+    store: Arc<dyn LeaseStore>,
+    index: ExpiryIndex,
+    locks: LeaseLocks,
+    metrics: Metrics,
+    ready: AtomicBool,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    revoked_retention: Duration,
+}
+
+impl Broker {
+    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Arc<Self> {
+        let backends = config
+            .connections
+            .iter()
+            .map(|(name, connection)| {
+                let backend = Backend {
+                    connection: connection.clone(),
+                    name: Arc::from(name.as_str()),
+                    revocations: Arc::new(Semaphore::new(connection.revocation_workers)),
+                };
+                (name.clone(), backend)
+            })
+            .collect();
+        Arc::new(Self {
+            roles: config.roles.clone(),
+            backends,
+            store,
+            index: ExpiryIndex::new(),
+            locks: LeaseLocks::default(),
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            shutdown,
+            revoked_retention: config.server.revoked_retention,
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(Gauges {
+            scheduled: self.index.len(),
+            ready: self.is_ready(),
+            store_commits: self.store.commits(),
+        })
+    }
+
+    /// Leases waiting for expiry or a retry.
+    pub fn scheduled(&self) -> usize {
+        self.index.len()
+    }
+
+    /// The tracker of background tasks, for shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Starts the expiry loop and the start-up recovery scan. Returns at
+    /// once: readiness is reported when the scan is done.
+    pub fn start(self: &Arc<Self>) {
+        let me = self.clone();
+        self.tasks.spawn(async move { me.expiry_loop().await });
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = me.recover().await {
+                warn!(error = %e, "start-up recovery failed; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(StdDuration::from_secs(5)) => {}
+                    _ = me.shutdown.cancelled() => return,
+                }
+                if let Err(e) = me.recover().await {
+                    warn!(error = %e, "start-up recovery failed again");
+                }
+            }
+        });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.purge_loop().await });
+    }
+
+    /// Feeds every unfinished lease from the store to the index: pending
+    /// leases are rolled back, active ones wait for their expiry, revoking
+    /// and irrevocable ones are retried now.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let leases = self.store.unfinished().await?;
+        let now = Utc::now();
+        let (mut pending, mut active, mut retry) = (0usize, 0usize, 0usize);
+        for lease in leases {
+            let connection = self.connection_name(&lease.connection);
+            let at = match lease.state {
+                LeaseState::Active => {
+                    active += 1;
+                    lease.expires_at
+                }
+                LeaseState::Pending => {
+                    pending += 1;
+                    Metrics::inc(&self.metrics.rolled_back);
+                    now
+                }
+                LeaseState::Revoking | LeaseState::Irrevocable => {
+                    retry += 1;
+                    now
+                }
+                LeaseState::Revoked => continue,
+            };
+            self.index.schedule(lease.id, connection, at);
+        }
+        self.ready.store(true, Ordering::Release);
+        info!(pending, active, retry, "start-up recovery done; ready");
+        Ok(())
+    }
+
+    fn connection_name(&self, name: &str) -> Arc<str> {
+        self.backends.get(name).map_or_else(|| Arc::from(name), |b| b.name.clone())
+    }
+
+    fn role(&self, name: &str) -> Result<&Role, BrokerError> {
+        self.roles.get(name).ok_or_else(|| BrokerError::UnknownRole { role: name.to_string() })
+    }
+
+    /// Issues a credential for `role`. Runs to completion even if the
+    /// caller goes away: callers spawn it.
+    pub async fn issue(&self, role_name: &str, ttl: Option<Duration>, caller: Caller) -> Result<Issued, BrokerError> {
+        let role = self.role(role_name)?;
+        let ttl = match ttl {
+            None => role.default_ttl,
+            Some(ttl) if ttl.as_std().is_zero() => {
+                return Err(BrokerError::BadRequest { message: "ttl must be longer than 0s".into() })
+            }
+            Some(ttl) if ttl > role.max_ttl => {
+                return Err(BrokerError::BadRequest {
+                    message: format!("ttl {ttl} is longer than role {role_name:?}'s max_ttl {}", role.max_ttl),
+                })
+            }
+            Some(ttl) => ttl,
+        };
+        let backend = &self.backends[&role.connection];
+        let now = Utc::now();
+        let lease = Lease {
+            id: LeaseId::generate(&role.name),
+            role: role.name.clone(),
+            connection: role.connection.clone(),
+            username: role.username.generate(&role.name),
+            state: LeaseState::Pending,
+            issued_at: now,
+            expires_at: now + ttl.to_chrono(),
+            max_expires_at: now + role.max_ttl.to_chrono(),
+            renewable: role.capabilities.renewable,
+            attempts: 0,
+            last_error: None,
+            owner: caller.owner(),
+            plugin_data: None,
+            revoked_at: None,
+        };
+        let _lock = self.locks.lock(&lease.id).await;
+        self.store.write(Write::Insert(lease.clone())).await?;
+        let password = names::password(role.password_length);
+        let request = CreateRequest {
+            role: &role.name,
+            settings: &role.settings,
+            lease_id: lease.id.as_str(),
+            username: &lease.username,
+            password: &password,
+            expires_at: lease.expires_at,
+        };
+        let created = match self.create_with_retry(backend, &request).await {
+            Ok(created) => created,
+            Err(source) => {
+                Metrics::inc(&self.metrics.issue_failures);
+                warn!(lease = %lease.id, role = %role.name, error = %source, "issuance failed; rolling back");
+                self.index.schedule(lease.id.clone(), backend.name.clone(), Utc::now());
+                return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
+            }
+        };
+        let activated = Write::Activate { id: lease.id.clone(), plugin_data: created.plugin_data.clone() };
+        if let Err(e) = self.store.write(activated).await {
+            // The credential exists but its lease could not be marked active:
+            // take it back rather than hand out something we cannot track.
+            self.index.schedule(lease.id.clone(), backend.name.clone(), Utc::now());
+            return Err(e.into());
+        }
+        self.index.schedule(lease.id.clone(), backend.name.clone(), lease.expires_at);
+        Metrics::inc(&self.metrics.issued);
+        debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
+        let lease = Lease { state: LeaseState::Active, plugin_data: created.plugin_data, ..lease };
+        Ok(Issued { lease, plugin: backend.connection.plugin.name(), credential: created.credential })
+    }
+
+    async fn create_with_retry(
+        &self,
+        backend: &Backend,
+        request: &CreateRequest<'_>,
+    ) -> Result<lessor_plugin::Created, PluginError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match backend.connection.plugin.create(request).await {
+                Err(e) if e.is_transient_conflict() && attempt < CREATE_ATTEMPTS => {
+                    Metrics::inc(&self.metrics.transient_retries);
+                    let ceiling = 5u64 << attempt.min(6);
+                    let wait = rand::rng().random_range(1..=ceiling);
+                    debug!(lease = request.lease_id, attempt, wait_ms = wait, "transient conflict; retrying creation");
+                    tokio::time::sleep(StdDuration::from_millis(wait)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One lease's metadata.
+    pub async fn get(&self, id: &LeaseId, caller: Caller) -> Result<Lease, BrokerError> {
+        let lease = self.store.get(id).await?.ok_or_else(|| BrokerError::UnknownLease { id: id.to_string() })?;
+        if !caller.may_touch(&lease) {
+            return Err(BrokerError::Forbidden { id: id.clone() });
+        }
+        Ok(lease)
+    }
+
+    /// Leases under `prefix` that the caller may see; revoked ones are left out.
+    pub async fn list(&self, prefix: &str, caller: Caller) -> Result<Vec<Lease>, BrokerError> {
+        let leases = self.store.list(prefix, &[LeaseState::Revoked]).await?;
+        Ok(leases.into_iter().filter(|l| caller.may_touch(l)).collect())
+    }
+
+    /// Extends a lease by `increment` (the role's default TTL when absent),
+    /// capped at the lease's max_ttl.
+    pub async fn renew(&self, id: &LeaseId, increment: Option<Duration>, caller: Caller) -> Result<Lease, BrokerError> {
+        let _lock = self.locks.lock(id).await;
+        let lease = self.get(id, caller).await?;
+        if lease.state != LeaseState::Active {
+            return Err(BrokerError::Conflict {
+                id: id.clone(),
+                state: lease.state.as_str(),
+                message: "only active leases can be renewed".into(),
+            });
+        }
+        if !lease.renewable {
+            return Err(BrokerError::BadRequest { message: format!("lease {id} is not renewable") });
+        }
+        let role = self.roles.get(&lease.role).filter(|r| r.connection == lease.connection);
+        let increment = match increment.or(role.map(|r| r.default_ttl)) {
+            Some(i) if !i.as_std().is_zero() => i,
+            Some(_) => return Err(BrokerError::BadRequest { message: "increment must be longer than 0s".into() }),
+            None => {
+                return Err(BrokerError::BadRequest {
+                    message: format!("role {:?} is no longer configured; give an increment", lease.role),
+                })
+            }
+        };
+        let expires_at = (Utc::now() + increment.to_chrono()).min(lease.max_expires_at);
+        let backend = self.backend(&lease)?;
+        let lease_ref = self.lease_ref(&lease);
+        backend
+            .connection
+            .plugin
+            .renew(&lease_ref, expires_at)
+            .await
+            .map_err(|source| BrokerError::Backend { context: format!("renewing lease {id}"), source })?;
+        if !self.store.write(Write::Renew { id: id.clone(), expires_at }).await? {
+            return Err(BrokerError::Conflict {
+                id: id.clone(),
+                state: "revoking",
+                message: "the lease was revoked while renewing".into(),
+            });
+        }
+        self.index.schedule(id.clone(), backend.name.clone(), expires_at);
+        Metrics::inc(&self.metrics.renewed);
+        debug!(lease = %id, %expires_at, "renewed");
+        Ok(Lease { expires_at, ..lease })
+    }
+
+    fn backend(&self, lease: &Lease) -> Result<&Backend, BrokerError> {
+        self.backends.get(&lease.connection).ok_or_else(|| BrokerError::Backend {
+            context: format!("lease {}", lease.id),
+            source: PluginError::Unavailable {
+                message: format!("connection {:?} is no longer configured", lease.connection),
+            },
+        })
+    }
+
+    fn lease_ref<'a>(&'a self, lease: &'a Lease) -> LeaseRef<'a> {
+        let settings =
+            self.roles.get(&lease.role).filter(|r| r.connection == lease.connection).map(|r| &r.settings);
+        LeaseRef {
+            lease_id: lease.id.as_str(),
+            role: &lease.role,
+            settings,
+            username: &lease.username,
+            plugin_data: lease.plugin_data.as_ref(),
+        }
+    }
+
+    /// Revokes a lease now, on behalf of a caller. On a backend failure the
+    /// lease stays scheduled for retry and the error is returned, unless
+    /// `force`, which drops the lease anyway.
+    pub async fn revoke(&self, id: &LeaseId, force: bool, caller: Caller) -> Result<Revocation, BrokerError> {
+        let lease = self.get(id, caller).await?;
+        if lease.state == LeaseState::Revoked {
+            return Ok(Revocation::AlreadyRevoked);
+        }
+        match self.revoke_now(id, false).await {
+            Err(BrokerError::Backend { .. }) if force => {
+                self.index.remove(id);
+                self.store.write(Write::Delete { id: id.clone() }).await?;
+                warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
+                Ok(Revocation::Forced)
+            }
+            other => other,
+        }
+    }
+
+    /// Revokes every lease under `prefix` the caller may touch. Returns how
+    /// many were revoked and the errors of those that were not.
+    pub async fn revoke_prefix(
+        &self,
+        prefix: &str,
+        force: bool,
+        caller: Caller,
+    ) -> Result<(usize, Vec<(LeaseId, BrokerError)>), BrokerError> {
+        let leases = self.list(prefix, caller).await?;
+        let mut revoked = 0;
+        let mut failed = Vec::new();
+        for lease in leases {
+            match self.revoke(&lease.id, force, caller).await {
+                Ok(_) => revoked += 1,
+                Err(e) => failed.push((lease.id, e)),
+            }
+        }
+        Ok((revoked, failed))
+    }
+
+    /// One revocation attempt under the lease's lock and its connection's
+    /// worker pool. A failure is recorded and retried later with backoff.
+    async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
+        let _lock = self.locks.lock(id).await;
+        self.index.remove(id);
+        let Some(lease) = self.store.get(id).await? else {
+            return Ok(Revocation::AlreadyRevoked);
+        };
+        match lease.state {
+            LeaseState::Revoked => return Ok(Revocation::AlreadyRevoked),
+            LeaseState::Pending | LeaseState::Active => {
+                self.store.write(Write::StartRevoking { id: id.clone() }).await?;
+            }
+            LeaseState::Revoking | LeaseState::Irrevocable => {}
+        }
+        let result = match self.backend(&lease) {
+            Ok(backend) => {
+                let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
+                backend.connection.plugin.revoke(&self.lease_ref(&lease)).await
+            }
+            Err(BrokerError::Backend { source, .. }) => Err(source),
+            Err(e) => return Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let now = Utc::now();
+                self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
+                Metrics::inc(&self.metrics.revoked);
+                if expired && lease.state == LeaseState::Active {
+                    let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
+                    self.metrics.record_lateness(late);
+                }
+                debug!(lease = %id, username = %lease.username, "revoked");
+                Ok(Revocation::Revoked)
+            }
+            Err(source) => {
+                let attempts = lease.attempts + 1;
+                let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
+                Metrics::inc(&self.metrics.revoke_failures);
+                if irrevocable && lease.state != LeaseState::Irrevocable {
+                    Metrics::inc(&self.metrics.irrevocable);
+                }
+                let write = Write::RevokeFailed {
+                    id: id.clone(),
+                    attempts,
+                    last_error: source.to_string(),
+                    irrevocable,
+                };
+                self.store.write(write).await?;
+                let wait = expiry::backoff(attempts);
+                warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
+                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+                self.index.schedule(id.clone(), self.connection_name(&lease.connection), at);
+                Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
+            }
+        }
+    }
+
+    /// Sleeps until the earliest deadline, then hands every due lease to a
+    /// revocation task. Runs until shutdown.
+    async fn expiry_loop(self: Arc<Self>) {
+        loop {
+            let due = self.index.pop_due(Utc::now(), 1024);
+            let more = due.len() == 1024;
+            for item in due {
+                let me = self.clone();
+                self.tasks.spawn(async move {
+                    // Failures are recorded and rescheduled inside.
+                    let _ = me.revoke_now(&item.id, true).await;
+                });
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let sleep = match self.index.next_deadline() {
+                Some(at) => tokio::time::sleep_until(expiry::instant_of(at)),
+                None => tokio::time::sleep(StdDuration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.index.changed() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Purges revoked leases older than the retention, hourly.
+    async fn purge_loop(self: Arc<Self>) {
+        loop {
+            let before = Utc::now() - self.revoked_retention.to_chrono();
+            match self.store.purge_revoked(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(purged = n, "purged revoked leases"),
+                Err(e) => warn!(error = %e, "purging revoked leases failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(StdDuration::from_secs(3600)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// The deadline a lease is scheduled for, if any (for tests and `show`).
+    pub fn deadline_of(&self, id: &LeaseId) -> Option<DateTime<Utc>> {
+        self.index.deadline_of(id)
+    }
+}
+
+/// Per-lease async locks, created on demand and dropped when unused.
+#[derive(Debug, Default)]
+struct LeaseLocks {
+    map: Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Holds one lease's lock; removes the entry from the map when last out.
+struct LeaseGuard<'a> {
+    locks: &'a LeaseLocks,
+    id: LeaseId,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl LeaseLocks {
+    async fn lock(&self, id: &LeaseId) -> LeaseGuard<'_> {
+        let mutex = self.map.lock().unwrap().entry(id.clone()).or_default().clone();
+        let guard = mutex.lock_owned().await;
+        LeaseGuard { locks: self, id: id.clone(), guard: Some(guard) }
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map.lock().unwrap();
+        if let Some(entry) = map.get(&self.id) {
+            // Only the map holds it: nobody waits, so forget it.
+            if Arc::strong_count(entry) == 1 {
+                map.remove(&self.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The `lessor` command line: `serve` runs the daemon, every other command
+//! is a thin client of its socket API (DESIGN §5, §6).
+//!
+//! The CLI owns presentation only: argument parsing, the output formats
+//! (`json`, `env`, `table`) and exit codes. It never decides anything the
+//! daemon decides, so a script that uses the socket directly sees the same
+//! behaviour.
+//!
+//! Exit codes: 0 success; 1 the daemon refused or something failed (the
+//! daemon's message is printed as `lessor: <message> (<code>, HTTP <n>)`);
+//! 2 the daemon could not be reached (clap also uses 2 for usage errors).
+//! Passwords and keys are printed on stdout as part of `creds` output,
+//! which is what that command is for, and never in a message on stderr.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::client::{Client, ClientError, Response};
+
+/// Where the daemon listens unless `--socket` or `LESSOR_SOCKET` says
+/// otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/lessor/lessor.sock";
+
+/// lessor: short-lived database and cloud credentials over a local socket.
+#[derive(Debug, Parser)]
+#[command(name = "lessor", version, about, long_about = None)]
+struct Cli {
+    /// Path of the daemon's Unix socket [default: /run/lessor/lessor.sock].
+    // Not a clap default: `serve` must know whether it was set, so that an
+    // explicit socket overrides the config file and the default does not.
+    #[arg(long, global = true, env = "LESSOR_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// The TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Run with an embedded store in a local folder and demo roles for
+        /// whatever local backends are found.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Issue a credential for a role.
+    Creds {
+        /// The role to issue for.
+        role: String,
+        /// Lease TTL, e.g. `15m`; the role's default when omitted.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CredsFormat::Json)]
+        format: CredsFormat,
+    },
+    /// Inspect, renew and revoke leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Show the daemon's readiness and counts.
+    Status,
+    /// Check a config file or print its JSON Schema.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LeaseCommand {
+    /// List your leases.
+    List {
+        /// Only leases whose id starts with this, e.g. `app_ro/`.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Show one lease's metadata (never its secret).
+    Show {
+        /// The lease id, e.g. `app_ro/3kTq…`.
+        id: String,
+    },
+    /// Extend a lease, capped by the role's max_ttl.
+    Renew {
+        /// The lease id.
+        id: String,
+        /// How much to extend by, e.g. `1h`; the role's default when omitted.
+        #[arg(long, value_name = "DURATION")]
+        increment: Option<String>,
+    },
+    /// Revoke one lease now, or every lease under a prefix.
+    Revoke {
+        /// The lease id.
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        id: Option<String>,
+        /// Revoke every lease whose id starts with this, e.g. `app_ro/`.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// With --prefix: forget leases even when the backend refuses to
+        /// revoke them.
+        #[arg(long, requires = "prefix")]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a config file.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Print the config file's JSON Schema.
+    Schema,
+}
+
+/// How `creds` prints what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CredsFormat {
+    /// The daemon's answer, pretty-printed.
+    Json,
+    /// Shell `export` lines, for `eval "$(lessor creds ROLE --format env)"`.
+    Env,
+    /// Aligned `key  value` rows.
+    Table,
+}
+
+/// How `lease list` prints what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ListFormat {
+    /// One row per lease.
+    Table,
+    /// The daemon's answer, pretty-printed.
+    Json,
+}
+
+/// A command that did not succeed: what to say on stderr, and the exit code.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), code: 1 }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Self { code: if e.is_unreachable() { 2 } else { 1 }, message: e.to_string() }
+    }
+}
+
+/// Parses the command line, runs the command and returns the exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("lessor: {}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    let client = Client::new(cli.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)));
+    match cli.command {
+        Command::Serve { config, dev } => {
+            let options = crate::daemon::ServeOptions { config, dev, socket: cli.socket };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(crate::daemon::serve(options)).map_err(|e| Failure::new(format!("{e:#}")))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => match crate::config::load(&file) {
+            Ok(config) => {
+                out(&format!(
+                    "{}: ok ({} connections, {} roles)\n",
+                    file.display(),
+                    config.connections.len(),
+                    config.roles.len()
+                ))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                // Already one line per problem, each naming the file.
+                eprintln!("{errors}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Config(ConfigCommand::Schema) => {
+            out(&crate::config::json_schema())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            // One request per process: a current-thread runtime is enough
+            // and starts faster.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(client_command(&client, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn client_command(client: &Client, command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Creds { role, ttl, format } => {
+            let body = success(client.creds(&role, ttl.as_deref()).await?)?;
+            match format {
+                CredsFormat::Json => out(&pretty(&body)),
+                CredsFormat::Table => out(&creds_table(&body)),
+                CredsFormat::Env => match env_exports(&body) {
+                    Ok(text) => out(&text),
+                    Err(why) => {
+                        // Nobody will ever use this credential: take it back
+                        // rather than leave it live until its TTL.
+                        let id = body.get("lease_id").and_then(Value::as_str);
+                        let revoked = match id {
+                            Some(id) => matches!(client.revoke(id).await, Ok(r) if r.is_success()),
+                            None => false,
+                        };
+                        let what = match (id, revoked) {
+                            (Some(id), true) => format!("; lease {id} revoked"),
+                            (Some(id), false) => format!("; lease {id} left to expire"),
+                            (None, _) => String::new(),
+                        };
+                        Err(Failure::new(format!("{why} (use --format json){what}")))
+                    }
+                },
+            }
+        }
+        Command::Lease(LeaseCommand::List { prefix, format }) => {
+            let body = success(client.lease_list(prefix.as_deref()).await?)?;
+            match format {
+                ListFormat::Json => out(&pretty(&body)),
+                ListFormat::Table => out(&lease_table(&body).map_err(Failure::new)?),
+            }
+        }
+        Command::Lease(LeaseCommand::Show { id }) => out(&pretty(&success(client.lease_get(&id).await?)?)),
+        Command::Lease(LeaseCommand::Renew { id, increment }) => {
+            out(&pretty(&success(client.renew(&id, increment.as_deref()).await?)?))
+        }
+        Command::Lease(LeaseCommand::Revoke { id: Some(id), .. }) => {
+            let body = success(client.revoke(&id).await?)?;
+            if body.is_null() {
+                out(&format!("revoked {id}\n"))
+            } else {
+                out(&pretty(&body))
+            }
+        }
+        Command::Lease(LeaseCommand::Revoke { id: None, prefix, force }) => {
+            let prefix = prefix.expect("clap requires an id or --prefix");
+            let body = success(client.revoke_prefix(&prefix, force).await?)?;
+            out(&pretty(&body))?;
+            match body.get("failed").and_then(Value::as_array).map(Vec::len) {
+                Some(n) if n > 0 => Err(Failure::new(format!(
+                    "{n} lease(s) under `{prefix}` could not be revoked yet; lessor keeps retrying them"
+                ))),
+                _ => Ok(()),
+            }
+        }
+        Command::Status => {
+            let response = client.health().await?;
+            if response.is_success() || response.api_error().is_none() {
+                out(&pretty(&response.body))?;
+            }
+            success(response).map(drop)
+        }
+        Command::Serve { .. } | Command::Config(_) => unreachable!("handled without a client"),
+    }
+}
+
+/// The body of a 2xx response, or the daemon's error as a [`Failure`].
+fn success(response: Response) -> Result<Value, Failure> {
+    if response.is_success() {
+        return Ok(response.body);
+    }
+    let status = response.status;
+    let message = match response.api_error() {
+        Some(e) => format!("{} ({}, HTTP {status})", one_line(&e.message), one_line(&e.code)),
+        None => {
+            let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("request failed");
+            match &response.body {
+                Value::String(text) if !text.trim().is_empty() => format!("{} (HTTP {status})", one_line(text.trim())),
+                _ => format!("{reason} (HTTP {status})"),
+            }
+        }
+    };
+    Err(Failure::new(message))
+}
+
+/// Writes to stdout; a closed pipe (`lessor lease list | head`) is not an
+/// error worth a message.
+fn out(text: &str) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
+    text.push('\n');
+    text
+}
+
+/// Text from the daemon, made safe to print as one line on a terminal.
+fn one_line(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Quotes `value` for POSIX shells: inside single quotes nothing is special
+/// except `'` itself, which becomes `'\''`.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// `export` lines for an issue response: `LESSOR_LEASE_ID`, then the
+/// variables the backend's own tools read. The error never quotes a value.
+fn env_exports(body: &Value) -> Result<String, String> {
+    let credential = body.get("credential").ok_or("the response has no credential")?;
+    let plugin = body.get("plugin").and_then(Value::as_str).unwrap_or("");
+    let vars: &[(&str, &str, bool)] = if credential.get("access_key_id").is_some() || plugin == "aws" {
+        &[
+            ("AWS_ACCESS_KEY_ID", "access_key_id", true),
+            ("AWS_SECRET_ACCESS_KEY", "secret_access_key", true),
+            ("AWS_SESSION_TOKEN", "session_token", false),
+        ]
+    } else if plugin == "postgres" {
+        &[("PGUSER", "username", true), ("PGPASSWORD", "password", true)]
+    } else if plugin == "mysql" {
+        &[("MYSQL_USER", "username", true), ("MYSQL_PWD", "password", true)]
+    } else if plugin.is_empty() {
+        return Err("the response does not say which plugin made the credential".into());
+    } else {
+        return Err(format!("no environment variables are defined for `{plugin}` credentials"));
+    };
+
+    let mut lines = Vec::with_capacity(vars.len() + 1);
+    let lease_id = body.get("lease_id").and_then(Value::as_str).ok_or("the response has no lease_id")?;
+    lines.push(("LESSOR_LEASE_ID", lease_id));
+    for &(var, field, required) in vars {
+        match credential.get(field) {
+            Some(Value::String(value)) => lines.push((var, value)),
+            None | Some(Value::Null) if !required => {}
+            None | Some(Value::Null) => return Err(format!("the credential has no `{field}`")),
+            Some(_) => return Err(format!("the credential's `{field}` is not a string")),
+        }
+    }
+
+    let mut text = String::new();
+    for (var, value) in lines {
+        if value.contains('\0') {
+            return Err(format!("the value for {var} contains a NUL byte, which no shell variable can hold"));
+        }
+        text.push_str(&format!("export {var}={}\n", shell_quote(value)));
+    }
+    Ok(text)
+}
+
+/// Fields of a credential in the order a person reads them; any others
+/// follow in name order.
+const CREDENTIAL_ORDER: &[&str] =
+    &["username", "password", "access_key_id", "secret_access_key", "session_token", "expiration"];
+
+/// `key  value` rows for an issue response.
+fn creds_table(body: &Value) -> String {
+    let mut rows: Vec<Vec<String>> = ["lease_id", "role", "ttl_seconds", "expires_at", "renewable"]
+        .iter()
+        .map(|key| vec![key.to_string(), cell(body.get(*key))])
+        .collect();
+    if let Some(Value::Object(credential)) = body.get("credential") {
+        let known = CREDENTIAL_ORDER.iter().filter(|k| credential.contains_key(**k)).copied();
+        let mut others: Vec<&str> =
+            credential.keys().map(String::as_str).filter(|k| !CREDENTIAL_ORDER.contains(k)).collect();
+        others.sort_unstable();
+        for key in known.chain(others) {
+            rows.push(vec![key.to_string(), cell(credential.get(key))]);
+        }
+    }
+    render_table(&rows)
+}
+
+/// One row per lease, under a header.
+fn lease_table(body: &Value) -> Result<String, String> {
+    let leases = body.get("leases").and_then(Value::as_array).ok_or("the response has no `leases` list")?;
+    let mut rows = vec![["LEASE_ID", "ROLE", "USERNAME", "STATE", "EXPIRES_AT", "OWNER"].map(String::from).to_vec()];
+    for lease in leases {
+        rows.push(vec![
+            cell(lease.get("lease_id")),
+            cell(lease.get("role")),
+            cell(lease.get("username")),
+            cell(lease.get("state")),
+            cell(lease.get("expires_at")),
+            cell(lease.get("owner").and_then(|o| o.get("uid"))),
+        ]);
+    }
+    Ok(render_table(&rows))
+}
+
+/// A value as a table cell: strings bare, absent or null as `-`, anything
+/// else as compact JSON.
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Left-aligned columns separated by two spaces, without trailing blanks.
+fn render_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut text = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, value) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(value);
+            if c + 1 < row.len() {
+                line.extend(std::iter::repeat_n(' ', widths[c] - value.chars().count()));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use clap::CommandFactory;
+    use serde_json::json;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn socket_is_only_set_when_given() {
+        // LESSOR_SOCKET may be set in the test environment; only the flag
+        // form is checked here.
+        let cli = Cli::try_parse_from(["lessor", "--socket", "/tmp/s.sock", "serve", "--dev"]).unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/tmp/s.sock")));
+        let cli = Cli::try_parse_from(["lessor", "lease", "list", "--socket", "/tmp/t.sock"]).unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/tmp/t.sock")));
+    }
+
+    #[test]
+    fn revoke_takes_an_id_or_a_prefix() {
+        assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x"]).is_ok());
+        assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "--prefix", "app_ro/", "--force"]).is_ok());
+        assert!(Cli::try_parse_from(["lessor", "lease", "revoke"]).is_err());
+        assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x", "--prefix", "app_ro/"]).is_err());
+        assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x", "--force"]).is_err());
+    }
+
+    #[test]
+    fn shell_quoting_survives_every_character() {
+        assert_eq!(shell_quote("abc"), "'abc'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /) `x` \"y\" \\ \n"), "'$(rm -rf /) `x` \"y\" \\ \n'");
+    }
+
+    #[test]
+    fn shell_quoting_round_trips_through_sh() {
+        let nasty = "a'b\"c$d`e\\f\ng'' !*?~";
+        let script = format!("export X={}\nprintf %s \"$X\"", shell_quote(nasty));
+        let output = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        assert_eq!(String::from_utf8(output.stdout).unwrap(), nasty);
+    }
+
+    fn issued(plugin: &str, credential: Value) -> Value {
+        json!({
+            "lease_id": "app_ro/AbC", "role": "app_ro", "plugin": plugin, "ttl_seconds": 900,
+            "expires_at": "2030-01-01T00:15:00Z", "renewable": true, "credential": credential,
+        })
+    }
+
+    #[test]
+    fn env_for_postgres_mysql_and_aws() {
+        let pg = issued("postgres", json!({"username": "v_app_ro_x", "password": "p'w"}));
+        assert_eq!(
+            env_exports(&pg).unwrap(),
+            "export LESSOR_LEASE_ID='app_ro/AbC'\nexport PGUSER='v_app_ro_x'\nexport PGPASSWORD='p'\\''w'\n"
+        );
+        let my = issued("mysql", json!({"username": "u", "password": "p"}));
+        assert_eq!(env_exports(&my).unwrap(), "export LESSOR_LEASE_ID='app_ro/AbC'\nexport MYSQL_USER='u'\nexport MYSQL_PWD='p'\n");
+        let aws = issued("aws", json!({"access_key_id": "AKIA", "secret_access_key": "s/+=", "session_token": "t"}));
+        assert_eq!(
+            env_exports(&aws).unwrap(),
+            "export LESSOR_LEASE_ID='app_ro/AbC'\nexport AWS_ACCESS_KEY_ID='AKIA'\n\
+             export AWS_SECRET_ACCESS_KEY='s/+='\nexport AWS_SESSION_TOKEN='t'\n"
+        );
+        let iam_user = issued("aws", json!({"access_key_id": "AKIA", "secret_access_key": "s", "session_token": null}));
+        assert!(!env_exports(&iam_user).unwrap().contains("AWS_SESSION_TOKEN"));
+    }
+
+    #[test]
+    fn env_errors_never_quote_the_secret() {
+        let missing = issued("postgres", json!({"username": "u"}));
+        assert_eq!(env_exports(&missing).unwrap_err(), "the credential has no `password`");
+        let odd = issued("redis", json!({"username": "u", "password": "hunter2"}));
+        let e = env_exports(&odd).unwrap_err();
+        assert!(e.contains("redis") && !e.contains("hunter2"), "{e}");
+        let nul = issued("postgres", json!({"username": "u", "password": "a\u{0}hunter2"}));
+        assert!(!env_exports(&nul).unwrap_err().contains("hunter2"));
+    }
+
+    #[test]
+    fn creds_table_lists_lease_then_credential() {
+        let body = issued("postgres", json!({"password": "pw", "username": "v_app_ro_x"}));
+        assert_eq!(
+            creds_table(&body),
+            "lease_id     app_ro/AbC\n\
+             role         app_ro\n\
+             ttl_seconds  900\n\
+             expires_at   2030-01-01T00:15:00Z\n\
+             renewable    true\n\
+             username     v_app_ro_x\n\
+             password     pw\n"
+        );
+    }
+
+    #[test]
+    fn lease_table_aligns_columns() {
+        let body = json!({"leases": [
+            {"lease_id": "app_ro/AbC", "role": "app_ro", "username": "v_app_ro_1", "state": "active",
+             "issued_at": "2030-01-01T00:00:00Z", "expires_at": "2030-01-01T01:00:00Z", "renewable": true,
+             "owner": {"uid": 1000, "gid": 1000, "pid": 42}},
+            {"lease_id": "reporting/Xy", "role": "reporting", "username": null, "state": "irrevocable",
+             "expires_at": "2030-01-01T00:30:00Z", "owner": {"uid": 0}},
+        ]});
+        assert_eq!(
+            lease_table(&body).unwrap(),
+            "LEASE_ID      ROLE       USERNAME    STATE        EXPIRES_AT            OWNER\n\
+             app_ro/AbC    app_ro     v_app_ro_1  active       2030-01-01T01:00:00Z  1000\n\
+             reporting/Xy  reporting  -           irrevocable  2030-01-01T00:30:00Z  0\n"
+        );
+        assert_eq!(lease_table(&json!({"leases": []})).unwrap(), "LEASE_ID  ROLE  USERNAME  STATE  EXPIRES_AT  OWNER\n");
+        assert!(lease_table(&json!({})).is_err());
+    }
+
+    #[test]
+    fn api_errors_become_one_line() {
+        let r = Response { status: 404, body: json!({"error": {"code": "unknown_role", "message": "no role\n`x`"}}) };
+        assert_eq!(success(r).unwrap_err().message, "no role `x` (unknown_role, HTTP 404)");
+        let r = Response { status: 502, body: Value::Null };
+        let f = success(r).unwrap_err();
+        assert_eq!((f.message.as_str(), f.code), ("Bad Gateway (HTTP 502)", 1));
+        let r = Response { status: 200, body: json!({"ok": true}) };
+        assert_eq!(success(r).unwrap(), json!({"ok": true}));
+    }
+}

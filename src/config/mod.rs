@@ -1,0 +1,511 @@
+//! The TOML config: its types (which also generate
+//! `schemas/config.schema.json`), and the validation step that turns a
+//! parsed file into a [`ValidatedConfig`] whose plugins are built and whose
+//! roles are known to be usable.
+//!
+//! Everything that can be checked without touching a backend is checked
+//! here, and every problem is reported at once with the file and the dotted
+//! key it concerns, so `lessor config check` is a complete answer.
+
+pub mod duration;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lessor_plugin::names::{self, UsernameTemplate};
+use lessor_plugin::{Capabilities, ConfigError, ConnectionContext, Plugin, PluginFactory, RoleSettings};
+use schemars::JsonSchema;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub use duration::Duration;
+
+/// The built-in plugins, by the name used in `plugin = "…"`.
+pub static PLUGINS: &[(&str, PluginFactory)] = &[("postgres", lessor_postgres::factory)];
+
+/// A lessor config file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The daemon itself: socket, store, limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Backends lessor holds an admin credential for, by name.
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Dynamic-credential roles, by name. A role's leases are named
+    /// `<role>/<random>`.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Path of the Unix socket the API listens on. Overridden by `--socket`
+    /// or `LESSOR_SOCKET`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Permissions of the socket file, in octal.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Where leases are kept: `sqlite:///absolute/path.db` or
+    /// `sqlite://relative/path.db`.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Audit log path (hash-chained JSON lines). Reserved; not written yet.
+    pub audit_log: Option<PathBuf>,
+    /// Key file for sealing static-account secrets. Reserved.
+    pub seal_key_file: Option<PathBuf>,
+    /// The longest a request may take before it is answered 503.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// How long revoked leases stay visible before they are purged.
+    #[serde(default = "default_revoked_retention")]
+    pub revoked_retention: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            socket_mode: default_socket_mode(),
+            store: default_store(),
+            audit_log: None,
+            seal_key_file: None,
+            request_timeout: default_request_timeout(),
+            max_body_bytes: default_max_body_bytes(),
+            revoked_retention: default_revoked_retention(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/lessor/lessor.sock")
+}
+fn default_socket_mode() -> String {
+    "0660".into()
+}
+fn default_store() -> String {
+    "sqlite:///var/lib/lessor/lessor.db".into()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_revoked_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_connections() -> usize {
+    8
+}
+fn default_revocation_workers() -> usize {
+    4
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_password_length() -> usize {
+    names::DEFAULT_PASSWORD_LEN
+}
+
+/// `[connections.NAME]`: one backend and lessor's admin credential for it.
+/// Keys not listed here belong to the plugin (e.g. PostgreSQL's
+/// `password_encoding`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct ConnectionConfig {
+    /// Which plugin talks to this backend: `postgres`.
+    pub plugin: String,
+    /// The backend's address, without a password.
+    pub url: Option<String>,
+    /// File holding the admin password (trailing newline ignored). Keep it
+    /// mode 0600.
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the admin password.
+    pub password_env: Option<String>,
+    /// The most admin connections lessor opens to this backend.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How many revocations run at once on this connection, apart from
+    /// issuance.
+    #[serde(default = "default_revocation_workers")]
+    pub revocation_workers: usize,
+    /// Plugin-specific settings.
+    #[serde(flatten)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub options: toml::Table,
+}
+
+/// `[roles.NAME]`: a kind of dynamic credential. Keys not listed here
+/// belong to the connection's plugin (e.g. `creation_statements`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct RoleConfig {
+    /// The connection (`[connections.NAME]`) whose backend the role lives in.
+    pub connection: String,
+    /// TTL of a lease when the request names none.
+    #[serde(default = "default_ttl")]
+    pub default_ttl: Duration,
+    /// The longest a lease may live, renewals included, from issuance.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Duration,
+    /// Username template: `{role}` and `{random}` in `[a-z0-9_]`.
+    /// Default `v_{role}_{random}`.
+    pub username_template: Option<String>,
+    /// Length of generated passwords.
+    #[serde(default = "default_password_length")]
+    pub password_length: usize,
+    /// Plugin-specific settings.
+    #[serde(flatten)]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub options: toml::Table,
+}
+
+/// A connection ready to serve.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    pub plugin: Arc<dyn Plugin>,
+    pub revocation_workers: usize,
+}
+
+/// A role ready to serve.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub connection: String,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub username: UsernameTemplate,
+    pub password_length: usize,
+    pub capabilities: Capabilities,
+    pub settings: RoleSettings,
+}
+
+/// A config whose every part has been checked and whose plugins are built.
+#[derive(Debug, Clone)]
+pub struct ValidatedConfig {
+    /// Where the config came from, for messages.
+    pub source: String,
+    pub server: ServerConfig,
+    pub socket_mode: u32,
+    pub connections: BTreeMap<String, Connection>,
+    pub roles: BTreeMap<String, Role>,
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The file (or other origin) the config came from.
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", self.file, e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: source.clone(),
+        errors: vec![ConfigError::new("(file)", format!("cannot read: {e}"))],
+    })?;
+    load_str(&text, &source)
+}
+
+/// Parses and validates config text; `source` names it in messages.
+pub fn load_str(text: &str, source: &str) -> Result<ValidatedConfig, ConfigErrors> {
+    let fail = |errors| ConfigErrors { file: source.to_string(), errors };
+    let config: Config = toml::from_str(text).map_err(|e| fail(vec![toml_error(text, &e)]))?;
+    validate(config, source).map_err(fail)
+}
+
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().to_string();
+    let at = e.span().map(|span| {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        format!("line {line}")
+    });
+    ConfigError::new(at.unwrap_or_else(|| "(file)".into()), message)
+}
+
+/// A name usable in lease ids, URLs and messages without escaping.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+
+    let socket_mode = match u32::from_str_radix(config.server.socket_mode.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => mode,
+        _ => {
+            errors.push(ConfigError::new(
+                "server.socket_mode",
+                format!("{:?} is not an octal file mode such as \"0660\"", config.server.socket_mode),
+            ));
+            0o660
+        }
+    };
+    if !config.server.store.starts_with("sqlite://") {
+        errors.push(ConfigError::new(
+            "server.store",
+            format!("{:?} is not supported; use sqlite:///path/to/lessor.db", config.server.store),
+        ));
+    }
+    if config.server.max_body_bytes == 0 {
+        errors.push(ConfigError::new("server.max_body_bytes", "must be at least 1"));
+    }
+
+    let mut connections = BTreeMap::new();
+    for (name, conn) in &config.connections {
+        let key = format!("connections.{name}");
+        if !is_valid_name(name) {
+            errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
+            continue;
+        }
+        let Some((_, factory)) = PLUGINS.iter().find(|(plugin, _)| *plugin == conn.plugin) else {
+            let known: Vec<_> = PLUGINS.iter().map(|(p, _)| *p).collect();
+            errors.push(ConfigError::new(
+                format!("{key}.plugin"),
+                format!("unknown plugin {:?} (known: {})", conn.plugin, known.join(", ")),
+            ));
+            continue;
+        };
+        if conn.max_connections == 0 {
+            errors.push(ConfigError::new(format!("{key}.max_connections"), "must be at least 1"));
+        }
+        if conn.revocation_workers == 0 {
+            errors.push(ConfigError::new(format!("{key}.revocation_workers"), "must be at least 1"));
+        }
+        let password = match admin_password(&key, conn) {
+            Ok(password) => password,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let context = ConnectionContext {
+            name,
+            url: conn.url.as_deref(),
+            password,
+            max_connections: conn.max_connections.max(1),
+            options: &conn.options,
+        };
+        match factory(context) {
+            Ok(plugin) => {
+                connections.insert(
+                    name.clone(),
+                    Connection { name: name.clone(), plugin, revocation_workers: conn.revocation_workers.max(1) },
+                );
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut roles = BTreeMap::new();
+    for (name, role) in &config.roles {
+        let key = format!("roles.{name}");
+        if !is_valid_name(name) {
+            errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
+            continue;
+        }
+        let Some(connection) = connections.get(&role.connection) else {
+            if !config.connections.contains_key(&role.connection) {
+                errors.push(ConfigError::new(
+                    format!("{key}.connection"),
+                    format!("unknown connection {:?}", role.connection),
+                ));
+            }
+            continue;
+        };
+        let capabilities = connection.plugin.capabilities();
+        let mut role_ok = true;
+        if role.default_ttl.as_std().is_zero() {
+            errors.push(ConfigError::new(format!("{key}.default_ttl"), "must be longer than 0s"));
+            role_ok = false;
+        }
+        if role.default_ttl > role.max_ttl {
+            errors.push(ConfigError::new(
+                format!("{key}.default_ttl"),
+                format!("{} is longer than max_ttl {}", role.default_ttl, role.max_ttl),
+            ));
+            role_ok = false;
+        }
+        if !(16..=128).contains(&role.password_length) {
+            errors.push(ConfigError::new(format!("{key}.password_length"), "must be between 16 and 128"));
+            role_ok = false;
+        }
+        let template_text = role.username_template.as_deref().unwrap_or(names::DEFAULT_TEMPLATE);
+        let username = match UsernameTemplate::parse(template_text, capabilities.max_username_len) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    format!("{key}.username_template"),
+                    format!("{template_text:?}: {e} (the {} limit is {} bytes)", connection.plugin.name(), capabilities.max_username_len),
+                ));
+                None
+            }
+        };
+        let settings = match connection.plugin.check_role(name, &role.options) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        if let (true, Some(username), Some(settings)) = (role_ok, username, settings) {
+            roles.insert(
+                name.clone(),
+                Role {
+                    name: name.clone(),
+                    connection: role.connection.clone(),
+                    default_ttl: role.default_ttl,
+                    max_ttl: role.max_ttl,
+                    username,
+                    password_length: role.password_length,
+                    capabilities,
+                    settings,
+                },
+            );
+        }
+    }
+
+    if errors.is_empty() {
+        Ok(ValidatedConfig { source: source.to_string(), server: config.server, socket_mode, connections, roles })
+    } else {
+        Err(errors)
+    }
+}
+
+fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretString>, ConfigError> {
+    match (&conn.password_file, &conn.password_env) {
+        (Some(_), Some(_)) => Err(ConfigError::new(key, "set password_file or password_env, not both")),
+        (Some(file), None) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::new(format!("{key}.password_file"), format!("cannot read {}: {e}", file.display()))
+            })?;
+            let password = text.trim_end_matches(['\n', '\r']).to_string();
+            if password.is_empty() {
+                return Err(ConfigError::new(format!("{key}.password_file"), format!("{} is empty", file.display())));
+            }
+            Ok(Some(SecretString::from(password)))
+        }
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(password) if !password.is_empty() => Ok(Some(SecretString::from(password))),
+            _ => Err(ConfigError::new(
+                format!("{key}.password_env"),
+                format!("environment variable {var} is not set or empty"),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}
+
+/// The JSON Schema of the config file, as committed in
+/// `schemas/config.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+[server]
+socket = "/tmp/lessor-test.sock"
+store = "sqlite:///tmp/lessor-test.db"
+
+[connections.pg_main]
+plugin = "postgres"
+url = "postgres://lessor_admin@127.0.0.1:5432/app"
+max_connections = 4
+
+[roles.app_ro]
+connection = "pg_main"
+default_ttl = "1h"
+max_ttl = "24h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE app_readers",
+]
+"#;
+
+    fn errors_of(text: &str) -> String {
+        load_str(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_validates() {
+        let config = load_str(EXAMPLE, "test.toml").unwrap();
+        let role = &config.roles["app_ro"];
+        assert_eq!(role.default_ttl.as_secs(), 3600);
+        assert_eq!(config.socket_mode, 0o660);
+        assert!(role.username.generate("app_ro").starts_with("v_app_ro_"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = errors_of(&EXAMPLE.replace("connection = \"pg_main\"", "connection = \"nope\""));
+        assert!(e.contains("test.toml: roles.app_ro.connection: unknown connection \"nope\""), "{e}");
+
+        let e = errors_of(&EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"48h\""));
+        assert!(e.contains("roles.app_ro.default_ttl: 2d is longer than max_ttl 1d"), "{e}");
+
+        let e = errors_of(&EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"abc\""));
+        assert!(e.contains("invalid duration \"abc\""), "{e}");
+
+        let e = errors_of(&EXAMPLE.replace("plugin = \"postgres\"", "plugin = \"oracle\""));
+        assert!(e.contains("connections.pg_main.plugin: unknown plugin \"oracle\""), "{e}");
+
+        let e = errors_of(&EXAMPLE.replace("[server]", "[server]\nsokcet = 1"));
+        assert!(e.contains("unknown field `sokcet`"), "{e}");
+
+        let e = errors_of(&format!("{EXAMPLE}\nusername_template = \"{{random}}_{{role}}_and_a_very_long_fixed_part_that_leaves_no_room_at_all\"\n"));
+        assert!(e.contains("roles.app_ro.username_template"), "{e}");
+
+        let e = errors_of(&EXAMPLE.replace("[roles.app_ro]", "[roles.\"app'ro\"]"));
+        assert!(e.contains("roles.app'ro: name may hold only"), "{e}");
+    }
+
+    #[test]
+    fn committed_schema_matches_the_types() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/config.schema.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != json_schema() {
+            if std::env::var_os("LESSOR_UPDATE_SCHEMA").is_some() {
+                std::fs::write(&path, json_schema()).unwrap();
+            } else {
+                panic!(
+                    "{} is out of date; regenerate with LESSOR_UPDATE_SCHEMA=1 cargo test -p lessor --lib committed_schema",
+                    path.display()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `lessor serve`: wires config, store, broker and API together, owns the
+//! socket file, and shuts everything down in order.
+//!
+//! The socket is bound and answering `health` ("starting") before the
+//! start-up recovery scan runs, so a large backlog of leases never delays
+//! the daemon becoming reachable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use anyhow::{bail, Context};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState, PeerInfo};
+use crate::broker::Broker;
+use crate::config::{self, ValidatedConfig};
+use crate::store::{LeaseStore, SqliteStore};
+
+/// How `lessor serve` was invoked.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// The config file; required unless `dev`.
+    pub config: Option<PathBuf>,
+    /// Run with an embedded store in `./.lessor-dev` and demo roles.
+    pub dev: bool,
+    /// Overrides `server.socket` (`--socket`, `LESSOR_SOCKET`).
+    pub socket: Option<PathBuf>,
+}
+
+/// The folder `serve --dev` keeps its store and socket in.
+pub const DEV_DIR: &str = ".lessor-dev";
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    init_logging();
+    let mut config = if options.dev {
+        dev_config().await?
+    } else {
+        let path = options.config.as_deref().context("--config FILE is required (or use --dev)")?;
+        config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    if let Some(socket) = options.socket {
+        config.server.socket = socket;
+    }
+    let shutdown = CancellationToken::new();
+    let handle = start(config, shutdown.clone()).await?;
+    if options.dev {
+        eprintln!(
+            "lessor dev server listening on {}\n  export LESSOR_SOCKET={}\n  lessor creds dev_pg --format env",
+            handle.socket.display(),
+            handle.socket.display()
+        );
+    }
+    wait_for_signal().await;
+    info!("shutting down");
+    shutdown.cancel();
+    handle.stopped().await;
+    Ok(())
+}
+
+/// A running daemon: its socket path and the task serving it.
+#[derive(Debug)]
+pub struct Running {
+    pub socket: PathBuf,
+    pub broker: Arc<Broker>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for the server and background work to end after shutdown was
+    /// requested; gives in-flight revocations a few seconds.
+    pub async fn stopped(self) {
+        let _ = self.server.await;
+        self.broker.tasks().close();
+        if tokio::time::timeout(StdDuration::from_secs(10), self.broker.tasks().wait()).await.is_err() {
+            warn!("background tasks still running at shutdown; they resume at the next start");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Opens the store, binds the socket and starts serving. Returns once the
+/// socket accepts connections.
+pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let store_url = config.server.store.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&store_url))
+        .await?
+        .with_context(|| format!("{}: server.store", config.source))?;
+    let store: Arc<dyn LeaseStore> = Arc::new(store);
+    let socket = config.server.socket.clone();
+    let listener = bind_socket(&socket, config.socket_mode).await?;
+    let broker = Broker::new(&config, store, shutdown.clone());
+    for (name, connection) in &config.connections {
+        let plugin = connection.plugin.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            match plugin.verify().await {
+                Ok(()) => info!(connection = %name, "backend reachable"),
+                Err(e) => warn!(connection = %name, error = %e, "backend check failed; issuance will fail until it recovers"),
+            }
+        });
+    }
+    let state = AppState {
+        broker: broker.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: config.server.request_timeout.as_std(),
+    };
+    let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let serving = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serving.await {
+            warn!(error = %e, "server stopped with an error");
+        }
+    });
+    broker.start();
+    info!(socket = %socket.display(), "listening");
+    Ok(Running { socket, broker, server })
+}
+
+/// Binds the Unix socket. A socket file left by a dead daemon is replaced;
+/// one a live daemon answers on is refused.
+async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        match tokio::time::timeout(StdDuration::from_secs(2), UnixStream::connect(path)).await {
+            Ok(Ok(_)) => bail!("another lessor is already listening on {}", path.display()),
+            _ => {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                info!(socket = %path.display(), "replaced a stale socket");
+            }
+        }
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The config of `serve --dev`: an embedded store and socket in
+/// `./.lessor-dev`, and a demo role for a local PostgreSQL if one answers.
+async fn dev_config() -> anyhow::Result<ValidatedConfig> {
+    let dir = std::env::current_dir()?.join(DEV_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut text = format!(
+        "[server]\nsocket = {:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\n",
+        dir.join("lessor.sock"),
+        dir.join("lessor.db").display()
+    );
+    let pg_up =
+        tokio::time::timeout(StdDuration::from_secs(1), tokio::net::TcpStream::connect("127.0.0.1:5432")).await;
+    if matches!(pg_up, Ok(Ok(_))) {
+        text.push_str(DEV_POSTGRES);
+    } else {
+        warn!("no PostgreSQL on 127.0.0.1:5432: the dev server has no roles");
+    }
+    config::load_str(&text, "(dev config)").map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+const DEV_POSTGRES: &str = r#"
+[connections.local_pg]
+plugin = "postgres"
+url = "postgres://postgres@127.0.0.1:5432/postgres"
+
+[roles.dev_pg]
+connection = "local_pg"
+default_ttl = "1h"
+max_ttl = "24h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+]
+"#;

@@ -1,0 +1,974 @@
+//! The embedded lease store: one SQLite file in WAL mode, for a single node.
+//!
+//! One thread owns the write connection. Callers send it a write and a
+//! oneshot reply over a bounded channel; the thread takes everything queued
+//! (up to [`MAX_BATCH`]), applies it in one transaction, commits once and only
+//! then answers every caller, so one fsync (`synchronous = FULL`) serves many
+//! requests. Each write runs inside its own savepoint: one that fails (a
+//! duplicate id) is undone alone and the rest of the batch still commits.
+//!
+//! Reads run on a small pool of separate connections inside
+//! `spawn_blocking`; WAL lets them proceed while the writer commits.
+//!
+//! Times are stored as Unix epoch milliseconds, so they come back truncated
+//! to the millisecond. The schema lives in `schemas/sql/sqlite/`, one file per
+//! migration, and `PRAGMA user_version` records how many have run.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{LeaseStore, StoreError, Write};
+use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+
+/// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
+const MIGRATIONS: &[&str] = &[include_str!("../../schemas/sql/sqlite/0001_leases.sql")];
+
+/// Writes waiting for the writer before `write` callers wait for room.
+const QUEUE: usize = 4096;
+/// Most writes committed in one transaction; bounds how long a batch holds
+/// the write lock and how late its first caller hears back.
+const MAX_BATCH: usize = 1000;
+/// How long a connection waits for a lock held by another one.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle read connections kept open; more are opened under load and closed after.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Selects every column of `leases` in the order [`lease_from_row`] reads them.
+macro_rules! select_leases {
+    ($($tail:literal),*) => {
+        concat!(
+            "SELECT id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
+             renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at \
+             FROM leases ",
+            $($tail),*
+        )
+    };
+}
+
+/// What the writer thread is asked to do.
+// Purges are rare: boxing every write to make them smaller is not worth it.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Write(Write, oneshot::Sender<Result<bool, StoreError>>),
+    /// Deletes `revoked` leases revoked before this many epoch milliseconds.
+    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+impl Job {
+    /// Sends the outcome (rows changed) to the caller, who may have gone.
+    fn answer(self, outcome: Result<u64, StoreError>) {
+        match self {
+            Job::Write(_, reply) => {
+                let _ = reply.send(outcome.map(|changed| changed > 0));
+            }
+            Job::Purge(_, reply) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// The embedded SQLite lease store. Cheap to share behind an `Arc`; dropping
+/// the last handle lets the writer finish what is queued and close the file.
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Readers>,
+    commits: Arc<AtomicU64>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and brings its schema
+    /// up to date. Missing parent directories are created with mode 0700 and
+    /// a new file with mode 0600. Blocks: call it at start-up or from
+    /// `spawn_blocking`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let fail = |message: String| StoreError::Open { location: path.display().to_string(), message };
+
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| fail(format!("cannot create directory {}: {e}", parent.display())))?;
+        }
+        // SQLite gives the -wal and -shm files the mode of the database file,
+        // so creating it ourselves keeps all three private.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail(e.to_string()))?;
+
+        let mut conn = open_writer(path).map_err(&fail)?;
+        migrate(&mut conn).map_err(&fail)?;
+
+        let readers = Arc::new(Readers { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        // Open one reader now so that a file readers cannot use fails here.
+        let reader = open_reader(path).map_err(|e| fail(e.to_string()))?;
+        readers.release(reader);
+
+        let commits = Arc::new(AtomicU64::new(0));
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let writer = {
+            let commits = Arc::clone(&commits);
+            let path = path.to_path_buf();
+            thread::Builder::new()
+                .name("lessor-store-writer".into())
+                .spawn(move || run_writer(conn, queue, &commits, &path))
+                .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
+        };
+
+        Ok(Self { path: path.to_path_buf(), jobs, readers, commits, writer: Some(writer) })
+    }
+
+    /// Opens the store named by `sqlite:///absolute/path.db` or
+    /// `sqlite://relative/path.db` (relative to the working directory).
+    pub fn open_url(url: &str) -> Result<Self, StoreError> {
+        let path = url_path(url).ok_or_else(|| StoreError::Open {
+            location: url.to_string(),
+            message: "expected sqlite:///absolute/path.db or sqlite://relative/path.db".into(),
+        })?;
+        Self::open(path)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops taking writes, waits until the writer has committed everything
+    /// already queued and closed its connection.
+    pub async fn close(mut self) -> Result<(), StoreError> {
+        let writer = self.writer.take();
+        let path = self.path.clone();
+        drop(self);
+        if let Some(writer) = writer {
+            tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| StoreError::Io(format!("{}: the writer thread panicked", path.display())))?;
+        }
+        Ok(())
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.run(query))
+            .await
+            .map_err(|e| StoreError::Io(format!("{}: read task failed: {e}", self.path.display())))?
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn write(&self, write: Write) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Write(write, reply), answer).await
+    }
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(select_leases!("WHERE id = ?1"))?.query_row([id], lease_from_row).optional()
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, exclude: &[LeaseState]) -> Result<Vec<Lease>, StoreError> {
+        // A range on the primary key instead of LIKE: uses the index, and
+        // `_`, `%` and case in the prefix mean nothing special.
+        let lower = prefix.to_owned();
+        let upper = prefix_upper_bound(prefix);
+        let exclude =
+            serde_json::Value::from(exclude.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string();
+        self.read(move |conn| {
+            let mut statement;
+            let rows = match upper {
+                Some(upper) => {
+                    statement = conn.prepare_cached(select_leases!(
+                        "WHERE id >= ?1 AND id < ?2 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id"
+                    ))?;
+                    statement.query_map(params![lower, upper, exclude], lease_from_row)?
+                }
+                None => {
+                    statement = conn.prepare_cached(select_leases!(
+                        "WHERE id >= ?1 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id"
+                    ))?;
+                    statement.query_map(params![lower, exclude], lease_from_row)?
+                }
+            };
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<Lease>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(select_leases!("WHERE state != 'revoked' ORDER BY expires_at, id"))?
+                .query_map([], lease_from_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        // Through the writer: it deletes, and SQLite has one writer anyway.
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
+    }
+
+    /// One per batch the writer committed.
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// The path in a `sqlite://` url, if the url is one.
+fn url_path(url: &str) -> Option<&Path> {
+    let path = url.strip_prefix("sqlite://")?;
+    // A query (`?mode=rwc`) would otherwise silently become part of the file name.
+    (!path.is_empty() && !path.contains('?')).then(|| Path::new(path))
+}
+
+/// The least string greater than every string that starts with `prefix`
+/// (None when there is none, e.g. for ""). SQLite compares text bytewise and
+/// UTF-8 preserves code point order, so bumping the last char that can be
+/// bumped is enough.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn open_writer(path: &Path) -> Result<Connection, String> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| e.to_string())?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| format!("cannot set the journal mode: {e}"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("cannot use WAL journal mode (the file stays in {mode} mode)"));
+    }
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "foreign_keys", true).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Runs the migrations the file has not seen, all in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let latest = MIGRATIONS.len() as i64;
+    let user_version = |conn: &Connection| -> Result<i64, String> {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| format!("cannot read the schema version: {e}"))
+    };
+    if user_version(conn)? == latest {
+        return Ok(());
+    }
+    // Re-read under the write lock: another process may be migrating too.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+    let version = user_version(&tx)?;
+    if !(0..=latest).contains(&version) {
+        return Err(format!("schema version {version} is unknown to this lessor (latest is {latest})"));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(|e| format!("migration {}: {e}", index + 1))?;
+    }
+    tx.pragma_update(None, "user_version", latest).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| format!("cannot commit the migrations: {e}"))
+}
+
+/// The writer thread: batches jobs until every sender is gone.
+fn run_writer(mut conn: Connection, mut queue: mpsc::Receiver<Job>, commits: &AtomicU64, path: &Path) {
+    let mut batch = Vec::new();
+    while let Some(job) = queue.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch, commits, path);
+    }
+}
+
+/// Applies `batch` in one transaction, commits, then answers every job
+/// (emptying `batch`). Nobody hears of success before the commit.
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, commits: &AtomicU64, path: &Path) {
+    let outcomes = (|| -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch.iter() {
+            let savepoint = tx.savepoint()?;
+            let outcome = apply(&savepoint, job, path);
+            if outcome.is_ok() {
+                savepoint.commit()?;
+            } else {
+                // Rolls back to the savepoint: a failed job is undone alone.
+                savepoint.finish()?;
+            }
+            // Some errors (I/O, full disk) end the whole transaction; what
+            // follows would run outside it, so give up on the batch.
+            if tx.is_autocommit() {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some(format!(
+                        "transaction aborted: {}",
+                        outcome.err().map_or_else(String::new, |e| e.to_string())
+                    )),
+                ));
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    })();
+
+    match outcomes {
+        Ok(outcomes) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                job.answer(outcome);
+            }
+        }
+        Err(e) => {
+            let message = format!("{}: cannot commit {} write(s): {e}", path.display(), batch.len());
+            for job in batch.drain(..) {
+                job.answer(Err(StoreError::Io(message.clone())));
+            }
+        }
+    }
+}
+
+/// Applies one job; the number of rows it changed.
+fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
+    let failed = |what: &str, e: rusqlite::Error| StoreError::Io(format!("{}: {what}: {e}", path.display()));
+    let write = match job {
+        Job::Purge(before, _) => {
+            return conn
+                .prepare_cached("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < ?1")
+                .and_then(|mut s| s.execute([before]))
+                .map(|n| n as u64)
+                .map_err(|e| failed("purge revoked leases", e));
+        }
+        Job::Write(write, _) => write,
+    };
+    let id = write.id().as_str();
+    let changed = match write {
+        Write::Insert(lease) => {
+            let inserted = insert(conn, lease).map_err(|e| failed(&format!("insert lease {id}"), e))?;
+            if inserted == 0 {
+                return Err(StoreError::Duplicate(lease.id.clone()));
+            }
+            inserted
+        }
+        Write::Activate { plugin_data, .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET state = 'active', plugin_data = ?2 WHERE id = ?1 AND state = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![id, json_text(plugin_data.as_ref())?]))
+            .map_err(|e| failed(&format!("activate lease {id}"), e))?,
+        Write::Renew { expires_at, .. } => conn
+            .prepare_cached("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'")
+            .and_then(|mut s| s.execute(params![id, expires_at.timestamp_millis()]))
+            .map_err(|e| failed(&format!("renew lease {id}"), e))?,
+        Write::StartRevoking { .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET state = 'revoking' \
+                 WHERE id = ?1 AND state IN ('pending', 'active', 'irrevocable')",
+            )
+            .and_then(|mut s| s.execute([id]))
+            .map_err(|e| failed(&format!("start revoking lease {id}"), e))?,
+        Write::RevokeFailed { attempts, last_error, irrevocable, .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET attempts = ?2, last_error = ?3, \
+                 state = CASE WHEN ?4 THEN 'irrevocable' ELSE state END \
+                 WHERE id = ?1 AND state IN ('revoking', 'irrevocable')",
+            )
+            .and_then(|mut s| s.execute(params![id, attempts, last_error, irrevocable]))
+            .map_err(|e| failed(&format!("record failed revocation of lease {id}"), e))?,
+        Write::Revoked { at, .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET state = 'revoked', revoked_at = ?2 WHERE id = ?1 AND state != 'revoked'",
+            )
+            .and_then(|mut s| s.execute(params![id, at.timestamp_millis()]))
+            .map_err(|e| failed(&format!("mark lease {id} revoked"), e))?,
+        Write::Delete { .. } => conn
+            .prepare_cached("DELETE FROM leases WHERE id = ?1")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(|e| failed(&format!("delete lease {id}"), e))?,
+    };
+    Ok(changed as u64)
+}
+
+/// Inserts `lease` unless its id exists; rows inserted.
+fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
+         renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        lease.id.as_str(),
+        lease.role,
+        lease.connection,
+        lease.username,
+        lease.state.as_str(),
+        lease.issued_at.timestamp_millis(),
+        lease.expires_at.timestamp_millis(),
+        lease.max_expires_at.timestamp_millis(),
+        lease.renewable,
+        lease.attempts,
+        lease.last_error,
+        lease.owner.uid,
+        lease.owner.gid,
+        lease.owner.pid,
+        json_text(lease.plugin_data.as_ref())?,
+        lease.revoked_at.map(|t| t.timestamp_millis()),
+    ])
+}
+
+fn json_text(value: Option<&serde_json::Value>) -> rusqlite::Result<Option<String>> {
+    value
+        .map(|v| serde_json::to_string(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into())))
+        .transpose()
+}
+
+/// Reads a row selected by [`select_leases!`].
+fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+    let bad = |index: usize, kind: Type, message: String| {
+        rusqlite::Error::FromSqlConversionFailure(index, kind, message.into())
+    };
+    let time = |index: usize| -> rusqlite::Result<DateTime<Utc>> {
+        let millis: i64 = row.get(index)?;
+        DateTime::from_timestamp_millis(millis)
+            .ok_or_else(|| bad(index, Type::Integer, format!("bad time {millis}")))
+    };
+    let state: String = row.get(4)?;
+    let plugin_data: Option<String> = row.get(14)?;
+    let revoked_at: Option<i64> = row.get(15)?;
+    Ok(Lease {
+        id: LeaseId::from_store(row.get(0)?),
+        role: row.get(1)?,
+        connection: row.get(2)?,
+        username: row.get(3)?,
+        state: LeaseState::parse(&state)
+            .ok_or_else(|| bad(4, Type::Text, format!("unknown state {state:?}")))?,
+        issued_at: time(5)?,
+        expires_at: time(6)?,
+        max_expires_at: time(7)?,
+        renewable: row.get(8)?,
+        attempts: row.get(9)?,
+        last_error: row.get(10)?,
+        owner: Owner { uid: row.get(11)?, gid: row.get(12)?, pid: row.get(13)? },
+        plugin_data: plugin_data
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| bad(14, Type::Text, format!("bad plugin data: {e}")))
+            })
+            .transpose()?,
+        revoked_at: revoked_at
+            .map(|millis| {
+                DateTime::from_timestamp_millis(millis)
+                    .ok_or_else(|| bad(15, Type::Integer, format!("bad time {millis}")))
+            })
+            .transpose()?,
+    })
+}
+
+/// Read connections, reused. A std mutex: it is held only to push or pop.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// Runs `query` on an idle connection (or a new one). Blocks.
+    fn run<T>(&self, query: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let failed = |e: rusqlite::Error| StoreError::Io(format!("{}: {e}", self.path.display()));
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path).map_err(failed)?,
+        };
+        let result = query(&conn).map_err(failed);
+        self.release(conn);
+        result
+    }
+
+    fn release(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use chrono::TimeDelta;
+    use serde_json::json;
+
+    use super::*;
+
+    /// `t` as the store gives it back.
+    fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
+    }
+
+    fn pending(role: &str) -> Lease {
+        let now = millis(Utc::now());
+        Lease {
+            id: LeaseId::generate(role),
+            role: role.to_string(),
+            connection: "main".into(),
+            username: format!("v_{role}_{}", rand::random::<u32>()),
+            state: LeaseState::Pending,
+            issued_at: now,
+            expires_at: now + TimeDelta::hours(1),
+            max_expires_at: now + TimeDelta::hours(24),
+            renewable: true,
+            attempts: 0,
+            last_error: None,
+            owner: Owner { uid: 1000, gid: 1000, pid: Some(4242) },
+            plugin_data: None,
+            revoked_at: None,
+        }
+    }
+
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
+        (dir, store)
+    }
+
+    async fn state_of(store: &SqliteStore, id: &LeaseId) -> LeaseState {
+        store.get(id).await.unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_lease_round_trips_with_every_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/lessor/leases.db");
+        let store = SqliteStore::open(&path).unwrap();
+
+        let mut full = pending("app_ro");
+        full.state = LeaseState::Irrevocable;
+        full.renewable = false;
+        full.attempts = 7;
+        full.last_error = Some("role \"v_x\" cannot be dropped".into());
+        full.owner = Owner { uid: u32::MAX, gid: 0, pid: None };
+        full.plugin_data = Some(json!({"db": "orders", "grants": ["SELECT"], "n": 1.5}));
+        full.revoked_at = Some(millis(Utc::now()));
+        let bare = pending("app_ro");
+
+        for lease in [&full, &bare] {
+            assert!(store.write(Write::Insert(lease.clone())).await.unwrap());
+            assert_eq!(store.get(&lease.id).await.unwrap().as_ref(), Some(lease));
+        }
+        assert_eq!(store.get(&LeaseId::generate("app_ro")).await.unwrap(), None);
+
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+    }
+
+    #[tokio::test]
+    async fn writes_apply_only_in_their_states() {
+        let (_dir, store) = temp_store();
+        let lease = pending("app");
+        let id = lease.id.clone();
+        let later = millis(Utc::now()) + TimeDelta::hours(2);
+        let renew = || Write::Renew { id: id.clone(), expires_at: later };
+        let failed = |attempts, irrevocable| Write::RevokeFailed {
+            id: id.clone(),
+            attempts,
+            last_error: format!("attempt {attempts}"),
+            irrevocable,
+        };
+
+        // Nothing applies to a lease that does not exist, except Insert.
+        for write in [
+            renew(),
+            Write::StartRevoking { id: id.clone() },
+            failed(1, false),
+            Write::Delete { id: id.clone() },
+        ] {
+            assert!(!store.write(write).await.unwrap());
+        }
+        assert!(store.write(Write::Insert(lease)).await.unwrap());
+
+        // pending
+        assert!(!store.write(renew()).await.unwrap());
+        assert!(!store.write(failed(1, false)).await.unwrap());
+        let data = Some(json!({"grants": ["app_read"]}));
+        assert!(store.write(Write::Activate { id: id.clone(), plugin_data: data.clone() }).await.unwrap());
+
+        // active
+        assert!(!store.write(Write::Activate { id: id.clone(), plugin_data: None }).await.unwrap());
+        assert!(!store.write(failed(1, false)).await.unwrap());
+        assert!(store.write(renew()).await.unwrap());
+        let got = store.get(&id).await.unwrap().unwrap();
+        assert_eq!((got.state, got.expires_at, got.plugin_data), (LeaseState::Active, later, data));
+        assert!(store.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
+
+        // revoking
+        assert!(!store.write(renew()).await.unwrap());
+        assert!(!store.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
+        assert!(store.write(failed(1, false)).await.unwrap());
+        assert_eq!(state_of(&store, &id).await, LeaseState::Revoking);
+        assert!(store.write(failed(6, true)).await.unwrap());
+
+        // irrevocable
+        let got = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.state, got.attempts, got.last_error.as_deref()),
+            (LeaseState::Irrevocable, 6, Some("attempt 6"))
+        );
+        assert!(!store.write(renew()).await.unwrap());
+        assert!(store.write(failed(7, false)).await.unwrap());
+        assert_eq!(state_of(&store, &id).await, LeaseState::Irrevocable);
+        assert!(store.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
+        let at = millis(Utc::now());
+        assert!(store.write(Write::Revoked { id: id.clone(), at }).await.unwrap());
+
+        // revoked: final
+        let got = store.get(&id).await.unwrap().unwrap();
+        assert_eq!((got.state, got.revoked_at), (LeaseState::Revoked, Some(at)));
+        for write in [
+            renew(),
+            Write::Activate { id: id.clone(), plugin_data: None },
+            Write::StartRevoking { id: id.clone() },
+            failed(8, true),
+            Write::Revoked { id: id.clone(), at: at + TimeDelta::hours(1) },
+        ] {
+            assert!(!store.write(write).await.unwrap());
+        }
+        assert_eq!(store.get(&id).await.unwrap().unwrap(), got);
+
+        // Delete applies whatever the state.
+        assert!(store.write(Write::Delete { id: id.clone() }).await.unwrap());
+        assert_eq!(store.get(&id).await.unwrap(), None);
+
+        // Revoked applies to every non-final state, pending included.
+        let other = pending("app");
+        store.write(Write::Insert(other.clone())).await.unwrap();
+        assert!(store.write(Write::Revoked { id: other.id.clone(), at }).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_fails_alone_in_its_batch() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("leases.db");
+        let mut conn = open_writer(&path).unwrap();
+        let (a, b) = (pending("app"), pending("app"));
+        let mut replies = Vec::new();
+        let mut batch = Vec::new();
+        for write in [
+            Write::Insert(a.clone()),
+            Write::Insert(a.clone()),
+            Write::Insert(b.clone()),
+            Write::Activate { id: a.id.clone(), plugin_data: None },
+        ] {
+            let (reply, answer) = oneshot::channel();
+            batch.push(Job::Write(write, reply));
+            replies.push(answer);
+        }
+        let commits = AtomicU64::new(0);
+        commit_batch(&mut conn, &mut batch, &commits, &path);
+        assert!(batch.is_empty());
+        assert_eq!(commits.load(Ordering::Relaxed), 1);
+
+        let mut outcomes = Vec::new();
+        for answer in replies {
+            outcomes.push(answer.await.unwrap());
+        }
+        assert!(matches!(outcomes[0], Ok(true)));
+        assert!(matches!(&outcomes[1], Err(StoreError::Duplicate(id)) if *id == a.id), "{:?}", outcomes[1]);
+        assert!(matches!(outcomes[2], Ok(true)));
+        assert!(matches!(outcomes[3], Ok(true)));
+        assert_eq!(state_of(&store, &a.id).await, LeaseState::Active);
+        assert_eq!(store.get(&b.id).await.unwrap(), Some(b.clone()));
+
+        // And through the public API.
+        let err = store.write(Write::Insert(b.clone())).await.unwrap_err();
+        assert!(matches!(err, StoreError::Duplicate(ref id) if *id == b.id));
+        assert_eq!(err.to_string(), format!("lease {} already exists", b.id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_inserts_are_durable_after_reopening() {
+        let (dir, store) = temp_store();
+        let store = Arc::new(store);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = Arc::clone(&store);
+            tasks.spawn(async move {
+                let lease = pending(&format!("role{}", i % 7));
+                assert!(store.write(Write::Insert(lease.clone())).await.unwrap());
+                lease
+            });
+        }
+        let mut written = tasks.join_all().await;
+        written.sort_by(|a, b| a.id.cmp(&b.id));
+        Arc::into_inner(store).unwrap().close().await.unwrap();
+
+        let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
+        assert_eq!(store.list("", &[]).await.unwrap(), written);
+        assert_eq!(store.unfinished().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn group_commit_batches_concurrent_writes() {
+        // On this single-threaded runtime the tasks all queue their write
+        // before any of them waits, so the writer sees them in few batches.
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let writes = 500;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writes {
+            let store = Arc::clone(&store);
+            tasks.spawn(async move { store.write(Write::Insert(pending("app"))).await.unwrap() });
+        }
+        assert!(tasks.join_all().await.into_iter().all(|inserted| inserted));
+        let commits = store.commits();
+        assert!(commits >= 1 && commits < writes / 2, "{commits} commits for {writes} writes");
+        assert_eq!(store.list("app/", &[]).await.unwrap().len(), writes as usize);
+    }
+
+    #[tokio::test]
+    async fn reopening_migrates_once_and_keeps_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        let lease = pending("app");
+        let store = SqliteStore::open(&path).unwrap();
+        store.write(Write::Insert(lease.clone())).await.unwrap();
+        store.close().await.unwrap();
+
+        for _ in 0..2 {
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(store.get(&lease.id).await.unwrap().as_ref(), Some(&lease));
+            store.close().await.unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('leases')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            columns,
+            [
+                "id",
+                "role",
+                "connection",
+                "username",
+                "state",
+                "issued_at",
+                "expires_at",
+                "max_expires_at",
+                "renewable",
+                "attempts",
+                "last_error",
+                "owner_uid",
+                "owner_gid",
+                "owner_pid",
+                "plugin_data",
+                "revoked_at",
+            ]
+        );
+
+        // A file from a newer lessor is refused, naming the file.
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(&err, StoreError::Open { location, .. } if *location == path.display().to_string()));
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn list_takes_the_prefix_literally() {
+        let (_dir, store) = temp_store();
+        let mut by_role = std::collections::BTreeMap::new();
+        for role in ["app_r", "app_ro", "appxr", "APP_R", "app%r", "app", "b"] {
+            let leases = [pending(role), pending(role)];
+            for lease in &leases {
+                store.write(Write::Insert(lease.clone())).await.unwrap();
+            }
+            by_role.insert(role, leases);
+        }
+        let ids = |leases: Vec<Lease>| leases.into_iter().map(|l| l.id.to_string()).collect::<Vec<_>>();
+        let expected = |roles: &[&str]| {
+            let mut ids: Vec<String> =
+                roles.iter().flat_map(|r| by_role[r].iter().map(|l| l.id.to_string())).collect();
+            ids.sort();
+            ids
+        };
+
+        assert_eq!(ids(store.list("app_r/", &[]).await.unwrap()), expected(&["app_r"]));
+        assert_eq!(ids(store.list("app_r", &[]).await.unwrap()), expected(&["app_r", "app_ro"]));
+        assert_eq!(ids(store.list("app%", &[]).await.unwrap()), expected(&["app%r"]));
+        assert_eq!(ids(store.list("zz", &[]).await.unwrap()), Vec::<String>::new());
+        let all = ids(store.list("", &[]).await.unwrap());
+        assert_eq!(all, expected(&["app_r", "app_ro", "appxr", "APP_R", "app%r", "app", "b"]));
+
+        let gone = &by_role["app_r"][0].id;
+        store.write(Write::Revoked { id: gone.clone(), at: Utc::now() }).await.unwrap();
+        let listed =
+            ids(store.list("app_r/", &[LeaseState::Revoked, LeaseState::Irrevocable]).await.unwrap());
+        assert_eq!(listed, vec![by_role["app_r"][1].id.to_string()]);
+        assert_eq!(store.list("app_r/", &[LeaseState::Pending]).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn unfinished_leaves_out_revoked_in_expiry_order() {
+        let (_dir, store) = temp_store();
+        let now = millis(Utc::now());
+        let mut leases = Vec::new();
+        for minutes in [30, 10, 20, 5] {
+            let mut lease = pending("app");
+            lease.expires_at = now + TimeDelta::minutes(minutes);
+            store.write(Write::Insert(lease.clone())).await.unwrap();
+            leases.push(lease);
+        }
+        store.write(Write::Revoked { id: leases[3].id.clone(), at: now }).await.unwrap();
+        let order: Vec<LeaseId> = store.unfinished().await.unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(order, [&leases[1], &leases[2], &leases[0]].map(|l| l.id.clone()));
+    }
+
+    #[tokio::test]
+    async fn purge_removes_only_leases_revoked_before_the_cutoff() {
+        let (_dir, store) = temp_store();
+        let now = millis(Utc::now());
+        let [old, recent, live] = [pending("app"), pending("app"), pending("app")];
+        for lease in [&old, &recent, &live] {
+            store.write(Write::Insert(lease.clone())).await.unwrap();
+        }
+        store.write(Write::Revoked { id: old.id.clone(), at: now - TimeDelta::hours(2) }).await.unwrap();
+        store
+            .write(Write::Revoked { id: recent.id.clone(), at: now - TimeDelta::minutes(10) })
+            .await
+            .unwrap();
+
+        assert_eq!(store.purge_revoked(now - TimeDelta::hours(1)).await.unwrap(), 1);
+        assert_eq!(store.get(&old.id).await.unwrap(), None);
+        assert!(store.get(&recent.id).await.unwrap().is_some());
+        assert!(store.get(&live.id).await.unwrap().is_some());
+        assert_eq!(store.purge_revoked(now - TimeDelta::hours(1)).await.unwrap(), 0);
+        assert_eq!(store.purge_revoked(now).await.unwrap(), 1);
+        assert_eq!(store.list("", &[]).await.unwrap(), vec![live]);
+    }
+
+    #[tokio::test]
+    async fn urls_name_absolute_or_relative_files() {
+        assert_eq!(
+            url_path("sqlite:///var/lib/lessor/leases.db"),
+            Some(Path::new("/var/lib/lessor/leases.db"))
+        );
+        assert_eq!(url_path("sqlite://state/leases.db"), Some(Path::new("state/leases.db")));
+        for bad in [
+            "sqlite://",
+            "sqlite:leases.db",
+            "postgres://host/db",
+            "/var/lib/leases.db",
+            "sqlite:///x.db?mode=rwc",
+        ] {
+            assert_eq!(url_path(bad), None, "{bad}");
+            let err = SqliteStore::open_url(bad).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        let store = SqliteStore::open_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert_eq!(store.path(), path);
+        assert!(store.list("", &[]).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn prefix_upper_bounds_are_tight() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("app_r/").as_deref(), Some("app_r0"));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+    }
+
+    #[test]
+    fn an_unusable_path_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+    }
+}

@@ -16,7 +16,7 @@
 //! issuance to finish rather than racing it in the backend.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -283,7 +283,8 @@ impl Broker {
             Some(ttl) => ttl,
         };
         let backend = &self.backends[&role.connection];
-        let now = Utc::now();
+        let _in_flight = InFlight::enter(&self.metrics.in_flight);
+        let now = now_ms();
         let lease = Lease {
             id: LeaseId::generate(&role.name),
             role: role.name.clone(),
@@ -395,7 +396,7 @@ impl Broker {
                 })
             }
         };
-        let expires_at = (Utc::now() + increment.to_chrono()).min(lease.max_expires_at);
+        let expires_at = (now_ms() + increment.to_chrono()).min(lease.max_expires_at);
         let backend = self.backend(&lease)?;
         let lease_ref = self.lease_ref(&lease);
         backend
@@ -583,6 +584,29 @@ impl Broker {
     /// The deadline a lease is scheduled for, if any (for tests and `show`).
     pub fn deadline_of(&self, id: &LeaseId) -> Option<DateTime<Utc>> {
         self.index.deadline_of(id)
+    }
+}
+
+/// Now, to the millisecond: the precision the store keeps, so what the API
+/// answers is what a later read returns.
+fn now_ms() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(3)
+}
+
+/// Counts an issuance in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

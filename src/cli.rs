@@ -106,7 +106,9 @@ enum LeaseCommand {
         prefix: Option<String>,
         /// With --prefix: forget leases even when the backend refuses to
         /// revoke them.
-        #[arg(long, requires = "prefix")]
+        // `requires` alone is waived when `id` (which conflicts with
+        // `--prefix`) is given, hence the explicit conflict.
+        #[arg(long, requires = "prefix", conflicts_with = "id")]
         force: bool,
     },
 }
@@ -272,7 +274,7 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
             out(&pretty(&body))?;
             match body.get("failed").and_then(Value::as_array).map(Vec::len) {
                 Some(n) if n > 0 => Err(Failure::new(format!(
-                    "{n} lease(s) under `{prefix}` could not be revoked yet; lessor keeps retrying them"
+                    "{n} lease(s) under `{prefix}` could not be revoked (listed under `failed`)"
                 ))),
                 _ => Ok(()),
             }
@@ -297,9 +299,14 @@ fn success(response: Response) -> Result<Value, Failure> {
     let message = match response.api_error() {
         Some(e) => format!("{} ({}, HTTP {status})", one_line(&e.message), one_line(&e.code)),
         None => {
-            let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("request failed");
+            let reason = hyper::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("request failed");
             match &response.body {
-                Value::String(text) if !text.trim().is_empty() => format!("{} (HTTP {status})", one_line(text.trim())),
+                Value::String(text) if !text.trim().is_empty() => {
+                    format!("{} (HTTP {status})", one_line(text.trim()))
+                }
                 _ => format!("{reason} (HTTP {status})"),
             }
         }
@@ -404,7 +411,8 @@ fn creds_table(body: &Value) -> String {
 /// One row per lease, under a header.
 fn lease_table(body: &Value) -> Result<String, String> {
     let leases = body.get("leases").and_then(Value::as_array).ok_or("the response has no `leases` list")?;
-    let mut rows = vec![["LEASE_ID", "ROLE", "USERNAME", "STATE", "EXPIRES_AT", "OWNER"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["LEASE_ID", "ROLE", "USERNAME", "STATE", "EXPIRES_AT", "OWNER"].map(String::from).to_vec()];
     for lease in leases {
         rows.push(vec![
             cell(lease.get("lease_id")),
@@ -431,8 +439,9 @@ fn cell(value: Option<&Value>) -> String {
 /// Left-aligned columns separated by two spaces, without trailing blanks.
 fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
     let mut text = String::new();
     for row in rows {
         let mut line = String::new();
@@ -478,7 +487,9 @@ mod tests {
         assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x"]).is_ok());
         assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "--prefix", "app_ro/", "--force"]).is_ok());
         assert!(Cli::try_parse_from(["lessor", "lease", "revoke"]).is_err());
-        assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x", "--prefix", "app_ro/"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x", "--prefix", "app_ro/"]).is_err()
+        );
         assert!(Cli::try_parse_from(["lessor", "lease", "revoke", "app_ro/x", "--force"]).is_err());
     }
 
@@ -513,14 +524,21 @@ mod tests {
             "export LESSOR_LEASE_ID='app_ro/AbC'\nexport PGUSER='v_app_ro_x'\nexport PGPASSWORD='p'\\''w'\n"
         );
         let my = issued("mysql", json!({"username": "u", "password": "p"}));
-        assert_eq!(env_exports(&my).unwrap(), "export LESSOR_LEASE_ID='app_ro/AbC'\nexport MYSQL_USER='u'\nexport MYSQL_PWD='p'\n");
-        let aws = issued("aws", json!({"access_key_id": "AKIA", "secret_access_key": "s/+=", "session_token": "t"}));
+        assert_eq!(
+            env_exports(&my).unwrap(),
+            "export LESSOR_LEASE_ID='app_ro/AbC'\nexport MYSQL_USER='u'\nexport MYSQL_PWD='p'\n"
+        );
+        let aws = issued(
+            "aws",
+            json!({"access_key_id": "AKIA", "secret_access_key": "s/+=", "session_token": "t"}),
+        );
         assert_eq!(
             env_exports(&aws).unwrap(),
             "export LESSOR_LEASE_ID='app_ro/AbC'\nexport AWS_ACCESS_KEY_ID='AKIA'\n\
              export AWS_SECRET_ACCESS_KEY='s/+='\nexport AWS_SESSION_TOKEN='t'\n"
         );
-        let iam_user = issued("aws", json!({"access_key_id": "AKIA", "secret_access_key": "s", "session_token": null}));
+        let iam_user =
+            issued("aws", json!({"access_key_id": "AKIA", "secret_access_key": "s", "session_token": null}));
         assert!(!env_exports(&iam_user).unwrap().contains("AWS_SESSION_TOKEN"));
     }
 
@@ -565,13 +583,19 @@ mod tests {
              app_ro/AbC    app_ro     v_app_ro_1  active       2030-01-01T01:00:00Z  1000\n\
              reporting/Xy  reporting  -           irrevocable  2030-01-01T00:30:00Z  0\n"
         );
-        assert_eq!(lease_table(&json!({"leases": []})).unwrap(), "LEASE_ID  ROLE  USERNAME  STATE  EXPIRES_AT  OWNER\n");
+        assert_eq!(
+            lease_table(&json!({"leases": []})).unwrap(),
+            "LEASE_ID  ROLE  USERNAME  STATE  EXPIRES_AT  OWNER\n"
+        );
         assert!(lease_table(&json!({})).is_err());
     }
 
     #[test]
     fn api_errors_become_one_line() {
-        let r = Response { status: 404, body: json!({"error": {"code": "unknown_role", "message": "no role\n`x`"}}) };
+        let r = Response {
+            status: 404,
+            body: json!({"error": {"code": "unknown_role", "message": "no role\n`x`"}}),
+        };
         assert_eq!(success(r).unwrap_err().message, "no role `x` (unknown_role, HTTP 404)");
         let r = Response { status: 502, body: Value::Null };
         let f = success(r).unwrap_err();

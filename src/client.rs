@@ -150,7 +150,12 @@ impl Client {
     /// Sends one request on a fresh connection. `path` is the request
     /// target, already encoded (`/v1/leases?prefix=app_ro%2F`). A `body`
     /// is sent as JSON; without one the request has no body.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Response, ClientError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
@@ -162,7 +167,11 @@ impl Client {
             let _ = connection.await;
         });
 
-        let builder = Request::builder().method(method).uri(path).header(HOST, "localhost").header(ACCEPT, "application/json");
+        let builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, "localhost")
+            .header(ACCEPT, "application/json");
         let request = match body {
             Some(body) => builder
                 .header(CONTENT_TYPE, "application/json")
@@ -188,6 +197,30 @@ impl Client {
                 Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
             }
         };
+        Ok(Response { status, body })
+    }
+
+    /// Sends raw bytes as a JSON-typed body, well-formed or not: for tests
+    /// of how the daemon treats bad input.
+    pub async fn request_raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, "localhost")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok(Response { status, body })
     }
 
@@ -276,8 +309,14 @@ mod tests {
 
     #[test]
     fn api_error_is_read_from_the_envelope() {
-        let r = Response { status: 404, body: json!({"error": {"code": "unknown_role", "message": "no role `x`"}}) };
-        assert_eq!(r.api_error(), Some(ApiError { code: "unknown_role".into(), message: "no role `x`".into() }));
+        let r = Response {
+            status: 404,
+            body: json!({"error": {"code": "unknown_role", "message": "no role `x`"}}),
+        };
+        assert_eq!(
+            r.api_error(),
+            Some(ApiError { code: "unknown_role".into(), message: "no role `x`".into() })
+        );
         assert!(!r.is_success());
         assert_eq!(Response { status: 200, body: json!({"ok": true}) }.api_error(), None);
     }
@@ -297,13 +336,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lessor.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let app = Router::new()
-            .route("/v1/missing", get(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "not_found", "message": "nope"}}))) }))
-            .route("/v1/text", get(|| async { "lessor_leases_active 3\n" }))
-            .route("/v1/empty", get(|| async { StatusCode::NO_CONTENT }))
-            .route("/v1/bad", get(|| async { ([(CONTENT_TYPE, "application/json")], "{not json") }))
-            .route("/v1/query", get(|Query(q): Query<std::collections::HashMap<String, String>>| async move { Json(json!(q)) }))
-            .fallback(any(echo));
+        let app =
+            Router::new()
+                .route(
+                    "/v1/missing",
+                    get(|| async {
+                        (
+                            StatusCode::NOT_FOUND,
+                            Json(json!({"error": {"code": "not_found", "message": "nope"}})),
+                        )
+                    }),
+                )
+                .route("/v1/text", get(|| async { "lessor_leases_active 3\n" }))
+                .route("/v1/empty", get(|| async { StatusCode::NO_CONTENT }))
+                .route("/v1/bad", get(|| async { ([(CONTENT_TYPE, "application/json")], "{not json") }))
+                .route(
+                    "/v1/query",
+                    get(|Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                        Json(json!(q))
+                    }),
+                )
+                .fallback(any(echo));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (dir, Client::new(path))
     }

@@ -144,9 +144,16 @@ async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Logs go to stderr, filtered by `LESSOR_LOG` (default `info`). The
+/// database drivers are held at `info` whatever the filter says: at debug
+/// they print statement text, and a creation statement carries a password
+/// (or its SCRAM verifier).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for quiet in ["tokio_postgres=info", "postgres_protocol=info", "mysql_async=info", "mysql_common=info"] {
+        filter = filter.add_directive(quiet.parse().expect("valid directive"));
+    }
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

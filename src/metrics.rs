@@ -25,6 +25,8 @@ pub struct Metrics {
     pub lateness_ms_sum: AtomicU64,
     pub lateness_count: AtomicU64,
     pub lateness_ms_max: AtomicU64,
+    /// Issuances started and not yet answered (a gauge).
+    pub in_flight: AtomicU64,
 }
 
 /// Gauges read at scrape time from other parts of the daemon.
@@ -82,6 +84,12 @@ impl Metrics {
             "# HELP lessor_revocation_lateness_ms_max Latest revocation after expiry, in milliseconds.\n\
              # TYPE lessor_revocation_lateness_ms_max gauge\nlessor_revocation_lateness_ms_max {}",
             get(&self.lateness_ms_max)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lessor_issuances_in_flight Issuances started and not yet finished.\n\
+             # TYPE lessor_issuances_in_flight gauge\nlessor_issuances_in_flight {}",
+            get(&self.in_flight)
         );
         let _ = writeln!(
             out,

@@ -22,8 +22,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use lessor_plugin::template::{Template, Values};
 use lessor_plugin::{
-    downcast_role, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created, Credential, LeaseRef,
-    Plugin, PluginError, RoleSettings,
+    downcast_role, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created, Credential,
+    LeaseRef, Plugin, PluginError, RoleSettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
@@ -67,8 +67,13 @@ impl PgPlugin {
     /// Builds the plugin for one connection. Does not connect: the pool
     /// opens connections on demand, and [`Plugin::verify`] checks them.
     pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
-        let settings =
-            ConnectionSettings::parse(ctx.name, ctx.url, ctx.password.as_ref(), ctx.max_connections, ctx.options)?;
+        let settings = ConnectionSettings::parse(
+            ctx.name,
+            ctx.url,
+            ctx.password.as_ref(),
+            ctx.max_connections,
+            ctx.options,
+        )?;
         Self::from_settings(settings)
     }
 
@@ -98,7 +103,14 @@ impl PgPlugin {
 
     /// Runs the role's rollback statements after a failed creation, best
     /// effort: the broker revokes the username regardless.
-    async fn rollback(&self, client: &Object, role: &str, statements: &[Template], username: &str, redactor: &Redactor) {
+    async fn rollback(
+        &self,
+        client: &Object,
+        role: &str,
+        statements: &[Template],
+        username: &str,
+        redactor: &Redactor,
+    ) {
         let cx = Context::new(Operation::Create, Some(username));
         for (i, template) in statements.iter().enumerate() {
             let sql = template.render(&Values { name: username, password: None, expiration: None });
@@ -110,7 +122,12 @@ impl PgPlugin {
         }
     }
 
-    async fn revoke_default(&self, client: &Object, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+    async fn revoke_default(
+        &self,
+        client: &Object,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
         let redactor = Redactor::default();
         let ident = quote_ident(username);
 
@@ -143,12 +160,16 @@ impl PgPlugin {
                 debug!(operation = "revoke", connection = %self.connection, username, step = name, "granting the role to the admin and retrying");
                 match client.batch_execute(&format!("GRANT {ident} TO CURRENT_USER")).await {
                     Err(e) if is_undefined_object(&e) => return Ok(()),
-                    Err(e) => return Err(classify(&e, &cx.step("GRANT role TO CURRENT_USER", false), &redactor)),
+                    Err(e) => {
+                        return Err(classify(&e, &cx.step("GRANT role TO CURRENT_USER", false), &redactor))
+                    }
                     Ok(()) => result = step.run(client, username).await,
                 }
             }
             match result {
-                Ok(()) => debug!(operation = "revoke", connection = %self.connection, username, step = name, "done"),
+                Ok(()) => {
+                    debug!(operation = "revoke", connection = %self.connection, username, step = name, "done")
+                }
                 // Someone else dropped it between two steps: that is success.
                 Err(e) if is_undefined_object(&e) => return Ok(()),
                 Err(e) => return Err(classify(&e, &cx.step(*name, false), &redactor)),
@@ -255,7 +276,8 @@ impl Plugin for PgPlugin {
         };
         let redactor = Redactor::new([password, sent.expose_secret()]);
         let expiration = format_expiration(request.expires_at);
-        let values = Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
+        let values =
+            Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
         debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating role");
 
         let mut client = self.get(&cx, &redactor).await?;
@@ -288,7 +310,10 @@ impl Plugin for PgPlugin {
         }
         debug!(operation = "create", connection = %self.connection, role = request.role, username, "created");
         Ok(Created {
-            credential: Credential::Database { username: username.to_string(), password: request.password.clone() },
+            credential: Credential::Database {
+                username: username.to_string(),
+                password: request.password.clone(),
+            },
             plugin_data: None,
         })
     }
@@ -310,14 +335,21 @@ impl Plugin for PgPlugin {
                     .iter()
                     .enumerate()
                     .map(|(i, t)| {
-                        let sql = t.render(&Values { name: username, password: None, expiration: Some(&expiration) });
+                        let sql = t.render(&Values {
+                            name: username,
+                            password: None,
+                            expiration: Some(&expiration),
+                        });
                         (format!("renew statement {} of {}", i + 1, templates.len()), sql, true)
                     })
                     .collect()
             }
             None => vec![(
                 "ALTER ROLE VALID UNTIL".to_string(),
-                SecretString::from(format!("ALTER ROLE {} VALID UNTIL '{expiration}'", quote_ident(username))),
+                SecretString::from(format!(
+                    "ALTER ROLE {} VALID UNTIL '{expiration}'",
+                    quote_ident(username)
+                )),
                 false,
             )],
         };
@@ -380,8 +412,8 @@ fn check_username(username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
     } else {
         Err(PluginError::Internal {
             message: format!(
-                "{:?}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {MAX_USERNAME_LEN} bytes)",
-                cx.operation
+                "{}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {MAX_USERNAME_LEN} bytes)",
+                cx.operation.as_str()
             ),
         })
     }

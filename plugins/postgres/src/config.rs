@@ -93,10 +93,9 @@ impl PgRole {
         let creation = templates(&key("creation_statements"), &raw.creation_statements)?;
         let optional = |field: &str, list: &Option<Vec<String>>| match list {
             None => Ok(None),
-            Some(list) if list.is_empty() => Err(ConfigError::new(
-                key(field),
-                "must not be empty; omit it to use the plugin's default",
-            )),
+            Some(list) if list.is_empty() => {
+                Err(ConfigError::new(key(field), "must not be empty; omit it to use the plugin's default"))
+            }
             Some(list) => templates(&key(field), list).map(Some),
         };
         Ok(Self {
@@ -178,7 +177,10 @@ impl ConnectionSettings {
             ));
         }
         if pg.get_user().is_none() {
-            return Err(ConfigError::new(key("url"), "the URL names no user, e.g. postgres://lessor_admin@host/db"));
+            return Err(ConfigError::new(
+                key("url"),
+                "the URL names no user, e.g. postgres://lessor_admin@host/db",
+            ));
         }
         if pg.get_hosts().is_empty() {
             return Err(ConfigError::new(key("url"), "the URL names no host"));
@@ -272,7 +274,8 @@ mod tests {
         let e = conn(Some("postgres://h/d"), "").unwrap_err();
         assert_eq!(e.key, "connections.pg_main.url");
 
-        let e = ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), None, 0, &table("")).unwrap_err();
+        let e =
+            ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), None, 0, &table("")).unwrap_err();
         assert_eq!(e.key, "connections.pg_main.max_connections");
     }
 
@@ -295,7 +298,8 @@ mod tests {
     #[test]
     fn debug_hides_the_admin_password() {
         let pw = SecretString::from("s3cr3t-admin-pw");
-        let c = ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), Some(&pw), 2, &table("")).unwrap();
+        let c =
+            ConnectionSettings::parse("pg_main", Some("postgres://a@h/d"), Some(&pw), 2, &table("")).unwrap();
         assert_eq!(c.pg.get_password(), Some(&b"s3cr3t-admin-pw"[..]));
         let dbg = format!("{c:?} {c:#?}");
         assert!(!dbg.contains("s3cr3t-admin-pw"), "{dbg}");

@@ -27,7 +27,7 @@ pub(crate) enum Operation {
 }
 
 impl Operation {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Verify => "verify",
             Self::Create => "create",
@@ -116,9 +116,7 @@ pub(crate) fn classify(err: &tokio_postgres::Error, cx: &Context<'_>, redactor: 
         Some(db) => classify_db(db.code(), db.message(), db.detail(), db.hint(), cx, redactor),
         // No SQLSTATE: the socket, the protocol or the connection attempt
         // failed. Retrying later, maybe on another connection, can help.
-        None => PluginError::Unavailable {
-            message: redactor.scrub(&format!("{}: {err}", cx.prefix())),
-        },
+        None => PluginError::Unavailable { message: redactor.scrub(&format!("{}: {err}", cx.prefix())) },
     }
 }
 
@@ -198,7 +196,8 @@ mod tests {
     }
 
     fn classify_code(code: &str, message: &str, role_statement: bool) -> PluginError {
-        let cx = Context::new(Operation::Create, Some("v_app_abc")).step("creation statement 1 of 1", role_statement);
+        let cx = Context::new(Operation::Create, Some("v_app_abc"))
+            .step("creation statement 1 of 1", role_statement);
         classify_db(&SqlState::from_code(code), message, None, None, &cx, &Redactor::default())
     }
 

@@ -1,0 +1,407 @@
+//! Shared helpers for the integration tests: a throwaway admin role and
+//! database per test, the real daemon binary on a temporary socket, a TCP
+//! proxy to simulate a backend outage, and probes of the backend's state.
+//!
+//! Tests read `LESSOR_TEST_PG_URL` (set by `scripts/test` to a cluster with
+//! password authentication); the default is the local trust-auth server,
+//! which cannot prove that a password works or stopped working.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lessor::client::Client;
+use rand::distr::Alphanumeric;
+use rand::Rng;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+pub fn pg_url() -> String {
+    std::env::var("LESSOR_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A short random lowercase suffix for names.
+pub fn rand_suffix(len: usize) -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(len).map(|c| (c as char).to_ascii_lowercase()).collect()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Host and port of the test cluster.
+pub fn pg_host_port() -> (String, u16) {
+    let config: tokio_postgres::Config = pg_url().parse().expect("LESSOR_TEST_PG_URL parses");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// A throwaway admin role and database, dropped with every role made under
+/// them when the value is dropped.
+pub struct TestDb {
+    pub admin: String,
+    pub admin_password: String,
+    pub database: String,
+    pub host: String,
+    pub port: u16,
+    /// A superuser connection to the test database.
+    pub su: tokio_postgres::Client,
+    /// Role-name prefixes whose roles are dropped at the end.
+    prefixes: Mutex<Vec<String>>,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let suffix = rand_suffix(8);
+        let admin = format!("lt_admin_{suffix}");
+        let database = format!("lt_db_{suffix}");
+        let admin_password: String = rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+        let su = connect(&pg_url()).await;
+        su.batch_execute(&format!(
+            "CREATE ROLE {admin} WITH LOGIN CREATEROLE PASSWORD '{admin_password}'; \
+             GRANT pg_signal_backend TO {admin};"
+        ))
+        .await
+        .expect("create admin role");
+        su.batch_execute(&format!("CREATE DATABASE {database} OWNER {admin}")).await.expect("create database");
+        let (host, port) = pg_host_port();
+        let mut config: tokio_postgres::Config = pg_url().parse().unwrap();
+        config.dbname(&database);
+        let (db_su, connection) = config.connect(NoTls).await.expect("connect to test database");
+        tokio::spawn(connection);
+        Self { admin, admin_password, database, host, port, su: db_su, prefixes: Mutex::new(Vec::new()) }
+    }
+
+    /// The admin's URL, without a password (lessor reads it from a file).
+    pub fn admin_url(&self) -> String {
+        format!("postgres://{}@{}:{}/{}", self.admin, self.host, self.port, self.database)
+    }
+
+    /// Connects as `user` with `password` to the test database.
+    pub async fn login(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config.host(&self.host).port(self.port).user(user).password(password).dbname(&self.database);
+        config.connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Remembers a role-name prefix whose roles are dropped at the end.
+    pub fn track_prefix(&self, prefix: &str) {
+        self.prefixes.lock().unwrap().push(prefix.to_string());
+    }
+
+    /// Role names starting with `prefix`.
+    pub async fn roles_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
+        let rows = self
+            .su
+            .query("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", &[&prefix])
+            .await
+            .expect("query pg_roles");
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    }
+
+    pub async fn role_exists(&self, name: &str) -> bool {
+        self.su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.unwrap().is_some()
+    }
+
+    /// `rolvaliduntil` of a role, as an RFC 3339 string.
+    pub async fn valid_until(&self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let row = self.su.query_one("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", &[&name]).await.ok()?;
+        row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let url = pg_url();
+        let admin = self.admin.clone();
+        let database = self.database.clone();
+        let prefixes = self.prefixes.lock().unwrap().clone();
+        // Clean up on a thread of its own: Drop cannot await, and this also
+        // runs when a test panics.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let su = connect(&url).await;
+                let _ = su
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[&database],
+                    )
+                    .await;
+                let _ = su.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
+                for prefix in prefixes {
+                    let rows = su
+                        .query("SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)", &[&prefix])
+                        .await
+                        .unwrap_or_default();
+                    for row in rows {
+                        let name: String = row.get(0);
+                        let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\"")).await;
+                    }
+                }
+                let _ = su.batch_execute(&format!("DROP ROLE IF EXISTS {admin}")).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The real `lessor` binary serving a temporary socket and store.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Writes a config with `[server]` pointing into a temp folder, the
+    /// admin password file, and `body` (connections and roles; the
+    /// placeholder `PASSWORD_FILE` is replaced by the file's path), then
+    /// starts the daemon and waits until it answers.
+    pub async fn start(db: &TestDb, body: &str) -> Self {
+        Self::start_with_env(db, body, &[]).await
+    }
+
+    pub async fn start_with_env(db: &TestDb, body: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lessor.sock");
+        let password_file = dir.path().join("admin.pw");
+        std::fs::write(&password_file, format!("{}\n", db.admin_password)).unwrap();
+        let config = format!(
+            "[server]\nsocket = {socket:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
+            dir.path().join("lessor.db").display(),
+            body.replace("PASSWORD_FILE", &password_file.display().to_string()),
+        );
+        let config_path = dir.path().join("lessor.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("lessor.log");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Starts (or restarts) the binary and waits for `ready`.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lessor"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("LESSOR_SOCKET")
+            .env("LESSOR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().expect("start lessor"));
+        let client = self.client();
+        wait_for("lessor to be ready", Duration::from_secs(20), || {
+            let client = client.clone();
+            async move {
+                match client.health().await {
+                    Ok(r) if r.status == 200 => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// One sample of the daemon's Prometheus metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let response = self.client().request(hyper::Method::GET, "/v1/metrics", None).await.expect("metrics");
+        let text = response.body.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Every lease the daemon lists (all states but revoked).
+    pub async fn leases(&self) -> Vec<Value> {
+        let response = self.client().lease_list(None).await.expect("list leases");
+        assert_eq!(response.status, 200, "{:?}", response.body);
+        response.body["leases"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until no lease is pending or revoking, then returns the
+    /// usernames of the active ones.
+    pub async fn settled_active_usernames(&self) -> BTreeSet<String> {
+        wait_for("leases to settle", Duration::from_secs(60), || async {
+            let leases = self.leases().await;
+            let unsettled = leases.iter().any(|l| l["state"] != "active" && l["state"] != "irrevocable");
+            (!unsettled).then(|| {
+                leases
+                    .iter()
+                    .filter(|l| l["state"] == "active")
+                    .map(|l| l["username"].as_str().unwrap().to_string())
+                    .collect()
+            })
+        })
+        .await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut and restored, to
+/// simulate an outage of one backend without stopping the shared cluster.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: (String, u16)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let up = up.clone();
+            let connections = connections.clone();
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    if !up.load(Ordering::SeqCst) {
+                        drop(inbound); // refused, as a dead server would
+                        continue;
+                    }
+                    let target = target.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect((target.0.as_str(), target.1)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            }
+        });
+        Self { port, up, connections, accept }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// A role config section for a role named `role` on connection `pg`.
+pub fn pg_role(role: &str, default_ttl: &str, max_ttl: &str, statements: &[&str]) -> String {
+    let statements: Vec<String> = statements.iter().map(|s| format!("  {s:?},")).collect();
+    format!(
+        "[roles.{role}]\nconnection = \"pg\"\ndefault_ttl = \"{default_ttl}\"\nmax_ttl = \"{max_ttl}\"\ncreation_statements = [\n{}\n]\n",
+        statements.join("\n")
+    )
+}
+
+/// The `[connections.pg]` section for the test database (or a proxy port).
+pub fn pg_connection(db: &TestDb, port: Option<u16>) -> String {
+    format!(
+        "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://{}@{}:{}/{}\"\npassword_file = \"PASSWORD_FILE\"\nmax_connections = 8\n",
+        db.admin,
+        db.host,
+        port.unwrap_or(db.port),
+        db.database
+    )
+}
+
+pub const CREATE_ROLE: &str =
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'";
+
+/// A unique role name for a test, and the username prefix of its leases.
+pub fn unique_role(base: &str) -> (String, String) {
+    let role = format!("{base}_{}", rand_suffix(6));
+    let prefix = format!("v_{role}_");
+    (role, prefix)
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,86 @@
+//! No orphaned credentials: a daemon killed with SIGKILL in the middle of a
+//! burst of issuances, or a client that hangs up mid-request, leaves no
+//! role in PostgreSQL that an active lease does not cover.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_issuance_leaves_no_orphans() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("crash");
+    db.track_prefix(&prefix);
+    let body = format!(
+        "{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE, "SELECT pg_sleep(0.02)"])
+    );
+    let mut daemon = Daemon::start(&db, &body).await;
+    let rounds = 10;
+    for round in 0..rounds {
+        let mut burst = Vec::new();
+        for _ in 0..12 {
+            let client = daemon.client();
+            let role = role.clone();
+            burst.push(tokio::spawn(async move {
+                // Keep asking until the daemon dies under us.
+                while let Ok(r) = client.creds(&role, None).await {
+                    assert!(r.status == 200 || r.status >= 500, "{:?}", r.body);
+                }
+            }));
+        }
+        let wait = rand::rng().random_range(50..1000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        daemon.kill9();
+        for task in burst {
+            task.await.unwrap();
+        }
+        daemon.spawn().await;
+        let active = daemon.settled_active_usernames().await;
+        let roles = db.roles_with_prefix(&prefix).await;
+        let orphans: Vec<_> = roles.difference(&active).collect();
+        assert!(orphans.is_empty(), "round {round}: roles without an active lease: {orphans:?}");
+        let missing: Vec<_> = active.difference(&roles).collect();
+        assert!(missing.is_empty(), "round {round}: active leases without a role: {missing:?}");
+    }
+    assert!(!db.roles_with_prefix(&prefix).await.is_empty(), "no issuance ever succeeded: {}", daemon.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_hanging_up_mid_request_leaves_no_orphans() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("hangup");
+    db.track_prefix(&prefix);
+    // A slow creation transaction, so the hang-up lands while the backend
+    // is still working on the request.
+    let slow = pg_role(&role, "1h", "2h", &[CREATE_ROLE, "SELECT pg_sleep(0.3)"]);
+    let daemon = Daemon::start(&db, &format!("{}\n{slow}", pg_connection(&db, None))).await;
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut stream = UnixStream::connect(&daemon.socket).await.unwrap();
+        let request = format!(
+            "POST /v1/creds/{role} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        streams.push(stream);
+    }
+    wait_for("the issuances to reach the backend", Duration::from_secs(10), || async {
+        (daemon.metric("lessor_issuances_in_flight").await >= 1.0).then_some(())
+    })
+    .await;
+    drop(streams);
+    // The abandoned issuances still finish and are tracked.
+    wait_for("the abandoned issuances to finish", Duration::from_secs(30), || async {
+        (daemon.metric("lessor_issuances_in_flight").await == 0.0).then_some(())
+    })
+    .await;
+    let active = daemon.settled_active_usernames().await;
+    let roles = db.roles_with_prefix(&prefix).await;
+    assert_eq!(roles, active);
+    assert_eq!(active.len(), 10, "every abandoned issuance should have completed");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real `lessor` binary against a real PostgreSQL.
+//! Every test makes its own admin role and database and asserts on the
+//! backend's actual state, not only on lessor's answers.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod crash;
+mod lifecycle;
+mod outage;
+mod secrets;

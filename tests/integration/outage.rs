@@ -1,0 +1,44 @@
+//! A backend that is down when a lease expires: the revocation is retried
+//! with backoff and succeeds once the backend is back; nothing is lost.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_during_outage_is_retried_until_revoked() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("outage");
+    db.track_prefix(&prefix);
+    let proxy = Proxy::start((db.host.clone(), db.port)).await;
+    let body = format!("{}\n{}", pg_connection(&db, Some(proxy.port)), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let daemon = Daemon::start(&db, &body).await;
+    let client = daemon.client();
+    let issued = client.creds(&role, Some("2s")).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}", issued.body);
+    let lease_id = issued.body["lease_id"].as_str().unwrap().to_string();
+    let username = issued.body["credential"]["username"].as_str().unwrap().to_string();
+
+    proxy.cut();
+    // The lease expires while the backend is unreachable: attempts fail and
+    // are recorded, the role stays.
+    wait_for("a failed revocation attempt", Duration::from_secs(30), || async {
+        let lease = client.lease_get(&lease_id).await.unwrap().body;
+        (lease["attempts"].as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    let lease = client.lease_get(&lease_id).await.unwrap().body;
+    assert_eq!(lease["state"], "revoking");
+    assert!(lease["last_error"].as_str().unwrap_or("").contains("unreachable"), "{lease}");
+    assert!(db.role_exists(&username).await);
+
+    proxy.restore();
+    wait_for("the role to be dropped after the outage", Duration::from_secs(30), || async {
+        (!db.role_exists(&username).await).then_some(())
+    })
+    .await;
+    wait_for("the lease to be revoked", Duration::from_secs(10), || async {
+        (client.lease_get(&lease_id).await.unwrap().body["state"] == "revoked").then_some(())
+    })
+    .await;
+}

@@ -154,7 +154,12 @@ fn init_logging() {
     for quiet in ["tokio_postgres=info", "postgres_protocol=info", "mysql_async=info", "mysql_common=info"] {
         filter = filter.add_directive(quiet.parse().expect("valid directive"));
     }
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn wait_for_signal() {

@@ -424,11 +424,37 @@ fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretStr
     }
 }
 
+/// Each plugin's own keys for connection and role tables, for the schema.
+type OptionSchemas = (&'static str, fn() -> schemars::schema::RootSchema, fn() -> schemars::schema::RootSchema);
+
+static PLUGIN_SCHEMAS: &[OptionSchemas] = &[(
+    "postgres",
+    || schemars::schema_for!(lessor_postgres::PgConnectionOptions),
+    || schemars::schema_for!(lessor_postgres::PgRoleOptions),
+)];
+
 /// The JSON Schema of the config file, as committed in
-/// `schemas/config.schema.json`.
+/// `schemas/config.schema.json`. Plugin-specific keys are merged into the
+/// connection and role tables, their descriptions prefixed with the
+/// plugin's name, so editors can complete and document them.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(Config);
-    let mut text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    use schemars::schema::Schema;
+    let mut root = schemars::schema_for!(Config);
+    for (plugin, connection, role) in PLUGIN_SCHEMAS {
+        for (target, options) in [("ConnectionConfig", connection()), ("RoleConfig", role())] {
+            root.definitions.extend(options.definitions);
+            let Some(Schema::Object(table)) = root.definitions.get_mut(target) else { continue };
+            let properties = &mut table.object().properties;
+            for (key, mut schema) in options.schema.object.map(|o| o.properties).unwrap_or_default() {
+                if let Schema::Object(object) = &mut schema {
+                    let meta = object.metadata();
+                    meta.description = Some(format!("[{plugin}] {}", meta.description.clone().unwrap_or_default()));
+                }
+                properties.entry(key).or_insert(schema);
+            }
+        }
+    }
+    let mut text = serde_json::to_string_pretty(&root).expect("schema serializes");
     text.push('\n');
     text
 }
@@ -486,11 +512,48 @@ creation_statements = [
         let e = errors_of(&EXAMPLE.replace("[server]", "[server]\nsokcet = 1"));
         assert!(e.contains("unknown field `sokcet`"), "{e}");
 
-        let e = errors_of(&format!("{EXAMPLE}\nusername_template = \"{{random}}_{{role}}_and_a_very_long_fixed_part_that_leaves_no_room_at_all\"\n"));
+        let e = errors_of(&format!("{EXAMPLE}\nusername_template = \"{{random}}_{{role}}_and_a_very_long_fixed_part_that_leaves_no_room_at_all_for_randomness\"\n"));
         assert!(e.contains("roles.app_ro.username_template"), "{e}");
 
         let e = errors_of(&EXAMPLE.replace("[roles.app_ro]", "[roles.\"app'ro\"]"));
         assert!(e.contains("roles.app'ro: name may hold only"), "{e}");
+    }
+
+    /// Every config example in the repository parses and validates; the
+    /// password files they name are swapped for a temporary one.
+    #[test]
+    fn every_example_config_validates() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(password.path(), "example\n").unwrap();
+        let mut examples = Vec::new();
+        let mut dirs = vec![root.join("examples")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    examples.push(path);
+                }
+            }
+        }
+        assert!(examples.len() >= 2, "examples not found: {examples:?}");
+        for path in examples {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut value: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if let Some(toml::Value::Table(connections)) = value.get_mut("connections") {
+                for (_, connection) in connections.iter_mut() {
+                    if let Some(file) = connection.get_mut("password_file") {
+                        *file = toml::Value::String(password.path().display().to_string());
+                    }
+                }
+            }
+            let text = toml::to_string(&value).unwrap();
+            if let Err(e) = load_str(&text, &path.display().to_string()) {
+                panic!("{e}");
+            }
+        }
     }
 
     #[test]

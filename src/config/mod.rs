@@ -332,16 +332,6 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
             continue;
         }
-        let Some(connection) = connections.get(&role.connection) else {
-            if !config.connections.contains_key(&role.connection) {
-                errors.push(ConfigError::new(
-                    format!("{key}.connection"),
-                    format!("unknown connection {:?}", role.connection),
-                ));
-            }
-            continue;
-        };
-        let capabilities = connection.plugin.capabilities();
         let mut role_ok = true;
         if role.default_ttl.as_std().is_zero() {
             errors.push(ConfigError::new(format!("{key}.default_ttl"), "must be longer than 0s"));
@@ -358,6 +348,16 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             errors.push(ConfigError::new(format!("{key}.password_length"), "must be between 16 and 128"));
             role_ok = false;
         }
+        let Some(connection) = connections.get(&role.connection) else {
+            if !config.connections.contains_key(&role.connection) {
+                errors.push(ConfigError::new(
+                    format!("{key}.connection"),
+                    format!("unknown connection {:?}", role.connection),
+                ));
+            }
+            continue;
+        };
+        let capabilities = connection.plugin.capabilities();
         let template_text = role.username_template.as_deref().unwrap_or(names::DEFAULT_TEMPLATE);
         let username = match UsernameTemplate::parse(template_text, capabilities.max_username_len) {
             Ok(t) => Some(t),

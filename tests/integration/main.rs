@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod cli;
 mod crash;
 mod lifecycle;
 mod outage;

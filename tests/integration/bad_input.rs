@@ -2,8 +2,36 @@
 
 use hyper::Method;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 
 use crate::common::*;
+
+/// method, path, JSON body, raw body, expected status, text the error must hold.
+type Case = (Method, String, Option<serde_json::Value>, Option<Vec<u8>>, u16, &'static str);
+
+/// Sends a body far over the limit on a raw socket and reads the answer
+/// while still writing: the daemon answers before reading it all and
+/// closes, so a client that insists on finishing the write sees only a
+/// broken pipe.
+async fn oversized_body(socket: &std::path::Path, path: &str) -> (String, String) {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let size = 10 * 1024 * 1024;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    );
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let _ = writer.write_all(&vec![b' '; size]).await;
+    });
+    let mut answer = Vec::new();
+    let _ = reader.read_to_end(&mut answer).await;
+    writing.abort();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_without_side_effects() {
@@ -15,7 +43,7 @@ async fn bad_requests_are_refused_without_side_effects() {
     let client = daemon.client();
     let creds = format!("/v1/creds/{role}");
 
-    let cases: Vec<(Method, String, Option<serde_json::Value>, Option<Vec<u8>>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (Method::POST, creds.clone(), None, Some(b"{\"ttl\": ".to_vec()), 400, "malformed JSON"),
         (Method::POST, creds.clone(), Some(json!({"ttl": 5})), None, 400, "malformed JSON"),
         (Method::POST, creds.clone(), Some(json!({"tll": "1m"})), None, 400, "unknown field"),
@@ -23,7 +51,6 @@ async fn bad_requests_are_refused_without_side_effects() {
         (Method::POST, creds.clone(), Some(json!({"ttl": "3h"})), None, 400, "longer than role"),
         (Method::POST, creds.clone(), Some(json!({"ttl": "abc"})), None, 400, "invalid duration \"abc\""),
         (Method::POST, creds.clone(), Some(json!({"ttl": "0s"})), None, 400, "longer than 0s"),
-        (Method::POST, creds.clone(), None, Some(vec![b' '; 10 * 1024 * 1024]), 413, "larger than"),
         (Method::GET, "/v1/leases/..%2F..%2Fetc%2Fpasswd".into(), None, None, 400, "is not a lease id"),
         (Method::GET, format!("/v1/leases/{role}/..%2Fx"), None, None, 400, "is not a lease id"),
         (Method::DELETE, format!("/v1/leases/{role}/..%2F..%2Fx"), None, None, 400, "is not a lease id"),
@@ -41,6 +68,10 @@ async fn bad_requests_are_refused_without_side_effects() {
         let error = response.api_error().unwrap_or_else(|| panic!("{method} {path}: no error envelope: {:?}", response.body));
         assert!(error.message.contains(needle), "{method} {path}: {:?} lacks {needle:?}", error.message);
     }
+    let (status_line, body) = oversized_body(&daemon.socket, &creds).await;
+    assert!(status_line.contains(" 413 "), "10 MB body: {status_line}");
+    assert!(body.contains("larger than"), "10 MB body: {body}");
+
     assert!(daemon.leases().await.is_empty(), "a bad request left a lease");
     assert!(db.roles_with_prefix(&prefix).await.is_empty(), "a bad request left a role");
 }

@@ -20,8 +20,11 @@
 //!   GRANTs on one table collide: "tuple concurrently updated");
 //!
 //! each measured *raw* (N tokio-postgres connections as the admin: BEGIN,
-//! the statements, COMMIT) and through *lessor* (N tasks calling
-//! `POST /v1/creds/{role}` over the Unix socket of an in-process daemon).
+//! the statements with a random plaintext password, COMMIT; for `direct`
+//! also *raw+retry*, which retries conflicts the way lessor does) and
+//! through *lessor* (N tasks calling `POST /v1/creds/{role}` over the Unix
+//! socket of an in-process daemon sharing the bench's tokio runtime).
+//! Throughput and latency count successful operations only.
 //! Then the revocation drain: M leases that all expire at the same instant,
 //! timed from the earliest expiry until `pg_roles` holds none of them, next
 //! to the default revocation recipe run directly on M roles with as many

@@ -321,17 +321,22 @@ impl Broker {
                 return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
             }
         };
-        let activated = Write::Activate { id: lease.id.clone(), plugin_data: created.plugin_data.clone() };
+        let expires_at = created.expires_at.map_or(lease.expires_at, |at| at.min(lease.max_expires_at));
+        let activated = Write::Activate {
+            id: lease.id.clone(),
+            plugin_data: created.plugin_data.clone(),
+            expires_at: created.expires_at.map(|_| expires_at),
+        };
         if let Err(e) = self.store.write(activated).await {
             // The credential exists but its lease could not be marked active:
             // take it back rather than hand out something we cannot track.
             self.index.schedule(lease.id.clone(), backend.name.clone(), Utc::now());
             return Err(e.into());
         }
-        self.index.schedule(lease.id.clone(), backend.name.clone(), lease.expires_at);
+        self.index.schedule(lease.id.clone(), backend.name.clone(), expires_at);
         Metrics::inc(&self.metrics.issued);
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
-        let lease = Lease { state: LeaseState::Active, plugin_data: created.plugin_data, ..lease };
+        let lease = Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
         Ok(Issued { lease, plugin: backend.connection.plugin.name(), credential: created.credential })
     }
 
@@ -354,6 +359,13 @@ impl Broker {
                 other => return other,
             }
         }
+    }
+
+    /// Whether revoking a lease of `role` removes the credential in the
+    /// backend; `false` for expiry-only credentials such as STS tokens,
+    /// which the backend honours until they expire.
+    pub fn is_revocable(&self, role: &str) -> bool {
+        self.roles.get(role).is_none_or(|r| r.capabilities.revocable)
     }
 
     /// One lease's metadata.

@@ -243,7 +243,14 @@ async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, requ
 async fn revoke_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
     let id = parse_lease_id(&rest)?;
     let outcome = state.broker.revoke(&id, false, caller(request.extensions())).await?;
-    Ok(Json(revocation_json(&id, outcome)).into_response())
+    let mut body = revocation_json(&id, outcome);
+    if !state.broker.is_revocable(id.role()) {
+        body["note"] = json!(
+            "this credential cannot be revoked in the backend: the lease has ended, \
+             but the backend keeps honouring the credential until it expires"
+        );
+    }
+    Ok(Json(body).into_response())
 }
 
 fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {

@@ -357,14 +357,14 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             }
             continue;
         };
-        let capabilities = connection.plugin.capabilities();
+        let max_username_len = connection.plugin.capabilities().max_username_len;
         let template_text = role.username_template.as_deref().unwrap_or(names::DEFAULT_TEMPLATE);
-        let username = match UsernameTemplate::parse(template_text, capabilities.max_username_len) {
+        let username = match UsernameTemplate::parse(template_text, max_username_len) {
             Ok(t) => Some(t),
             Err(e) => {
                 errors.push(ConfigError::new(
                     format!("{key}.username_template"),
-                    format!("{template_text:?}: {e} (the {} limit is {} bytes)", connection.plugin.name(), capabilities.max_username_len),
+                    format!("{template_text:?}: {e} (the {} limit is {max_username_len} bytes)", connection.plugin.name()),
                 ));
                 None
             }
@@ -377,6 +377,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             }
         };
         if let (true, Some(username), Some(settings)) = (role_ok, username, settings) {
+            let capabilities = connection.plugin.role_capabilities(&settings);
             roles.insert(
                 name.clone(),
                 Role {

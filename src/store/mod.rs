@@ -23,8 +23,9 @@ pub use sqlite::SqliteStore;
 pub enum Write {
     /// Records a new lease (normally `pending`). Fails if the id exists.
     Insert(Lease),
-    /// `pending` → `active`, storing the plugin's non-secret data.
-    Activate { id: LeaseId, plugin_data: Option<serde_json::Value> },
+    /// `pending` → `active`, storing the plugin's non-secret data and, when
+    /// the backend set its own, the credential's real expiry.
+    Activate { id: LeaseId, plugin_data: Option<serde_json::Value>, expires_at: Option<DateTime<Utc>> },
     /// Moves `expires_at` of an `active` lease.
     Renew { id: LeaseId, expires_at: DateTime<Utc> },
     /// `pending` | `active` | `irrevocable` → `revoking`.

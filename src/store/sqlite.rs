@@ -424,11 +424,14 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
             }
             inserted
         }
-        Write::Activate { plugin_data, .. } => conn
+        Write::Activate { plugin_data, expires_at, .. } => conn
             .prepare_cached(
-                "UPDATE leases SET state = 'active', plugin_data = ?2 WHERE id = ?1 AND state = 'pending'",
+                "UPDATE leases SET state = 'active', plugin_data = ?2, \
+                 expires_at = coalesce(?3, expires_at) WHERE id = ?1 AND state = 'pending'",
             )
-            .and_then(|mut s| s.execute(params![id, json_text(plugin_data.as_ref())?]))
+            .and_then(|mut s| {
+                s.execute(params![id, json_text(plugin_data.as_ref())?, expires_at.map(|t| t.timestamp_millis())])
+            })
             .map_err(|e| failed(&format!("activate lease {id}"), e))?,
         Write::Renew { expires_at, .. } => conn
             .prepare_cached("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'")
@@ -667,10 +670,10 @@ mod tests {
         assert!(!store.write(renew()).await.unwrap());
         assert!(!store.write(failed(1, false)).await.unwrap());
         let data = Some(json!({"grants": ["app_read"]}));
-        assert!(store.write(Write::Activate { id: id.clone(), plugin_data: data.clone() }).await.unwrap());
+        assert!(store.write(Write::Activate { id: id.clone(), plugin_data: data.clone(), expires_at: None }).await.unwrap());
 
         // active
-        assert!(!store.write(Write::Activate { id: id.clone(), plugin_data: None }).await.unwrap());
+        assert!(!store.write(Write::Activate { id: id.clone(), plugin_data: None, expires_at: None }).await.unwrap());
         assert!(!store.write(failed(1, false)).await.unwrap());
         assert!(store.write(renew()).await.unwrap());
         let got = store.get(&id).await.unwrap().unwrap();
@@ -702,7 +705,7 @@ mod tests {
         assert_eq!((got.state, got.revoked_at), (LeaseState::Revoked, Some(at)));
         for write in [
             renew(),
-            Write::Activate { id: id.clone(), plugin_data: None },
+            Write::Activate { id: id.clone(), plugin_data: None, expires_at: None },
             Write::StartRevoking { id: id.clone() },
             failed(8, true),
             Write::Revoked { id: id.clone(), at: at + TimeDelta::hours(1) },
@@ -733,7 +736,7 @@ mod tests {
             Write::Insert(a.clone()),
             Write::Insert(a.clone()),
             Write::Insert(b.clone()),
-            Write::Activate { id: a.id.clone(), plugin_data: None },
+            Write::Activate { id: a.id.clone(), plugin_data: None, expires_at: None },
         ] {
             let (reply, answer) = oneshot::channel();
             batch.push(Job::Write(write, reply));

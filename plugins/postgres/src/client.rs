@@ -309,13 +309,10 @@ impl Plugin for PgPlugin {
             return Err(err);
         }
         debug!(operation = "create", connection = %self.connection, role = request.role, username, "created");
-        Ok(Created {
-            credential: Credential::Database {
-                username: username.to_string(),
-                password: request.password.clone(),
-            },
-            plugin_data: None,
-        })
+        Ok(Created::new(Credential::Database {
+            username: username.to_string(),
+            password: request.password.clone(),
+        }))
     }
 
     async fn renew(&self, lease: &LeaseRef<'_>, expires_at: DateTime<Utc>) -> Result<(), PluginError> {

@@ -77,6 +77,25 @@ pub struct Created {
     /// Non-secret data the plugin needs later to renew or revoke (for
     /// example an access key id). Stored with the lease.
     pub plugin_data: Option<serde_json::Value>,
+    /// When the backend says the credential really ends, if that differs
+    /// from the requested expiry (an STS token clamped to AWS's limits).
+    /// The lease then ends at this instant instead.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl Created {
+    /// A credential that ends when the lease asked it to, with no plugin data.
+    pub fn new(credential: Credential) -> Self {
+        Self { credential, plugin_data: None, expires_at: None }
+    }
+}
+
+/// A user found in the backend under a prefix lessor owns (for tidy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUser {
+    pub name: String,
+    /// When the backend says the user was made, if it keeps that.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// A lease as the plugin sees it when renewing or revoking.
@@ -120,6 +139,13 @@ pub trait Plugin: Send + Sync + Debug {
 
     fn capabilities(&self) -> Capabilities;
 
+    /// Capabilities of one role, when they depend on its settings (an STS
+    /// role is expiry-only, an IAM-user role is revocable).
+    fn role_capabilities(&self, settings: &RoleSettings) -> Capabilities {
+        let _ = settings;
+        self.capabilities()
+    }
+
     /// Validates a role's plugin-specific settings at config load.
     /// `options` holds every key of the role table the broker does not own.
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError>;
@@ -138,8 +164,25 @@ pub trait Plugin: Send + Sync + Debug {
         Err(PluginError::Unsupported { operation: "renew" })
     }
 
-    /// Removes the credential and ends its sessions. Idempotent.
+    /// Removes the credential and ends its sessions. Idempotent. With
+    /// `settings: None` the plugin's default recipe runs, which is also how
+    /// tidy removes a user no lease covers.
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError>;
+
+    /// Users in the backend whose name starts with `prefix`, for the sweep
+    /// of users no lease covers ("tidy").
+    async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
+        let _ = prefix;
+        Err(PluginError::Unsupported { operation: "list_users" })
+    }
+
+    /// Operator action for a leaked credential the backend cannot revoke
+    /// one by one (AWS: deny every session of a role issued before now).
+    /// Returns a non-secret description of what was done.
+    async fn revoke_sessions(&self, role: &str, settings: &RoleSettings) -> Result<serde_json::Value, PluginError> {
+        let _ = (role, settings);
+        Err(PluginError::Unsupported { operation: "revoke_sessions" })
+    }
 }
 
 /// Everything a plugin gets when the broker builds it for one connection.

@@ -23,7 +23,8 @@ use serde::Deserialize;
 pub use duration::Duration;
 
 /// The built-in plugins, by the name used in `plugin = "…"`.
-pub static PLUGINS: &[(&str, PluginFactory)] = &[("postgres", lessor_postgres::factory)];
+pub static PLUGINS: &[(&str, PluginFactory)] =
+    &[("postgres", lessor_postgres::factory), (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory)];
 
 /// A lessor config file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -428,11 +429,18 @@ fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretStr
 /// Each plugin's own keys for connection and role tables, for the schema.
 type OptionSchemas = (&'static str, fn() -> schemars::schema::RootSchema, fn() -> schemars::schema::RootSchema);
 
-static PLUGIN_SCHEMAS: &[OptionSchemas] = &[(
-    "postgres",
-    || schemars::schema_for!(lessor_postgres::PgConnectionOptions),
-    || schemars::schema_for!(lessor_postgres::PgRoleOptions),
-)];
+static PLUGIN_SCHEMAS: &[OptionSchemas] = &[
+    (
+        "postgres",
+        || schemars::schema_for!(lessor_postgres::PgConnectionOptions),
+        || schemars::schema_for!(lessor_postgres::PgRoleOptions),
+    ),
+    (
+        lessor_mysql::PLUGIN_NAME,
+        || schemars::schema_for!(lessor_mysql::MySqlConnectionOptions),
+        || schemars::schema_for!(lessor_mysql::MySqlRoleOptions),
+    ),
+];
 
 /// The JSON Schema of the config file, as committed in
 /// `schemas/config.schema.json`. Plugin-specific keys are merged into the
@@ -440,6 +448,12 @@ static PLUGIN_SCHEMAS: &[OptionSchemas] = &[(
 /// plugin's name, so editors can complete and document them.
 pub fn json_schema() -> String {
     use schemars::schema::Schema;
+    fn description(schema: &mut Schema) -> Option<&mut String> {
+        match schema {
+            Schema::Object(object) => Some(object.metadata().description.get_or_insert_default()),
+            Schema::Bool(_) => None,
+        }
+    }
     let mut root = schemars::schema_for!(Config);
     for (plugin, connection, role) in PLUGIN_SCHEMAS {
         for (target, options) in [("ConnectionConfig", connection()), ("RoleConfig", role())] {
@@ -447,11 +461,19 @@ pub fn json_schema() -> String {
             let Some(Schema::Object(table)) = root.definitions.get_mut(target) else { continue };
             let properties = &mut table.object().properties;
             for (key, mut schema) in options.schema.object.map(|o| o.properties).unwrap_or_default() {
-                if let Schema::Object(object) = &mut schema {
-                    let meta = object.metadata();
-                    meta.description = Some(format!("[{plugin}] {}", meta.description.clone().unwrap_or_default()));
+                let text = format!("[{plugin}] {}", description(&mut schema).cloned().unwrap_or_default());
+                // A key several plugins share (creation_statements) keeps the
+                // first schema and every plugin's description.
+                if let Some(shared) = properties.get_mut(&key) {
+                    if let Some(d) = description(shared) {
+                        d.push_str(&format!("\n\n{text}"));
+                    }
+                } else {
+                    if let Some(d) = description(&mut schema) {
+                        *d = text;
+                    }
+                    properties.insert(key, schema);
                 }
-                properties.entry(key).or_insert(schema);
             }
         }
     }

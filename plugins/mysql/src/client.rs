@@ -1,0 +1,627 @@
+//! The engine: [`MySqlPlugin`] runs the role recipes over a bounded pool of
+//! admin connections.
+//!
+//! MySQL commits every account statement (`CREATE USER`, `GRANT`) at once,
+//! so creation cannot be one transaction as in PostgreSQL: the statements
+//! run in order, and when one fails the role's rollback statements (by
+//! default: drop the user for every host it exists with) undo the earlier
+//! ones before the error is returned. The broker revokes the username
+//! afterwards regardless, so a rollback cut short by a lost connection is
+//! finished later.
+//!
+//! Revocation is idempotent: the default recipe locks the account (no new
+//! logins), kills its connections, drops it for every host, and kills
+//! again for connections that raced the lock. An unknown user, a grant
+//! that is already gone and a connection that already ended all count as
+//! success.
+//!
+//! Passwords: MySQL has no verifier form that every server takes, so
+//! `{{password}}` is the password itself. Statement text is never logged
+//! nor put in errors (the driver's own tracing feature, which would log
+//! it, is left off), and error text is scrubbed of the password.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lessor_plugin::template::{Template, Values};
+use lessor_plugin::{
+    downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
+    Credential, LeaseRef, Plugin, PluginError, RoleSettings,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use secrecy::ExposeSecret;
+use tracing::{debug, warn};
+
+use crate::config::{Address, ConnectionSettings, MySqlRole};
+use crate::error::{classify, code, is_already_gone, server_code, Context, Operation, Redactor};
+
+/// How long getting an admin connection may take (waiting for a free one,
+/// or opening one) before the request fails as `Unavailable`.
+pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle admin connections are closed after this long.
+const IDLE_TTL: Duration = Duration::from_secs(60);
+
+/// Accounts the server makes for itself; never listed for tidy whatever
+/// the prefix.
+const SYSTEM_USERS: &[&str] =
+    &["root", "mysql", "mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "debian-sys-maint"];
+
+/// Which server answers: the two differ in where account metadata lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// MariaDB ≥ 10.4: accounts in `mysql.global_priv` (JSON), roles marked
+    /// `is_role`; `mysql.user` is a view.
+    MariaDb,
+    /// MySQL ≥ 8.0: accounts in `mysql.user` with `password_last_changed`;
+    /// roles are accounts listed in `mysql.role_edges`.
+    MySql,
+}
+
+/// The MySQL/MariaDB plugin for one `[connections.NAME]`.
+pub struct MySqlPlugin {
+    connection: String,
+    /// `user@host:port`, for logs and `Debug`.
+    target: String,
+    /// The admin's user name, which tidy never touches.
+    admin_user: String,
+    max_username_len: usize,
+    max_connections: usize,
+    /// Admin connections; the password lives in the pool's options, which
+    /// is why `Debug` is written by hand.
+    pool: Pool,
+    flavor: OnceLock<Flavor>,
+}
+
+impl fmt::Debug for MySqlPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MySqlPlugin")
+            .field("connection", &self.connection)
+            .field("target", &self.target)
+            .field("max_username_len", &self.max_username_len)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MySqlPlugin {
+    /// Builds the plugin for one connection. Does not connect: the pool
+    /// opens connections on demand, and [`Plugin::verify`] checks them.
+    pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
+        let settings = ConnectionSettings::parse(
+            ctx.name,
+            ctx.url,
+            ctx.password.as_ref(),
+            ctx.max_connections,
+            ctx.options,
+        )?;
+        Ok(Self::from_settings(settings))
+    }
+
+    fn from_settings(settings: ConnectionSettings) -> Self {
+        let constraints = PoolConstraints::new(0, settings.max_connections).expect("max_connections >= 1");
+        let pool_opts = PoolOpts::default()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(IDLE_TTL)
+            // Role statements may change session state; every connection
+            // goes back to the pool reset.
+            .with_reset_connection(true);
+        let mut opts = OptsBuilder::default()
+            .user(Some(settings.user.clone()))
+            .pass(settings.password().map(str::to_string))
+            .db_name(settings.database.clone())
+            // The driver would otherwise switch a loopback TCP connection to
+            // the server's Unix socket, where another account may match.
+            .prefer_socket(false)
+            .pool_opts(pool_opts);
+        opts = match &settings.address {
+            Address::Tcp { host, port } => opts.ip_or_hostname(host.clone()).tcp_port(*port),
+            Address::Socket(path) => opts.socket(Some(path.clone())),
+        };
+        Self {
+            target: settings.target(),
+            connection: settings.name,
+            admin_user: settings.user,
+            max_username_len: settings.options.max_username_length,
+            max_connections: settings.max_connections,
+            pool: Pool::new(opts),
+            flavor: OnceLock::new(),
+        }
+    }
+
+    async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
+        match tokio::time::timeout(POOL_WAIT_TIMEOUT, self.pool.get_conn()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(classify(&e, cx, redactor)),
+            Err(_) => Err(PluginError::Unavailable {
+                message: format!(
+                    "{}: no admin connection within {}s (server unreachable, or all {} in use: raise max_connections?)",
+                    cx.prefix(),
+                    POOL_WAIT_TIMEOUT.as_secs(),
+                    self.max_connections
+                ),
+            }),
+        }
+    }
+
+    async fn flavor(&self, conn: &mut Conn, cx: &Context<'_>) -> Result<Flavor, PluginError> {
+        if let Some(flavor) = self.flavor.get() {
+            return Ok(*flavor);
+        }
+        let version: Option<String> =
+            conn.query_first("SELECT VERSION()").await.map_err(|e| classify(&e, cx, &Redactor::default()))?;
+        let flavor = match version {
+            Some(v) if v.contains("MariaDB") => Flavor::MariaDb,
+            _ => Flavor::MySql,
+        };
+        Ok(*self.flavor.get_or_init(|| flavor))
+    }
+
+    /// The hosts `username` exists with; `None` when the admin may not read
+    /// `mysql.user` (the caller then assumes `%`).
+    async fn hosts(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<Option<Vec<String>>, PluginError> {
+        match conn.exec::<String, _, _>("SELECT Host FROM mysql.user WHERE User = ?", (username,)).await {
+            Ok(hosts) => Ok(Some(hosts)),
+            Err(e) if server_code(&e) == Some(code::TABLE_ACCESS_DENIED) => {
+                debug!(connection = %self.connection, username, "cannot read mysql.user; assuming host '%'");
+                Ok(None)
+            }
+            Err(e) => Err(classify(&e, &cx.step("read mysql.user", false), &Redactor::default())),
+        }
+    }
+
+    /// Undoes a creation that failed part-way, best effort: the broker
+    /// revokes the username afterwards regardless.
+    async fn rollback(&self, conn: Option<Conn>, role: &MySqlRole, request: &CreateRequest<'_>) {
+        let username = request.username;
+        let cx = Context::new(Operation::Create, Some(username));
+        let redactor = Redactor::default();
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => match self.get(&cx, &redactor).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(connection = %self.connection, role = request.role, username, error = %e, "rollback skipped: no connection; the broker revokes later");
+                    return;
+                }
+            },
+        };
+        let result = match &role.rollback {
+            Some(statements) => {
+                for (i, template) in statements.iter().enumerate() {
+                    let sql = template.render(&Values { name: username, password: None, expiration: None });
+                    if let Err(e) = conn.query_drop(sql.expose_secret()).await {
+                        let step = format!("rollback statement {} of {}", i + 1, statements.len());
+                        let err = classify(&e, &cx.step(step, true), &redactor);
+                        debug!(connection = %self.connection, role = request.role, username, error = %err, "rollback statement failed");
+                    }
+                }
+                Ok(())
+            }
+            None => self.drop_user(&mut conn, username, &cx).await,
+        };
+        if let Err(e) = result {
+            debug!(connection = %self.connection, role = request.role, username, error = %e, "rollback failed; the broker revokes later");
+        }
+    }
+
+    /// `DROP USER IF EXISTS` for every host the user exists with.
+    async fn drop_user(&self, conn: &mut Conn, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+        let hosts = self.hosts(conn, username, cx).await?.unwrap_or_else(|| vec!["%".to_string()]);
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let accounts: Vec<String> = hosts.iter().map(|h| account(username, h)).collect();
+        match conn.query_drop(format!("DROP USER IF EXISTS {}", accounts.join(", "))).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_already_gone(&e) => Ok(()),
+            Err(e) => Err(classify(&e, &cx.step("DROP USER", false), &Redactor::default())),
+        }
+    }
+
+    /// Kills every connection of `username`. "Already ended" is success.
+    async fn kill_sessions(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<usize, PluginError> {
+        let redactor = Redactor::default();
+        let ids: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+                (username,),
+            )
+            .await
+            .map_err(|e| classify(&e, &cx.step("list connections", false), &redactor))?;
+        let mut killed = 0;
+        for id in ids {
+            match conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                Ok(()) => killed += 1,
+                Err(e) if server_code(&e) == Some(code::NO_SUCH_THREAD) => {}
+                Err(e) => return Err(classify(&e, &cx.step("KILL CONNECTION", false), &redactor)),
+            }
+        }
+        Ok(killed)
+    }
+
+    /// The default revocation recipe: lock, kill, drop, kill stragglers.
+    async fn revoke_default(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
+        let redactor = Redactor::default();
+        let hosts = self.hosts(conn, username, cx).await?;
+        let known_hosts = hosts.clone().unwrap_or_else(|| vec!["%".to_string()]);
+
+        // 1. No new logins. Servers without ACCOUNT LOCK (MySQL < 5.7.6,
+        // MariaDB < 10.4) answer with a syntax error: skip the step there.
+        for host in &known_hosts {
+            match conn.query_drop(format!("ALTER USER {} ACCOUNT LOCK", account(username, host))).await {
+                Ok(()) => {}
+                Err(e) if is_already_gone(&e) => {}
+                Err(e) if server_code(&e) == Some(code::PARSE_ERROR) => {
+                    debug!(connection = %self.connection, username, "server has no ACCOUNT LOCK; skipping the lock");
+                    break;
+                }
+                Err(e) => return Err(classify(&e, &cx.step("ALTER USER ACCOUNT LOCK", false), &redactor)),
+            }
+        }
+
+        // 2. End live sessions: DROP USER leaves them running. A failure
+        // here still lets the drop run, then is reported so the broker
+        // retries (and the next attempt kills again).
+        let first_kill = self.kill_sessions(conn, username, cx).await;
+
+        // 3. Drop the account for every host.
+        if !known_hosts.is_empty() {
+            let accounts: Vec<String> = known_hosts.iter().map(|h| account(username, h)).collect();
+            match conn.query_drop(format!("DROP USER IF EXISTS {}", accounts.join(", "))).await {
+                Ok(()) => {}
+                Err(e) if is_already_gone(&e) => {}
+                Err(e) => return Err(classify(&e, &cx.step("DROP USER", false), &redactor)),
+            }
+        }
+
+        // 4. Connections that authenticated between the lock and the first
+        // listing.
+        let first = first_kill?;
+        let second = self.kill_sessions(conn, username, cx).await?;
+        debug!(operation = "revoke", connection = %self.connection, username, hosts = known_hosts.len(), killed = first + second, "dropped");
+        Ok(())
+    }
+
+    async fn revoke_custom(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        statements: &[Template],
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
+        let redactor = Redactor::default();
+        for (i, template) in statements.iter().enumerate() {
+            let sql = template.render(&Values { name: username, password: None, expiration: None });
+            match conn.query_drop(sql.expose_secret()).await {
+                Ok(()) => {}
+                // Unknown user, grant already gone: this step has nothing
+                // left to do; the next may.
+                Err(e) if is_already_gone(&e) => {
+                    debug!(operation = "revoke", connection = %self.connection, username, statement = i + 1, "already gone");
+                }
+                Err(e) => {
+                    let step = format!("revocation statement {} of {}", i + 1, statements.len());
+                    return Err(classify(&e, &cx.step(step, true), &redactor));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Templates paste the username raw between the operator's own quotes,
+    /// so a name that could close them is refused before anything is
+    /// rendered.
+    fn check_username(&self, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+        let ok = !username.is_empty()
+            && username.len() <= self.max_username_len
+            && username.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if ok {
+            Ok(())
+        } else {
+            Err(PluginError::Internal {
+                message: format!(
+                    "{}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {} bytes)",
+                    cx.operation.as_str(),
+                    self.max_username_len
+                ),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Plugin for MySqlPlugin {
+    fn name(&self) -> &'static str {
+        crate::PLUGIN_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Renewal only moves the lease: MySQL accounts have no expiry.
+        Capabilities { renewable: true, revocable: true, max_username_len: self.max_username_len }
+    }
+
+    fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
+        Ok(Arc::new(MySqlRole::parse(role, options)?))
+    }
+
+    async fn verify(&self) -> Result<(), PluginError> {
+        let cx = Context::new(Operation::Verify, None);
+        let redactor = Redactor::default();
+        let mut conn = self.get(&cx, &redactor).await?;
+        let flavor = self.flavor(&mut conn, &cx).await?;
+        // The admin's own global privileges (those granted through roles do
+        // not show here, hence warnings rather than failures for the rest).
+        let privileges: Vec<String> = conn
+            .query(
+                "SELECT PRIVILEGE_TYPE FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
+                 CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+            )
+            .await
+            .map_err(|e| classify(&e, &cx, &redactor))?;
+        let has = |p: &str| privileges.iter().any(|x| x.eq_ignore_ascii_case(p));
+        debug!(operation = "verify", connection = %self.connection, target = %self.target, ?flavor, privileges = privileges.len(), "verified");
+        if !has("CREATE USER") {
+            return Err(PluginError::Rejected {
+                message: format!(
+                    "verify: the admin user of {} has no global CREATE USER privilege, so it cannot create or drop users",
+                    self.target
+                ),
+            });
+        }
+        if !has("PROCESS") || !(has("SUPER") || has("CONNECTION ADMIN") || has("CONNECTION_ADMIN")) {
+            warn!(
+                connection = %self.connection,
+                target = %self.target,
+                "the admin user lacks PROCESS and CONNECTION ADMIN (MySQL: CONNECTION_ADMIN): revocation cannot end the sessions of revoked users"
+            );
+        }
+        Ok(())
+    }
+
+    async fn create(&self, request: &CreateRequest<'_>) -> Result<Created, PluginError> {
+        let role: &MySqlRole = downcast_role(request.settings)?;
+        let username = request.username;
+        let cx = Context::new(Operation::Create, Some(username));
+        self.check_username(username, &cx)?;
+        let password = request.password.expose_secret();
+        let redactor = Redactor::new([password]);
+        let expiration = format_expiration(request.expires_at);
+        let values = Values { name: username, password: Some(password), expiration: Some(&expiration) };
+        debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating user");
+
+        let mut conn = self.get(&cx, &redactor).await?;
+        let total = role.creation.len();
+        for (i, template) in role.creation.iter().enumerate() {
+            let sql = template.render(&values);
+            if let Err(e) = conn.query_drop(sql.expose_secret()).await {
+                let err = classify(
+                    &e,
+                    &cx.step(format!("creation statement {} of {total}", i + 1), true),
+                    &redactor,
+                );
+                debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolling back");
+                // A broken connection cannot run the rollback; a fresh one can.
+                let conn = if e.is_fatal() { None } else { Some(conn) };
+                self.rollback(conn, role, request).await;
+                return Err(err);
+            }
+        }
+        debug!(operation = "create", connection = %self.connection, role = request.role, username, "created");
+        Ok(Created::new(Credential::Database {
+            username: username.to_string(),
+            password: request.password.clone(),
+        }))
+    }
+
+    async fn renew(&self, lease: &LeaseRef<'_>, expires_at: DateTime<Utc>) -> Result<(), PluginError> {
+        let username = lease.username;
+        let cx = Context::new(Operation::Renew, Some(username));
+        let redactor = Redactor::default();
+        let custom = match lease.settings {
+            Some(settings) => downcast_role::<MySqlRole>(settings)?.renew.as_deref(),
+            None => None,
+        };
+        let mut conn = self.get(&cx, &redactor).await?;
+        // MySQL accounts do not expire: the lease moves, and lessor revokes
+        // the user when it ends. Renewing a user that is gone is refused.
+        if let Some(hosts) = self.hosts(&mut conn, username, &cx).await? {
+            if hosts.is_empty() {
+                return Err(PluginError::Rejected {
+                    message: format!("renew {username}: the user no longer exists"),
+                });
+            }
+        }
+        if let Some(statements) = custom {
+            self.check_username(username, &cx)?;
+            let expiration = format_expiration(expires_at);
+            for (i, template) in statements.iter().enumerate() {
+                let sql = template.render(&Values {
+                    name: username,
+                    password: None,
+                    expiration: Some(&expiration),
+                });
+                if let Err(e) = conn.query_drop(sql.expose_secret()).await {
+                    let step = format!("renew statement {} of {}", i + 1, statements.len());
+                    return Err(classify(&e, &cx.step(step, true), &redactor));
+                }
+            }
+        }
+        debug!(operation = "renew", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "renewed");
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
+        let username = lease.username;
+        let cx = Context::new(Operation::Revoke, Some(username));
+        let custom = match lease.settings {
+            Some(settings) => downcast_role::<MySqlRole>(settings)?.revocation.as_deref(),
+            None => None,
+        };
+        debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "revoking");
+        let mut conn = self.get(&cx, &Redactor::default()).await?;
+        match custom {
+            Some(statements) => {
+                self.check_username(username, &cx)?;
+                self.revoke_custom(&mut conn, username, statements, &cx).await?
+            }
+            None => self.revoke_default(&mut conn, username, &cx).await?,
+        }
+        debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, "revoked");
+        Ok(())
+    }
+
+    async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
+        let cx = Context::new(Operation::ListUsers, None);
+        let redactor = Redactor::default();
+        let mut conn = self.get(&cx, &redactor).await?;
+        let flavor = self.flavor(&mut conn, &cx).await?;
+        // The newest password change of any of the user's hosts stands for
+        // its age (a younger-looking user is dropped later, never sooner),
+        // measured against the server's own clock.
+        let sql = match flavor {
+            Flavor::MariaDb => {
+                "SELECT User, MAX(CAST(JSON_VALUE(Priv, '$.password_last_changed') AS SIGNED)), \
+                        CAST(UNIX_TIMESTAMP() AS SIGNED) \
+                 FROM mysql.global_priv \
+                 WHERE User LIKE ? ESCAPE '!' AND Host <> '' \
+                   AND IFNULL(JSON_VALUE(Priv, '$.is_role'), 'false') <> 'true' \
+                   AND User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
+                 GROUP BY User"
+            }
+            Flavor::MySql => {
+                "SELECT u.User, MAX(CAST(UNIX_TIMESTAMP(u.password_last_changed) AS SIGNED)), \
+                        CAST(UNIX_TIMESTAMP() AS SIGNED) \
+                 FROM mysql.user u \
+                 WHERE u.User LIKE ? ESCAPE '!' \
+                   AND u.User <> SUBSTRING_INDEX(CURRENT_USER(), '@', 1) \
+                   AND NOT EXISTS (SELECT 1 FROM mysql.role_edges e WHERE e.FROM_USER = u.User) \
+                 GROUP BY u.User"
+            }
+        };
+        let rows: Vec<(String, Option<i64>, i64)> =
+            conn.exec(sql, (like_prefix(prefix),)).await.map_err(|e| classify(&e, &cx, &redactor))?;
+        let now = Utc::now();
+        let users = rows
+            .into_iter()
+            .filter(|(name, _, _)| {
+                name.starts_with(prefix) && *name != self.admin_user && !SYSTEM_USERS.contains(&name.as_str())
+            })
+            .map(|(name, changed, server_now)| {
+                let created_at = changed.map(|at| now - chrono::Duration::seconds((server_now - at).max(0)));
+                BackendUser { name, created_at }
+            })
+            .collect();
+        Ok(users)
+    }
+}
+
+/// `{{expiration}}` for MySQL: UTC, `YYYY-MM-DD HH:MM:SS`, the form a
+/// `DATETIME` literal takes on every version.
+pub(crate) fn format_expiration(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// `user`@`host` with both quoted as identifiers (backticks doubled), which
+/// no `sql_mode` reads differently.
+fn account(user: &str, host: &str) -> String {
+    format!("`{}`@`{}`", user.replace('`', "``"), host.replace('`', "``"))
+}
+
+/// A `LIKE … ESCAPE '!'` pattern for names starting with `prefix`: `_` and
+/// `%` are wildcards in LIKE, and lessor's names are full of `_`.
+fn like_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '_' | '%') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use secrecy::SecretString;
+
+    fn plugin(options: &str) -> MySqlPlugin {
+        let options: toml::Table = options.parse().unwrap();
+        MySqlPlugin::new(ConnectionContext {
+            name: "shop",
+            url: Some("mysql://lessor_admin@db.internal:3306/"),
+            password: Some(SecretString::from("admin-pw-never-shown")),
+            max_connections: 3,
+            options: &options,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn expiration_is_utc_without_offset() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        assert_eq!(format_expiration(at), "2026-11-22 10:00:00");
+    }
+
+    #[test]
+    fn accounts_and_patterns_are_quoted() {
+        assert_eq!(account("v_app_1", "%"), "`v_app_1`@`%`");
+        assert_eq!(account("a`b", "10.0.0.%"), "`a``b`@`10.0.0.%`");
+        assert_eq!(like_prefix("v_app_"), "v!_app!_%");
+        assert_eq!(like_prefix("a%b!"), "a!%b!!%");
+    }
+
+    #[test]
+    fn usernames_that_break_quoting_are_refused() {
+        let p = plugin("max_username_length = 16");
+        let cx = Context::new(Operation::Create, None);
+        assert!(p.check_username("v_app_ro_abc123", &cx).is_ok());
+        for bad in ["", "a'b", "a`b", "a b", "a\\b", "a-b", &"x".repeat(17)] {
+            assert!(p.check_username(bad, &cx).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_admin_password() {
+        let p = plugin("");
+        let dbg = format!("{p:?} {p:#?}");
+        assert!(!dbg.contains("admin-pw-never-shown"), "{dbg}");
+        assert!(dbg.contains("lessor_admin@db.internal:3306"), "{dbg}");
+    }
+
+    #[test]
+    fn capabilities_and_roles() {
+        let p = plugin("max_username_length = 16");
+        assert_eq!(p.name(), "mysql");
+        let caps = p.capabilities();
+        assert!(caps.renewable && caps.revocable);
+        assert_eq!(caps.max_username_len, 16);
+        assert_eq!(plugin("").capabilities().max_username_len, 32);
+        let options: toml::Table = r#"creation_statements = ["CREATE USER '{{name}}'@'%'"]"#.parse().unwrap();
+        let settings = p.check_role("shop_rw", &options).unwrap();
+        assert!(downcast_role::<MySqlRole>(&settings).is_ok());
+        let e = p.check_role("shop_rw", &toml::Table::new()).unwrap_err();
+        assert_eq!(e.key, "roles.shop_rw.creation_statements");
+    }
+}

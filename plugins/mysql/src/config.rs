@@ -1,0 +1,521 @@
+//! The plugin's settings: what a `[connections.NAME]` table and a
+//! `[roles.NAME]` table may say, parsed into values that are already valid.
+//!
+//! Config is checked once, at load, so a typo is a precise [`ConfigError`]
+//! (`connections.shop.max_username_lenght: unknown field …`) rather than a
+//! failed issuance. Statement templates are parsed here for the same
+//! reason. The admin password never comes from these tables: the broker
+//! reads it from `password_file` / `password_env`, and a URL that carries
+//! one is refused, so the config file can be world-readable.
+
+use std::fmt;
+
+use lessor_plugin::template::{Placeholder, Template};
+use lessor_plugin::ConfigError;
+use schemars::JsonSchema;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// MySQL's limit on user names (since 5.7.8; 16 before). MariaDB 10.11
+/// accepts 128.
+pub(crate) const DEFAULT_MAX_USERNAME_LEN: usize = 32;
+/// The longest user name any supported server accepts (MariaDB).
+pub(crate) const LONGEST_USERNAME_LEN: usize = 128;
+/// MySQL's port when the URL names none.
+pub(crate) const DEFAULT_PORT: u16 = 3306;
+
+fn default_max_username_length() -> usize {
+    DEFAULT_MAX_USERNAME_LEN
+}
+
+/// The plugin-specific keys of a `[connections.NAME]` table with
+/// `plugin = "mysql"` (the broker owns `url`, `password_file`,
+/// `password_env`, `max_connections` and the other shared keys).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MySqlConnectionOptions {
+    /// The longest user name the server accepts: 32 (MySQL ≥ 5.7.8, the
+    /// default), 16 for MySQL 5.6 and older, up to 128 for MariaDB (10.11).
+    /// Username templates are checked against it at load.
+    #[serde(default = "default_max_username_length")]
+    pub max_username_length: usize,
+}
+
+impl Default for MySqlConnectionOptions {
+    fn default() -> Self {
+        Self { max_username_length: DEFAULT_MAX_USERNAME_LEN }
+    }
+}
+
+/// The plugin-specific keys of a `[roles.NAME]` table whose connection is a
+/// MySQL/MariaDB one, as written. [`MySqlRole`] is the validated form.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MySqlRoleOptions {
+    /// Statements that create the user, run in order (MySQL commits DDL
+    /// at once: there is no enclosing transaction). Required; Vault
+    /// placeholders: `{{name}}`, `{{username}}`, `{{password}}`,
+    /// `{{expiration}}`.
+    #[serde(default)]
+    pub creation_statements: Vec<String>,
+    /// Statements that remove the user, run in order. Default: lock the
+    /// account, kill its connections, `DROP USER IF EXISTS` for every host
+    /// the user exists with.
+    #[serde(default)]
+    pub revocation_statements: Option<Vec<String>>,
+    /// Statements run when a lease is renewed. Default: none (MySQL has no
+    /// account expiry; lessor revokes the user when the lease ends).
+    #[serde(default)]
+    pub renew_statements: Option<Vec<String>>,
+    /// Statements run after a creation statement failed part-way, to undo
+    /// what the earlier ones did. Default: drop the user for every host it
+    /// exists with.
+    #[serde(default)]
+    pub rollback_statements: Option<Vec<String>>,
+}
+
+/// A role's validated settings: what `check_role` hands the broker, and the
+/// broker hands back on every call.
+#[derive(Debug, Clone)]
+pub struct MySqlRole {
+    pub(crate) creation: Vec<Template>,
+    pub(crate) revocation: Option<Vec<Template>>,
+    pub(crate) renew: Option<Vec<Template>>,
+    pub(crate) rollback: Option<Vec<Template>>,
+}
+
+impl MySqlRole {
+    /// Validates a role table's plugin keys; `role` names it in errors.
+    pub fn parse(role: &str, options: &toml::Table) -> Result<Self, ConfigError> {
+        let prefix = format!("roles.{role}");
+        let raw: MySqlRoleOptions = parse_table(options, &prefix)?;
+        let key = |field: &str| format!("{prefix}.{field}");
+        if raw.creation_statements.is_empty() {
+            return Err(ConfigError::new(
+                key("creation_statements"),
+                "required: at least one statement, e.g. CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",
+            ));
+        }
+        let creation = templates(&key("creation_statements"), &raw.creation_statements)?;
+        let optional = |field: &str, list: &Option<Vec<String>>| match list {
+            None => Ok(None),
+            Some(list) if list.is_empty() => {
+                Err(ConfigError::new(key(field), "must not be empty; omit it to use the plugin's default"))
+            }
+            Some(list) => templates(&key(field), list).map(Some),
+        };
+        let role = Self {
+            creation,
+            revocation: optional("revocation_statements", &raw.revocation_statements)?,
+            renew: optional("renew_statements", &raw.renew_statements)?,
+            rollback: optional("rollback_statements", &raw.rollback_statements)?,
+        };
+        // Only creation statements may see the password: the others run
+        // without it and would silently render it empty.
+        for (field, list) in [
+            ("revocation_statements", &role.revocation),
+            ("renew_statements", &role.renew),
+            ("rollback_statements", &role.rollback),
+        ] {
+            if let Some(i) = list.iter().flatten().position(|t| t.uses(Placeholder::Password)) {
+                return Err(ConfigError::new(
+                    key(field),
+                    format!("statement {}: {{{{password}}}} is only known to creation_statements", i + 1),
+                ));
+            }
+        }
+        Ok(role)
+    }
+}
+
+/// Parses a list of statements; a list that never says `{{name}}` cannot
+/// act on the lease's user, so it is refused.
+fn templates(key: &str, sources: &[String]) -> Result<Vec<Template>, ConfigError> {
+    let parsed = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if s.trim().is_empty() {
+                return Err(ConfigError::new(key, format!("statement {} is empty", i + 1)));
+            }
+            Template::parse(s).map_err(|e| ConfigError::new(key, format!("statement {}: {e}", i + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !parsed.iter().any(|t| t.uses(Placeholder::Name)) {
+        return Err(ConfigError::new(
+            key,
+            "no statement uses {{name}} (or {{username}}), so none would act on the generated user",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Where the admin connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Address {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A Unix socket (`?socket=/run/mysqld/mysqld.sock`).
+    Socket(String),
+}
+
+/// A connection's validated settings. Holds the admin password, hence the
+/// hand-written `Debug`.
+#[derive(Clone)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) name: String,
+    pub(crate) address: Address,
+    pub(crate) user: String,
+    pub(crate) password: Option<SecretString>,
+    /// The URL's database, if any (the admin needs none).
+    pub(crate) database: Option<String>,
+    pub(crate) options: MySqlConnectionOptions,
+    pub(crate) max_connections: usize,
+}
+
+impl fmt::Debug for ConnectionSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("name", &self.name)
+            .field("target", &self.target())
+            .field("options", &self.options)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionSettings {
+    /// Validates a connection's settings; `name` is `[connections.NAME]`.
+    pub(crate) fn parse(
+        name: &str,
+        url: Option<&str>,
+        password: Option<&SecretString>,
+        max_connections: usize,
+        options: &toml::Table,
+    ) -> Result<Self, ConfigError> {
+        let prefix = format!("connections.{name}");
+        let key = |field: &str| format!("{prefix}.{field}");
+        let options: MySqlConnectionOptions = parse_table(options, &prefix)?;
+        if !(1..=LONGEST_USERNAME_LEN).contains(&options.max_username_length) {
+            return Err(ConfigError::new(
+                key("max_username_length"),
+                format!(
+                    "{} is out of range: MySQL allows 32 (16 before 5.7.8), MariaDB up to {LONGEST_USERNAME_LEN}",
+                    options.max_username_length
+                ),
+            ));
+        }
+        let url = url.ok_or_else(|| {
+            ConfigError::new(key("url"), "required, e.g. \"mysql://lessor_admin@db.internal:3306/\"")
+        })?;
+        let parsed = parse_url(url).map_err(|message| ConfigError::new(key("url"), message))?;
+        if max_connections == 0 {
+            return Err(ConfigError::new(key("max_connections"), "must be at least 1"));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            address: parsed.address,
+            user: parsed.user,
+            password: password.cloned(),
+            database: parsed.database,
+            options,
+            max_connections,
+        })
+    }
+
+    /// `user@host:port`, for logs and `Debug`: never the password.
+    pub(crate) fn target(&self) -> String {
+        match &self.address {
+            Address::Tcp { host, port } => format!("{}@{host}:{port}", self.user),
+            Address::Socket(path) => format!("{}@unix:{path}", self.user),
+        }
+    }
+
+    /// The admin password, for the pool's options.
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_ref().map(|p| p.expose_secret())
+    }
+}
+
+/// What a `mysql://` URL says.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedUrl {
+    address: Address,
+    user: String,
+    database: Option<String>,
+}
+
+/// Parses `mysql://USER@HOST[:PORT][/DATABASE][?socket=PATH]`.
+///
+/// Written out rather than handed to the driver: the driver accepts pool
+/// and TLS parameters that would contradict the connection's own keys, and
+/// its errors may quote the URL, which could hold a password. Messages here
+/// never quote the URL.
+fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let rest = url.strip_prefix("mysql://").or_else(|| url.strip_prefix("mariadb://")).ok_or(
+        "not a MySQL URL: it must start with mysql:// (e.g. mysql://lessor_admin@db.internal:3306/)",
+    )?;
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) =
+        authority.rsplit_once('@').ok_or("the URL names no user, e.g. mysql://lessor_admin@host:3306/")?;
+    if userinfo.contains(':') {
+        return Err("the URL contains a password; remove it and use password_file or password_env".into());
+    }
+    let user = percent_decode(userinfo).ok_or("the URL's user is not valid percent-encoded UTF-8")?;
+    if user.is_empty() {
+        return Err("the URL names no user, e.g. mysql://lessor_admin@host:3306/".into());
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let database = match path.trim_start_matches('/') {
+        "" => None,
+        db if db.contains('/') => return Err("the URL's path must be at most one database name".into()),
+        db => Some(percent_decode(db).ok_or("the URL's database is not valid percent-encoded UTF-8")?),
+    };
+    let mut socket = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "socket" || value.is_empty() {
+            // The name only: a value could be anything, a password included.
+            return Err(format!(
+                "unknown URL parameter {name:?} (only `socket=PATH` is read; the pool size is max_connections)"
+            ));
+        }
+        socket = Some(percent_decode(value).ok_or("the socket path is not valid percent-encoded UTF-8")?);
+    }
+    let address = match socket {
+        Some(path) => Address::Socket(path),
+        None => {
+            let (host, port) = split_host_port(hostport)?;
+            Address::Tcp { host, port }
+        }
+    };
+    Ok(ParsedUrl { address, user, database })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+    let bad_port = || "the URL's port is not a number between 1 and 65535".to_string();
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("the URL's IPv6 address lacks its closing `]`")?;
+        match after {
+            "" => (host.to_string(), None),
+            p => (host.to_string(), Some(p.strip_prefix(':').ok_or_else(bad_port)?)),
+        }
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad_port)?,
+    };
+    Ok((host, port))
+}
+
+/// Decodes `%XX` escapes; `None` when they do not make UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Deserializes a config table into `T` (all of whose fields have defaults)
+/// and, on failure, finds the key at fault by trying each key alone, so the
+/// error names `prefix.key` rather than the whole table.
+fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
+    let whole = match T::deserialize(toml::Value::Table(table.clone())) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    for (key, value) in table {
+        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+        if let Err(e) = T::deserialize(toml::Value::Table(alone)) {
+            let mut message = e.message().to_string();
+            if key.contains("password") {
+                message.push_str(
+                    "; the admin password belongs in password_file or password_env, never in the config",
+                );
+            }
+            return Err(ConfigError::new(format!("{prefix}.{key}"), message));
+        }
+    }
+    Err(ConfigError::new(prefix, whole.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(src: &str) -> toml::Table {
+        src.parse().unwrap()
+    }
+
+    fn conn(url: Option<&str>, options: &str) -> Result<ConnectionSettings, ConfigError> {
+        ConnectionSettings::parse("shop", url, None, 4, &table(options))
+    }
+
+    #[test]
+    fn urls_parse() {
+        let c = conn(Some("mysql://lessor_admin@db.internal:3307/"), "").unwrap();
+        assert_eq!(c.address, Address::Tcp { host: "db.internal".into(), port: 3307 });
+        assert_eq!(c.user, "lessor_admin");
+        assert_eq!(c.database, None);
+        assert_eq!(c.options.max_username_length, 32);
+        assert_eq!(c.target(), "lessor_admin@db.internal:3307");
+
+        let c = conn(Some("mysql://a%40b@127.0.0.1/shop"), "max_username_length = 16").unwrap();
+        assert_eq!(c.address, Address::Tcp { host: "127.0.0.1".into(), port: 3306 });
+        assert_eq!(c.user, "a@b");
+        assert_eq!(c.database.as_deref(), Some("shop"));
+        assert_eq!(c.options.max_username_length, 16);
+
+        let c = conn(Some("mysql://admin@[::1]:3310"), "").unwrap();
+        assert_eq!(c.address, Address::Tcp { host: "::1".into(), port: 3310 });
+
+        let c = conn(Some("mysql://admin@localhost/?socket=%2Frun%2Fmysqld%2Fmysqld.sock"), "").unwrap();
+        assert_eq!(c.address, Address::Socket("/run/mysqld/mysqld.sock".into()));
+        assert_eq!(c.target(), "admin@unix:/run/mysqld/mysqld.sock");
+    }
+
+    #[test]
+    fn bad_urls_name_the_key_and_never_echo_the_url() {
+        for (url, needle) in [
+            ("postgres://a@h/", "mysql://"),
+            ("mysql://h:3306/", "no user"),
+            ("mysql://@h:3306/", "no user"),
+            ("mysql://a@:3306/", "no host"),
+            ("mysql://a@h:0/", "port"),
+            ("mysql://a@h:99999/", "port"),
+            ("mysql://a@h/db/x", "at most one database"),
+            ("mysql://a@h/?pool_max=50", "unknown URL parameter \"pool_max\""),
+            ("mysql://a@h/?ssl-mode=required", "unknown URL parameter"),
+        ] {
+            let e = conn(Some(url), "").unwrap_err();
+            assert_eq!(e.key, "connections.shop.url", "{url}");
+            assert!(e.message.contains(needle), "{url}: {e}");
+        }
+        let e = conn(None, "").unwrap_err();
+        assert_eq!(e.key, "connections.shop.url");
+    }
+
+    #[test]
+    fn password_in_url_or_options_is_refused_without_echoing_it() {
+        let e = conn(Some("mysql://admin:hunter2secret@h:3306/"), "").unwrap_err();
+        assert_eq!(e.key, "connections.shop.url");
+        assert!(e.message.contains("password_file"), "{e}");
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+
+        let e = conn(Some("mysql://a@h/"), "password = \"hunter2secret\"").unwrap_err();
+        assert_eq!(e.key, "connections.shop.password");
+        assert!(e.message.contains("password_file"), "{e}");
+        assert!(!e.to_string().contains("hunter2secret"), "{e}");
+    }
+
+    #[test]
+    fn connection_option_errors_name_the_key() {
+        let e = conn(Some("mysql://a@h/"), "max_username_lenght = 16").unwrap_err();
+        assert_eq!(e.key, "connections.shop.max_username_lenght");
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = conn(Some("mysql://a@h/"), "max_username_length = 0").unwrap_err();
+        assert_eq!(e.key, "connections.shop.max_username_length");
+        let e = conn(Some("mysql://a@h/"), "max_username_length = 200").unwrap_err();
+        assert_eq!(e.key, "connections.shop.max_username_length");
+        let e = ConnectionSettings::parse("shop", Some("mysql://a@h/"), None, 0, &table("")).unwrap_err();
+        assert_eq!(e.key, "connections.shop.max_connections");
+    }
+
+    #[test]
+    fn debug_hides_the_admin_password() {
+        let pw = SecretString::from("s3cr3t-admin-pw");
+        let c = ConnectionSettings::parse("shop", Some("mysql://a@h/"), Some(&pw), 2, &table("")).unwrap();
+        assert_eq!(c.password(), Some("s3cr3t-admin-pw"));
+        let dbg = format!("{c:?} {c:#?}");
+        assert!(!dbg.contains("s3cr3t-admin-pw"), "{dbg}");
+        assert!(dbg.contains("a@h:3306"), "{dbg}");
+    }
+
+    #[test]
+    fn role_parses_and_defaults() {
+        let r = MySqlRole::parse(
+            "shop_rw",
+            &table(
+                r#"creation_statements = [
+                    "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",
+                    "GRANT SELECT ON shop.* TO '{{name}}'@'%'",
+                ]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.creation.len(), 2);
+        assert!(r.revocation.is_none() && r.renew.is_none() && r.rollback.is_none());
+
+        let r = MySqlRole::parse(
+            "shop_rw",
+            &table(
+                r#"creation_statements = ["CREATE USER '{{name}}'@'%'"]
+                revocation_statements = ["DROP USER IF EXISTS '{{username}}'@'%'"]
+                renew_statements = ["DO '{{name}}', '{{expiration}}'"]
+                rollback_statements = ["DROP USER IF EXISTS '{{name}}'@'%'"]"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.revocation.unwrap().len(), 1);
+        assert_eq!(r.renew.unwrap().len(), 1);
+        assert_eq!(r.rollback.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn role_errors_name_the_key() {
+        let err = |src: &str| MySqlRole::parse("shop_rw", &table(src)).unwrap_err();
+
+        let e = err("");
+        assert_eq!(e.key, "roles.shop_rw.creation_statements");
+        let e = err("creation_statements = []");
+        assert_eq!(e.key, "roles.shop_rw.creation_statements");
+        let e = err(r#"creation_statements = ["CREATE USER '{{nmae}}'@'%'"]"#);
+        assert_eq!(e.key, "roles.shop_rw.creation_statements");
+        assert!(e.message.contains("statement 1") && e.message.contains("{{nmae}}"), "{e}");
+        let e = err(r#"creation_statements = ["CREATE USER bob"]"#);
+        assert!(e.message.contains("{{name}}"), "{e}");
+        let e = err(r#"creation_statements = ["CREATE USER '{{name}}'", " "]"#);
+        assert!(e.message.contains("statement 2 is empty"), "{e}");
+
+        let e = err(r#"creation_statements = ["CREATE USER '{{name}}'"]
+            revocation_statments = ["DROP USER '{{name}}'"]"#);
+        assert_eq!(e.key, "roles.shop_rw.revocation_statments");
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = err(r#"creation_statements = ["CREATE USER '{{name}}'"]
+            renew_statements = []"#);
+        assert_eq!(e.key, "roles.shop_rw.renew_statements");
+        let e = err(r#"creation_statements = ["CREATE USER '{{name}}'"]
+            rollback_statements = ["ALTER USER '{{name}}' IDENTIFIED BY '{{password}}'"]"#);
+        assert_eq!(e.key, "roles.shop_rw.rollback_statements");
+        assert!(e.message.contains("{{password}}"), "{e}");
+    }
+}

@@ -1,0 +1,39 @@
+//! The MySQL/MariaDB plugin of lessor: dynamic users made and dropped
+//! through a small pool of admin connections. Not for direct use: the
+//! broker builds it from `[connections.NAME]` with `plugin = "mysql"`
+//! through [`factory`].
+//!
+//! - `config`: the connection and role settings, parsed into values that
+//!   are already valid (unknown keys, bad templates and usernames that
+//!   cannot fit fail at load, with the offending key), and the admin URL
+//!   check (no password in it);
+//! - `client`: [`MySqlPlugin`], the engine: the admin pool, the creation
+//!   statements with their rollback, the lock/kill/drop revocation and the
+//!   user listing for tidy, on MySQL and MariaDB alike;
+//! - `error`: how the servers' error codes map to the broker's retry/blame
+//!   classes, and the scrubbing that keeps passwords out of every message.
+//!
+//! Only the config types and the plugin are public; the broker talks to it
+//! through [`lessor_plugin::Plugin`].
+
+mod client;
+mod config;
+mod error;
+
+use std::sync::Arc;
+
+use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
+
+pub use client::MySqlPlugin;
+pub use config::{MySqlConnectionOptions, MySqlRole, MySqlRoleOptions};
+
+/// The name this plugin is registered under (`plugin = "mysql"`).
+pub const PLUGIN_NAME: &str = "mysql";
+
+/// Builds the plugin for one connection: the broker's registry entry.
+pub fn factory(ctx: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigError> {
+    Ok(Arc::new(MySqlPlugin::new(ctx)?))
+}
+
+// The registry stores plain function pointers; keep `factory` one.
+const _: PluginFactory = factory;

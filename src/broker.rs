@@ -54,6 +54,9 @@ pub enum BrokerError {
     /// The caller may not act on this lease (403).
     #[error("lease {id} belongs to another user")]
     Forbidden { id: LeaseId },
+    /// The action is for operators: root or the daemon's own user (403).
+    #[error("{action} is reserved to root and the daemon's own user")]
+    NotAdmin { action: &'static str },
     /// The lease is not in a state that allows the operation (409).
     #[error("lease {id} is {state}: {message}")]
     Conflict { id: LeaseId, state: &'static str, message: String },
@@ -72,7 +75,7 @@ impl BrokerError {
             Self::UnknownRole { .. } => (404, "unknown_role"),
             Self::UnknownLease { .. } => (404, "unknown_lease"),
             Self::BadRequest { .. } => (400, "bad_request"),
-            Self::Forbidden { .. } => (403, "forbidden"),
+            Self::Forbidden { .. } | Self::NotAdmin { .. } => (403, "forbidden"),
             Self::Conflict { .. } => (409, "conflict"),
             Self::Backend { source, .. } => match source.fault() {
                 Fault::Caller => (400, "invalid_role"),
@@ -366,6 +369,33 @@ impl Broker {
     /// which the backend honours until they expire.
     pub fn is_revocable(&self, role: &str) -> bool {
         self.roles.get(role).is_none_or(|r| r.capabilities.revocable)
+    }
+
+    /// Operator action for a leaked credential of `role` that the backend
+    /// cannot revoke one by one (AWS: deny every session of the IAM role
+    /// issued before now). Admin callers only; returns what was done.
+    pub async fn revoke_sessions(&self, role_name: &str, caller: Caller) -> Result<serde_json::Value, BrokerError> {
+        if !caller.is_admin() {
+            return Err(BrokerError::NotAdmin { action: "revoke-sessions" });
+        }
+        let role = self.role(role_name)?;
+        let backend = &self.backends[&role.connection];
+        let plugin = &backend.connection.plugin;
+        // The plugin bounds its own calls (the AWS SDK's operation timeout).
+        let done = match plugin.revoke_sessions(&role.name, &role.settings).await {
+            Ok(done) => done,
+            Err(PluginError::Unsupported { .. }) => {
+                return Err(BrokerError::BadRequest {
+                    message: format!("role {role_name:?} ({} plugin) has no sessions to revoke", plugin.name()),
+                })
+            }
+            Err(source) => {
+                warn!(role = %role.name, uid = caller.uid, error = %source, "revoking the role's sessions failed");
+                return Err(BrokerError::Backend { context: format!("revoking the sessions of role {role_name:?}"), source });
+            }
+        };
+        info!(role = %role.name, uid = caller.uid, pid = caller.pid, done = %done, "revoked the role's older sessions");
+        Ok(done)
     }
 
     /// One lease's metadata.

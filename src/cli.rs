@@ -67,6 +67,9 @@ enum Command {
     Lease(LeaseCommand),
     /// Show the daemon's readiness and counts.
     Status,
+    /// AWS operator actions.
+    #[command(subcommand)]
+    Aws(AwsCommand),
     /// Check a config file or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -110,6 +113,18 @@ enum LeaseCommand {
         // `--prefix`) is given, hence the explicit conflict.
         #[arg(long, requires = "prefix", conflicts_with = "id")]
         force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AwsCommand {
+    /// Deny every session of an assumed_role role issued before now, by
+    /// putting a deny-all policy on its IAM role (for a leaked token, which
+    /// AWS would otherwise honour until it expires). Root or the daemon's
+    /// user only.
+    RevokeSessions {
+        /// The lessor role (credential_type = "assumed_role").
+        role: String,
     },
 }
 
@@ -278,6 +293,9 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
                 ))),
                 _ => Ok(()),
             }
+        }
+        Command::Aws(AwsCommand::RevokeSessions { role }) => {
+            out(&pretty(&success(client.revoke_sessions(&role).await?)?))
         }
         Command::Status => {
             let response = client.health().await?;

@@ -271,6 +271,12 @@ impl Client {
         self.request(Method::POST, "/v1/leases/revoke", Some(&body)).await
     }
 
+    /// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
+    /// role issued before now (AWS assumed_role roles; admin callers only).
+    pub async fn revoke_sessions(&self, role: &str) -> Result<Response, ClientError> {
+        self.request(Method::POST, &format!("/v1/roles/{}/revoke-sessions", segment(role)), None).await
+    }
+
     /// `GET /v1/health`: readiness and counts.
     pub async fn health(&self) -> Result<Response, ClientError> {
         self.request(Method::GET, "/v1/health", None).await

@@ -151,7 +151,17 @@ async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for quiet in ["tokio_postgres=info", "postgres_protocol=info", "mysql_async=info", "mysql_common=info"] {
+    // The AWS SDK traces requests and responses at debug, with signing
+    // material and session tokens in their headers: held at info too.
+    let aws = ["aws_config", "aws_runtime", "aws_sigv4", "aws_smithy_runtime", "aws_smithy_runtime_api"]
+        .into_iter()
+        .chain(["aws_smithy_http_client", "aws_sdk_sts", "aws_sdk_iam", "aws_credential_types"])
+        .map(|target| format!("{target}=info"));
+    for quiet in ["tokio_postgres=info", "postgres_protocol=info", "mysql_async=info", "mysql_common=info"]
+        .map(String::from)
+        .into_iter()
+        .chain(aws)
+    {
         filter = filter.add_directive(quiet.parse().expect("valid directive"));
     }
     use std::io::IsTerminal;

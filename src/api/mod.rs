@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/creds/{role}", post(issue))
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/revoke", post(revoke_prefix))
+        .route("/v1/roles/{role}/revoke-sessions", post(revoke_sessions))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -309,4 +310,17 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
         failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
     let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
     Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
+}
+
+/// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
+/// role's backend identity issued before now (AWS assumed_role: a deny-all
+/// policy on the IAM role). Admin callers only.
+async fn revoke_sessions(State(state): State<AppState>, Path(role): Path<String>, request: Request) -> ApiResult {
+    let caller = caller(request.extensions());
+    // Spawned: a caller that goes away does not cut the action off.
+    let broker = state.broker.clone();
+    let done = tokio::spawn(async move { broker.revoke_sessions(&role, caller).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(done).into_response())
 }

@@ -23,8 +23,11 @@ use serde::Deserialize;
 pub use duration::Duration;
 
 /// The built-in plugins, by the name used in `plugin = "…"`.
-pub static PLUGINS: &[(&str, PluginFactory)] =
-    &[("postgres", lessor_postgres::factory), (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory)];
+pub static PLUGINS: &[(&str, PluginFactory)] = &[
+    ("postgres", lessor_postgres::factory),
+    (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory),
+    (lessor_aws::PLUGIN_NAME, lessor_aws::factory),
+];
 
 /// A lessor config file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -370,7 +373,9 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
                 None
             }
         };
-        let settings = match connection.plugin.check_role(name, &role.options) {
+        let settings = match connection.plugin.check_role(name, &role.options).and_then(|s| {
+            connection.plugin.check_ttls(name, &s, role.default_ttl.as_std(), role.max_ttl.as_std()).map(|()| s)
+        }) {
             Ok(s) => Some(s),
             Err(e) => {
                 errors.push(e);
@@ -439,6 +444,11 @@ static PLUGIN_SCHEMAS: &[OptionSchemas] = &[
         lessor_mysql::PLUGIN_NAME,
         || schemars::schema_for!(lessor_mysql::MySqlConnectionOptions),
         || schemars::schema_for!(lessor_mysql::MySqlRoleOptions),
+    ),
+    (
+        lessor_aws::PLUGIN_NAME,
+        || schemars::schema_for!(lessor_aws::AwsConnectionOptions),
+        || schemars::schema_for!(lessor_aws::AwsRoleOptions),
     ),
 ];
 

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod aws;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -150,6 +150,21 @@ pub trait Plugin: Send + Sync + Debug {
     /// `options` holds every key of the role table the broker does not own.
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError>;
 
+    /// Checks a role's TTLs against what the backend can honour (AWS STS
+    /// AssumeRole: 15 min to 12 h). Called at config load after
+    /// [`Plugin::check_role`]; an error names `roles.NAME.max_ttl` or
+    /// `roles.NAME.default_ttl`.
+    fn check_ttls(
+        &self,
+        role: &str,
+        settings: &RoleSettings,
+        default_ttl: std::time::Duration,
+        max_ttl: std::time::Duration,
+    ) -> Result<(), ConfigError> {
+        let _ = (role, settings, default_ttl, max_ttl);
+        Ok(())
+    }
+
     /// Can we reach the backend with the admin credential?
     async fn verify(&self) -> Result<(), PluginError>;
 

@@ -1,0 +1,38 @@
+//! The AWS plugin of lessor: STS session credentials (AssumeRole,
+//! GetFederationToken, GetSessionToken) and short-lived IAM users. Not for
+//! direct use: the broker builds it from `[connections.NAME]` with
+//! `plugin = "aws"` through [`factory`].
+//!
+//! - `config`: the connection and role settings, parsed into values that
+//!   are already valid: ARNs, IAM names and paths, policy documents, and
+//!   the TTL limits of each STS call, each error naming its key;
+//! - `client`: [`AwsPlugin`], the engine: STS issuance with TTLs clamped to
+//!   what AWS issues, IAM users made step by step and deleted step by step
+//!   (idempotently), and the operator's "revoke older sessions" action;
+//! - `error`: how the SDK's failures map to the broker's retry/blame
+//!   classes, with messages that hold AWS's error code and never a key.
+//!
+//! Only the config types and the plugin are public; the broker talks to it
+//! through [`lessor_plugin::Plugin`].
+
+mod client;
+mod config;
+mod error;
+
+use std::sync::Arc;
+
+use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
+
+pub use client::{AwsPlugin, REVOKE_POLICY_NAME};
+pub use config::{AwsConnectionOptions, AwsRole, AwsRoleOptions, CredentialType};
+
+/// The name this plugin is registered under (`plugin = "aws"`).
+pub const PLUGIN_NAME: &str = "aws";
+
+/// Builds the plugin for one connection: the broker's registry entry.
+pub fn factory(ctx: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigError> {
+    Ok(Arc::new(AwsPlugin::new(ctx)?))
+}
+
+// The registry stores plain function pointers; keep `factory` one.
+const _: PluginFactory = factory;

@@ -1,0 +1,230 @@
+//! Helpers for the AWS plugin's integration tests: the moto emulator
+//! (`LESSOR_TEST_AWS_ENDPOINT`, exported by `scripts/test`, default
+//! `http://127.0.0.1:5000`), a private moto server for a test that turns
+//! authentication on, SDK clients that read moto's state, and the daemon
+//! with an AWS connection.
+//!
+//! moto accepts any key while its authentication is off (its default), so
+//! the shared server stays that way; a test that must prove a key stopped
+//! working starts its own server with [`Moto::start`] and turns it on.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_iam::error::ProvideErrorMetadata;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{wait_for, Daemon};
+
+/// The key the tests use while moto's authentication is off (any works).
+pub const ANY_KEY: (&str, &str) = ("AKIAIOSFODNN7EXAMPLE", "lessor-test-admin-secret-0000");
+
+pub fn aws_endpoint() -> String {
+    std::env::var("LESSOR_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+pub fn aws_region() -> String {
+    std::env::var("LESSOR_TEST_AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
+}
+
+/// A moto server of the test's own, on a free loopback port, stopped when
+/// dropped. Uses `LESSOR_TEST_MOTO_SERVER` (set by `scripts/test`) or the
+/// venv `scripts/test` makes.
+pub struct Moto {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let program = std::env::var_os("LESSOR_TEST_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/lessor-venv/bin/moto_server"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} (run scripts/test to install it): {e}", program.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let moto = Self { endpoint: endpoint.clone(), child };
+        wait_for("the private moto server", Duration::from_secs(30), || {
+            let endpoint = endpoint.clone();
+            async move {
+                http(&endpoint, "GET", "/moto-api/", None).await.ok().filter(|(s, _)| *s == 200).map(drop)
+            }
+        })
+        .await;
+        moto
+    }
+
+    /// From now on every request must be signed with a key moto knows
+    /// (`POST /moto-api/reset-auth` with `0` actions left unauthenticated).
+    pub async fn enable_auth(&self) {
+        let (status, body) =
+            http(&self.endpoint, "POST", "/moto-api/reset-auth", Some(("text/plain", "0"))).await.unwrap();
+        assert_eq!(status, 200, "reset-auth: {body}");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 request to moto's own API; returns status and body.
+pub async fn http(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String)> {
+    let host = endpoint.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(host).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some((content_type, text)) = body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        ));
+    } else {
+        request.push_str("Content-Length: 0\r\n\r\n");
+    }
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// An SDK config for `endpoint` signing with the given key.
+pub async fn sdk(endpoint: &str, key: (&str, &str), session_token: Option<&str>) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(aws_region()))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(key.0, key.1, session_token.map(str::to_string), None, "test"))
+        .load()
+        .await
+}
+
+pub async fn iam(endpoint: &str, key: (&str, &str)) -> aws_sdk_iam::Client {
+    aws_sdk_iam::Client::new(&sdk(endpoint, key, None).await)
+}
+
+/// GetCallerIdentity with a key: `Ok(arn)`, or the raw HTTP status and
+/// body of the refusal (moto's authentication errors use a layout the SDK
+/// cannot parse, so its error has no code: the raw answer is the truth).
+pub async fn caller_identity(
+    endpoint: &str,
+    key: (&str, &str),
+    session_token: Option<&str>,
+) -> Result<String, (u16, String)> {
+    let sts = aws_sdk_sts::Client::new(&sdk(endpoint, key, session_token).await);
+    match sts.get_caller_identity().send().await {
+        Ok(identity) => Ok(identity.arn().unwrap_or_default().to_string()),
+        Err(e) => {
+            let raw = e.raw_response().map(|r| {
+                (
+                    r.status().as_u16(),
+                    String::from_utf8_lossy(r.body().bytes().unwrap_or_default()).into_owned(),
+                )
+            });
+            Err(raw.unwrap_or_else(|| (0, format!("no answer: {e:?}"))))
+        }
+    }
+}
+
+pub async fn user_exists(iam: &aws_sdk_iam::Client, name: &str) -> bool {
+    match iam.get_user().user_name(name).send().await {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("NoSuchEntity") => false,
+        Err(e) => panic!("GetUser {name}: {e:?}"),
+    }
+}
+
+/// Names of the IAM users under `path`.
+pub async fn users_under(iam: &aws_sdk_iam::Client, path: &str) -> std::collections::BTreeSet<String> {
+    let users = iam
+        .list_users()
+        .path_prefix(path)
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("ListUsers");
+    users.iter().map(|u| u.user_name().to_string()).collect()
+}
+
+/// An IAM role anyone may assume, for assumed_role tests; returns its ARN.
+pub async fn make_iam_role(iam: &aws_sdk_iam::Client, name: &str) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#;
+    let role = iam
+        .create_role()
+        .role_name(name)
+        .assume_role_policy_document(trust)
+        .max_session_duration(12 * 3600)
+        .send()
+        .await
+        .expect("CreateRole");
+    role.role().unwrap().arn().to_string()
+}
+
+/// An IAM user with an allow-everything inline policy and an access key,
+/// to be lessor's admin on a moto server with authentication on.
+pub async fn make_admin(iam: &aws_sdk_iam::Client, name: &str) -> (String, String) {
+    iam.create_user().user_name(name).send().await.expect("CreateUser admin");
+    iam.put_user_policy()
+        .user_name(name)
+        .policy_name("all")
+        .policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        )
+        .send()
+        .await
+        .expect("PutUserPolicy admin");
+    let key = iam.create_access_key().user_name(name).send().await.expect("CreateAccessKey admin");
+    let key = key.access_key().unwrap();
+    (key.access_key_id().to_string(), key.secret_access_key().to_string())
+}
+
+/// The `[connections.aws]` section: moto at `endpoint`, lessor's key id,
+/// its secret in the daemon's password file.
+pub fn aws_connection(endpoint: &str, access_key_id: &str) -> String {
+    format!(
+        "[connections.aws]\nplugin = \"aws\"\nregion = {:?}\nendpoint_url = {endpoint:?}\naccess_key_id = {access_key_id:?}\npassword_file = \"PASSWORD_FILE\"\n",
+        aws_region()
+    )
+}
+
+impl Daemon {
+    /// The daemon with `body` (connections and roles; `PASSWORD_FILE` is
+    /// replaced by a file holding `secret`), on a temporary socket and store.
+    pub async fn start_aws(secret: &str, body: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lessor.sock");
+        let password_file = dir.path().join("aws.secret");
+        std::fs::write(&password_file, format!("{secret}\n")).unwrap();
+        let config = format!(
+            "[server]\nsocket = {socket:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
+            dir.path().join("lessor.db").display(),
+            body.replace("PASSWORD_FILE", &password_file.display().to_string()),
+        );
+        let config_path = dir.path().join("lessor.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("lessor.log");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env };
+        daemon.spawn().await;
+        daemon
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
-//!     [--revocation-workers 4] [--max-connections N] [--warmup 1]
+//!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
 //! ```
 //!
@@ -20,8 +20,10 @@
 //!   GRANTs on one table collide: "tuple concurrently updated");
 //!
 //! each measured *raw* (N tokio-postgres connections as the admin: BEGIN,
-//! the statements with a random plaintext password, COMMIT; for `direct`
-//! also *raw+retry*, which retries conflicts the way lessor does) and
+//! the statements with a random plaintext password, COMMIT; for `grp` also
+//! *raw+scram*, which sends a SCRAM verifier computed client-side as lessor
+//! does; for `direct` also *raw+retry*, which retries conflicts the way
+//! lessor does) and
 //! through *lessor* (N tasks calling `POST /v1/creds/{role}` over the Unix
 //! socket of an in-process daemon sharing the bench's tokio runtime).
 //! Throughput and latency count successful operations only.
@@ -29,6 +31,8 @@
 //! timed from the earliest expiry until `pg_roles` holds none of them, next
 //! to the default revocation recipe run directly on M roles with as many
 //! connections as lessor has revocation workers.
+//! Phase `mysql` makes the same raw-versus-lessor comparison on MySQL or
+//! MariaDB (`LESSOR_TEST_MYSQL_URL`; see `issuance/mysql.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,15 +45,18 @@ use chrono::{DateTime, Utc};
 use lessor::client::Client;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
+#[path = "issuance/mysql.rs"]
+mod mysql;
+
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]";
-const PHASES: &[&str] = &["grp", "direct", "drain"];
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]";
+const PHASES: &[&str] = &["grp", "direct", "mysql", "drain"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 /// How often `pg_roles` is polled during the drain.
@@ -70,9 +77,24 @@ struct Args {
     password_encoding: Option<String>,
 }
 
+impl Args {
+    /// lessor keeps `revocation_workers` of its admin connections for
+    /// revocation and issues on the rest, so by default it gets N + workers:
+    /// N for issuance, as many as the raw side has.
+    fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(self.n + self.revocation_workers)
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
-    let mut args =
-        Args { n: 8, seconds: 10.0, revoke: 2000, revocation_workers: 4, max_connections: None, warmup: 1.0, phases: PHASES.iter().map(|p| p.to_string()).collect(),
+    let mut args = Args {
+        n: 8,
+        seconds: 10.0,
+        revoke: 2000,
+        revocation_workers: 4,
+        max_connections: None,
+        warmup: 1.0,
+        phases: PHASES.iter().map(|p| p.to_string()).collect(),
         password_encoding: None,
     };
     let mut it = std::env::args().skip(1);
@@ -85,7 +107,8 @@ fn parse_args() -> Result<Args, String> {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (arg.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{key} needs a value\n{USAGE}"));
+        let mut value =
+            || inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{key} needs a value\n{USAGE}"));
         let bad = |v: &str| format!("{key}: {v:?} is not a valid value\n{USAGE}");
         match key.as_str() {
             "--n" => args.n = value()?.parse().map_err(|_| bad(&arg))?,
@@ -97,7 +120,10 @@ fn parse_args() -> Result<Args, String> {
             "--phases" => {
                 args.phases = value()?.split(',').map(|p| p.trim().to_string()).collect();
                 if let Some(p) = args.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(format!("--phases: unknown phase {p:?} (known: {})\n{USAGE}", PHASES.join(",")));
+                    return Err(format!(
+                        "--phases: unknown phase {p:?} (known: {})\n{USAGE}",
+                        PHASES.join(",")
+                    ));
                 }
             }
             "--password-encoding" => args.password_encoding = Some(value()?),
@@ -106,7 +132,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if args.n == 0 || args.revocation_workers == 0 || args.seconds <= 0.0 || args.max_connections == Some(0) {
-        return Err(format!("--n, --seconds, --revocation-workers and --max-connections must be positive\n{USAGE}"));
+        return Err(format!(
+            "--n, --seconds, --revocation-workers and --max-connections must be positive\n{USAGE}"
+        ));
     }
     Ok(args)
 }
@@ -147,6 +175,7 @@ fn main() {
     std::env::set_var(&password_env, &admin_password);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let started = Instant::now();
     let code = runtime.block_on(async move {
         let setup = Setup { superuser, host, port, names, admin_password, password_env };
         let bench = {
@@ -164,9 +193,15 @@ fn main() {
             _ = tokio::signal::ctrl_c() => { eprintln!("interrupted; cleaning up"); abort.abort(); 130 }
         };
         match cleanup(&setup).await {
-            Ok(dropped) => eprintln!("cleanup: dropped database {} and {dropped} roles", setup.names.database),
-            Err(e) => eprintln!("cleanup FAILED (drop roles starting with {:?} by hand): {e:#}", setup.names.prefix),
+            Ok(dropped) => {
+                eprintln!("cleanup: dropped database {} and {dropped} roles", setup.names.database)
+            }
+            Err(e) => {
+                eprintln!("cleanup FAILED (drop roles starting with {:?} by hand): {e:#}", setup.names.prefix)
+            }
         }
+        vacuum_catalogs(&setup).await;
+        eprintln!("total time {:.1} s", started.elapsed().as_secs_f64());
         outcome
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -241,7 +276,8 @@ impl Setup {
 
     fn direct_statements(&self) -> Vec<String> {
         vec![
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'".to_string(),
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'"
+                .to_string(),
             "GRANT SELECT ON t2 TO \"{{name}}\"".to_string(),
         ]
     }
@@ -338,6 +374,10 @@ struct Stats {
     errors: usize,
     error_kinds: BTreeMap<String, usize>,
     elapsed: Duration,
+    /// CPU used by this process during the run, in ms.
+    own_cpu_ms: f64,
+    /// CPU used by the PostgreSQL backends serving the run, in ms.
+    backends_cpu_ms: f64,
 }
 
 impl Stats {
@@ -367,7 +407,8 @@ impl Stats {
 
 /// Runs every op in its own task until `duration` has passed; each task
 /// finishes the operation in flight. Latency is recorded for successes only.
-async fn drive<O: Op>(ops: Vec<O>, duration: Duration) -> Stats {
+async fn drive<O: Op>(ops: Vec<O>, duration: Duration, backends: &[i32]) -> Stats {
+    let cpu_before = (own_cpu_ms(), backends_cpu_ms(backends));
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = ops
@@ -385,13 +426,16 @@ async fn drive<O: Op>(ops: Vec<O>, duration: Duration) -> Stats {
                         }
                     }
                 }
-                stats
+                // Handed back so its connection outlives the CPU reading.
+                (stats, op)
             })
         })
         .collect();
     let mut all = Stats::default();
+    let mut ops = Vec::new();
     for task in tasks {
-        let s = task.await.expect("load task panicked");
+        let (s, op) = task.await.expect("load task panicked");
+        ops.push(op);
         all.latencies.extend(s.latencies);
         all.errors += s.errors;
         for (k, v) in s.error_kinds {
@@ -399,24 +443,57 @@ async fn drive<O: Op>(ops: Vec<O>, duration: Duration) -> Stats {
         }
     }
     all.elapsed = start.elapsed();
+    all.own_cpu_ms = own_cpu_ms() - cpu_before.0;
+    all.backends_cpu_ms = backends_cpu_ms(backends) - cpu_before.1;
+    drop(ops);
     all.latencies.sort_unstable();
     all
+}
+
+/// CPU time (user + system) of a process, in milliseconds, from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+fn cpu_ms(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks * 1000.0 / hz
+}
+
+/// This process: the load tasks and, in lessor phases, the daemon.
+fn own_cpu_ms() -> f64 {
+    cpu_ms("self")
+}
+
+/// The PostgreSQL backends serving a phase (the server is on this machine).
+fn backends_cpu_ms(pids: &[i32]) -> f64 {
+    pids.iter().map(|pid| cpu_ms(&pid.to_string())).sum()
 }
 
 /// BEGIN; the role's statements with a fresh name and a random plaintext
 /// password (the server hashes it); COMMIT.
 struct RawCreate {
     client: tokio_postgres::Client,
+    backend: i32,
     prefix: String,
     statements: Arc<Vec<String>>,
     /// Retry transient conflicts the way lessor does.
     retry: bool,
+    /// Send a SCRAM-SHA-256 verifier computed here, as lessor does by
+    /// default, instead of the plaintext.
+    scram: bool,
 }
 
 impl RawCreate {
     async fn once(&mut self) -> std::result::Result<(), tokio_postgres::Error> {
         let name = format!("{}{}", self.prefix, lower(16));
-        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let mut password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        if self.scram {
+            password = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        }
         let expires = expiration(Utc::now() + chrono::Duration::hours(1));
         let tx = self.client.transaction().await?;
         for template in self.statements.iter() {
@@ -479,15 +556,20 @@ async fn raw_ops(
     prefix: &str,
     statements: Vec<String>,
     retry: bool,
+    scram: bool,
 ) -> Result<Vec<RawCreate>> {
     let statements = Arc::new(statements);
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
+        let client = connect(&setup.admin_config()).await?;
+        let backend: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
         ops.push(RawCreate {
-            client: connect(&setup.admin_config()).await?,
+            client,
+            backend,
             prefix: prefix.to_string(),
             statements: statements.clone(),
             retry,
+            scram,
         });
     }
     Ok(ops)
@@ -511,6 +593,13 @@ fn print_stats(label: &str, s: &Stats) {
         ms(s.max()),
         s.ok(),
         s.errors
+    );
+    let ops = (s.ok() + s.errors).max(1) as f64;
+    println!(
+        "  {:<16}   CPU per operation: {:.2} ms in this process, {:.2} ms in the PostgreSQL backends",
+        "",
+        s.own_cpu_ms / ops,
+        s.backends_cpu_ms / ops
     );
     for (kind, count) in &s.error_kinds {
         println!("  {:<16}   {count} × {kind}", "");
@@ -568,16 +657,22 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     let _ = writeln!(text, "socket_mode = \"0600\"");
     let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
     let _ = writeln!(text, "\n[connections.bench]\nplugin = \"postgres\"");
-    let _ = writeln!(text, "url = {}", q(&format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database)));
+    let _ = writeln!(
+        text,
+        "url = {}",
+        q(&format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database))
+    );
     let _ = writeln!(text, "password_env = {}", q(&setup.password_env));
-    let _ = writeln!(text, "max_connections = {}", args.max_connections.unwrap_or(args.n));
+    let _ = writeln!(text, "max_connections = {}", args.max_connections());
     let _ = writeln!(text, "revocation_workers = {}", args.revocation_workers);
     if let Some(encoding) = &args.password_encoding {
         let _ = writeln!(text, "password_encoding = {}", q(encoding));
     }
-    for (role, statements) in
-        [("grp", setup.grp_statements()), ("direct", setup.direct_statements()), ("drain", setup.grp_statements())]
-    {
+    for (role, statements) in [
+        ("grp", setup.grp_statements()),
+        ("direct", setup.direct_statements()),
+        ("drain", setup.grp_statements()),
+    ] {
         let _ = writeln!(text, "\n[roles.{role}]\nconnection = \"bench\"");
         let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
         let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
@@ -589,7 +684,8 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
 async fn bench(args: &Args, setup: &Setup) -> Result<()> {
     let duration = Duration::from_secs_f64(args.seconds);
     let warmup = Duration::from_secs_f64(args.warmup);
-    let max_connections = args.max_connections.unwrap_or(args.n);
+    let max_connections = args.max_connections();
+    vacuum_catalogs(setup).await;
     create_fixtures(setup).await?;
 
     let dir = tempfile::tempdir()?;
@@ -634,13 +730,14 @@ async fn phases(
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
 
+    let mut grp_rate = None;
     for (role, statements) in [("grp", setup.grp_statements()), ("direct", setup.direct_statements())] {
         if !args.phases.iter().any(|p| p == role) {
             continue;
         }
         println!("\nrole `{role}`: {}", statements.join("; "));
         let raw_prefix = setup.names.minted(&format!("raw{role}"));
-        let raw_run = |retry: bool| {
+        let raw_run = |retry: bool, scram: bool| {
             let statements = statements.clone();
             let raw_prefix = raw_prefix.clone();
             async move {
@@ -650,53 +747,112 @@ async fn phases(
                     reset_t2(setup).await?;
                 }
                 if !warmup.is_zero() {
-                    drive(raw_ops(setup, args.n, &raw_prefix, statements.clone(), retry).await?, warmup).await;
+                    drive(
+                        raw_ops(setup, args.n, &raw_prefix, statements.clone(), retry, scram).await?,
+                        warmup,
+                        &[],
+                    )
+                    .await;
                 }
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    drive(raw_ops(setup, args.n, &raw_prefix, statements, retry).await?, duration).await,
-                )
+                let ops = raw_ops(setup, args.n, &raw_prefix, statements, retry, scram).await?;
+                let backends: Vec<i32> = ops.iter().map(|o| o.backend).collect();
+                vacuum_catalogs(setup).await;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(drive(ops, duration, &backends).await)
             }
         };
-        let raw = raw_run(false).await?;
+        let raw = raw_run(false, false).await?;
         print_stats("raw", &raw);
-        // With conflicts, a raw client that retries like lessor is the fair
-        // latency baseline (the plain one's p99 leaves its failures out).
-        let raw_retry = if role == "direct" {
-            let r = raw_run(true).await?;
-            print_stats("raw+retry", &r);
-            Some(r)
+        // Two more baselines, each isolating one thing lessor does on top:
+        // `grp`: the SCRAM verifier computed client-side (DESIGN §1.4);
+        // `direct`: retrying conflicts (the plain raw p99 leaves failures out).
+        let (label, other) = if role == "grp" {
+            ("raw+scram", raw_run(false, true).await?)
         } else {
-            None
+            ("raw+retry", raw_run(true, false).await?)
         };
+        print_stats(label, &other);
 
         if role == "direct" {
             reset_t2(setup).await?;
         }
         let before = metrics(client).await?;
         if !warmup.is_zero() {
-            drive(lessor_ops(client, args.n, role), warmup).await;
+            drive(lessor_ops(client, args.n, role), warmup, &[]).await;
         }
-        let lessor = drive(lessor_ops(client, args.n, role), duration).await;
+        vacuum_catalogs(setup).await;
+        let backends = lessor_backends_cpu(&su, setup).await?;
+        let mut lessor = drive(lessor_ops(client, args.n, role), duration, &[]).await;
+        lessor.backends_cpu_ms = cpu_since(&backends, &lessor_backends_cpu(&su, setup).await?);
         let after = metrics(client).await?;
         print_stats("lessor", &lessor);
-        let retries = metric(&after, "lessor_transient_retries_total") - metric(&before, "lessor_transient_retries_total");
-        let commits = metric(&after, "lessor_store_commits_total") - metric(&before, "lessor_store_commits_total");
-        let issued = metric(&after, "lessor_leases_issued_total") - metric(&before, "lessor_leases_issued_total");
+        let retries = metric(&after, "lessor_transient_retries_total")
+            - metric(&before, "lessor_transient_retries_total");
+        let commits =
+            metric(&after, "lessor_store_commits_total") - metric(&before, "lessor_store_commits_total");
+        let issued =
+            metric(&after, "lessor_leases_issued_total") - metric(&before, "lessor_leases_issued_total");
         println!(
             "  lessor internals  {retries:.0} transient retries; {commits:.0} store commits for {issued:.0} issuances \
              ({:.2} commits per issuance; warm-up included)",
             commits / issued.max(1.0)
         );
         print_ratios("vs raw", &raw, &lessor);
-        if let Some(raw_retry) = &raw_retry {
-            print_ratios("vs raw+retry", raw_retry, &lessor);
+        print_ratios(&format!("vs {label}"), &other, &lessor);
+        if role == "grp" {
+            grp_rate = Some(lessor.throughput());
         }
+    }
+
+    if args.phases.iter().any(|p| p == "mysql") {
+        let max_connections = args.max_connections.unwrap_or(args.n + args.revocation_workers);
+        let revocation_workers = args.revocation_workers;
+        mysql::phase(mysql::Params { n: args.n, duration, warmup, max_connections, revocation_workers }).await?;
     }
 
     if !args.phases.iter().any(|p| p == "drain") {
         return Ok(());
     }
-    drain(args, setup, client, &su).await
+    drain(args, setup, client, &su, grp_rate).await
+}
+
+/// The backends of lessor's admin pool (the raw clients name themselves).
+async fn lessor_backends(su: &tokio_postgres::Client, setup: &Setup) -> Result<Vec<i32>> {
+    let rows = su
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname = $2 \
+             AND application_name <> 'lessor-bench-raw'",
+            &[&setup.names.admin, &setup.names.database],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// CPU of lessor's pool backends, by pid, to diff across a phase: the
+/// pool may open connections during it.
+async fn lessor_backends_cpu(su: &tokio_postgres::Client, setup: &Setup) -> Result<BTreeMap<i32, f64>> {
+    Ok(lessor_backends(su, setup).await?.into_iter().map(|pid| (pid, cpu_ms(&pid.to_string()))).collect())
+}
+
+fn cpu_since(before: &BTreeMap<i32, f64>, after: &BTreeMap<i32, f64>) -> f64 {
+    after.iter().map(|(pid, cpu)| cpu - before.get(pid).copied().unwrap_or(0.0)).sum()
+}
+
+/// `VACUUM`s the shared catalogs that role churn bloats, so every measured
+/// phase starts from the same state: with autovacuum off (as on the
+/// machine these figures come from) each run leaves tens of thousands of dead
+/// tuples in `pg_authid` and `pg_auth_members`, and later phases would pay
+/// for earlier ones. Needs a superuser; skipped with a note otherwise.
+async fn vacuum_catalogs(setup: &Setup) {
+    let outcome = async {
+        let su = connect(&setup.superuser).await?;
+        su.batch_execute("VACUUM pg_catalog.pg_authid, pg_catalog.pg_auth_members, pg_catalog.pg_shdepend")
+            .await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        eprintln!("note: VACUUM of the role catalogs failed ({e}); figures may drift as they bloat");
+    }
 }
 
 async fn reset_t2(setup: &Setup) -> Result<()> {
@@ -732,19 +888,30 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres::Client) -> Result<()> {
+async fn drain(
+    args: &Args,
+    setup: &Setup,
+    client: &Client,
+    su: &tokio_postgres::Client,
+    grp_rate: Option<f64>,
+) -> Result<()> {
     let m = args.revoke;
     if m == 0 {
         return Ok(());
     }
-    println!("\nrevocation drain: {m} leases of role `drain` (= grp's statements), all expiring at one instant");
+    println!(
+        "\nrevocation drain: {m} leases of role `drain` (= grp's statements), all expiring at one instant"
+    );
 
     // Issue M leases whose expiry falls on one instant after the last is
-    // issued: estimate the issuance time from a short probe.
-    // (The probe uses `grp`, whose roles are not counted below.)
-    let probe = drive(lessor_ops(client, args.n, "grp"), Duration::from_secs(1)).await;
-    let estimate = m as f64 / probe.throughput().max(10.0);
-    let target = Utc::now() + chrono::Duration::milliseconds((estimate * 1.3 * 1000.0) as i64 + 1500);
+    // issued: estimate the issuance time from the `grp` phase, or from a
+    // short probe (on `grp`, whose roles are not counted below).
+    let rate = match grp_rate {
+        Some(rate) => rate,
+        None => drive(lessor_ops(client, args.n, "grp"), Duration::from_secs(1), &[]).await.throughput(),
+    };
+    let estimate = m as f64 / rate.max(10.0);
+    let target = Utc::now() + chrono::Duration::milliseconds((estimate * 1.25 * 1000.0) as i64 + 1000);
     let prefix = setup.names.minted("drain");
     let issued = Arc::new(AtomicUsize::new(0));
     let expiries = Arc::new(Mutex::new(Vec::with_capacity(m)));
@@ -752,13 +919,16 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
     let issue_start = Instant::now();
     let tasks: Vec<_> = (0..args.n)
         .map(|_| {
-            let (client, issued, expiries, failures) = (client.clone(), issued.clone(), expiries.clone(), failures.clone());
+            let (client, issued, expiries, failures) =
+                (client.clone(), issued.clone(), expiries.clone(), failures.clone());
             tokio::spawn(async move {
                 while issued.fetch_add(1, Ordering::Relaxed) < m {
                     let ttl = (target - Utc::now()).num_milliseconds().max(1);
                     match client.creds("drain", Some(&format!("{ttl}ms"))).await {
                         Ok(r) if r.status == 200 => {
-                            let at = r.body["expires_at"].as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok());
+                            let at = r.body["expires_at"]
+                                .as_str()
+                                .and_then(|s| DateTime::parse_from_rfc3339(s).ok());
                             expiries.lock().unwrap().extend(at.map(|t| t.with_timezone(&Utc)));
                         }
                         _ => {
@@ -788,12 +958,15 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
         (first - Utc::now()).num_milliseconds()
     );
     let expected = expiries.len() as i64;
+    vacuum_catalogs(setup).await;
+    let before = metrics(client).await?;
 
     // Poll pg_roles until none of the drain roles is left.
     let mut remaining = expected;
     let mut last_seen = Utc::now();
     let deadline = Instant::now() + (first - Utc::now()).to_std().unwrap_or_default() + DRAIN_DEADLINE;
     let mut first_gone = None;
+    let cpu_before = (own_cpu_ms(), lessor_backends_cpu(su, setup).await?);
     while remaining > 0 && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
         remaining = count_roles(su, &prefix).await?;
@@ -803,19 +976,27 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
         }
     }
     let drained = expected - remaining;
+    let cpu = (own_cpu_ms() - cpu_before.0, cpu_since(&cpu_before.1, &lessor_backends_cpu(su, setup).await?));
     let span = (last_seen - first).num_milliseconds().max(1) as f64 / 1000.0;
     if remaining > 0 {
-        println!("  lessor           DRAIN INCOMPLETE: {remaining} of {expected} roles left after {span:.1} s");
+        println!(
+            "  lessor           DRAIN INCOMPLETE: {remaining} of {expected} roles left after {span:.1} s"
+        );
     }
     // Let lessor record the last revocations in its store and metrics.
     let wait = Instant::now() + Duration::from_secs(10);
     let mut after = metrics(client).await?;
-    while metric(&after, "lessor_revocation_lateness_count") < drained as f64 && Instant::now() < wait {
+    while metric(&after, "lessor_revocation_lateness_count")
+        - metric(&before, "lessor_revocation_lateness_count")
+        < drained as f64
+        && Instant::now() < wait
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
         after = metrics(client).await?;
     }
     let lessor_rate = drained as f64 / span;
-    let count = metric(&after, "lessor_revocation_lateness_count");
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    let count = delta("lessor_revocation_lateness_count");
     println!(
         "  lessor           {lessor_rate:>8.1} leases/s  ({drained} roles gone {span:.2} s after the first expiry; \
          the first went after {} ms; {} revocation workers)",
@@ -825,9 +1006,10 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
     println!(
         "  lessor lateness  max {:.0} ms, mean {:.0} ms over {count:.0} expiry revocations; {:.0} revoke failures",
         metric(&after, "lessor_revocation_lateness_ms_max"),
-        metric(&after, "lessor_revocation_lateness_ms_sum") / count.max(1.0),
-        metric(&after, "lessor_revoke_failures_total"),
+        delta("lessor_revocation_lateness_ms_sum") / count.max(1.0),
+        delta("lessor_revoke_failures_total"),
     );
+    print_drain_cpu(cpu, drained.max(1) as f64);
 
     // Raw: the same roles created directly, then the default recipe run
     // on as many connections as lessor has revocation workers.
@@ -838,7 +1020,8 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
     let mut tasks = Vec::new();
     for _ in 0..args.n {
         let client = connect(&setup.admin_config()).await?;
-        let (created, counter, statements, prefix) = (created.clone(), counter.clone(), statements.clone(), raw_prefix.clone());
+        let (created, counter, statements, prefix) =
+            (created.clone(), counter.clone(), statements.clone(), raw_prefix.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = client;
             while counter.fetch_add(1, Ordering::Relaxed) < m {
@@ -861,15 +1044,20 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
     let queue = Arc::new(Mutex::new(std::mem::take(&mut *created.lock().unwrap())));
     let total = queue.lock().unwrap().len();
     let needs_grant = reassign_needs_membership(setup, &raw_prefix).await?;
+    vacuum_catalogs(setup).await;
     let mut clients = Vec::new();
+    let mut backends = Vec::new();
     for _ in 0..args.revocation_workers {
-        clients.push(connect(&setup.admin_config()).await?);
+        let client = connect(&setup.admin_config()).await?;
+        backends.push(client.query_one("SELECT pg_backend_pid()", &[]).await?.get::<_, i32>(0));
+        clients.push(Arc::new(client));
     }
+    let cpu_before = (own_cpu_ms(), backends_cpu_ms(&backends));
     let start = Instant::now();
     let tasks: Vec<_> = clients
-        .into_iter()
+        .iter()
         .map(|client| {
-            let queue = queue.clone();
+            let (client, queue) = (client.clone(), queue.clone());
             tokio::spawn(async move {
                 loop {
                     let Some(name) = queue.lock().unwrap().pop() else { return Ok(()) };
@@ -882,6 +1070,8 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
         task.await?.map_err(|e: tokio_postgres::Error| pg_error(&e))?;
     }
     let raw_secs = start.elapsed().as_secs_f64();
+    let cpu = (own_cpu_ms() - cpu_before.0, backends_cpu_ms(&backends) - cpu_before.1);
+    drop(clients);
     let left = count_roles(su, &raw_prefix).await?;
     let raw_rate = total as f64 / raw_secs;
     println!(
@@ -890,12 +1080,22 @@ async fn drain(args: &Args, setup: &Setup, client: &Client, su: &tokio_postgres:
         args.revocation_workers,
         if needs_grant { "with GRANT role TO CURRENT_USER before REASSIGN: " } else { "" }
     );
+    print_drain_cpu(cpu, total.max(1) as f64);
     println!(
         "  ratios           lessor/raw drain rate {:.2}; lessor drain {lessor_rate:.0} leases/s (target ≥ 2000: {})",
         lessor_rate / raw_rate,
         verdict(lessor_rate >= 2000.0)
     );
     Ok(())
+}
+
+fn print_drain_cpu((own, backends): (f64, f64), revoked: f64) {
+    println!(
+        "  {:<16}   CPU per revocation: {:.2} ms in this process, {:.2} ms in the PostgreSQL backends",
+        "",
+        own / revoked,
+        backends / revoked
+    );
 }
 
 /// Whether the admin must be made a member of a role before `REASSIGN

@@ -34,9 +34,12 @@ use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{LeaseStore, StoreError, Write};
 
-/// How many times a creation transaction is tried when the backend reports
-/// a transient conflict (concurrent GRANTs, deadlocks, serialization).
-const CREATE_ATTEMPTS: u32 = 8;
+/// How long a creation transaction keeps being retried when the backend
+/// reports transient conflicts (concurrent GRANTs, deadlocks,
+/// serialization failures). A budget of time rather than of attempts: under
+/// heavy contention many short retries are normal, and the caller should
+/// see a credential, not an error.
+const CREATE_RETRY_BUDGET: StdDuration = StdDuration::from_secs(10);
 
 /// Why a broker operation failed. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,8 @@ pub enum Revocation {
     AlreadyRevoked,
     /// `force`: the backend refused, the lease was dropped anyway.
     Forced,
+    /// An expiry found the lease renewed in the meantime; nothing was done.
+    NotDue,
 }
 
 /// Who is calling, from the socket's peer credentials.
@@ -120,7 +125,7 @@ impl Caller {
     }
 
     /// Root and the daemon's own user act on any lease.
-    fn is_admin(self) -> bool {
+    pub fn is_admin(self) -> bool {
         self.uid == 0 || self.uid == current_uid()
     }
 
@@ -139,7 +144,12 @@ fn current_uid() -> u32 {
 struct Backend {
     connection: Connection,
     name: Arc<str>,
+    /// Admin connections for revocations, kept apart from issuance so a
+    /// burst of issuances cannot starve revocation (and the reverse).
     revocations: Arc<Semaphore>,
+    /// Admin connections for issuance and renewal.
+    issuance: Arc<Semaphore>,
+    operation_timeout: StdDuration,
 }
 
 /// The broker. Cheap to share behind an `Arc`.
@@ -155,6 +165,8 @@ pub struct Broker {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     revoked_retention: Duration,
+    /// When this process started: pending leases issued since are its own.
+    started_at: DateTime<Utc>,
 }
 
 impl Broker {
@@ -167,6 +179,10 @@ impl Broker {
                     connection: connection.clone(),
                     name: Arc::from(name.as_str()),
                     revocations: Arc::new(Semaphore::new(connection.revocation_workers)),
+                    issuance: Arc::new(Semaphore::new(
+                        connection.max_connections.saturating_sub(connection.revocation_workers).max(1),
+                    )),
+                    operation_timeout: connection.operation_timeout.as_std(),
                 };
                 (name.clone(), backend)
             })
@@ -182,6 +198,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: config.server.revoked_retention,
+            started_at: now_ms(),
         })
     }
 
@@ -214,14 +231,14 @@ impl Broker {
         self.tasks.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = me.recover().await {
-                warn!(error = %e, "start-up recovery failed; retrying in 5s");
+            let mut failures = 0;
+            while let Err(e) = me.recover().await {
+                failures += 1;
+                let wait = expiry::backoff(failures.min(expiry::MAX_FAST_ATTEMPTS - 1));
+                warn!(error = %e, retry_in_s = wait.as_secs(), "start-up recovery failed; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(StdDuration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = me.shutdown.cancelled() => return,
-                }
-                if let Err(e) = me.recover().await {
-                    warn!(error = %e, "start-up recovery failed again");
                 }
             }
         });
@@ -243,6 +260,9 @@ impl Broker {
                     active += 1;
                     lease.expires_at
                 }
+                // Issued by this process while the scan ran: its issuance
+                // settles it, whatever happens.
+                LeaseState::Pending if lease.issued_at >= self.started_at => continue,
                 LeaseState::Pending => {
                     pending += 1;
                     Metrics::inc(&self.metrics.rolled_back);
@@ -295,8 +315,8 @@ impl Broker {
             username: role.username.generate(&role.name),
             state: LeaseState::Pending,
             issued_at: now,
-            expires_at: now + ttl.to_chrono(),
-            max_expires_at: now + role.max_ttl.to_chrono(),
+            expires_at: now.checked_add_signed(ttl.to_chrono()).ok_or_else(too_far)?,
+            max_expires_at: now.checked_add_signed(role.max_ttl.to_chrono()).ok_or_else(too_far)?,
             renewable: role.capabilities.renewable,
             attempts: 0,
             last_error: None,
@@ -348,11 +368,16 @@ impl Broker {
         backend: &Backend,
         request: &CreateRequest<'_>,
     ) -> Result<lessor_plugin::Created, PluginError> {
-        let mut attempt = 0;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match backend.connection.plugin.create(request).await {
-                Err(e) if e.is_transient_conflict() && attempt < CREATE_ATTEMPTS => {
+            let result = {
+                let _permit = backend.issuance.acquire().await.expect("semaphore never closed");
+                bounded(backend.operation_timeout, backend.connection.plugin.create(request)).await
+            };
+            match result {
+                Err(e) if e.is_transient_conflict() && started.elapsed() < CREATE_RETRY_BUDGET => {
                     Metrics::inc(&self.metrics.transient_retries);
                     let ceiling = 5u64 << attempt.min(6);
                     let wait = rand::rng().random_range(1..=ceiling);
@@ -438,13 +463,19 @@ impl Broker {
                 })
             }
         };
-        let expires_at = (now_ms() + increment.to_chrono()).min(lease.max_expires_at);
+        let now = now_ms();
+        if lease.expires_at <= now {
+            return Err(BrokerError::Conflict {
+                id: id.clone(),
+                state: "expired",
+                message: "the lease has expired and is being revoked".into(),
+            });
+        }
+        let expires_at = now.checked_add_signed(increment.to_chrono()).map_or(lease.max_expires_at, |at| at.min(lease.max_expires_at));
         let backend = self.backend(&lease)?;
         let lease_ref = self.lease_ref(&lease);
-        backend
-            .connection
-            .plugin
-            .renew(&lease_ref, expires_at)
+        let _permit = backend.issuance.acquire().await.expect("semaphore never closed");
+        bounded(backend.operation_timeout, backend.connection.plugin.renew(&lease_ref, expires_at))
             .await
             .map_err(|source| BrokerError::Backend { context: format!("renewing lease {id}"), source })?;
         if !self.store.write(Write::Renew { id: id.clone(), expires_at }).await? {
@@ -521,24 +552,36 @@ impl Broker {
     }
 
     /// One revocation attempt under the lease's lock and its connection's
-    /// worker pool. A failure is recorded and retried later with backoff.
+    /// worker pool. A failure is recorded and retried later with backoff;
+    /// any other way out before an outcome is recorded (a store error, the
+    /// caller going away) puts the lease back in the schedule, so no lease
+    /// is ever forgotten.
     async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
         let _lock = self.locks.lock(id).await;
         self.index.remove(id);
+        let mut retry = Reschedule { index: &self.index, id, connection: Arc::from(""), armed: true };
         let Some(lease) = self.store.get(id).await? else {
+            retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
         };
-        match lease.state {
-            LeaseState::Revoked => return Ok(Revocation::AlreadyRevoked),
-            LeaseState::Pending | LeaseState::Active => {
-                self.store.write(Write::StartRevoking { id: id.clone() }).await?;
-            }
-            LeaseState::Revoking | LeaseState::Irrevocable => {}
+        retry.connection = self.connection_name(&lease.connection);
+        if lease.state == LeaseState::Revoked {
+            retry.armed = false;
+            return Ok(Revocation::AlreadyRevoked);
+        }
+        if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
+            // Renewed while this attempt waited for the lock: not due yet.
+            retry.armed = false;
+            self.index.schedule(id.clone(), retry.connection.clone(), lease.expires_at);
+            return Ok(Revocation::NotDue);
+        }
+        if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
+            self.store.write(Write::StartRevoking { id: id.clone() }).await?;
         }
         let result = match self.backend(&lease) {
             Ok(backend) => {
                 let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
-                backend.connection.plugin.revoke(&self.lease_ref(&lease)).await
+                bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease))).await
             }
             Err(BrokerError::Backend { source, .. }) => Err(source),
             Err(e) => return Err(e),
@@ -547,8 +590,10 @@ impl Broker {
             Ok(()) => {
                 let now = Utc::now();
                 self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
+                retry.armed = false;
                 Metrics::inc(&self.metrics.revoked);
-                if expired && lease.state == LeaseState::Active {
+                // Rollbacks of failed issuances are not expiries.
+                if expired && lease.state != LeaseState::Pending {
                     let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
                     self.metrics.record_lateness(late);
                 }
@@ -569,10 +614,11 @@ impl Broker {
                     irrevocable,
                 };
                 self.store.write(write).await?;
+                retry.armed = false;
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-                self.index.schedule(id.clone(), self.connection_name(&lease.connection), at);
+                self.index.schedule(id.clone(), retry.connection.clone(), at);
                 Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
             }
         }
@@ -629,6 +675,10 @@ impl Broker {
     }
 }
 
+fn too_far() -> BrokerError {
+    BrokerError::BadRequest { message: "the lease would end too far in the future".into() }
+}
+
 /// Now, to the millisecond: the precision the store keeps, so what the API
 /// answers is what a later read returns.
 fn now_ms() -> DateTime<Utc> {
@@ -649,6 +699,38 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Puts a lease back in the schedule unless disarmed: the safety net of a
+/// revocation attempt that ends before recording its outcome.
+struct Reschedule<'a> {
+    index: &'a ExpiryIndex,
+    id: &'a LeaseId,
+    connection: Arc<str>,
+    armed: bool,
+}
+
+impl Drop for Reschedule<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let wait = expiry::backoff(3);
+            let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
+            self.index.schedule(self.id.clone(), self.connection.clone(), at);
+        }
+    }
+}
+
+/// Runs a plugin call with a deadline: a backend that stops answering
+/// (a half-open connection, a statement stuck on a lock) becomes an
+/// ordinary retryable failure instead of holding a worker forever.
+async fn bounded<T>(
+    limit: StdDuration,
+    call: impl std::future::Future<Output = Result<T, PluginError>>,
+) -> Result<T, PluginError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(PluginError::Unavailable { message: format!("no answer within {}s", limit.as_secs()) }),
     }
 }
 

@@ -70,6 +70,19 @@ enum Command {
     /// AWS operator actions.
     #[command(subcommand)]
     Aws(AwsCommand),
+    /// Drop backend users under a connection's tidy_prefix that no lease
+    /// covers (root or the daemon's user only).
+    Tidy {
+        /// Only this connection; every one with tidy = true when omitted.
+        #[arg(long, value_name = "NAME")]
+        connection: Option<String>,
+        /// Only print what would be dropped.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
     /// Check a config file or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -294,6 +307,21 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
                 _ => Ok(()),
             }
         }
+        Command::Tidy { connection, dry_run, format } => {
+            let body = success(client.tidy(connection.as_deref(), dry_run).await?)?;
+            match format {
+                ListFormat::Json => out(&pretty(&body))?,
+                ListFormat::Table => out(&tidy_lines(&body).map_err(Failure::new)?)?,
+            }
+            let errors: usize = body["connections"]
+                .as_array()
+                .map(|c| c.iter().map(|r| r["errors"].as_array().map_or(0, Vec::len)).sum())
+                .unwrap_or(0);
+            match errors {
+                0 => Ok(()),
+                n => Err(Failure::new(format!("tidy: {n} error(s), listed above"))),
+            }
+        }
         Command::Aws(AwsCommand::RevokeSessions { role }) => {
             out(&pretty(&success(client.revoke_sessions(&role).await?)?))
         }
@@ -442,6 +470,26 @@ fn lease_table(body: &Value) -> Result<String, String> {
         ]);
     }
     Ok(render_table(&rows))
+}
+
+/// One line per user tidy dropped (or would drop) and per error, each
+/// starting with the connection; one summary line when there is nothing.
+fn tidy_lines(body: &Value) -> Result<String, String> {
+    let reports = body.get("connections").and_then(Value::as_array).ok_or("the response has no `connections` list")?;
+    let mut text = String::new();
+    for report in reports {
+        let connection = cell(report.get("connection"));
+        for (field, verb) in [("dropped", "dropped"), ("would_drop", "would drop"), ("errors", "error:")] {
+            for item in report.get(field).and_then(Value::as_array).into_iter().flatten() {
+                text.push_str(&format!("{connection}: {verb} {}\n", one_line(&cell(Some(item)))));
+            }
+        }
+    }
+    if text.is_empty() {
+        let names: Vec<String> = reports.iter().map(|r| cell(r.get("connection"))).collect();
+        text = format!("nothing to drop ({})\n", names.join(", "));
+    }
+    Ok(text)
 }
 
 /// A value as a table cell: strings bare, absent or null as `-`, anything
@@ -606,6 +654,21 @@ mod tests {
             "LEASE_ID  ROLE  USERNAME  STATE  EXPIRES_AT  OWNER\n"
         );
         assert!(lease_table(&json!({})).is_err());
+    }
+
+    #[test]
+    fn tidy_prints_one_line_per_user() {
+        let body = json!({"connections": [
+            {"connection": "pg", "dropped": ["v_a", "v_b"], "would_drop": [], "errors": []},
+            {"connection": "shop", "dropped": [], "would_drop": ["v_c"], "errors": ["dropping v_d: down\nhard"]},
+        ]});
+        assert_eq!(
+            tidy_lines(&body).unwrap(),
+            "pg: dropped v_a\npg: dropped v_b\nshop: would drop v_c\nshop: error: dropping v_d: down hard\n"
+        );
+        let empty = json!({"connections": [{"connection": "pg", "dropped": [], "would_drop": [], "errors": []}]});
+        assert_eq!(tidy_lines(&empty).unwrap(), "nothing to drop (pg)\n");
+        assert!(Cli::try_parse_from(["lessor", "tidy", "--connection", "pg", "--dry-run"]).is_ok());
     }
 
     #[test]

@@ -271,6 +271,13 @@ impl Client {
         self.request(Method::POST, "/v1/leases/revoke", Some(&body)).await
     }
 
+    /// `POST /v1/tidy`: drop backend users no lease covers, on one
+    /// connection or every one with tidy on; `dry_run` only reports them.
+    pub async fn tidy(&self, connection: Option<&str>, dry_run: bool) -> Result<Response, ClientError> {
+        let body = json!({ "connection": connection, "dry_run": dry_run });
+        self.request(Method::POST, "/v1/tidy", Some(&body)).await
+    }
+
     /// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
     /// role issued before now (AWS assumed_role roles; admin callers only).
     pub async fn revoke_sessions(&self, role: &str) -> Result<Response, ClientError> {

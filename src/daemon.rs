@@ -18,6 +18,7 @@ use crate::api::{self, AppState, PeerInfo};
 use crate::broker::Broker;
 use crate::config::{self, ValidatedConfig};
 use crate::store::{LeaseStore, SqliteStore};
+use crate::tidy::Tidy;
 
 /// How `lessor serve` was invoked.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +93,7 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let store: Arc<dyn LeaseStore> = Arc::new(store);
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
+    let tidy = Tidy::new(&config, store.clone());
     let broker = Broker::new(&config, store, shutdown.clone());
     for (name, connection) in &config.connections {
         let plugin = connection.plugin.clone();
@@ -105,6 +107,7 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     }
     let state = AppState {
         broker: broker.clone(),
+        tidy: tidy.clone(),
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: config.server.request_timeout.as_std(),
     };
@@ -117,6 +120,8 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
         }
     });
     broker.start();
+    let ready = broker.clone();
+    tidy.start(move || ready.is_ready(), broker.tasks(), shutdown.clone());
     info!(socket = %socket.display(), "listening");
     Ok(Running { socket, broker, server })
 }

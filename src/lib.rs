@@ -12,7 +12,8 @@
 //! - [`daemon`]: `lessor serve`, socket ownership, start-up and shutdown;
 //! - [`client`]: the socket client the CLI, tests and benchmarks use;
 //! - [`cli`]: the command line;
-//! - [`metrics`]: counters rendered as Prometheus text.
+//! - [`metrics`]: counters rendered as Prometheus text;
+//! - [`tidy`]: the sweep that drops backend users no lease covers.
 //!
 //! Backends live in their own crates behind the `lessor_plugin::Plugin`
 //! trait; [`config::PLUGINS`] is the one table that registers them.
@@ -27,3 +28,4 @@ pub mod expiry;
 pub mod lease;
 pub mod metrics;
 pub mod store;
+pub mod tidy;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ use tracing::info;
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
 use crate::config::Duration;
 use crate::lease::{Lease, LeaseId};
+use crate::tidy::Tidy;
 
 pub use peer::PeerInfo;
 
@@ -37,6 +38,7 @@ pub use peer::PeerInfo;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    pub tidy: Arc<Tidy>,
     pub max_body_bytes: usize,
     pub request_timeout: StdDuration,
 }
@@ -84,8 +86,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/revoke", post(revoke_prefix))
         .route("/v1/roles/{role}/revoke-sessions", post(revoke_sessions))
+        .route("/v1/tidy", post(tidy))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+        })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -160,7 +166,8 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.broker.metrics_text()).into_response()
+    let text = state.broker.metrics_text() + &state.tidy.metrics_text();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,14 +230,40 @@ fn lease_json(lease: &Lease) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    prefix: String,
+/// `?prefix=…`; any other parameter is refused rather than ignored, so a
+/// typo cannot silently list every lease.
+fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query.unwrap_or(""))?;
+    let mut prefix = String::new();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "prefix" => prefix = value,
+            other => return Err(ApiError::bad_request(format!("unknown query parameter {other:?} (known: prefix)"))),
+        }
+    }
+    Ok(prefix)
 }
 
-async fn list_leases(State(state): State<AppState>, Query(query): Query<ListQuery>, request: Request) -> ApiResult {
-    let leases = state.broker.list(&query.prefix, caller(request.extensions())).await?;
+fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |t: &str| {
+                percent_encoding::percent_decode_str(&t.replace('+', " "))
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| ApiError::bad_request("query string is not valid UTF-8"))
+            };
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResult {
+    let prefix = list_prefix(request.uri().query())?;
+    let leases = state.broker.list(&prefix, caller(request.extensions())).await?;
     let leases: Vec<Value> = leases.iter().map(lease_json).collect();
     Ok(Json(json!({ "leases": leases })).into_response())
 }
@@ -243,7 +276,14 @@ async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, requ
 
 async fn revoke_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
     let id = parse_lease_id(&rest)?;
-    let outcome = state.broker.revoke(&id, false, caller(request.extensions())).await?;
+    let caller = caller(request.extensions());
+    // Spawned: a caller that gives up (or a request timeout) does not cut a
+    // revocation off half-way.
+    let broker = state.broker.clone();
+    let target = id.clone();
+    let outcome = tokio::spawn(async move { broker.revoke(&target, false, caller).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let mut body = revocation_json(&id, outcome);
     if !state.broker.is_revocable(id.role()) {
         body["note"] = json!(
@@ -259,6 +299,7 @@ fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {
         Revocation::Revoked => "revoked",
         Revocation::AlreadyRevoked => "already_revoked",
         Revocation::Forced => "forced",
+        Revocation::NotDue => "not_due",
     };
     json!({ "lease_id": id, "outcome": outcome })
 }
@@ -310,6 +351,32 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
         failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
     let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
     Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TidyBody {
+    connection: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/tidy`: sweep users no lease covers, now (admin callers only).
+async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
+    if !caller(request.extensions()).is_admin() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "tidy is for root and the daemon's own user"));
+    }
+    let body: TidyBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    // Spawned: a caller that goes away does not cut a sweep off half-way.
+    let tidy = state.tidy.clone();
+    let reports = tokio::spawn(async move { tidy.run(body.connection.as_deref(), body.dry_run).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            let (status, code) = e.status_and_code();
+            ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, e.to_string())
+        })?;
+    Ok(Json(json!({ "connections": reports })).into_response())
 }
 
 /// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the

@@ -109,7 +109,16 @@ fn default_revoked_retention() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 fn default_max_connections() -> usize {
-    8
+    12
+}
+fn default_operation_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_tidy_grace() -> Duration {
+    crate::tidy::DEFAULT_GRACE
+}
+fn default_tidy_interval() -> Duration {
+    crate::tidy::DEFAULT_INTERVAL
 }
 fn default_revocation_workers() -> usize {
     4
@@ -141,10 +150,27 @@ pub struct ConnectionConfig {
     /// The most admin connections lessor opens to this backend.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// How many revocations run at once on this connection, apart from
-    /// issuance.
+    /// How many of the admin connections are kept for revocations, apart
+    /// from issuance (which gets the rest). Less than `max_connections`.
     #[serde(default = "default_revocation_workers")]
     pub revocation_workers: usize,
+    /// The longest one backend operation (create, renew, revoke) may take
+    /// before it counts as a failure and is retried.
+    #[serde(default = "default_operation_timeout")]
+    pub operation_timeout: Duration,
+    /// Sweep users under `tidy_prefix` that no lease covers (at start-up,
+    /// every `tidy_interval`, and on `lessor tidy`).
+    #[serde(default)]
+    pub tidy: bool,
+    /// The username prefix lessor owns on this backend, e.g. `"v_"`.
+    /// Required when `tidy = true`; must not match the admin user.
+    pub tidy_prefix: Option<String>,
+    /// How old a user no lease covers must be before tidy drops it.
+    #[serde(default = "default_tidy_grace")]
+    pub tidy_grace: Duration,
+    /// How often tidy sweeps this connection.
+    #[serde(default = "default_tidy_interval")]
+    pub tidy_interval: Duration,
     /// Plugin-specific settings.
     #[serde(flatten)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
@@ -180,7 +206,11 @@ pub struct RoleConfig {
 pub struct Connection {
     pub name: String,
     pub plugin: Arc<dyn Plugin>,
+    pub max_connections: usize,
     pub revocation_workers: usize,
+    pub operation_timeout: Duration,
+    /// Tidy's settings, when `tidy = true`.
+    pub tidy: Option<crate::tidy::TidySettings>,
 }
 
 /// A role ready to serve.
@@ -303,12 +333,30 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
         }
         if conn.revocation_workers == 0 {
             errors.push(ConfigError::new(format!("{key}.revocation_workers"), "must be at least 1"));
+        } else if conn.revocation_workers >= conn.max_connections {
+            errors.push(ConfigError::new(
+                format!("{key}.revocation_workers"),
+                format!(
+                    "{} leaves no admin connection for issuance: it must be less than max_connections ({})",
+                    conn.revocation_workers, conn.max_connections
+                ),
+            ));
+        }
+        if conn.operation_timeout.as_std() < std::time::Duration::from_secs(1) {
+            errors.push(ConfigError::new(format!("{key}.operation_timeout"), "must be at least 1s"));
         }
         let password = match admin_password(&key, conn) {
             Ok(password) => password,
             Err(e) => {
                 errors.push(e);
                 continue;
+            }
+        };
+        let tidy = match crate::tidy::check_settings(&key, conn) {
+            Ok(tidy) => tidy,
+            Err(e) => {
+                errors.push(e);
+                None
             }
         };
         let context = ConnectionContext {
@@ -322,7 +370,14 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             Ok(plugin) => {
                 connections.insert(
                     name.clone(),
-                    Connection { name: name.clone(), plugin, revocation_workers: conn.revocation_workers.max(1) },
+                    Connection {
+                        name: name.clone(),
+                        plugin,
+                        max_connections: conn.max_connections.max(2),
+                        revocation_workers: conn.revocation_workers.max(1),
+                        operation_timeout: conn.operation_timeout,
+                        tidy,
+                    },
                 );
             }
             Err(e) => errors.push(e),
@@ -346,6 +401,10 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
                 format!("{key}.default_ttl"),
                 format!("{} is longer than max_ttl {}", role.default_ttl, role.max_ttl),
             ));
+            role_ok = false;
+        }
+        if role.max_ttl > Duration::from_secs(10 * 365 * 86_400) {
+            errors.push(ConfigError::new(format!("{key}.max_ttl"), format!("{} is longer than ten years", role.max_ttl)));
             role_ok = false;
         }
         if !(16..=128).contains(&role.password_length) {
@@ -505,6 +564,7 @@ store = "sqlite:///tmp/lessor-test.db"
 plugin = "postgres"
 url = "postgres://lessor_admin@127.0.0.1:5432/app"
 max_connections = 4
+revocation_workers = 2
 
 [roles.app_ro]
 connection = "pg_main"

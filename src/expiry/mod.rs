@@ -30,11 +30,11 @@ const BACKOFF_CAP: Duration = Duration::from_secs(600);
 /// 10 min, ±20 % jitter so a storm of failures does not retry in lockstep;
 /// hourly once the lease is irrevocable.
 pub fn backoff(attempts: u32) -> Duration {
-    if attempts >= MAX_FAST_ATTEMPTS {
-        return SLOW_RETRY;
-    }
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    let base = exp.min(BACKOFF_CAP);
+    let base = if attempts >= MAX_FAST_ATTEMPTS {
+        SLOW_RETRY
+    } else {
+        BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(BACKOFF_CAP)
+    };
     let jitter = rand::rng().random_range(0.8..1.2);
     base.mul_f64(jitter)
 }
@@ -185,7 +185,8 @@ mod tests {
             let b = backoff(attempts).as_secs_f64();
             assert!(b >= secs * 0.8 && b <= secs * 1.2, "attempt {attempts}: {b}");
         }
-        assert_eq!(backoff(MAX_FAST_ATTEMPTS), SLOW_RETRY);
+        let slow = backoff(MAX_FAST_ATTEMPTS).as_secs_f64();
+        assert!(slow >= SLOW_RETRY.as_secs_f64() * 0.8 && slow <= SLOW_RETRY.as_secs_f64() * 1.2, "{slow}");
         assert!(backoff(5) <= BACKOFF_CAP.mul_f64(1.2));
     }
 

@@ -8,6 +8,7 @@
 
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
@@ -89,6 +90,15 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Every lease that still needs work (not `revoked`), earliest
     /// `expires_at` first: what start-up feeds to the expiry index.
     async fn unfinished(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Which of `usernames` some lease names, in any state and on any
+    /// connection: the users tidy must leave alone. This default reads
+    /// every lease; stores answer it from an index on `username`.
+    async fn leased_usernames(&self, usernames: &[String]) -> Result<HashSet<String>, StoreError> {
+        let wanted: HashSet<&str> = usernames.iter().map(String::as_str).collect();
+        let leases = self.list("", &[]).await?;
+        Ok(leases.into_iter().map(|l| l.username).filter(|u| wanted.contains(u.as_str())).collect())
+    }
 
     /// Deletes `revoked` leases revoked before `before`; returns how many.
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -14,6 +14,7 @@
 //! to the millisecond. The schema lives in `schemas/sql/sqlite/`, one file per
 //! migration, and `PRAGMA user_version` records how many have run.
 
+use std::collections::HashSet;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ pub struct SqliteStore {
     path: PathBuf,
     jobs: mpsc::Sender<Job>,
     readers: Arc<Readers>,
+    read_slots: tokio::sync::Semaphore,
     commits: Arc<AtomicU64>,
     writer: Option<thread::JoinHandle<()>>,
 }
@@ -143,7 +145,8 @@ impl SqliteStore {
                 .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
         };
 
-        Ok(Self { path: path.to_path_buf(), jobs, readers, commits, writer: Some(writer) })
+        let read_slots = tokio::sync::Semaphore::new(MAX_IDLE_READERS);
+        Ok(Self { path: path.to_path_buf(), jobs, readers, read_slots, commits, writer: Some(writer) })
     }
 
     /// Opens the store named by `sqlite:///absolute/path.db` or
@@ -191,6 +194,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        // At most MAX_IDLE_READERS reads at once: a burst of revocations
+        // then queues here instead of opening a connection (and occupying a
+        // blocking thread) per read.
+        let _slot = self.read_slots.acquire().await.map_err(|_| StoreError::Closed)?;
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || readers.run(query))
             .await
@@ -248,6 +255,23 @@ impl LeaseStore for SqliteStore {
             conn.prepare_cached(select_leases!("WHERE state != 'revoked' ORDER BY expires_at, id"))?
                 .query_map([], lease_from_row)?
                 .collect()
+        })
+        .await
+    }
+
+    async fn leased_usernames(&self, usernames: &[String]) -> Result<HashSet<String>, StoreError> {
+        if usernames.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // One statement however many names: a JSON array, each value looked
+        // up through the index on username.
+        let names = serde_json::Value::from(usernames.to_vec()).to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT DISTINCT username FROM leases WHERE username IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_map([names], |row| row.get(0))?
+            .collect()
         })
         .await
     }
@@ -858,6 +882,22 @@ mod tests {
         let err = SqliteStore::open(&path).unwrap_err();
         assert!(matches!(&err, StoreError::Open { location, .. } if *location == path.display().to_string()));
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn leased_usernames_answers_for_every_state() {
+        let (_dir, store) = temp_store();
+        let (a, b, c) = (pending("a"), pending("b"), pending("c"));
+        for lease in [&a, &b, &c] {
+            store.write(Write::Insert(lease.clone())).await.unwrap();
+        }
+        store.write(Write::Revoked { id: c.id.clone(), at: Utc::now() }).await.unwrap();
+        let asked = vec![a.username.clone(), c.username.clone(), "v_nobody".to_string(), "v_%".to_string()];
+        let leased = store.leased_usernames(&asked).await.unwrap();
+        assert_eq!(leased, HashSet::from([a.username.clone(), c.username.clone()]));
+        assert!(store.leased_usernames(&[]).await.unwrap().is_empty());
+        store.write(Write::Delete { id: a.id.clone() }).await.unwrap();
+        assert_eq!(store.leased_usernames(&asked).await.unwrap(), HashSet::from([c.username]));
     }
 
     #[tokio::test]

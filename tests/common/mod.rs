@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod mysql;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -385,7 +387,7 @@ pub fn pg_role(role: &str, default_ttl: &str, max_ttl: &str, statements: &[&str]
 /// The `[connections.pg]` section for the test database (or a proxy port).
 pub fn pg_connection(db: &TestDb, port: Option<u16>) -> String {
     format!(
-        "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://{}@{}:{}/{}\"\npassword_file = \"PASSWORD_FILE\"\nmax_connections = 8\n",
+        "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://{}@{}:{}/{}\"\npassword_file = \"PASSWORD_FILE\"\nmax_connections = 12\n",
         db.admin,
         db.host,
         port.unwrap_or(db.port),

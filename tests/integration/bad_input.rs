@@ -57,6 +57,9 @@ async fn bad_requests_are_refused_without_side_effects() {
         (Method::GET, format!("/v1/leases/{role}/doesnotexist"), None, None, 404, "unknown lease"),
         (Method::POST, "/v1/creds/a'b%22c".into(), None, None, 404, "unknown role"),
         (Method::POST, "/v1/leases/revoke".into(), Some(json!({})), None, 400, "prefix is required"),
+        (Method::GET, "/v1/leases?prefx=a".into(), None, None, 400, "unknown query parameter \"prefx\""),
+        (Method::PUT, "/v1/leases".into(), None, None, 405, "does not take that method"),
+        (Method::GET, "/v1/nothing".into(), None, None, 404, "no such endpoint"),
         (Method::POST, format!("/v1/leases/{role}/x/renew"), Some(json!({"increment": "soon"})), None, 400, "invalid duration"),
     ];
     for (method, path, json_body, raw, status, needle) in cases {

@@ -122,6 +122,11 @@ async fn renew_moves_valid_until_and_is_capped() {
     assert!((max - first).num_minutes() <= 120);
     let until = db.valid_until(&username).await.unwrap();
     assert!((until - max).num_seconds().abs() <= 1);
+
+    // An absurd increment is capped too, not an overflow.
+    let huge = client.renew(&lease_id, Some("100000000d")).await.unwrap();
+    assert_eq!(huge.status, 200, "{:?}", huge.body);
+    assert_eq!(huge.body["expires_at"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap(), max);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,5 +10,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod lifecycle;
+mod mysql;
 mod outage;
 mod secrets;
+mod tidy;

@@ -13,8 +13,9 @@
 //! never logged nor put in errors; error text is scrubbed of the password
 //! and verifier (see [`crate::error`]).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,8 +23,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use lessor_plugin::template::{Template, Values};
 use lessor_plugin::{
-    downcast_role, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created, Credential,
-    LeaseRef, Plugin, PluginError, RoleSettings,
+    downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
+    Credential, LeaseRef, Plugin, PluginError, RoleSettings,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
@@ -32,6 +33,7 @@ use tracing::debug;
 
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
 use crate::error::{classify, classify_pool, Context, Operation, Redactor};
+use crate::scram;
 
 /// How long opening one admin connection may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +52,9 @@ pub struct PgPlugin {
     /// Admin connections; the password lives inside the manager's
     /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
     pool: Pool,
+    /// Verifiers of creations that met a transient conflict, by username,
+    /// for the broker's retry of the same issuance.
+    retry_verifiers: Mutex<HashMap<String, SecretString>>,
 }
 
 impl fmt::Debug for PgPlugin {
@@ -94,7 +99,13 @@ impl PgPlugin {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e.to_string()))?;
-        Ok(Self { connection: settings.name, target, encoding: settings.options.password_encoding, pool })
+        Ok(Self {
+            connection: settings.name,
+            target,
+            encoding: settings.options.password_encoding,
+            pool,
+            retry_verifiers: Mutex::default(),
+        })
     }
 
     async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
@@ -130,7 +141,12 @@ impl PgPlugin {
     ) -> Result<(), PluginError> {
         let redactor = Redactor::default();
         let ident = quote_ident(username);
+        if self.revoke_pipelined(client, username, &ident).await {
+            return Ok(());
+        }
 
+        // The step-by-step path: after the pipelined one met something other
+        // than success or "already gone", find out which step and why.
         // 1. No new logins, committed before anything else can fail.
         match client.batch_execute(&format!("ALTER ROLE {ident} NOLOGIN")).await {
             Err(e) if is_undefined_object(&e) => {
@@ -176,6 +192,46 @@ impl PgPlugin {
             }
         }
         Ok(())
+    }
+
+    /// The default recipe with every step sent at once: each statement is
+    /// still its own transaction, committed in order, but the revocation
+    /// costs one round trip instead of six. Returns whether the role is
+    /// gone and every step either succeeded or found it already gone.
+    async fn revoke_pipelined(&self, client: &Object, username: &str, ident: &str) -> bool {
+        use futures_util::future::{join_all, BoxFuture, FutureExt};
+        let nologin = format!("ALTER ROLE {ident} NOLOGIN");
+        // Membership of the role: PostgreSQL 15 does not give it to the
+        // CREATEROLE admin that made it, and REASSIGN/DROP OWNED need it.
+        let grant = format!("GRANT {ident} TO CURRENT_USER");
+        let reassign = format!("REASSIGN OWNED BY {ident} TO CURRENT_USER");
+        let drop_owned = format!("DROP OWNED BY {ident}");
+        let drop_role = format!("DROP ROLE IF EXISTS {ident}");
+        // A simple query, not a prepared one: a prepared statement takes a
+        // round trip of its own before it executes, which would let the
+        // DROP ROLE below run first and leave the sessions unfindable.
+        let literal = username.replace('\'', "''");
+        let terminate = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{literal}'");
+        let client: &tokio_postgres::Client = client;
+        let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
+            client.batch_execute(&nologin).boxed(),
+            client.batch_execute(&grant).boxed(),
+            client.batch_execute(&terminate).boxed(),
+            client.batch_execute(&reassign).boxed(),
+            client.batch_execute(&drop_owned).boxed(),
+            client.batch_execute(&drop_role).boxed(),
+        ];
+        // join_all polls in order, so the statements are sent in order.
+        let results = join_all(steps).await;
+        let gone = results.iter().any(|r| matches!(r, Err(e) if is_undefined_object(e)));
+        let clean = results.iter().enumerate().all(|(i, r)| match r {
+            Ok(()) => true,
+            Err(e) => is_undefined_object(e) || (i == 1 && results[5].is_ok()),
+        });
+        if clean {
+            debug!(operation = "revoke", connection = %self.connection, username, already_gone = gone, "revoked (pipelined)");
+        }
+        clean && results[5].is_ok()
     }
 
     async fn revoke_custom(
@@ -269,9 +325,14 @@ impl Plugin for PgPlugin {
 
         let password = request.password.expose_secret();
         let sent = match self.encoding {
-            PasswordEncoding::ScramSha256 => {
-                SecretString::from(postgres_protocol::password::scram_sha_256(password.as_bytes()))
-            }
+            // A retry after a transient conflict reuses the verifier made for
+            // the first attempt: computing one is most of lessor's own cost.
+            PasswordEncoding::ScramSha256 => self
+                .retry_verifiers
+                .lock()
+                .unwrap()
+                .remove(username)
+                .unwrap_or_else(|| SecretString::from(scram::verifier(password))),
             PasswordEncoding::Plaintext => request.password.clone(),
         };
         let redactor = Redactor::new([password, sent.expose_secret()]);
@@ -301,6 +362,14 @@ impl Plugin for PgPlugin {
 
         if let Err(err) = result {
             debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolled back");
+            if err.is_transient_conflict() && self.encoding == PasswordEncoding::ScramSha256 {
+                let mut cache = self.retry_verifiers.lock().unwrap();
+                // Bounded: entries of issuances the broker gave up on are dropped.
+                if cache.len() >= 1024 {
+                    cache.clear();
+                }
+                cache.insert(username.to_string(), sent);
+            }
             if let Some(rollback) = &role.rollback {
                 if !client.is_closed() {
                     self.rollback(&client, request.role, rollback, username, &redactor).await;
@@ -383,6 +452,36 @@ impl Plugin for PgPlugin {
         }
         debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, "revoked");
         Ok(())
+    }
+
+    /// Login and group roles under `prefix`, for tidy. PostgreSQL keeps no
+    /// creation time, so `created_at` is always `None` (tidy then counts
+    /// from when it first saw the role). Never listed, whatever the prefix:
+    /// the admin itself, reserved `pg_*` roles, superusers, and roles that
+    /// other roles are members of (group roles; the admin's own membership,
+    /// which PostgreSQL 16 grants on every role it creates, does not count).
+    async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
+        let cx = Context::new(Operation::ListUsers, None);
+        let redactor = Redactor::default();
+        let client = self.get(&cx, &redactor).await?;
+        let rows = client
+            .query(
+                "SELECT r.rolname::text FROM pg_roles r \
+                 WHERE left(r.rolname, length($1)) = $1 \
+                   AND r.rolname <> current_user AND r.rolname !~ '^pg_' AND NOT r.rolsuper \
+                   AND NOT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.member \
+                                   WHERE m.roleid = r.oid AND g.rolname <> current_user) \
+                 ORDER BY 1",
+                &[&prefix],
+            )
+            .await
+            .map_err(|e| classify(&e, &cx, &redactor))?;
+        Ok(rows
+            .iter()
+            .map(|row| row.get::<_, String>(0))
+            .filter(|name| name.starts_with(prefix))
+            .map(|name| BackendUser { name, created_at: None })
+            .collect())
     }
 }
 

@@ -24,6 +24,7 @@ pub(crate) enum Operation {
     Create,
     Renew,
     Revoke,
+    ListUsers,
 }
 
 impl Operation {
@@ -33,6 +34,7 @@ impl Operation {
             Self::Create => "create",
             Self::Renew => "renew",
             Self::Revoke => "revoke",
+            Self::ListUsers => "list users",
         }
     }
 }

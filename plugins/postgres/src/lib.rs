@@ -18,6 +18,7 @@
 mod client;
 mod config;
 mod error;
+mod scram;
 
 use std::sync::Arc;
 

@@ -468,3 +468,41 @@ async fn concurrent_grants_on_one_table_fail_only_transiently() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn list_users_finds_login_roles_under_the_prefix() {
+    with_fixture("", |fx| async move {
+        let settings = fx.role(&format!("creation_statements = [{CREATE_ROLE:?}]"));
+        let prefix = format!("v_{}_", fx.tag);
+        let a = fx.username();
+        let b = fx.username();
+        for user in [&a, &b] {
+            fx.create(&settings, user, &password(), in_one_hour()).await.expect("create");
+        }
+        let su = connect(&fx.superuser).await.unwrap();
+        // `_` is a LIKE wildcard: this one would match an unescaped pattern.
+        let lookalike = format!("vX{}X1", fx.tag);
+        // A group role under the prefix, with a member: not a credential.
+        let group = format!("{prefix}group");
+        su.batch_execute(&format!(
+            "CREATE ROLE \"{lookalike}\"; CREATE ROLE \"{group}\" NOLOGIN; GRANT \"{group}\" TO \"{b}\""
+        ))
+        .await
+        .unwrap();
+
+        let users = fx.plugin.list_users(&prefix).await.expect("list users");
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, [a.as_str(), b.as_str()]);
+        assert!(users.iter().all(|u| u.created_at.is_none()), "PostgreSQL keeps no creation time");
+        let admins = fx.plugin.list_users("lessor_t_admin_").await.unwrap();
+        assert!(admins.iter().all(|u| u.name != fx.admin), "the admin itself was listed: {admins:?}");
+
+        // Dropped the way tidy does it: revoke without settings.
+        fx.plugin.revoke(&lease(None, &a)).await.expect("drop a stray role");
+        let names: Vec<String> =
+            fx.plugin.list_users(&prefix).await.unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, std::slice::from_ref(&b));
+        su.batch_execute(&format!("DROP ROLE \"{lookalike}\"; DROP ROLE \"{group}\"")).await.unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,611 @@
+//! Reconciliation ("tidy"): the sweep that removes backend users lessor
+//! made but no longer tracks, on every backend whose plugin can list its
+//! users (PostgreSQL, MySQL/MariaDB).
+//!
+//! Issuance already leaves no orphan on its own (DESIGN §1: the pending
+//! lease is durable before the backend is touched, and every failure is
+//! rolled back). Tidy is the second line: users left by a force-revoke
+//! whose backend refused, a restored backup, an older lessor, a store that
+//! was lost, or a person. Per connection with `tidy = true`, a user is
+//! dropped when all of these hold:
+//!
+//! 1. its name starts with the connection's `tidy_prefix`, the name space
+//!    lessor owns there (never the admin user, checked at load);
+//! 2. no lease in the store names it, in any state and on any connection:
+//!    a `pending` lease is written before its user is created, a `revoked`
+//!    one is left alone until the broker purges it;
+//! 3. it is older than `tidy_grace`: by the backend's own creation time
+//!    when it keeps one (MySQL, MariaDB), otherwise by when this daemon's
+//!    tidy first saw it (PostgreSQL).
+//!
+//! The order makes it race-free: the backend is listed *first*, the store
+//! read *after*. A user that exists at listing time was created after its
+//! pending lease was committed, so the later read sees that lease; a user
+//! created after the listing is not in it. Users are dropped with the
+//! plugin's default revocation recipe (ends sessions, then drops), one at
+//! a time, each logged and counted; never a password anywhere.
+//!
+//! Tidy runs once the start-up recovery is done, then every
+//! `tidy_interval` (sooner when a user seen too young to drop comes of
+//! age), and on demand through `POST /v1/tidy` / `lessor tidy`, which can
+//! also only report what it would drop (`dry_run`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+use lessor_plugin::{ConfigError, LeaseRef, Plugin, PluginError};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{ConnectionConfig, Duration, ValidatedConfig};
+use crate::store::LeaseStore;
+
+/// The default `tidy_grace`: longer than any issuance takes.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5 * 60);
+/// The default `tidy_interval`.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
+/// The soonest a follow-up run is scheduled, however close a user is to
+/// coming of age.
+const MIN_FOLLOW_UP: StdDuration = StdDuration::from_secs(1);
+/// The longest one listing or one drop may take before it counts as a
+/// failure (the sweep goes on with the next user).
+const CALL_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+/// The lease id tidy's revocations are logged under by plugins.
+const TIDY_LEASE_ID: &str = "(tidy)";
+
+/// A connection's validated tidy settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TidySettings {
+    /// The username prefix lessor owns on the backend.
+    pub prefix: String,
+    /// How old an uncovered user must be before it is dropped.
+    pub grace: Duration,
+    /// How often the sweep runs.
+    pub interval: Duration,
+}
+
+/// Checks a connection's `tidy*` keys; `key` is `connections.NAME`.
+/// `Ok(None)` when tidy is off.
+///
+/// Static accounts (DESIGN §7) do not exist yet; when they land, a prefix
+/// that one of their usernames starts with must be refused here too.
+pub fn check_settings(key: &str, connection: &ConnectionConfig) -> Result<Option<TidySettings>, ConfigError> {
+    if !connection.tidy {
+        if connection.tidy_prefix.is_some() {
+            // Harmless, but probably a config that meant to turn tidy on.
+            warn!(connection = key, "tidy_prefix is set but tidy = false: no sweep runs");
+        }
+        return Ok(None);
+    }
+    let prefix = connection.tidy_prefix.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            format!("{key}.tidy_prefix"),
+            "required when tidy = true: the username prefix lessor owns on this backend, e.g. \"v_\"",
+        )
+    })?;
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ConfigError::new(
+            format!("{key}.tidy_prefix"),
+            format!(
+                "{prefix:?} must be non-empty and use only a-z, 0-9 and _ (the characters of the usernames lessor makes)"
+            ),
+        ));
+    }
+    if let Some(admin) = connection.url.as_deref().and_then(admin_user) {
+        if admin.starts_with(prefix) {
+            return Err(ConfigError::new(
+                format!("{key}.tidy_prefix"),
+                format!("{prefix:?} matches the admin user {admin:?} of this connection: tidy would drop it"),
+            ));
+        }
+    }
+    if connection.tidy_interval.as_std() < StdDuration::from_secs(1) {
+        return Err(ConfigError::new(format!("{key}.tidy_interval"), "must be at least 1s"));
+    }
+    Ok(Some(TidySettings {
+        prefix: prefix.to_string(),
+        grace: connection.tidy_grace,
+        interval: connection.tidy_interval,
+    }))
+}
+
+/// The user a connection URL logs in as: `scheme://USER[:…]@host…` or a
+/// PostgreSQL keyword string `… user=USER …`.
+fn admin_user(url: &str) -> Option<String> {
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let user = userinfo.split(':').next().unwrap_or("");
+        let decoded = percent_encoding::percent_decode_str(user).decode_utf8().ok()?;
+        return (!decoded.is_empty()).then(|| decoded.into_owned());
+    }
+    url.split_whitespace()
+        .find_map(|pair| pair.strip_prefix("user="))
+        .map(|u| u.trim_matches('\'').to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// What one sweep of one connection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub connection: String,
+    /// Users dropped by this run.
+    pub dropped: Vec<String>,
+    /// Users a dry run would have dropped.
+    pub would_drop: Vec<String>,
+    /// What failed (listing, the store, a drop), one line each.
+    pub errors: Vec<String>,
+}
+
+/// Why an on-demand sweep could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TidyError {
+    /// No connection of that name is configured (404).
+    #[error("unknown connection {name:?}")]
+    UnknownConnection { name: String },
+    /// The connection exists but has no `tidy = true` (400).
+    #[error("tidy is not enabled on connection {name:?} (set tidy = true and tidy_prefix)")]
+    NotEnabled { name: String },
+    /// No connection has tidy enabled (400).
+    #[error("tidy is not enabled on any connection (set tidy = true and tidy_prefix)")]
+    NoneEnabled,
+}
+
+impl TidyError {
+    /// The HTTP status and the machine-readable code for this error.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::UnknownConnection { .. } => (404, "unknown_connection"),
+            Self::NotEnabled { .. } | Self::NoneEnabled => (400, "bad_request"),
+        }
+    }
+}
+
+/// One connection tidy sweeps.
+#[derive(Debug)]
+struct Target {
+    plugin: Arc<dyn Plugin>,
+    settings: TidySettings,
+    /// The longest one backend call may take.
+    timeout: StdDuration,
+    /// One sweep at a time per connection (scheduled and on demand).
+    running: tokio::sync::Mutex<()>,
+    /// Uncovered users by name, with when a sweep first saw them: the age
+    /// of a user whose backend keeps no creation time.
+    first_seen: Mutex<HashMap<String, Instant>>,
+}
+
+/// The sweeper. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Tidy {
+    /// Every configured connection: `Some` where tidy is on.
+    targets: BTreeMap<String, Option<Target>>,
+    store: Arc<dyn LeaseStore>,
+    runs: AtomicU64,
+    dropped: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A sweep's outcome plus when the next one is due for a user that was
+/// too young this time.
+struct Sweep {
+    report: Report,
+    follow_up: Option<Instant>,
+}
+
+impl Tidy {
+    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>) -> Arc<Self> {
+        let targets = config
+            .connections
+            .iter()
+            .map(|(name, connection)| {
+                let target = connection.tidy.clone().map(|settings| Target {
+                    plugin: connection.plugin.clone(),
+                    settings,
+                    timeout: CALL_TIMEOUT,
+                    running: tokio::sync::Mutex::new(()),
+                    first_seen: Mutex::new(HashMap::new()),
+                });
+                (name.clone(), target)
+            })
+            .collect();
+        Arc::new(Self {
+            targets,
+            store,
+            runs: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether any connection has tidy on.
+    pub fn is_enabled(&self) -> bool {
+        self.targets.values().any(Option::is_some)
+    }
+
+    /// Sweeps one connection, or every one with tidy on; `dry_run` only
+    /// reports what would be dropped.
+    pub async fn run(&self, connection: Option<&str>, dry_run: bool) -> Result<Vec<Report>, TidyError> {
+        let selected: Vec<(&String, &Target)> = match connection {
+            Some(name) => match self.targets.get_key_value(name) {
+                None => return Err(TidyError::UnknownConnection { name: name.to_string() }),
+                Some((_, None)) => return Err(TidyError::NotEnabled { name: name.to_string() }),
+                Some((name, Some(target))) => vec![(name, target)],
+            },
+            None => self.targets.iter().filter_map(|(n, t)| t.as_ref().map(|t| (n, t))).collect(),
+        };
+        if selected.is_empty() {
+            return Err(TidyError::NoneEnabled);
+        }
+        let mut reports = Vec::with_capacity(selected.len());
+        for (name, target) in selected {
+            reports.push(self.sweep(name, target, dry_run).await.report);
+        }
+        Ok(reports)
+    }
+
+    /// One sweep of one connection: list, read the store, drop.
+    async fn sweep(&self, name: &str, target: &Target, dry_run: bool) -> Sweep {
+        let _one_at_a_time = target.running.lock().await;
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        let mut report = Report { connection: name.to_string(), ..Report::default() };
+        let prefix = &target.settings.prefix;
+        let fail = |report: &mut Report, what: String| {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            warn!(connection = name, error = %what, "tidy");
+            report.errors.push(what);
+        };
+
+        // 1. The backend first (see the module doc for why the order matters).
+        let users = match call(target.timeout, target.plugin.list_users(prefix)).await {
+            Ok(users) => users,
+            Err(e) => {
+                fail(&mut report, format!("listing users under {prefix:?}: {e}"));
+                return Sweep { report, follow_up: None };
+            }
+        };
+        let users: Vec<_> = users.into_iter().filter(|u| u.name.starts_with(prefix.as_str())).collect();
+        // 2. Then the store.
+        let names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
+        let leased = match self.store.leased_usernames(&names).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                fail(&mut report, format!("reading the lease store: {e}"));
+                return Sweep { report, follow_up: None };
+            }
+        };
+
+        // 3. Age the uncovered ones.
+        let now = Instant::now();
+        let now_utc = Utc::now();
+        let grace = target.settings.grace.as_std();
+        let mut due = Vec::new();
+        let mut follow_up: Option<Instant> = None;
+        {
+            let mut first_seen = target.first_seen.lock().unwrap();
+            let mut still_uncovered = HashMap::new();
+            for user in users.iter().filter(|u| !leased.contains(&u.name)) {
+                let seen = *first_seen.get(&user.name).unwrap_or(&now);
+                still_uncovered.insert(user.name.clone(), seen);
+                let age = match user.created_at {
+                    Some(created) => (now_utc - created).to_std().unwrap_or(StdDuration::ZERO),
+                    None => now.duration_since(seen),
+                };
+                if age >= grace {
+                    due.push(user.name.clone());
+                } else {
+                    let at = now + (grace - age).max(MIN_FOLLOW_UP);
+                    follow_up = Some(follow_up.map_or(at, |f| f.min(at)));
+                }
+            }
+            // Forget users that are gone or now covered.
+            *first_seen = still_uncovered;
+        }
+        due.sort();
+
+        // 4. Drop (or only report).
+        if dry_run {
+            report.would_drop = due;
+            return Sweep { report, follow_up };
+        }
+        for username in due {
+            let lease = LeaseRef {
+                lease_id: TIDY_LEASE_ID,
+                role: "",
+                settings: None,
+                username: &username,
+                plugin_data: None,
+            };
+            match call(target.timeout, target.plugin.revoke(&lease)).await {
+                Ok(()) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    target.first_seen.lock().unwrap().remove(&username);
+                    info!(connection = name, username = %username, "tidy dropped a user no lease covers");
+                    report.dropped.push(username);
+                }
+                Err(e) => fail(&mut report, format!("dropping {username}: {e}")),
+            }
+        }
+        Sweep { report, follow_up }
+    }
+
+    /// Starts one background sweeper per connection with tidy on: the first
+    /// sweep once `ready` says start-up recovery is done, then every
+    /// `tidy_interval`, or sooner when a user seen too young comes of age.
+    pub fn start(
+        self: &Arc<Self>,
+        ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        for name in self.targets.iter().filter(|(_, t)| t.is_some()).map(|(n, _)| n.clone()) {
+            let me = self.clone();
+            let ready = ready.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                while !ready() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(StdDuration::from_millis(100)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+                let Some(Some(target)) = me.targets.get(&name) else { return };
+                loop {
+                    let sweep = me.sweep(&name, target, false).await;
+                    let r = &sweep.report;
+                    if !r.dropped.is_empty() || !r.errors.is_empty() {
+                        info!(connection = %name, dropped = r.dropped.len(), errors = r.errors.len(), "tidy sweep done");
+                    }
+                    let mut next = Instant::now() + target.settings.interval.as_std();
+                    if let Some(at) = sweep.follow_up {
+                        next = next.min(at);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Prometheus text for tidy's counters.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        for (name, help, value) in [
+            ("lessor_tidy_runs_total", "Tidy sweeps run (scheduled and on demand).", &self.runs),
+            (
+                "lessor_tidy_dropped_total",
+                "Backend users dropped by tidy because no lease covered them.",
+                &self.dropped,
+            ),
+            ("lessor_tidy_errors_total", "Tidy listings, store reads or drops that failed.", &self.errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// A backend call bounded by `timeout`.
+async fn call<T>(
+    timeout: StdDuration,
+    future: impl std::future::Future<Output = Result<T, PluginError>>,
+) -> Result<T, PluginError> {
+    match tokio::time::timeout(timeout, future).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(PluginError::Unavailable { message: format!("no answer within {}s", timeout.as_secs()) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::collections::HashSet;
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+    use lessor_plugin::{BackendUser, Capabilities, CreateRequest, Created, RoleSettings};
+
+    use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+    use crate::store::{SqliteStore, Write};
+
+    /// A backend that is a set of users with optional creation times.
+    #[derive(Debug, Default)]
+    struct FakeBackend {
+        users: Mutex<BTreeMap<String, Option<DateTime<Utc>>>>,
+        fail_list: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Plugin for FakeBackend {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities { renewable: false, revocable: true, max_username_len: 63 }
+        }
+        fn check_role(&self, _: &str, _: &toml::Table) -> Result<RoleSettings, ConfigError> {
+            Ok(Arc::new(()))
+        }
+        async fn verify(&self) -> Result<(), PluginError> {
+            Ok(())
+        }
+        async fn create(&self, _: &CreateRequest<'_>) -> Result<Created, PluginError> {
+            Err(PluginError::Unsupported { operation: "create" })
+        }
+        async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
+            assert!(lease.settings.is_none(), "tidy drops with the default recipe");
+            self.users.lock().unwrap().remove(lease.username);
+            Ok(())
+        }
+        async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
+            if self.fail_list.load(Ordering::Relaxed) {
+                return Err(PluginError::Unavailable { message: "down".into() });
+            }
+            Ok(self
+                .users
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(n, c)| BackendUser { name: n.clone(), created_at: *c })
+                .collect())
+        }
+    }
+
+    fn lease(username: &str, state: LeaseState) -> Lease {
+        let now = Utc::now();
+        Lease {
+            id: LeaseId::generate("app"),
+            role: "app".into(),
+            connection: "other".into(),
+            username: username.into(),
+            state,
+            issued_at: now,
+            expires_at: now,
+            max_expires_at: now,
+            renewable: false,
+            attempts: 0,
+            last_error: None,
+            owner: Owner { uid: 0, gid: 0, pid: None },
+            plugin_data: None,
+            revoked_at: None,
+        }
+    }
+
+    fn tidy(backend: Arc<FakeBackend>, store: Arc<dyn LeaseStore>, grace: u64) -> Tidy {
+        let target = Target {
+            plugin: backend,
+            settings: TidySettings {
+                prefix: "v_".into(),
+                grace: Duration::from_secs(grace),
+                interval: DEFAULT_INTERVAL,
+            },
+            timeout: StdDuration::from_secs(5),
+            running: tokio::sync::Mutex::new(()),
+            first_seen: Mutex::new(HashMap::new()),
+        };
+        Tidy {
+            targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]),
+            store,
+            runs: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Arc<dyn LeaseStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("lessor.db")).unwrap();
+        (dir, Arc::new(store))
+    }
+
+    #[tokio::test]
+    async fn drops_exactly_the_uncovered_users_under_the_prefix() {
+        let (_dir, store) = store().await;
+        let backend = Arc::new(FakeBackend::default());
+        let old = Some(Utc::now() - chrono::Duration::hours(1));
+        for name in ["v_stray_1", "v_stray_2", "v_pending", "v_active", "v_revoked", "other_user"] {
+            backend.users.lock().unwrap().insert(name.into(), old);
+        }
+        // Any state covers a user, on any connection.
+        for (name, state) in [
+            ("v_pending", LeaseState::Pending),
+            ("v_active", LeaseState::Active),
+            ("v_revoked", LeaseState::Revoked),
+        ] {
+            store.write(Write::Insert(lease(name, LeaseState::Pending))).await.unwrap();
+            if state == LeaseState::Revoked {
+                let id =
+                    store.list("", &[]).await.unwrap().into_iter().find(|l| l.username == name).unwrap().id;
+                store.write(Write::Revoked { id, at: Utc::now() }).await.unwrap();
+            } else if state == LeaseState::Active {
+                let id =
+                    store.list("", &[]).await.unwrap().into_iter().find(|l| l.username == name).unwrap().id;
+                store.write(Write::Activate { id, plugin_data: None, expires_at: None }).await.unwrap();
+            }
+        }
+        let tidy = tidy(backend.clone(), store, 300);
+
+        let dry = tidy.run(Some("db"), true).await.unwrap();
+        assert_eq!(dry[0].would_drop, ["v_stray_1", "v_stray_2"]);
+        assert!(dry[0].dropped.is_empty() && dry[0].errors.is_empty());
+        assert_eq!(backend.users.lock().unwrap().len(), 6, "a dry run dropped something");
+
+        let done = tidy.run(None, false).await.unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].connection, "db");
+        assert_eq!(done[0].dropped, ["v_stray_1", "v_stray_2"]);
+        let left: HashSet<String> = backend.users.lock().unwrap().keys().cloned().collect();
+        assert_eq!(
+            left,
+            HashSet::from(["v_pending", "v_active", "v_revoked", "other_user"].map(String::from))
+        );
+        assert!(tidy.metrics_text().contains("lessor_tidy_dropped_total 2"), "{}", tidy.metrics_text());
+    }
+
+    #[tokio::test]
+    async fn young_users_wait_for_the_grace() {
+        let (_dir, store) = store().await;
+        let backend = Arc::new(FakeBackend::default());
+        // The backend's clock says it was made just now: young for an hour.
+        backend.users.lock().unwrap().insert("v_known".into(), Some(Utc::now() + chrono::Duration::hours(1)));
+        // No creation time: the age counts from the first sweep that sees it.
+        backend.users.lock().unwrap().insert("v_unknown".into(), None);
+        let tidy = tidy(backend.clone(), store, 1);
+        let target = tidy.targets["db"].as_ref().unwrap();
+
+        let first = tidy.sweep("db", target, false).await;
+        assert!(first.report.dropped.is_empty(), "{:?}", first.report);
+        let follow_up = first.follow_up.expect("a follow-up for the young users");
+        assert!(follow_up - Instant::now() <= StdDuration::from_secs(1));
+
+        tokio::time::sleep_until(follow_up).await;
+        let second = tidy.sweep("db", target, false).await;
+        assert_eq!(second.report.dropped, ["v_unknown"], "first seen a grace ago");
+        assert!(backend.users.lock().unwrap().contains_key("v_known"));
+    }
+
+    #[tokio::test]
+    async fn grace_zero_drops_at_once_and_errors_are_reported() {
+        let (_dir, store) = store().await;
+        let backend = Arc::new(FakeBackend::default());
+        backend.users.lock().unwrap().insert("v_x".into(), None);
+        let tidy = tidy(backend.clone(), store, 0);
+        assert_eq!(tidy.run(Some("db"), false).await.unwrap()[0].dropped, ["v_x"]);
+
+        backend.fail_list.store(true, Ordering::Relaxed);
+        let report = &tidy.run(Some("db"), false).await.unwrap()[0];
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        assert!(report.errors[0].contains("listing users"), "{report:?}");
+
+        assert!(matches!(tidy.run(Some("nope"), true).await, Err(TidyError::UnknownConnection { .. })));
+        assert!(matches!(tidy.run(Some("off"), true).await, Err(TidyError::NotEnabled { .. })));
+    }
+
+    #[test]
+    fn admin_users_are_read_from_urls() {
+        assert_eq!(admin_user("postgres://lessor_admin@db:5432/app").as_deref(), Some("lessor_admin"));
+        assert_eq!(admin_user("mysql://v_admin@127.0.0.1:3306/").as_deref(), Some("v_admin"));
+        assert_eq!(admin_user("mysql://a%5Fb@h/").as_deref(), Some("a_b"));
+        assert_eq!(admin_user("host=db user=v_admin dbname=app").as_deref(), Some("v_admin"));
+        assert_eq!(admin_user("postgres://db/app"), None);
+    }
+}

@@ -33,10 +33,10 @@ use lessor_plugin::{
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, warn};
 
-use crate::config::{Address, ConnectionSettings, MySqlRole};
+use crate::config::{native_password_hash, Address, ConnectionSettings, MySqlPasswordEncoding, MySqlRole};
 use crate::error::{classify, code, is_already_gone, server_code, Context, Operation, Redactor};
 
 /// How long getting an admin connection may take (waiting for a free one,
@@ -69,6 +69,7 @@ pub struct MySqlPlugin {
     /// The admin's user name, which tidy never touches.
     admin_user: String,
     max_username_len: usize,
+    encoding: MySqlPasswordEncoding,
     max_connections: usize,
     /// Admin connections; the password lives in the pool's options, which
     /// is why `Debug` is written by hand.
@@ -82,6 +83,7 @@ impl fmt::Debug for MySqlPlugin {
             .field("connection", &self.connection)
             .field("target", &self.target)
             .field("max_username_len", &self.max_username_len)
+            .field("password_encoding", &self.encoding)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -126,6 +128,7 @@ impl MySqlPlugin {
             connection: settings.name,
             admin_user: settings.user,
             max_username_len: settings.options.max_username_length,
+            encoding: settings.options.password_encoding,
             max_connections: settings.max_connections,
             pool: Pool::new(opts),
             flavor: OnceLock::new(),
@@ -360,7 +363,7 @@ impl Plugin for MySqlPlugin {
     }
 
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
-        Ok(Arc::new(MySqlRole::parse(role, options)?))
+        Ok(Arc::new(MySqlRole::parse_for(role, options, self.encoding)?))
     }
 
     async fn verify(&self) -> Result<(), PluginError> {
@@ -403,9 +406,14 @@ impl Plugin for MySqlPlugin {
         let cx = Context::new(Operation::Create, Some(username));
         self.check_username(username, &cx)?;
         let password = request.password.expose_secret();
-        let redactor = Redactor::new([password]);
+        let sent = match self.encoding {
+            MySqlPasswordEncoding::Plaintext => request.password.clone(),
+            MySqlPasswordEncoding::MysqlNativePassword => SecretString::from(native_password_hash(password)),
+        };
+        let redactor = Redactor::new([password, sent.expose_secret()]);
         let expiration = format_expiration(request.expires_at);
-        let values = Values { name: username, password: Some(password), expiration: Some(&expiration) };
+        let values =
+            Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
         debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating user");
 
         let mut conn = self.get(&cx, &redactor).await?;
@@ -564,7 +572,6 @@ fn like_prefix(prefix: &str) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use secrecy::SecretString;
 
     fn plugin(options: &str) -> MySqlPlugin {
         let options: toml::Table = options.parse().unwrap();

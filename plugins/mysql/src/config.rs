@@ -29,6 +29,23 @@ fn default_max_username_length() -> usize {
     DEFAULT_MAX_USERNAME_LEN
 }
 
+/// How `{{password}}` is rendered in creation statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum MySqlPasswordEncoding {
+    /// The password itself, which the server hashes with its default
+    /// authentication plugin. Works on every server.
+    #[default]
+    #[serde(rename = "plaintext")]
+    Plaintext,
+    /// The `mysql_native_password` hash (`*` and 40 hex digits) computed by
+    /// lessor, so the plaintext never reaches the server nor its logs. For
+    /// `IDENTIFIED BY PASSWORD '{{password}}'` (MariaDB) or `IDENTIFIED WITH
+    /// mysql_native_password AS '{{password}}'` (MySQL 8.0 with that plugin
+    /// enabled).
+    #[serde(rename = "mysql_native_password")]
+    MysqlNativePassword,
+}
+
 /// The plugin-specific keys of a `[connections.NAME]` table with
 /// `plugin = "mysql"` (the broker owns `url`, `password_file`,
 /// `password_env`, `max_connections` and the other shared keys).
@@ -40,11 +57,18 @@ pub struct MySqlConnectionOptions {
     /// Username templates are checked against it at load.
     #[serde(default = "default_max_username_length")]
     pub max_username_length: usize,
+    /// How `{{password}}` is rendered: `"plaintext"` (default) sends the
+    /// password, `"mysql_native_password"` sends its hash.
+    #[serde(default)]
+    pub password_encoding: MySqlPasswordEncoding,
 }
 
 impl Default for MySqlConnectionOptions {
     fn default() -> Self {
-        Self { max_username_length: DEFAULT_MAX_USERNAME_LEN }
+        Self {
+            max_username_length: DEFAULT_MAX_USERNAME_LEN,
+            password_encoding: MySqlPasswordEncoding::default(),
+        }
     }
 }
 
@@ -86,6 +110,25 @@ pub struct MySqlRole {
 }
 
 impl MySqlRole {
+    /// Validates a role table's plugin keys for a connection whose
+    /// passwords are sent as `encoding`; `role` names it in errors.
+    pub fn parse_for(
+        role: &str,
+        options: &toml::Table,
+        encoding: MySqlPasswordEncoding,
+    ) -> Result<Self, ConfigError> {
+        let parsed = Self::parse(role, options)?;
+        for (i, template) in parsed.creation.iter().enumerate() {
+            check_password_form(template.source(), encoding).map_err(|message| {
+                ConfigError::new(
+                    format!("roles.{role}.creation_statements"),
+                    format!("statement {}: {message}", i + 1),
+                )
+            })?;
+        }
+        Ok(parsed)
+    }
+
     /// Validates a role table's plugin keys; `role` names it in errors.
     pub fn parse(role: &str, options: &toml::Table) -> Result<Self, ConfigError> {
         let prefix = format!("roles.{role}");
@@ -127,6 +170,57 @@ impl MySqlRole {
         }
         Ok(role)
     }
+}
+
+/// A hash where the server expects a password (or the reverse) would make
+/// every issued password wrong, so the form around `{{password}}` must
+/// match the encoding: `… PASSWORD '{{password}}'` or `… AS
+/// '{{password}}'` for a hash, anything else for the password itself.
+fn check_password_form(source: &str, encoding: MySqlPasswordEncoding) -> Result<(), String> {
+    let mut rest = source;
+    let mut offset = 0;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else { break };
+        let inner = rest[start + 2..start + len].trim();
+        if inner == "password" {
+            let before =
+                source[..offset + start].trim_end_matches(['\'', '"']).trim_end().to_ascii_uppercase();
+            let takes_hash = before.ends_with("PASSWORD") || before.ends_with(" AS");
+            match (encoding, takes_hash) {
+                (MySqlPasswordEncoding::MysqlNativePassword, false) => {
+                    return Err(
+                        "with password_encoding = \"mysql_native_password\", {{password}} is a hash: write \
+                                IDENTIFIED BY PASSWORD '{{password}}' (MariaDB) or IDENTIFIED WITH \
+                                mysql_native_password AS '{{password}}' (MySQL)"
+                            .into(),
+                    )
+                }
+                (MySqlPasswordEncoding::Plaintext, true) => {
+                    return Err("{{password}} is the password itself, but this form takes a hash: write \
+                                IDENTIFIED BY '{{password}}', or set the connection's password_encoding = \
+                                \"mysql_native_password\""
+                        .into())
+                }
+                _ => {}
+            }
+        }
+        offset += start + len + 2;
+        rest = &rest[start + len + 2..];
+    }
+    Ok(())
+}
+
+/// The `mysql_native_password` hash of `password`: `*` and the upper-case
+/// hex of SHA1(SHA1(password)), as `PASSWORD()` computes it.
+pub(crate) fn native_password_hash(password: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let stage2 = Sha1::digest(Sha1::digest(password.as_bytes()));
+    let mut out = String::with_capacity(41);
+    out.push('*');
+    for byte in stage2 {
+        out.push_str(&format!("{byte:02X}"));
+    }
+    out
 }
 
 /// Parses a list of statements; a list that never says `{{name}}` cannot
@@ -487,6 +581,45 @@ mod tests {
         assert_eq!(r.revocation.unwrap().len(), 1);
         assert_eq!(r.renew.unwrap().len(), 1);
         assert_eq!(r.rollback.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn native_password_hash_matches_the_server() {
+        // MariaDB 10.11: CREATE USER … IDENTIFIED BY 'x' stores this.
+        assert_eq!(native_password_hash("x"), "*B69027D44F6E5EDC07F1AEAD1477967B16F28227");
+    }
+
+    #[test]
+    fn the_password_form_must_match_the_encoding() {
+        use MySqlPasswordEncoding::*;
+        let create = |s: &str| format!("creation_statements = [{s:?}]");
+        let ok = |s: &str, e| MySqlRole::parse_for("r", &table(&create(s)), e).is_ok();
+        assert!(ok("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'", Plaintext));
+        assert!(ok("CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'", MysqlNativePassword));
+        assert!(ok(
+            "CREATE USER '{{name}}'@'%' IDENTIFIED WITH mysql_native_password AS '{{ password }}'",
+            MysqlNativePassword
+        ));
+        assert!(ok("CREATE USER '{{name}}'@'%'", MysqlNativePassword));
+        let e = MySqlRole::parse_for(
+            "r",
+            &table(&create("CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'")),
+            MysqlNativePassword,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "roles.r.creation_statements");
+        assert!(e.message.contains("statement 1") && e.message.contains("IDENTIFIED BY PASSWORD"), "{e}");
+        let e = MySqlRole::parse_for(
+            "r",
+            &table(&create("CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'")),
+            Plaintext,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("takes a hash"), "{e}");
+        let c = conn(Some("mysql://a@h/"), "password_encoding = \"mysql_native_password\"").unwrap();
+        assert_eq!(c.options.password_encoding, MysqlNativePassword);
+        let e = conn(Some("mysql://a@h/"), "password_encoding = \"sha256\"").unwrap_err();
+        assert_eq!(e.key, "connections.shop.password_encoding");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
 
 pub use client::MySqlPlugin;
-pub use config::{MySqlConnectionOptions, MySqlRole, MySqlRoleOptions};
+pub use config::{MySqlConnectionOptions, MySqlPasswordEncoding, MySqlRole, MySqlRoleOptions};
 
 /// The name this plugin is registered under (`plugin = "mysql"`).
 pub const PLUGIN_NAME: &str = "mysql";

@@ -445,3 +445,42 @@ async fn concurrent_creations_with_grants_all_succeed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn native_password_hash_keeps_the_plaintext_off_the_server() {
+    with_fixture("password_encoding = \"mysql_native_password\"", |fx| async move {
+        let create = if fx.mariadb {
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY PASSWORD '{{password}}'"
+        } else {
+            "CREATE USER '{{name}}'@'%' IDENTIFIED WITH mysql_native_password AS '{{password}}'"
+        };
+        let settings = fx.role(&format!("creation_statements = [{create:?}, {:?}]", fx.grant_items()));
+        let user = fx.username();
+        let pw = password();
+        fx.create(&settings, &user, &pw, in_one_hour()).await.expect("create");
+
+        let mut session = fx.login(&user, pw.expose_secret()).await.expect("login with the password");
+        let n: Option<i32> = session.query_first("SELECT n FROM items").await.unwrap();
+        assert_eq!(n, Some(7));
+        assert!(fx.login(&user, "certainly-not-the-password").await.is_err(), "a wrong password got in");
+        if fx.mariadb {
+            let mut su = root().await;
+            let (stored, expected): (String, String) = su
+                .exec_first(
+                    "SELECT authentication_string, PASSWORD(?) FROM mysql.user WHERE User = ?",
+                    (pw.expose_secret(), &user),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(stored, expected, "the server holds the hash of the issued password");
+        }
+
+        // The plaintext form would store the hash as the password: refused at load.
+        let options: toml::Table = format!("creation_statements = [{CREATE_USER:?}]").parse().unwrap();
+        let err = fx.plugin.check_role("app", &options).unwrap_err();
+        assert!(err.message.contains("IDENTIFIED BY PASSWORD"), "{err}");
+        fx.plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
+    })
+    .await;
+}

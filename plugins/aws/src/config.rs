@@ -334,8 +334,10 @@ impl AwsRole {
             return Err(ConfigError::new(
                 key("max_ttl"),
                 format!(
-                    "{} is longer than {}, the longest {ty} credential AWS issues",
+                    "{} is longer than {}, the longest {ty} credential AWS issues (max_ttl defaults to 1d: \
+                     set it to {} or less)",
                     human(max_ttl),
+                    human(limit),
                     human(limit)
                 ),
             ));
@@ -871,7 +873,10 @@ mod tests {
         assert!(assumed.check_ttls("deploy", h(1), h(12)).is_ok());
         let e = assumed.check_ttls("deploy", h(1), h(13)).unwrap_err();
         assert_eq!(e.key, "roles.deploy.max_ttl");
-        assert_eq!(e.message, "13h is longer than 12h, the longest assumed_role credential AWS issues");
+        assert_eq!(
+            e.message,
+            "13h is longer than 12h, the longest assumed_role credential AWS issues (max_ttl defaults to 1d: set it to 12h or less)"
+        );
         let e = assumed.check_ttls("deploy", Duration::from_secs(60), Duration::from_secs(600)).unwrap_err();
         assert!(e.message.contains("shorter than 15m"), "{e}");
         assert!(

@@ -54,9 +54,6 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 /// The soonest a follow-up run is scheduled, however close a user is to
 /// coming of age.
 const MIN_FOLLOW_UP: StdDuration = StdDuration::from_secs(1);
-/// The longest one listing or one drop may take before it counts as a
-/// failure (the sweep goes on with the next user).
-const CALL_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 /// The lease id tidy's revocations are logged under by plugins.
 const TIDY_LEASE_ID: &str = "(tidy)";
 
@@ -175,7 +172,9 @@ impl TidyError {
 struct Target {
     plugin: Arc<dyn Plugin>,
     settings: TidySettings,
-    /// The longest one backend call may take.
+    /// The longest one backend call may take (the connection's
+    /// `operation_timeout`); a drop that takes longer counts as failed and
+    /// the sweep goes on with the next user.
     timeout: StdDuration,
     /// One sweep at a time per connection (scheduled and on demand).
     running: tokio::sync::Mutex<()>,
@@ -211,7 +210,7 @@ impl Tidy {
                 let target = connection.tidy.clone().map(|settings| Target {
                     plugin: connection.plugin.clone(),
                     settings,
-                    timeout: CALL_TIMEOUT,
+                    timeout: connection.operation_timeout.as_std(),
                     running: tokio::sync::Mutex::new(()),
                     first_seen: Mutex::new(HashMap::new()),
                 });
@@ -400,7 +399,7 @@ impl Tidy {
     }
 }
 
-/// A backend call bounded by `timeout`.
+/// A backend call bounded by the connection's operation timeout.
 async fn call<T>(
     timeout: StdDuration,
     future: impl std::future::Future<Output = Result<T, PluginError>>,

@@ -60,6 +60,12 @@ async fn tidy_drops_exactly_the_strays_on_postgres_and_mariadb() {
     );
     let daemon = Daemon::start_with_mysql(Some(&pg), &my, &body, &[]).await;
     let client = daemon.client();
+    // The start-up sweeps (one per connection, grace 0) run just after
+    // readiness: let them pass before making strays, or they take them.
+    wait_for("the start-up sweeps", Duration::from_secs(20), || async {
+        (daemon.metric("lessor_tidy_runs_total").await >= 2.0).then_some(())
+    })
+    .await;
 
     // Users of live leases, on both backends.
     let mut leased = Vec::new();

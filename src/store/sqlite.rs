@@ -33,7 +33,10 @@ use super::{LeaseStore, StoreError, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
-const MIGRATIONS: &[&str] = &[include_str!("../../schemas/sql/sqlite/0001_leases.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schemas/sql/sqlite/0001_leases.sql"),
+    include_str!("../../schemas/sql/sqlite/0002_unique_usernames.sql"),
+];
 
 /// Writes waiting for the writer before `write` callers wait for room.
 const QUEUE: usize = 4096;
@@ -496,7 +499,7 @@ fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
         "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
          renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT DO NOTHING",
     )?
     .execute(params![
         lease.id.as_str(),
@@ -786,6 +789,15 @@ mod tests {
         let err = store.write(Write::Insert(b.clone())).await.unwrap_err();
         assert!(matches!(err, StoreError::Duplicate(ref id) if *id == b.id));
         assert_eq!(err.to_string(), format!("lease {} already exists", b.id));
+
+        // Another id with a username already leased on that connection is
+        // refused too: two leases never share a username.
+        let mut c = b.clone();
+        c.id = LeaseId::generate(&c.role);
+        assert!(matches!(store.write(Write::Insert(c.clone())).await, Err(StoreError::Duplicate(_))));
+        assert_eq!(store.get(&c.id).await.unwrap(), None);
+        c.connection = format!("{}_other", c.connection);
+        assert!(store.write(Write::Insert(c)).await.unwrap(), "the same name on another connection is fine");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -830,7 +830,8 @@ async fn phases(
     if args.phases.iter().any(|p| p == "mysql") {
         let max_connections = args.max_connections.unwrap_or(args.n + args.revocation_workers);
         let revocation_workers = args.revocation_workers;
-        mysql::phase(mysql::Params { n: args.n, duration, warmup, max_connections, revocation_workers }).await?;
+        mysql::phase(mysql::Params { n: args.n, duration, warmup, max_connections, revocation_workers })
+            .await?;
     }
 
     if !args.phases.iter().any(|p| p == "drain") {
@@ -932,7 +933,9 @@ async fn drain(
     // short probe (on `grp`, whose roles are not counted below).
     let rate = match grp_rate {
         Some(rate) => rate,
-        None => drive(lessor_ops(client, args.n, "grp"), Duration::from_secs(1), &[], None).await.throughput(),
+        None => {
+            drive(lessor_ops(client, args.n, "grp"), Duration::from_secs(1), &[], None).await.throughput()
+        }
     };
     let estimate = m as f64 / rate.max(10.0);
     let target = Utc::now() + chrono::Duration::milliseconds((estimate * 1.25 * 1000.0) as i64 + 1000);

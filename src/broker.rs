@@ -170,7 +170,11 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        config: &ValidatedConfig,
+        store: Arc<dyn LeaseStore>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let backends = config
             .connections
             .iter()
@@ -291,7 +295,12 @@ impl Broker {
 
     /// Issues a credential for `role`. Runs to completion even if the
     /// caller goes away: callers spawn it.
-    pub async fn issue(&self, role_name: &str, ttl: Option<Duration>, caller: Caller) -> Result<Issued, BrokerError> {
+    pub async fn issue(
+        &self,
+        role_name: &str,
+        ttl: Option<Duration>,
+        caller: Caller,
+    ) -> Result<Issued, BrokerError> {
         let role = self.role(role_name)?;
         let ttl = match ttl {
             None => role.default_ttl,
@@ -300,7 +309,10 @@ impl Broker {
             }
             Some(ttl) if ttl > role.max_ttl => {
                 return Err(BrokerError::BadRequest {
-                    message: format!("ttl {ttl} is longer than role {role_name:?}'s max_ttl {}", role.max_ttl),
+                    message: format!(
+                        "ttl {ttl} is longer than role {role_name:?}'s max_ttl {}",
+                        role.max_ttl
+                    ),
                 })
             }
             Some(ttl) => ttl,
@@ -359,7 +371,8 @@ impl Broker {
         self.index.schedule(lease.id.clone(), backend.name.clone(), expires_at);
         Metrics::inc(&self.metrics.issued);
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
-        let lease = Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
+        let lease =
+            Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
         Ok(Issued { lease, plugin: backend.connection.plugin.name(), credential: created.credential })
     }
 
@@ -381,7 +394,12 @@ impl Broker {
                     Metrics::inc(&self.metrics.transient_retries);
                     let ceiling = 5u64 << attempt.min(6);
                     let wait = rand::rng().random_range(1..=ceiling);
-                    debug!(lease = request.lease_id, attempt, wait_ms = wait, "transient conflict; retrying creation");
+                    debug!(
+                        lease = request.lease_id,
+                        attempt,
+                        wait_ms = wait,
+                        "transient conflict; retrying creation"
+                    );
                     tokio::time::sleep(StdDuration::from_millis(wait)).await;
                 }
                 other => return other,
@@ -399,7 +417,11 @@ impl Broker {
     /// Operator action for a leaked credential of `role` that the backend
     /// cannot revoke one by one (AWS: deny every session of the IAM role
     /// issued before now). Admin callers only; returns what was done.
-    pub async fn revoke_sessions(&self, role_name: &str, caller: Caller) -> Result<serde_json::Value, BrokerError> {
+    pub async fn revoke_sessions(
+        &self,
+        role_name: &str,
+        caller: Caller,
+    ) -> Result<serde_json::Value, BrokerError> {
         if !caller.is_admin() {
             return Err(BrokerError::NotAdmin { action: "revoke-sessions" });
         }
@@ -411,12 +433,18 @@ impl Broker {
             Ok(done) => done,
             Err(PluginError::Unsupported { .. }) => {
                 return Err(BrokerError::BadRequest {
-                    message: format!("role {role_name:?} ({} plugin) has no sessions to revoke", plugin.name()),
+                    message: format!(
+                        "role {role_name:?} ({} plugin) has no sessions to revoke",
+                        plugin.name()
+                    ),
                 })
             }
             Err(source) => {
                 warn!(role = %role.name, uid = caller.uid, error = %source, "revoking the role's sessions failed");
-                return Err(BrokerError::Backend { context: format!("revoking the sessions of role {role_name:?}"), source });
+                return Err(BrokerError::Backend {
+                    context: format!("revoking the sessions of role {role_name:?}"),
+                    source,
+                });
             }
         };
         info!(role = %role.name, uid = caller.uid, pid = caller.pid, done = %done, "revoked the role's older sessions");
@@ -425,7 +453,8 @@ impl Broker {
 
     /// One lease's metadata.
     pub async fn get(&self, id: &LeaseId, caller: Caller) -> Result<Lease, BrokerError> {
-        let lease = self.store.get(id).await?.ok_or_else(|| BrokerError::UnknownLease { id: id.to_string() })?;
+        let lease =
+            self.store.get(id).await?.ok_or_else(|| BrokerError::UnknownLease { id: id.to_string() })?;
         if !caller.may_touch(&lease) {
             return Err(BrokerError::Forbidden { id: id.clone() });
         }
@@ -440,7 +469,12 @@ impl Broker {
 
     /// Extends a lease by `increment` (the role's default TTL when absent),
     /// capped at the lease's max_ttl.
-    pub async fn renew(&self, id: &LeaseId, increment: Option<Duration>, caller: Caller) -> Result<Lease, BrokerError> {
+    pub async fn renew(
+        &self,
+        id: &LeaseId,
+        increment: Option<Duration>,
+        caller: Caller,
+    ) -> Result<Lease, BrokerError> {
         let _lock = self.locks.lock(id).await;
         let lease = self.get(id, caller).await?;
         if lease.state != LeaseState::Active {
@@ -456,7 +490,9 @@ impl Broker {
         let role = self.roles.get(&lease.role).filter(|r| r.connection == lease.connection);
         let increment = match increment.or(role.map(|r| r.default_ttl)) {
             Some(i) if !i.as_std().is_zero() => i,
-            Some(_) => return Err(BrokerError::BadRequest { message: "increment must be longer than 0s".into() }),
+            Some(_) => {
+                return Err(BrokerError::BadRequest { message: "increment must be longer than 0s".into() })
+            }
             None => {
                 return Err(BrokerError::BadRequest {
                     message: format!("role {:?} is no longer configured; give an increment", lease.role),
@@ -471,7 +507,9 @@ impl Broker {
                 message: "the lease has expired and is being revoked".into(),
             });
         }
-        let expires_at = now.checked_add_signed(increment.to_chrono()).map_or(lease.max_expires_at, |at| at.min(lease.max_expires_at));
+        let expires_at = now
+            .checked_add_signed(increment.to_chrono())
+            .map_or(lease.max_expires_at, |at| at.min(lease.max_expires_at));
         let backend = self.backend(&lease)?;
         let lease_ref = self.lease_ref(&lease);
         let _permit = backend.issuance.acquire().await.expect("semaphore never closed");
@@ -581,7 +619,8 @@ impl Broker {
         let result = match self.backend(&lease) {
             Ok(backend) => {
                 let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
-                bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease))).await
+                bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease)))
+                    .await
             }
             Err(BrokerError::Backend { source, .. }) => Err(source),
             Err(e) => return Err(e),

@@ -475,7 +475,8 @@ fn lease_table(body: &Value) -> Result<String, String> {
 /// One line per user tidy dropped (or would drop) and per error, each
 /// starting with the connection; one summary line when there is nothing.
 fn tidy_lines(body: &Value) -> Result<String, String> {
-    let reports = body.get("connections").and_then(Value::as_array).ok_or("the response has no `connections` list")?;
+    let reports =
+        body.get("connections").and_then(Value::as_array).ok_or("the response has no `connections` list")?;
     let mut text = String::new();
     for report in reports {
         let connection = cell(report.get("connection"));
@@ -666,7 +667,8 @@ mod tests {
             tidy_lines(&body).unwrap(),
             "pg: dropped v_a\npg: dropped v_b\nshop: would drop v_c\nshop: error: dropping v_d: down hard\n"
         );
-        let empty = json!({"connections": [{"connection": "pg", "dropped": [], "would_drop": [], "errors": []}]});
+        let empty =
+            json!({"connections": [{"connection": "pg", "dropped": [], "would_drop": [], "errors": []}]});
         assert_eq!(tidy_lines(&empty).unwrap(), "nothing to drop (pg)\n");
         assert!(Cli::try_parse_from(["lessor", "tidy", "--connection", "pg", "--dry-run"]).is_ok());
     }

@@ -202,7 +202,12 @@ impl Client {
 
     /// Sends raw bytes as a JSON-typed body, well-formed or not: for tests
     /// of how the daemon treats bad input.
-    pub async fn request_raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response, ClientError> {
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;

@@ -101,7 +101,9 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
         tokio::spawn(async move {
             match plugin.verify().await {
                 Ok(()) => info!(connection = %name, "backend reachable"),
-                Err(e) => warn!(connection = %name, error = %e, "backend check failed; issuance will fail until it recovers"),
+                Err(e) => {
+                    warn!(connection = %name, error = %e, "backend check failed; issuance will fail until it recovers")
+                }
             }
         });
     }
@@ -114,7 +116,8 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
-        let serving = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        let serving =
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serving.await {
             warn!(error = %e, "server stopped with an error");
         }
@@ -197,7 +200,8 @@ async fn dev_config() -> anyhow::Result<ValidatedConfig> {
         dir.join("lessor.db").display()
     );
     let pg_up =
-        tokio::time::timeout(StdDuration::from_secs(1), tokio::net::TcpStream::connect("127.0.0.1:5432")).await;
+        tokio::time::timeout(StdDuration::from_secs(1), tokio::net::TcpStream::connect("127.0.0.1:5432"))
+            .await;
     if matches!(pg_up, Ok(Ok(_))) {
         text.push_str(DEV_POSTGRES);
     } else {

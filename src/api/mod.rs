@@ -64,7 +64,11 @@ impl ApiError {
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         let (status, code) = e.status_and_code();
-        Self::new(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, e.to_string())
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            e.to_string(),
+        )
     }
 }
 
@@ -90,14 +94,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
 /// Logs every request with the caller's uid and pid, and bounds its time.
-async fn guard(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<PeerInfo>, request: Request, next: Next) -> Response {
+async fn guard(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -105,7 +118,8 @@ async fn guard(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<Pee
     request.extensions_mut().insert(peer.caller());
     let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response(),
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+            .into_response(),
     };
     info!(
         %method,
@@ -147,7 +161,9 @@ fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, A
 
 fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
     LeaseId::parse(raw).ok_or_else(|| {
-        ApiError::bad_request(format!("{raw:?} is not a lease id (expected ROLE/ID, letters, digits, '_' and '-')"))
+        ApiError::bad_request(format!(
+            "{raw:?} is not a lease id (expected ROLE/ID, letters, digits, '_' and '-')"
+        ))
     })
 }
 
@@ -238,7 +254,11 @@ fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
     for (key, value) in pairs {
         match key.as_str() {
             "prefix" => prefix = value,
-            other => return Err(ApiError::bad_request(format!("unknown query parameter {other:?} (known: prefix)"))),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?} (known: prefix)"
+                )))
+            }
         }
     }
     Ok(prefix)
@@ -274,7 +294,11 @@ async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, requ
     Ok(Json(lease_json(&lease)).into_response())
 }
 
-async fn revoke_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
+async fn revoke_lease(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    request: Request,
+) -> ApiResult {
     let id = parse_lease_id(&rest)?;
     let caller = caller(request.extensions());
     // Spawned: a caller that gives up (or a request timeout) does not cut a
@@ -311,9 +335,17 @@ struct RenewBody {
 }
 
 /// `POST /v1/leases/{id}/renew`; the id may hold a raw `/`.
-async fn lease_action(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
+async fn lease_action(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    request: Request,
+) -> ApiResult {
     let Some(raw_id) = rest.strip_suffix("/renew") else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint (did you mean …/renew?)"));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint (did you mean …/renew?)",
+        ));
     };
     let id = parse_lease_id(raw_id)?;
     let caller = caller(request.extensions());
@@ -344,9 +376,10 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
         ApiError::bad_request("prefix is required (e.g. \"app_ro/\"); it selects the leases to revoke")
     })?;
     let broker = state.broker.clone();
-    let (revoked, failed) = tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, caller).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let (revoked, failed) =
+        tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, caller).await })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let failed: Vec<Value> =
         failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
     let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
@@ -364,7 +397,11 @@ struct TidyBody {
 /// `POST /v1/tidy`: sweep users no lease covers, now (admin callers only).
 async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
     if !caller(request.extensions()).is_admin() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "tidy is for root and the daemon's own user"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "tidy is for root and the daemon's own user",
+        ));
     }
     let body: TidyBody = read_json(request.into_body(), state.max_body_bytes).await?;
     // Spawned: a caller that goes away does not cut a sweep off half-way.
@@ -374,7 +411,11 @@ async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(|e| {
             let (status, code) = e.status_and_code();
-            ApiError::new(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), code, e.to_string())
+            ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                code,
+                e.to_string(),
+            )
         })?;
     Ok(Json(json!({ "connections": reports })).into_response())
 }
@@ -382,7 +423,11 @@ async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
 /// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
 /// role's backend identity issued before now (AWS assumed_role: a deny-all
 /// policy on the IAM role). Admin callers only.
-async fn revoke_sessions(State(state): State<AppState>, Path(role): Path<String>, request: Request) -> ApiResult {
+async fn revoke_sessions(
+    State(state): State<AppState>,
+    Path(role): Path<String>,
+    request: Request,
+) -> ApiResult {
     let caller = caller(request.extensions());
     // Spawned: a caller that goes away does not cut the action off.
     let broker = state.broker.clone();

@@ -134,9 +134,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (text, secs, shown) in
-            [("90s", 90, "1m30s"), ("15m", 900, "15m"), ("1h", 3600, "1h"), ("1h30m", 5400, "1h30m"), ("2d", 172_800, "2d")]
-        {
+        for (text, secs, shown) in [
+            ("90s", 90, "1m30s"),
+            ("15m", 900, "15m"),
+            ("1h", 3600, "1h"),
+            ("1h30m", 5400, "1h30m"),
+            ("2d", 172_800, "2d"),
+        ] {
             let d: Duration = text.parse().unwrap();
             assert_eq!(d.as_secs(), secs, "{text}");
             assert_eq!(d.to_string(), shown);

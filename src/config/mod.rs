@@ -404,7 +404,10 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             role_ok = false;
         }
         if role.max_ttl > Duration::from_secs(10 * 365 * 86_400) {
-            errors.push(ConfigError::new(format!("{key}.max_ttl"), format!("{} is longer than ten years", role.max_ttl)));
+            errors.push(ConfigError::new(
+                format!("{key}.max_ttl"),
+                format!("{} is longer than ten years", role.max_ttl),
+            ));
             role_ok = false;
         }
         if !(16..=128).contains(&role.password_length) {
@@ -427,13 +430,19 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             Err(e) => {
                 errors.push(ConfigError::new(
                     format!("{key}.username_template"),
-                    format!("{template_text:?}: {e} (the {} limit is {max_username_len} bytes)", connection.plugin.name()),
+                    format!(
+                        "{template_text:?}: {e} (the {} limit is {max_username_len} bytes)",
+                        connection.plugin.name()
+                    ),
                 ));
                 None
             }
         };
         let settings = match connection.plugin.check_role(name, &role.options).and_then(|s| {
-            connection.plugin.check_ttls(name, &s, role.default_ttl.as_std(), role.max_ttl.as_std()).map(|()| s)
+            connection
+                .plugin
+                .check_ttls(name, &s, role.default_ttl.as_std(), role.max_ttl.as_std())
+                .map(|()| s)
         }) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -460,7 +469,13 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
     }
 
     if errors.is_empty() {
-        Ok(ValidatedConfig { source: source.to_string(), server: config.server, socket_mode, connections, roles })
+        Ok(ValidatedConfig {
+            source: source.to_string(),
+            server: config.server,
+            socket_mode,
+            connections,
+            roles,
+        })
     } else {
         Err(errors)
     }
@@ -471,11 +486,17 @@ fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretStr
         (Some(_), Some(_)) => Err(ConfigError::new(key, "set password_file or password_env, not both")),
         (Some(file), None) => {
             let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(format!("{key}.password_file"), format!("cannot read {}: {e}", file.display()))
+                ConfigError::new(
+                    format!("{key}.password_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
             })?;
             let password = text.trim_end_matches(['\n', '\r']).to_string();
             if password.is_empty() {
-                return Err(ConfigError::new(format!("{key}.password_file"), format!("{} is empty", file.display())));
+                return Err(ConfigError::new(
+                    format!("{key}.password_file"),
+                    format!("{} is empty", file.display()),
+                ));
             }
             Ok(Some(SecretString::from(password)))
         }
@@ -491,7 +512,8 @@ fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretStr
 }
 
 /// Each plugin's own keys for connection and role tables, for the schema.
-type OptionSchemas = (&'static str, fn() -> schemars::schema::RootSchema, fn() -> schemars::schema::RootSchema);
+type OptionSchemas =
+    (&'static str, fn() -> schemars::schema::RootSchema, fn() -> schemars::schema::RootSchema);
 
 static PLUGIN_SCHEMAS: &[OptionSchemas] = &[
     (
@@ -634,7 +656,8 @@ creation_statements = [
         assert!(examples.len() >= 2, "examples not found: {examples:?}");
         for path in examples {
             let text = std::fs::read_to_string(&path).unwrap();
-            let mut value: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let mut value: toml::Table =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             if let Some(toml::Value::Table(connections)) = value.get_mut("connections") {
                 for (_, connection) in connections.iter_mut() {
                     if let Some(file) = connection.get_mut("password_file") {

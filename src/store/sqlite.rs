@@ -457,7 +457,11 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
                  expires_at = coalesce(?3, expires_at) WHERE id = ?1 AND state = 'pending'",
             )
             .and_then(|mut s| {
-                s.execute(params![id, json_text(plugin_data.as_ref())?, expires_at.map(|t| t.timestamp_millis())])
+                s.execute(params![
+                    id,
+                    json_text(plugin_data.as_ref())?,
+                    expires_at.map(|t| t.timestamp_millis())
+                ])
             })
             .map_err(|e| failed(&format!("activate lease {id}"), e))?,
         Write::Renew { expires_at, .. } => conn
@@ -697,10 +701,16 @@ mod tests {
         assert!(!store.write(renew()).await.unwrap());
         assert!(!store.write(failed(1, false)).await.unwrap());
         let data = Some(json!({"grants": ["app_read"]}));
-        assert!(store.write(Write::Activate { id: id.clone(), plugin_data: data.clone(), expires_at: None }).await.unwrap());
+        assert!(store
+            .write(Write::Activate { id: id.clone(), plugin_data: data.clone(), expires_at: None })
+            .await
+            .unwrap());
 
         // active
-        assert!(!store.write(Write::Activate { id: id.clone(), plugin_data: None, expires_at: None }).await.unwrap());
+        assert!(!store
+            .write(Write::Activate { id: id.clone(), plugin_data: None, expires_at: None })
+            .await
+            .unwrap());
         assert!(!store.write(failed(1, false)).await.unwrap());
         assert!(store.write(renew()).await.unwrap());
         let got = store.get(&id).await.unwrap().unwrap();

@@ -28,7 +28,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 pub fn pg_url() -> String {
-    std::env::var("LESSOR_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("LESSOR_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A short random lowercase suffix for names.
@@ -90,7 +91,8 @@ impl TestDb {
         let suffix = rand_suffix(8);
         let admin = format!("lt_admin_{suffix}");
         let database = format!("lt_db_{suffix}");
-        let admin_password: String = rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+        let admin_password: String =
+            rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
         let su = connect(&pg_url()).await;
         su.batch_execute(&format!(
             "CREATE ROLE {admin} WITH LOGIN CREATEROLE PASSWORD '{admin_password}'; \
@@ -98,7 +100,9 @@ impl TestDb {
         ))
         .await
         .expect("create admin role");
-        su.batch_execute(&format!("CREATE DATABASE {database} OWNER {admin}")).await.expect("create database");
+        su.batch_execute(&format!("CREATE DATABASE {database} OWNER {admin}"))
+            .await
+            .expect("create database");
         let (host, port) = pg_host_port();
         let mut config: tokio_postgres::Config = pg_url().parse().unwrap();
         config.dbname(&database);
@@ -113,7 +117,11 @@ impl TestDb {
     }
 
     /// Connects as `user` with `password` to the test database.
-    pub async fn login(&self, user: &str, password: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut config = tokio_postgres::Config::new();
         config.host(&self.host).port(self.port).user(user).password(password).dbname(&self.database);
         config.connect_timeout(Duration::from_secs(5));
@@ -143,7 +151,11 @@ impl TestDb {
 
     /// `rolvaliduntil` of a role, as an RFC 3339 string.
     pub async fn valid_until(&self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-        let row = self.su.query_one("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", &[&name]).await.ok()?;
+        let row = self
+            .su
+            .query_one("SELECT rolvaliduntil FROM pg_roles WHERE rolname = $1", &[&name])
+            .await
+            .ok()?;
         row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(0)
     }
 }

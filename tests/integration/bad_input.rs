@@ -60,7 +60,14 @@ async fn bad_requests_are_refused_without_side_effects() {
         (Method::GET, "/v1/leases?prefx=a".into(), None, None, 400, "unknown query parameter \"prefx\""),
         (Method::PUT, "/v1/leases".into(), None, None, 405, "does not take that method"),
         (Method::GET, "/v1/nothing".into(), None, None, 404, "no such endpoint"),
-        (Method::POST, format!("/v1/leases/{role}/x/renew"), Some(json!({"increment": "soon"})), None, 400, "invalid duration"),
+        (
+            Method::POST,
+            format!("/v1/leases/{role}/x/renew"),
+            Some(json!({"increment": "soon"})),
+            None,
+            400,
+            "invalid duration",
+        ),
     ];
     for (method, path, json_body, raw, status, needle) in cases {
         let response = match raw {
@@ -68,7 +75,9 @@ async fn bad_requests_are_refused_without_side_effects() {
             None => client.request(method.clone(), &path, json_body.as_ref()).await.unwrap(),
         };
         assert_eq!(response.status, status, "{method} {path}: {:?}", response.body);
-        let error = response.api_error().unwrap_or_else(|| panic!("{method} {path}: no error envelope: {:?}", response.body));
+        let error = response
+            .api_error()
+            .unwrap_or_else(|| panic!("{method} {path}: no error envelope: {:?}", response.body));
         assert!(error.message.contains(needle), "{method} {path}: {:?} lacks {needle:?}", error.message);
     }
     let (status_line, body) = oversized_body(&daemon.socket, &creds).await;

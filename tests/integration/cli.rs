@@ -111,7 +111,8 @@ creation_statements = ["CREATE ROLE \"{{name}}\""]
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lessor")).args(["config", "check"]).arg(&path).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lessor")).args(["config", "check"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let file = path.display().to_string();
@@ -126,7 +127,12 @@ creation_statements = ["CREATE ROLE \"{{name}}\""]
     }
 
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://admin@127.0.0.1/app\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lessor")).args(["config", "check"]).arg(&good).output().unwrap();
+    std::fs::write(
+        &good,
+        "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://admin@127.0.0.1/app\"\n",
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lessor")).args(["config", "check"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

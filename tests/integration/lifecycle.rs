@@ -17,7 +17,13 @@ fn config(db: &TestDb, role: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_login_revoke_terminates_sessions() {
     let db = TestDb::create().await;
-    db.su.batch_execute(&format!("CREATE TABLE items (n int); INSERT INTO items VALUES (7); ALTER TABLE items OWNER TO {}", db.admin)).await.unwrap();
+    db.su
+        .batch_execute(&format!(
+            "CREATE TABLE items (n int); INSERT INTO items VALUES (7); ALTER TABLE items OWNER TO {}",
+            db.admin
+        ))
+        .await
+        .unwrap();
     let (role, prefix) = unique_role("life");
     db.track_prefix(&prefix);
     let daemon = Daemon::start(&db, &config(&db, &role)).await;
@@ -72,7 +78,10 @@ async fn issue_login_revoke_terminates_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_ttl_revokes_itself() {
     let db = TestDb::create().await;
-    db.su.batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin)).await.unwrap();
+    db.su
+        .batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin))
+        .await
+        .unwrap();
     let (role, prefix) = unique_role("ttl");
     db.track_prefix(&prefix);
     let daemon = Daemon::start(&db, &config(&db, &role)).await;
@@ -92,7 +101,10 @@ async fn short_ttl_revokes_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_moves_valid_until_and_is_capped() {
     let db = TestDb::create().await;
-    db.su.batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin)).await.unwrap();
+    db.su
+        .batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin))
+        .await
+        .unwrap();
     let (role, prefix) = unique_role("renew");
     db.track_prefix(&prefix);
     let daemon = Daemon::start(&db, &config(&db, &role)).await;
@@ -132,7 +144,10 @@ async fn renew_moves_valid_until_and_is_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_direct_grants_all_succeed() {
     let db = TestDb::create().await;
-    db.su.batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin)).await.unwrap();
+    db.su
+        .batch_execute(&format!("CREATE TABLE items (n int); ALTER TABLE items OWNER TO {}", db.admin))
+        .await
+        .unwrap();
     let (role, prefix) = unique_role("grant");
     db.track_prefix(&prefix);
     let daemon = Daemon::start(&db, &config(&db, &role)).await;

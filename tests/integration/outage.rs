@@ -11,7 +11,8 @@ async fn expiry_during_outage_is_retried_until_revoked() {
     let (role, prefix) = unique_role("outage");
     db.track_prefix(&prefix);
     let proxy = Proxy::start((db.host.clone(), db.port)).await;
-    let body = format!("{}\n{}", pg_connection(&db, Some(proxy.port)), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let body =
+        format!("{}\n{}", pg_connection(&db, Some(proxy.port)), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
     let daemon = Daemon::start(&db, &body).await;
     let client = daemon.client();
     let issued = client.creds(&role, Some("2s")).await.unwrap();

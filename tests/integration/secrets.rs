@@ -19,7 +19,8 @@ async fn trace_logs_hold_no_password() {
          [roles.{plain}]\nconnection = \"pg_plain\"\ncreation_statements = [{create:?}]\n",
         conn = pg_connection(&db, None),
         scram = pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
-        broken_role = pg_role(&broken, "1h", "2h", &[CREATE_ROLE, "GRANT SELECT ON no_such_table TO \"{{name}}\""]),
+        broken_role =
+            pg_role(&broken, "1h", "2h", &[CREATE_ROLE, "GRANT SELECT ON no_such_table TO \"{{name}}\""]),
         url = db.admin_url(),
         create = CREATE_ROLE,
     );

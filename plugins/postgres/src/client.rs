@@ -211,7 +211,8 @@ impl PgPlugin {
         // round trip of its own before it executes, which would let the
         // DROP ROLE below run first and leave the sessions unfindable.
         let literal = username.replace('\'', "''");
-        let terminate = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{literal}'");
+        let terminate =
+            format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{literal}'");
         let client: &tokio_postgres::Client = client;
         let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
             client.batch_execute(&nologin).boxed(),

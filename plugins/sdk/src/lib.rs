@@ -36,9 +36,9 @@ pub type RoleSettings = Arc<dyn Any + Send + Sync>;
 /// Returns the plugin's own settings type, or a permanent error when the
 /// broker handed over settings made by another plugin (a broker bug).
 pub fn downcast_role<T: Any + Send + Sync>(settings: &RoleSettings) -> Result<&T, PluginError> {
-    settings.downcast_ref::<T>().ok_or_else(|| PluginError::Internal {
-        message: "role settings belong to another plugin".into(),
-    })
+    settings
+        .downcast_ref::<T>()
+        .ok_or_else(|| PluginError::Internal { message: "role settings belong to another plugin".into() })
 }
 
 /// What a plugin can do beyond create and revoke.
@@ -115,10 +115,7 @@ pub struct LeaseRef<'a> {
 #[non_exhaustive]
 pub enum Credential {
     /// A database login.
-    Database {
-        username: String,
-        password: SecretString,
-    },
+    Database { username: String, password: SecretString },
     /// An AWS key pair, with a session token for STS credentials.
     Aws {
         access_key_id: String,
@@ -194,7 +191,11 @@ pub trait Plugin: Send + Sync + Debug {
     /// Operator action for a leaked credential the backend cannot revoke
     /// one by one (AWS: deny every session of a role issued before now).
     /// Returns a non-secret description of what was done.
-    async fn revoke_sessions(&self, role: &str, settings: &RoleSettings) -> Result<serde_json::Value, PluginError> {
+    async fn revoke_sessions(
+        &self,
+        role: &str,
+        settings: &RoleSettings,
+    ) -> Result<serde_json::Value, PluginError> {
         let _ = (role, settings);
         Err(PluginError::Unsupported { operation: "revoke_sessions" })
     }

@@ -52,7 +52,9 @@ pub enum TemplateError {
     #[error("the template must contain {{random}}")]
     NoRandom,
     /// The fixed parts leave fewer than [`MIN_RANDOM`] random characters.
-    #[error("the fixed parts take {fixed} of {max} bytes, leaving fewer than {MIN_RANDOM} random characters")]
+    #[error(
+        "the fixed parts take {fixed} of {max} bytes, leaving fewer than {MIN_RANDOM} random characters"
+    )]
     TooLong { fixed: usize, max: usize },
 }
 
@@ -156,17 +158,14 @@ impl UsernameTemplate {
 
 /// Lowercases a role name and maps anything outside `[a-z0-9_]` to `_`.
 fn sanitize(role: &str) -> String {
-    role.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect()
+    role.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
 /// A password of `len` alphanumeric characters from the OS CSPRNG.
 pub fn password(len: usize) -> SecretString {
     let mut rng = OsRng.unwrap_err();
-    let text: String = (0..len)
-        .map(|_| PASSWORD_ALPHABET[rng.random_range(0..PASSWORD_ALPHABET.len())] as char)
-        .collect();
+    let text: String =
+        (0..len).map(|_| PASSWORD_ALPHABET[rng.random_range(0..PASSWORD_ALPHABET.len())] as char).collect();
     SecretString::from(text)
 }
 

@@ -107,10 +107,7 @@ mod tests {
         .unwrap();
         assert!(t.uses(Placeholder::Password));
         let s = t.render(&Values { name: "v_x", password: Some("pw"), expiration: Some("2030-01-01") });
-        assert_eq!(
-            s.expose_secret(),
-            "CREATE ROLE \"v_x\" PASSWORD 'pw' VALID UNTIL '2030-01-01' -- v_x"
-        );
+        assert_eq!(s.expose_secret(), "CREATE ROLE \"v_x\" PASSWORD 'pw' VALID UNTIL '2030-01-01' -- v_x");
     }
 
     #[test]

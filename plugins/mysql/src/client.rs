@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use lessor_plugin::failure::{self, Context, Operation};
+use lessor_plugin::redact::Redactor;
 use lessor_plugin::template::{Template, Values};
 use lessor_plugin::{
     downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
@@ -37,7 +39,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, warn};
 
 use crate::config::{native_password_hash, Address, ConnectionSettings, MySqlPasswordEncoding, MySqlRole};
-use crate::error::{classify, code, is_already_gone, server_code, Context, Operation, Redactor};
+use crate::error::{classify, code, is_already_gone, server_code};
 
 /// How long getting an admin connection may take (waiting for a free one,
 /// or opening one) before the request fails as `Unavailable`.
@@ -334,20 +336,7 @@ impl MySqlPlugin {
     /// so a name that could close them is refused before anything is
     /// rendered.
     fn check_username(&self, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
-        let ok = !username.is_empty()
-            && username.len() <= self.max_username_len
-            && username.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok {
-            Ok(())
-        } else {
-            Err(PluginError::Internal {
-                message: format!(
-                    "{}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {} bytes)",
-                    cx.operation.as_str(),
-                    self.max_username_len
-                ),
-            })
-        }
+        failure::check_username(username, self.max_username_len, &[], cx)
     }
 }
 

@@ -10,11 +10,11 @@
 
 use std::fmt;
 
+use lessor_plugin::options::{optional_statements, parse_table, required_statements};
 use lessor_plugin::template::{Placeholder, Template};
 use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 /// MySQL's limit on user names (since 5.7.8; 16 before). MariaDB 10.11
@@ -134,19 +134,14 @@ impl MySqlRole {
         let prefix = format!("roles.{role}");
         let raw: MySqlRoleOptions = parse_table(options, &prefix)?;
         let key = |field: &str| format!("{prefix}.{field}");
-        if raw.creation_statements.is_empty() {
-            return Err(ConfigError::new(
-                key("creation_statements"),
-                "required: at least one statement, e.g. CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",
-            ));
-        }
-        let creation = templates(&key("creation_statements"), &raw.creation_statements)?;
-        let optional = |field: &str, list: &Option<Vec<String>>| match list {
-            None => Ok(None),
-            Some(list) if list.is_empty() => {
-                Err(ConfigError::new(key(field), "must not be empty; omit it to use the plugin's default"))
-            }
-            Some(list) => templates(&key(field), list).map(Some),
+        let creation = required_statements(
+            &key("creation_statements"),
+            &raw.creation_statements,
+            "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'",
+            "user",
+        )?;
+        let optional = |field: &str, list: &Option<Vec<String>>| {
+            optional_statements(&key(field), list.as_deref(), "user")
         };
         let role = Self {
             creation,
@@ -221,28 +216,6 @@ pub(crate) fn native_password_hash(password: &str) -> String {
         out.push_str(&format!("{byte:02X}"));
     }
     out
-}
-
-/// Parses a list of statements; a list that never says `{{name}}` cannot
-/// act on the lease's user, so it is refused.
-fn templates(key: &str, sources: &[String]) -> Result<Vec<Template>, ConfigError> {
-    let parsed = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            if s.trim().is_empty() {
-                return Err(ConfigError::new(key, format!("statement {} is empty", i + 1)));
-            }
-            Template::parse(s).map_err(|e| ConfigError::new(key, format!("statement {}: {e}", i + 1)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if !parsed.iter().any(|t| t.uses(Placeholder::Name)) {
-        return Err(ConfigError::new(
-            key,
-            "no statement uses {{name}} (or {{username}}), so none would act on the generated user",
-        ));
-    }
-    Ok(parsed)
 }
 
 /// Where the admin connections go.
@@ -436,29 +409,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// Deserializes a config table into `T` (all of whose fields have defaults)
-/// and, on failure, finds the key at fault by trying each key alone, so the
-/// error names `prefix.key` rather than the whole table.
-fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
-    let whole = match T::deserialize(toml::Value::Table(table.clone())) {
-        Ok(value) => return Ok(value),
-        Err(e) => e,
-    };
-    for (key, value) in table {
-        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-        if let Err(e) = T::deserialize(toml::Value::Table(alone)) {
-            let mut message = e.message().to_string();
-            if key.contains("password") {
-                message.push_str(
-                    "; the admin password belongs in password_file or password_env, never in the config",
-                );
-            }
-            return Err(ConfigError::new(format!("{prefix}.{key}"), message));
-        }
-    }
-    Err(ConfigError::new(prefix, whole.message()))
 }
 
 #[cfg(test)]

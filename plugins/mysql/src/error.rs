@@ -8,11 +8,9 @@
 //! scrubbed of the password: a syntax error quotes the text "near" where
 //! parsing stopped, which may be the very `IDENTIFIED BY '…'` we rendered.
 
+use lessor_plugin::failure::Context;
+use lessor_plugin::redact::Redactor;
 use lessor_plugin::PluginError;
-use secrecy::{ExposeSecret, SecretString};
-
-/// What replaces a secret in a message.
-pub(crate) const REDACTED: &str = "[redacted]";
 
 /// Server error codes the plugin acts on (MySQL's `ER_*`; MariaDB shares
 /// them).
@@ -52,90 +50,6 @@ pub(crate) mod code {
     pub const SESSION_WAS_KILLED: u16 = 3169;
     /// MySQL's `ER_USER_DOES_NOT_EXIST` (e.g. `SHOW GRANTS` for a missing user).
     pub const USER_DOES_NOT_EXIST: u16 = 3162;
-}
-
-/// What the plugin was doing when the server failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    Verify,
-    Create,
-    Renew,
-    Revoke,
-    ListUsers,
-}
-
-impl Operation {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Verify => "verify",
-            Self::Create => "create",
-            Self::Renew => "renew",
-            Self::Revoke => "revoke",
-            Self::ListUsers => "list users",
-        }
-    }
-}
-
-/// Where a failure happened, for the message: the operation, the username
-/// and which step (never the step's statement text).
-#[derive(Debug, Clone)]
-pub(crate) struct Context<'a> {
-    pub(crate) operation: Operation,
-    pub(crate) username: Option<&'a str>,
-    /// "creation statement 2 of 3", "DROP USER", …
-    pub(crate) step: Option<String>,
-    /// Whether the failing statement came from the role's config, so that a
-    /// syntax error there is the role's fault, not the backend's.
-    pub(crate) role_statement: bool,
-}
-
-impl<'a> Context<'a> {
-    pub(crate) fn new(operation: Operation, username: Option<&'a str>) -> Self {
-        Self { operation, username, step: None, role_statement: false }
-    }
-
-    pub(crate) fn step(&self, step: impl Into<String>, role_statement: bool) -> Self {
-        Self { step: Some(step.into()), role_statement, ..self.clone() }
-    }
-
-    pub(crate) fn prefix(&self) -> String {
-        let mut out = self.operation.as_str().to_string();
-        if let Some(u) = self.username {
-            out.push_str(&format!(" {u}"));
-        }
-        if let Some(s) = &self.step {
-            out.push_str(&format!(" ({s})"));
-        }
-        out
-    }
-}
-
-/// The values that must never appear in a message: the password (and the
-/// admin's). Held as [`SecretString`]s so our copies are zeroized too.
-#[derive(Debug, Default)]
-pub(crate) struct Redactor {
-    secrets: Vec<SecretString>,
-}
-
-impl Redactor {
-    pub(crate) fn new<'s>(secrets: impl IntoIterator<Item = &'s str>) -> Self {
-        let mut all: Vec<&str> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
-        // Longest first, so a secret that contains another is replaced whole.
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        all.dedup();
-        Self { secrets: all.into_iter().map(SecretString::from).collect() }
-    }
-
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            let secret = secret.expose_secret();
-            if out.contains(secret) {
-                out = out.replace(secret, REDACTED);
-            }
-        }
-        out
-    }
 }
 
 /// The server's error code, when the server answered with one.
@@ -206,6 +120,8 @@ pub(crate) fn is_already_gone(err: &mysql_async::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lessor_plugin::failure::Operation;
+    use lessor_plugin::redact::REDACTED;
 
     const PW: &str = "Zx9PassWordPlainText000000000000";
 

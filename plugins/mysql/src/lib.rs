@@ -11,7 +11,8 @@
 //!   statements with their rollback, the lock/kill/drop revocation and the
 //!   user listing for tidy, on MySQL and MariaDB alike;
 //! - `error`: how the servers' error codes map to the broker's retry/blame
-//!   classes, and the scrubbing that keeps passwords out of every message.
+//!   classes; messages are scrubbed of passwords with the SDK's
+//!   `lessor_plugin::redact`.
 //!
 //! Only the config types and the plugin are public; the broker talks to it
 //! through [`lessor_plugin::Plugin`].

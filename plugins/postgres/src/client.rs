@@ -21,6 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use lessor_plugin::failure::{self, Context, Operation};
+use lessor_plugin::redact::Redactor;
 use lessor_plugin::template::{Template, Values};
 use lessor_plugin::{
     downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
@@ -32,7 +34,7 @@ use tokio_postgres::NoTls;
 use tracing::debug;
 
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
-use crate::error::{classify, classify_pool, Context, Operation, Redactor};
+use crate::error::{classify, classify_pool, with_verifier_parts};
 use crate::scram;
 
 /// How long opening one admin connection may take.
@@ -336,7 +338,7 @@ impl Plugin for PgPlugin {
                 .unwrap_or_else(|| SecretString::from(scram::verifier(password))),
             PasswordEncoding::Plaintext => request.password.clone(),
         };
-        let redactor = Redactor::new([password, sent.expose_secret()]);
+        let redactor = Redactor::new(with_verifier_parts([password, sent.expose_secret()]));
         let expiration = format_expiration(request.expires_at);
         let values =
             Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
@@ -500,20 +502,9 @@ pub(crate) fn quote_ident(ident: &str) -> String {
 
 /// Templates paste the username raw between the operator's own quotes, so
 /// a name that could close them is refused before anything is rendered.
+/// `-` and `.` are accepted too: inside double quotes they are plain characters.
 fn check_username(username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
-    let ok = !username.is_empty()
-        && username.len() <= MAX_USERNAME_LEN
-        && username.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(PluginError::Internal {
-            message: format!(
-                "{}: username {username:?} is not usable in a statement template (use a-z, 0-9 and _, at most {MAX_USERNAME_LEN} bytes)",
-                cx.operation.as_str()
-            ),
-        })
-    }
+    failure::check_username(username, MAX_USERNAME_LEN, b"-.", cx)
 }
 
 fn is_undefined_object(e: &tokio_postgres::Error) -> bool {

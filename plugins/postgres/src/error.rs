@@ -9,107 +9,25 @@
 //! failed cast of a literal, quotes the very text we rendered.
 
 use deadpool_postgres::{PoolError, TimeoutType};
+use lessor_plugin::failure::Context;
+use lessor_plugin::redact::Redactor;
 use lessor_plugin::PluginError;
-use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
 
-/// What replaces a secret in a message.
-pub(crate) const REDACTED: &str = "[redacted]";
-
-/// What the plugin was doing when PostgreSQL failed; names the failure and
-/// decides how a few SQLSTATEs read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
-    Verify,
-    Create,
-    Renew,
-    Revoke,
-    ListUsers,
-}
-
-impl Operation {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Verify => "verify",
-            Self::Create => "create",
-            Self::Renew => "renew",
-            Self::Revoke => "revoke",
-            Self::ListUsers => "list users",
+/// The secrets to redact, with a SCRAM verifier's parts (salt, keys) added
+/// one by one, in case a message quotes only a fragment.
+pub(crate) fn with_verifier_parts<'s>(secrets: impl IntoIterator<Item = &'s str>) -> Vec<&'s str> {
+    let mut all: Vec<&str> = Vec::new();
+    for secret in secrets {
+        if secret.is_empty() {
+            continue;
+        }
+        all.push(secret);
+        if let Some(rest) = secret.strip_prefix("SCRAM-SHA-256$") {
+            all.extend(rest.split(['$', ':']).filter(|part| part.len() >= 8));
         }
     }
-}
-
-/// Where a failure happened, for the message: the operation, the username
-/// and which step (never the step's statement text).
-#[derive(Debug, Clone)]
-pub(crate) struct Context<'a> {
-    pub(crate) operation: Operation,
-    pub(crate) username: Option<&'a str>,
-    /// "creation statement 2 of 3", "DROP OWNED", …
-    pub(crate) step: Option<String>,
-    /// Whether the failing statement came from the role's config, so that a
-    /// syntax error there is the role's fault, not the backend's.
-    pub(crate) role_statement: bool,
-}
-
-impl<'a> Context<'a> {
-    pub(crate) fn new(operation: Operation, username: Option<&'a str>) -> Self {
-        Self { operation, username, step: None, role_statement: false }
-    }
-
-    pub(crate) fn step(&self, step: impl Into<String>, role_statement: bool) -> Self {
-        Self { step: Some(step.into()), role_statement, ..self.clone() }
-    }
-
-    fn prefix(&self) -> String {
-        let mut out = self.operation.as_str().to_string();
-        if let Some(u) = self.username {
-            out.push_str(&format!(" {u}"));
-        }
-        if let Some(s) = &self.step {
-            out.push_str(&format!(" ({s})"));
-        }
-        out
-    }
-}
-
-/// The values that must never appear in a message: the password and what
-/// was sent in its place. A SCRAM verifier's parts (salt, keys) are
-/// redacted one by one too, in case a message quotes only a fragment.
-/// Held as [`SecretString`]s so our copies are zeroized too.
-#[derive(Debug, Default)]
-pub(crate) struct Redactor {
-    secrets: Vec<SecretString>,
-}
-
-impl Redactor {
-    pub(crate) fn new<'s>(secrets: impl IntoIterator<Item = &'s str>) -> Self {
-        let mut all: Vec<&str> = Vec::new();
-        for secret in secrets {
-            if secret.is_empty() {
-                continue;
-            }
-            all.push(secret);
-            if let Some(rest) = secret.strip_prefix("SCRAM-SHA-256$") {
-                all.extend(rest.split(['$', ':']).filter(|part| part.len() >= 8));
-            }
-        }
-        // Longest first, so a secret that contains another is replaced whole.
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        all.dedup();
-        Self { secrets: all.into_iter().map(SecretString::from).collect() }
-    }
-
-    pub(crate) fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            let secret = secret.expose_secret();
-            if out.contains(secret) {
-                out = out.replace(secret, REDACTED);
-            }
-        }
-        out
-    }
+    all
 }
 
 /// Classifies a failed statement or connection.
@@ -190,6 +108,8 @@ fn is_concurrent_update(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lessor_plugin::failure::Operation;
+    use lessor_plugin::redact::REDACTED;
 
     const PW: &str = "Zx9PassWordPlainText000000000000";
 
@@ -237,7 +157,7 @@ mod tests {
     #[test]
     fn scrubs_password_and_verifier_everywhere() {
         let v = verifier();
-        let redactor = Redactor::new([PW, v.as_str()]);
+        let redactor = Redactor::new(with_verifier_parts([PW, v.as_str()]));
         let cx = Context::new(Operation::Create, Some("v_app_abc")).step("creation statement 1 of 2", true);
         let e = classify_db(
             &SqlState::INVALID_TEXT_REPRESENTATION,

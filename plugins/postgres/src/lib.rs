@@ -9,8 +9,8 @@
 //! - `client`: [`PgPlugin`], the engine: the admin pool, the creation
 //!   transaction, the renew statement and the step-by-step revocation;
 //! - `error`: how PostgreSQL's failures map to the broker's retry/blame
-//!   classes, and the scrubbing that keeps passwords and SCRAM verifiers
-//!   out of every message.
+//!   classes, and the SCRAM verifier parts that the SDK's
+//!   `lessor_plugin::redact` scrubs from every message with the password.
 //!
 //! Only the config types and the plugin are public; the broker talks to it
 //! through [`lessor_plugin::Plugin`].

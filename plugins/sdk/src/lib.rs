@@ -11,10 +11,17 @@
 //!   who is at fault, so the broker can decide between retry, 4xx and 502;
 //! - [`names`]: username and password generation, shared so every backend
 //!   gets the same safe alphabet and the same truncation rules;
-//! - [`template`]: Vault-compatible statement templates (`{{name}}`, …).
+//! - [`template`]: Vault-compatible statement templates (`{{name}}`, …);
+//! - [`options`]: a plugin's own config keys parsed into typed settings and
+//!   statement lists, with errors that name the key;
+//! - [`failure`] and [`redact`]: what the SQL plugins share when they turn
+//!   a backend's failure into a message (where it happened, no secrets).
 
 pub mod error;
+pub mod failure;
 pub mod names;
+pub mod options;
+pub mod redact;
 pub mod template;
 
 use std::any::Any;

@@ -69,8 +69,8 @@ async fn client_hanging_up_mid_request_leaves_no_orphans() {
         stream.write_all(request.as_bytes()).await.unwrap();
         streams.push(stream);
     }
-    wait_for("the issuances to reach the backend", Duration::from_secs(10), || async {
-        (daemon.metric("lessor_issuances_in_flight").await >= 1.0).then_some(())
+    wait_for("all ten issuances to be under way", Duration::from_secs(10), || async {
+        (daemon.metric("lessor_issuances_in_flight").await >= 10.0).then_some(())
     })
     .await;
     drop(streams);

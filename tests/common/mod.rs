@@ -329,6 +329,45 @@ impl Drop for Daemon {
     }
 }
 
+/// Kills the daemon with SIGKILL at a random moment of a burst of
+/// issuances of `role`, `rounds` times; after each restart, the backend's
+/// users (as `backend_users` lists them) must be exactly the active leases'.
+/// Fails if no issuance ever succeeded, so the test cannot pass vacuously.
+pub async fn kill_9_during_bursts<F, Fut>(daemon: &mut Daemon, role: &str, rounds: usize, backend_users: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = BTreeSet<String>>,
+{
+    use rand::Rng;
+    for round in 0..rounds {
+        let mut burst = Vec::new();
+        for _ in 0..12 {
+            let client = daemon.client();
+            let role = role.to_string();
+            burst.push(tokio::spawn(async move {
+                // Keep asking until the daemon dies under us.
+                while let Ok(r) = client.creds(&role, None).await {
+                    assert!(r.status == 200 || r.status >= 500, "{:?}", r.body);
+                }
+            }));
+        }
+        let wait = rand::rng().random_range(50..1000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        daemon.kill9();
+        for task in burst {
+            task.await.unwrap();
+        }
+        daemon.spawn().await;
+        let active = daemon.settled_active_usernames().await;
+        let users = backend_users().await;
+        let orphans: Vec<_> = users.difference(&active).collect();
+        assert!(orphans.is_empty(), "round {round}: backend users without an active lease: {orphans:?}");
+        let missing: Vec<_> = active.difference(&users).collect();
+        assert!(missing.is_empty(), "round {round}: active leases without a backend user: {missing:?}");
+    }
+    assert!(!backend_users().await.is_empty(), "no issuance ever succeeded: {}", daemon.log());
+}
+
 /// A TCP proxy in front of PostgreSQL that can be cut and restored, to
 /// simulate an outage of one backend without stopping the shared cluster.
 pub struct Proxy {

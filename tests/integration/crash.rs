@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -21,34 +20,7 @@ async fn kill_9_during_issuance_leaves_no_orphans() {
         pg_role(&role, "1h", "2h", &[CREATE_ROLE, "SELECT pg_sleep(0.02)"])
     );
     let mut daemon = Daemon::start(&db, &body).await;
-    let rounds = 10;
-    for round in 0..rounds {
-        let mut burst = Vec::new();
-        for _ in 0..12 {
-            let client = daemon.client();
-            let role = role.clone();
-            burst.push(tokio::spawn(async move {
-                // Keep asking until the daemon dies under us.
-                while let Ok(r) = client.creds(&role, None).await {
-                    assert!(r.status == 200 || r.status >= 500, "{:?}", r.body);
-                }
-            }));
-        }
-        let wait = rand::rng().random_range(50..1000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        daemon.kill9();
-        for task in burst {
-            task.await.unwrap();
-        }
-        daemon.spawn().await;
-        let active = daemon.settled_active_usernames().await;
-        let roles = db.roles_with_prefix(&prefix).await;
-        let orphans: Vec<_> = roles.difference(&active).collect();
-        assert!(orphans.is_empty(), "round {round}: roles without an active lease: {orphans:?}");
-        let missing: Vec<_> = active.difference(&roles).collect();
-        assert!(missing.is_empty(), "round {round}: active leases without a role: {missing:?}");
-    }
-    assert!(!db.roles_with_prefix(&prefix).await.is_empty(), "no issuance ever succeeded: {}", daemon.log());
+    kill_9_during_bursts(&mut daemon, &role, 10, || db.roles_with_prefix(&prefix)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@
 
 use std::fmt;
 
-use lessor_plugin::options::{optional_statements, parse_table, required_statements};
-use lessor_plugin::template::{Placeholder, Template};
+use lessor_plugin::options::{check_placeholders, optional_statements, parse_table, required_statements};
+use lessor_plugin::template::Template;
 use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
@@ -149,20 +149,11 @@ impl MySqlRole {
             renew: optional("renew_statements", &raw.renew_statements)?,
             rollback: optional("rollback_statements", &raw.rollback_statements)?,
         };
-        // Only creation statements may see the password: the others run
-        // without it and would silently render it empty.
-        for (field, list) in [
-            ("revocation_statements", &role.revocation),
-            ("renew_statements", &role.renew),
-            ("rollback_statements", &role.rollback),
-        ] {
-            if let Some(i) = list.iter().flatten().position(|t| t.uses(Placeholder::Password)) {
-                return Err(ConfigError::new(
-                    key(field),
-                    format!("statement {}: {{{{password}}}} is only known to creation_statements", i + 1),
-                ));
-            }
-        }
+        check_placeholders(&[
+            (&key("revocation_statements"), "revocation_statements", role.revocation.as_deref()),
+            (&key("renew_statements"), "renew_statements", role.renew.as_deref()),
+            (&key("rollback_statements"), "rollback_statements", role.rollback.as_deref()),
+        ])?;
         Ok(role)
     }
 }

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use lessor_plugin::options::{optional_statements, parse_table, required_statements};
+use lessor_plugin::options::{check_placeholders, optional_statements, parse_table, required_statements};
 use lessor_plugin::template::Template;
 use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
@@ -93,12 +93,18 @@ impl PgRole {
         let optional = |field: &str, list: &Option<Vec<String>>| {
             optional_statements(&key(field), list.as_deref(), "role")
         };
-        Ok(Self {
+        let role = Self {
             creation,
             revocation: optional("revocation_statements", &raw.revocation_statements)?,
             renew: optional("renew_statements", &raw.renew_statements)?,
             rollback: optional("rollback_statements", &raw.rollback_statements)?,
-        })
+        };
+        check_placeholders(&[
+            (&key("revocation_statements"), "revocation_statements", role.revocation.as_deref()),
+            (&key("renew_statements"), "renew_statements", role.renew.as_deref()),
+            (&key("rollback_statements"), "rollback_statements", role.rollback.as_deref()),
+        ])?;
+        Ok(role)
     }
 }
 

@@ -87,10 +87,59 @@ pub fn statements(key: &str, sources: &[String], subject: &str) -> Result<Vec<Te
     Ok(parsed)
 }
 
+/// Refuses placeholders a statement list will never have a value for, so
+/// they do not silently render empty: `{{password}}` is known only to
+/// creation statements, `{{expiration}}` only to creation and renewal.
+/// `lists` holds `(dotted key, field, parsed statements)`.
+pub fn check_placeholders(lists: &[(&str, &str, Option<&[Template]>)]) -> Result<(), ConfigError> {
+    for (key, field, list) in lists {
+        let unknown: &[(Placeholder, &str)] = match *field {
+            "renew_statements" => {
+                &[(Placeholder::Password, "{{password}} is only known to creation_statements")]
+            }
+            "revocation_statements" | "rollback_statements" => &[
+                (Placeholder::Password, "{{password}} is only known to creation_statements"),
+                (Placeholder::Expiration, "{{expiration}} is only known to creation and renew statements"),
+            ],
+            _ => &[],
+        };
+        for (i, template) in list.iter().flat_map(|l| l.iter()).enumerate() {
+            if let Some((_, why)) = unknown.iter().find(|(p, _)| template.uses(*p)) {
+                return Err(ConfigError::new(*key, format!("statement {}: {why}", i + 1)));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn placeholders_without_a_value_are_refused() {
+        let parse = |sql: &str| vec![Template::parse(sql).unwrap()];
+        let renew = parse("ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'");
+        let revoke = parse("DROP ROLE \"{{name}}\"");
+        assert_eq!(
+            check_placeholders(&[
+                ("roles.r.renew_statements", "renew_statements", Some(&renew)),
+                ("roles.r.revocation_statements", "revocation_statements", Some(&revoke)),
+                ("roles.r.rollback_statements", "rollback_statements", None),
+            ]),
+            Ok(())
+        );
+        let bad = parse("ALTER ROLE \"{{name}}\" PASSWORD '{{password}}'");
+        let e =
+            check_placeholders(&[("roles.r.renew_statements", "renew_statements", Some(&bad))]).unwrap_err();
+        assert_eq!(e.key, "roles.r.renew_statements");
+        assert!(e.message.contains("{{password}} is only known to creation_statements"), "{e}");
+        let e =
+            check_placeholders(&[("roles.r.revocation_statements", "revocation_statements", Some(&renew))])
+                .unwrap_err();
+        assert!(e.message.contains("statement 1: {{expiration}}"), "{e}");
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -274,6 +274,9 @@ impl Broker {
                 }
                 LeaseState::Revoking | LeaseState::Irrevocable => {
                     retry += 1;
+                    if lease.state == LeaseState::Irrevocable {
+                        self.metrics.irrevocable_now.fetch_add(1, Ordering::Relaxed);
+                    }
                     now
                 }
                 LeaseState::Revoked => continue,
@@ -560,8 +563,13 @@ impl Broker {
         }
         match self.revoke_now(id, false).await {
             Err(BrokerError::Backend { .. }) if force => {
+                let _lock = self.locks.lock(id).await;
                 self.index.remove(id);
-                self.store.write(Write::Delete { id: id.clone() }).await?;
+                let was_irrevocable =
+                    self.store.get(id).await?.is_some_and(|l| l.state == LeaseState::Irrevocable);
+                if self.store.write(Write::Delete { id: id.clone() }).await? && was_irrevocable {
+                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
+                }
                 warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
                 Ok(Revocation::Forced)
             }
@@ -631,6 +639,9 @@ impl Broker {
                 self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
                 retry.armed = false;
                 Metrics::inc(&self.metrics.revoked);
+                if lease.state == LeaseState::Irrevocable {
+                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
+                }
                 // Rollbacks of failed issuances are not expiries.
                 if expired && lease.state != LeaseState::Pending {
                     let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
@@ -645,6 +656,7 @@ impl Broker {
                 Metrics::inc(&self.metrics.revoke_failures);
                 if irrevocable && lease.state != LeaseState::Irrevocable {
                     Metrics::inc(&self.metrics.irrevocable);
+                    Metrics::inc(&self.metrics.irrevocable_now);
                 }
                 let write = Write::RevokeFailed {
                     id: id.clone(),

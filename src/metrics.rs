@@ -18,6 +18,8 @@ pub struct Metrics {
     pub revoke_failures: AtomicU64,
     /// Leases that reached `irrevocable`.
     pub irrevocable: AtomicU64,
+    /// Leases that are `irrevocable` now (a gauge, rebuilt at start-up).
+    pub irrevocable_now: AtomicU64,
     /// Pending leases rolled back (at start-up or after a failed issuance).
     pub rolled_back: AtomicU64,
     /// Sum and count of revocation lateness (revoked_at − expires_at), in ms,
@@ -84,6 +86,12 @@ impl Metrics {
             "# HELP lessor_revocation_lateness_ms_max Latest revocation after expiry, in milliseconds.\n\
              # TYPE lessor_revocation_lateness_ms_max gauge\nlessor_revocation_lateness_ms_max {}",
             get(&self.lateness_ms_max)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lessor_leases_irrevocable Leases flagged irrevocable now, still retried hourly.\n\
+             # TYPE lessor_leases_irrevocable gauge\nlessor_leases_irrevocable {}",
+            get(&self.irrevocable_now)
         );
         let _ = writeln!(
             out,

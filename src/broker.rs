@@ -143,7 +143,6 @@ fn current_uid() -> u32 {
 #[derive(Debug)]
 struct Backend {
     connection: Connection,
-    name: Arc<str>,
     /// Admin connections for revocations, kept apart from issuance so a
     /// burst of issuances cannot starve revocation (and the reverse).
     revocations: Arc<Semaphore>,
@@ -181,7 +180,6 @@ impl Broker {
             .map(|(name, connection)| {
                 let backend = Backend {
                     connection: connection.clone(),
-                    name: Arc::from(name.as_str()),
                     revocations: Arc::new(Semaphore::new(connection.revocation_workers)),
                     issuance: Arc::new(Semaphore::new(
                         connection.max_connections.saturating_sub(connection.revocation_workers).max(1),
@@ -258,7 +256,6 @@ impl Broker {
         let now = Utc::now();
         let (mut pending, mut active, mut retry) = (0usize, 0usize, 0usize);
         for lease in leases {
-            let connection = self.connection_name(&lease.connection);
             let at = match lease.state {
                 LeaseState::Active => {
                     active += 1;
@@ -281,15 +278,11 @@ impl Broker {
                 }
                 LeaseState::Revoked => continue,
             };
-            self.index.schedule(lease.id, connection, at);
+            self.index.schedule(lease.id, at);
         }
         self.ready.store(true, Ordering::Release);
         info!(pending, active, retry, "start-up recovery done; ready");
         Ok(())
-    }
-
-    fn connection_name(&self, name: &str) -> Arc<str> {
-        self.backends.get(name).map_or_else(|| Arc::from(name), |b| b.name.clone())
     }
 
     fn role(&self, name: &str) -> Result<&Role, BrokerError> {
@@ -355,7 +348,7 @@ impl Broker {
             Err(source) => {
                 Metrics::inc(&self.metrics.issue_failures);
                 warn!(lease = %lease.id, role = %role.name, error = %source, "issuance failed; rolling back");
-                self.index.schedule(lease.id.clone(), backend.name.clone(), Utc::now());
+                self.index.schedule(lease.id.clone(), Utc::now());
                 return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
             }
         };
@@ -368,10 +361,10 @@ impl Broker {
         if let Err(e) = self.store.write(activated).await {
             // The credential exists but its lease could not be marked active:
             // take it back rather than hand out something we cannot track.
-            self.index.schedule(lease.id.clone(), backend.name.clone(), Utc::now());
+            self.index.schedule(lease.id.clone(), Utc::now());
             return Err(e.into());
         }
-        self.index.schedule(lease.id.clone(), backend.name.clone(), expires_at);
+        self.index.schedule(lease.id.clone(), expires_at);
         Metrics::inc(&self.metrics.issued);
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =
@@ -526,7 +519,7 @@ impl Broker {
                 message: "the lease was revoked while renewing".into(),
             });
         }
-        self.index.schedule(id.clone(), backend.name.clone(), expires_at);
+        self.index.schedule(id.clone(), expires_at);
         Metrics::inc(&self.metrics.renewed);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })
@@ -605,12 +598,11 @@ impl Broker {
     async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
         let _lock = self.locks.lock(id).await;
         self.index.remove(id);
-        let mut retry = Reschedule { index: &self.index, id, connection: Arc::from(""), armed: true };
+        let mut retry = Reschedule { index: &self.index, id, armed: true };
         let Some(lease) = self.store.get(id).await? else {
             retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
         };
-        retry.connection = self.connection_name(&lease.connection);
         if lease.state == LeaseState::Revoked {
             retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
@@ -618,7 +610,7 @@ impl Broker {
         if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
             // Renewed while this attempt waited for the lock: not due yet.
             retry.armed = false;
-            self.index.schedule(id.clone(), retry.connection.clone(), lease.expires_at);
+            self.index.schedule(id.clone(), lease.expires_at);
             return Ok(Revocation::NotDue);
         }
         if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
@@ -669,7 +661,7 @@ impl Broker {
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-                self.index.schedule(id.clone(), retry.connection.clone(), at);
+                self.index.schedule(id.clone(), at);
                 Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
             }
         }
@@ -681,11 +673,11 @@ impl Broker {
         loop {
             let due = self.index.pop_due(Utc::now(), 1024);
             let more = due.len() == 1024;
-            for item in due {
+            for id in due {
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     // Failures are recorded and rescheduled inside.
-                    let _ = me.revoke_now(&item.id, true).await;
+                    let _ = me.revoke_now(&id, true).await;
                 });
             }
             if more {
@@ -718,11 +710,6 @@ impl Broker {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-    }
-
-    /// The deadline a lease is scheduled for, if any (for tests and `show`).
-    pub fn deadline_of(&self, id: &LeaseId) -> Option<DateTime<Utc>> {
-        self.index.deadline_of(id)
     }
 }
 
@@ -758,7 +745,6 @@ impl Drop for InFlight<'_> {
 struct Reschedule<'a> {
     index: &'a ExpiryIndex,
     id: &'a LeaseId,
-    connection: Arc<str>,
     armed: bool,
 }
 
@@ -767,7 +753,7 @@ impl Drop for Reschedule<'_> {
         if self.armed {
             let wait = expiry::backoff(3);
             let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
-            self.index.schedule(self.id.clone(), self.connection.clone(), at);
+            self.index.schedule(self.id.clone(), at);
         }
     }
 }

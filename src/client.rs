@@ -156,17 +156,6 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Response, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // The connection task drives the socket; it ends when `sender` is
-        // dropped or the daemon closes. Its own error, if any, also reaches
-        // `send_request`, which is where it is reported.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-
         let builder = Request::builder()
             .method(method)
             .uri(path)
@@ -178,16 +167,7 @@ impl Client {
                 .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("a JSON value serializes"))))?,
             None => builder.body(Full::new(Bytes::new()))?,
         };
-
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let is_json = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
-        let bytes = response.into_body().collect().await?.to_bytes();
-
+        let (status, is_json, bytes) = self.exchange(request).await?;
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -208,25 +188,40 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<Response, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, "localhost")
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let (status, _, bytes) = self.exchange(request).await?;
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok(Response { status, body })
+    }
+
+    /// One request on a fresh connection: the status, whether the body is
+    /// labelled JSON (or unlabelled), and the body.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, bool, Bytes), ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // The connection task drives the socket; it ends when `sender` is
+        // dropped or the daemon closes. Its own error, if any, also reaches
+        // `send_request`, which is where it is reported.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, is_json, bytes))
     }
 
     /// `POST /v1/creds/{role}`: issue a credential, with an optional TTL

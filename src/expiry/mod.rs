@@ -10,7 +10,7 @@
 //! and every critical section is a few map operations.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -39,16 +39,9 @@ pub fn backoff(attempts: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
-/// One due lease: its id and the connection whose workers revoke it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    pub id: LeaseId,
-    pub connection: Arc<str>,
-}
-
 #[derive(Debug, Default)]
 struct Inner {
-    by_time: BTreeMap<(DateTime<Utc>, u64), Due>,
+    by_time: BTreeMap<(DateTime<Utc>, u64), LeaseId>,
     by_id: HashMap<LeaseId, (DateTime<Utc>, u64)>,
     seq: u64,
 }
@@ -66,7 +59,7 @@ impl ExpiryIndex {
     }
 
     /// Schedules (or moves) `id` to fall due at `at`.
-    pub fn schedule(&self, id: LeaseId, connection: Arc<str>, at: DateTime<Utc>) {
+    pub fn schedule(&self, id: LeaseId, at: DateTime<Utc>) {
         let wake = {
             let mut inner = self.inner.lock().unwrap();
             if let Some(old) = inner.by_id.remove(&id) {
@@ -76,7 +69,7 @@ impl ExpiryIndex {
             let key = (at, inner.seq);
             let earliest = inner.by_time.keys().next().is_none_or(|first| key < *first);
             inner.by_id.insert(id.clone(), key);
-            inner.by_time.insert(key, Due { id, connection });
+            inner.by_time.insert(key, id);
             earliest
         };
         if wake {
@@ -94,7 +87,7 @@ impl ExpiryIndex {
     }
 
     /// Takes up to `max` leases due at or before `now`, earliest first.
-    pub fn pop_due(&self, now: DateTime<Utc>, max: usize) -> Vec<Due> {
+    pub fn pop_due(&self, now: DateTime<Utc>, max: usize) -> Vec<LeaseId> {
         let mut inner = self.inner.lock().unwrap();
         let mut out = Vec::new();
         while out.len() < max {
@@ -103,7 +96,7 @@ impl ExpiryIndex {
                 break;
             }
             let due = inner.by_time.remove(&key).expect("key just seen");
-            inner.by_id.remove(&due.id);
+            inner.by_id.remove(&due);
             out.push(due);
         }
         out
@@ -112,11 +105,6 @@ impl ExpiryIndex {
     /// The earliest deadline, if any.
     pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
         self.inner.lock().unwrap().by_time.keys().next().map(|(at, _)| *at)
-    }
-
-    /// When `id` falls due, if it is scheduled.
-    pub fn deadline_of(&self, id: &LeaseId) -> Option<DateTime<Utc>> {
-        self.inner.lock().unwrap().by_id.get(id).map(|(at, _)| *at)
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +130,8 @@ pub fn instant_of(at: DateTime<Utc>) -> tokio::time::Instant {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn id(n: u32) -> LeaseId {
@@ -151,17 +141,16 @@ mod tests {
     #[test]
     fn pops_in_deadline_order_and_moves_on_reschedule() {
         let index = ExpiryIndex::new();
-        let conn: Arc<str> = Arc::from("c");
         let t0 = Utc::now();
-        index.schedule(id(1), conn.clone(), t0 + chrono::Duration::seconds(30));
-        index.schedule(id(2), conn.clone(), t0 + chrono::Duration::seconds(10));
-        index.schedule(id(3), conn.clone(), t0 + chrono::Duration::seconds(20));
+        index.schedule(id(1), t0 + chrono::Duration::seconds(30));
+        index.schedule(id(2), t0 + chrono::Duration::seconds(10));
+        index.schedule(id(3), t0 + chrono::Duration::seconds(20));
         assert_eq!(index.next_deadline(), Some(t0 + chrono::Duration::seconds(10)));
         // A renewal moves lease 2 past lease 1.
-        index.schedule(id(2), conn.clone(), t0 + chrono::Duration::seconds(40));
+        index.schedule(id(2), t0 + chrono::Duration::seconds(40));
         assert_eq!(index.len(), 3);
         let due = index.pop_due(t0 + chrono::Duration::seconds(35), 10);
-        assert_eq!(due.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), vec![id(3), id(1)]);
+        assert_eq!(due, vec![id(3), id(1)]);
         assert!(index.remove(&id(2)));
         assert!(!index.remove(&id(2)));
         assert!(index.is_empty());
@@ -170,10 +159,9 @@ mod tests {
     #[test]
     fn pop_due_respects_max() {
         let index = ExpiryIndex::new();
-        let conn: Arc<str> = Arc::from("c");
         let past = Utc::now() - chrono::Duration::seconds(1);
         for n in 0..10 {
-            index.schedule(id(n), conn.clone(), past);
+            index.schedule(id(n), past);
         }
         assert_eq!(index.pop_due(Utc::now(), 4).len(), 4);
         assert_eq!(index.len(), 6);
@@ -193,14 +181,13 @@ mod tests {
     #[tokio::test]
     async fn earlier_deadline_wakes_the_sleeper() {
         let index = Arc::new(ExpiryIndex::new());
-        let conn: Arc<str> = Arc::from("c");
-        index.schedule(id(1), conn.clone(), Utc::now() + chrono::Duration::hours(1));
+        index.schedule(id(1), Utc::now() + chrono::Duration::hours(1));
         index.changed().await; // the first schedule stored a wake-up
         let waiter = tokio::spawn({
             let index = index.clone();
             async move { index.changed().await }
         });
-        index.schedule(id(2), conn, Utc::now());
+        index.schedule(id(2), Utc::now());
         tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

@@ -130,12 +130,20 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
 }
 
 /// Binds the Unix socket. A socket file left by a dead daemon is replaced;
-/// one a live daemon answers on is refused.
+/// one a live daemon answers on is refused, and so is anything at the path
+/// that is not a socket: start-up never deletes what is not its own.
 async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket: refusing to replace it (remove it, or set server.socket elsewhere)",
+                path.display()
+            );
+        }
         match tokio::time::timeout(StdDuration::from_secs(2), UnixStream::connect(path)).await {
             Ok(Ok(_)) => bail!("another lessor is already listening on {}", path.display()),
             _ => {
@@ -152,32 +160,55 @@ async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Crates whose debug and trace output can carry secrets: the database
+/// drivers print statement text (a creation statement holds a password or
+/// its SCRAM verifier), and the AWS SDK traces requests and responses with
+/// signing material and session tokens in their headers.
+const QUIET_TARGETS: &[&str] = &[
+    "tokio_postgres",
+    "postgres_protocol",
+    "deadpool_postgres",
+    "mysql_async",
+    "mysql_common",
+    "aws_config",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sdk_sts",
+    "aws_sdk_iam",
+    "aws_credential_types",
+];
+
+/// Whether an event may be logged whatever `LESSOR_LOG` says: anything
+/// from a [`QUIET_TARGETS`] crate (or one of its modules) only at `warn`
+/// and above.
+fn allowed_whatever_the_filter(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let quiet = QUIET_TARGETS.iter().any(|crate_name| {
+        target.strip_prefix(crate_name).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    });
+    !quiet || *meta.level() <= tracing::Level::WARN
+}
+
 /// Logs go to stderr, filtered by `LESSOR_LOG` (default `info`). The
-/// database drivers are held at `info` whatever the filter says: at debug
-/// they print statement text, and a creation statement carries a password
-/// (or its SCRAM verifier).
+/// [`QUIET_TARGETS`] are capped at `warn` by a second filter applied after
+/// it, so no directive, however specific (`tokio_postgres::query=trace`),
+/// can turn their statement logging on.
 fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // The AWS SDK traces requests and responses at debug, with signing
-    // material and session tokens in their headers: held at info too.
-    let aws = ["aws_config", "aws_runtime", "aws_sigv4", "aws_smithy_runtime", "aws_smithy_runtime_api"]
-        .into_iter()
-        .chain(["aws_smithy_http_client", "aws_sdk_sts", "aws_sdk_iam", "aws_credential_types"])
-        .map(|target| format!("{target}=info"));
-    for quiet in ["tokio_postgres=info", "postgres_protocol=info", "mysql_async=info", "mysql_common=info"]
-        .map(String::from)
-        .into_iter()
-        .chain(aws)
-    {
-        filter = filter.add_directive(quiet.parse().expect("valid directive"));
-    }
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter, Layer};
+    let env = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let quiet = filter::filter_fn(allowed_whatever_the_filter);
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter::FilterExt::and(env, quiet));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 async fn wait_for_signal() {

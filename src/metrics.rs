@@ -22,6 +22,9 @@ pub struct Metrics {
     pub irrevocable_now: AtomicU64,
     /// Pending leases rolled back (at start-up or after a failed issuance).
     pub rolled_back: AtomicU64,
+    /// Credentials made for a caller that was gone by then (it hung up, or
+    /// its request timed out), revoked at once.
+    pub undelivered: AtomicU64,
     /// Sum and count of revocation lateness (revoked_at − expires_at), in ms,
     /// for revocations triggered by expiry.
     pub lateness_ms_sum: AtomicU64,
@@ -70,6 +73,11 @@ impl Metrics {
         counter("lessor_revoke_failures_total", "Failed revocation attempts.", get(&self.revoke_failures));
         counter("lessor_leases_irrevocable_total", "Leases flagged irrevocable.", get(&self.irrevocable));
         counter("lessor_leases_rolled_back_total", "Pending leases rolled back.", get(&self.rolled_back));
+        counter(
+            "lessor_undelivered_revoked_total",
+            "Credentials revoked at once because the caller was gone when they were made.",
+            get(&self.undelivered),
+        );
         counter(
             "lessor_revocation_lateness_ms_sum",
             "Sum of revocation lateness after expiry, in milliseconds.",

@@ -11,9 +11,10 @@
 //!
 //! 1. its name starts with the connection's `tidy_prefix`, the name space
 //!    lessor owns there (never the admin user, checked at load);
-//! 2. no lease in the store names it, in any state and on any connection:
-//!    a `pending` lease is written before its user is created, a `revoked`
-//!    one is left alone until the broker purges it;
+//! 2. no lease in the store covers it, on any connection: a lease in any
+//!    state but `revoked` does (a `pending` lease is written before its user
+//!    is created), and so does one revoked less than `tidy_grace` ago; a
+//!    user whose lease was revoked longer ago should not exist at all;
 //! 3. it is older than `tidy_grace`: by the backend's own creation time
 //!    when it keeps one (MySQL, MariaDB), otherwise by when this daemon's
 //!    tidy first saw it (PostgreSQL).
@@ -103,9 +104,6 @@ pub fn check_settings(key: &str, connection: &ConnectionConfig) -> Result<Option
                 format!("{prefix:?} matches the admin user {admin:?} of this connection: tidy would drop it"),
             ));
         }
-    }
-    if connection.tidy_interval.as_std() < StdDuration::from_secs(1) {
-        return Err(ConfigError::new(format!("{key}.tidy_interval"), "must be at least 1s"));
     }
     Ok(Some(TidySettings {
         prefix: prefix.to_string(),
@@ -275,7 +273,10 @@ impl Tidy {
         let users: Vec<_> = users.into_iter().filter(|u| u.name.starts_with(prefix.as_str())).collect();
         // 2. Then the store.
         let names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
-        let leased = match self.store.leased_usernames(&names).await {
+        // A user whose lease was revoked longer than the grace ago should
+        // not exist: it is not covered.
+        let revoked_since = Utc::now() - target.settings.grace.to_chrono();
+        let leased = match self.store.leased_usernames(&names, revoked_since).await {
             Ok(leased) => leased,
             Err(e) => {
                 fail(&mut report, format!("reading the lease store: {e}"));
@@ -521,20 +522,35 @@ mod tests {
         let (_dir, store) = store().await;
         let backend = Arc::new(FakeBackend::default());
         let old = Some(Utc::now() - chrono::Duration::hours(1));
-        for name in ["v_stray_1", "v_stray_2", "v_pending", "v_active", "v_revoked", "other_user"] {
+        for name in [
+            "v_stray_1",
+            "v_stray_2",
+            "v_pending",
+            "v_active",
+            "v_revoked",
+            "v_revoked_long_ago",
+            "other_user",
+        ] {
             backend.users.lock().unwrap().insert(name.into(), old);
         }
-        // Any state covers a user, on any connection.
+        // Any state covers a user, on any connection; `revoked` only for
+        // the grace (300 s) after the revocation.
         for (name, state) in [
             ("v_pending", LeaseState::Pending),
             ("v_active", LeaseState::Active),
             ("v_revoked", LeaseState::Revoked),
+            ("v_revoked_long_ago", LeaseState::Revoked),
         ] {
             store.write(Write::Insert(lease(name, LeaseState::Pending))).await.unwrap();
             if state == LeaseState::Revoked {
                 let id =
                     store.list("", &[]).await.unwrap().into_iter().find(|l| l.username == name).unwrap().id;
-                store.write(Write::Revoked { id, at: Utc::now() }).await.unwrap();
+                let at = if name == "v_revoked" {
+                    Utc::now()
+                } else {
+                    Utc::now() - chrono::Duration::seconds(301)
+                };
+                store.write(Write::Revoked { id, at }).await.unwrap();
             } else if state == LeaseState::Active {
                 let id =
                     store.list("", &[]).await.unwrap().into_iter().find(|l| l.username == name).unwrap().id;
@@ -544,20 +560,20 @@ mod tests {
         let tidy = tidy(backend.clone(), store, 300);
 
         let dry = tidy.run(Some("db"), true).await.unwrap();
-        assert_eq!(dry[0].would_drop, ["v_stray_1", "v_stray_2"]);
+        assert_eq!(dry[0].would_drop, ["v_revoked_long_ago", "v_stray_1", "v_stray_2"]);
         assert!(dry[0].dropped.is_empty() && dry[0].errors.is_empty());
-        assert_eq!(backend.users.lock().unwrap().len(), 6, "a dry run dropped something");
+        assert_eq!(backend.users.lock().unwrap().len(), 7, "a dry run dropped something");
 
         let done = tidy.run(None, false).await.unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].connection, "db");
-        assert_eq!(done[0].dropped, ["v_stray_1", "v_stray_2"]);
+        assert_eq!(done[0].dropped, ["v_revoked_long_ago", "v_stray_1", "v_stray_2"]);
         let left: HashSet<String> = backend.users.lock().unwrap().keys().cloned().collect();
         assert_eq!(
             left,
             HashSet::from(["v_pending", "v_active", "v_revoked", "other_user"].map(String::from))
         );
-        assert!(tidy.metrics_text().contains("lessor_tidy_dropped_total 2"), "{}", tidy.metrics_text());
+        assert!(tidy.metrics_text().contains("lessor_tidy_dropped_total 3"), "{}", tidy.metrics_text());
     }
 
     #[tokio::test]

@@ -116,6 +116,7 @@ async fn guard(
     let path = request.uri().path().to_string();
     let mut request = request;
     request.extensions_mut().insert(peer.caller());
+    let exe = peer.exe().await;
     let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
@@ -127,7 +128,7 @@ async fn guard(
         status = response.status().as_u16(),
         uid = peer.uid,
         pid = peer.pid,
-        exe = peer.exe.as_deref().unwrap_or("?"),
+        exe = exe.as_deref().unwrap_or("?"),
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
@@ -159,7 +160,8 @@ fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, A
         .transpose()
 }
 
-fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
+#[doc(hidden)] // pub for the fuzz targets (fuzz/)
+pub fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
     LeaseId::parse(raw).ok_or_else(|| {
         ApiError::bad_request(format!(
             "{raw:?} is not a lease id (expected ROLE/ID, letters, digits, '_' and '-')"
@@ -196,12 +198,7 @@ async fn issue(State(state): State<AppState>, Path(role): Path<String>, request:
     let caller = caller(request.extensions());
     let body: IssueBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let ttl = parse_duration("ttl", body.ttl.as_deref())?;
-    // The issuance runs in its own task: a caller that goes away mid-request
-    // does not cancel it, so the lease always reaches a final state.
-    let broker = state.broker.clone();
-    let issued = tokio::spawn(async move { broker.issue(&role, ttl, caller).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let issued = state.broker.issue_detached(role, ttl, caller).await?;
     let credential = match &issued.credential {
         Credential::Database { username, password } => {
             json!({ "username": username, "password": password.expose_secret() })
@@ -248,7 +245,8 @@ fn lease_json(lease: &Lease) -> Value {
 
 /// `?prefix=…`; any other parameter is refused rather than ignored, so a
 /// typo cannot silently list every lease.
-fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
+#[doc(hidden)] // pub for the fuzz targets (fuzz/)
+pub fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query.unwrap_or(""))?;
     let mut prefix = String::new();
     for (key, value) in pairs {
@@ -264,7 +262,8 @@ fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
     Ok(prefix)
 }
 
-fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+#[doc(hidden)] // pub for the fuzz targets (fuzz/)
+pub fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

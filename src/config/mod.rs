@@ -312,6 +312,9 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
     if config.server.max_body_bytes == 0 {
         errors.push(ConfigError::new("server.max_body_bytes", "must be at least 1"));
     }
+    let server = &config.server;
+    check_range(&mut errors, "server.request_timeout", server.request_timeout, SECOND, HOUR);
+    check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
 
     let mut connections = BTreeMap::new();
     for (name, conn) in &config.connections {
@@ -342,9 +345,9 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
                 ),
             ));
         }
-        if conn.operation_timeout.as_std() < std::time::Duration::from_secs(1) {
-            errors.push(ConfigError::new(format!("{key}.operation_timeout"), "must be at least 1s"));
-        }
+        check_range(&mut errors, &format!("{key}.operation_timeout"), conn.operation_timeout, SECOND, HOUR);
+        check_range(&mut errors, &format!("{key}.tidy_grace"), conn.tidy_grace, Duration::ZERO, TEN_YEARS);
+        check_range(&mut errors, &format!("{key}.tidy_interval"), conn.tidy_interval, SECOND, TEN_YEARS);
         let password = match admin_password(&key, conn) {
             Ok(password) => password,
             Err(e) => {
@@ -364,6 +367,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             url: conn.url.as_deref(),
             password,
             max_connections: conn.max_connections.max(1),
+            operation_timeout: conn.operation_timeout.as_std(),
             options: &conn.options,
         };
         match factory(context) {
@@ -403,7 +407,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             ));
             role_ok = false;
         }
-        if role.max_ttl > Duration::from_secs(10 * 365 * 86_400) {
+        if role.max_ttl > TEN_YEARS {
             errors.push(ConfigError::new(
                 format!("{key}.max_ttl"),
                 format!("{} is longer than ten years", role.max_ttl),
@@ -478,6 +482,22 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
         })
     } else {
         Err(errors)
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+/// The longest any configured duration may be: every instant lessor
+/// computes from one (now + TTL, now − retention) stays far inside the
+/// range of a timestamp.
+const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Reports `value` at `key` unless it lies in `min..=max`.
+fn check_range(errors: &mut Vec<ConfigError>, key: &str, value: Duration, min: Duration, max: Duration) {
+    if value < min {
+        errors.push(ConfigError::new(key, format!("{value} is too short: it must be at least {min}")));
+    } else if value > max {
+        errors.push(ConfigError::new(key, format!("{value} is too long: it must be at most {max}")));
     }
 }
 

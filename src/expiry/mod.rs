@@ -1,6 +1,7 @@
 //! When leases fall due: a time-ordered index of every lease that needs
 //! work at some instant (an active lease at its expiry, a failed
-//! revocation at its next retry), and the backoff that spaces retries.
+//! revocation at its next retry), the backoff that spaces retries, and
+//! (in `worker`) the revocation attempts and the loop that runs them.
 //!
 //! The index has the shape of mini-redis's expiry map: a
 //! `BTreeMap<(deadline, seq), id>` for "what is next", a `HashMap` from id
@@ -8,6 +9,8 @@
 //! one task sleeping until the earliest deadline when an earlier one
 //! arrives. A std mutex is right here: it is never held across an await
 //! and every critical section is a few map operations.
+
+mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

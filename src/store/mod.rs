@@ -91,13 +91,25 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// `expires_at` first: what start-up feeds to the expiry index.
     async fn unfinished(&self) -> Result<Vec<Lease>, StoreError>;
 
-    /// Which of `usernames` some lease names, in any state and on any
-    /// connection: the users tidy must leave alone. This default reads
+    /// Which of `usernames` a lease still covers, on any connection: one
+    /// in any state but `revoked`, or revoked at or after `revoked_since`
+    /// (a revocation that may still be settling). These are the users tidy
+    /// must leave alone; a user whose every lease was revoked before
+    /// `revoked_since` should not exist, and is a stray. This default reads
     /// every lease; stores answer it from an index on `username`.
-    async fn leased_usernames(&self, usernames: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn leased_usernames(
+        &self,
+        usernames: &[String],
+        revoked_since: DateTime<Utc>,
+    ) -> Result<HashSet<String>, StoreError> {
         let wanted: HashSet<&str> = usernames.iter().map(String::as_str).collect();
         let leases = self.list("", &[]).await?;
-        Ok(leases.into_iter().map(|l| l.username).filter(|u| wanted.contains(u.as_str())).collect())
+        Ok(leases
+            .into_iter()
+            .filter(|l| l.state != LeaseState::Revoked || l.revoked_at.is_none_or(|at| at >= revoked_since))
+            .map(|l| l.username)
+            .filter(|u| wanted.contains(u.as_str()))
+            .collect())
     }
 
     /// Deletes `revoked` leases revoked before `before`; returns how many.

@@ -129,6 +129,9 @@ impl SqliteStore {
             .open(path)
             .map_err(|e| fail(e.to_string()))?;
 
+        // Before anything touches the file: a second daemon on the same
+        // store would roll back the first one's pending leases as crashed.
+        let lock = lock_store(path).map_err(&fail)?;
         let mut conn = open_writer(path).map_err(&fail)?;
         migrate(&mut conn).map_err(&fail)?;
 
@@ -144,7 +147,12 @@ impl SqliteStore {
             let path = path.to_path_buf();
             thread::Builder::new()
                 .name("lessor-store-writer".into())
-                .spawn(move || run_writer(conn, queue, &commits, &path))
+                .spawn(move || {
+                    run_writer(conn, queue, &commits, &path);
+                    // Released only once the last write is committed and
+                    // the connection closed.
+                    drop(lock);
+                })
                 .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?
         };
 
@@ -262,18 +270,24 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn leased_usernames(&self, usernames: &[String]) -> Result<HashSet<String>, StoreError> {
+    async fn leased_usernames(
+        &self,
+        usernames: &[String],
+        revoked_since: DateTime<Utc>,
+    ) -> Result<HashSet<String>, StoreError> {
         if usernames.is_empty() {
             return Ok(HashSet::new());
         }
         // One statement however many names: a JSON array, each value looked
         // up through the index on username.
         let names = serde_json::Value::from(usernames.to_vec()).to_string();
+        let since = revoked_since.timestamp_millis();
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT DISTINCT username FROM leases WHERE username IN (SELECT value FROM json_each(?1))",
+                "SELECT DISTINCT username FROM leases WHERE username IN (SELECT value FROM json_each(?1)) \
+                 AND (state <> 'revoked' OR revoked_at IS NULL OR revoked_at >= ?2)",
             )?
-            .query_map([names], |row| row.get(0))?
+            .query_map(params![names, since], |row| row.get(0))?
             .collect()
         })
         .await
@@ -312,6 +326,48 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Takes the store's exclusive lock: `flock` on `<store>.lock` beside it,
+/// which the kernel releases when the process dies, however it dies. The
+/// holder's pid is written into the file so a refused daemon can name it.
+fn lock_store(path: &Path) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write as _};
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim().parse::<u32>() {
+                Ok(pid) => format!("another lessor (pid {pid})"),
+                Err(_) => "another lessor".to_string(),
+            };
+            return Err(format!(
+                "{holder} is using this store (lock {}); only one daemon may use a store",
+                lock_path.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("cannot lock {}: {e}", lock_path.display()));
+        }
+    }
+    let pid = std::process::id();
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{pid}"))
+        .map_err(|e| format!("cannot write {}: {e}", lock_path.display()))?;
+    Ok(file)
 }
 
 fn open_writer(path: &Path) -> Result<Connection, String> {
@@ -851,6 +907,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_second_open_of_the_same_store_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leases.db");
+        let first = SqliteStore::open(&path).unwrap();
+        let e = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains(&format!("pid {}", std::process::id())), "{e}");
+        first.close().await.unwrap();
+        SqliteStore::open(&path).unwrap().close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn reopening_migrates_once_and_keeps_leases() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("leases.db");
@@ -913,13 +981,20 @@ mod tests {
         for lease in [&a, &b, &c] {
             store.write(Write::Insert(lease.clone())).await.unwrap();
         }
-        store.write(Write::Revoked { id: c.id.clone(), at: Utc::now() }).await.unwrap();
+        let revoked_at = millis(Utc::now());
+        store.write(Write::Revoked { id: c.id.clone(), at: revoked_at }).await.unwrap();
         let asked = vec![a.username.clone(), c.username.clone(), "v_nobody".to_string(), "v_%".to_string()];
-        let leased = store.leased_usernames(&asked).await.unwrap();
+        let leased = store.leased_usernames(&asked, revoked_at).await.unwrap();
         assert_eq!(leased, HashSet::from([a.username.clone(), c.username.clone()]));
-        assert!(store.leased_usernames(&[]).await.unwrap().is_empty());
+        assert!(store.leased_usernames(&[], revoked_at).await.unwrap().is_empty());
         store.write(Write::Delete { id: a.id.clone() }).await.unwrap();
-        assert_eq!(store.leased_usernames(&asked).await.unwrap(), HashSet::from([c.username]));
+        assert_eq!(
+            store.leased_usernames(&asked, revoked_at).await.unwrap(),
+            HashSet::from([c.username.clone()])
+        );
+        // Revoked before the cut-off: no longer covered, so a stray.
+        let later = revoked_at + chrono::Duration::milliseconds(1);
+        assert!(store.leased_usernames(&asked, later).await.unwrap().is_empty());
     }
 
     #[tokio::test]

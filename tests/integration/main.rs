@@ -9,6 +9,7 @@ mod aws;
 mod bad_input;
 mod cli;
 mod crash;
+mod hardening;
 mod lifecycle;
 mod mysql;
 mod outage;

@@ -24,7 +24,11 @@ async fn trace_logs_hold_no_password() {
         url = db.admin_url(),
         create = CREATE_ROLE,
     );
-    let daemon = Daemon::start_with_env(&db, &body, &[("LESSOR_LOG", "trace")]).await;
+    // More specific directives for the drivers' statement-level targets
+    // must not turn their statement logging on either.
+    let filter = "trace,tokio_postgres=trace,tokio_postgres::simple_query=trace,tokio_postgres::query=trace,\
+                  postgres_protocol=trace,mysql_async=trace";
+    let daemon = Daemon::start_with_env(&db, &body, &[("LESSOR_LOG", filter)]).await;
 
     let mut passwords = Vec::new();
     for r in [&role, &plain] {

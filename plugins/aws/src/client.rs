@@ -741,6 +741,7 @@ mod tests {
             url: None,
             password: secret.map(SecretString::from),
             max_connections: 8,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .unwrap()

@@ -77,6 +77,7 @@ fn plugin() -> Arc<dyn Plugin> {
         url: None,
         password: Some(SecretString::from("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")),
         max_connections: 4,
+        operation_timeout: std::time::Duration::from_secs(30),
         options: &options,
     })
     .expect("build the plugin")
@@ -509,6 +510,7 @@ async fn errors_carry_no_secret() {
         url: None,
         password: Some(SecretString::from("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")),
         max_connections: 1,
+        operation_timeout: std::time::Duration::from_secs(30),
         options: &options,
     })
     .unwrap();

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::template::{Template, Values};
@@ -34,7 +35,7 @@ use lessor_plugin::{
     Credential, LeaseRef, Plugin, PluginError, RoleSettings,
 };
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use secrecy::{ExposeSecret, SecretString};
 use tracing::{debug, warn};
 
@@ -76,6 +77,12 @@ pub struct MySqlPlugin {
     /// Admin connections; the password lives in the pool's options, which
     /// is why `Debug` is written by hand.
     pool: Pool,
+    /// The same options, for the one-off connection that cancels a
+    /// statement (`KILL QUERY`) when the pool may have none free.
+    opts: Opts,
+    /// How long one operation's statements may run before they are
+    /// cancelled on the server.
+    operation_timeout: Duration,
     flavor: OnceLock<Flavor>,
 }
 
@@ -102,10 +109,10 @@ impl MySqlPlugin {
             ctx.max_connections,
             ctx.options,
         )?;
-        Ok(Self::from_settings(settings))
+        Ok(Self::from_settings(settings, ctx.operation_timeout))
     }
 
-    fn from_settings(settings: ConnectionSettings) -> Self {
+    fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Self {
         let constraints = PoolConstraints::new(0, settings.max_connections).expect("max_connections >= 1");
         let pool_opts = PoolOpts::default()
             .with_constraints(constraints)
@@ -125,6 +132,7 @@ impl MySqlPlugin {
             Address::Tcp { host, port } => opts.ip_or_hostname(host.clone()).tcp_port(*port),
             Address::Socket(path) => opts.socket(Some(path.clone())),
         };
+        let opts = Opts::from(opts);
         Self {
             target: settings.target(),
             connection: settings.name,
@@ -132,7 +140,9 @@ impl MySqlPlugin {
             max_username_len: settings.options.max_username_length,
             encoding: settings.options.password_encoding,
             max_connections: settings.max_connections,
-            pool: Pool::new(opts),
+            pool: Pool::new(opts.clone()),
+            opts,
+            operation_timeout,
             flavor: OnceLock::new(),
         }
     }
@@ -152,6 +162,48 @@ impl MySqlPlugin {
         }
     }
 
+    /// Runs `work` on `conn` bounded by `operation_timeout`. On overrun the
+    /// statement is killed (`KILL QUERY`, from a connection of its own),
+    /// `work` is driven until the server reports back, and `conn` is closed
+    /// rather than returned to the pool; the operation fails as
+    /// `Unavailable`. Otherwise `work`'s result and the connection.
+    async fn bounded<T>(
+        &self,
+        mut conn: Conn,
+        cx: &Context<'_>,
+        work: impl AsyncFnOnce(&mut Conn) -> T,
+    ) -> Result<(T, Conn), PluginError> {
+        let id = conn.id();
+        let outcome = deadline::run(self.operation_timeout, work(&mut conn), || self.kill_query(id)).await;
+        match outcome {
+            Bounded::Done(out) => Ok((out, conn)),
+            Bounded::TimedOut { settled } => {
+                // COM_QUIT needs no answer; bounded all the same.
+                let _ = tokio::time::timeout(deadline::CANCEL_GRACE, conn.disconnect()).await;
+                debug!(connection = %self.connection, username = cx.username.unwrap_or(""), settled, "operation timed out; statement killed, connection closed");
+                Err(deadline::timed_out(&cx.prefix(), self.operation_timeout, settled))
+            }
+        }
+    }
+
+    /// Stops the statement connection `id` is running, from a connection
+    /// opened for the purpose (the pool may have none free).
+    async fn kill_query(&self, id: u32) {
+        let kill = async {
+            let mut conn = Conn::new(self.opts.clone()).await?;
+            conn.query_drop(format!("KILL QUERY {id}")).await?;
+            conn.disconnect().await
+        };
+        if let Err(e) = kill.await {
+            let e = classify(
+                &e,
+                &Context::new(Operation::Revoke, None).step("KILL QUERY", false),
+                &Redactor::default(),
+            );
+            debug!(connection = %self.connection, error = %e, "killing a timed-out statement failed; its connection is closed instead");
+        }
+    }
+
     async fn flavor(&self, conn: &mut Conn, cx: &Context<'_>) -> Result<Flavor, PluginError> {
         if let Some(flavor) = self.flavor.get() {
             return Ok(*flavor);
@@ -166,7 +218,7 @@ impl MySqlPlugin {
     }
 
     /// The hosts `username` exists with; `None` when the admin may not read
-    /// `mysql.user` (the caller then assumes `%`).
+    /// `mysql.user`.
     async fn hosts(
         &self,
         conn: &mut Conn,
@@ -176,7 +228,7 @@ impl MySqlPlugin {
         match conn.exec::<String, _, _>("SELECT Host FROM mysql.user WHERE User = ?", (username,)).await {
             Ok(hosts) => Ok(Some(hosts)),
             Err(e) if server_code(&e) == Some(code::TABLE_ACCESS_DENIED) => {
-                debug!(connection = %self.connection, username, "cannot read mysql.user; assuming host '%'");
+                debug!(connection = %self.connection, username, "cannot read mysql.user");
                 Ok(None)
             }
             Err(e) => Err(classify(&e, &cx.step("read mysql.user", false), &Redactor::default())),
@@ -218,9 +270,27 @@ impl MySqlPlugin {
         }
     }
 
+    /// The hosts `username` exists with, for dropping it: when they cannot
+    /// be read, guessing `%` could leave the user alive on another host, so
+    /// that is an error (revocation fails and is retried).
+    async fn hosts_to_drop(
+        &self,
+        conn: &mut Conn,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<Vec<String>, PluginError> {
+        self.hosts(conn, username, cx).await?.ok_or_else(|| PluginError::Rejected {
+            message: format!(
+                "{}: cannot read mysql.user to find every host the user exists with; \
+                 grant the admin SELECT ON mysql.user (the revocation is retried)",
+                cx.prefix()
+            ),
+        })
+    }
+
     /// `DROP USER IF EXISTS` for every host the user exists with.
     async fn drop_user(&self, conn: &mut Conn, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
-        let hosts = self.hosts(conn, username, cx).await?.unwrap_or_else(|| vec!["%".to_string()]);
+        let hosts = self.hosts_to_drop(conn, username, cx).await?;
         if hosts.is_empty() {
             return Ok(());
         }
@@ -266,8 +336,7 @@ impl MySqlPlugin {
         cx: &Context<'_>,
     ) -> Result<(), PluginError> {
         let redactor = Redactor::default();
-        let hosts = self.hosts(conn, username, cx).await?;
-        let known_hosts = hosts.clone().unwrap_or_else(|| vec!["%".to_string()]);
+        let known_hosts = self.hosts_to_drop(conn, username, cx).await?;
 
         // 1. No new logins. Servers without ACCOUNT LOCK (MySQL < 5.7.6,
         // MariaDB < 10.4) answer with a syntax error: skip the step there.
@@ -405,22 +474,27 @@ impl Plugin for MySqlPlugin {
             Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
         debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating user");
 
-        let mut conn = self.get(&cx, &redactor).await?;
+        let conn = self.get(&cx, &redactor).await?;
         let total = role.creation.len();
-        for (i, template) in role.creation.iter().enumerate() {
-            let sql = template.render(&values);
-            if let Err(e) = conn.query_drop(sql.expose_secret()).await {
-                let err = classify(
-                    &e,
-                    &cx.step(format!("creation statement {} of {total}", i + 1), true),
-                    &redactor,
-                );
-                debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolling back");
-                // A broken connection cannot run the rollback; a fresh one can.
-                let conn = if e.is_fatal() { None } else { Some(conn) };
-                self.rollback(conn, role, request).await;
-                return Err(err);
+        let run_statements = async |conn: &mut Conn| {
+            for (i, template) in role.creation.iter().enumerate() {
+                let sql = template.render(&values);
+                conn.query_drop(sql.expose_secret()).await.map_err(|e| (i, e))?;
             }
+            Ok(())
+        };
+        // A timed-out creation is not rolled back here: its connection is
+        // closed, and the broker revokes the username once the server has
+        // answered the kill.
+        let (result, conn) = self.bounded(conn, &cx, run_statements).await?;
+        if let Err((i, e)) = result {
+            let err =
+                classify(&e, &cx.step(format!("creation statement {} of {total}", i + 1), true), &redactor);
+            debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolling back");
+            // A broken connection cannot run the rollback; a fresh one can.
+            let conn = if e.is_fatal() { None } else { Some(conn) };
+            self.rollback(conn, role, request).await;
+            return Err(err);
         }
         debug!(operation = "create", connection = %self.connection, role = request.role, username, "created");
         Ok(Created::new(Credential::Database {
@@ -437,18 +511,22 @@ impl Plugin for MySqlPlugin {
             Some(settings) => downcast_role::<MySqlRole>(settings)?.renew.as_deref(),
             None => None,
         };
-        let mut conn = self.get(&cx, &redactor).await?;
-        // MySQL accounts do not expire: the lease moves, and lessor revokes
-        // the user when it ends. Renewing a user that is gone is refused.
-        if let Some(hosts) = self.hosts(&mut conn, username, &cx).await? {
-            if hosts.is_empty() {
-                return Err(PluginError::Rejected {
-                    message: format!("renew {username}: the user no longer exists"),
-                });
-            }
-        }
-        if let Some(statements) = custom {
+        if custom.is_some() {
             self.check_username(username, &cx)?;
+        }
+        let conn = self.get(&cx, &redactor).await?;
+        let work = async |conn: &mut Conn| {
+            // MySQL accounts do not expire: the lease moves, and lessor
+            // revokes the user when it ends. Renewing a user that is gone is
+            // refused.
+            if let Some(hosts) = self.hosts(conn, username, &cx).await? {
+                if hosts.is_empty() {
+                    return Err(PluginError::Rejected {
+                        message: format!("renew {username}: the user no longer exists"),
+                    });
+                }
+            }
+            let Some(statements) = custom else { return Ok(()) };
             let expiration = format_expiration(expires_at);
             for (i, template) in statements.iter().enumerate() {
                 let sql = template.render(&Values {
@@ -461,7 +539,9 @@ impl Plugin for MySqlPlugin {
                     return Err(classify(&e, &cx.step(step, true), &redactor));
                 }
             }
-        }
+            Ok(())
+        };
+        self.bounded(conn, &cx, work).await?.0?;
         debug!(operation = "renew", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "renewed");
         Ok(())
     }
@@ -474,14 +554,15 @@ impl Plugin for MySqlPlugin {
             None => None,
         };
         debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "revoking");
-        let mut conn = self.get(&cx, &Redactor::default()).await?;
-        match custom {
-            Some(statements) => {
-                self.check_username(username, &cx)?;
-                self.revoke_custom(&mut conn, username, statements, &cx).await?
-            }
-            None => self.revoke_default(&mut conn, username, &cx).await?,
+        if custom.is_some() {
+            self.check_username(username, &cx)?;
         }
+        let conn = self.get(&cx, &Redactor::default()).await?;
+        let work = async |conn: &mut Conn| match custom {
+            Some(statements) => self.revoke_custom(conn, username, statements, &cx).await,
+            None => self.revoke_default(conn, username, &cx).await,
+        };
+        self.bounded(conn, &cx, work).await?.0?;
         debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, "revoked");
         Ok(())
     }
@@ -569,6 +650,7 @@ mod tests {
             url: Some("mysql://lessor_admin@db.internal:3306/"),
             password: Some(SecretString::from("admin-pw-never-shown")),
             max_connections: 3,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .unwrap()

@@ -90,6 +90,7 @@ impl Fixture {
             url: Some(&url),
             password: Some(SecretString::from(password.to_string())),
             max_connections: 4,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .expect("build the plugin")
@@ -215,6 +216,7 @@ async fn verify_needs_create_user_and_a_reachable_server() {
             url: Some("mysql://nobody@127.0.0.1:1/"),
             password: Some(SecretString::from(fx.admin_password.clone())),
             max_connections: 1,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .unwrap();

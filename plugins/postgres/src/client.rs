@@ -21,6 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::template::{Template, Values};
@@ -30,7 +31,7 @@ use lessor_plugin::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+use tokio_postgres::{CancelToken, NoTls};
 use tracing::debug;
 
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
@@ -54,6 +55,9 @@ pub struct PgPlugin {
     /// Admin connections; the password lives inside the manager's
     /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
     pool: Pool,
+    /// How long one operation's statements may run before they are
+    /// cancelled on the server.
+    operation_timeout: Duration,
     /// Verifiers of creations that met a transient conflict, by username,
     /// for the broker's retry of the same issuance.
     retry_verifiers: Mutex<HashMap<String, SecretString>>,
@@ -81,10 +85,10 @@ impl PgPlugin {
             ctx.max_connections,
             ctx.options,
         )?;
-        Self::from_settings(settings)
+        Self::from_settings(settings, ctx.operation_timeout)
     }
 
-    fn from_settings(settings: ConnectionSettings) -> Result<Self, ConfigError> {
+    fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
         let target = target(&settings.pg);
         // `Fast` recycling only checks that the socket is open; a connection
         // that died since is reported as Unavailable and the broker retries.
@@ -106,12 +110,22 @@ impl PgPlugin {
             target,
             encoding: settings.options.password_encoding,
             pool,
+            operation_timeout,
             retry_verifiers: Mutex::default(),
         })
     }
 
     async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
         self.pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
+    }
+
+    /// After an operation on `client` ran over `operation_timeout` and was
+    /// cancelled: the connection is closed instead of going back to the
+    /// pool, and the operation fails as `Unavailable`.
+    fn abandon(&self, client: Object, settled: bool, cx: &Context<'_>) -> PluginError {
+        drop(Object::take(client));
+        debug!(connection = %self.connection, username = cx.username.unwrap_or(""), settled, "operation timed out; statement cancelled, connection closed");
+        deadline::timed_out(&cx.prefix(), self.operation_timeout, settled)
     }
 
     /// Runs the role's rollback statements after a failed creation, best
@@ -196,45 +210,53 @@ impl PgPlugin {
         Ok(())
     }
 
-    /// The default recipe with every step sent at once: each statement is
-    /// still its own transaction, committed in order, but the revocation
-    /// costs one round trip instead of six. Returns whether the role is
-    /// gone and every step either succeeded or found it already gone.
+    /// The default recipe in three messages sent at once, so the
+    /// revocation costs one round trip instead of six:
+    /// 1. `NOLOGIN`, committed on its own, so it sticks whatever follows;
+    /// 2. membership of the role (PostgreSQL 15 does not give it to the
+    ///    CREATEROLE admin that made it; signalling its sessions and
+    ///    REASSIGN/DROP OWNED need it);
+    /// 3. terminate the sessions, reassign and drop what the role owns, drop
+    ///    the role: one multi-statement query, which PostgreSQL runs as one
+    ///    implicit transaction that stops at the first error. So the role is
+    ///    dropped only if its sessions could be signalled: a failed
+    ///    `pg_terminate_backend` leaves it in place (not logging in), the
+    ///    revocation fails and is retried, and the retry still finds the
+    ///    sessions by the role's name.
+    ///
+    /// Returns whether the role is gone and every step either succeeded or
+    /// found it already gone; otherwise the caller runs the steps one by one
+    /// to find out which failed and why.
     async fn revoke_pipelined(&self, client: &Object, username: &str, ident: &str) -> bool {
         use futures_util::future::{join_all, BoxFuture, FutureExt};
         let nologin = format!("ALTER ROLE {ident} NOLOGIN");
-        // Membership of the role: PostgreSQL 15 does not give it to the
-        // CREATEROLE admin that made it, and REASSIGN/DROP OWNED need it.
         let grant = format!("GRANT {ident} TO CURRENT_USER");
-        let reassign = format!("REASSIGN OWNED BY {ident} TO CURRENT_USER");
-        let drop_owned = format!("DROP OWNED BY {ident}");
-        let drop_role = format!("DROP ROLE IF EXISTS {ident}");
-        // A simple query, not a prepared one: a prepared statement takes a
-        // round trip of its own before it executes, which would let the
-        // DROP ROLE below run first and leave the sessions unfindable.
         let literal = username.replace('\'', "''");
-        let terminate =
-            format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{literal}'");
+        let end = format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{literal}'; \
+             REASSIGN OWNED BY {ident} TO CURRENT_USER; \
+             DROP OWNED BY {ident}; \
+             DROP ROLE IF EXISTS {ident}"
+        );
         let client: &tokio_postgres::Client = client;
         let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
             client.batch_execute(&nologin).boxed(),
             client.batch_execute(&grant).boxed(),
-            client.batch_execute(&terminate).boxed(),
-            client.batch_execute(&reassign).boxed(),
-            client.batch_execute(&drop_owned).boxed(),
-            client.batch_execute(&drop_role).boxed(),
+            client.batch_execute(&end).boxed(),
         ];
-        // join_all polls in order, so the statements are sent in order.
+        // join_all polls in order, so the messages are sent in order.
         let results = join_all(steps).await;
         let gone = results.iter().any(|r| matches!(r, Err(e) if is_undefined_object(e)));
+        let dropped = results[2].is_ok();
         let clean = results.iter().enumerate().all(|(i, r)| match r {
             Ok(()) => true,
-            Err(e) => is_undefined_object(e) || (i == 1 && results[5].is_ok()),
+            // A superuser admin needs no membership and may fail to get it.
+            Err(e) => is_undefined_object(e) || (i == 1 && dropped),
         });
-        if clean {
+        if clean && dropped {
             debug!(operation = "revoke", connection = %self.connection, username, already_gone = gone, "revoked (pipelined)");
         }
-        clean && results[5].is_ok()
+        clean && dropped
     }
 
     async fn revoke_custom(
@@ -330,12 +352,13 @@ impl Plugin for PgPlugin {
         let sent = match self.encoding {
             // A retry after a transient conflict reuses the verifier made for
             // the first attempt: computing one is most of lessor's own cost.
-            PasswordEncoding::ScramSha256 => self
-                .retry_verifiers
-                .lock()
-                .unwrap()
-                .remove(username)
-                .unwrap_or_else(|| SecretString::from(scram::verifier(password))),
+            PasswordEncoding::ScramSha256 => {
+                let cached = self.retry_verifiers.lock().unwrap().remove(username);
+                match cached {
+                    Some(verifier) => verifier,
+                    None => scram_verifier(request.password.clone()).await?,
+                }
+            }
             PasswordEncoding::Plaintext => request.password.clone(),
         };
         let redactor = Redactor::new(with_verifier_parts([password, sent.expose_secret()]));
@@ -345,13 +368,18 @@ impl Plugin for PgPlugin {
         debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating role");
 
         let mut client = self.get(&cx, &redactor).await?;
-        let result = async {
+        let token = client.cancel_token();
+        let work = async {
             let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
             let total = role.creation.len();
             for (i, template) in role.creation.iter().enumerate() {
                 let sql = template.render(&values);
                 if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
-                    let err = classify(&e, &cx.step(format!("creation statement {} of {total}", i + 1), true), &redactor);
+                    let err = classify(
+                        &e,
+                        &cx.step(format!("creation statement {} of {total}", i + 1), true),
+                        &redactor,
+                    );
                     if let Err(e) = tx.rollback().await {
                         let e = classify(&e, &cx, &redactor);
                         debug!(operation = "create", connection = %self.connection, username, error = %e, "rollback failed");
@@ -360,8 +388,14 @@ impl Plugin for PgPlugin {
                 }
             }
             tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
-        }
-        .await;
+        };
+        // A timed-out creation is not rolled back here: its connection is
+        // closed, and the broker revokes the username once the server has
+        // answered the cancel.
+        let result = match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+            Bounded::Done(result) => result,
+            Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
+        };
 
         if let Err(err) = result {
             debug!(operation = "create", connection = %self.connection, role = request.role, username, error = %err, "creation failed; rolled back");
@@ -423,19 +457,28 @@ impl Plugin for PgPlugin {
             )],
         };
         let mut client = self.get(&cx, &redactor).await?;
-        let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
-        for (step, sql, role_statement) in statements {
-            if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
-                let err = if is_undefined_object(&e) && !role_statement {
-                    PluginError::Rejected { message: format!("renew {username}: the role no longer exists") }
-                } else {
-                    classify(&e, &cx.step(step, role_statement), &redactor)
-                };
-                let _ = tx.rollback().await;
-                return Err(err);
+        let token = client.cancel_token();
+        let work = async {
+            let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
+            for (step, sql, role_statement) in statements {
+                if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
+                    let err = if is_undefined_object(&e) && !role_statement {
+                        PluginError::Rejected {
+                            message: format!("renew {username}: the role no longer exists"),
+                        }
+                    } else {
+                        classify(&e, &cx.step(step, role_statement), &redactor)
+                    };
+                    let _ = tx.rollback().await;
+                    return Err(err);
+                }
             }
+            tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
+        };
+        match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+            Bounded::Done(result) => result?,
+            Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         }
-        tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))?;
         debug!(operation = "renew", connection = %self.connection, role = lease.role, username, "renewed");
         Ok(())
     }
@@ -449,9 +492,16 @@ impl Plugin for PgPlugin {
         };
         debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, custom = custom.is_some(), "revoking");
         let client = self.get(&cx, &Redactor::default()).await?;
-        match custom {
-            Some(statements) => self.revoke_custom(&client, username, statements, &cx).await?,
-            None => self.revoke_default(&client, username, &cx).await?,
+        let token = client.cancel_token();
+        let work = async {
+            match custom {
+                Some(statements) => self.revoke_custom(&client, username, statements, &cx).await,
+                None => self.revoke_default(&client, username, &cx).await,
+            }
+        };
+        match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+            Bounded::Done(result) => result?,
+            Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         }
         debug!(operation = "revoke", connection = %self.connection, role = lease.role, username, "revoked");
         Ok(())
@@ -486,6 +536,24 @@ impl Plugin for PgPlugin {
             .map(|name| BackendUser { name, created_at: None })
             .collect())
     }
+}
+
+/// Asks the server to cancel whatever `token`'s connection is running. The
+/// server does not answer a cancel request; the cancelled statement's own
+/// error is the answer, which [`deadline::run`] waits for.
+async fn cancel(token: CancelToken) {
+    if let Err(e) = token.cancel_query(NoTls).await {
+        debug!(error = %e, "sending the cancel request failed; the connection is closed instead");
+    }
+}
+
+/// A SCRAM-SHA-256 verifier for `password`: 4 096 rounds of PBKDF2, a few
+/// milliseconds of CPU, so computed on the blocking pool rather than on a
+/// worker thread that also serves other requests.
+async fn scram_verifier(password: SecretString) -> Result<SecretString, PluginError> {
+    tokio::task::spawn_blocking(move || SecretString::from(scram::verifier(password.expose_secret())))
+        .await
+        .map_err(|e| PluginError::Internal { message: format!("computing the SCRAM verifier failed: {e}") })
 }
 
 /// `{{expiration}}` as PostgreSQL reads it in `VALID UNTIL`: UTC, explicit
@@ -528,6 +596,7 @@ mod tests {
             url: Some("postgres://lessor_admin@db.internal:5432/app"),
             password: Some(SecretString::from("admin-pw-never-shown")),
             max_connections: 3,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .unwrap()

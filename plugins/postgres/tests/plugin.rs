@@ -87,6 +87,7 @@ impl Fixture {
             url: Some(&url),
             password: Some(SecretString::from(admin_password.clone())),
             max_connections: 4,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &options,
         })
         .expect("build the plugin");
@@ -227,6 +228,7 @@ async fn verify_needs_createrole_and_a_reachable_server() {
             url: Some(&url_for(&fx.superuser, &weak, &fx.db)),
             password: Some(SecretString::from(fx.admin_password.clone())),
             max_connections: 1,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &toml::Table::new(),
         })
         .unwrap();
@@ -240,6 +242,7 @@ async fn verify_needs_createrole_and_a_reachable_server() {
             url: Some("postgres://nobody@127.0.0.1:1/postgres"),
             password: Some(SecretString::from(fx.admin_password.clone())),
             max_connections: 1,
+            operation_timeout: std::time::Duration::from_secs(30),
             options: &toml::Table::new(),
         })
         .unwrap();

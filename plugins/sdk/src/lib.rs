@@ -15,8 +15,11 @@
 //! - [`options`]: a plugin's own config keys parsed into typed settings and
 //!   statement lists, with errors that name the key;
 //! - [`failure`] and [`redact`]: what the SQL plugins share when they turn
-//!   a backend's failure into a message (where it happened, no secrets).
+//!   a backend's failure into a message (where it happened, no secrets);
+//! - [`deadline`]: an operation bounded by `operation_timeout` and
+//!   cancelled on the server, not merely abandoned, when it runs over.
 
+pub mod deadline;
 pub mod error;
 pub mod failure;
 pub mod names;
@@ -32,6 +35,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
+pub use deadline::CANCEL_GRACE;
 pub use error::{ConfigError, Fault, PluginError};
 
 /// A role's plugin-specific settings after the plugin has validated them.
@@ -222,6 +226,10 @@ pub struct ConnectionContext<'a> {
     pub password: Option<SecretString>,
     /// The most admin connections the plugin may hold open.
     pub max_connections: usize,
+    /// The longest one backend operation may take. A plugin that can
+    /// cancel its statements on the server bounds them by this itself (see
+    /// [`deadline`]); the broker's own bound is this plus [`CANCEL_GRACE`].
+    pub operation_timeout: std::time::Duration,
     /// Every key of the connection table the broker does not own.
     pub options: &'a toml::Table,
 }

@@ -6,33 +6,36 @@
 //!   touched, so a crash at any instant leaves a record of the username;
 //! - every failure after that turns into an ordinary idempotent revocation;
 //! - revocation never gives up: failures back off and, after
-//!   [`MAX_FAST_ATTEMPTS`], the lease is flagged `irrevocable` and retried
+//!   [`expiry::MAX_FAST_ATTEMPTS`], the lease is flagged `irrevocable` and retried
 //!   hourly;
 //! - revocations run on a per-connection semaphore apart from issuance, so
 //!   a storm of expiries cannot starve new requests.
 //!
-//! Operations on one lease are serialised by a per-lease async lock, so a
-//! revoke that arrives while the lease is still being issued waits for the
-//! issuance to finish rather than racing it in the backend.
+//! Operations on one lease are serialised by a per-lease async lock
+//! ([`locks`]). How revocations are attempted, retried and scheduled lives
+//! in [`crate::expiry`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod locks;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use lessor_plugin::{names, CreateRequest, Credential, Fault, LeaseRef, PluginError};
 use rand::Rng;
-use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
-use crate::expiry::{self, ExpiryIndex, MAX_FAST_ATTEMPTS};
+use crate::expiry::{self, ExpiryIndex};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{LeaseStore, StoreError, Write};
+use locks::LeaseLocks;
 
 /// How long a creation transaction keeps being retried when the backend
 /// reports transient conflicts (concurrent GRANTs, deadlocks,
@@ -69,6 +72,9 @@ pub enum BrokerError {
     /// The lease store failed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A bug in lessor itself (500).
+    #[error("internal error: {message}")]
+    Internal { message: String },
 }
 
 impl BrokerError {
@@ -86,6 +92,7 @@ impl BrokerError {
                 Fault::Internal => (500, "internal"),
             },
             Self::Store(_) => (500, "store_failed"),
+            Self::Internal { .. } => (500, "internal"),
         }
     }
 }
@@ -141,14 +148,14 @@ fn current_uid() -> u32 {
 
 /// A connection as the broker runs it: the plugin and its revocation pool.
 #[derive(Debug)]
-struct Backend {
-    connection: Connection,
+pub(crate) struct Backend {
+    pub(crate) connection: Connection,
     /// Admin connections for revocations, kept apart from issuance so a
     /// burst of issuances cannot starve revocation (and the reverse).
-    revocations: Arc<Semaphore>,
+    pub(crate) revocations: Arc<Semaphore>,
     /// Admin connections for issuance and renewal.
     issuance: Arc<Semaphore>,
-    operation_timeout: StdDuration,
+    pub(crate) operation_timeout: StdDuration,
 }
 
 /// The broker. Cheap to share behind an `Arc`.
@@ -156,16 +163,23 @@ struct Backend {
 pub struct Broker {
     roles: BTreeMap<String, Role>,
     backends: HashMap<String, Backend>,
-    store: Arc<dyn LeaseStore>,
-    index: ExpiryIndex,
-    locks: LeaseLocks,
-    metrics: Metrics,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) index: ExpiryIndex,
+    pub(crate) locks: LeaseLocks,
+    pub(crate) metrics: Metrics,
     ready: AtomicBool,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-    revoked_retention: Duration,
-    /// When this process started: pending leases issued since are its own.
-    started_at: DateTime<Utc>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) revoked_retention: Duration,
+    /// Leases whose issuance this process is running now. Start-up recovery
+    /// leaves these alone and rolls back every other `pending` lease: which
+    /// ones are in flight is known here, not guessed from timestamps (a
+    /// clock stepped backwards would make a crashed run's lease look new).
+    issuing: Mutex<HashSet<LeaseId>>,
+    /// Leases rolled back after an issuance whose outcome in the backend is
+    /// unknown (it timed out, or the connection was lost): their first
+    /// successful revocation is checked once more a grace period later.
+    unsettled: Mutex<HashSet<LeaseId>>,
 }
 
 impl Broker {
@@ -200,7 +214,8 @@ impl Broker {
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: config.server.revoked_retention,
-            started_at: now_ms(),
+            issuing: Mutex::default(),
+            unsettled: Mutex::default(),
         })
     }
 
@@ -250,7 +265,8 @@ impl Broker {
 
     /// Feeds every unfinished lease from the store to the index: pending
     /// leases are rolled back, active ones wait for their expiry, revoking
-    /// and irrevocable ones are retried now.
+    /// ones are retried now, and irrevocable ones go back to their slow
+    /// cadence, spread over it rather than all retried at once.
     async fn recover(&self) -> Result<(), StoreError> {
         let leases = self.store.unfinished().await?;
         let now = Utc::now();
@@ -261,20 +277,25 @@ impl Broker {
                     active += 1;
                     lease.expires_at
                 }
-                // Issued by this process while the scan ran: its issuance
-                // settles it, whatever happens.
-                LeaseState::Pending if lease.issued_at >= self.started_at => continue,
+                // Being issued by this process: its issuance settles it,
+                // whatever happens. (If it ended between the scan's read
+                // and this check, the lease is settled already, and an
+                // extra attempt on it is harmless: revocation re-reads.)
+                LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
                 LeaseState::Pending => {
                     pending += 1;
                     Metrics::inc(&self.metrics.rolled_back);
                     now
                 }
-                LeaseState::Revoking | LeaseState::Irrevocable => {
+                LeaseState::Revoking => {
                     retry += 1;
-                    if lease.state == LeaseState::Irrevocable {
-                        self.metrics.irrevocable_now.fetch_add(1, Ordering::Relaxed);
-                    }
                     now
+                }
+                LeaseState::Irrevocable => {
+                    retry += 1;
+                    self.metrics.irrevocable_now.fetch_add(1, Ordering::Relaxed);
+                    let spread = rand::rng().random_range(0..expiry::SLOW_RETRY.as_millis() as i64);
+                    now + chrono::Duration::milliseconds(spread)
                 }
                 LeaseState::Revoked => continue,
             };
@@ -314,7 +335,6 @@ impl Broker {
             Some(ttl) => ttl,
         };
         let backend = &self.backends[&role.connection];
-        let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let now = now_ms();
         let lease = Lease {
             id: LeaseId::generate(&role.name),
@@ -332,6 +352,9 @@ impl Broker {
             plugin_data: None,
             revoked_at: None,
         };
+        // Dropped when this function returns, by which time the lease is
+        // active or scheduled for rollback.
+        let _in_flight = InFlight::enter(self, &lease.id);
         let _lock = self.locks.lock(&lease.id).await;
         self.store.write(Write::Insert(lease.clone())).await?;
         let password = names::password(role.password_length);
@@ -347,7 +370,11 @@ impl Broker {
             Ok(created) => created,
             Err(source) => {
                 Metrics::inc(&self.metrics.issue_failures);
-                warn!(lease = %lease.id, role = %role.name, error = %source, "issuance failed; rolling back");
+                let unsettled = matches!(source, PluginError::Unavailable { .. });
+                if unsettled {
+                    self.unsettled.lock().unwrap().insert(lease.id.clone());
+                }
+                warn!(lease = %lease.id, role = %role.name, error = %source, unsettled, "issuance failed; rolling back");
                 self.index.schedule(lease.id.clone(), Utc::now());
                 return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
             }
@@ -358,11 +385,24 @@ impl Broker {
             plugin_data: created.plugin_data.clone(),
             expires_at: created.expires_at.map(|_| expires_at),
         };
-        if let Err(e) = self.store.write(activated).await {
-            // The credential exists but its lease could not be marked active:
-            // take it back rather than hand out something we cannot track.
-            self.index.schedule(lease.id.clone(), Utc::now());
-            return Err(e.into());
+        match self.store.write(activated).await {
+            Ok(true) => {}
+            // The credential exists but its lease is not `pending` any more
+            // (something revoked it meanwhile) or could not be marked
+            // active: take it back rather than hand out what is not tracked.
+            Ok(false) => {
+                self.index.schedule(lease.id.clone(), Utc::now());
+                return Err(BrokerError::Conflict {
+                    id: lease.id.clone(),
+                    state: "revoking",
+                    message: "the lease stopped being pending while it was issued; the credential is revoked"
+                        .into(),
+                });
+            }
+            Err(e) => {
+                self.index.schedule(lease.id.clone(), Utc::now());
+                return Err(e.into());
+            }
         }
         self.index.schedule(lease.id.clone(), expires_at);
         Metrics::inc(&self.metrics.issued);
@@ -370,6 +410,36 @@ impl Broker {
         let lease =
             Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
         Ok(Issued { lease, plugin: backend.connection.plugin.name(), credential: created.credential })
+    }
+
+    /// Issues in a task of its own, so a caller that goes away (it hung
+    /// up, or its request timed out) does not cut the issuance off half-way
+    /// and the lease always reaches a final state. A credential made for a
+    /// caller that is gone by then is held by nobody: it is revoked at once.
+    pub async fn issue_detached(
+        self: &Arc<Self>,
+        role: String,
+        ttl: Option<Duration>,
+        caller: Caller,
+    ) -> Result<Issued, BrokerError> {
+        let (answer, delivered) = oneshot::channel();
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let outcome = me.issue(&role, ttl, caller).await;
+            if let Err(Ok(issued)) = answer.send(outcome) {
+                me.revoke_undelivered(&issued.lease).await;
+            }
+        });
+        delivered.await.map_err(|_| BrokerError::Internal {
+            message: "the issuance task ended without an answer".into(),
+        })?
+    }
+
+    async fn revoke_undelivered(&self, lease: &Lease) {
+        Metrics::inc(&self.metrics.undelivered);
+        warn!(lease = %lease.id, role = %lease.role, uid = lease.owner.uid, "the caller was gone when its credential was made; revoking it");
+        // A failure is recorded and retried inside, like any revocation.
+        let _ = self.revoke_now(&lease.id, false).await;
     }
 
     async fn create_with_retry(
@@ -525,7 +595,7 @@ impl Broker {
         Ok(Lease { expires_at, ..lease })
     }
 
-    fn backend(&self, lease: &Lease) -> Result<&Backend, BrokerError> {
+    pub(crate) fn backend(&self, lease: &Lease) -> Result<&Backend, BrokerError> {
         self.backends.get(&lease.connection).ok_or_else(|| BrokerError::Backend {
             context: format!("lease {}", lease.id),
             source: PluginError::Unavailable {
@@ -534,7 +604,7 @@ impl Broker {
         })
     }
 
-    fn lease_ref<'a>(&'a self, lease: &'a Lease) -> LeaseRef<'a> {
+    pub(crate) fn lease_ref<'a>(&'a self, lease: &'a Lease) -> LeaseRef<'a> {
         let settings =
             self.roles.get(&lease.role).filter(|r| r.connection == lease.connection).map(|r| &r.settings);
         LeaseRef {
@@ -550,6 +620,9 @@ impl Broker {
     /// lease stays scheduled for retry and the error is returned, unless
     /// `force`, which drops the lease anyway.
     pub async fn revoke(&self, id: &LeaseId, force: bool, caller: Caller) -> Result<Revocation, BrokerError> {
+        if force && !caller.is_admin() {
+            return Err(BrokerError::NotAdmin { action: "force" });
+        }
         let lease = self.get(id, caller).await?;
         if lease.state == LeaseState::Revoked {
             return Ok(Revocation::AlreadyRevoked);
@@ -578,6 +651,9 @@ impl Broker {
         force: bool,
         caller: Caller,
     ) -> Result<(usize, Vec<(LeaseId, BrokerError)>), BrokerError> {
+        if force && !caller.is_admin() {
+            return Err(BrokerError::NotAdmin { action: "force" });
+        }
         let leases = self.list(prefix, caller).await?;
         let mut revoked = 0;
         let mut failed = Vec::new();
@@ -590,126 +666,10 @@ impl Broker {
         Ok((revoked, failed))
     }
 
-    /// One revocation attempt under the lease's lock and its connection's
-    /// worker pool. A failure is recorded and retried later with backoff;
-    /// any other way out before an outcome is recorded (a store error, the
-    /// caller going away) puts the lease back in the schedule, so no lease
-    /// is ever forgotten.
-    async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
-        let _lock = self.locks.lock(id).await;
-        self.index.remove(id);
-        let mut retry = Reschedule { index: &self.index, id, armed: true };
-        let Some(lease) = self.store.get(id).await? else {
-            retry.armed = false;
-            return Ok(Revocation::AlreadyRevoked);
-        };
-        if lease.state == LeaseState::Revoked {
-            retry.armed = false;
-            return Ok(Revocation::AlreadyRevoked);
-        }
-        if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
-            // Renewed while this attempt waited for the lock: not due yet.
-            retry.armed = false;
-            self.index.schedule(id.clone(), lease.expires_at);
-            return Ok(Revocation::NotDue);
-        }
-        if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
-            self.store.write(Write::StartRevoking { id: id.clone() }).await?;
-        }
-        let result = match self.backend(&lease) {
-            Ok(backend) => {
-                let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
-                bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease)))
-                    .await
-            }
-            Err(BrokerError::Backend { source, .. }) => Err(source),
-            Err(e) => return Err(e),
-        };
-        match result {
-            Ok(()) => {
-                let now = Utc::now();
-                self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
-                retry.armed = false;
-                Metrics::inc(&self.metrics.revoked);
-                if lease.state == LeaseState::Irrevocable {
-                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
-                }
-                // Rollbacks of failed issuances are not expiries.
-                if expired && lease.state != LeaseState::Pending {
-                    let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
-                    self.metrics.record_lateness(late);
-                }
-                debug!(lease = %id, username = %lease.username, "revoked");
-                Ok(Revocation::Revoked)
-            }
-            Err(source) => {
-                let attempts = lease.attempts + 1;
-                let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
-                Metrics::inc(&self.metrics.revoke_failures);
-                if irrevocable && lease.state != LeaseState::Irrevocable {
-                    Metrics::inc(&self.metrics.irrevocable);
-                    Metrics::inc(&self.metrics.irrevocable_now);
-                }
-                let write = Write::RevokeFailed {
-                    id: id.clone(),
-                    attempts,
-                    last_error: source.to_string(),
-                    irrevocable,
-                };
-                self.store.write(write).await?;
-                retry.armed = false;
-                let wait = expiry::backoff(attempts);
-                warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
-                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-                self.index.schedule(id.clone(), at);
-                Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
-            }
-        }
-    }
-
-    /// Sleeps until the earliest deadline, then hands every due lease to a
-    /// revocation task. Runs until shutdown.
-    async fn expiry_loop(self: Arc<Self>) {
-        loop {
-            let due = self.index.pop_due(Utc::now(), 1024);
-            let more = due.len() == 1024;
-            for id in due {
-                let me = self.clone();
-                self.tasks.spawn(async move {
-                    // Failures are recorded and rescheduled inside.
-                    let _ = me.revoke_now(&id, true).await;
-                });
-            }
-            if more {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let sleep = match self.index.next_deadline() {
-                Some(at) => tokio::time::sleep_until(expiry::instant_of(at)),
-                None => tokio::time::sleep(StdDuration::from_secs(3600)),
-            };
-            tokio::select! {
-                _ = sleep => {}
-                _ = self.index.changed() => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-        }
-    }
-
-    /// Purges revoked leases older than the retention, hourly.
-    async fn purge_loop(self: Arc<Self>) {
-        loop {
-            let before = Utc::now() - self.revoked_retention.to_chrono();
-            match self.store.purge_revoked(before).await {
-                Ok(0) => {}
-                Ok(n) => info!(purged = n, "purged revoked leases"),
-                Err(e) => warn!(error = %e, "purging revoked leases failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(StdDuration::from_secs(3600)) => {}
-                _ = self.shutdown.cancelled() => return,
-            }
-        }
+    /// Whether `id` was rolled back from an issuance with an unknown
+    /// outcome and still owes its second look; forgets it either way.
+    pub(crate) fn settle(&self, id: &LeaseId) -> bool {
+        self.unsettled.lock().unwrap().remove(id)
     }
 }
 
@@ -724,83 +684,41 @@ fn now_ms() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
 
-/// Counts an issuance in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicU64);
+/// Marks an issuance in flight for as long as it lives: counted in the
+/// gauge, and its lease listed so start-up recovery leaves it alone.
+struct InFlight<'a> {
+    broker: &'a Broker,
+    id: LeaseId,
+}
 
 impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+    fn enter(broker: &'a Broker, id: &LeaseId) -> Self {
+        broker.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        broker.issuing.lock().unwrap().insert(id.clone());
+        Self { broker, id: id.clone() }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Puts a lease back in the schedule unless disarmed: the safety net of a
-/// revocation attempt that ends before recording its outcome.
-struct Reschedule<'a> {
-    index: &'a ExpiryIndex,
-    id: &'a LeaseId,
-    armed: bool,
-}
-
-impl Drop for Reschedule<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let wait = expiry::backoff(3);
-            let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
-            self.index.schedule(self.id.clone(), at);
-        }
+        self.broker.issuing.lock().unwrap().remove(&self.id);
+        self.broker.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Runs a plugin call with a deadline: a backend that stops answering
 /// (a half-open connection, a statement stuck on a lock) becomes an
 /// ordinary retryable failure instead of holding a worker forever.
-async fn bounded<T>(
+///
+/// The SQL plugins bound their statements by the same `operation_timeout`
+/// themselves and cancel them on the server; this outer bound, a little
+/// longer so that cancel can finish, is the backstop for every plugin.
+pub(crate) async fn bounded<T>(
     limit: StdDuration,
     call: impl std::future::Future<Output = Result<T, PluginError>>,
 ) -> Result<T, PluginError> {
-    match tokio::time::timeout(limit, call).await {
+    match tokio::time::timeout(limit + lessor_plugin::CANCEL_GRACE, call).await {
         Ok(result) => result,
         Err(_) => Err(PluginError::Unavailable { message: format!("no answer within {}s", limit.as_secs()) }),
-    }
-}
-
-/// Per-lease async locks, created on demand and dropped when unused.
-#[derive(Debug, Default)]
-struct LeaseLocks {
-    map: Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Holds one lease's lock; removes the entry from the map when last out.
-struct LeaseGuard<'a> {
-    locks: &'a LeaseLocks,
-    id: LeaseId,
-    guard: Option<OwnedMutexGuard<()>>,
-}
-
-impl LeaseLocks {
-    async fn lock(&self, id: &LeaseId) -> LeaseGuard<'_> {
-        let mutex = self.map.lock().unwrap().entry(id.clone()).or_default().clone();
-        let guard = mutex.lock_owned().await;
-        LeaseGuard { locks: self, id: id.clone(), guard: Some(guard) }
-    }
-}
-
-impl Drop for LeaseGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = self.locks.map.lock().unwrap();
-        if let Some(entry) = map.get(&self.id) {
-            // Only the map holds it: nobody waits, so forget it.
-            if Arc::strong_count(entry) == 1 {
-                map.remove(&self.id);
-            }
-        }
     }
 }

@@ -1,0 +1,178 @@
+//! The revocation side of the broker: one revocation attempt with its
+//! bookkeeping (backoff, `irrevocable`, the re-check of rollbacks whose
+//! issuance timed out), the loop that hands due leases to it, and the purge
+//! of old revoked leases.
+//!
+//! These are methods of [`Broker`] kept apart from issuance: the broker
+//! decides *whether* a lease is revoked; this module is *how* that work is
+//! scheduled and retried.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+use tracing::{debug, info, warn};
+
+use super::{ExpiryIndex, MAX_FAST_ATTEMPTS};
+use crate::broker::{bounded, Broker, BrokerError, Revocation};
+use crate::expiry;
+use crate::lease::{LeaseId, LeaseState};
+use crate::metrics::Metrics;
+use crate::store::Write;
+
+impl Broker {
+    /// One revocation attempt under the lease's lock and its connection's
+    /// worker pool. A failure is recorded and retried later with backoff;
+    /// any other way out before an outcome is recorded (a store error, the
+    /// caller going away) puts the lease back in the schedule, so no lease
+    /// is ever forgotten.
+    pub(crate) async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
+        let _lock = self.locks.lock(id).await;
+        self.index.remove(id);
+        let mut retry = Reschedule { index: &self.index, id, armed: true };
+        let Some(lease) = self.store.get(id).await? else {
+            retry.armed = false;
+            return Ok(Revocation::AlreadyRevoked);
+        };
+        if lease.state == LeaseState::Revoked {
+            retry.armed = false;
+            return Ok(Revocation::AlreadyRevoked);
+        }
+        if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
+            // Renewed while this attempt waited for the lock: not due yet.
+            retry.armed = false;
+            self.index.schedule(id.clone(), lease.expires_at);
+            return Ok(Revocation::NotDue);
+        }
+        if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
+            self.store.write(Write::StartRevoking { id: id.clone() }).await?;
+        }
+        let result = match self.backend(&lease) {
+            Ok(backend) => {
+                let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
+                bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease)))
+                    .await
+                    .map(|()| backend.operation_timeout)
+            }
+            Err(BrokerError::Backend { source, .. }) => Err(source),
+            Err(e) => return Err(e),
+        };
+        match result {
+            Ok(grace) if self.settle(id) => {
+                // The issuance's outcome was unknown (it timed out): a
+                // statement the server had already taken could still commit
+                // after this drop found nothing. Look once more, later.
+                retry.armed = false;
+                let at =
+                    Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
+                self.index.schedule(id.clone(), at);
+                debug!(lease = %id, username = %lease.username, recheck_in_ms = grace.as_millis() as u64, "rolled back; checking the backend once more later");
+                Ok(Revocation::Revoked)
+            }
+            Ok(_) => {
+                let now = Utc::now();
+                self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
+                retry.armed = false;
+                Metrics::inc(&self.metrics.revoked);
+                if lease.state == LeaseState::Irrevocable {
+                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
+                }
+                // Rollbacks of failed issuances are not expiries.
+                if expired && lease.state != LeaseState::Pending {
+                    let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
+                    self.metrics.record_lateness(late);
+                }
+                debug!(lease = %id, username = %lease.username, "revoked");
+                Ok(Revocation::Revoked)
+            }
+            Err(source) => {
+                let attempts = lease.attempts + 1;
+                let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
+                Metrics::inc(&self.metrics.revoke_failures);
+                let write = Write::RevokeFailed {
+                    id: id.clone(),
+                    attempts,
+                    last_error: source.to_string(),
+                    irrevocable,
+                };
+                self.store.write(write).await?;
+                retry.armed = false;
+                // Counted once the store says so: a failed write leaves the
+                // lease as it was, and the next attempt counts it then.
+                if irrevocable && lease.state != LeaseState::Irrevocable {
+                    Metrics::inc(&self.metrics.irrevocable);
+                    Metrics::inc(&self.metrics.irrevocable_now);
+                }
+                let wait = expiry::backoff(attempts);
+                warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
+                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+                self.index.schedule(id.clone(), at);
+                Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
+            }
+        }
+    }
+
+    /// Sleeps until the earliest deadline, then hands every due lease to a
+    /// revocation task. Runs until shutdown.
+    pub(crate) async fn expiry_loop(self: Arc<Self>) {
+        loop {
+            let due = self.index.pop_due(Utc::now(), 1024);
+            let more = due.len() == 1024;
+            for id in due {
+                let me = self.clone();
+                self.tasks.spawn(async move {
+                    // Failures are recorded and rescheduled inside.
+                    let _ = me.revoke_now(&id, true).await;
+                });
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let sleep = match self.index.next_deadline() {
+                Some(at) => tokio::time::sleep_until(expiry::instant_of(at)),
+                None => tokio::time::sleep(StdDuration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.index.changed() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Purges revoked leases older than the retention, hourly.
+    pub(crate) async fn purge_loop(self: Arc<Self>) {
+        loop {
+            let before = Utc::now() - self.revoked_retention.to_chrono();
+            match self.store.purge_revoked(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(purged = n, "purged revoked leases"),
+                Err(e) => warn!(error = %e, "purging revoked leases failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(StdDuration::from_secs(3600)) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Puts a lease back in the schedule unless disarmed: the safety net of a
+/// revocation attempt that ends before recording its outcome.
+struct Reschedule<'a> {
+    index: &'a ExpiryIndex,
+    id: &'a LeaseId,
+    armed: bool,
+}
+
+impl Drop for Reschedule<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let wait = expiry::backoff(3);
+            let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
+            self.index.schedule(self.id.clone(), at);
+        }
+    }
+}

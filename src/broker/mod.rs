@@ -294,8 +294,7 @@ impl Broker {
                 LeaseState::Irrevocable => {
                     retry += 1;
                     self.metrics.irrevocable_now.fetch_add(1, Ordering::Relaxed);
-                    let spread = rand::rng().random_range(0..expiry::SLOW_RETRY.as_millis() as i64);
-                    now + chrono::Duration::milliseconds(spread)
+                    expiry::slow_retry_after_restart(now)
                 }
                 LeaseState::Revoked => continue,
             };

@@ -42,6 +42,14 @@ pub fn backoff(attempts: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// When an `irrevocable` lease found at start-up is next tried: at a random
+/// point of the next [`SLOW_RETRY`], so that a restart neither retries a
+/// backlog of them all at once nor resets their slow cadence.
+pub fn slow_retry_after_restart(now: DateTime<Utc>) -> DateTime<Utc> {
+    let spread = rand::rng().random_range(0..SLOW_RETRY.as_millis() as i64);
+    now + chrono::Duration::milliseconds(spread)
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     by_time: BTreeMap<(DateTime<Utc>, u64), LeaseId>,
@@ -179,6 +187,17 @@ mod tests {
         let slow = backoff(MAX_FAST_ATTEMPTS).as_secs_f64();
         assert!(slow >= SLOW_RETRY.as_secs_f64() * 0.8 && slow <= SLOW_RETRY.as_secs_f64() * 1.2, "{slow}");
         assert!(backoff(5) <= BACKOFF_CAP.mul_f64(1.2));
+    }
+
+    #[test]
+    fn irrevocable_leases_are_spread_over_the_slow_cadence_after_a_restart() {
+        let now = Utc::now();
+        let slow = chrono::Duration::from_std(SLOW_RETRY).unwrap();
+        let at: Vec<_> = (0..1000).map(|_| slow_retry_after_restart(now)).collect();
+        assert!(at.iter().all(|t| *t >= now && *t < now + slow));
+        // Not all at once: at most a few of 1000 land in the first minute.
+        let first_minute = at.iter().filter(|t| **t < now + chrono::Duration::minutes(1)).count();
+        assert!(first_minute < 60, "{first_minute} of 1000 retried within a minute");
     }
 
     #[tokio::test]

@@ -67,9 +67,14 @@ async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
     db.track_prefix(&prefix);
     let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
     let mut daemon = Daemon::start(&db, &body).await;
+    // The same socket with a store of its own (the same store would be
+    // refused first: one daemon per store).
+    let config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    let second_config = daemon.dir.path().join("second.toml");
+    std::fs::write(&second_config, config.replace("lessor.db", "second.db")).unwrap();
     let second = Command::new(env!("CARGO_BIN_EXE_lessor"))
         .args(["serve", "--config"])
-        .arg(&daemon.config_path)
+        .arg(&second_config)
         .output()
         .unwrap();
     assert!(!second.status.success());

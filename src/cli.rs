@@ -86,6 +86,46 @@ enum Command {
     /// Check a config file or print its JSON Schema.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Static accounts: their current credential.
+    #[command(subcommand)]
+    Static(StaticCommand),
+    /// Rotate a static account's password now (root or the daemon's user).
+    Rotate {
+        /// The static account.
+        name: String,
+        /// Why; recorded in the log. Required with `--overlap 0s`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long the previous credential keeps working, e.g. `0s` for a
+        /// suspected leak; the account's `overlap` when omitted.
+        #[arg(long, value_name = "DURATION")]
+        overlap: Option<String>,
+    },
+    /// Keys that seal static-account secrets in the store.
+    #[command(subcommand)]
+    Seal(SealCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StaticCommand {
+    /// Show a static account's current credential, version and schedule.
+    Get {
+        /// The static account.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = CredsFormat::Json)]
+        format: CredsFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SealCommand {
+    /// Write a new random key (64 hex characters, mode 0600) to a file that
+    /// does not exist yet, for `server.seal_key_file`.
+    NewKey {
+        /// Where to write it.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +277,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             out(&crate::config::json_schema())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Seal(SealCommand::NewKey { file }) => {
+            crate::rotation::seal::write_new_key(&file)
+                .map_err(|e| Failure::new(format!("cannot write {}: {e}", file.display())))?;
+            out(&format!("wrote a new seal key to {} (mode 0600)\n", file.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             // One request per process: a current-thread runtime is enough
             // and starts faster.
@@ -332,7 +378,29 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
             }
             success(response).map(drop)
         }
-        Command::Serve { .. } | Command::Config(_) => unreachable!("handled without a client"),
+        Command::Static(StaticCommand::Get { name, format }) => {
+            let body = success(client.static_get(&name).await?)?;
+            match format {
+                CredsFormat::Json => out(&pretty(&body)),
+                CredsFormat::Table => out(&static_table(&body)),
+                CredsFormat::Env => Err(Failure::new("static get prints json or table")),
+            }
+        }
+        Command::Rotate { name, reason, overlap } => {
+            let body = success(client.static_rotate(&name, reason.as_deref(), overlap.as_deref()).await?)?;
+            let previous = match (body["previous_username"].as_str(), body["previous_valid_until"].as_str()) {
+                (Some(user), Some(until)) => format!("; {user} keeps working until {until}"),
+                _ => "; no previous credential keeps working".to_string(),
+            };
+            out(&format!(
+                "{name}: version {} ({}){previous}\n",
+                body["version"],
+                body["credential"]["username"].as_str().unwrap_or("?")
+            ))
+        }
+        Command::Serve { .. } | Command::Config(_) | Command::Seal(_) => {
+            unreachable!("handled without a client")
+        }
     }
 }
 
@@ -451,6 +519,21 @@ fn creds_table(body: &Value) -> String {
             rows.push(vec![key.to_string(), cell(credential.get(key))]);
         }
     }
+    render_table(&rows)
+}
+
+/// `static get` as `key  value` rows.
+fn static_table(body: &Value) -> String {
+    let rows =
+        ["name", "version", "rotated_at", "next_rotation_at", "previous_username", "previous_valid_until"]
+            .iter()
+            .map(|key| vec![key.to_string(), cell(body.get(*key))])
+            .chain(
+                ["username", "password"]
+                    .iter()
+                    .map(|key| vec![key.to_string(), cell(body["credential"].get(*key))]),
+            )
+            .collect::<Vec<_>>();
     render_table(&rows)
 }
 

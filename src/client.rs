@@ -284,6 +284,24 @@ impl Client {
         self.request(Method::POST, &format!("/v1/roles/{}/revoke-sessions", segment(role)), None).await
     }
 
+    /// `GET /v1/static/{name}`: a static account's current credential and
+    /// where its rotation stands.
+    pub async fn static_get(&self, name: &str) -> Result<Response, ClientError> {
+        self.request(Method::GET, &format!("/v1/static/{}", segment(name)), None).await
+    }
+
+    /// `POST /v1/static/{name}/rotate`: rotate a static account now; the
+    /// reason is required when `overlap` is `"0s"` (an emergency).
+    pub async fn static_rotate(
+        &self,
+        name: &str,
+        reason: Option<&str>,
+        overlap: Option<&str>,
+    ) -> Result<Response, ClientError> {
+        let body = json!({ "reason": reason, "overlap": overlap });
+        self.request(Method::POST, &format!("/v1/static/{}/rotate", segment(name)), Some(&body)).await
+    }
+
     /// `GET /v1/health`: readiness and counts.
     pub async fn health(&self) -> Result<Response, ClientError> {
         self.request(Method::GET, "/v1/health", None).await

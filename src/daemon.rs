@@ -18,7 +18,6 @@ use crate::api::{self, AppState, PeerInfo};
 use crate::broker::Broker;
 use crate::config::{self, ValidatedConfig};
 use crate::store::{LeaseStore, SqliteStore};
-use crate::tidy::Tidy;
 
 /// How `lessor serve` was invoked.
 #[derive(Debug, Clone, Default)]
@@ -93,8 +92,8 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let store: Arc<dyn LeaseStore> = Arc::new(store);
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
-    let tidy = Tidy::new(&config, store.clone());
-    let broker = Broker::new(&config, store, shutdown.clone());
+    let state = AppState::new(&config, store, shutdown.clone());
+    let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
     for (name, connection) in &config.connections {
         let plugin = connection.plugin.clone();
         let name = name.clone();
@@ -107,12 +106,6 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
             }
         });
     }
-    let state = AppState {
-        broker: broker.clone(),
-        tidy: tidy.clone(),
-        max_body_bytes: config.server.max_body_bytes,
-        request_timeout: config.server.request_timeout.as_std(),
-    };
     let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -123,6 +116,7 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
         }
     });
     broker.start();
+    rotator.start();
     let ready = broker.clone();
     tidy.start(move || ready.is_ready(), broker.tasks(), shutdown.clone());
     info!(socket = %socket.display(), "listening");
@@ -225,10 +219,18 @@ async fn wait_for_signal() {
 async fn dev_config() -> anyhow::Result<ValidatedConfig> {
     let dir = std::env::current_dir()?.join(DEV_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Static-account secrets are sealed with a key made on first use.
+    let seal_key = dir.join("seal.key");
+    if !seal_key.exists() {
+        crate::rotation::seal::write_new_key(&seal_key)
+            .with_context(|| format!("cannot write {}", seal_key.display()))?;
+        info!(file = %seal_key.display(), "made a seal key for the dev server");
+    }
     let mut text = format!(
-        "[server]\nsocket = {:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\n",
+        "[server]\nsocket = {:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nseal_key_file = {:?}\n",
         dir.join("lessor.sock"),
-        dir.join("lessor.db").display()
+        dir.join("lessor.db").display(),
+        seal_key,
     );
     let pg_up =
         tokio::time::timeout(StdDuration::from_secs(1), tokio::net::TcpStream::connect("127.0.0.1:5432"))

@@ -13,7 +13,9 @@
 //! - [`client`]: the socket client the CLI, tests and benchmarks use;
 //! - [`cli`]: the command line;
 //! - [`metrics`]: counters rendered as Prometheus text;
-//! - [`tidy`]: the sweep that drops backend users no lease covers.
+//! - [`tidy`]: the sweep that drops backend users no lease covers;
+//! - [`rotation`]: static accounts, rotated in phases on a schedule or on
+//!   demand, their secrets sealed at rest.
 //!
 //! Backends live in their own crates behind the `lessor_plugin::Plugin`
 //! trait; [`config::PLUGINS`] is the one table that registers them.
@@ -27,5 +29,6 @@ pub mod daemon;
 pub mod expiry;
 pub mod lease;
 pub mod metrics;
+pub mod rotation;
 pub mod store;
 pub mod tidy;

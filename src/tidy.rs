@@ -31,7 +31,7 @@
 //! age), and on demand through `POST /v1/tidy` / `lessor tidy`, which can
 //! also only report what it would drop (`dry_run`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{ConnectionConfig, Duration, ValidatedConfig};
+use crate::rotation::Rotator;
 use crate::store::LeaseStore;
 
 /// The default `tidy_grace`: longer than any issuance takes.
@@ -179,6 +180,10 @@ struct Target {
     /// Uncovered users by name, with when a sweep first saw them: the age
     /// of a user whose backend keeps no creation time.
     first_seen: Mutex<HashMap<String, Instant>>,
+    /// The users of static accounts on this connection: never listed, never
+    /// dropped, whatever the prefix (config refuses a prefix that matches
+    /// one; this holds even so).
+    static_users: HashSet<String>,
 }
 
 /// The sweeper. Cheap to share behind an `Arc`.
@@ -200,7 +205,7 @@ struct Sweep {
 }
 
 impl Tidy {
-    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>) -> Arc<Self> {
+    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, rotator: &Rotator) -> Arc<Self> {
         let targets = config
             .connections
             .iter()
@@ -211,6 +216,7 @@ impl Tidy {
                     timeout: connection.operation_timeout.as_std(),
                     running: tokio::sync::Mutex::new(()),
                     first_seen: Mutex::new(HashMap::new()),
+                    static_users: rotator.usernames_on(name),
                 });
                 (name.clone(), target)
             })
@@ -270,7 +276,10 @@ impl Tidy {
                 return Sweep { report, follow_up: None };
             }
         };
-        let users: Vec<_> = users.into_iter().filter(|u| u.name.starts_with(prefix.as_str())).collect();
+        let users: Vec<_> = users
+            .into_iter()
+            .filter(|u| u.name.starts_with(prefix.as_str()) && !target.static_users.contains(&u.name))
+            .collect();
         // 2. Then the store.
         let names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
         // A user whose lease was revoked longer than the grace ago should
@@ -501,6 +510,7 @@ mod tests {
             timeout: StdDuration::from_secs(5),
             running: tokio::sync::Mutex::new(()),
             first_seen: Mutex::new(HashMap::new()),
+            static_users: HashSet::from(["v_static_account".to_string()]),
         };
         Tidy {
             targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]),
@@ -529,6 +539,7 @@ mod tests {
             "v_active",
             "v_revoked",
             "v_revoked_long_ago",
+            "v_static_account",
             "other_user",
         ] {
             backend.users.lock().unwrap().insert(name.into(), old);
@@ -562,7 +573,7 @@ mod tests {
         let dry = tidy.run(Some("db"), true).await.unwrap();
         assert_eq!(dry[0].would_drop, ["v_revoked_long_ago", "v_stray_1", "v_stray_2"]);
         assert!(dry[0].dropped.is_empty() && dry[0].errors.is_empty());
-        assert_eq!(backend.users.lock().unwrap().len(), 7, "a dry run dropped something");
+        assert_eq!(backend.users.lock().unwrap().len(), 8, "a dry run dropped something");
 
         let done = tidy.run(None, false).await.unwrap();
         assert_eq!(done.len(), 1);
@@ -571,7 +582,9 @@ mod tests {
         let left: HashSet<String> = backend.users.lock().unwrap().keys().cloned().collect();
         assert_eq!(
             left,
-            HashSet::from(["v_pending", "v_active", "v_revoked", "other_user"].map(String::from))
+            HashSet::from(
+                ["v_pending", "v_active", "v_revoked", "v_static_account", "other_user"].map(String::from)
+            )
         );
         assert!(tidy.metrics_text().contains("lessor_tidy_dropped_total 3"), "{}", tidy.metrics_text());
     }

@@ -28,9 +28,12 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
-use crate::config::Duration;
+use crate::config::{Duration, ValidatedConfig};
 use crate::lease::{Lease, LeaseId};
+use crate::rotation::{OperatorRequest, RotationError, Rotator, StaticView};
+use crate::store::LeaseStore;
 use crate::tidy::Tidy;
+use tokio_util::sync::CancellationToken;
 
 pub use peer::PeerInfo;
 
@@ -39,8 +42,25 @@ pub use peer::PeerInfo;
 pub struct AppState {
     pub broker: Arc<Broker>,
     pub tidy: Arc<Tidy>,
+    pub rotator: Arc<Rotator>,
     pub max_body_bytes: usize,
     pub request_timeout: StdDuration,
+}
+
+impl AppState {
+    /// Builds the broker, tidy and rotator for `config` over `store`. None
+    /// of their background work runs until the caller starts it.
+    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Self {
+        let broker = Broker::new(config, store.clone(), shutdown.clone());
+        let rotator = Rotator::new(config, store.clone(), shutdown, broker.tasks().clone());
+        Self {
+            tidy: Tidy::new(config, store, &rotator),
+            broker,
+            rotator,
+            max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.server.request_timeout.as_std(),
+        }
+    }
 }
 
 /// An error answer: `{"error":{"code":"…","message":"…"}}`.
@@ -72,6 +92,17 @@ impl From<BrokerError> for ApiError {
     }
 }
 
+impl From<RotationError> for ApiError {
+    fn from(e: RotationError) -> Self {
+        let (status, code) = e.status_and_code();
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            e.to_string(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
@@ -91,6 +122,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/revoke", post(revoke_prefix))
         .route("/v1/roles/{role}/revoke-sessions", post(revoke_sessions))
         .route("/v1/tidy", post(tidy))
+        .route("/v1/static/{name}", get(static_get))
+        .route("/v1/static/{name}/rotate", post(static_rotate))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -184,7 +217,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.broker.metrics_text() + &state.tidy.metrics_text();
+    let text = state.broker.metrics_text() + &state.tidy.metrics_text() + &state.rotator.metrics_text();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -434,4 +467,58 @@ async fn revoke_sessions(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(Json(done).into_response())
+}
+
+/// A static account as the API shows it; the password only when asked for.
+fn static_json(view: &StaticView, with_secret: bool) -> Value {
+    let mut body = json!({
+        "name": view.name,
+        "strategy": view.strategy.as_str(),
+        "credential": { "username": view.username },
+        "version": view.version,
+        "rotated_at": view.rotated_at,
+        "next_rotation_at": view.next_rotation_at,
+        "previous_username": view.previous_username,
+        "previous_valid_until": view.previous_valid_until,
+        "schedule": view.schedule,
+        "rotation": {
+            "in_progress": view.rotating,
+            "failures": view.failures,
+            "last_error": view.last_error,
+        },
+    });
+    if with_secret {
+        body["credential"]["password"] = json!(view.password.expose_secret());
+    }
+    body
+}
+
+/// `GET /v1/static/{name}`: the current credential and where the rotation
+/// stands.
+async fn static_get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let view = state.rotator.get(&name).await?;
+    Ok(Json(static_json(&view, true)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    reason: Option<String>,
+    overlap: Option<String>,
+}
+
+/// `POST /v1/static/{name}/rotate`: an operator's rotation, now (root or
+/// the daemon's user). Answers the new version, never the password.
+async fn static_rotate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult {
+    if !caller(request.extensions()).is_admin() {
+        return Err(RotationError::NotAdmin { action: "rotating a static account" }.into());
+    }
+    let body: RotateBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    let overlap = parse_duration("overlap", body.overlap.as_deref())?;
+    let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }).await?;
+    Ok(Json(static_json(&view, false)).into_response())
 }

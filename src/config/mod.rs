@@ -8,6 +8,7 @@
 //! key it concerns, so `lessor config check` is a complete answer.
 
 pub mod duration;
+pub mod statics;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use duration::Duration;
+pub use statics::{RotationSchedule, StaticAccount, StaticAccountConfig, Strategy};
+
+use crate::rotation::seal::Sealer;
 
 /// The built-in plugins, by the name used in `plugin = "…"`.
 pub static PLUGINS: &[(&str, PluginFactory)] = &[
@@ -43,6 +47,9 @@ pub struct Config {
     /// `<role>/<random>`.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleConfig>,
+    /// Long-lived accounts whose passwords lessor rotates, by name.
+    #[serde(default)]
+    pub static_accounts: BTreeMap<String, StaticAccountConfig>,
 }
 
 /// `[server]`
@@ -62,7 +69,9 @@ pub struct ServerConfig {
     pub store: String,
     /// Audit log path (hash-chained JSON lines). Reserved; not written yet.
     pub audit_log: Option<PathBuf>,
-    /// Key file for sealing static-account secrets. Reserved.
+    /// Key file for sealing static-account passwords in the store: 32
+    /// random bytes, raw, as 64 hex characters or as base64. Required with
+    /// `static_accounts`; refused when group or others can read it.
     pub seal_key_file: Option<PathBuf>,
     /// The longest a request may take before it is answered 503.
     #[serde(default = "default_request_timeout")]
@@ -235,6 +244,9 @@ pub struct ValidatedConfig {
     pub socket_mode: u32,
     pub connections: BTreeMap<String, Connection>,
     pub roles: BTreeMap<String, Role>,
+    pub static_accounts: BTreeMap<String, StaticAccount>,
+    /// The key static secrets are sealed with, when `seal_key_file` is set.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 /// Every problem found in one config file.
@@ -472,6 +484,27 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
         }
     }
 
+    let configured = |name: &str| config.connections.contains_key(name);
+    let static_accounts = statics::validate(&config.static_accounts, &connections, &configured, &mut errors);
+    let sealer = match &config.server.seal_key_file {
+        Some(path) => match Sealer::from_file(path) {
+            Ok(sealer) => Some(Arc::new(sealer)),
+            Err(e) => {
+                errors.push(ConfigError::new("server.seal_key_file", e.to_string()));
+                None
+            }
+        },
+        None if !config.static_accounts.is_empty() => {
+            errors.push(ConfigError::new(
+                "server.seal_key_file",
+                "required with static_accounts: their passwords are stored sealed with it \
+                 (make one with `lessor seal new-key FILE`)",
+            ));
+            None
+        }
+        None => None,
+    };
+
     if errors.is_empty() {
         Ok(ValidatedConfig {
             source: source.to_string(),
@@ -479,6 +512,8 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             socket_mode,
             connections,
             roles,
+            static_accounts,
+            sealer,
         })
     } else {
         Err(errors)
@@ -490,7 +525,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// The longest any configured duration may be: every instant lessor
 /// computes from one (now + TTL, now − retention) stays far inside the
 /// range of a timestamp.
-const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
+pub(crate) const TEN_YEARS: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Reports `value` at `key` unless it lies in `min..=max`.
 fn check_range(errors: &mut Vec<ConfigError>, key: &str, value: Duration, min: Duration, max: Duration) {

@@ -7,6 +7,7 @@
 //! transaction (group commit): one fsync serves many requests.
 
 pub mod sqlite;
+mod statics;
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use crate::lease::{Lease, LeaseId, LeaseState};
 
 pub use sqlite::SqliteStore;
+pub use statics::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
 
 /// A change to one lease. Each names the states it applies in; a write whose
 /// lease is not in one of them changes nothing and reports `false`.
@@ -114,6 +116,28 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// Deletes `revoked` leases revoked before `before`; returns how many.
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// One static account's rotation state.
+    async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError>;
+
+    /// Records a static account's rotation state durably (insert or
+    /// replace); the claim columns are left as they are.
+    async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError>;
+
+    /// Claims the right to run `name`'s rotation for `holder` until
+    /// `until`: granted when nobody holds it, the holder's claim expired
+    /// before `now`, or `holder` holds it already. With a store shared by
+    /// several nodes this is what makes exactly one of them rotate.
+    async fn static_claim(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives up `holder`'s claim on `name`'s rotation, if it has one.
+    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Transactions committed so far, for metrics: against the number of
     /// writes it shows how well group commit batches. 0 if not counted.

@@ -55,7 +55,7 @@ const SYSTEM_USERS: &[&str] =
 
 /// Which server answers: the two differ in where account metadata lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
+pub(crate) enum Flavor {
     /// MariaDB ≥ 10.4: accounts in `mysql.global_priv` (JSON), roles marked
     /// `is_role`; `mysql.user` is a view.
     MariaDb,
@@ -66,23 +66,23 @@ enum Flavor {
 
 /// The MySQL/MariaDB plugin for one `[connections.NAME]`.
 pub struct MySqlPlugin {
-    connection: String,
+    pub(crate) connection: String,
     /// `user@host:port`, for logs and `Debug`.
     target: String,
     /// The admin's user name, which tidy never touches.
     admin_user: String,
     max_username_len: usize,
-    encoding: MySqlPasswordEncoding,
+    pub(crate) encoding: MySqlPasswordEncoding,
     max_connections: usize,
     /// Admin connections; the password lives in the pool's options, which
     /// is why `Debug` is written by hand.
     pool: Pool,
     /// The same options, for the one-off connection that cancels a
     /// statement (`KILL QUERY`) when the pool may have none free.
-    opts: Opts,
+    pub(crate) opts: Opts,
     /// How long one operation's statements may run before they are
     /// cancelled on the server.
-    operation_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
     flavor: OnceLock<Flavor>,
 }
 
@@ -147,7 +147,7 @@ impl MySqlPlugin {
         }
     }
 
-    async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
+    pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
         match tokio::time::timeout(POOL_WAIT_TIMEOUT, self.pool.get_conn()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(classify(&e, cx, redactor)),
@@ -167,7 +167,7 @@ impl MySqlPlugin {
     /// `work` is driven until the server reports back, and `conn` is closed
     /// rather than returned to the pool; the operation fails as
     /// `Unavailable`. Otherwise `work`'s result and the connection.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         mut conn: Conn,
         cx: &Context<'_>,
@@ -204,7 +204,7 @@ impl MySqlPlugin {
         }
     }
 
-    async fn flavor(&self, conn: &mut Conn, cx: &Context<'_>) -> Result<Flavor, PluginError> {
+    pub(crate) async fn flavor(&self, conn: &mut Conn, cx: &Context<'_>) -> Result<Flavor, PluginError> {
         if let Some(flavor) = self.flavor.get() {
             return Ok(*flavor);
         }
@@ -273,7 +273,7 @@ impl MySqlPlugin {
     /// The hosts `username` exists with, for dropping it: when they cannot
     /// be read, guessing `%` could leave the user alive on another host, so
     /// that is an error (revocation fails and is retried).
-    async fn hosts_to_drop(
+    pub(crate) async fn hosts_to_drop(
         &self,
         conn: &mut Conn,
         username: &str,
@@ -303,7 +303,7 @@ impl MySqlPlugin {
     }
 
     /// Kills every connection of `username`. "Already ended" is success.
-    async fn kill_sessions(
+    pub(crate) async fn kill_sessions(
         &self,
         conn: &mut Conn,
         username: &str,
@@ -404,7 +404,7 @@ impl MySqlPlugin {
     /// Templates paste the username raw between the operator's own quotes,
     /// so a name that could close them is refused before anything is
     /// rendered.
-    fn check_username(&self, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+    pub(crate) fn check_username(&self, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
         failure::check_username(username, self.max_username_len, &[], cx)
     }
 }
@@ -546,6 +546,18 @@ impl Plugin for MySqlPlugin {
         Ok(())
     }
 
+    async fn set_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        self.set_account_password(username, password).await
+    }
+
+    async fn test_login(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        self.login_as(username, password).await
+    }
+
+    async fn end_sessions(&self, username: &str) -> Result<(), PluginError> {
+        self.end_account_sessions(username).await
+    }
+
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
         let username = lease.username;
         let cx = Context::new(Operation::Revoke, Some(username));
@@ -620,7 +632,7 @@ pub(crate) fn format_expiration(at: DateTime<Utc>) -> String {
 
 /// `user`@`host` with both quoted as identifiers (backticks doubled), which
 /// no `sql_mode` reads differently.
-fn account(user: &str, host: &str) -> String {
+pub(crate) fn account(user: &str, host: &str) -> String {
     format!("`{}`@`{}`", user.replace('`', "``"), host.replace('`', "``"))
 }
 

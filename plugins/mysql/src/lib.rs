@@ -17,6 +17,7 @@
 //! Only the config types and the plugin are public; the broker talks to it
 //! through [`lessor_plugin::Plugin`].
 
+mod accounts;
 mod client;
 mod config;
 mod error;

@@ -48,16 +48,19 @@ pub(crate) const MAX_USERNAME_LEN: usize = 63;
 
 /// The PostgreSQL plugin for one `[connections.NAME]`.
 pub struct PgPlugin {
-    connection: String,
+    pub(crate) connection: String,
     /// `user@host:port/db`, for logs and `Debug`.
     target: String,
-    encoding: PasswordEncoding,
+    pub(crate) encoding: PasswordEncoding,
+    /// The admin's connection settings, from which a login test as another
+    /// user is made (user and password replaced).
+    pub(crate) login_config: tokio_postgres::Config,
     /// Admin connections; the password lives inside the manager's
     /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
     pool: Pool,
     /// How long one operation's statements may run before they are
     /// cancelled on the server.
-    operation_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
     /// Verifiers of creations that met a transient conflict, by username,
     /// for the broker's retry of the same issuance.
     retry_verifiers: Mutex<HashMap<String, SecretString>>,
@@ -90,6 +93,7 @@ impl PgPlugin {
 
     fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
         let target = target(&settings.pg);
+        let login_config = settings.pg.clone();
         // `Fast` recycling only checks that the socket is open; a connection
         // that died since is reported as Unavailable and the broker retries.
         let manager = Manager::from_config(
@@ -109,20 +113,21 @@ impl PgPlugin {
             connection: settings.name,
             target,
             encoding: settings.options.password_encoding,
+            login_config,
             pool,
             operation_timeout,
             retry_verifiers: Mutex::default(),
         })
     }
 
-    async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
+    pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
         self.pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
     }
 
     /// After an operation on `client` ran over `operation_timeout` and was
     /// cancelled: the connection is closed instead of going back to the
     /// pool, and the operation fails as `Unavailable`.
-    fn abandon(&self, client: Object, settled: bool, cx: &Context<'_>) -> PluginError {
+    pub(crate) fn abandon(&self, client: Object, settled: bool, cx: &Context<'_>) -> PluginError {
         drop(Object::take(client));
         debug!(connection = %self.connection, username = cx.username.unwrap_or(""), settled, "operation timed out; statement cancelled, connection closed");
         deadline::timed_out(&cx.prefix(), self.operation_timeout, settled)
@@ -483,6 +488,18 @@ impl Plugin for PgPlugin {
         Ok(())
     }
 
+    async fn set_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        self.set_account_password(username, password).await
+    }
+
+    async fn test_login(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        self.login_as(username, password).await
+    }
+
+    async fn end_sessions(&self, username: &str) -> Result<(), PluginError> {
+        self.terminate_sessions(username).await
+    }
+
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
         let username = lease.username;
         let cx = Context::new(Operation::Revoke, Some(username));
@@ -541,7 +558,7 @@ impl Plugin for PgPlugin {
 /// Asks the server to cancel whatever `token`'s connection is running. The
 /// server does not answer a cancel request; the cancelled statement's own
 /// error is the answer, which [`deadline::run`] waits for.
-async fn cancel(token: CancelToken) {
+pub(crate) async fn cancel(token: CancelToken) {
     if let Err(e) = token.cancel_query(NoTls).await {
         debug!(error = %e, "sending the cancel request failed; the connection is closed instead");
     }
@@ -550,7 +567,7 @@ async fn cancel(token: CancelToken) {
 /// A SCRAM-SHA-256 verifier for `password`: 4 096 rounds of PBKDF2, a few
 /// milliseconds of CPU, so computed on the blocking pool rather than on a
 /// worker thread that also serves other requests.
-async fn scram_verifier(password: SecretString) -> Result<SecretString, PluginError> {
+pub(crate) async fn scram_verifier(password: SecretString) -> Result<SecretString, PluginError> {
     tokio::task::spawn_blocking(move || SecretString::from(scram::verifier(password.expose_secret())))
         .await
         .map_err(|e| PluginError::Internal { message: format!("computing the SCRAM verifier failed: {e}") })
@@ -571,7 +588,7 @@ pub(crate) fn quote_ident(ident: &str) -> String {
 /// Templates paste the username raw between the operator's own quotes, so
 /// a name that could close them is refused before anything is rendered.
 /// `-` and `.` are accepted too: inside double quotes they are plain characters.
-fn check_username(username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+pub(crate) fn check_username(username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
     failure::check_username(username, MAX_USERNAME_LEN, b"-.", cx)
 }
 

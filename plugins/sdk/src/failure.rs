@@ -16,6 +16,12 @@ pub enum Operation {
     Renew,
     Revoke,
     ListUsers,
+    /// Setting a static account's password.
+    SetPassword,
+    /// Logging in as a static account to test its new password.
+    TestLogin,
+    /// Ending a static account's sessions.
+    EndSessions,
 }
 
 impl Operation {
@@ -27,6 +33,9 @@ impl Operation {
             Self::Renew => "renew",
             Self::Revoke => "revoke",
             Self::ListUsers => "list users",
+            Self::SetPassword => "set password of",
+            Self::TestLogin => "log in as",
+            Self::EndSessions => "end sessions of",
         }
     }
 }

@@ -199,6 +199,31 @@ pub trait Plugin: Send + Sync + Debug {
         Err(PluginError::Unsupported { operation: "list_users" })
     }
 
+    /// Sets the password of an existing user whose life lessor does not
+    /// own (a static account): PostgreSQL `ALTER ROLE … PASSWORD` (a SCRAM
+    /// verifier by default), MySQL `ALTER USER … IDENTIFIED BY` for every
+    /// host it exists with. Idempotent: setting the same password twice is
+    /// harmless, so a rotation that crashed mid-way simply sets it again.
+    async fn set_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        let _ = (username, password);
+        Err(PluginError::Unsupported { operation: "set_password" })
+    }
+
+    /// Logs in as `username` with `password`, over a connection of its own,
+    /// and runs a trivial query: the test phase of a rotation. (An admin
+    /// query about the user would not prove that the login works.)
+    async fn test_login(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        let _ = (username, password);
+        Err(PluginError::Unsupported { operation: "test_login" })
+    }
+
+    /// Ends every session of `username` (a static credential retired with
+    /// no overlap). "No session" is success.
+    async fn end_sessions(&self, username: &str) -> Result<(), PluginError> {
+        let _ = username;
+        Err(PluginError::Unsupported { operation: "end_sessions" })
+    }
+
     /// Operator action for a leaked credential the backend cannot revoke
     /// one by one (AWS: deny every session of a role issued before now).
     /// Returns a non-secret description of what was done.

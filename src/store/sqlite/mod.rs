@@ -29,13 +29,16 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LeaseStore, StoreError, Write};
+mod statics;
+
+use super::{LeaseStore, StaticRecord, StoreError, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../schemas/sql/sqlite/0001_leases.sql"),
-    include_str!("../../schemas/sql/sqlite/0002_unique_usernames.sql"),
+    include_str!("../../../schemas/sql/sqlite/0001_leases.sql"),
+    include_str!("../../../schemas/sql/sqlite/0002_unique_usernames.sql"),
+    include_str!("../../../schemas/sql/sqlite/0003_static_accounts.sql"),
 ];
 
 /// Writes waiting for the writer before `write` callers wait for room.
@@ -65,6 +68,8 @@ macro_rules! select_leases {
 #[allow(clippy::large_enum_variant)]
 enum Job {
     Write(Write, oneshot::Sender<Result<bool, StoreError>>),
+    /// A static account's state, or a claim on its rotation.
+    Static(statics::StaticWrite, oneshot::Sender<Result<bool, StoreError>>),
     /// Deletes `revoked` leases revoked before this many epoch milliseconds.
     Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
 }
@@ -73,7 +78,7 @@ impl Job {
     /// Sends the outcome (rows changed) to the caller, who may have gone.
     fn answer(self, outcome: Result<u64, StoreError>) {
         match self {
-            Job::Write(_, reply) => {
+            Job::Write(_, reply) | Job::Static(_, reply) => {
                 let _ = reply.send(outcome.map(|changed| changed > 0));
             }
             Job::Purge(_, reply) => {
@@ -299,6 +304,39 @@ impl LeaseStore for SqliteStore {
         self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
     }
 
+    async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError> {
+        let name = name.to_string();
+        self.read(move |conn| statics::get(conn, &name)).await
+    }
+
+    async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Static(statics::StaticWrite::Put(record), reply), answer).await.map(drop)
+    }
+
+    async fn static_claim(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let claim = statics::StaticWrite::Claim {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            now: now.timestamp_millis(),
+            until: until.timestamp_millis(),
+        };
+        self.submit(Job::Static(claim, reply), answer).await
+    }
+
+    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let release = statics::StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
+        self.submit(Job::Static(release, reply), answer).await.map(drop)
+    }
+
     /// One per batch the writer committed.
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -496,6 +534,7 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
                 .map(|n| n as u64)
                 .map_err(|e| failed("purge revoked leases", e));
         }
+        Job::Static(write, _) => return statics::apply(conn, write, path),
         Job::Write(write, _) => write,
     };
     let id = write.id().as_str();

@@ -1,0 +1,349 @@
+//! Static accounts: long-lived users whose passwords lessor owns and
+//! rotates in phases (DESIGN §7), on a schedule and when an operator says so.
+//!
+//! A rotation follows AWS Secrets Manager's staging labels: a `pending`
+//! secret is created (and stored, sealed), set in the backend, tested by
+//! logging in with it, then promoted to `current`; the credential it
+//! replaces becomes `previous`, keeps working for the overlap, and is then
+//! retired. Each phase is a durable write before the next backend step, and
+//! each step is safe to repeat, so a crash at any instant resumes where it
+//! stopped ([`phases`]).
+//!
+//! - [`seal`]: the AEAD that keeps the secrets in the store unreadable;
+//! - [`phases`]: one account's rotation, retirement and failure handling;
+//! - this module: the [`Rotator`] the API calls, and the scheduler loop.
+
+mod phases;
+pub mod seal;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use lessor_plugin::{Plugin, PluginError};
+use secrecy::SecretString;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
+use crate::store::{LeaseStore, StaticRecord, StoreError};
+use seal::{SealError, Sealer};
+
+/// Who holds rotation claims in the store for this daemon. With the
+/// embedded store exactly one daemon uses it (it is locked), so the name
+/// is the same across restarts and a crashed run's claim is taken back at
+/// once; a shared store will use the node id.
+const HOLDER: &str = "local";
+
+/// Why a static-account operation failed. Each variant maps to one status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotationError {
+    /// No static account of that name is configured (404).
+    #[error("unknown static account {name:?}")]
+    UnknownAccount { name: String },
+    /// The request is malformed (400).
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// The caller may not do this (403).
+    #[error("{action} is reserved to root and the daemon's own user")]
+    NotAdmin { action: &'static str },
+    /// A rotation of the account is running already (409).
+    #[error("a rotation of static account {name:?} is in progress")]
+    InProgress { name: String },
+    /// The account has no credential yet: its first rotation has not
+    /// completed (503).
+    #[error("static account {name:?} has no credential yet: its first rotation has not completed{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
+    NotReady { name: String, last_error: Option<String> },
+    /// The backend failed (502).
+    #[error("static account {name:?}: {source}")]
+    Backend { name: String, source: PluginError },
+    /// The stored secret does not open with this key (500).
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// The store failed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RotationError {
+    /// The HTTP status and the machine-readable code for this error.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::UnknownAccount { .. } => (404, "unknown_static_account"),
+            Self::BadRequest { .. } => (400, "bad_request"),
+            Self::NotAdmin { .. } => (403, "forbidden"),
+            Self::InProgress { .. } => (409, "rotation_in_progress"),
+            Self::NotReady { .. } => (503, "not_ready"),
+            Self::Backend { .. } => (502, "backend_failed"),
+            Self::Seal(_) => (500, "seal_failed"),
+            Self::Store(_) => (500, "store_failed"),
+        }
+    }
+}
+
+/// A static account as `static get` shows it. The password is there only
+/// for the API to hand out; it is never logged.
+#[derive(Debug)]
+pub struct StaticView {
+    pub name: String,
+    pub strategy: Strategy,
+    pub username: String,
+    pub password: SecretString,
+    pub version: u64,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub next_rotation_at: Option<DateTime<Utc>>,
+    pub previous_username: Option<String>,
+    pub previous_valid_until: Option<DateTime<Utc>>,
+    pub schedule: String,
+    /// The phase a rotation under way has reached.
+    pub rotating: Option<&'static str>,
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+/// What an operator asked for.
+#[derive(Debug, Clone)]
+pub struct OperatorRequest {
+    pub reason: Option<String>,
+    pub overlap: Option<Duration>,
+}
+
+/// Counters for `/v1/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    rotations: AtomicU64,
+    failures: AtomicU64,
+    retirements: AtomicU64,
+}
+
+/// Runs the rotations of every static account.
+#[derive(Debug)]
+pub struct Rotator {
+    accounts: BTreeMap<String, StaticAccount>,
+    plugins: HashMap<String, Arc<dyn Plugin>>,
+    store: Arc<dyn LeaseStore>,
+    sealer: Option<Arc<Sealer>>,
+    /// Accounts whose rotation runs in this process now.
+    running: Mutex<HashSet<String>>,
+    /// Wakes the scheduler when something it waits for may have changed.
+    wake: Notify,
+    counters: Counters,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Rotator {
+    pub fn new(
+        config: &ValidatedConfig,
+        store: Arc<dyn LeaseStore>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        let plugins = config.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
+        Arc::new(Self {
+            accounts: config.static_accounts.clone(),
+            plugins,
+            store,
+            sealer: config.sealer.clone(),
+            running: Mutex::default(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Usernames of every static account on `connection`, which tidy must
+    /// never list nor drop.
+    pub fn usernames_on(&self, connection: &str) -> HashSet<String> {
+        self.accounts
+            .values()
+            .filter(|a| a.connection == connection)
+            .flat_map(|a| a.usernames.iter().cloned())
+            .collect()
+    }
+
+    fn account(&self, name: &str) -> Result<&StaticAccount, RotationError> {
+        self.accounts.get(name).ok_or_else(|| RotationError::UnknownAccount { name: name.to_string() })
+    }
+
+    fn sealer(&self) -> &Sealer {
+        // Validation refuses static accounts without a seal key.
+        self.sealer.as_deref().expect("static accounts come with a seal key")
+    }
+
+    /// The account's current credential and where its rotation stands.
+    pub async fn get(&self, name: &str) -> Result<StaticView, RotationError> {
+        let account = self.account(name)?;
+        let record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
+        let Some(current) = &record.current else {
+            return Err(RotationError::NotReady { name: name.to_string(), last_error: record.last_error });
+        };
+        let password = self
+            .sealer()
+            .open(&phases::seal_context(name, record.version, &current.username), &current.sealed)?;
+        Ok(StaticView {
+            name: name.to_string(),
+            strategy: account.strategy,
+            username: current.username.clone(),
+            password,
+            version: record.version,
+            rotated_at: record.rotated_at,
+            next_rotation_at: record.next_rotation_at,
+            previous_username: record.previous_username.clone(),
+            previous_valid_until: record.previous_valid_until,
+            schedule: account.schedule.describe(),
+            rotating: record.pending.as_ref().map(|p| p.phase.as_str()),
+            failures: record.failures,
+            last_error: record.last_error,
+        })
+    }
+
+    /// An operator's rotation, now. The reason is required when the
+    /// previous credential is to stop working at once (`overlap` 0: an
+    /// emergency). Runs in a task of its own, so a caller that goes away
+    /// does not stop it half-way (and a crash resumes it anyway).
+    pub async fn rotate(
+        self: &Arc<Self>,
+        name: &str,
+        request: OperatorRequest,
+    ) -> Result<StaticView, RotationError> {
+        let account = self.account(name)?.clone();
+        let overlap = match account.strategy {
+            Strategy::Single => Duration::ZERO,
+            Strategy::Alternating => request.overlap.unwrap_or(account.overlap),
+        };
+        if overlap > crate::config::TEN_YEARS {
+            return Err(RotationError::BadRequest {
+                message: format!("overlap {overlap} is longer than ten years"),
+            });
+        }
+        let reason = request.reason.map(|r| r.trim().to_string()).filter(|r| !r.is_empty());
+        if reason.as_ref().is_some_and(|r| r.len() > 1024) {
+            return Err(RotationError::BadRequest { message: "reason is longer than 1024 bytes".into() });
+        }
+        if overlap.as_std().is_zero() && reason.is_none() {
+            return Err(RotationError::BadRequest {
+                message: format!(
+                    "a rotation that ends the previous credential at once (overlap 0s) needs a reason, \
+                     e.g. {{\"reason\":\"laptop stolen\"}}; it is recorded in the log"
+                ),
+            });
+        }
+        let _running = self.enter(name)?;
+        let (answer, outcome) = oneshot::channel();
+        let me = self.clone();
+        let trigger = phases::Trigger::Operator { reason, overlap };
+        self.tasks.spawn(async move {
+            let _ = answer.send(me.run(&account, trigger).await);
+            drop(_running);
+        });
+        outcome.await.unwrap_or_else(|_| Err(RotationError::InProgress { name: name.to_string() }))?;
+        self.wake.notify_one();
+        self.get(name).await
+    }
+
+    /// Marks `name` running in this process; 409 when it is already.
+    fn enter(self: &Arc<Self>, name: &str) -> Result<Running, RotationError> {
+        if !self.running.lock().unwrap().insert(name.to_string()) {
+            return Err(RotationError::InProgress { name: name.to_string() });
+        }
+        Ok(Running { rotator: self.clone(), name: name.to_string() })
+    }
+
+    /// Starts the scheduler: every account's due work (a first rotation, a
+    /// rotation interrupted by a crash, a scheduled one, a previous
+    /// credential whose overlap ended) runs when it falls due.
+    pub fn start(self: &Arc<Self>) {
+        if self.accounts.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.schedule_loop().await });
+    }
+
+    async fn schedule_loop(self: Arc<Self>) {
+        loop {
+            let now = Utc::now();
+            let mut next = now + chrono::Duration::hours(1);
+            for account in self.accounts.values() {
+                if self.running.lock().unwrap().contains(&account.name) {
+                    continue;
+                }
+                let record = match self.store.static_get(&account.name).await {
+                    Ok(record) => record.unwrap_or_else(|| StaticRecord::new(&account.name)),
+                    Err(e) => {
+                        warn!(account = %account.name, error = %e, "cannot read the static account's state; retrying");
+                        next = next.min(now + chrono::Duration::seconds(5));
+                        continue;
+                    }
+                };
+                match phases::due_at(&record) {
+                    Some(at) if at <= now => {
+                        let Ok(running) = self.enter(&account.name) else { continue };
+                        let me = self.clone();
+                        let account = account.clone();
+                        self.tasks.spawn(async move {
+                            // Failures are recorded and rescheduled inside.
+                            let _ = me.run(&account, phases::Trigger::Due).await;
+                            drop(running);
+                            me.wake.notify_one();
+                        });
+                    }
+                    Some(at) => next = next.min(at),
+                    None => {}
+                }
+            }
+            let wait = (next - Utc::now()).to_std().unwrap_or(StdDuration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Prometheus text for the rotation counters.
+    pub fn metrics_text(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, help, value) in [
+            (
+                "lessor_static_rotations_total",
+                "Static-account rotations completed.",
+                get(&self.counters.rotations),
+            ),
+            (
+                "lessor_static_rotation_failures_total",
+                "Failed static-account rotation steps.",
+                get(&self.counters.failures),
+            ),
+            (
+                "lessor_static_retirements_total",
+                "Previous static credentials retired.",
+                get(&self.counters.retirements),
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+        }
+        out
+    }
+}
+
+/// Marks an account's rotation running in this process for as long as it
+/// lives.
+struct Running {
+    rotator: Arc<Rotator>,
+    name: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.rotator.running.lock().unwrap().remove(&self.name);
+    }
+}

@@ -1,0 +1,348 @@
+//! One account's rotation, as re-entrant steps: each first looks at what
+//! the store says already happened, so a retry or a crash mid-way is
+//! harmless (the shape of AWS Secrets Manager's rotation functions).
+//!
+//! ```text
+//!            create            set              test            promote
+//!  (none) ──────────▶ created ─────▶ set ─────────────▶ tested ─────────▶ current
+//!                       │  ▲  backend   │ login fails:                     │ old current
+//!                       └──┘  failed:   ▼ roll back, retry later           ▼
+//!                        retry later  (none)                   previous ──(overlap)──▶ retired
+//! ```
+//! Every arrow is a durable write before the next backend step. Retiring
+//! the previous credential of an `alternating` account gives its user a
+//! random password nobody knows (and, after a rotation with no overlap,
+//! ends its sessions).
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use lessor_plugin::{names, Plugin, PluginError};
+use rand::Rng;
+use tracing::{info, warn};
+
+use super::{RotationError, Rotator, HOLDER};
+use crate::config::{Duration, StaticAccount, Strategy};
+use crate::expiry;
+use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
+
+/// How long a node's claim on an account's rotation lasts; long enough for
+/// every phase with its backend timeouts, short enough that a dead node's
+/// claim is taken over soon.
+const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Why an account's rotation runs.
+#[derive(Debug, Clone)]
+pub(super) enum Trigger {
+    /// Whatever the stored state says is due: a first rotation, one a crash
+    /// interrupted, a scheduled one, a retry, a retirement.
+    Due,
+    /// An operator asked, now.
+    Operator { reason: Option<String>, overlap: Duration },
+}
+
+/// What a sealed secret is bound to (the AEAD's associated data).
+pub(super) fn seal_context(account: &str, version: u64, username: &str) -> String {
+    format!("lessor static account\0{account}\0{version}\0{username}")
+}
+
+/// When the account next needs work, if ever.
+pub(super) fn due_at(record: &StaticRecord) -> Option<DateTime<Utc>> {
+    let retry_or_now = || {
+        if record.failures > 0 {
+            record.next_rotation_at.unwrap_or(DateTime::<Utc>::MIN_UTC)
+        } else {
+            DateTime::<Utc>::MIN_UTC
+        }
+    };
+    let rotation = if record.pending.is_some() {
+        Some(retry_or_now())
+    } else if record.version == 0 {
+        Some(record.next_rotation_at.unwrap_or(DateTime::<Utc>::MIN_UTC))
+    } else {
+        record.next_rotation_at
+    };
+    [rotation, record.previous_valid_until].into_iter().flatten().min()
+}
+
+/// The next scheduled slot after `now`, with the account's jitter.
+fn next_slot(account: &StaticAccount, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let at = account.schedule.next_after(Some(now), now)?;
+    let jitter_ms = account.jitter.as_std().as_millis() as i64;
+    let jitter = if jitter_ms > 0 { rand::rng().random_range(0..jitter_ms) } else { 0 };
+    Some(at + chrono::Duration::milliseconds(jitter))
+}
+
+impl Rotator {
+    /// Does what is due for `account` (or what the operator asked), under
+    /// the account's claim in the store.
+    pub(super) async fn run(&self, account: &StaticAccount, trigger: Trigger) -> Result<(), RotationError> {
+        let name = &account.name;
+        let now = Utc::now();
+        if !self.store.static_claim(name, HOLDER, now, now + CLAIM_TTL).await? {
+            return Err(RotationError::InProgress { name: name.clone() });
+        }
+        let result = self.run_claimed(account, trigger).await;
+        if let Err(e) = self.store.static_release(name, HOLDER).await {
+            warn!(account = %name, error = %e, "cannot release the rotation claim; it expires by itself");
+        }
+        result
+    }
+
+    async fn run_claimed(&self, account: &StaticAccount, trigger: Trigger) -> Result<(), RotationError> {
+        let name = &account.name;
+        let plugin = self.plugins[&account.connection].clone();
+        let mut record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
+        let now = Utc::now();
+        let operator = match &trigger {
+            Trigger::Operator { reason, overlap } => Some((reason.clone(), *overlap)),
+            Trigger::Due => None,
+        };
+        let start = record.pending.is_none()
+            && (operator.is_some()
+                || if record.version == 0 {
+                    record.next_rotation_at.is_none_or(|at| at <= now)
+                } else {
+                    record.next_rotation_at.is_some_and(|at| at <= now)
+                });
+        // A scheduled slot missed by more than the window waits for the next.
+        if let (true, None, Some(window), Some(slot)) =
+            (start, &operator, account.window, record.next_rotation_at)
+        {
+            if record.version > 0 && record.failures == 0 && slot + window.to_chrono() < now {
+                record.next_rotation_at = next_slot(account, now);
+                info!(account = %name, missed = %slot, next = ?record.next_rotation_at, "scheduled rotation missed its window; waiting for the next slot");
+                self.store.static_put(record).await?;
+                return Ok(());
+            }
+        }
+        let emergency = operator.as_ref().is_some_and(|(_, overlap)| overlap.as_std().is_zero());
+        // A previous credential is retired when its overlap ends, or before a
+        // new rotation reuses its user.
+        if record.previous_username.is_some()
+            && (start || record.previous_valid_until.is_none_or(|t| t <= now))
+        {
+            if emergency {
+                record.previous_end_sessions = true;
+            }
+            self.retire(account, plugin.as_ref(), &mut record).await?;
+        }
+        if start {
+            let (reason, overlap) = operator.clone().unwrap_or((None, account.overlap));
+            self.create(account, &mut record, reason, overlap).await?;
+        } else if let (Some(pending), Some((reason, overlap))) = (record.pending.as_mut(), &operator) {
+            // An operator's request takes over a rotation left half-way.
+            pending.reason = reason.clone().or(pending.reason.take());
+            pending.overlap_ms = overlap.as_std().as_millis() as u64;
+        }
+        if record.pending.is_some() {
+            self.advance(account, plugin.as_ref(), &mut record).await?;
+        }
+        Ok(())
+    }
+
+    /// `create`: a new secret, sealed and stored before the backend sees it.
+    async fn create(
+        &self,
+        account: &StaticAccount,
+        record: &mut StaticRecord,
+        reason: Option<String>,
+        overlap: Duration,
+    ) -> Result<(), RotationError> {
+        let username = match (account.strategy, &record.current) {
+            (Strategy::Single, _) | (Strategy::Alternating, None) => account.usernames[0].clone(),
+            (Strategy::Alternating, Some(current)) => account
+                .usernames
+                .iter()
+                .find(|u| **u != current.username)
+                .unwrap_or(&account.usernames[0])
+                .clone(),
+        };
+        let version = record.version + 1;
+        let password = names::password(account.password_length);
+        let sealed = self.sealer().seal(&seal_context(&account.name, version, &username), &password);
+        let overlap = if account.strategy == Strategy::Single { Duration::ZERO } else { overlap };
+        record.pending = Some(PendingRotation {
+            version,
+            credential: SealedCredential { username: username.clone(), sealed },
+            phase: RotationPhase::Created,
+            reason: reason.clone(),
+            overlap_ms: overlap.as_std().as_millis() as u64,
+        });
+        self.store.static_put(record.clone()).await?;
+        info!(account = %account.name, version, username, reason = reason.as_deref().unwrap_or("scheduled"), overlap = %overlap, "rotation started");
+        Ok(())
+    }
+
+    /// `set`, `test`, `promote`, from whichever phase the record is in.
+    async fn advance(
+        &self,
+        account: &StaticAccount,
+        plugin: &dyn Plugin,
+        record: &mut StaticRecord,
+    ) -> Result<(), RotationError> {
+        let pending = record.pending.clone().expect("advance is called with a pending rotation");
+        let username = &pending.credential.username;
+        let context = seal_context(&account.name, pending.version, username);
+        let secret = self.sealer().open(&context, &pending.credential.sealed)?;
+        let mut phase = pending.phase;
+        if phase == RotationPhase::Created {
+            if let Err(e) = self.bounded(plugin.set_password(username, &secret)).await {
+                return Err(self.fail(account, record, "setting the new password", e).await);
+            }
+            phase = self.enter_phase(record, RotationPhase::Set).await?;
+        }
+        if phase == RotationPhase::Set {
+            if let Err(e) = self.bounded(plugin.test_login(username, &secret)).await {
+                self.roll_back(account, plugin, record).await;
+                return Err(self.fail(account, record, "logging in with the new password", e).await);
+            }
+            phase = self.enter_phase(record, RotationPhase::Tested).await?;
+        }
+        debug_assert_eq!(phase, RotationPhase::Tested);
+        self.promote(account, plugin, record).await
+    }
+
+    async fn enter_phase(
+        &self,
+        record: &mut StaticRecord,
+        phase: RotationPhase,
+    ) -> Result<RotationPhase, RotationError> {
+        if let Some(pending) = record.pending.as_mut() {
+            pending.phase = phase;
+        }
+        self.store.static_put(record.clone()).await?;
+        Ok(phase)
+    }
+
+    /// `promote`: pending becomes current; the old current becomes previous,
+    /// working for the overlap (retired at once when there is none).
+    async fn promote(
+        &self,
+        account: &StaticAccount,
+        plugin: &dyn Plugin,
+        record: &mut StaticRecord,
+    ) -> Result<(), RotationError> {
+        let pending = record.pending.take().expect("promote is called with a pending rotation");
+        let now = Utc::now();
+        let overlap = chrono::Duration::milliseconds(pending.overlap_ms as i64);
+        let old = record.current.take();
+        record.previous_username = old.map(|c| c.username).filter(|u| *u != pending.credential.username);
+        record.previous_valid_until = record.previous_username.as_ref().map(|_| now + overlap);
+        record.previous_end_sessions = overlap.is_zero();
+        record.current = Some(pending.credential);
+        record.version = pending.version;
+        record.rotated_at = Some(now);
+        record.failures = 0;
+        record.last_error = None;
+        record.next_rotation_at = next_slot(account, now);
+        self.store.static_put(record.clone()).await?;
+        self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        info!(
+            account = %account.name,
+            version = record.version,
+            username = record.current.as_ref().map(|c| c.username.as_str()).unwrap_or(""),
+            reason = pending.reason.as_deref().unwrap_or("scheduled"),
+            previous_valid_until = ?record.previous_valid_until,
+            next_rotation_at = ?record.next_rotation_at,
+            "rotated"
+        );
+        if overlap.is_zero() && record.previous_username.is_some() {
+            self.retire(account, plugin, record).await?;
+        }
+        Ok(())
+    }
+
+    /// Retires the previous credential: its user gets a password nobody
+    /// knows (and its sessions end when asked). `single` has none to retire.
+    async fn retire(
+        &self,
+        account: &StaticAccount,
+        plugin: &dyn Plugin,
+        record: &mut StaticRecord,
+    ) -> Result<(), RotationError> {
+        let Some(username) = record.previous_username.clone() else { return Ok(()) };
+        if account.strategy == Strategy::Alternating {
+            let unknown = names::password(account.password_length.max(32));
+            let mut result = self.bounded(plugin.set_password(&username, &unknown)).await;
+            if result.is_ok() && record.previous_end_sessions {
+                result = self.bounded(plugin.end_sessions(&username)).await;
+            }
+            if let Err(e) = result {
+                // It keeps working until it is retired: say so, and retry.
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                let wait =
+                    expiry::backoff(record.failures.saturating_add(1).min(expiry::MAX_FAST_ATTEMPTS - 1));
+                record.previous_valid_until =
+                    Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
+                record.last_error = Some(format!("retiring {username}: {e}"));
+                if let Err(store) = self.store.static_put(record.clone()).await {
+                    warn!(account = %account.name, error = %store, "cannot record the failed retirement");
+                }
+                warn!(account = %account.name, username, error = %e, retry_in_s = wait.as_secs(), "retiring the previous credential failed");
+                return Err(RotationError::Backend { name: account.name.clone(), source: e });
+            }
+        }
+        record.previous_username = None;
+        record.previous_valid_until = None;
+        record.previous_end_sessions = false;
+        self.store.static_put(record.clone()).await?;
+        self.counters.retirements.fetch_add(1, Ordering::Relaxed);
+        info!(account = %account.name, username, "previous credential retired");
+        Ok(())
+    }
+
+    /// After a failed login test: the pending secret is dropped. For
+    /// `single`, whose one user now has the untested password, the current
+    /// one is set back first; if that fails too, the pending secret is kept
+    /// (its test is retried later), since the backend may hold it.
+    async fn roll_back(&self, account: &StaticAccount, plugin: &dyn Plugin, record: &mut StaticRecord) {
+        let restore = match (account.strategy, &record.current) {
+            (Strategy::Single, Some(current)) => Some(current.clone()),
+            _ => None,
+        };
+        if let Some(current) = restore {
+            let context = seal_context(&account.name, record.version, &current.username);
+            let restored = match self.sealer().open(&context, &current.sealed) {
+                Ok(secret) => self.bounded(plugin.set_password(&current.username, &secret)).await.is_ok(),
+                Err(_) => false,
+            };
+            if !restored {
+                warn!(account = %account.name, "cannot set the current password back; the untested one is kept and tested again later");
+                return;
+            }
+        }
+        record.pending = None;
+    }
+
+    /// Records a failed step; the next attempt waits with backoff.
+    async fn fail(
+        &self,
+        account: &StaticAccount,
+        record: &mut StaticRecord,
+        step: &str,
+        e: PluginError,
+    ) -> RotationError {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        record.failures = record.failures.saturating_add(1);
+        record.last_error = Some(format!("{step}: {e}"));
+        let wait = expiry::backoff(record.failures.min(expiry::MAX_FAST_ATTEMPTS - 1));
+        record.next_rotation_at = Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
+        if let Err(store) = self.store.static_put(record.clone()).await {
+            warn!(account = %account.name, error = %store, "cannot record the failed rotation step");
+        }
+        warn!(account = %account.name, step, failures = record.failures, retry_in_s = wait.as_secs(), error = %e, "rotation step failed");
+        RotationError::Backend { name: account.name.clone(), source: e }
+    }
+
+    /// A plugin call with a deadline beyond the plugin's own.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, PluginError>>,
+    ) -> Result<T, PluginError> {
+        let limit = std::time::Duration::from_secs(300);
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(PluginError::Unavailable { message: "no answer within 300s".into() }))
+    }
+}

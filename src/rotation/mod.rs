@@ -227,7 +227,12 @@ impl Rotator {
         if reason.as_ref().is_some_and(|r| r.len() > 1024) {
             return Err(RotationError::BadRequest { message: "reason is longer than 1024 bytes".into() });
         }
-        if overlap.as_std().is_zero() && reason.is_none() {
+        // An emergency: the previous credential is to stop working at once.
+        let emergency = match account.strategy {
+            Strategy::Alternating => overlap.as_std().is_zero(),
+            Strategy::Single => request.overlap.is_some_and(|o| o.as_std().is_zero()),
+        };
+        if emergency && reason.is_none() {
             return Err(RotationError::BadRequest {
                 message: format!(
                     "a rotation that ends the previous credential at once (overlap 0s) needs a reason, \

@@ -13,5 +13,6 @@ mod hardening;
 mod lifecycle;
 mod mysql;
 mod outage;
+mod rotation;
 mod secrets;
 mod tidy;

@@ -1,0 +1,357 @@
+//! Static accounts against the real servers: alternating users that both
+//! work during the overlap, single in-place changes, emergency rotations
+//! that end the old sessions, schedules, crash recovery mid-rotation, and
+//! a store that never holds a plaintext password.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+use crate::common::mysql::*;
+use crate::common::*;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A seal key in a folder of its own, kept for the test's life.
+fn seal_key() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("seal.key");
+    lessor::rotation::seal::write_new_key(&path).unwrap();
+    let text = path.display().to_string();
+    (dir, text)
+}
+
+fn static_account(name: &str, connection: &str, strategy: &str, usernames: &[&str], extra: &str) -> String {
+    let users: Vec<String> = usernames.iter().map(|u| format!("{u:?}")).collect();
+    format!(
+        "[static_accounts.{name}]\nconnection = \"{connection}\"\nstrategy = \"{strategy}\"\nusernames = [{}]\n{extra}\n",
+        users.join(", ")
+    )
+}
+
+/// The account's state once `static get` answers 200 with no rotation
+/// under way and at least `version`.
+async fn settled(daemon: &Daemon, name: &str, version: u64) -> Value {
+    wait_for(&format!("static account {name} at version {version}"), SETTLE, || async {
+        let r = daemon.client().static_get(name).await.unwrap();
+        let done = r.status == 200 && r.body["rotation"]["in_progress"].is_null();
+        (done && r.body["version"].as_u64() >= Some(version)).then_some(r.body)
+    })
+    .await
+}
+
+fn credential(body: &Value) -> (String, String) {
+    let c = &body["credential"];
+    (c["username"].as_str().unwrap().to_string(), c["password"].as_str().unwrap().to_string())
+}
+
+fn lessor_cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(args)
+        .env("LESSOR_SOCKET", &daemon.socket)
+        .output()
+        .unwrap()
+}
+
+/// Every byte of the store (database and write-ahead log) holds none of
+/// `secrets`.
+fn assert_store_holds_no(daemon: &Daemon, secrets: &[String]) {
+    let mut bytes = Vec::new();
+    for file in ["lessor.db", "lessor.db-wal"] {
+        bytes.extend(std::fs::read(daemon.dir.path().join(file)).unwrap_or_default());
+    }
+    for secret in secrets {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a plaintext password is in the store"
+        );
+    }
+}
+
+async fn make_pg_users(db: &TestDb, users: &[&str]) {
+    for user in users {
+        db.su
+            .batch_execute(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD 'initial-{}'", rand_suffix(16)))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_alternating_overlap_keeps_both_working_and_an_emergency_ends_the_old_sessions() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let (a, b) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(&db, None),
+        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\"")
+    );
+    let daemon = Daemon::start(&db, &body).await;
+
+    // The first rotation runs at start-up: the first user gets a password
+    // only lessor knows.
+    let v1 = settled(&daemon, "billing", 1).await;
+    assert_eq!(v1["version"], 1);
+    let (user1, pw1) = credential(&v1);
+    assert_eq!(user1, a);
+    let held = db.login(&user1, &pw1).await.expect("the first credential logs in");
+
+    // An operator rotation with an overlap: the other user becomes current,
+    // and both log in until the overlap ends.
+    let out = lessor_cli(&daemon, &["rotate", "billing", "--reason", "quarterly", "--overlap", "3s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("version 2") && said.contains(&a) && said.contains("keeps working until"),
+        "{said}"
+    );
+    let v2 = settled(&daemon, "billing", 2).await;
+    let (user2, pw2) = credential(&v2);
+    assert_eq!(user2, b);
+    assert_eq!(v2["previous_username"], a.as_str());
+    db.login(&user2, &pw2).await.expect("the new credential logs in");
+    db.login(&user1, &pw1).await.expect("the previous credential still logs in during the overlap");
+    wait_for("the previous credential to be retired", SETTLE, || async {
+        db.login(&user1, &pw1).await.is_err().then_some(())
+    })
+    .await;
+    held.simple_query("SELECT 1").await.expect("a session of the previous user survives an overlap");
+    db.login(&user2, &pw2).await.expect("the current credential still logs in");
+
+    // An emergency (no overlap) needs a reason, and ends the old sessions.
+    let refused = daemon.client().static_rotate("billing", None, Some("0s")).await.unwrap();
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    let old_session = db.login(&user2, &pw2).await.unwrap();
+    let out = lessor_cli(&daemon, &["rotate", "billing", "--reason", "laptop stolen", "--overlap", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v3 = settled(&daemon, "billing", 3).await;
+    let (user3, pw3) = credential(&v3);
+    assert_eq!(user3, a);
+    assert!(v3["previous_valid_until"].is_null(), "{v3}");
+    db.login(&user3, &pw3).await.expect("the emergency credential logs in");
+    assert!(db.login(&user2, &pw2).await.is_err(), "the leaked credential still logs in");
+    wait_for("the leaked credential's session to end", SETTLE, || async {
+        old_session.simple_query("SELECT 1").await.is_err().then_some(())
+    })
+    .await;
+    assert!(daemon.log().contains("laptop stolen"), "the reason is not in the log");
+    assert_store_holds_no(&daemon, &[pw1, pw2, pw3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_single_changes_the_password_in_place() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let user = format!("st_{sfx}_s");
+    let initial = format!("initial-{}", rand_suffix(16));
+    db.su.batch_execute(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{initial}'")).await.unwrap();
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(&db, None),
+        static_account("reports", "pg", "single", &[&user], "overlap = \"0s\"")
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    let v1 = settled(&daemon, "reports", 1).await;
+    let (_, pw1) = credential(&v1);
+    assert!(db.login(&user, &initial).await.is_err(), "the password from before lessor still works");
+    db.login(&user, &pw1).await.expect("login with version 1");
+    let rotated = daemon.client().static_rotate("reports", None, None).await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    assert!(rotated.body["credential"]["password"].is_null(), "rotate answered the password");
+    let v2 = settled(&daemon, "reports", 2).await;
+    let (_, pw2) = credential(&v2);
+    db.login(&user, &pw2).await.expect("login with version 2");
+    assert!(db.login(&user, &pw1).await.is_err(), "single kept the old password working");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_while_one_runs_is_refused_with_409() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let (a, b) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(&db, None),
+        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\"")
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    settled(&daemon, "billing", 1).await;
+
+    // ALTER ROLE waits while pg_authid is locked in SHARE mode.
+    let locker = connect(&pg_url()).await;
+    locker.batch_execute("BEGIN; LOCK TABLE pg_authid IN SHARE MODE").await.unwrap();
+    let first = tokio::spawn({
+        let client = daemon.client();
+        async move { client.static_rotate("billing", Some("first"), None).await.unwrap() }
+    });
+    wait_for("the first rotation to start", SETTLE, || async {
+        let r = daemon.client().static_get("billing").await.unwrap();
+        (r.body["rotation"]["in_progress"] == "created").then_some(())
+    })
+    .await;
+    let second = daemon.client().static_rotate("billing", Some("second"), None).await.unwrap();
+    assert_eq!(second.status, 409, "{:?}", second.body);
+    locker.batch_execute("COMMIT").await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["version"], 2);
+    let (user, password) = credential(&settled(&daemon, "billing", 2).await);
+    db.login(&user, &password).await.expect("the rotated credential logs in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_alternating_and_single() {
+    let my = MyDb::create().await;
+    let sfx = rand_suffix(6);
+    my.track_prefix(&format!("st_{sfx}"));
+    let (a, b, s) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"), format!("st_{sfx}_s"));
+    let mut su = mysql_root().await;
+    for user in [&a, &b, &s] {
+        my.create_user(user).await;
+        su.query_drop(format!("GRANT SELECT ON `{}`.* TO '{user}'@'%'", my.database)).await.unwrap();
+    }
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        my.connection("my", ""),
+        static_account("shop", "my", "alternating", &[&a, &b], "overlap = \"1h\""),
+        static_account("legacy", "my", "single", &[&s], "overlap = \"0s\""),
+    );
+    let daemon = Daemon::start_with_mysql(None, &my, &body, &[]).await;
+    let v1 = settled(&daemon, "shop", 1).await;
+    let (user1, pw1) = credential(&v1);
+    let mut held = my.login(&user1, &pw1).await.expect("the first credential logs in");
+
+    let rotated = daemon.client().static_rotate("shop", Some("quarterly"), Some("2s")).await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let (user2, pw2) = credential(&settled(&daemon, "shop", 2).await);
+    assert_ne!(user1, user2);
+    my.login(&user2, &pw2).await.expect("the new credential logs in");
+    my.login(&user1, &pw1).await.expect("the previous credential works during the overlap");
+    wait_for("the previous credential to be retired", SETTLE, || async {
+        my.login(&user1, &pw1).await.is_err().then_some(())
+    })
+    .await;
+    held.query_drop("SELECT 1").await.expect("a session of the previous user survives an overlap");
+
+    let mut old = my.login(&user2, &pw2).await.unwrap();
+    let rotated = daemon.client().static_rotate("shop", Some("leak"), Some("0s")).await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let (user3, pw3) = credential(&settled(&daemon, "shop", 3).await);
+    my.login(&user3, &pw3).await.expect("the emergency credential logs in");
+    assert!(my.login(&user2, &pw2).await.is_err());
+    assert!(old.query_drop("SELECT 1").await.is_err(), "the leaked credential's session survived");
+
+    let (_, spw1) = credential(&settled(&daemon, "legacy", 1).await);
+    my.login(&s, &spw1).await.expect("single: version 1 logs in");
+    assert_eq!(daemon.client().static_rotate("legacy", None, None).await.unwrap().status, 200);
+    let (_, spw2) = credential(&settled(&daemon, "legacy", 2).await);
+    my.login(&s, &spw2).await.expect("single: version 2 logs in");
+    assert!(my.login(&s, &spw1).await.is_err(), "single: version 1 still logs in");
+    assert_store_holds_no(&daemon, &[pw1, pw2, pw3, spw1, spw2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_rotates_on_time_and_a_period_does_not_run_twice_after_a_restart() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let users = [format!("st_{sfx}_a"), format!("st_{sfx}_b"), format!("st_{sfx}_p")];
+    make_pg_users(&db, &[&users[0], &users[1], &users[2]]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        static_account(
+            "often",
+            "pg",
+            "alternating",
+            &[&users[0], &users[1]],
+            "schedule = \"*/2 * * * * *\"\noverlap = \"1s\""
+        ),
+        static_account("daily", "pg", "single", &[&users[2]], "rotation_period = \"1h\"\noverlap = \"0s\""),
+    );
+    let mut daemon = Daemon::start(&db, &body).await;
+    let v3 = settled(&daemon, "often", 3).await;
+    let rotated_at: chrono::DateTime<chrono::Utc> = v3["rotated_at"].as_str().unwrap().parse().unwrap();
+    let next: chrono::DateTime<chrono::Utc> = v3["next_rotation_at"].as_str().unwrap().parse().unwrap();
+    assert!(next > rotated_at && next - rotated_at <= chrono::Duration::seconds(2), "{v3}");
+    let (user, password) = credential(&v3);
+    db.login(&user, &password).await.expect("the scheduled credential logs in");
+
+    let daily = settled(&daemon, "daily", 1).await;
+    let next: chrono::DateTime<chrono::Utc> = daily["next_rotation_at"].as_str().unwrap().parse().unwrap();
+    assert!(next - chrono::Utc::now() > chrono::Duration::minutes(59), "{daily}");
+    daemon.stop();
+    daemon.spawn().await;
+    // Watch it for a second after start-up: the period has not passed, so
+    // nothing runs.
+    for _ in 0..10 {
+        let again = daemon.client().static_get("daily").await.unwrap();
+        assert_eq!(again.body["version"], 1, "{:?}", again.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_back_to_back_rotations_always_leaves_a_working_credential() {
+    use rand::Rng;
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let (a, b) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(&db, None),
+        static_account(
+            "busy",
+            "pg",
+            "alternating",
+            &[&a, &b],
+            "schedule = \"* * * * * *\"\noverlap = \"0s\""
+        )
+    );
+    let mut daemon = Daemon::start(&db, &body).await;
+    let mut seen = Vec::new();
+    for round in 0..10 {
+        let wait = rand::rng().random_range(50..1200);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        daemon.kill9();
+        daemon.spawn().await;
+        // The stored credential logs in; if a rotation lands between the
+        // read and the login, read again.
+        let mut tries = 0;
+        loop {
+            let state = settled(&daemon, "busy", 1).await;
+            let (user, password) = credential(&state);
+            if db.login(&user, &password).await.is_ok() {
+                seen.push(password);
+                break;
+            }
+            let now = daemon.client().static_get("busy").await.unwrap();
+            tries += 1;
+            assert!(
+                now.body["version"] != state["version"] && tries < 20,
+                "round {round}: version {} does not log in:\n{}",
+                state["version"],
+                daemon.log()
+            );
+        }
+    }
+    let last = settled(&daemon, "busy", 1).await;
+    assert!(last["version"].as_u64().unwrap() >= 5, "rotations did not run back to back: {last}");
+    assert_store_holds_no(&daemon, &seen);
+}

@@ -696,6 +696,9 @@ creation_statements = [
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let password = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(password.path(), "example\n").unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
+        let seal_key = key_dir.path().join("seal.key");
+        crate::rotation::seal::write_new_key(&seal_key).unwrap();
         let mut examples = Vec::new();
         let mut dirs = vec![root.join("examples")];
         while let Some(dir) = dirs.pop() {
@@ -713,6 +716,11 @@ creation_statements = [
             let text = std::fs::read_to_string(&path).unwrap();
             let mut value: toml::Table =
                 toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if let Some(toml::Value::Table(server)) = value.get_mut("server") {
+                if let Some(file) = server.get_mut("seal_key_file") {
+                    *file = toml::Value::String(seal_key.display().to_string());
+                }
+            }
             if let Some(toml::Value::Table(connections)) = value.get_mut("connections") {
                 for (_, connection) in connections.iter_mut() {
                     if let Some(file) = connection.get_mut("password_file") {

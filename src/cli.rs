@@ -104,6 +104,9 @@ enum Command {
     /// Keys that seal static-account secrets in the store.
     #[command(subcommand)]
     Seal(SealCommand),
+    /// Print the daemon's events for you as they happen, one JSON line
+    /// each: a snapshot, then rotations, leases expiring and revoked.
+    Watch,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +118,10 @@ enum StaticCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = CredsFormat::Json)]
         format: CredsFormat,
+        /// Keep running and print the account again (one JSON line) after
+        /// every rotation.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -378,13 +385,34 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
             }
             success(response).map(drop)
         }
-        Command::Static(StaticCommand::Get { name, format }) => {
+        Command::Static(StaticCommand::Get { name, format, watch: false }) => {
             let body = success(client.static_get(&name).await?)?;
             match format {
                 CredsFormat::Json => out(&pretty(&body)),
                 CredsFormat::Table => out(&static_table(&body)),
                 CredsFormat::Env => Err(Failure::new("static get prints json or table")),
             }
+        }
+        Command::Static(StaticCommand::Get { name, watch: true, .. }) => {
+            out(&format!("{}\n", success(client.static_get(&name).await?)?))?;
+            let (rotated, mut changes) = tokio::sync::mpsc::unbounded_channel();
+            let watching = client.watch(move |event| {
+                let ours = event["event"] == "rotated" && event["account"] == name.as_str();
+                !ours || rotated.send(name.clone()).is_ok()
+            });
+            let printing = async {
+                while let Some(name) = changes.recv().await {
+                    out(&format!("{}\n", success(client.static_get(&name).await?)?))?;
+                }
+                Ok::<(), Failure>(())
+            };
+            let (watched, printed) = tokio::join!(watching, printing);
+            printed?;
+            success(watched?).map(drop)
+        }
+        Command::Watch => {
+            let watched = client.watch(|event| out(&format!("{event}\n")).is_ok()).await?;
+            success(watched).map(drop)
         }
         Command::Rotate { name, reason, overlap } => {
             let body = success(client.static_rotate(&name, reason.as_deref(), overlap.as_deref()).await?)?;

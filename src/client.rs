@@ -200,6 +200,49 @@ impl Client {
         Ok(Response { status, body })
     }
 
+    /// `GET /v1/watch`: calls `on_event` with each event the daemon streams,
+    /// as it arrives, until `on_event` returns `false` or the stream ends
+    /// (then the answer is a 200 with no body). A refusal is answered like
+    /// any other request's.
+    pub async fn watch(&self, mut on_event: impl FnMut(Value) -> bool) -> Result<Response, ClientError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri("/v1/watch")
+            .header(HOST, "localhost")
+            .header(ACCEPT, "application/x-ndjson")
+            .body(Full::new(Bytes::new()))?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status != 200 {
+            let bytes = body.collect().await?.to_bytes();
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            return Ok(Response { status, body });
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let event =
+                    serde_json::from_slice(&line).map_err(|source| ClientError::Decode { status, source })?;
+                if !on_event(event) {
+                    return Ok(Response { status, body: Value::Null });
+                }
+            }
+        }
+        Ok(Response { status, body: Value::Null })
+    }
+
     /// One request on a fresh connection: the status, whether the body is
     /// labelled JSON (or unlabelled), and the body.
     async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, bool, Bytes), ClientError> {

@@ -9,6 +9,7 @@
 //! - [`expiry`]: the time-ordered index of due leases and retry backoff;
 //! - [`broker`]: issuance, renewal, revocation and the background work;
 //! - [`api`]: the HTTP/JSON socket API and peer identity;
+//! - [`events`]: the bus of rotation and lease events `GET /v1/watch` streams;
 //! - [`daemon`]: `lessor serve`, socket ownership, start-up and shutdown;
 //! - [`client`]: the socket client the CLI, tests and benchmarks use;
 //! - [`cli`]: the command line;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod expiry;
 pub mod lease;
 pub mod metrics;

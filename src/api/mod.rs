@@ -8,6 +8,7 @@
 //! JSON error in the documented shape.
 
 mod peer;
+mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
@@ -29,6 +30,7 @@ use tracing::info;
 
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
 use crate::config::{Duration, ValidatedConfig};
+use crate::events::Events;
 use crate::lease::{Lease, LeaseId};
 use crate::rotation::{OperatorRequest, RotationError, Rotator, StaticView};
 use crate::store::LeaseStore;
@@ -43,6 +45,9 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     pub tidy: Arc<Tidy>,
     pub rotator: Arc<Rotator>,
+    pub events: Events,
+    /// Ends the streams of `GET /v1/watch` when the daemon stops.
+    pub shutdown: CancellationToken,
     pub max_body_bytes: usize,
     pub request_timeout: StdDuration,
 }
@@ -51,12 +56,16 @@ impl AppState {
     /// Builds the broker, tidy and rotator for `config` over `store`. None
     /// of their background work runs until the caller starts it.
     pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Self {
-        let broker = Broker::new(config, store.clone(), shutdown.clone());
-        let rotator = Rotator::new(config, store.clone(), shutdown, broker.tasks().clone());
+        let events = Events::default();
+        let broker = Broker::new(config, store.clone(), shutdown.clone(), events.clone());
+        let rotator =
+            Rotator::new(config, store.clone(), shutdown.clone(), broker.tasks().clone(), events.clone());
         Self {
             tidy: Tidy::new(config, store, &rotator),
             broker,
             rotator,
+            events,
+            shutdown,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.as_std(),
         }
@@ -124,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tidy", post(tidy))
         .route("/v1/static/{name}", get(static_get))
         .route("/v1/static/{name}/rotate", post(static_rotate))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -202,7 +212,7 @@ pub fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
     })
 }
 
-fn caller(request_parts: &axum::http::Extensions) -> Caller {
+pub(crate) fn caller(request_parts: &axum::http::Extensions) -> Caller {
     *request_parts.get::<Caller>().expect("guard layer sets the caller")
 }
 
@@ -258,7 +268,7 @@ async fn issue(State(state): State<AppState>, Path(role): Path<String>, request:
     Ok(Json(body).into_response())
 }
 
-fn lease_json(lease: &Lease) -> Value {
+pub(crate) fn lease_json(lease: &Lease) -> Value {
     json!({
         "lease_id": lease.id,
         "role": lease.role,
@@ -470,7 +480,7 @@ async fn revoke_sessions(
 }
 
 /// A static account as the API shows it; the password only when asked for.
-fn static_json(view: &StaticView, with_secret: bool) -> Value {
+pub(crate) fn static_json(view: &StaticView, with_secret: bool) -> Value {
     let mut body = json!({
         "name": view.name,
         "strategy": view.strategy.as_str(),

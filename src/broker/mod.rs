@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
+use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 use crate::metrics::{Gauges, Metrics};
@@ -136,7 +137,7 @@ impl Caller {
         self.uid == 0 || self.uid == current_uid()
     }
 
-    fn may_touch(self, lease: &Lease) -> bool {
+    pub fn may_touch(self, lease: &Lease) -> bool {
         self.is_admin() || lease.owner.uid == self.uid
     }
 }
@@ -165,6 +166,10 @@ pub struct Broker {
     backends: HashMap<String, Backend>,
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) index: ExpiryIndex,
+    /// When each active lease reaches two thirds of its TTL, for the
+    /// `lease_expiring` event of `GET /v1/watch`.
+    pub(crate) warnings: ExpiryIndex,
+    pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
     pub(crate) metrics: Metrics,
     ready: AtomicBool,
@@ -187,6 +192,7 @@ impl Broker {
         config: &ValidatedConfig,
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
+        events: Events,
     ) -> Arc<Self> {
         let backends = config
             .connections
@@ -208,6 +214,8 @@ impl Broker {
             backends,
             store,
             index: ExpiryIndex::new(),
+            warnings: ExpiryIndex::new(),
+            events,
             locks: LeaseLocks::default(),
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
@@ -247,6 +255,8 @@ impl Broker {
         let me = self.clone();
         self.tasks.spawn(async move { me.expiry_loop().await });
         let me = self.clone();
+        self.tasks.spawn(async move { me.expiring_loop().await });
+        let me = self.clone();
         self.tasks.spawn(async move {
             let mut failures = 0;
             while let Err(e) = me.recover().await {
@@ -275,6 +285,8 @@ impl Broker {
             let at = match lease.state {
                 LeaseState::Active => {
                     active += 1;
+                    self.warnings
+                        .schedule(lease.id.clone(), expiry::warning_at(lease.issued_at, lease.expires_at));
                     lease.expires_at
                 }
                 // Being issued by this process: its issuance settles it,
@@ -404,6 +416,7 @@ impl Broker {
             }
         }
         self.index.schedule(lease.id.clone(), expires_at);
+        self.warnings.schedule(lease.id.clone(), expiry::warning_at(lease.issued_at, expires_at));
         Metrics::inc(&self.metrics.issued);
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =
@@ -589,6 +602,7 @@ impl Broker {
             });
         }
         self.index.schedule(id.clone(), expires_at);
+        self.warnings.schedule(id.clone(), expiry::warning_at(now, expires_at));
         Metrics::inc(&self.metrics.renewed);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })

@@ -42,6 +42,12 @@ pub fn backoff(attempts: u32) -> Duration {
     base.mul_f64(jitter)
 }
 
+/// When a lease valid from `from` until `until` reaches two thirds of that
+/// time: when its holder should renew or replace it.
+pub fn warning_at(from: DateTime<Utc>, until: DateTime<Utc>) -> DateTime<Utc> {
+    from + (until - from) * 2 / 3
+}
+
 /// When an `irrevocable` lease found at start-up is next tried: at a random
 /// point of the next [`SLOW_RETRY`], so that a restart neither retries a
 /// backlog of them all at once nor resets their slow cadence.

@@ -16,8 +16,9 @@ use tracing::{debug, info, warn};
 
 use super::{ExpiryIndex, MAX_FAST_ATTEMPTS};
 use crate::broker::{bounded, Broker, BrokerError, Revocation};
+use crate::events::Event;
 use crate::expiry;
-use crate::lease::{LeaseId, LeaseState};
+use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::Metrics;
 use crate::store::Write;
 
@@ -30,6 +31,7 @@ impl Broker {
     pub(crate) async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
         let _lock = self.locks.lock(id).await;
         self.index.remove(id);
+        self.warnings.remove(id);
         let mut retry = Reschedule { index: &self.index, id, armed: true };
         let Some(lease) = self.store.get(id).await? else {
             retry.armed = false;
@@ -84,6 +86,10 @@ impl Broker {
                     self.metrics.record_lateness(late);
                 }
                 debug!(lease = %id, username = %lease.username, "revoked");
+                if lease.state != LeaseState::Pending {
+                    let revoked = Lease { state: LeaseState::Revoked, revoked_at: Some(now), ..lease };
+                    self.events.emit(Event::LeaseRevoked(Box::new(revoked)));
+                }
                 Ok(Revocation::Revoked)
             }
             Err(source) => {
@@ -137,6 +143,31 @@ impl Broker {
             tokio::select! {
                 _ = sleep => {}
                 _ = self.index.changed() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Publishes `lease_expiring` for every active lease reaching two
+    /// thirds of its TTL. Runs until shutdown.
+    pub(crate) async fn expiring_loop(self: Arc<Self>) {
+        loop {
+            for id in self.warnings.pop_due(Utc::now(), 1024) {
+                match self.store.get(&id).await {
+                    Ok(Some(lease)) if lease.state == LeaseState::Active && lease.expires_at > Utc::now() => {
+                        self.events.emit(Event::LeaseExpiring(Box::new(lease)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(lease = %id, error = %e, "cannot read a lease for its expiring event"),
+                }
+            }
+            let sleep = match self.warnings.next_deadline() {
+                Some(at) => tokio::time::sleep_until(expiry::instant_of(at)),
+                None => tokio::time::sleep(StdDuration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.warnings.changed() => {}
                 _ = self.shutdown.cancelled() => return,
             }
         }

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
+use crate::events::{Event, Events};
 use crate::store::{LeaseStore, StaticRecord, StoreError};
 use seal::{SealError, Sealer};
 
@@ -133,6 +134,7 @@ pub struct Rotator {
     /// Wakes the scheduler when something it waits for may have changed.
     wake: Notify,
     counters: Counters,
+    events: Events,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -143,6 +145,7 @@ impl Rotator {
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        events: Events,
     ) -> Arc<Self> {
         let plugins = config.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
         Arc::new(Self {
@@ -153,6 +156,7 @@ impl Rotator {
             running: Mutex::default(),
             wake: Notify::new(),
             counters: Counters::default(),
+            events,
             shutdown,
             tasks,
         })
@@ -175,6 +179,24 @@ impl Rotator {
     fn sealer(&self) -> &Sealer {
         // Validation refuses static accounts without a seal key.
         self.sealer.as_deref().expect("static accounts come with a seal key")
+    }
+
+    /// The names of every static account.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.accounts.keys().map(String::as_str)
+    }
+
+    /// The event that tells watchers where `record` stands now.
+    fn rotated_event(record: &StaticRecord) -> Event {
+        Event::Rotated {
+            account: record.name.clone(),
+            version: record.version,
+            username: record.current.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
+            rotated_at: record.rotated_at,
+            previous_username: record.previous_username.clone(),
+            previous_valid_until: record.previous_valid_until,
+            next_rotation_at: record.next_rotation_at,
+        }
     }
 
     /// The account's current credential and where its rotation stands.

@@ -238,6 +238,7 @@ impl Rotator {
         record.next_rotation_at = next_slot(account, now);
         self.store.static_put(record.clone()).await?;
         self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        self.events.emit(Rotator::rotated_event(record));
         info!(
             account = %account.name,
             version = record.version,

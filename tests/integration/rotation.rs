@@ -355,3 +355,110 @@ async fn kill_9_during_back_to_back_rotations_always_leaves_a_working_credential
     assert!(last["version"].as_u64().unwrap() >= 5, "rotations did not run back to back: {last}");
     assert_store_holds_no(&daemon, &seen);
 }
+
+/// `lessor watch` as an ordinary user: a snapshot of what it may read, the
+/// `rotated` event within a second of the promotion, its own lease's
+/// `lease_expiring` and `lease_revoked`, and nothing about root's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_rotations_and_only_the_callers_own_lease_events() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let (a, b) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (role, prefix) = unique_role("watch");
+    db.track_prefix(&prefix);
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "3s", "1h", &[CREATE_ROLE]),
+        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\"")
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    settled(&daemon, "billing", 1).await;
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lessor"));
+        command.args(args).env("LESSOR_SOCKET", &daemon.socket).uid(65534).gid(65534);
+        command
+    };
+
+    let theirs = daemon.client().creds(&role, None).await.unwrap();
+    assert_eq!(theirs.status, 200, "{:?}", theirs.body);
+    let theirs = theirs.body["lease_id"].as_str().unwrap().to_string();
+    let out = as_nobody(&["creds", &role, "--format", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mine: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = mine["lease_id"].as_str().unwrap().to_string();
+
+    let mut watcher = as_nobody(&["watch"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let stdout = watcher.stdout.take().unwrap();
+    let (lines, mut events) =
+        tokio::sync::mpsc::unbounded_channel::<(chrono::DateTime<chrono::Utc>, Value)>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event: Value = serde_json::from_str(&line).expect("each line is JSON");
+            if lines.send((chrono::Utc::now(), event)).is_err() {
+                break;
+            }
+        }
+    });
+    let (_, snapshot) = next_event(&mut events).await;
+    assert_eq!(snapshot["event"], "snapshot", "{snapshot}");
+    let listed: Vec<&str> =
+        snapshot["leases"].as_array().unwrap().iter().map(|l| l["lease_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [mine.as_str()], "{snapshot}");
+    assert_eq!(snapshot["static"][0]["version"], 1, "{snapshot}");
+    assert!(snapshot["static"][0]["credential"]["password"].is_null(), "a password in the stream");
+
+    let rotated = daemon.client().static_rotate("billing", Some("watch test"), None).await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    let rotated_at: chrono::DateTime<chrono::Utc> =
+        rotated.body["rotated_at"].as_str().unwrap().parse().unwrap();
+    let (mut saw_rotated, mut saw_expiring, mut saw_revoked) = (false, false, false);
+    while !(saw_rotated && saw_expiring && saw_revoked) {
+        let (at, event) = next_event(&mut events).await;
+        assert!(!event.to_string().contains(&theirs), "root's lease reached nobody's stream: {event}");
+        assert!(event.get("password").is_none() && !event.to_string().contains("\"password\""), "{event}");
+        match event["event"].as_str() {
+            Some("rotated") => {
+                assert_eq!(
+                    (event["account"].as_str(), event["version"].as_u64()),
+                    (Some("billing"), Some(2))
+                );
+                assert!(
+                    at - rotated_at < chrono::Duration::seconds(1),
+                    "rotated arrived {} late",
+                    at - rotated_at
+                );
+                saw_rotated = true;
+            }
+            Some("lease_expiring") => {
+                assert_eq!(event["lease"]["lease_id"], mine.as_str());
+                saw_expiring = true;
+            }
+            Some("lease_revoked") => {
+                assert_eq!(event["lease"]["lease_id"], mine.as_str());
+                assert_eq!(event["lease"]["state"], "revoked");
+                assert!(saw_expiring, "revoked before expiring");
+                saw_revoked = true;
+            }
+            _ => {}
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+type Events = tokio::sync::mpsc::UnboundedReceiver<(chrono::DateTime<chrono::Utc>, Value)>;
+
+/// The next line of a watch stream, with when it arrived.
+async fn next_event(events: &mut Events) -> (chrono::DateTime<chrono::Utc>, Value) {
+    tokio::time::timeout(SETTLE, events.recv()).await.expect("an event in time").expect("the stream goes on")
+}

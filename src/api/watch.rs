@@ -1,0 +1,126 @@
+//! `GET /v1/watch`: a stream of newline-delimited JSON events for the
+//! caller. It opens with a `snapshot` of everything the caller may read
+//! (every static account's state, its own leases), then sends `rotated`,
+//! `lease_expiring` and `lease_revoked` as they happen, and a `heartbeat`
+//! line when idle so proxies and clients can tell a quiet stream from a
+//! dead one. Events carry the item's full state and never a secret; a
+//! watcher that fell behind gets `lagged` and a fresh snapshot.
+
+use std::convert::Infallible;
+use std::time::Duration as StdDuration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::{caller, lease_json, static_json, AppState};
+use crate::broker::Caller;
+use crate::events::Event;
+use crate::lease::Lease;
+
+/// How often an idle stream says it is alive.
+const HEARTBEAT: StdDuration = StdDuration::from_secs(15);
+
+pub(super) async fn watch(State(state): State<AppState>, request: Request) -> Response {
+    let caller = caller(request.extensions());
+    let (lines, out) = mpsc::channel::<Bytes>(64);
+    // Subscribed before the snapshot is read: nothing falls between them.
+    let events = state.events.subscribe();
+    tokio::spawn(feed(state, caller, events, lines));
+    let body = futures_util::stream::unfold(out, |mut out| async move {
+        out.recv().await.map(|line| (Ok::<_, Infallible>(line), out))
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(body)).into_response()
+}
+
+/// Writes the caller's events until it goes away or the daemon stops.
+async fn feed(
+    state: AppState,
+    caller: Caller,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    lines: mpsc::Sender<Bytes>,
+) {
+    let send = |value: Value| {
+        let mut line = value.to_string();
+        line.push('\n');
+        lines.send(Bytes::from(line))
+    };
+    if send(snapshot(&state, caller).await).await.is_err() {
+        return;
+    }
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        let line = tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => match event_json(&event, caller) {
+                    Some(line) => line,
+                    None => continue,
+                },
+                Err(RecvError::Lagged(missed)) => {
+                    if send(json!({ "event": "lagged", "missed": missed })).await.is_err() {
+                        return;
+                    }
+                    snapshot(&state, caller).await
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = heartbeat.tick() => json!({ "event": "heartbeat", "at": Utc::now() }),
+            () = lines.closed() => return,
+            () = state.shutdown.cancelled() => return,
+        };
+        if send(line).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Everything the caller may read, now.
+async fn snapshot(state: &AppState, caller: Caller) -> Value {
+    let mut statics = Vec::new();
+    for name in state.rotator.names() {
+        statics.push(match state.rotator.get(name).await {
+            Ok(view) => static_json(&view, false),
+            Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
+        });
+    }
+    let leases: Vec<Value> = match state.broker.list("", caller).await {
+        Ok(leases) => leases.iter().map(lease_json).collect(),
+        Err(_) => Vec::new(),
+    };
+    json!({ "event": "snapshot", "at": Utc::now(), "static": statics, "leases": leases })
+}
+
+/// The event as the caller sees it, or `None` when it is about something
+/// the caller may not read.
+fn event_json(event: &Event, caller: Caller) -> Option<Value> {
+    let lease_event = |name: &str, lease: &Lease| {
+        caller.may_touch(lease).then(|| json!({ "event": name, "lease": lease_json(lease) }))
+    };
+    match event {
+        Event::Rotated {
+            account,
+            version,
+            username,
+            rotated_at,
+            previous_username,
+            previous_valid_until,
+            next_rotation_at,
+        } => Some(json!({
+            "event": "rotated",
+            "account": account,
+            "version": version,
+            "username": username,
+            "rotated_at": rotated_at,
+            "previous_username": previous_username,
+            "previous_valid_until": previous_valid_until,
+            "next_rotation_at": next_rotation_at,
+        })),
+        Event::LeaseExpiring(lease) => lease_event("lease_expiring", lease),
+        Event::LeaseRevoked(lease) => lease_event("lease_revoked", lease),
+    }
+}

@@ -101,6 +101,12 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         overlap: Option<String>,
     },
+    /// Rotate a connection's own admin password (root or the daemon's
+    /// user); the new one is stored sealed and nobody can read it.
+    RotateRoot {
+        /// The connection, as in `[connections.NAME]`.
+        connection: String,
+    },
     /// Keys that seal static-account secrets in the store.
     #[command(subcommand)]
     Seal(SealCommand),
@@ -409,6 +415,14 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
             let (watched, printed) = tokio::join!(watching, printing);
             printed?;
             success(watched?).map(drop)
+        }
+        Command::RotateRoot { connection } => {
+            let body = success(client.rotate_root(&connection).await?)?;
+            out(&format!(
+                "{connection}: admin {} rotated (version {})\n",
+                body["username"].as_str().unwrap_or("?"),
+                body["version"]
+            ))
         }
         Command::Watch => {
             let watched = client.watch(|event| out(&format!("{event}\n")).is_ok()).await?;

@@ -345,6 +345,13 @@ impl Client {
         self.request(Method::POST, &format!("/v1/static/{}/rotate", segment(name)), Some(&body)).await
     }
 
+    /// `POST /v1/connections/{name}/rotate-root`: rotate the connection's
+    /// own admin password.
+    pub async fn rotate_root(&self, connection: &str) -> Result<Response, ClientError> {
+        self.request(Method::POST, &format!("/v1/connections/{}/rotate-root", segment(connection)), None)
+            .await
+    }
+
     /// `GET /v1/health`: readiness and counts.
     pub async fn health(&self) -> Result<Response, ClientError> {
         self.request(Method::GET, "/v1/health", None).await

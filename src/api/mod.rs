@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -134,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/static/{name}", get(static_get))
         .route("/v1/static/{name}/rotate", post(static_rotate))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/connections/{name}/rotate-root", post(rotate_root))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -196,6 +197,26 @@ async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> R
         return Ok(T::default());
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// axum's `Path`, but its rejection (a segment that is not UTF-8 once
+/// percent-decoded, e.g. `/v1/creds/%FF`) is a JSON error like every other
+/// answer instead of axum's plain-text one.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = if status.is_client_error() { "bad_request" } else { "internal" };
+                Err(ApiError::new(status, code, rejection.body_text()))
+            }
+        }
+    }
 }
 
 fn parse_duration(field: &str, text: Option<&str>) -> Result<Option<Duration>, ApiError> {
@@ -531,4 +552,21 @@ async fn static_rotate(
     let overlap = parse_duration("overlap", body.overlap.as_deref())?;
     let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }).await?;
     Ok(Json(static_json(&view, false)).into_response())
+}
+
+/// `POST /v1/connections/{name}/rotate-root`: rotate the connection's own
+/// admin password (root or the daemon's user). Answers the new version,
+/// never the password: nobody can read it through the API.
+async fn rotate_root(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> ApiResult {
+    if !caller(request.extensions()).is_admin() {
+        return Err(RotationError::NotAdmin { action: "rotate-root" }.into());
+    }
+    let root = state.rotator.rotate_root(&name).await?;
+    Ok(Json(json!({
+        "connection": root.connection,
+        "username": root.username,
+        "version": root.version,
+        "rotated_at": root.rotated_at,
+    }))
+    .into_response())
 }

@@ -27,7 +27,7 @@ use secrecy::SecretString;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
 use crate::events::{Event, Events};
@@ -40,6 +40,15 @@ use seal::{SealError, Sealer};
 /// once; a shared store will use the node id.
 const HOLDER: &str = "local";
 
+/// Where a connection's own admin credential is kept among the static
+/// accounts: `connection:NAME` (no static account name has a `:`).
+const ROOT_PREFIX: &str = "connection:";
+
+/// Whether `account` is a connection's admin credential (`rotate-root`).
+fn is_root(account: &StaticAccount) -> bool {
+    account.name.starts_with(ROOT_PREFIX)
+}
+
 /// Why a static-account operation failed. Each variant maps to one status.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +56,9 @@ pub enum RotationError {
     /// No static account of that name is configured (404).
     #[error("unknown static account {name:?}")]
     UnknownAccount { name: String },
+    /// No connection of that name is configured (404).
+    #[error("unknown connection {name:?}")]
+    UnknownConnection { name: String },
     /// The request is malformed (400).
     #[error("{message}")]
     BadRequest { message: String },
@@ -76,6 +88,7 @@ impl RotationError {
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
             Self::UnknownAccount { .. } => (404, "unknown_static_account"),
+            Self::UnknownConnection { .. } => (404, "unknown_connection"),
             Self::BadRequest { .. } => (400, "bad_request"),
             Self::NotAdmin { .. } => (403, "forbidden"),
             Self::InProgress { .. } => (409, "rotation_in_progress"),
@@ -107,6 +120,15 @@ pub struct StaticView {
     pub last_error: Option<String>,
 }
 
+/// A connection's admin credential after `rotate-root` (never the password).
+#[derive(Debug)]
+pub struct RootView {
+    pub connection: String,
+    pub username: String,
+    pub version: u64,
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
 /// What an operator asked for.
 #[derive(Debug, Clone)]
 pub struct OperatorRequest {
@@ -126,6 +148,9 @@ struct Counters {
 #[derive(Debug)]
 pub struct Rotator {
     accounts: BTreeMap<String, StaticAccount>,
+    /// Each connection's admin credential as an account of its own (a
+    /// `single` one, rotated only by `rotate-root`), by connection.
+    roots: BTreeMap<String, StaticAccount>,
     plugins: HashMap<String, Arc<dyn Plugin>>,
     store: Arc<dyn LeaseStore>,
     sealer: Option<Arc<Sealer>>,
@@ -148,8 +173,28 @@ impl Rotator {
         events: Events,
     ) -> Arc<Self> {
         let plugins = config.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
+        let roots = config
+            .connections
+            .iter()
+            .filter_map(|(name, connection)| {
+                let admin = connection.plugin.admin_username()?;
+                let account = StaticAccount {
+                    name: format!("{ROOT_PREFIX}{name}"),
+                    connection: name.clone(),
+                    strategy: Strategy::Single,
+                    usernames: vec![admin],
+                    schedule: crate::config::RotationSchedule::Manual,
+                    window: None,
+                    overlap: Duration::ZERO,
+                    jitter: Duration::ZERO,
+                    password_length: 32,
+                };
+                Some((name.clone(), account))
+            })
+            .collect();
         Arc::new(Self {
             accounts: config.static_accounts.clone(),
+            roots,
             plugins,
             store,
             sealer: config.sealer.clone(),
@@ -275,6 +320,70 @@ impl Rotator {
         self.get(name).await
     }
 
+    /// Rotates `connection`'s own admin password: set, tested by logging
+    /// in, stored sealed, then used for every new admin connection. Nobody
+    /// can read it through the API afterwards; it survives restarts (the
+    /// stored copy wins over `password_file`).
+    pub async fn rotate_root(self: &Arc<Self>, connection: &str) -> Result<RootView, RotationError> {
+        let account = self
+            .roots
+            .get(connection)
+            .ok_or_else(|| match self.plugins.contains_key(connection) {
+                true => RotationError::BadRequest {
+                    message: format!(
+                        "connection {connection:?}: its plugin cannot rotate its admin credential"
+                    ),
+                },
+                false => RotationError::UnknownConnection { name: connection.to_string() },
+            })?
+            .clone();
+        if self.sealer.is_none() {
+            return Err(RotationError::BadRequest {
+                message: "rotate-root needs server.seal_key_file: the new admin password is stored sealed"
+                    .into(),
+            });
+        }
+        let _running = self.enter(&account.name)?;
+        let (answer, outcome) = oneshot::channel();
+        let me = self.clone();
+        let trigger =
+            phases::Trigger::Operator { reason: Some("rotate-root".into()), overlap: Duration::ZERO };
+        let run_account = account.clone();
+        self.tasks.spawn(async move {
+            let _ = answer.send(me.run(&run_account, trigger).await);
+            drop(_running);
+        });
+        outcome.await.unwrap_or_else(|_| Err(RotationError::InProgress { name: account.name.clone() }))?;
+        let record =
+            self.store.static_get(&account.name).await?.unwrap_or_else(|| StaticRecord::new(&account.name));
+        Ok(RootView {
+            connection: connection.to_string(),
+            username: account.usernames[0].clone(),
+            version: record.version,
+            rotated_at: record.rotated_at,
+        })
+    }
+
+    /// At start-up: a connection whose admin password was rotated logs in
+    /// with the stored one, not the one in `password_file`/`password_env`.
+    pub async fn restore_roots(&self) -> Result<(), RotationError> {
+        for (connection, account) in &self.roots {
+            let Some(record) = self.store.static_get(&account.name).await? else { continue };
+            let Some(current) = &record.current else { continue };
+            let context = phases::seal_context(&account.name, record.version, &current.username);
+            let Some(sealer) = self.sealer.as_deref() else {
+                warn!(connection = %connection, "the admin password was rotated, but server.seal_key_file is not set: using password_file");
+                continue;
+            };
+            let password = sealer.open(&context, &current.sealed)?;
+            self.plugins[connection]
+                .use_admin_password(&password)
+                .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
+            info!(connection = %connection, version = record.version, "using the rotated admin password from the store (it wins over password_file and password_env)");
+        }
+        Ok(())
+    }
+
     /// Marks `name` running in this process; 409 when it is already.
     fn enter(self: &Arc<Self>, name: &str) -> Result<Running, RotationError> {
         if !self.running.lock().unwrap().insert(name.to_string()) {
@@ -287,7 +396,7 @@ impl Rotator {
     /// rotation interrupted by a crash, a scheduled one, a previous
     /// credential whose overlap ended) runs when it falls due.
     pub fn start(self: &Arc<Self>) {
-        if self.accounts.is_empty() {
+        if self.accounts.is_empty() && self.roots.is_empty() {
             return;
         }
         let me = self.clone();
@@ -298,7 +407,7 @@ impl Rotator {
         loop {
             let now = Utc::now();
             let mut next = now + chrono::Duration::hours(1);
-            for account in self.accounts.values() {
+            for account in self.accounts.values().chain(self.roots.values()) {
                 if self.running.lock().unwrap().contains(&account.name) {
                     continue;
                 }
@@ -310,6 +419,11 @@ impl Rotator {
                         continue;
                     }
                 };
+                // An admin credential rotates only when asked; a rotation of
+                // one left half-way is resumed.
+                if is_root(account) && record.pending.is_none() {
+                    continue;
+                }
                 match phases::due_at(&record) {
                     Some(at) if at <= now => {
                         let Ok(running) = self.enter(&account.name) else { continue };

@@ -21,7 +21,7 @@ use lessor_plugin::{names, Plugin, PluginError};
 use rand::Rng;
 use tracing::{info, warn};
 
-use super::{RotationError, Rotator, HOLDER};
+use super::{is_root, RotationError, Rotator, HOLDER};
 use crate::config::{Duration, StaticAccount, Strategy};
 use crate::expiry;
 use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
@@ -100,7 +100,9 @@ impl Rotator {
         };
         let start = record.pending.is_none()
             && (operator.is_some()
-                || if record.version == 0 {
+                || if is_root(account) {
+                    false
+                } else if record.version == 0 {
                     record.next_rotation_at.is_none_or(|at| at <= now)
                 } else {
                     record.next_rotation_at.is_some_and(|at| at <= now)
@@ -200,7 +202,14 @@ impl Rotator {
             phase = self.enter_phase(record, RotationPhase::Tested).await?;
         }
         debug_assert_eq!(phase, RotationPhase::Tested);
-        self.promote(account, plugin, record).await
+        self.promote(account, plugin, record).await?;
+        if is_root(account) {
+            // New admin connections log in with it from now on.
+            plugin
+                .use_admin_password(&secret)
+                .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
+        }
+        Ok(())
     }
 
     async fn enter_phase(
@@ -298,6 +307,13 @@ impl Rotator {
     /// one is set back first; if that fails too, the pending secret is kept
     /// (its test is retried later), since the backend may hold it.
     async fn roll_back(&self, account: &StaticAccount, plugin: &dyn Plugin, record: &mut StaticRecord) {
+        if is_root(account) {
+            // The backend has the new admin password now; setting the old
+            // one back needs a connection that logs in with one of them.
+            // Keep it, and test it again later.
+            warn!(account = %account.name, "the rotated admin password failed its login test; testing it again later");
+            return;
+        }
         let restore = match (account.strategy, &record.current) {
             (Strategy::Single, Some(current)) => Some(current.clone()),
             _ => None,

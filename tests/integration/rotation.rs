@@ -462,3 +462,61 @@ type Events = tokio::sync::mpsc::UnboundedReceiver<(chrono::DateTime<chrono::Utc
 async fn next_event(events: &mut Events) -> (chrono::DateTime<chrono::Utc>, Value) {
     tokio::time::timeout(SETTLE, events.recv()).await.expect("an event in time").expect("the stream goes on")
 }
+
+/// `rotate-root` on PostgreSQL and MariaDB: the admin password lessor was
+/// configured with stops working, lessor keeps issuing with the new one,
+/// and after a restart (the config still names the old one) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_replaces_the_admin_password_and_survives_a_restart() {
+    let db = TestDb::create().await;
+    let my = MyDb::create().await;
+    let (role, prefix) = unique_role("root");
+    let (my_role_name, my_prefix) = unique_role("mroot");
+    db.track_prefix(&prefix);
+    my.track_prefix(&my_prefix);
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        my.connection("my", ""),
+        my_role(&my_role_name, "my", "1h", "2h", &[CREATE_USER]),
+    );
+    let mut daemon = Daemon::start_with_mysql(Some(&db), &my, &body, &[]).await;
+    assert!(db.login(&db.admin, &db.admin_password).await.is_ok());
+
+    for connection in ["pg", "my"] {
+        let out = lessor_cli(&daemon, &["rotate-root", connection]);
+        assert!(out.status.success(), "{connection}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("version 1"));
+    }
+    assert!(
+        db.login(&db.admin, &db.admin_password).await.is_err(),
+        "the old PostgreSQL admin password works"
+    );
+    assert!(my.login(&my.admin, &my.admin_password).await.is_err(), "the old MySQL admin password works");
+    // Nobody reads it back: it is no static account.
+    let hidden = daemon.client().static_get("connection:pg").await.unwrap();
+    assert_eq!(hidden.status, 404, "{:?}", hidden.body);
+
+    let issue_and_log_in = |daemon: &Daemon| {
+        let client = daemon.client();
+        let (role, my_role_name) = (role.clone(), my_role_name.clone());
+        async move {
+            let pg = client.creds(&role, None).await.unwrap();
+            assert_eq!(pg.status, 200, "{:?}", pg.body);
+            let my_issued = client.creds(&my_role_name, None).await.unwrap();
+            assert_eq!(my_issued.status, 200, "{:?}", my_issued.body);
+            (credential(&pg.body), credential(&my_issued.body))
+        }
+    };
+    let ((pg_user, pg_pw), _) = issue_and_log_in(&daemon).await;
+    db.login(&pg_user, &pg_pw).await.expect("issued after rotate-root");
+
+    daemon.stop();
+    daemon.spawn().await;
+    let ((pg_user, pg_pw), (my_user, _)) = issue_and_log_in(&daemon).await;
+    db.login(&pg_user, &pg_pw).await.expect("issued after a restart");
+    assert!(my.user_exists(&my_user).await);
+    assert!(daemon.log().contains("using the rotated admin password from the store"), "{}", daemon.log());
+}

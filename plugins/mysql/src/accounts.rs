@@ -65,7 +65,7 @@ impl MySqlPlugin {
     pub(crate) async fn login_as(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
         let cx = Context::new(Operation::TestLogin, Some(username));
         let redactor = Redactor::new([password.expose_secret()]);
-        let opts = OptsBuilder::from_opts(self.opts.clone())
+        let opts = OptsBuilder::from_opts(self.opts())
             .user(Some(username))
             .pass(Some(password.expose_secret()))
             .db_name(None::<String>);

@@ -21,7 +21,7 @@
 //! it, is left off), and error text is scrubbed of the password.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -76,10 +76,11 @@ pub struct MySqlPlugin {
     max_connections: usize,
     /// Admin connections; the password lives in the pool's options, which
     /// is why `Debug` is written by hand.
-    pool: Pool,
+    pool: RwLock<Pool>,
     /// The same options, for the one-off connection that cancels a
-    /// statement (`KILL QUERY`) when the pool may have none free.
-    pub(crate) opts: Opts,
+    /// statement (`KILL QUERY`) when the pool may have none free. Replaced,
+    /// with the pool, when the admin's own password is rotated.
+    opts: RwLock<Opts>,
     /// How long one operation's statements may run before they are
     /// cancelled on the server.
     pub(crate) operation_timeout: Duration,
@@ -140,15 +141,34 @@ impl MySqlPlugin {
             max_username_len: settings.options.max_username_length,
             encoding: settings.options.password_encoding,
             max_connections: settings.max_connections,
-            pool: Pool::new(opts.clone()),
-            opts,
+            pool: RwLock::new(Pool::new(opts.clone())),
+            opts: RwLock::new(opts),
             operation_timeout,
             flavor: OnceLock::new(),
         }
     }
 
+    /// The admin's connection options.
+    pub(crate) fn opts(&self) -> Opts {
+        self.opts.read().unwrap().clone()
+    }
+
+    /// From now on, admin connections log in with `password` (the admin's
+    /// own password was rotated). The old pool's idle connections close as
+    /// it is dropped; those in use finish their work.
+    fn switch_admin_password(&self, password: &SecretString) {
+        let opts = Opts::from(OptsBuilder::from_opts(self.opts()).pass(Some(password.expose_secret())));
+        let old = std::mem::replace(&mut *self.pool.write().unwrap(), Pool::new(opts.clone()));
+        *self.opts.write().unwrap() = opts;
+        tokio::spawn(async move {
+            let _ = old.disconnect().await;
+        });
+        debug!(connection = %self.connection, "admin connections now use the rotated password");
+    }
+
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
-        match tokio::time::timeout(POOL_WAIT_TIMEOUT, self.pool.get_conn()).await {
+        let pool = self.pool.read().unwrap().clone();
+        match tokio::time::timeout(POOL_WAIT_TIMEOUT, pool.get_conn()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(classify(&e, cx, redactor)),
             Err(_) => Err(PluginError::Unavailable {
@@ -190,7 +210,7 @@ impl MySqlPlugin {
     /// opened for the purpose (the pool may have none free).
     async fn kill_query(&self, id: u32) {
         let kill = async {
-            let mut conn = Conn::new(self.opts.clone()).await?;
+            let mut conn = Conn::new(self.opts()).await?;
             conn.query_drop(format!("KILL QUERY {id}")).await?;
             conn.disconnect().await
         };
@@ -556,6 +576,15 @@ impl Plugin for MySqlPlugin {
 
     async fn end_sessions(&self, username: &str) -> Result<(), PluginError> {
         self.end_account_sessions(username).await
+    }
+
+    fn admin_username(&self) -> Option<String> {
+        Some(self.admin_user.clone())
+    }
+
+    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+        self.switch_admin_password(password);
+        Ok(())
     }
 
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {

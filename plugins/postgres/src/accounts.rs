@@ -52,7 +52,7 @@ impl PgPlugin {
     pub(crate) async fn login_as(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
         let cx = Context::new(Operation::TestLogin, Some(username));
         let redactor = Redactor::new([password.expose_secret()]);
-        let mut config = self.login_config.clone();
+        let mut config = self.login_config.read().unwrap().clone();
         config.user(username).password(password.expose_secret()).connect_timeout(self.operation_timeout);
         let login = async {
             let (client, connection) = config.connect(NoTls).await?;

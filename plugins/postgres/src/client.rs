@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,11 +53,13 @@ pub struct PgPlugin {
     target: String,
     pub(crate) encoding: PasswordEncoding,
     /// The admin's connection settings, from which a login test as another
-    /// user is made (user and password replaced).
-    pub(crate) login_config: tokio_postgres::Config,
+    /// user is made (user and password replaced). Replaced, with the pool,
+    /// when the admin's own password is rotated.
+    pub(crate) login_config: RwLock<tokio_postgres::Config>,
     /// Admin connections; the password lives inside the manager's
     /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
-    pool: Pool,
+    pool: RwLock<Pool>,
+    max_connections: usize,
     /// How long one operation's statements may run before they are
     /// cancelled on the server.
     pub(crate) operation_timeout: Duration,
@@ -72,7 +74,7 @@ impl fmt::Debug for PgPlugin {
             .field("connection", &self.connection)
             .field("target", &self.target)
             .field("password_encoding", &self.encoding)
-            .field("max_connections", &self.pool.status().max_size)
+            .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
 }
@@ -93,35 +95,36 @@ impl PgPlugin {
 
     fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
         let target = target(&settings.pg);
-        let login_config = settings.pg.clone();
-        // `Fast` recycling only checks that the socket is open; a connection
-        // that died since is reported as Unavailable and the broker retries.
-        let manager = Manager::from_config(
-            settings.pg,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(settings.max_connections)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e.to_string()))?;
+        let pool = build_pool(settings.pg.clone(), settings.max_connections)
+            .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e))?;
         Ok(Self {
             connection: settings.name,
             target,
             encoding: settings.options.password_encoding,
-            login_config,
-            pool,
+            login_config: RwLock::new(settings.pg),
+            pool: RwLock::new(pool),
+            max_connections: settings.max_connections,
             operation_timeout,
             retry_verifiers: Mutex::default(),
         })
     }
 
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
-        self.pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
+        let pool = self.pool.read().unwrap().clone();
+        pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
+    }
+
+    /// From now on, admin connections log in with `password` (the admin's
+    /// own password was rotated). Connections already open stay open.
+    pub(crate) fn switch_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+        let mut config = self.login_config.read().unwrap().clone();
+        config.password(password.expose_secret());
+        let pool = build_pool(config.clone(), self.max_connections)
+            .map_err(|message| PluginError::Internal { message })?;
+        *self.pool.write().unwrap() = pool;
+        *self.login_config.write().unwrap() = config;
+        debug!(connection = %self.connection, "admin connections now use the rotated password");
+        Ok(())
     }
 
     /// After an operation on `client` ran over `operation_timeout` and was
@@ -500,6 +503,14 @@ impl Plugin for PgPlugin {
         self.terminate_sessions(username).await
     }
 
+    fn admin_username(&self) -> Option<String> {
+        self.login_config.read().unwrap().get_user().map(str::to_string)
+    }
+
+    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+        self.switch_admin_password(password)
+    }
+
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
         let username = lease.username;
         let cx = Context::new(Operation::Revoke, Some(username));
@@ -553,6 +564,22 @@ impl Plugin for PgPlugin {
             .map(|name| BackendUser { name, created_at: None })
             .collect())
     }
+}
+
+/// The admin connection pool for `config`. `Fast` recycling only checks
+/// that the socket is open; a connection that died since is reported as
+/// Unavailable and the broker retries.
+fn build_pool(config: tokio_postgres::Config, max_connections: usize) -> Result<Pool, String> {
+    let manager =
+        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Asks the server to cancel whatever `token`'s connection is running. The
@@ -647,7 +674,7 @@ mod tests {
         assert!(!dbg.contains("admin-pw-never-shown"), "{dbg}");
         assert!(dbg.contains("lessor_admin@db.internal:5432/app"), "{dbg}");
         // The pool's own Debug reaches the manager's tokio_postgres::Config.
-        let pool = format!("{:?}", p.pool.manager());
+        let pool = format!("{:?}", p.pool.read().unwrap().manager());
         assert!(!pool.contains("admin-pw-never-shown"), "{pool}");
     }
 

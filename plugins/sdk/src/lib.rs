@@ -224,6 +224,20 @@ pub trait Plugin: Send + Sync + Debug {
         Err(PluginError::Unsupported { operation: "end_sessions" })
     }
 
+    /// The user lessor logs in as (a static account of its own when its
+    /// password is rotated with `rotate-root`), if the plugin has one.
+    fn admin_username(&self) -> Option<String> {
+        None
+    }
+
+    /// From now on, log in as the admin with `password` (it was rotated, or
+    /// a rotated one was found in the store at start-up). Connections
+    /// already open may stay.
+    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+        let _ = password;
+        Err(PluginError::Unsupported { operation: "use_admin_password" })
+    }
+
     /// Operator action for a leaked credential the backend cannot revoke
     /// one by one (AWS: deny every session of a role issued before now).
     /// Returns a non-secret description of what was done.

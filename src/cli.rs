@@ -571,9 +571,11 @@ fn static_table(body: &Value) -> String {
             .iter()
             .map(|key| vec![key.to_string(), cell(body.get(*key))])
             .chain(
-                ["username", "password"]
-                    .iter()
-                    .map(|key| vec![key.to_string(), cell(body["credential"].get(*key))]),
+                body["credential"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(key, value)| vec![key.clone(), cell(Some(value))]),
             )
             .collect::<Vec<_>>();
     render_table(&rows)

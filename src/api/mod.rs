@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
-use crate::config::{Duration, ValidatedConfig};
+use crate::config::{Duration, Strategy, ValidatedConfig};
 use crate::events::Events;
 use crate::lease::{Lease, LeaseId};
 use crate::rotation::{OperatorRequest, RotationError, Rotator, StaticView};
@@ -518,7 +518,12 @@ pub(crate) fn static_json(view: &StaticView, with_secret: bool) -> Value {
             "last_error": view.last_error,
         },
     });
-    if with_secret {
+    if view.strategy == Strategy::AccessKey {
+        body["credential"] = json!({ "access_key_id": view.username });
+        if with_secret {
+            body["credential"]["secret_access_key"] = json!(view.password.expose_secret());
+        }
+    } else if with_secret {
         body["credential"]["password"] = json!(view.password.expose_secret());
     }
     body

@@ -21,6 +21,9 @@ pub enum Strategy {
     /// Two users: the one not in use gets the new password, is tested, and
     /// becomes current; the other keeps working for `overlap`.
     Alternating,
+    /// An AWS IAM user's two access keys: a new key is made, tested, and
+    /// becomes current; the old one is deleted after `overlap`.
+    AccessKey,
 }
 
 impl Strategy {
@@ -28,6 +31,7 @@ impl Strategy {
         match self {
             Self::Single => "single",
             Self::Alternating => "alternating",
+            Self::AccessKey => "access_key",
         }
     }
 }
@@ -39,10 +43,12 @@ impl Strategy {
 pub struct StaticAccountConfig {
     /// The connection (`[connections.NAME]`) whose backend the account lives in.
     pub connection: String,
-    /// `single` (one user, password changed in place) or `alternating` (two
-    /// users, both valid during the overlap).
+    /// `single` (one user, password changed in place), `alternating` (two
+    /// users, both valid during the overlap), or `access_key` (an AWS IAM
+    /// user's two access keys).
     pub strategy: Strategy,
-    /// The existing users: one for `single`, two for `alternating`.
+    /// The existing users: one for `single`, two for `alternating`, the IAM
+    /// user's name for `access_key`.
     pub usernames: Vec<String>,
     /// When to rotate: a cron expression in UTC, 5 fields (minute hour
     /// day-of-month month day-of-week) or 6 (with seconds first). Day names
@@ -157,7 +163,7 @@ pub(super) fn validate(
             continue;
         }
         let wanted = match account.strategy {
-            Strategy::Single => 1,
+            Strategy::Single | Strategy::AccessKey => 1,
             Strategy::Alternating => 2,
         };
         if account.usernames.len() != wanted {
@@ -214,24 +220,37 @@ pub(super) fn validate(
         }
         match connections.get(&account.connection) {
             Some(connection) => {
-                let plugin = connection.plugin.name();
-                if plugin == "aws" {
+                let aws = connection.plugin.name() == "aws";
+                if aws != (account.strategy == Strategy::AccessKey) {
                     errors.push(ConfigError::new(
-                        format!("{key}.connection"),
-                        "static accounts on the aws plugin (strategy access_key) are not supported yet",
+                        format!("{key}.strategy"),
+                        format!(
+                            "{} does not fit connection {:?} ({} plugin): access_key is for the aws plugin, \
+                             single and alternating for database users",
+                            account.strategy.as_str(),
+                            account.connection,
+                            connection.plugin.name()
+                        ),
                     ));
                 }
-                let max = connection.plugin.capabilities().max_username_len;
+                // IAM user names also take `+=,@`; database names are kept
+                // to what every statement quotes safely.
+                let (max, extra): (usize, &[u8]) = if aws {
+                    (64, b"_-.+=,@")
+                } else {
+                    (connection.plugin.capabilities().max_username_len, b"_-.")
+                };
                 for (i, username) in account.usernames.iter().enumerate() {
                     let ok = !username.is_empty()
                         && username.len() <= max
-                        && username
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+                        && username.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
                     if !ok {
                         errors.push(ConfigError::new(
                             format!("{key}.usernames[{i}]"),
-                            format!("{username:?} must be 1–{max} letters, digits, '_', '-' or '.'"),
+                            format!(
+                                "{username:?} must be 1–{max} letters, digits or {}",
+                                String::from_utf8_lossy(extra)
+                            ),
                         ));
                     }
                     if let Some(other) =

@@ -283,7 +283,7 @@ impl Rotator {
         let account = self.account(name)?.clone();
         let overlap = match account.strategy {
             Strategy::Single => Duration::ZERO,
-            Strategy::Alternating => request.overlap.unwrap_or(account.overlap),
+            Strategy::Alternating | Strategy::AccessKey => request.overlap.unwrap_or(account.overlap),
         };
         if overlap > crate::config::TEN_YEARS {
             return Err(RotationError::BadRequest {
@@ -296,7 +296,7 @@ impl Rotator {
         }
         // An emergency: the previous credential is to stop working at once.
         let emergency = match account.strategy {
-            Strategy::Alternating => overlap.as_std().is_zero(),
+            Strategy::Alternating | Strategy::AccessKey => overlap.as_std().is_zero(),
             Strategy::Single => request.overlap.is_some_and(|o| o.as_std().is_zero()),
         };
         if emergency && reason.is_none() {

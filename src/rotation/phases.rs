@@ -151,8 +151,26 @@ impl Rotator {
         reason: Option<String>,
         overlap: Duration,
     ) -> Result<(), RotationError> {
+        let version = record.version + 1;
+        let overlap = if account.strategy == Strategy::Single { Duration::ZERO } else { overlap };
+        if account.strategy == Strategy::AccessKey {
+            // The backend makes the secret: only the intent is recorded
+            // now, the key when it exists.
+            record.pending = Some(PendingRotation {
+                version,
+                credential: SealedCredential { username: String::new(), sealed: Vec::new() },
+                phase: RotationPhase::Created,
+                reason: reason.clone(),
+                overlap_ms: overlap.as_std().as_millis() as u64,
+            });
+            self.store.static_put(record.clone()).await?;
+            info!(account = %account.name, version, user = %account.usernames[0], reason = reason.as_deref().unwrap_or("scheduled"), overlap = %overlap, "rotation started");
+            return Ok(());
+        }
         let username = match (account.strategy, &record.current) {
-            (Strategy::Single, _) | (Strategy::Alternating, None) => account.usernames[0].clone(),
+            (Strategy::Single | Strategy::AccessKey, _) | (Strategy::Alternating, None) => {
+                account.usernames[0].clone()
+            }
             (Strategy::Alternating, Some(current)) => account
                 .usernames
                 .iter()
@@ -160,10 +178,8 @@ impl Rotator {
                 .unwrap_or(&account.usernames[0])
                 .clone(),
         };
-        let version = record.version + 1;
         let password = names::password(account.password_length);
         let sealed = self.sealer().seal(&seal_context(&account.name, version, &username), &password);
-        let overlap = if account.strategy == Strategy::Single { Duration::ZERO } else { overlap };
         record.pending = Some(PendingRotation {
             version,
             credential: SealedCredential { username: username.clone(), sealed },
@@ -184,20 +200,44 @@ impl Rotator {
         record: &mut StaticRecord,
     ) -> Result<(), RotationError> {
         let pending = record.pending.clone().expect("advance is called with a pending rotation");
-        let username = &pending.credential.username;
-        let context = seal_context(&account.name, pending.version, username);
-        let secret = self.sealer().open(&context, &pending.credential.sealed)?;
         let mut phase = pending.phase;
+        let access_key = account.strategy == Strategy::AccessKey;
+        // The user (or, for access_key, the key id) and its new secret.
+        let (username, secret) = if access_key && phase == RotationPhase::Created {
+            // `set` for a key is making it: the backend picks the secret.
+            let keep: Option<Vec<String>> = record.current.as_ref().map(|current| {
+                std::iter::once(current.username.clone()).chain(record.previous_username.clone()).collect()
+            });
+            let (key_id, secret) =
+                match self.bounded(plugin.create_key(&account.usernames[0], keep.as_deref())).await {
+                    Ok(made) => made,
+                    Err(e) => return Err(self.fail(account, record, "making the new key", e).await),
+                };
+            let sealed = self.sealer().seal(&seal_context(&account.name, pending.version, &key_id), &secret);
+            if let Some(pending) = record.pending.as_mut() {
+                pending.credential = SealedCredential { username: key_id.clone(), sealed };
+            }
+            phase = self.enter_phase(record, RotationPhase::Set).await?;
+            (key_id, secret)
+        } else {
+            let username = pending.credential.username.clone();
+            let context = seal_context(&account.name, pending.version, &username);
+            (username, self.sealer().open(&context, &pending.credential.sealed)?)
+        };
         if phase == RotationPhase::Created {
-            if let Err(e) = self.bounded(plugin.set_password(username, &secret)).await {
+            if let Err(e) = self.bounded(plugin.set_password(&username, &secret)).await {
                 return Err(self.fail(account, record, "setting the new password", e).await);
             }
             phase = self.enter_phase(record, RotationPhase::Set).await?;
         }
         if phase == RotationPhase::Set {
-            if let Err(e) = self.bounded(plugin.test_login(username, &secret)).await {
+            let tested = match access_key {
+                true => self.bounded(plugin.test_key(&username, &secret)).await,
+                false => self.bounded(plugin.test_login(&username, &secret)).await,
+            };
+            if let Err(e) = tested {
                 self.roll_back(account, plugin, record).await;
-                return Err(self.fail(account, record, "logging in with the new password", e).await);
+                return Err(self.fail(account, record, "logging in with the new secret", e).await);
             }
             phase = self.enter_phase(record, RotationPhase::Tested).await?;
         }
@@ -272,12 +312,21 @@ impl Rotator {
         record: &mut StaticRecord,
     ) -> Result<(), RotationError> {
         let Some(username) = record.previous_username.clone() else { return Ok(()) };
-        if account.strategy == Strategy::Alternating {
-            let unknown = names::password(account.password_length.max(32));
-            let mut result = self.bounded(plugin.set_password(&username, &unknown)).await;
-            if result.is_ok() && record.previous_end_sessions {
-                result = self.bounded(plugin.end_sessions(&username)).await;
-            }
+        if account.strategy != Strategy::Single {
+            let result = match account.strategy {
+                // The previous key id: delete it.
+                Strategy::AccessKey => {
+                    self.bounded(plugin.delete_key(&account.usernames[0], &username)).await
+                }
+                _ => {
+                    let unknown = names::password(account.password_length.max(32));
+                    let mut result = self.bounded(plugin.set_password(&username, &unknown)).await;
+                    if result.is_ok() && record.previous_end_sessions {
+                        result = self.bounded(plugin.end_sessions(&username)).await;
+                    }
+                    result
+                }
+            };
             if let Err(e) = result {
                 // It keeps working until it is retired: say so, and retry.
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +361,19 @@ impl Rotator {
             // one back needs a connection that logs in with one of them.
             // Keep it, and test it again later.
             warn!(account = %account.name, "the rotated admin password failed its login test; testing it again later");
+            return;
+        }
+        if account.strategy == Strategy::AccessKey {
+            // The untested key is deleted (best effort: the next rotation
+            // deletes any key it does not know of).
+            if let Some(key) =
+                record.pending.as_ref().map(|p| p.credential.username.clone()).filter(|k| !k.is_empty())
+            {
+                if let Err(e) = self.bounded(plugin.delete_key(&account.usernames[0], &key)).await {
+                    warn!(account = %account.name, access_key_id = key, error = %e, "cannot delete the untested key");
+                }
+            }
+            record.pending = None;
             return;
         }
         let restore = match (account.strategy, &record.current) {

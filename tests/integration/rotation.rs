@@ -520,3 +520,68 @@ async fn rotate_root_replaces_the_admin_password_and_survives_a_restart() {
     assert!(my.user_exists(&my_user).await);
     assert!(daemon.log().contains("using the rotated admin password from the store"), "{}", daemon.log());
 }
+
+/// `access_key` on moto with authentication on: after a rotation the IAM
+/// user has the new key and it works, the old one works during the overlap
+/// and is deleted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_key_rotation_on_moto_hands_over_then_deletes_the_old_key() {
+    use crate::common::aws::*;
+    let moto = Moto::start().await;
+    let root = iam(&moto.endpoint, ANY_KEY).await;
+    let (admin_id, admin_secret) = make_admin(&root, "lessor-admin").await;
+    let user = format!("svc-{}", rand_suffix(6));
+    root.create_user().user_name(&user).send().await.unwrap();
+    moto.enable_auth().await;
+    let admin = iam(&moto.endpoint, (&admin_id, &admin_secret)).await;
+    let keys_of = |user: String| {
+        let admin = admin.clone();
+        async move {
+            let listed = admin.list_access_keys().user_name(user).send().await.unwrap();
+            listed
+                .access_key_metadata()
+                .iter()
+                .map(|k| k.access_key_id().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        aws_connection(&moto.endpoint, &admin_id),
+        static_account("deploy", "aws", "access_key", &[&user], "overlap = \"2s\"")
+    );
+    let daemon = Daemon::start_aws(&admin_secret, &body, &[]).await;
+    let aws_key = |body: &Value| {
+        let c = &body["credential"];
+        (
+            c["access_key_id"].as_str().unwrap().to_string(),
+            c["secret_access_key"].as_str().unwrap().to_string(),
+        )
+    };
+
+    let (id1, secret1) = aws_key(&settled(&daemon, "deploy", 1).await);
+    let arn = caller_identity(&moto.endpoint, (&id1, &secret1), None).await.expect("the first key works");
+    assert!(arn.ends_with(&format!("user/{user}")), "{arn}");
+    assert_eq!(keys_of(user.clone()).await, [id1.clone()]);
+
+    let rotated = daemon.client().static_rotate("deploy", Some("quarterly"), None).await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    assert!(rotated.body["credential"]["secret_access_key"].is_null(), "rotate answered the secret");
+    let (id2, secret2) = aws_key(&settled(&daemon, "deploy", 2).await);
+    assert_ne!(id1, id2);
+    caller_identity(&moto.endpoint, (&id2, &secret2), None).await.expect("the new key works");
+    caller_identity(&moto.endpoint, (&id1, &secret1), None)
+        .await
+        .expect("the old key works during the overlap");
+    wait_for("the old key to be deleted", SETTLE, || async {
+        let keys = keys_of(user.clone()).await;
+        (keys == [id2.clone()]).then_some(())
+    })
+    .await;
+    assert!(
+        caller_identity(&moto.endpoint, (&id1, &secret1), None).await.is_err(),
+        "the deleted key still works"
+    );
+    assert_store_holds_no(&daemon, &[secret1, secret2]);
+}

@@ -63,7 +63,7 @@ const USABLE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// The AWS plugin for one `[connections.NAME]`.
 pub struct AwsPlugin {
-    settings: ConnectionSettings,
+    pub(crate) settings: ConnectionSettings,
     clients: OnceCell<Clients>,
 }
 
@@ -122,7 +122,7 @@ impl AwsPlugin {
             .await
     }
 
-    async fn iam(&self) -> &aws_sdk_iam::Client {
+    pub(crate) async fn iam(&self) -> &aws_sdk_iam::Client {
         &self.clients().await.iam
     }
 
@@ -275,7 +275,9 @@ impl AwsPlugin {
         let secret = SecretString::from(key.secret_access_key());
         drop(key);
         if role.wait_until_usable {
-            self.wait_until_usable(&access_key_id, &secret, username).await;
+            if let Err(e) = self.probe_key(&access_key_id, &secret, &format!("create {username}")).await {
+                warn!(operation = "create", connection = %self.settings.name, username, access_key_id, error = %e, "the new key is still refused; answering anyway");
+            }
         }
         debug!(operation = "create", connection = %self.settings.name, role = request.role, username, access_key_id, "created IAM user");
         Ok(Created {
@@ -294,9 +296,16 @@ impl AwsPlugin {
         })
     }
 
-    /// Probes a new key with GetCallerIdentity until AWS accepts it, with
-    /// backoff, for at most [`USABLE_DEADLINE`].
-    async fn wait_until_usable(&self, access_key_id: &str, secret: &SecretString, username: &str) {
+    /// Probes a key with GetCallerIdentity until AWS accepts it (a new key
+    /// takes a few seconds to work everywhere), with backoff, for at most
+    /// [`USABLE_DEADLINE`]; the last refusal when it never does. `op` names
+    /// what the probe is for in messages.
+    pub(crate) async fn probe_key(
+        &self,
+        access_key_id: &str,
+        secret: &SecretString,
+        op: &str,
+    ) -> Result<(), PluginError> {
         let clients = self.clients().await;
         let credentials =
             Credentials::new(access_key_id, secret.expose_secret(), None, None, "lessor-new-key");
@@ -313,16 +322,15 @@ impl AwsPlugin {
             attempts += 1;
             match probe.get_caller_identity().send().await {
                 Ok(_) => {
-                    debug!(operation = "create", connection = %self.settings.name, username, access_key_id, attempts, ms = started.elapsed().as_millis() as u64, "new key is usable");
-                    return;
+                    debug!(connection = %self.settings.name, op, access_key_id, attempts, ms = started.elapsed().as_millis() as u64, "key is usable");
+                    return Ok(());
                 }
                 Err(e) => {
-                    let e = classify(&e, &format!("create {username} (GetCallerIdentity with the new key)"));
+                    let e = classify(&e, &format!("{op} (GetCallerIdentity with the new key)"));
                     if started.elapsed() + wait > USABLE_DEADLINE {
-                        warn!(operation = "create", connection = %self.settings.name, username, access_key_id, attempts, error = %e, "the new key is still refused; answering anyway");
-                        return;
+                        return Err(e);
                     }
-                    debug!(operation = "create", connection = %self.settings.name, username, attempts, error = %e, "new key not usable yet");
+                    debug!(connection = %self.settings.name, op, attempts, error = %e, "key not usable yet");
                 }
             }
             tokio::time::sleep(wait).await;
@@ -529,7 +537,10 @@ impl AwsPlugin {
 
 /// `Ok(None)` when IAM says the entity does not exist, the classified error
 /// for any other failure.
-fn gone_ok<T, E>(result: Result<T, SdkError<E, HttpResponse>>, what: &str) -> Result<Option<T>, PluginError>
+pub(crate) fn gone_ok<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+    what: &str,
+) -> Result<Option<T>, PluginError>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -671,6 +682,22 @@ impl Plugin for AwsPlugin {
             .filter(|u| u.user_name().starts_with(prefix))
             .map(|u| BackendUser { name: u.user_name().to_string(), created_at: to_chrono(u.create_date()) })
             .collect())
+    }
+
+    async fn create_key(
+        &self,
+        username: &str,
+        keep: Option<&[String]>,
+    ) -> Result<(String, SecretString), PluginError> {
+        self.create_account_key(username, keep).await
+    }
+
+    async fn test_key(&self, key_id: &str, secret: &SecretString) -> Result<(), PluginError> {
+        self.probe_key(key_id, secret, &format!("test key {key_id}")).await
+    }
+
+    async fn delete_key(&self, username: &str, key_id: &str) -> Result<(), PluginError> {
+        self.delete_account_key(username, key_id).await
     }
 
     async fn revoke_sessions(&self, role: &str, settings: &RoleSettings) -> Result<Value, PluginError> {

@@ -15,6 +15,7 @@
 //! Only the config types and the plugin are public; the broker talks to it
 //! through [`lessor_plugin::Plugin`].
 
+mod access_keys;
 mod client;
 mod config;
 mod error;

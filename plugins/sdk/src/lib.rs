@@ -224,6 +224,34 @@ pub trait Plugin: Send + Sync + Debug {
         Err(PluginError::Unsupported { operation: "end_sessions" })
     }
 
+    /// For backends that issue the secret themselves (an IAM user's access
+    /// keys, the `access_key` strategy): makes a new key for `username`,
+    /// after deleting every key of the user not in `keep` (one a crashed
+    /// rotation made and never recorded; `None`: delete nothing, the keys
+    /// there before lessor took the account over). Returns the key id and
+    /// its secret.
+    async fn create_key(
+        &self,
+        username: &str,
+        keep: Option<&[String]>,
+    ) -> Result<(String, SecretString), PluginError> {
+        let _ = (username, keep);
+        Err(PluginError::Unsupported { operation: "create_key" })
+    }
+
+    /// Proves a key works by using it (AWS: GetCallerIdentity), waiting a
+    /// bounded time for a new key to become usable.
+    async fn test_key(&self, key_id: &str, secret: &SecretString) -> Result<(), PluginError> {
+        let _ = (key_id, secret);
+        Err(PluginError::Unsupported { operation: "test_key" })
+    }
+
+    /// Deletes one key of `username`. "Already gone" is success.
+    async fn delete_key(&self, username: &str, key_id: &str) -> Result<(), PluginError> {
+        let _ = (username, key_id);
+        Err(PluginError::Unsupported { operation: "delete_key" })
+    }
+
     /// The user lessor logs in as (a static account of its own when its
     /// password is rotated with `rotate-root`), if the plugin has one.
     fn admin_username(&self) -> Option<String> {

@@ -178,10 +178,15 @@ impl Rotator {
             .iter()
             .filter_map(|(name, connection)| {
                 let admin = connection.plugin.admin_username()?;
+                // A key-based admin credential (AWS) is rotated as a key.
+                let strategy = match connection.plugin.admin_key_id() {
+                    Some(_) => Strategy::AccessKey,
+                    None => Strategy::Single,
+                };
                 let account = StaticAccount {
                     name: format!("{ROOT_PREFIX}{name}"),
                     connection: name.clone(),
-                    strategy: Strategy::Single,
+                    strategy,
                     usernames: vec![admin],
                     schedule: crate::config::RotationSchedule::Manual,
                     window: None,
@@ -369,7 +374,7 @@ impl Rotator {
     pub async fn restore_roots(&self) -> Result<(), RotationError> {
         for (connection, account) in &self.roots {
             let Some(record) = self.store.static_get(&account.name).await? else { continue };
-            let Some(current) = &record.current else { continue };
+            let Some(current) = record.current.as_ref().filter(|_| record.version > 0) else { continue };
             let context = phases::seal_context(&account.name, record.version, &current.username);
             let Some(sealer) = self.sealer.as_deref() else {
                 warn!(connection = %connection, "the admin password was rotated, but server.seal_key_file is not set: using password_file");
@@ -377,7 +382,7 @@ impl Rotator {
             };
             let password = sealer.open(&context, &current.sealed)?;
             self.plugins[connection]
-                .use_admin_password(&password)
+                .use_admin_password(&current.username, &password)
                 .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
             info!(connection = %connection, version = record.version, "using the rotated admin password from the store (it wins over password_file and password_env)");
         }

@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 use lessor_plugin::{names, Plugin, PluginError};
 use rand::Rng;
+use secrecy::SecretString;
 use tracing::{info, warn};
 
 use super::{is_root, RotationError, Rotator, HOLDER};
@@ -93,6 +94,12 @@ impl Rotator {
         let name = &account.name;
         let plugin = self.plugins[&account.connection].clone();
         let mut record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
+        if is_root(account) && account.strategy == Strategy::AccessKey && record.current.is_none() {
+            // The key lessor was configured with is the one to replace (and
+            // delete), though it was never stored.
+            record.current =
+                plugin.admin_key_id().map(|id| SealedCredential { username: id, sealed: Vec::new() });
+        }
         let now = Utc::now();
         let operator = match &trigger {
             Trigger::Operator { reason, overlap } => Some((reason.clone(), *overlap)),
@@ -242,14 +249,7 @@ impl Rotator {
             phase = self.enter_phase(record, RotationPhase::Tested).await?;
         }
         debug_assert_eq!(phase, RotationPhase::Tested);
-        self.promote(account, plugin, record).await?;
-        if is_root(account) {
-            // New admin connections log in with it from now on.
-            plugin
-                .use_admin_password(&secret)
-                .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
-        }
-        Ok(())
+        self.promote(account, plugin, record, &secret).await
     }
 
     async fn enter_phase(
@@ -271,6 +271,7 @@ impl Rotator {
         account: &StaticAccount,
         plugin: &dyn Plugin,
         record: &mut StaticRecord,
+        secret: &SecretString,
     ) -> Result<(), RotationError> {
         let pending = record.pending.take().expect("promote is called with a pending rotation");
         let now = Utc::now();
@@ -297,6 +298,14 @@ impl Rotator {
             next_rotation_at = ?record.next_rotation_at,
             "rotated"
         );
+        if is_root(account) {
+            // New admin connections log in with it from now on (before the
+            // old one is retired: that may be done with the new one).
+            let current = record.current.as_ref().map(|c| c.username.clone()).unwrap_or_default();
+            plugin
+                .use_admin_password(&current, secret)
+                .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
+        }
         if overlap.is_zero() && record.previous_username.is_some() {
             self.retire(account, plugin, record).await?;
         }

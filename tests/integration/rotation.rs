@@ -585,3 +585,45 @@ async fn access_key_rotation_on_moto_hands_over_then_deletes_the_old_key() {
     );
     assert_store_holds_no(&daemon, &[secret1, secret2]);
 }
+
+/// `rotate-root` on the AWS plugin: lessor's own access key is replaced,
+/// the old one is deleted and refused, and lessor keeps making IAM users
+/// with the new one, after a restart too (its password file still holds
+/// the old secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_root_on_aws_replaces_lessors_own_access_key() {
+    use crate::common::aws::*;
+    let moto = Moto::start().await;
+    let root = iam(&moto.endpoint, ANY_KEY).await;
+    let (admin_id, admin_secret) = make_admin(&root, "lessor-admin").await;
+    moto.enable_auth().await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n[roles.batch]\nconnection = \"aws\"\ncredential_type = \"iam_user\"\n\
+         user_path = \"/lessor/root/\"\ndefault_ttl = \"1h\"\nmax_ttl = \"2h\"\n",
+        aws_connection(&moto.endpoint, &admin_id),
+    );
+    let mut daemon = Daemon::start_aws(&admin_secret, &body, &[]).await;
+    let issue = |daemon: &Daemon| {
+        let client = daemon.client();
+        async move {
+            let issued = client.creds("batch", None).await.unwrap();
+            assert_eq!(issued.status, 200, "{:?}", issued.body);
+        }
+    };
+    issue(&daemon).await;
+
+    let rotated = daemon.client().rotate_root("aws").await.unwrap();
+    assert_eq!(rotated.status, 200, "{:?}", rotated.body);
+    assert_eq!(rotated.body["version"], 1);
+    let refused = caller_identity(&moto.endpoint, (&admin_id, &admin_secret), None).await;
+    assert!(refused.is_err(), "lessor's old key still works");
+    // moto refuses unknown keys: lessor's next call proves the new key.
+    issue(&daemon).await;
+
+    daemon.stop();
+    daemon.spawn().await;
+    issue(&daemon).await;
+    assert!(daemon.log().contains("using the rotated admin password from the store"), "{}", daemon.log());
+    assert!(!daemon.log().contains(&admin_secret), "the old secret is in the log");
+}

@@ -23,7 +23,7 @@ impl AwsPlugin {
         let what = |api: &str| format!("new key for {username} ({api})");
         let listed = iam
             .list_access_keys()
-            .user_name(username)
+            .set_user_name(user_name(username))
             .send()
             .await
             .map_err(|e| classify(&e, &what("ListAccessKeys")))?;
@@ -31,7 +31,7 @@ impl AwsPlugin {
             let Some(id) = key.access_key_id() else { continue };
             if keep.is_some_and(|keep| !keep.iter().any(|k| k == id)) {
                 gone_ok(
-                    iam.delete_access_key().user_name(username).access_key_id(id).send().await,
+                    iam.delete_access_key().set_user_name(user_name(username)).access_key_id(id).send().await,
                     &what("DeleteAccessKey of an unrecorded key"),
                 )?;
                 info!(connection = %self.settings.name, username, access_key_id = id, "deleted a key no rotation recorded");
@@ -39,7 +39,7 @@ impl AwsPlugin {
         }
         let key = iam
             .create_access_key()
-            .user_name(username)
+            .set_user_name(user_name(username))
             .send()
             .await
             .map_err(|e| classify(&e, &what("CreateAccessKey")))?
@@ -57,10 +57,16 @@ impl AwsPlugin {
     pub(crate) async fn delete_account_key(&self, username: &str, key_id: &str) -> Result<(), PluginError> {
         let iam = self.iam().await;
         gone_ok(
-            iam.delete_access_key().user_name(username).access_key_id(key_id).send().await,
+            iam.delete_access_key().set_user_name(user_name(username)).access_key_id(key_id).send().await,
             &format!("delete key {key_id} of {username} (DeleteAccessKey)"),
         )?;
         debug!(connection = %self.settings.name, username, access_key_id = key_id, "key deleted");
         Ok(())
     }
+}
+
+/// IAM's key APIs act on the caller's own user when no user name is given:
+/// `""` stands for that (lessor's own key, rotated by `rotate-root`).
+fn user_name(username: &str) -> Option<String> {
+    (!username.is_empty()).then(|| username.to_string())
 }

@@ -24,7 +24,7 @@
 //! and the SDK's own credential types, whose `Debug` redacts them.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,7 +42,6 @@ use lessor_plugin::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::config::{
@@ -64,7 +63,11 @@ const USABLE_DEADLINE: Duration = Duration::from_secs(20);
 /// The AWS plugin for one `[connections.NAME]`.
 pub struct AwsPlugin {
     pub(crate) settings: ConnectionSettings,
-    clients: OnceCell<Clients>,
+    /// The SDK clients, built on first use and again after lessor's own
+    /// key was rotated.
+    clients: RwLock<Option<Arc<Clients>>>,
+    /// lessor's own key after `rotate-root`; it wins over the configured one.
+    rotated_key: RwLock<Option<(String, SecretString)>>,
 }
 
 impl fmt::Debug for AwsPlugin {
@@ -85,12 +88,26 @@ impl AwsPlugin {
     /// are built on first use, and [`Plugin::verify`] checks the credential.
     pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
         let settings = ConnectionSettings::parse(ctx.name, ctx.url, ctx.password, ctx.options)?;
-        Ok(Self { settings, clients: OnceCell::new() })
+        Ok(Self { settings, clients: RwLock::default(), rotated_key: RwLock::default() })
     }
 
-    async fn clients(&self) -> &Clients {
-        self.clients
-            .get_or_init(|| async {
+    /// The key lessor signs with: a rotated one, else the configured one
+    /// (none: the standard AWS credential chain).
+    fn own_key(&self) -> Option<(String, SecretString)> {
+        self.rotated_key.read().unwrap().clone().or_else(|| self.settings.static_key.clone())
+    }
+
+    async fn clients(&self) -> Arc<Clients> {
+        if let Some(clients) = self.clients.read().unwrap().clone() {
+            return clients;
+        }
+        let built = Arc::new(self.build_clients().await);
+        self.clients.write().unwrap().get_or_insert(built).clone()
+    }
+
+    async fn build_clients(&self) -> Clients {
+        {
+            {
                 let timeouts = TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(Duration::from_secs(10))
@@ -101,7 +118,7 @@ impl AwsPlugin {
                     .timeout_config(timeouts)
                     .retry_config(RetryConfig::standard().with_max_attempts(3))
                     .app_name(AppName::new("lessor").expect("a valid app name"));
-                if let Some((id, secret)) = &self.settings.static_key {
+                if let Some((id, secret)) = self.own_key() {
                     let credentials =
                         Credentials::new(id, secret.expose_secret(), None, None, "lessor-config");
                     loader = loader.credentials_provider(credentials);
@@ -118,19 +135,27 @@ impl AwsPlugin {
                     iam: aws_sdk_iam::Client::from_conf(iam),
                     sdk,
                 }
-            })
-            .await
+            }
+        }
     }
 
-    pub(crate) async fn iam(&self) -> &aws_sdk_iam::Client {
-        &self.clients().await.iam
+    pub(crate) async fn iam(&self) -> aws_sdk_iam::Client {
+        self.clients().await.iam.clone()
+    }
+
+    /// From now on, sign with the rotated key `key_id` / `secret`.
+    fn switch_own_key(&self, key_id: &str, secret: &SecretString) {
+        *self.rotated_key.write().unwrap() = Some((key_id.to_string(), secret.clone()));
+        *self.clients.write().unwrap() = None;
+        debug!(connection = %self.settings.name, access_key_id = key_id, "requests are now signed with the rotated key");
     }
 
     /// AssumeRole, GetFederationToken or GetSessionToken.
     async fn create_sts(&self, role: &AwsRole, request: &CreateRequest<'_>) -> Result<Created, PluginError> {
         let ty = role.credential_type;
         let seconds = sts_duration(ty, request.expires_at, Utc::now());
-        let sts = &self.clients().await.sts;
+        let clients = self.clients().await;
+        let sts = &clients.sts;
         let what = |api: &str| format!("create {} ({api})", request.lease_id);
         let session_name = role.session_name.render(request.lease_id, request.role, request.username);
         debug!(operation = "create", connection = %self.settings.name, role = request.role, lease_id = request.lease_id, credential_type = %ty, duration_s = seconds, session_name, "requesting STS credentials");
@@ -215,7 +240,7 @@ impl AwsPlugin {
             .await
             .map_err(|e| classify(&e, &what("CreateUser")))?;
 
-        match self.finish_user(iam, role, request).await {
+        match self.finish_user(&iam, role, request).await {
             Ok(created) => Ok(created),
             Err(err) => {
                 debug!(operation = "create", connection = %self.settings.name, username, error = %err, "creation failed part-way; deleting the user");
@@ -629,7 +654,8 @@ impl Plugin for AwsPlugin {
     }
 
     async fn verify(&self) -> Result<(), PluginError> {
-        let sts = &self.clients().await.sts;
+        let clients = self.clients().await;
+        let sts = &clients.sts;
         let identity =
             sts.get_caller_identity().send().await.map_err(|e| classify(&e, "verify (GetCallerIdentity)"))?;
         debug!(operation = "verify", connection = %self.settings.name, arn = identity.arn().unwrap_or("?"), "verified");
@@ -682,6 +708,22 @@ impl Plugin for AwsPlugin {
             .filter(|u| u.user_name().starts_with(prefix))
             .map(|u| BackendUser { name: u.user_name().to_string(), created_at: to_chrono(u.create_date()) })
             .collect())
+    }
+
+    /// With a configured access key, lessor's own IAM user (`""`: the
+    /// caller itself, as IAM's key APIs take it); with the credential
+    /// chain, none: that credential is not lessor's to rotate.
+    fn admin_username(&self) -> Option<String> {
+        self.settings.static_key.as_ref().map(|_| String::new())
+    }
+
+    fn admin_key_id(&self) -> Option<String> {
+        self.own_key().map(|(id, _)| id)
+    }
+
+    fn use_admin_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        self.switch_own_key(username, password);
+        Ok(())
     }
 
     async fn create_key(

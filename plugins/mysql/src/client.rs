@@ -582,7 +582,7 @@ impl Plugin for MySqlPlugin {
         Some(self.admin_user.clone())
     }
 
-    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+    fn use_admin_password(&self, _username: &str, password: &SecretString) -> Result<(), PluginError> {
         self.switch_admin_password(password);
         Ok(())
     }

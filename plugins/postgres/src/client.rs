@@ -507,7 +507,7 @@ impl Plugin for PgPlugin {
         self.login_config.read().unwrap().get_user().map(str::to_string)
     }
 
-    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
+    fn use_admin_password(&self, _username: &str, password: &SecretString) -> Result<(), PluginError> {
         self.switch_admin_password(password)
     }
 

@@ -258,11 +258,20 @@ pub trait Plugin: Send + Sync + Debug {
         None
     }
 
+    /// The id of the key lessor signs with, for a plugin whose admin
+    /// credential is an access key (AWS): its admin credential is then
+    /// rotated as a key (make, test, switch, delete the old one), not as a
+    /// password.
+    fn admin_key_id(&self) -> Option<String> {
+        None
+    }
+
     /// From now on, log in as the admin with `password` (it was rotated, or
-    /// a rotated one was found in the store at start-up). Connections
-    /// already open may stay.
-    fn use_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
-        let _ = password;
+    /// a rotated one was found in the store at start-up); `username` is the
+    /// new key's id for a key-based admin credential. Connections already
+    /// open may stay.
+    fn use_admin_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        let _ = (username, password);
         Err(PluginError::Unsupported { operation: "use_admin_password" })
     }
 

@@ -141,7 +141,9 @@ async fn pg_alternating_overlap_keeps_both_working_and_an_emergency_ends_the_old
     })
     .await;
     assert!(daemon.log().contains("laptop stolen"), "the reason is not in the log");
-    assert_store_holds_no(&daemon, &[pw1, pw2, pw3]);
+    let key_material = std::fs::read_to_string(&key).unwrap().trim().to_string();
+    assert_store_holds_no(&daemon, &[pw1, pw2, pw3, key_material.clone()]);
+    assert!(!daemon.log().contains(&key_material), "the seal key is in the log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,120 @@
+use super::*;
+
+const EXAMPLE: &str = r#"
+[server]
+socket = "/tmp/lessor-test.sock"
+store = "sqlite:///tmp/lessor-test.db"
+
+[connections.pg_main]
+plugin = "postgres"
+url = "postgres://lessor_admin@127.0.0.1:5432/app"
+max_connections = 4
+revocation_workers = 2
+
+[roles.app_ro]
+connection = "pg_main"
+default_ttl = "1h"
+max_ttl = "24h"
+creation_statements = [
+  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE app_readers",
+]
+"#;
+
+fn errors_of(text: &str) -> String {
+    load_str(text, "test.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn example_validates() {
+    let config = load_str(EXAMPLE, "test.toml").unwrap();
+    let role = &config.roles["app_ro"];
+    assert_eq!(role.default_ttl.as_secs(), 3600);
+    assert_eq!(config.socket_mode, 0o660);
+    assert!(role.username.generate("app_ro").starts_with("v_app_ro_"));
+}
+
+#[test]
+fn errors_name_file_and_key() {
+    let e = errors_of(&EXAMPLE.replace("connection = \"pg_main\"", "connection = \"nope\""));
+    assert!(e.contains("test.toml: roles.app_ro.connection: unknown connection \"nope\""), "{e}");
+
+    let e = errors_of(&EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"48h\""));
+    assert!(e.contains("roles.app_ro.default_ttl: 2d is longer than max_ttl 1d"), "{e}");
+
+    let e = errors_of(&EXAMPLE.replace("default_ttl = \"1h\"", "default_ttl = \"abc\""));
+    assert!(e.contains("invalid duration \"abc\""), "{e}");
+
+    let e = errors_of(&EXAMPLE.replace("plugin = \"postgres\"", "plugin = \"oracle\""));
+    assert!(e.contains("connections.pg_main.plugin: unknown plugin \"oracle\""), "{e}");
+
+    let e = errors_of(&EXAMPLE.replace("[server]", "[server]\nsokcet = 1"));
+    assert!(e.contains("unknown field `sokcet`"), "{e}");
+
+    let e = errors_of(&format!("{EXAMPLE}\nusername_template = \"{{random}}_{{role}}_and_a_very_long_fixed_part_that_leaves_no_room_at_all_for_randomness\"\n"));
+    assert!(e.contains("roles.app_ro.username_template"), "{e}");
+
+    let e = errors_of(&EXAMPLE.replace("[roles.app_ro]", "[roles.\"app'ro\"]"));
+    assert!(e.contains("roles.app'ro: name may hold only"), "{e}");
+}
+
+/// Every config example in the repository parses and validates; the
+/// password files they name are swapped for a temporary one.
+#[test]
+fn every_example_config_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let password = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(password.path(), "example\n").unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let seal_key = key_dir.path().join("seal.key");
+    crate::rotation::seal::write_new_key(&seal_key).unwrap();
+    let mut examples = Vec::new();
+    let mut dirs = vec![root.join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                examples.push(path);
+            }
+        }
+    }
+    assert!(examples.len() >= 2, "examples not found: {examples:?}");
+    for path in examples {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut value: toml::Table =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if let Some(toml::Value::Table(server)) = value.get_mut("server") {
+            if let Some(file) = server.get_mut("seal_key_file") {
+                *file = toml::Value::String(seal_key.display().to_string());
+            }
+        }
+        if let Some(toml::Value::Table(connections)) = value.get_mut("connections") {
+            for (_, connection) in connections.iter_mut() {
+                if let Some(file) = connection.get_mut("password_file") {
+                    *file = toml::Value::String(password.path().display().to_string());
+                }
+            }
+        }
+        let text = toml::to_string(&value).unwrap();
+        if let Err(e) = load_str(&text, &path.display().to_string()) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn committed_schema_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/config.schema.json");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != json_schema() {
+        if std::env::var_os("LESSOR_UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, json_schema()).unwrap();
+        } else {
+            panic!(
+                "{} is out of date; regenerate with LESSOR_UPDATE_SCHEMA=1 cargo test -p lessor --lib committed_schema",
+                path.display()
+            );
+        }
+    }
+}

@@ -19,6 +19,8 @@ mod access_keys;
 mod client;
 mod config;
 mod error;
+mod iam_user;
+mod sts;
 
 use std::sync::Arc;
 

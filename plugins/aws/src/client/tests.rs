@@ -1,4 +1,5 @@
 use super::*;
+use crate::sts::sts_duration;
 use chrono::TimeZone;
 
 fn plugin(secret: Option<&str>, options: &str) -> AwsPlugin {

@@ -211,14 +211,7 @@ impl Client {
             .header(HOST, "localhost")
             .header(ACCEPT, "application/x-ndjson")
             .body(Full::new(Bytes::new()))?;
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let response = sender.send_request(request).await?;
+        let response = self.send(request).await?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
         if status != 200 {
@@ -243,9 +236,12 @@ impl Client {
         Ok(Response { status, body: Value::Null })
     }
 
-    /// One request on a fresh connection: the status, whether the body is
-    /// labelled JSON (or unlabelled), and the body.
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, bool, Bytes), ClientError> {
+    /// Sends `request` on a fresh connection; the answer's body is read by
+    /// the caller.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
@@ -256,7 +252,13 @@ impl Client {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let response = sender.send_request(request).await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// One request on a fresh connection: the status, whether the body is
+    /// labelled JSON (or unlabelled), and the body.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<(u16, bool, Bytes), ClientError> {
+        let response = self.send(request).await?;
         let status = response.status().as_u16();
         let is_json = response
             .headers()

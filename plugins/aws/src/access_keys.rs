@@ -37,18 +37,7 @@ impl AwsPlugin {
                 info!(connection = %self.settings.name, username, access_key_id = id, "deleted a key no rotation recorded");
             }
         }
-        let key = iam
-            .create_access_key()
-            .set_user_name(user_name(username))
-            .send()
-            .await
-            .map_err(|e| classify(&e, &what("CreateAccessKey")))?
-            .access_key
-            .ok_or_else(|| PluginError::Rejected {
-                message: format!("{}: no key in the answer", what("CreateAccessKey")),
-            })?;
-        let id = key.access_key_id().to_string();
-        let secret = SecretString::from(key.secret_access_key());
+        let (id, secret) = new_access_key(&iam, user_name(username), &what("CreateAccessKey")).await?;
         debug!(connection = %self.settings.name, username, access_key_id = id, "key created");
         Ok((id, secret))
     }
@@ -63,6 +52,24 @@ impl AwsPlugin {
         debug!(connection = %self.settings.name, username, access_key_id = key_id, "key deleted");
         Ok(())
     }
+}
+
+/// CreateAccessKey for `username` (`None`: the caller's own user): the new
+/// key's id and secret. `what` names the step in errors.
+pub(crate) async fn new_access_key(
+    iam: &aws_sdk_iam::Client,
+    username: Option<String>,
+    what: &str,
+) -> Result<(String, SecretString), PluginError> {
+    let key = iam
+        .create_access_key()
+        .set_user_name(username)
+        .send()
+        .await
+        .map_err(|e| classify(&e, what))?
+        .access_key
+        .ok_or_else(|| PluginError::Rejected { message: format!("{what}: no key in the answer") })?;
+    Ok((key.access_key_id().to_string(), SecretString::from(key.secret_access_key())))
 }
 
 /// IAM's key APIs act on the caller's own user when no user name is given:

@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::access_keys::new_access_key;
 use crate::client::{gone_ok, AwsPlugin, USABLE_DEADLINE, USER_POLICY_NAME};
 use crate::config::{check_iam_name, AwsRole, CredentialType, LEASE_TAG, MAX_NAME_LEN, ROLE_TAG};
 use crate::error::{classify, is_delete_conflict, is_no_such_entity};
@@ -96,19 +97,8 @@ impl AwsPlugin {
                 .await
                 .map_err(|e| classify(&e, &what(&format!("AddUserToGroup {group}"))))?;
         }
-        let key = iam
-            .create_access_key()
-            .user_name(username)
-            .send()
-            .await
-            .map_err(|e| classify(&e, &what("CreateAccessKey")))?
-            .access_key
-            .ok_or_else(|| PluginError::Rejected {
-                message: format!("{}: no key in the answer", what("CreateAccessKey")),
-            })?;
-        let access_key_id = key.access_key_id().to_string();
-        let secret = SecretString::from(key.secret_access_key());
-        drop(key);
+        let (access_key_id, secret) =
+            new_access_key(iam, Some(username.to_string()), &what("CreateAccessKey")).await?;
         if role.wait_until_usable {
             if let Err(e) = self.probe_key(&access_key_id, &secret, &format!("create {username}")).await {
                 warn!(operation = "create", connection = %self.settings.name, username, access_key_id, error = %e, "the new key is still refused; answering anyway");

@@ -273,10 +273,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Config(ConfigCommand::Check { file }) => match crate::config::load(&file) {
             Ok(config) => {
                 out(&format!(
-                    "{}: ok ({} connections, {} roles)\n",
+                    "{}: ok ({} connections, {} roles, {} static accounts)\n",
                     file.display(),
                     config.connections.len(),
-                    config.roles.len()
+                    config.roles.len(),
+                    config.static_accounts.len()
                 ))?;
                 Ok(ExitCode::SUCCESS)
             }

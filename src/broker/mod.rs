@@ -16,6 +16,7 @@
 //! in [`crate::expiry`].
 
 mod locks;
+mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
-use lessor_plugin::{names, CreateRequest, Credential, Fault, LeaseRef, PluginError};
+use lessor_plugin::{names, CreateRequest, LeaseRef, PluginError};
 use rand::Rng;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -33,10 +34,11 @@ use tracing::{debug, info, warn};
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
 use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex};
-use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{LeaseStore, StoreError, Write};
 use locks::LeaseLocks;
+pub use types::{BrokerError, Caller, Issued, Revocation};
 
 /// How long a creation transaction keeps being retried when the backend
 /// reports transient conflicts (concurrent GRANTs, deadlocks,
@@ -44,108 +46,6 @@ use locks::LeaseLocks;
 /// heavy contention many short retries are normal, and the caller should
 /// see a credential, not an error.
 const CREATE_RETRY_BUDGET: StdDuration = StdDuration::from_secs(10);
-
-/// Why a broker operation failed. Each variant maps to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BrokerError {
-    /// No role of that name is configured (404).
-    #[error("unknown role {role:?}")]
-    UnknownRole { role: String },
-    /// No lease with that id is known (404).
-    #[error("unknown lease {id:?}")]
-    UnknownLease { id: String },
-    /// The request is malformed or asks for too much (400).
-    #[error("{message}")]
-    BadRequest { message: String },
-    /// The caller may not act on this lease (403).
-    #[error("lease {id} belongs to another user")]
-    Forbidden { id: LeaseId },
-    /// The action is for operators: root or the daemon's own user (403).
-    #[error("{action} is reserved to root and the daemon's own user")]
-    NotAdmin { action: &'static str },
-    /// The lease is not in a state that allows the operation (409).
-    #[error("lease {id} is {state}: {message}")]
-    Conflict { id: LeaseId, state: &'static str, message: String },
-    /// The backend failed (502) or the role is wrong for it.
-    #[error("{context}: {source}")]
-    Backend { context: String, source: PluginError },
-    /// The lease store failed (500).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A bug in lessor itself (500).
-    #[error("internal error: {message}")]
-    Internal { message: String },
-}
-
-impl BrokerError {
-    /// The HTTP status and the machine-readable code for this error.
-    pub fn status_and_code(&self) -> (u16, &'static str) {
-        match self {
-            Self::UnknownRole { .. } => (404, "unknown_role"),
-            Self::UnknownLease { .. } => (404, "unknown_lease"),
-            Self::BadRequest { .. } => (400, "bad_request"),
-            Self::Forbidden { .. } | Self::NotAdmin { .. } => (403, "forbidden"),
-            Self::Conflict { .. } => (409, "conflict"),
-            Self::Backend { source, .. } => match source.fault() {
-                Fault::Caller => (400, "invalid_role"),
-                Fault::Backend => (502, "backend_failed"),
-                Fault::Internal => (500, "internal"),
-            },
-            Self::Store(_) => (500, "store_failed"),
-            Self::Internal { .. } => (500, "internal"),
-        }
-    }
-}
-
-/// What a successful issuance returns to the caller, once.
-#[derive(Debug)]
-pub struct Issued {
-    pub lease: Lease,
-    pub plugin: &'static str,
-    pub credential: Credential,
-}
-
-/// The outcome of a revocation that did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
-    /// The credential was removed now.
-    Revoked,
-    /// It had been revoked before.
-    AlreadyRevoked,
-    /// `force`: the backend refused, the lease was dropped anyway.
-    Forced,
-    /// An expiry found the lease renewed in the meantime; nothing was done.
-    NotDue,
-}
-
-/// Who is calling, from the socket's peer credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-}
-
-impl Caller {
-    fn owner(self) -> Owner {
-        Owner { uid: self.uid, gid: self.gid, pid: self.pid }
-    }
-
-    /// Root and the daemon's own user act on any lease.
-    pub fn is_admin(self) -> bool {
-        self.uid == 0 || self.uid == current_uid()
-    }
-
-    pub fn may_touch(self, lease: &Lease) -> bool {
-        self.is_admin() || lease.owner.uid == self.uid
-    }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
 
 /// A connection as the broker runs it: the plugin and its revocation pool.
 #[derive(Debug)]

@@ -306,10 +306,9 @@ impl Rotator {
         };
         if emergency && reason.is_none() {
             return Err(RotationError::BadRequest {
-                message: format!(
-                    "a rotation that ends the previous credential at once (overlap 0s) needs a reason, \
-                     e.g. {{\"reason\":\"laptop stolen\"}}; it is recorded in the log"
-                ),
+                message: "a rotation that ends the previous credential at once (overlap 0s) needs a reason, \
+                          e.g. {\"reason\":\"laptop stolen\"}; it is recorded in the log"
+                    .into(),
             });
         }
         let _running = self.enter(name)?;

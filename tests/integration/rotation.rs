@@ -565,7 +565,7 @@ async fn access_key_rotation_on_moto_hands_over_then_deletes_the_old_key() {
     let (id1, secret1) = aws_key(&settled(&daemon, "deploy", 1).await);
     let arn = caller_identity(&moto.endpoint, (&id1, &secret1), None).await.expect("the first key works");
     assert!(arn.ends_with(&format!("user/{user}")), "{arn}");
-    assert_eq!(keys_of(user.clone()).await, [id1.clone()]);
+    assert_eq!(keys_of(user.clone()).await, std::slice::from_ref(&id1));
 
     let rotated = daemon.client().static_rotate("deploy", Some("quarterly"), None).await.unwrap();
     assert_eq!(rotated.status, 200, "{:?}", rotated.body);

@@ -11,6 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord, StoreError};
 
 /// A write to `static_accounts`.
+// Few and rare: boxing the record to make claims smaller is not worth it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum StaticWrite {
     /// Insert or replace an account's state (its claim is kept).

@@ -1,0 +1,110 @@
+//! What the broker's operations take and give back: the caller's identity,
+//! the outcome of an issuance or a revocation, and the errors, each mapped
+//! to one HTTP status.
+
+use lessor_plugin::{Credential, Fault, PluginError};
+
+use crate::lease::{Lease, LeaseId, Owner};
+use crate::store::StoreError;
+
+/// Why a broker operation failed. Each variant maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// No role of that name is configured (404).
+    #[error("unknown role {role:?}")]
+    UnknownRole { role: String },
+    /// No lease with that id is known (404).
+    #[error("unknown lease {id:?}")]
+    UnknownLease { id: String },
+    /// The request is malformed or asks for too much (400).
+    #[error("{message}")]
+    BadRequest { message: String },
+    /// The caller may not act on this lease (403).
+    #[error("lease {id} belongs to another user")]
+    Forbidden { id: LeaseId },
+    /// The action is for operators: root or the daemon's own user (403).
+    #[error("{action} is reserved to root and the daemon's own user")]
+    NotAdmin { action: &'static str },
+    /// The lease is not in a state that allows the operation (409).
+    #[error("lease {id} is {state}: {message}")]
+    Conflict { id: LeaseId, state: &'static str, message: String },
+    /// The backend failed (502) or the role is wrong for it.
+    #[error("{context}: {source}")]
+    Backend { context: String, source: PluginError },
+    /// The lease store failed (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug in lessor itself (500).
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl BrokerError {
+    /// The HTTP status and the machine-readable code for this error.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::UnknownRole { .. } => (404, "unknown_role"),
+            Self::UnknownLease { .. } => (404, "unknown_lease"),
+            Self::BadRequest { .. } => (400, "bad_request"),
+            Self::Forbidden { .. } | Self::NotAdmin { .. } => (403, "forbidden"),
+            Self::Conflict { .. } => (409, "conflict"),
+            Self::Backend { source, .. } => match source.fault() {
+                Fault::Caller => (400, "invalid_role"),
+                Fault::Backend => (502, "backend_failed"),
+                Fault::Internal => (500, "internal"),
+            },
+            Self::Store(_) => (500, "store_failed"),
+            Self::Internal { .. } => (500, "internal"),
+        }
+    }
+}
+
+/// What a successful issuance returns to the caller, once.
+#[derive(Debug)]
+pub struct Issued {
+    pub lease: Lease,
+    pub plugin: &'static str,
+    pub credential: Credential,
+}
+
+/// The outcome of a revocation that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The credential was removed now.
+    Revoked,
+    /// It had been revoked before.
+    AlreadyRevoked,
+    /// `force`: the backend refused, the lease was dropped anyway.
+    Forced,
+    /// An expiry found the lease renewed in the meantime; nothing was done.
+    NotDue,
+}
+
+/// Who is calling, from the socket's peer credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Caller {
+    pub(crate) fn owner(self) -> Owner {
+        Owner { uid: self.uid, gid: self.gid, pid: self.pid }
+    }
+
+    /// Root and the daemon's own user act on any lease.
+    pub fn is_admin(self) -> bool {
+        self.uid == 0 || self.uid == current_uid()
+    }
+
+    pub fn may_touch(self, lease: &Lease) -> bool {
+        self.is_admin() || lease.owner.uid == self.uid
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}

@@ -96,9 +96,7 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
     // Before any admin connection is made: a rotated admin password in the
     // store wins over the one in the config.
-    if let Err(e) = rotator.restore_roots().await {
-        warn!(error = %e, "cannot use a rotated admin password from the store; the config's is used");
-    }
+    rotator.restore_roots().await;
     for (name, connection) in &config.connections {
         let plugin = connection.plugin.clone();
         let name = name.clone();

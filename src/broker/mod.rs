@@ -85,6 +85,8 @@ pub struct Broker {
     /// unknown (it timed out, or the connection was lost): their first
     /// successful revocation is checked once more a grace period later.
     unsettled: Mutex<HashSet<LeaseId>>,
+    /// Those of them whose second look is scheduled.
+    pub(crate) rechecking: Mutex<HashSet<LeaseId>>,
 }
 
 impl Broker {
@@ -124,6 +126,7 @@ impl Broker {
             revoked_retention: config.server.revoked_retention,
             issuing: Mutex::default(),
             unsettled: Mutex::default(),
+            rechecking: Mutex::default(),
         })
     }
 
@@ -624,13 +627,17 @@ impl Drop for InFlight<'_> {
 /// ordinary retryable failure instead of holding a worker forever.
 ///
 /// The SQL plugins bound their statements by the same `operation_timeout`
-/// themselves and cancel them on the server; this outer bound, a little
-/// longer so that cancel can finish, is the backstop for every plugin.
+/// themselves and cancel them on the server; this outer bound, longer than
+/// their pool wait plus that cancel, is the backstop for every plugin.
 pub(crate) async fn bounded<T>(
     limit: StdDuration,
     call: impl std::future::Future<Output = Result<T, PluginError>>,
 ) -> Result<T, PluginError> {
-    match tokio::time::timeout(limit + lessor_plugin::CANCEL_GRACE, call).await {
+    // The plugin's own deadline starts only once it has a connection (the
+    // pool wait, up to 15 s, comes first) and may need a grace for the
+    // cancel and one for closing the connection: this must not fire first.
+    let backstop = limit + StdDuration::from_secs(15) + lessor_plugin::CANCEL_GRACE * 2;
+    match tokio::time::timeout(backstop, call).await {
         Ok(result) => result,
         Err(_) => Err(PluginError::Unavailable { message: format!("no answer within {}s", limit.as_secs()) }),
     }

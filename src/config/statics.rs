@@ -261,6 +261,16 @@ pub(super) fn validate(
                             format!("{username:?} is also an account of static_accounts.{other}"),
                         ));
                     }
+                    if connection.plugin.admin_username().as_deref() == Some(username.as_str()) {
+                        errors.push(ConfigError::new(
+                            format!("{key}.usernames[{i}]"),
+                            format!(
+                                "{username:?} is the admin of connection {:?}: rotate it with `lessor rotate-root`, \
+                                 which also switches lessor's own connections to the new password",
+                                account.connection
+                            ),
+                        ));
+                    }
                     if let Some(tidy) = &connection.tidy {
                         if username.starts_with(&tidy.prefix) {
                             errors.push(ConfigError::new(

@@ -66,6 +66,7 @@ impl Broker {
                 // statement the server had already taken could still commit
                 // after this drop found nothing. Look once more, later.
                 retry.armed = false;
+                self.rechecking.lock().unwrap().insert(id.clone());
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
                 self.index.schedule(id.clone(), at);
@@ -80,13 +81,16 @@ impl Broker {
                 if lease.state == LeaseState::Irrevocable {
                     self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
                 }
-                // Rollbacks of failed issuances are not expiries.
-                if expired && lease.state != LeaseState::Pending {
+                // Rollbacks of failed issuances (and their second look) are
+                // neither expiries nor credentials anyone held.
+                let rollback =
+                    lease.state == LeaseState::Pending || self.rechecking.lock().unwrap().remove(id);
+                if expired && !rollback {
                     let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
                     self.metrics.record_lateness(late);
                 }
                 debug!(lease = %id, username = %lease.username, "revoked");
-                if lease.state != LeaseState::Pending {
+                if !rollback {
                     let revoked = Lease { state: LeaseState::Revoked, revoked_at: Some(now), ..lease };
                     self.events.emit(Event::LeaseRevoked(Box::new(revoked)));
                 }

@@ -318,9 +318,10 @@ impl Rotator {
         self.tasks.spawn(async move {
             let _ = answer.send(me.run(&account, trigger).await);
             drop(_running);
+            // Whatever happened, what is due next may have changed.
+            me.wake.notify_one();
         });
         outcome.await.unwrap_or_else(|_| Err(RotationError::InProgress { name: name.to_string() }))?;
-        self.wake.notify_one();
         self.get(name).await
     }
 
@@ -356,6 +357,7 @@ impl Rotator {
         self.tasks.spawn(async move {
             let _ = answer.send(me.run(&run_account, trigger).await);
             drop(_running);
+            me.wake.notify_one();
         });
         outcome.await.unwrap_or_else(|_| Err(RotationError::InProgress { name: account.name.clone() }))?;
         let record =
@@ -370,21 +372,27 @@ impl Rotator {
 
     /// At start-up: a connection whose admin password was rotated logs in
     /// with the stored one, not the one in `password_file`/`password_env`.
-    pub async fn restore_roots(&self) -> Result<(), RotationError> {
+    pub async fn restore_roots(&self) {
         for (connection, account) in &self.roots {
-            let Some(record) = self.store.static_get(&account.name).await? else { continue };
-            let Some(current) = record.current.as_ref().filter(|_| record.version > 0) else { continue };
-            let context = phases::seal_context(&account.name, record.version, &current.username);
-            let Some(sealer) = self.sealer.as_deref() else {
-                warn!(connection = %connection, "the admin password was rotated, but server.seal_key_file is not set: using password_file");
-                continue;
-            };
-            let password = sealer.open(&context, &current.sealed)?;
-            self.plugins[connection]
-                .use_admin_password(&current.username, &password)
-                .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
-            info!(connection = %connection, version = record.version, "using the rotated admin password from the store (it wins over password_file and password_env)");
+            if let Err(e) = self.restore_root(connection, account).await {
+                warn!(connection = %connection, error = %e, "cannot use the rotated admin password from the store; the config's is used");
+            }
         }
+    }
+
+    async fn restore_root(&self, connection: &str, account: &StaticAccount) -> Result<(), RotationError> {
+        let Some(record) = self.store.static_get(&account.name).await? else { return Ok(()) };
+        let Some(current) = record.current.as_ref().filter(|_| record.version > 0) else { return Ok(()) };
+        let Some(sealer) = self.sealer.as_deref() else {
+            warn!(connection = %connection, "the admin password was rotated, but server.seal_key_file is not set: using password_file");
+            return Ok(());
+        };
+        let context = phases::seal_context(&account.name, record.version, &current.username);
+        let password = sealer.open(&context, &current.sealed)?;
+        self.plugins[connection]
+            .use_admin_password(&current.username, &password)
+            .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
+        info!(connection = %connection, version = record.version, "using the rotated admin password from the store (it wins over password_file and password_env)");
         Ok(())
     }
 
@@ -425,7 +433,7 @@ impl Rotator {
                 };
                 // An admin credential rotates only when asked; a rotation of
                 // one left half-way is resumed.
-                if is_root(account) && record.pending.is_none() {
+                if is_root(account) && record.pending.is_none() && record.previous_username.is_none() {
                     continue;
                 }
                 match phases::due_at(&record) {

@@ -24,7 +24,6 @@ use tracing::{info, warn};
 
 use super::{is_root, RotationError, Rotator, HOLDER};
 use crate::config::{Duration, StaticAccount, Strategy};
-use crate::expiry;
 use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
 
 /// How long a node's claim on an account's rotation lasts; long enough for
@@ -66,6 +65,35 @@ pub(super) fn due_at(record: &StaticRecord) -> Option<DateTime<Utc>> {
     [rotation, record.previous_valid_until].into_iter().flatten().min()
 }
 
+/// How long a rotation waits after its `failures`-th failure in a row:
+/// 1 s, 2 s, 4 s … capped at 10 min, ±20 % jitter.
+fn retry_in(failures: u32) -> std::time::Duration {
+    let base = std::time::Duration::from_secs(1 << failures.saturating_sub(1).min(10))
+        .min(std::time::Duration::from_secs(600));
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Counts a failure in `record` and moves whatever made the account due
+/// (a rotation to start or resume, a credential to retire) to the retry
+/// time, so the scheduler does not retry at once. Returns the wait.
+fn note_failure(record: &mut StaticRecord, error: &str) -> std::time::Duration {
+    record.failures = record.failures.saturating_add(1);
+    record.last_error = Some(error.to_string());
+    let wait = retry_in(record.failures);
+    let now = Utc::now();
+    let at = now + chrono::Duration::from_std(wait).unwrap_or_default();
+    let rotation_due =
+        record.pending.is_some() || record.version == 0 || record.next_rotation_at.is_some_and(|t| t <= now);
+    if rotation_due {
+        record.next_rotation_at = Some(at);
+    }
+    if record.previous_valid_until.is_some_and(|t| t <= now) {
+        // It keeps working until it is retired.
+        record.previous_valid_until = Some(at);
+    }
+    wait
+}
+
 /// The next scheduled slot after `now`, with the account's jitter.
 fn next_slot(account: &StaticAccount, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let at = account.schedule.next_after(Some(now), now)?;
@@ -84,6 +112,9 @@ impl Rotator {
             return Err(RotationError::InProgress { name: name.clone() });
         }
         let result = self.run_claimed(account, trigger).await;
+        if let Err(e @ (RotationError::Seal(_) | RotationError::Store(_))) = &result {
+            self.note_other_failure(account, e).await;
+        }
         if let Err(e) = self.store.static_release(name, HOLDER).await {
             warn!(account = %name, error = %e, "cannot release the rotation claim; it expires by itself");
         }
@@ -231,6 +262,15 @@ impl Rotator {
             let context = seal_context(&account.name, pending.version, &username);
             (username, self.sealer().open(&context, &pending.credential.sealed)?)
         };
+        // An admin password may have been set by an attempt that died
+        // before it could record so; then the admin pool's password no
+        // longer works, and only a login with the new one tells.
+        if phase == RotationPhase::Created
+            && is_root(account)
+            && self.bounded(plugin.test_login(&username, &secret)).await.is_ok()
+        {
+            phase = self.enter_phase(record, RotationPhase::Set).await?;
+        }
         if phase == RotationPhase::Created {
             if let Err(e) = self.bounded(plugin.set_password(&username, &secret)).await {
                 return Err(self.fail(account, record, "setting the new password", e).await);
@@ -288,7 +328,10 @@ impl Rotator {
         record.next_rotation_at = next_slot(account, now);
         self.store.static_put(record.clone()).await?;
         self.counters.rotations.fetch_add(1, Ordering::Relaxed);
-        self.events.emit(Rotator::rotated_event(record));
+        // An admin credential is nobody's business but the operators'.
+        if !is_root(account) {
+            self.events.emit(Rotator::rotated_event(record));
+        }
         info!(
             account = %account.name,
             version = record.version,
@@ -307,7 +350,11 @@ impl Rotator {
                 .map_err(|source| RotationError::Backend { name: account.name.clone(), source })?;
         }
         if overlap.is_zero() && record.previous_username.is_some() {
-            self.retire(account, plugin, record).await?;
+            // The rotation has happened; a retirement that fails is recorded
+            // and retried on its own.
+            if let Err(e) = self.retire(account, plugin, record).await {
+                warn!(account = %account.name, error = %e, "rotated, but the previous credential is not retired yet");
+            }
         }
         Ok(())
     }
@@ -338,17 +385,8 @@ impl Rotator {
             };
             if let Err(e) = result {
                 // It keeps working until it is retired: say so, and retry.
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                let wait =
-                    expiry::backoff(record.failures.saturating_add(1).min(expiry::MAX_FAST_ATTEMPTS - 1));
-                record.previous_valid_until =
-                    Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
-                record.last_error = Some(format!("retiring {username}: {e}"));
-                if let Err(store) = self.store.static_put(record.clone()).await {
-                    warn!(account = %account.name, error = %store, "cannot record the failed retirement");
-                }
-                warn!(account = %account.name, username, error = %e, retry_in_s = wait.as_secs(), "retiring the previous credential failed");
-                return Err(RotationError::Backend { name: account.name.clone(), source: e });
+                let step = format!("retiring {username}");
+                return Err(self.fail(account, record, &step, e).await);
             }
         }
         record.previous_username = None;
@@ -411,16 +449,24 @@ impl Rotator {
         step: &str,
         e: PluginError,
     ) -> RotationError {
+        let wait = note_failure(record, &format!("{step}: {e}"));
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        record.failures = record.failures.saturating_add(1);
-        record.last_error = Some(format!("{step}: {e}"));
-        let wait = expiry::backoff(record.failures.min(expiry::MAX_FAST_ATTEMPTS - 1));
-        record.next_rotation_at = Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
         if let Err(store) = self.store.static_put(record.clone()).await {
             warn!(account = %account.name, error = %store, "cannot record the failed rotation step");
         }
         warn!(account = %account.name, step, failures = record.failures, retry_in_s = wait.as_secs(), error = %e, "rotation step failed");
         RotationError::Backend { name: account.name.clone(), source: e }
+    }
+
+    /// Records a failure that did not come from the backend (the store, a
+    /// secret that does not open) so that it, too, is retried with backoff
+    /// rather than at once. Best effort: the store may be what failed.
+    async fn note_other_failure(&self, account: &StaticAccount, error: &RotationError) {
+        let Ok(Some(mut record)) = self.store.static_get(&account.name).await else { return };
+        let wait = note_failure(&mut record, &error.to_string());
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let _ = self.store.static_put(record).await;
+        warn!(account = %account.name, error = %error, retry_in_s = wait.as_secs(), "rotation failed");
     }
 
     /// A plugin call with a deadline beyond the plugin's own.

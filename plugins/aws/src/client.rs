@@ -7,6 +7,7 @@
 //! and the SDK's own credential types, whose `Debug` redacts them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,6 +49,9 @@ pub struct AwsPlugin {
     clients: RwLock<Option<Arc<Clients>>>,
     /// lessor's own key after `rotate-root`; it wins over the configured one.
     rotated_key: RwLock<Option<(String, SecretString)>>,
+    /// Bumped at every switch of key: clients built with an older key while
+    /// it happened are thrown away, not cached.
+    key_generation: AtomicU64,
 }
 
 impl fmt::Debug for AwsPlugin {
@@ -68,7 +72,12 @@ impl AwsPlugin {
     /// are built on first use, and [`Plugin::verify`] checks the credential.
     pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
         let settings = ConnectionSettings::parse(ctx.name, ctx.url, ctx.password, ctx.options)?;
-        Ok(Self { settings, clients: RwLock::default(), rotated_key: RwLock::default() })
+        Ok(Self {
+            settings,
+            clients: RwLock::default(),
+            rotated_key: RwLock::default(),
+            key_generation: AtomicU64::new(0),
+        })
     }
 
     /// The key lessor signs with: a rotated one, else the configured one
@@ -78,11 +87,18 @@ impl AwsPlugin {
     }
 
     pub(crate) async fn clients(&self) -> Arc<Clients> {
-        if let Some(clients) = self.clients.read().unwrap().clone() {
-            return clients;
+        loop {
+            if let Some(clients) = self.clients.read().unwrap().clone() {
+                return clients;
+            }
+            let generation = self.key_generation.load(Ordering::SeqCst);
+            let built = Arc::new(self.build_clients().await);
+            let mut slot = self.clients.write().unwrap();
+            // Built with a key that was replaced meanwhile: build again.
+            if self.key_generation.load(Ordering::SeqCst) == generation {
+                return slot.get_or_insert(built).clone();
+            }
         }
-        let built = Arc::new(self.build_clients().await);
-        self.clients.write().unwrap().get_or_insert(built).clone()
     }
 
     async fn build_clients(&self) -> Clients {
@@ -125,8 +141,10 @@ impl AwsPlugin {
 
     /// From now on, sign with the rotated key `key_id` / `secret`.
     fn switch_own_key(&self, key_id: &str, secret: &SecretString) {
+        let mut slot = self.clients.write().unwrap();
         *self.rotated_key.write().unwrap() = Some((key_id.to_string(), secret.clone()));
-        *self.clients.write().unwrap() = None;
+        self.key_generation.fetch_add(1, Ordering::SeqCst);
+        *slot = None;
         debug!(connection = %self.settings.name, access_key_id = key_id, "requests are now signed with the rotated key");
     }
 }

@@ -131,6 +131,16 @@ impl Rotator {
             record.current =
                 plugin.admin_key_id().map(|id| SealedCredential { username: id, sealed: Vec::new() });
         }
+        if let Some(pending) = &record.pending {
+            let context = seal_context(name, pending.version, &pending.credential.username);
+            let sealed = &pending.credential.sealed;
+            if !sealed.is_empty() && self.sealer().open(&context, sealed).is_err() {
+                // Sealed under another key (the key was moved): it can never
+                // be used, so the rotation starts over.
+                warn!(account = %name, version = pending.version, "the pending secret does not open with this seal key; starting the rotation over");
+                record.pending = None;
+            }
+        }
         let now = Utc::now();
         let operator = match &trigger {
             Trigger::Operator { reason, overlap } => Some((reason.clone(), *overlap)),

@@ -252,16 +252,17 @@ impl Daemon {
         }
         self.child = Some(command.spawn().expect("start lessor"));
         let client = self.client();
-        wait_for("lessor to be ready", Duration::from_secs(20), || {
-            let client = client.clone();
-            async move {
-                match client.health().await {
-                    Ok(r) if r.status == 200 => Some(()),
-                    _ => None,
-                }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if matches!(client.health().await, Ok(r) if r.status == 200) {
+                return;
             }
-        })
-        .await;
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                panic!("lessor is not ready (exit status {exited:?}); its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn client(&self) -> Client {

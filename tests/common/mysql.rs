@@ -21,12 +21,23 @@ pub fn mysql_url() -> String {
 /// TCP connection to the server's socket, where `root` may be another
 /// account: that is turned off.
 pub fn root_opts() -> OptsBuilder {
-    let opts = Opts::from_url(&mysql_url()).expect("LESSOR_TEST_MYSQL_URL parses");
+    root_opts_at(&mysql_url())
+}
+
+/// The superuser options of the server at `url`.
+pub fn root_opts_at(url: &str) -> OptsBuilder {
+    let opts = Opts::from_url(url).expect("the test server's URL parses");
     OptsBuilder::from_opts(opts).prefer_socket(false)
 }
 
 pub async fn mysql_root() -> Conn {
-    Conn::new(root_opts()).await.unwrap_or_else(|e| panic!("connect to MySQL as the test superuser: {e}"))
+    mysql_root_at(&mysql_url()).await
+}
+
+pub async fn mysql_root_at(url: &str) -> Conn {
+    Conn::new(root_opts_at(url))
+        .await
+        .unwrap_or_else(|e| panic!("connect to MySQL as the test superuser: {e}"))
 }
 
 /// A `LIKE … ESCAPE '!'` pattern for names starting with `prefix`.
@@ -48,23 +59,31 @@ pub struct MyDb {
     pub database: String,
     pub host: String,
     pub port: u16,
+    /// The superuser URL of the server the user and database are on.
+    root_url: String,
     /// User-name prefixes whose users are dropped at the end.
     prefixes: std::sync::Mutex<Vec<String>>,
 }
 
 impl MyDb {
     pub async fn create() -> Self {
+        Self::create_at(&mysql_url(), "").await
+    }
+
+    /// The same on the server at `root_url`; `require` is appended to the
+    /// admin's `CREATE USER` (e.g. `REQUIRE SSL`).
+    pub async fn create_at(root_url: &str, require: &str) -> Self {
         let suffix = rand_suffix(8);
         let admin = format!("lt_madmin_{suffix}");
         let database = format!("lt_mdb_{suffix}");
         let admin_password: String =
             rand::rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
-        let mut su = mysql_root().await;
+        let mut su = mysql_root_at(root_url).await;
         let version: String = su.query_first("SELECT VERSION()").await.unwrap().unwrap();
         let connection_admin =
             if version.contains("MariaDB") { "CONNECTION ADMIN" } else { "CONNECTION_ADMIN" };
         su.query_drop(format!(
-            "CREATE USER '{admin}'@'%' IDENTIFIED BY '{admin_password}';
+            "CREATE USER '{admin}'@'%' IDENTIFIED BY '{admin_password}' {require};
              GRANT CREATE USER, PROCESS, {connection_admin} ON *.* TO '{admin}'@'%';
              GRANT SELECT ON mysql.* TO '{admin}'@'%';
              CREATE DATABASE `{database}`;
@@ -74,13 +93,14 @@ impl MyDb {
         ))
         .await
         .expect("create the MySQL admin user and database");
-        let opts = Opts::from(root_opts());
+        let opts = Opts::from(root_opts_at(root_url));
         Self {
             admin,
             admin_password,
             database,
             host: opts.ip_or_hostname().to_string(),
             port: opts.tcp_port(),
+            root_url: root_url.to_string(),
             prefixes: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -92,7 +112,10 @@ impl MyDb {
 
     /// Logs in as `user` into the test database.
     pub async fn login(&self, user: &str, password: &str) -> Result<Conn, mysql_async::Error> {
-        let opts = root_opts().user(Some(user)).pass(Some(password)).db_name(Some(self.database.clone()));
+        let opts = root_opts_at(&self.root_url)
+            .user(Some(user))
+            .pass(Some(password))
+            .db_name(Some(self.database.clone()));
         tokio::time::timeout(Duration::from_secs(10), Conn::new(opts)).await.expect("login timed out")
     }
 
@@ -103,7 +126,7 @@ impl MyDb {
 
     /// Distinct user names starting with `prefix`, from `mysql.user`.
     pub async fn users_with_prefix(&self, prefix: &str) -> BTreeSet<String> {
-        let mut su = mysql_root().await;
+        let mut su = mysql_root_at(&self.root_url).await;
         let users: Vec<String> = su
             .exec("SELECT DISTINCT User FROM mysql.user WHERE User LIKE ? ESCAPE '!'", (like_prefix(prefix),))
             .await
@@ -112,7 +135,7 @@ impl MyDb {
     }
 
     pub async fn user_exists(&self, name: &str) -> bool {
-        let mut su = mysql_root().await;
+        let mut su = mysql_root_at(&self.root_url).await;
         let hosts: Vec<String> =
             su.exec("SELECT Host FROM mysql.user WHERE User = ?", (name,)).await.unwrap();
         !hosts.is_empty()
@@ -120,7 +143,7 @@ impl MyDb {
 
     /// Creates a user by hand, as a person (or an older tool) would.
     pub async fn create_user(&self, name: &str) {
-        let mut su = mysql_root().await;
+        let mut su = mysql_root_at(&self.root_url).await;
         su.query_drop(format!("CREATE USER '{name}'@'%' IDENTIFIED BY 'x{}'", rand_suffix(12)))
             .await
             .unwrap();
@@ -140,12 +163,13 @@ impl Drop for MyDb {
         let admin = self.admin.clone();
         let database = self.database.clone();
         let prefixes = self.prefixes.lock().unwrap().clone();
+        let root_url = self.root_url.clone();
         // On a thread of its own: Drop cannot await, and this also runs
         // when a test panics.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async move {
-                let mut su = mysql_root().await;
+                let mut su = mysql_root_at(&root_url).await;
                 let _ = su.query_drop(format!("DROP DATABASE IF EXISTS `{database}`")).await;
                 let mut accounts: Vec<(String, String)> = Vec::new();
                 for prefix in prefixes.iter().chain([&admin]) {

@@ -16,3 +16,4 @@ mod outage;
 mod rotation;
 mod secrets;
 mod tidy;
+mod tls;

@@ -79,7 +79,7 @@ impl MySqlPlugin {
                 debug!(connection = %self.connection, username, "login test passed");
                 Ok(())
             }
-            Ok(Err(e)) => Err(classify(&e, &cx, &redactor)),
+            Ok(Err(e)) => Err(self.classify_connect(Some(e), &cx, &redactor)),
             Err(_) => Err(deadline::timed_out(&cx.prefix(), self.operation_timeout, true)),
         }
     }

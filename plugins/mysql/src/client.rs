@@ -30,6 +30,7 @@ use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::template::{Template, Values};
+use lessor_plugin::tls::{TlsMode, TlsSettings};
 use lessor_plugin::{
     downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
     Credential, LeaseRef, Plugin, PluginError, RoleSettings,
@@ -37,10 +38,11 @@ use lessor_plugin::{
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use secrecy::{ExposeSecret, SecretString};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{native_password_hash, Address, ConnectionSettings, MySqlPasswordEncoding, MySqlRole};
 use crate::error::{classify, code, is_already_gone, server_code};
+use crate::tls;
 
 /// How long getting an admin connection may take (waiting for a free one,
 /// or opening one) before the request fails as `Unavailable`.
@@ -85,6 +87,8 @@ pub struct MySqlPlugin {
     /// cancelled on the server.
     pub(crate) operation_timeout: Duration,
     flavor: OnceLock<Flavor>,
+    /// The connection's TLS, as configured.
+    tls: TlsSettings,
 }
 
 impl fmt::Debug for MySqlPlugin {
@@ -94,6 +98,7 @@ impl fmt::Debug for MySqlPlugin {
             .field("target", &self.target)
             .field("max_username_len", &self.max_username_len)
             .field("password_encoding", &self.encoding)
+            .field("tls_mode", &self.tls.mode)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -110,10 +115,17 @@ impl MySqlPlugin {
             ctx.max_connections,
             ctx.options,
         )?;
-        Ok(Self::from_settings(settings, ctx.operation_timeout))
+        Self::from_settings(settings, ctx.operation_timeout)
     }
 
-    fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Self {
+    fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
+        let ssl = tls::ssl_opts(&settings.tls)
+            .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e))?;
+        if let Some(warning) =
+            settings.tls.plaintext_warning(&settings.name, &settings.target(), TlsMode::mysql_name)
+        {
+            warn!("{warning}");
+        }
         let constraints = PoolConstraints::new(0, settings.max_connections).expect("max_connections >= 1");
         let pool_opts = PoolOpts::default()
             .with_constraints(constraints)
@@ -128,13 +140,14 @@ impl MySqlPlugin {
             // The driver would otherwise switch a loopback TCP connection to
             // the server's Unix socket, where another account may match.
             .prefer_socket(false)
+            .ssl_opts(ssl)
             .pool_opts(pool_opts);
         opts = match &settings.address {
             Address::Tcp { host, port } => opts.ip_or_hostname(host.clone()).tcp_port(*port),
             Address::Socket(path) => opts.socket(Some(path.clone())),
         };
         let opts = Opts::from(opts);
-        Self {
+        Ok(Self {
             target: settings.target(),
             connection: settings.name,
             admin_user: settings.user,
@@ -145,7 +158,8 @@ impl MySqlPlugin {
             opts: RwLock::new(opts),
             operation_timeout,
             flavor: OnceLock::new(),
-        }
+            tls: settings.tls,
+        })
     }
 
     /// The admin's connection options.
@@ -157,28 +171,73 @@ impl MySqlPlugin {
     /// own password was rotated). The old pool's idle connections close as
     /// it is dropped; those in use finish their work.
     fn switch_admin_password(&self, password: &SecretString) {
-        let opts = Opts::from(OptsBuilder::from_opts(self.opts()).pass(Some(password.expose_secret())));
+        self.replace_opts(OptsBuilder::from_opts(self.opts()).pass(Some(password.expose_secret())));
+        debug!(connection = %self.connection, "admin connections now use the rotated password");
+    }
+
+    /// Replaces the options and the pool built on them. The old pool's idle
+    /// connections close as it is dropped; those in use finish their work.
+    fn replace_opts(&self, opts: OptsBuilder) {
+        let opts = Opts::from(opts);
         let old = std::mem::replace(&mut *self.pool.write().unwrap(), Pool::new(opts.clone()));
         *self.opts.write().unwrap() = opts;
         tokio::spawn(async move {
             let _ = old.disconnect().await;
         });
-        debug!(connection = %self.connection, "admin connections now use the rotated password");
     }
 
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
-        let pool = self.pool.read().unwrap().clone();
-        match tokio::time::timeout(POOL_WAIT_TIMEOUT, pool.get_conn()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(classify(&e, cx, redactor)),
-            Err(_) => Err(PluginError::Unavailable {
+        match self.get_once().await {
+            // `preferred`: a server without TLS is spoken to in plaintext
+            // from now on (the driver itself has no such fallback).
+            Err(Some(e)) if tls::is_no_tls_offered(&e) && self.tls.mode == TlsMode::Prefer => {
+                warn!(connection = %self.connection, target = %self.target, "the server offers no TLS; connecting in plaintext (tls_mode = \"preferred\")");
+                self.replace_opts(OptsBuilder::from_opts(self.opts()).ssl_opts(None::<mysql_async::SslOpts>));
+                self.get_once().await.map_err(|e| self.classify_connect(e, cx, redactor))
+            }
+            other => other.map_err(|e| self.classify_connect(e, cx, redactor)),
+        }
+    }
+
+    /// Classifies a failed connection attempt (`None`: the pool timed out);
+    /// a failed TLS handshake names the connection, the server and why.
+    pub(crate) fn classify_connect(
+        &self,
+        err: Option<mysql_async::Error>,
+        cx: &Context<'_>,
+        redactor: &Redactor,
+    ) -> PluginError {
+        match err {
+            Some(e) => match tls::failure(&e) {
+                Some(why) => PluginError::Unavailable {
+                    message: format!(
+                        "{}: TLS with {} (connection {}, tls_mode {}): {why}",
+                        cx.prefix(),
+                        self.target,
+                        self.connection,
+                        self.tls.mode.mysql_name()
+                    ),
+                },
+                None => classify(&e, cx, redactor),
+            },
+            None => PluginError::Unavailable {
                 message: format!(
                     "{}: no admin connection within {}s (server unreachable, or all {} in use: raise max_connections?)",
                     cx.prefix(),
                     POOL_WAIT_TIMEOUT.as_secs(),
                     self.max_connections
                 ),
-            }),
+            },
+        }
+    }
+
+    /// One attempt to get an admin connection; `Err(None)` when the pool
+    /// gave none in time.
+    async fn get_once(&self) -> Result<Conn, Option<mysql_async::Error>> {
+        let pool = self.pool.read().unwrap().clone();
+        match tokio::time::timeout(POOL_WAIT_TIMEOUT, pool.get_conn()).await {
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
         }
     }
 
@@ -460,6 +519,15 @@ impl Plugin for MySqlPlugin {
             .map_err(|e| classify(&e, &cx, &redactor))?;
         let has = |p: &str| privileges.iter().any(|x| x.eq_ignore_ascii_case(p));
         debug!(operation = "verify", connection = %self.connection, target = %self.target, ?flavor, privileges = privileges.len(), "verified");
+        let session_tls = tls::session(&mut conn).await.map_err(|e| classify(&e, &cx, &redactor))?;
+        info!(
+            connection = %self.connection,
+            target = %self.target,
+            tls_mode = self.tls.mode.mysql_name(),
+            tls = session_tls.as_deref().unwrap_or("off"),
+            certificate = if session_tls.is_some() { self.tls.verification() } else { "no TLS" },
+            "admin connection"
+        );
         if !has("CREATE USER") {
             return Err(PluginError::Rejected {
                 message: format!(

@@ -9,9 +9,11 @@
 //! one is refused, so the config file can be world-readable.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use lessor_plugin::options::{check_placeholders, optional_statements, parse_table, required_statements};
 use lessor_plugin::template::Template;
+use lessor_plugin::tls::{TlsFiles, TlsMode, TlsSettings};
 use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
@@ -61,6 +63,24 @@ pub struct MySqlConnectionOptions {
     /// password, `"mysql_native_password"` sends its hash.
     #[serde(default)]
     pub password_encoding: MySqlPasswordEncoding,
+    /// TLS to the server, in MySQL's `--ssl-mode` words: `disabled`,
+    /// `preferred`, `required` (encrypted, certificate not checked),
+    /// `verify_ca` (chain checked) or `verify_identity` (chain and host
+    /// name). Default: `verify_identity` for a host that is not loopback (or
+    /// when a TLS file is given), `disabled` on loopback and Unix sockets.
+    #[serde(default)]
+    pub tls_mode: Option<MySqlTlsMode>,
+    /// PEM file of the CA certificates the server's certificate must chain
+    /// to. Default: the system's roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for accounts that `REQUIRE X509`.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key; must not be readable by
+    /// group or others.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 impl Default for MySqlConnectionOptions {
@@ -68,6 +88,38 @@ impl Default for MySqlConnectionOptions {
         Self {
             max_username_length: DEFAULT_MAX_USERNAME_LEN,
             password_encoding: MySqlPasswordEncoding::default(),
+            tls_mode: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+        }
+    }
+}
+
+/// `tls_mode`: MySQL's names for the TLS levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MySqlTlsMode {
+    /// No TLS.
+    Disabled,
+    /// TLS when the server offers it; no verification.
+    Preferred,
+    /// TLS or no connection; the certificate is not checked.
+    Required,
+    /// TLS with a certificate chaining to a trusted CA.
+    VerifyCa,
+    /// TLS with a trusted certificate for the host connected to.
+    VerifyIdentity,
+}
+
+impl From<MySqlTlsMode> for TlsMode {
+    fn from(mode: MySqlTlsMode) -> Self {
+        match mode {
+            MySqlTlsMode::Disabled => Self::Disable,
+            MySqlTlsMode::Preferred => Self::Prefer,
+            MySqlTlsMode::Required => Self::Require,
+            MySqlTlsMode::VerifyCa => Self::VerifyCa,
+            MySqlTlsMode::VerifyIdentity => Self::VerifyFull,
         }
     }
 }
@@ -231,6 +283,7 @@ pub(crate) struct ConnectionSettings {
     /// The URL's database, if any (the admin needs none).
     pub(crate) database: Option<String>,
     pub(crate) options: MySqlConnectionOptions,
+    pub(crate) tls: TlsSettings,
     pub(crate) max_connections: usize,
 }
 
@@ -240,6 +293,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("name", &self.name)
             .field("target", &self.target())
             .field("options", &self.options)
+            .field("tls", &self.tls)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -273,6 +327,24 @@ impl ConnectionSettings {
         if max_connections == 0 {
             return Err(ConfigError::new(key("max_connections"), "must be at least 1"));
         }
+        let files = TlsFiles {
+            ca_file: options.tls_ca_file.clone(),
+            client_cert_file: options.tls_client_cert_file.clone(),
+            client_key_file: options.tls_client_key_file.clone(),
+        };
+        let host = match &parsed.address {
+            Address::Tcp { host, .. } => host.as_str(),
+            Address::Socket(_) => "localhost",
+        };
+        // On this machine, MySQL drivers' (and Vault's) default: no TLS.
+        let tls = TlsSettings::resolve(options.tls_mode.map(TlsMode::from), files, host, TlsMode::Disable);
+        tls.check(&prefix, "tls_mode")?;
+        if matches!(parsed.address, Address::Socket(_)) && tls.mode > TlsMode::Prefer {
+            return Err(ConfigError::new(
+                key("tls_mode"),
+                "a Unix socket connection never uses TLS; remove the tls_* keys or connect over TCP",
+            ));
+        }
         Ok(Self {
             name: name.to_string(),
             address: parsed.address,
@@ -280,6 +352,7 @@ impl ConnectionSettings {
             password: password.cloned(),
             database: parsed.database,
             options,
+            tls,
             max_connections,
         })
     }

@@ -10,6 +10,8 @@
 //! - `client`: [`MySqlPlugin`], the engine: the admin pool, the creation
 //!   statements with their rollback, the lock/kill/drop revocation and the
 //!   user listing for tidy, on MySQL and MariaDB alike;
+//! - `tls`: the driver's TLS options for every connection the plugin
+//!   opens (MySQL's `ssl-mode` levels, see `lessor_plugin::tls`);
 //! - `error`: how the servers' error codes map to the broker's retry/blame
 //!   classes; messages are scrubbed of passwords with the SDK's
 //!   `lessor_plugin::redact`.
@@ -21,13 +23,14 @@ mod accounts;
 mod client;
 mod config;
 mod error;
+mod tls;
 
 use std::sync::Arc;
 
 use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
 
 pub use client::MySqlPlugin;
-pub use config::{MySqlConnectionOptions, MySqlPasswordEncoding, MySqlRole, MySqlRoleOptions};
+pub use config::{MySqlConnectionOptions, MySqlPasswordEncoding, MySqlRole, MySqlRoleOptions, MySqlTlsMode};
 
 /// The name this plugin is registered under (`plugin = "mysql"`).
 pub const PLUGIN_NAME: &str = "mysql";

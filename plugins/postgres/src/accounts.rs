@@ -8,10 +8,9 @@ use lessor_plugin::failure::{Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::PluginError;
 use secrecy::{ExposeSecret, SecretString};
-use tokio_postgres::NoTls;
 use tracing::debug;
 
-use crate::client::{cancel, check_username, quote_ident, scram_verifier, PgPlugin};
+use crate::client::{check_username, quote_ident, scram_verifier, PgPlugin};
 use crate::config::PasswordEncoding;
 use crate::error::{classify, with_verifier_parts};
 
@@ -38,7 +37,7 @@ impl PgPlugin {
         let client = self.get(&cx, &redactor).await?;
         let token = client.cancel_token();
         let work = async { client.batch_execute(sql.expose_secret()).await };
-        match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+        match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => {
                 result.map_err(|e| classify(&e, &cx.step("ALTER ROLE PASSWORD", false), &redactor))?
             }
@@ -55,8 +54,7 @@ impl PgPlugin {
         let mut config = self.login_config.read().unwrap().clone();
         config.user(username).password(password.expose_secret()).connect_timeout(self.operation_timeout);
         let login = async {
-            let (client, connection) = config.connect(NoTls).await?;
-            let driver = tokio::spawn(connection);
+            let (client, driver) = self.tls.connect(&config).await?;
             let result = client.batch_execute("SELECT 1").await;
             drop(client);
             let _ = driver.await;
@@ -67,7 +65,7 @@ impl PgPlugin {
                 debug!(connection = %self.connection, username, "login test passed");
                 Ok(())
             }
-            Ok(Err(e)) => Err(classify(&e, &cx, &redactor)),
+            Ok(Err(e)) => Err(self.classify_connect(&e, &cx, &redactor)),
             Err(_) => Err(deadline::timed_out(&cx.prefix(), self.operation_timeout, true)),
         }
     }
@@ -87,7 +85,7 @@ impl PgPlugin {
                 )
                 .await
         };
-        let rows = match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+        let rows = match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result.map_err(|e| classify(&e, &cx, &redactor))?,
             Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         };

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool, PoolError, Runtime};
 use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
@@ -31,12 +31,12 @@ use lessor_plugin::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, NoTls};
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
 use crate::error::{classify, classify_pool, with_verifier_parts};
 use crate::scram;
+use crate::tls::{self, PgTls};
 
 /// How long opening one admin connection may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +59,8 @@ pub struct PgPlugin {
     /// Admin connections; the password lives inside the manager's
     /// `tokio_postgres::Config`, which is why `Debug` is written by hand.
     pool: RwLock<Pool>,
+    /// The TLS every connection to the server uses.
+    pub(crate) tls: PgTls,
     max_connections: usize,
     /// How long one operation's statements may run before they are
     /// cancelled on the server.
@@ -74,6 +76,7 @@ impl fmt::Debug for PgPlugin {
             .field("connection", &self.connection)
             .field("target", &self.target)
             .field("password_encoding", &self.encoding)
+            .field("tls", &self.tls)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -95,14 +98,22 @@ impl PgPlugin {
 
     fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
         let target = target(&settings.pg);
-        let pool = build_pool(settings.pg.clone(), settings.max_connections)
-            .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e))?;
+        let key = format!("connections.{}", settings.name);
+        let tls = PgTls::new(settings.tls.clone()).map_err(|e| ConfigError::new(&key, e))?;
+        if let Some(warning) =
+            settings.tls.plaintext_warning(&settings.name, &target, lessor_plugin::tls::TlsMode::libpq_name)
+        {
+            warn!("{warning}");
+        }
+        let pool = build_pool(&tls, settings.pg.clone(), settings.max_connections)
+            .map_err(|e| ConfigError::new(&key, e))?;
         Ok(Self {
             connection: settings.name,
             target,
             encoding: settings.options.password_encoding,
             login_config: RwLock::new(settings.pg),
             pool: RwLock::new(pool),
+            tls,
             max_connections: settings.max_connections,
             operation_timeout,
             retry_verifiers: Mutex::default(),
@@ -111,7 +122,32 @@ impl PgPlugin {
 
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Object, PluginError> {
         let pool = self.pool.read().unwrap().clone();
-        pool.get().await.map_err(|e| classify_pool(&e, cx, redactor))
+        pool.get().await.map_err(|e| match &e {
+            PoolError::Backend(err) => self.classify_connect(err, cx, redactor),
+            _ => classify_pool(&e, cx, redactor),
+        })
+    }
+
+    /// Classifies a failed connection attempt; a failed TLS handshake names
+    /// the connection, the server and why the certificate was refused.
+    pub(crate) fn classify_connect(
+        &self,
+        err: &tokio_postgres::Error,
+        cx: &Context<'_>,
+        redactor: &Redactor,
+    ) -> PluginError {
+        match tls::failure(err) {
+            Some(why) => PluginError::Unavailable {
+                message: format!(
+                    "{}: TLS with {} (connection {}, sslmode {}): {why}",
+                    cx.prefix(),
+                    self.target,
+                    self.connection,
+                    self.tls.settings.mode.libpq_name()
+                ),
+            },
+            None => classify(err, cx, redactor),
+        }
     }
 
     /// From now on, admin connections log in with `password` (the admin's
@@ -119,7 +155,7 @@ impl PgPlugin {
     pub(crate) fn switch_admin_password(&self, password: &SecretString) -> Result<(), PluginError> {
         let mut config = self.login_config.read().unwrap().clone();
         config.password(password.expose_secret());
-        let pool = build_pool(config.clone(), self.max_connections)
+        let pool = build_pool(&self.tls, config.clone(), self.max_connections)
             .map_err(|message| PluginError::Internal { message })?;
         *self.pool.write().unwrap() = pool;
         *self.login_config.write().unwrap() = config;
@@ -339,6 +375,16 @@ impl Plugin for PgPlugin {
             .map_err(|e| classify(&e, &cx, &redactor))?;
         let can_create: bool = row.map(|r| r.get(0)).unwrap_or(false);
         debug!(operation = "verify", connection = %self.connection, target = %self.target, can_create, "verified");
+        let session_tls = tls::session(&client).await.map_err(|e| classify(&e, &cx, &redactor))?;
+        let verification = if session_tls.is_some() { self.tls.settings.verification() } else { "no TLS" };
+        info!(
+            connection = %self.connection,
+            target = %self.target,
+            sslmode = self.tls.settings.mode.libpq_name(),
+            tls = session_tls.as_deref().unwrap_or("off"),
+            certificate = verification,
+            "admin connection"
+        );
         if !can_create {
             return Err(PluginError::Rejected {
                 message: format!(
@@ -400,7 +446,7 @@ impl Plugin for PgPlugin {
         // A timed-out creation is not rolled back here: its connection is
         // closed, and the broker revokes the username once the server has
         // answered the cancel.
-        let result = match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+        let result = match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result,
             Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         };
@@ -483,7 +529,7 @@ impl Plugin for PgPlugin {
             }
             tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
         };
-        match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+        match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result?,
             Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         }
@@ -527,7 +573,7 @@ impl Plugin for PgPlugin {
                 None => self.revoke_default(&client, username, &cx).await,
             }
         };
-        match deadline::run(self.operation_timeout, work, || cancel(token)).await {
+        match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result?,
             Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),
         }
@@ -569,10 +615,8 @@ impl Plugin for PgPlugin {
 /// The admin connection pool for `config`. `Fast` recycling only checks
 /// that the socket is open; a connection that died since is reported as
 /// Unavailable and the broker retries.
-fn build_pool(config: tokio_postgres::Config, max_connections: usize) -> Result<Pool, String> {
-    let manager =
-        Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager)
+fn build_pool(tls: &PgTls, config: tokio_postgres::Config, max_connections: usize) -> Result<Pool, String> {
+    Pool::builder(tls.manager(config))
         .max_size(max_connections)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT_TIMEOUT))
@@ -580,15 +624,6 @@ fn build_pool(config: tokio_postgres::Config, max_connections: usize) -> Result<
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
         .map_err(|e| e.to_string())
-}
-
-/// Asks the server to cancel whatever `token`'s connection is running. The
-/// server does not answer a cancel request; the cancelled statement's own
-/// error is the answer, which [`deadline::run`] waits for.
-pub(crate) async fn cancel(token: CancelToken) {
-    if let Err(e) = token.cancel_query(NoTls).await {
-        debug!(error = %e, "sending the cancel request failed; the connection is closed instead");
-    }
 }
 
 /// A SCRAM-SHA-256 verifier for `password`: 4 096 rounds of PBKDF2, a few

@@ -9,14 +9,17 @@
 //! URL that carries one is refused, so the config file can be world-readable.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use lessor_plugin::options::{check_placeholders, optional_statements, parse_table, required_statements};
 use lessor_plugin::template::Template;
+use lessor_plugin::tls::{TlsFiles, TlsMode, TlsSettings};
 use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use tokio_postgres::config::SslMode;
 
 /// How `{{password}}` is rendered in creation statements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -42,6 +45,19 @@ pub struct PgConnectionOptions {
     /// verifier, `"plaintext"` sends the password.
     #[serde(default)]
     pub password_encoding: PasswordEncoding,
+    /// PEM file of the CA certificates the server's certificate must chain
+    /// to (libpq's `sslrootcert`, which the URL may give instead). Default:
+    /// the system's roots. Giving one makes the default `sslmode`
+    /// `verify-full`, on loopback too.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for `cert` authentication (libpq's `sslcert`).
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key (libpq's `sslkey`); must not
+    /// be readable by group or others.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 /// The plugin-specific keys of a `[roles.NAME]` table whose connection is a
@@ -117,6 +133,7 @@ pub(crate) struct ConnectionSettings {
     pub(crate) name: String,
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) options: PgConnectionOptions,
+    pub(crate) tls: TlsSettings,
     pub(crate) max_connections: usize,
 }
 
@@ -126,6 +143,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("name", &self.name)
             .field("target", &target(&self.pg))
             .field("options", &self.options)
+            .field("tls", &self.tls)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -146,8 +164,9 @@ impl ConnectionSettings {
         let url = url.ok_or_else(|| {
             ConfigError::new(key("url"), "required, e.g. \"postgres://lessor_admin@db.internal:5432/app\"")
         })?;
+        let (url, url_tls) = split_tls_params(url).map_err(|m| ConfigError::new(key("url"), m))?;
         // tokio-postgres's parse errors name the option, never its value.
-        let mut pg = tokio_postgres::Config::from_str(url)
+        let mut pg = tokio_postgres::Config::from_str(&url)
             .map_err(|e| ConfigError::new(key("url"), format!("not a PostgreSQL URL: {e}")))?;
         if pg.get_password().is_some() {
             return Err(ConfigError::new(
@@ -167,6 +186,13 @@ impl ConnectionSettings {
         if max_connections == 0 {
             return Err(ConfigError::new(key("max_connections"), "must be at least 1"));
         }
+        let tls = url_tls.resolve(&options, &pg, &key)?;
+        tls.check(&prefix, "url")?;
+        pg.ssl_mode(match tls.mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
         if let Some(password) = password {
             pg.password(password.expose_secret().as_bytes());
         }
@@ -176,8 +202,118 @@ impl ConnectionSettings {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(crate::client::CONNECT_TIMEOUT);
         }
-        Ok(Self { name: name.to_string(), pg, options, max_connections })
+        Ok(Self { name: name.to_string(), pg, options, tls, max_connections })
     }
+}
+
+/// The TLS parameters of a connection URL, which tokio-postgres does not
+/// read (`sslrootcert`, `sslcert`, `sslkey`) or reads only in part
+/// (`sslmode`: it knows no `verify-ca` nor `verify-full`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct UrlTls {
+    mode: Option<TlsMode>,
+    root_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl UrlTls {
+    /// Merges the URL's files with the `tls_*` keys (one place for each)
+    /// and resolves the mode for the connection's hosts.
+    fn resolve(
+        self,
+        options: &PgConnectionOptions,
+        pg: &tokio_postgres::Config,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<TlsSettings, ConfigError> {
+        let pick = |from_url: Option<PathBuf>, param: &str, field: &str, from_key: &Option<PathBuf>| match (
+            from_url, from_key,
+        ) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                key(field),
+                format!("the URL's {param} says the same; keep one of the two"),
+            )),
+            (url, keyed) => Ok(url.or_else(|| keyed.clone())),
+        };
+        let files = TlsFiles {
+            ca_file: pick(self.root_cert, "sslrootcert", "tls_ca_file", &options.tls_ca_file)?,
+            client_cert_file: pick(
+                self.cert,
+                "sslcert",
+                "tls_client_cert_file",
+                &options.tls_client_cert_file,
+            )?,
+            client_key_file: pick(self.key, "sslkey", "tls_client_key_file", &options.tls_client_key_file)?,
+        };
+        // With several hosts, TLS may be skipped only if every one is local.
+        let remote = pg.get_hosts().iter().find_map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) if !lessor_plugin::tls::is_local_host(name) => {
+                Some(name.as_str())
+            }
+            _ => None,
+        });
+        // libpq's default, on this machine: TLS if the server offers it.
+        Ok(TlsSettings::resolve(self.mode, files, remote.unwrap_or("localhost"), TlsMode::Prefer))
+    }
+}
+
+/// Takes the TLS parameters out of a connection URL (`postgres://…?sslmode=…`)
+/// or key/value string (`host=… sslmode=…`), returning the rest for
+/// tokio-postgres. Values in key/value strings must not be quoted.
+pub(crate) fn split_tls_params(url: &str) -> Result<(String, UrlTls), String> {
+    let mut tls = UrlTls::default();
+    let mut take = |name: &str, value: &str| -> Result<bool, String> {
+        let path = || Some(PathBuf::from(value));
+        match name {
+            "sslmode" => tls.mode = Some(parse_sslmode(value)?),
+            "sslrootcert" => tls.root_cert = path(),
+            "sslcert" => tls.cert = path(),
+            "sslkey" => tls.key = path(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), tls)) };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .map_err(|_| format!("the URL parameter {name:?} is not valid percent-encoded UTF-8"))?;
+            if !take(name, &value)? {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        return Ok((rest, tls));
+    }
+    let mut kept = Vec::new();
+    for word in url.split_whitespace() {
+        match word.split_once('=') {
+            Some((name, value)) if take(name, value)? => {}
+            _ => kept.push(word),
+        }
+    }
+    Ok((kept.join(" "), tls))
+}
+
+/// libpq's `sslmode` values. `allow` (plaintext first, TLS if refused) is
+/// not offered: it protects nothing `prefer` does not.
+fn parse_sslmode(value: &str) -> Result<TlsMode, String> {
+    Ok(match value {
+        "disable" => TlsMode::Disable,
+        "prefer" => TlsMode::Prefer,
+        "require" => TlsMode::Require,
+        "verify-ca" => TlsMode::VerifyCa,
+        "verify-full" => TlsMode::VerifyFull,
+        "allow" => return Err("sslmode=allow is not supported; use prefer, require or verify-full".into()),
+        other => {
+            return Err(format!(
+                "unknown sslmode {other:?}: expected disable, prefer, require, verify-ca or verify-full"
+            ))
+        }
+    })
 }
 
 /// `user@host:port/db`, for logs and `Debug`: never the password.

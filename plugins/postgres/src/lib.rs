@@ -8,6 +8,8 @@
 //!   the offending key), and the admin URL check (no password in it);
 //! - `client`: [`PgPlugin`], the engine: the admin pool, the creation
 //!   transaction, the renew statement and the step-by-step revocation;
+//! - `tls`: the connector every connection goes through (rustls, libpq's
+//!   `sslmode` levels, see `lessor_plugin::tls`);
 //! - `error`: how PostgreSQL's failures map to the broker's retry/blame
 //!   classes, and the SCRAM verifier parts that the SDK's
 //!   `lessor_plugin::redact` scrubs from every message with the password.
@@ -20,6 +22,7 @@ mod client;
 mod config;
 mod error;
 mod scram;
+mod tls;
 
 use std::sync::Arc;
 

@@ -17,15 +17,19 @@
 //! - [`failure`] and [`redact`]: what the SQL plugins share when they turn
 //!   a backend's failure into a message (where it happened, no secrets);
 //! - [`deadline`]: an operation bounded by `operation_timeout` and
-//!   cancelled on the server, not merely abandoned, when it runs over.
+//!   cancelled on the server, not merely abandoned, when it runs over;
+//! - [`tls`] and [`files`]: TLS modes, their defaults and certificate
+//!   checks, shared by the SQL plugins so both secure a connection alike.
 
 pub mod deadline;
 pub mod error;
 pub mod failure;
+pub mod files;
 pub mod names;
 pub mod options;
 pub mod redact;
 pub mod template;
+pub mod tls;
 
 use std::any::Any;
 use std::fmt::Debug;

@@ -147,27 +147,36 @@ async fn pg_unknown_ca_fails_at_start_and_issuance_creates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_a_host_the_certificate_does_not_name_is_a_name_mismatch() {
+async fn pg_a_host_the_certificate_does_not_name_is_a_name_mismatch_unless_verify_ca() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("tlsname");
     db.track_prefix(&prefix);
+    let (ca_role, ca_prefix) = unique_role("tlsvca");
+    db.track_prefix(&ca_prefix);
     // The server listens on 127.0.0.2 too; its certificate names localhost
     // and 127.0.0.1 only.
+    let ca = tls_file("ca.pem");
     let body = format!(
-        "{}\n{}",
-        pg_tls_connection(
-            &db,
-            "127.0.0.2",
-            &format!("sslmode=verify-full&sslrootcert={}", tls_file("ca.pem"))
-        ),
-        pg_role(&role, "10m", "1h", &[CREATE_ROLE])
+        "{}\n{}\n{}\n{}",
+        pg_tls_connection(&db, "127.0.0.2", &format!("sslmode=verify-full&sslrootcert={ca}")),
+        pg_role(&role, "10m", "1h", &[CREATE_ROLE]),
+        pg_tls_connection(&db, "127.0.0.2", &format!("sslmode=verify-ca&sslrootcert={ca}"))
+            .replace("[connections.pg]", "[connections.pg_ca]"),
+        pg_role(&ca_role, "10m", "1h", &[CREATE_ROLE])
+            .replace("connection = \"pg\"", "connection = \"pg_ca\""),
     );
     let daemon = Daemon::start(&db, &body).await;
     let issued = daemon.client().creds(&role, None).await.unwrap();
     assert_eq!(issued.status, 502, "{:?}", issued.body);
     let message = issued.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("name mismatch") && message.contains("127.0.0.2"), "{message}");
+    assert!(message.contains("it names localhost, 127.0.0.1"), "{message}");
     assert!(db.roles_with_prefix(&prefix).await.is_empty(), "a role was created");
+
+    // verify-ca checks the chain only: the same host works.
+    let issued = daemon.client().creds(&ca_role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}", issued.body);
+    assert!(db.role_exists(issued.body["credential"]["username"].as_str().unwrap()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,6 +292,35 @@ async fn mysql_verify_identity_works_and_the_session_is_encrypted() {
     let revoked = client.revoke(&lease_id).await.unwrap();
     assert!(revoked.status == 200 || revoked.status == 204, "{:?}", revoked.body);
     assert!(!db.user_exists(&username).await, "the user survived its revocation");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_verify_ca_checks_the_chain_and_verify_identity_the_name() {
+    let db = MyDb::create_at(&mysql_tls_url(), "REQUIRE SSL").await;
+    let (ca_role, ca_prefix) = unique_role("mvca");
+    db.track_prefix(&ca_prefix);
+    let (id_role, id_prefix) = unique_role("mvid");
+    db.track_prefix(&id_prefix);
+    // 127.0.0.2 is the same server under a name its certificate lacks.
+    let other_host = |section: String| section.replace(&format!("@{}:", db.host), "@127.0.0.2:");
+    let ca = tls_file("ca.pem");
+    let body = format!(
+        "{}\n{}\n{}\n{}",
+        other_host(db.connection("ca", &format!("tls_mode = \"verify_ca\"\ntls_ca_file = {ca:?}"))),
+        my_role(&ca_role, "ca", "10m", "1h", &[CREATE_USER]),
+        other_host(db.connection("id", &format!("tls_mode = \"verify_identity\"\ntls_ca_file = {ca:?}"))),
+        my_role(&id_role, "id", "10m", "1h", &[CREATE_USER]),
+    );
+    let daemon = Daemon::start_with_mysql(None, &db, &body, &[]).await;
+    let issued = daemon.client().creds(&ca_role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
+    assert!(db.user_exists(issued.body["credential"]["username"].as_str().unwrap()).await);
+
+    let refused = daemon.client().creds(&id_role, None).await.unwrap();
+    assert_eq!(refused.status, 502, "{:?}", refused.body);
+    let message = refused.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("name mismatch") && message.contains("127.0.0.2"), "{message}");
+    assert!(db.users_with_prefix(&id_prefix).await.is_empty(), "a user was created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,11 @@ pub struct MySqlPlugin {
     flavor: OnceLock<Flavor>,
     /// The connection's TLS, as configured.
     tls: TlsSettings,
+    /// `verify_ca` only: set once a name the server's certificate carries
+    /// is known and the driver verifies against it (see `tls`).
+    ca_name: tokio::sync::OnceCell<String>,
+    /// Where the server listens, for that one handshake.
+    tcp_target: Option<(String, u16)>,
 }
 
 impl fmt::Debug for MySqlPlugin {
@@ -119,7 +124,7 @@ impl MySqlPlugin {
     }
 
     fn from_settings(settings: ConnectionSettings, operation_timeout: Duration) -> Result<Self, ConfigError> {
-        let ssl = tls::ssl_opts(&settings.tls)
+        let ssl = tls::ssl_opts(&settings.tls, None)
             .map_err(|e| ConfigError::new(format!("connections.{}", settings.name), e))?;
         if let Some(warning) =
             settings.tls.plaintext_warning(&settings.name, &settings.target(), TlsMode::mysql_name)
@@ -158,7 +163,12 @@ impl MySqlPlugin {
             opts: RwLock::new(opts),
             operation_timeout,
             flavor: OnceLock::new(),
+            tcp_target: match &settings.address {
+                Address::Tcp { host, port } => Some((host.clone(), *port)),
+                Address::Socket(_) => None,
+            },
             tls: settings.tls,
+            ca_name: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -187,6 +197,9 @@ impl MySqlPlugin {
     }
 
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
+        if self.tls.effective() == TlsMode::VerifyCa {
+            self.ca_name.get_or_try_init(|| self.learn_certificate_name(cx)).await?;
+        }
         match self.get_once().await {
             // `preferred`: a server without TLS is spoken to in plaintext
             // from now on (the driver itself has no such fallback).
@@ -197,6 +210,25 @@ impl MySqlPlugin {
             }
             other => other.map_err(|e| self.classify_connect(e, cx, redactor)),
         }
+    }
+
+    /// `verify_ca`: finds a name the server's (chain-verified) certificate
+    /// carries and has the driver verify every connection against it.
+    async fn learn_certificate_name(&self, cx: &Context<'_>) -> Result<String, PluginError> {
+        let (host, port) = self.tcp_target.as_ref().expect("a socket connection never uses TLS");
+        let fail = |why: String| PluginError::Unavailable {
+            message: format!(
+                "{}: TLS with {} (connection {}, tls_mode verify_ca): {why}",
+                cx.prefix(),
+                self.target,
+                self.connection
+            ),
+        };
+        let name = tls::certificate_name(host, *port, &self.tls, POOL_WAIT_TIMEOUT).await.map_err(fail)?;
+        let ssl = tls::ssl_opts(&self.tls, Some(&name)).map_err(fail)?;
+        self.replace_opts(OptsBuilder::from_opts(self.opts()).ssl_opts(ssl));
+        debug!(connection = %self.connection, certificate_name = %name, "verify_ca: connections are verified against the name the certificate carries");
+        Ok(name)
     }
 
     /// Classifies a failed connection attempt (`None`: the pool timed out);

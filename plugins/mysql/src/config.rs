@@ -568,6 +568,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_mode_defaults_by_host_and_reads_mysql_names() {
+        let c = conn(Some("mysql://a@db.internal:3306/"), "").unwrap();
+        assert_eq!((c.tls.mode, c.tls.explicit), (TlsMode::VerifyFull, false));
+        let c = conn(Some("mysql://a@127.0.0.1:3306/"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Disable);
+        let c = conn(Some("mysql://a@localhost/?socket=/run/mysqld/mysqld.sock"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Disable);
+        for (name, mode) in [
+            ("disabled", TlsMode::Disable),
+            ("preferred", TlsMode::Prefer),
+            ("required", TlsMode::Require),
+            ("verify_ca", TlsMode::VerifyCa),
+            ("verify_identity", TlsMode::VerifyFull),
+        ] {
+            let c = conn(Some("mysql://a@db.internal:3306/"), &format!("tls_mode = \"{name}\"")).unwrap();
+            assert_eq!((c.tls.mode, c.tls.explicit), (mode, true), "{name}");
+            assert_eq!(mode.mysql_name(), name);
+        }
+        let c = conn(Some("mysql://a@db.internal:3306/"), "tls_mode = \"disabled\"").unwrap();
+        assert!(c.tls.plaintext_warning("shop", "t", TlsMode::mysql_name).is_some());
+
+        let e = conn(Some("mysql://a@db.internal:3306/"), "tls_mode = \"verify-full\"").unwrap_err();
+        assert_eq!(e.key, "connections.shop.tls_mode");
+        let e = conn(Some("mysql://a@localhost/?socket=/run/mysqld/mysqld.sock"), "tls_mode = \"required\"")
+            .unwrap_err();
+        assert!(e.message.contains("Unix socket"), "{e}");
+        let e =
+            conn(Some("mysql://a@db.internal:3306/"), "tls_ca_file = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert_eq!(e.key, "connections.shop.tls_ca_file");
+    }
+
+    #[test]
     fn role_parses_and_defaults() {
         let r = MySqlRole::parse(
             "shop_rw",

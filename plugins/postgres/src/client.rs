@@ -681,6 +681,49 @@ mod tests {
         .unwrap()
     }
 
+    #[tokio::test]
+    async fn plaintext_to_a_remote_host_is_logged_at_start() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let build = |url: &str| {
+            let buf = Buf::default();
+            let writer = buf.clone();
+            let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+            let options = toml::Table::new();
+            tracing::subscriber::with_default(subscriber, || {
+                PgPlugin::new(ConnectionContext {
+                    name: "pg_main",
+                    url: Some(url),
+                    password: None,
+                    max_connections: 3,
+                    operation_timeout: std::time::Duration::from_secs(30),
+                    options: &options,
+                })
+                .unwrap()
+            });
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            text
+        };
+        let logged = build("postgres://lessor_admin@db.internal:5432/app?sslmode=disable");
+        assert!(
+            logged.contains("WARN") && logged.contains("pg_main") && logged.contains("not loopback"),
+            "{logged}"
+        );
+        assert!(build("postgres://lessor_admin@127.0.0.1:5432/app?sslmode=disable").is_empty());
+        assert!(build("postgres://lessor_admin@db.internal:5432/app").is_empty());
+    }
+
     #[test]
     fn expiration_is_utc_with_offset() {
         let at = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();

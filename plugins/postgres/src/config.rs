@@ -399,6 +399,59 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_leave_the_url_and_the_rest_stays() {
+        let (rest, tls) = split_tls_params(
+            "postgres://a@db/app?application_name=x&sslmode=verify-ca&sslrootcert=/etc/my%20ca.pem&sslcert=/c.pem&sslkey=/k.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://a@db/app?application_name=x");
+        assert_eq!(tls.mode, Some(TlsMode::VerifyCa));
+        assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/my ca.pem")));
+        assert_eq!((tls.cert, tls.key), (Some(PathBuf::from("/c.pem")), Some(PathBuf::from("/k.pem"))));
+
+        let (rest, tls) = split_tls_params("postgres://a@db/app?sslmode=require").unwrap();
+        assert_eq!((rest.as_str(), tls.mode), ("postgres://a@db/app", Some(TlsMode::Require)));
+        let (rest, tls) = split_tls_params("host=db user=a sslmode=disable dbname=app").unwrap();
+        assert_eq!((rest.as_str(), tls.mode), ("host=db user=a dbname=app", Some(TlsMode::Disable)));
+        assert_eq!(split_tls_params("postgres://a@db/app").unwrap().1, UrlTls::default());
+
+        let e = split_tls_params("postgres://a@db/app?sslmode=allow").unwrap_err();
+        assert!(e.contains("allow"), "{e}");
+        let e = split_tls_params("postgres://a@db/app?sslmode=verify_full").unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn hosts_off_this_machine_default_to_verify_full() {
+        let c = conn(Some("postgres://a@db.internal/app"), "").unwrap();
+        assert_eq!((c.tls.mode, c.tls.explicit), (TlsMode::VerifyFull, false));
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Require);
+        let c = conn(Some("postgres://a@127.0.0.1/app"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Prefer);
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Prefer);
+        let c = conn(Some("host=/var/run/postgresql user=a dbname=app"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Prefer);
+        // Several hosts: one off this machine is enough.
+        let c = conn(Some("postgres://a@localhost,db.internal/app"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::VerifyFull);
+        let c = conn(Some("postgres://a@db.internal/app?sslmode=disable"), "").unwrap();
+        assert_eq!((c.tls.mode, c.tls.explicit), (TlsMode::Disable, true));
+        assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
+        assert!(c.tls.plaintext_warning("pg_main", "t", TlsMode::libpq_name).is_some());
+    }
+
+    #[test]
+    fn a_tls_file_is_given_once() {
+        let e = conn(Some("postgres://a@db/app?sslrootcert=/etc/ca.pem"), "tls_ca_file = \"/etc/other.pem\"")
+            .unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.tls_ca_file");
+        assert!(e.message.contains("sslrootcert"), "{e}");
+        let e = conn(Some("postgres://a@db/app"), "tls_ca_file = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert_eq!(e.key, "connections.pg_main.tls_ca_file");
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
     fn role_parses_and_defaults() {
         let r = PgRole::parse(
             "app_ro",

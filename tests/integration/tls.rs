@@ -324,6 +324,39 @@ async fn mysql_verify_ca_checks_the_chain_and_verify_identity_the_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_client_certificate_is_presented() {
+    // REQUIRE X509: the server refuses the admin without a client
+    // certificate signed by its CA (the test CA), password or not.
+    let db = MyDb::create_at(&mysql_tls_url(), "REQUIRE X509").await;
+    let (role, prefix) = unique_role("mx509");
+    db.track_prefix(&prefix);
+    let tls = format!(
+        "tls_mode = \"verify_identity\"\ntls_ca_file = {:?}\ntls_client_cert_file = {:?}\ntls_client_key_file = {:?}",
+        tls_file("ca.pem"),
+        tls_file("client.pem"),
+        tls_file("client.key")
+    );
+    let ca_only = format!("tls_mode = \"verify_identity\"\ntls_ca_file = {:?}", tls_file("ca.pem"));
+    let (bare_role, bare_prefix) = unique_role("mnox509");
+    db.track_prefix(&bare_prefix);
+    let body = format!(
+        "{}\n{}\n{}\n{}",
+        db.connection("my", &tls),
+        my_role(&role, "my", "10m", "1h", &[CREATE_USER]),
+        db.connection("bare", &ca_only),
+        my_role(&bare_role, "bare", "10m", "1h", &[CREATE_USER]),
+    );
+    let daemon = Daemon::start_with_mysql(None, &db, &body, &[]).await;
+    let issued = daemon.client().creds(&role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
+    assert!(db.user_exists(issued.body["credential"]["username"].as_str().unwrap()).await);
+    // The same admin without the certificate is refused by the server.
+    let refused = daemon.client().creds(&bare_role, None).await.unwrap();
+    assert_eq!(refused.status, 502, "{:?}", refused.body);
+    assert!(db.users_with_prefix(&bare_prefix).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_wrong_ca_fails_clearly() {
     let db = MyDb::create_at(&mysql_tls_url(), "").await;
     let (role, prefix) = unique_role("mtlsca");

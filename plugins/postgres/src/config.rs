@@ -252,8 +252,21 @@ impl UrlTls {
             }
             _ => None,
         });
-        // libpq's default, on this machine: TLS if the server offers it.
-        Ok(TlsSettings::resolve(self.mode, files, remote.unwrap_or("localhost"), TlsMode::Prefer))
+        #[cfg(unix)]
+        let sockets_only = pg.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        #[cfg(not(unix))]
+        let sockets_only = false;
+        // libpq's default, on this machine: TLS if the server offers it; a
+        // Unix socket never carries TLS.
+        let local_default = if sockets_only { TlsMode::Disable } else { TlsMode::Prefer };
+        let tls = TlsSettings::resolve(self.mode, files, remote.unwrap_or("localhost"), local_default);
+        if sockets_only && tls.mode > TlsMode::Prefer {
+            return Err(ConfigError::new(
+                key("url"),
+                "a Unix socket connection never uses TLS; remove sslmode and the TLS files, or connect over TCP",
+            ));
+        }
+        Ok(tls)
     }
 }
 
@@ -430,7 +443,9 @@ mod tests {
         assert_eq!(c.tls.mode, TlsMode::Prefer);
         assert_eq!(c.pg.get_ssl_mode(), SslMode::Prefer);
         let c = conn(Some("host=/var/run/postgresql user=a dbname=app"), "").unwrap();
-        assert_eq!(c.tls.mode, TlsMode::Prefer);
+        assert_eq!(c.tls.mode, TlsMode::Disable);
+        let e = conn(Some("host=/var/run/postgresql user=a dbname=app sslmode=require"), "").unwrap_err();
+        assert!(e.key.ends_with(".url") && e.message.contains("Unix socket"), "{e}");
         // Several hosts: one off this machine is enough.
         let c = conn(Some("postgres://a@localhost,db.internal/app"), "").unwrap();
         assert_eq!(c.tls.mode, TlsMode::VerifyFull);

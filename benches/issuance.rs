@@ -5,6 +5,7 @@
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
+//!     [--sslmode disable|prefer|require|verify-full]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -55,7 +56,7 @@ mod mysql;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full]";
 const PHASES: &[&str] = &["grp", "direct", "mysql", "drain"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -75,6 +76,9 @@ struct Args {
     phases: Vec<String>,
     /// lessor's `password_encoding` (the plugin's default when `None`).
     password_encoding: Option<String>,
+    /// lessor's `sslmode` (the default for loopback, `prefer`, when `None`);
+    /// the verifying modes use the test CA in `LESSOR_TEST_TLS_DIR`.
+    sslmode: Option<String>,
 }
 
 impl Args {
@@ -96,6 +100,7 @@ fn parse_args() -> Result<Args, String> {
         warmup: 1.0,
         phases: PHASES.iter().map(|p| p.to_string()).collect(),
         password_encoding: None,
+        sslmode: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -127,6 +132,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--password-encoding" => args.password_encoding = Some(value()?),
+            "--sslmode" => args.sslmode = Some(value()?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -665,7 +671,7 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     let _ = writeln!(
         text,
         "url = {}",
-        q(&format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database))
+        q(&format!("postgres://{}@{}:{}/{}{}", n.admin, setup.host, setup.port, n.database, tls_query(args)))
     );
     let _ = writeln!(text, "password_env = {}", q(&setup.password_env));
     let _ = writeln!(text, "max_connections = {}", args.max_connections());
@@ -684,6 +690,20 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
         let _ = writeln!(text, "creation_statements = {}", list(&statements));
     }
     text
+}
+
+/// The URL's TLS parameters for `--sslmode`; a verifying mode trusts the
+/// test CA (`scripts/test` makes it and gives the cluster its certificate).
+fn tls_query(args: &Args) -> String {
+    match args.sslmode.as_deref() {
+        None => String::new(),
+        Some(mode @ ("verify-ca" | "verify-full")) => {
+            let dir =
+                std::env::var("LESSOR_TEST_TLS_DIR").unwrap_or_else(|_| "/var/tmp/lessor-test-tls".into());
+            format!("?sslmode={mode}&sslrootcert={dir}/ca.pem")
+        }
+        Some(mode) => format!("?sslmode={mode}"),
+    }
 }
 
 async fn bench(args: &Args, setup: &Setup) -> Result<()> {
@@ -721,14 +741,15 @@ async fn phases(
     let encryption: String = su.query_one("SHOW password_encryption", &[]).await?.get(0);
     println!(
         "lessor issuance benchmark: N={} S={}s M={} revocation_workers={} max_connections={} warmup={}s \
-         password_encoding={}",
+         password_encoding={} sslmode={}",
         args.n,
         args.seconds,
         args.revoke,
         args.revocation_workers,
         max_connections,
         args.warmup,
-        args.password_encoding.as_deref().unwrap_or("(plugin default: scram-sha-256)")
+        args.password_encoding.as_deref().unwrap_or("(plugin default: scram-sha-256)"),
+        args.sslmode.as_deref().unwrap_or("(default on loopback: prefer)")
     );
     println!(
         "PostgreSQL {version} at {}:{} (password_encryption={encryption}); run prefix {}; {} CPUs",

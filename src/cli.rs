@@ -270,7 +270,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             runtime.block_on(crate::daemon::serve(options)).map_err(|e| Failure::new(format!("{e:#}")))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { file }) => match crate::config::load(&file) {
+        Command::Config(ConfigCommand::Check { file }) => match check_config(&file) {
             Ok(config) => {
                 out(&format!(
                     "{}: ok ({} connections, {} roles, {} static accounts)\n",
@@ -653,6 +653,21 @@ fn render_table(rows: &[Vec<String>]) -> String {
         text.push('\n');
     }
     text
+}
+
+/// Loads a config for `config check`, showing on stderr the warnings the
+/// load logs (plaintext to a database on another host, say) as `serve`
+/// would at start-up.
+fn check_config(
+    file: &std::path::Path,
+) -> Result<crate::config::ValidatedConfig, crate::config::ConfigErrors> {
+    let warnings = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .finish();
+    tracing::subscriber::with_default(warnings, || crate::config::load(file))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! not be readable by group or others, and the key never appears in a log
 //! or an error.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -53,13 +53,7 @@ impl Sealer {
     /// Reads the key file, refusing one that group or others can read.
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
         let fail = |message: String| SealError::Key { path: path.display().to_string(), message };
-        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(fail(format!(
-                "mode {:04o} lets group or others read it; chmod 600 it",
-                meta.mode() & 0o7777
-            )));
-        }
+        lessor_plugin::files::check_private(path).map_err(fail)?;
         let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?);
         let key = parse_key(&bytes).map_err(|m| fail(m.to_string()))?;
         Ok(Self::from_key(&key))
@@ -141,7 +135,7 @@ pub fn write_new_key(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use super::*;
 

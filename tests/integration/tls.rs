@@ -412,6 +412,21 @@ fn config_check_reports_unreadable_and_exposed_tls_files() {
         "[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://a@db.internal/app?sslmode=allow\"\n",
     );
     assert!(said.contains("connections.pg.url") && said.contains("sslmode=allow"), "{said}");
+
+    // Plaintext to another host passes, with the warning `serve` logs.
+    std::fs::write(
+        &config,
+        "[server]\nsocket = \"/tmp/x.sock\"\n\n[connections.pg]\nplugin = \"postgres\"\nurl = \"postgres://a@db.internal/app?sslmode=disable\"\n",
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lessor")).args(["config", "check"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("connection pg") && stderr.contains("not loopback"),
+        "{stderr}"
+    );
 }
 
 fn mysql_tls_url() -> String {

@@ -7,7 +7,7 @@ use lessor_plugin::failure::{Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::{deadline, PluginError};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder};
+use mysql_async::Conn;
 use secrecy::{ExposeSecret, SecretString};
 use tracing::debug;
 
@@ -65,21 +65,21 @@ impl MySqlPlugin {
     pub(crate) async fn login_as(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
         let cx = Context::new(Operation::TestLogin, Some(username));
         let redactor = Redactor::new([password.expose_secret()]);
-        let opts = OptsBuilder::from_opts(self.opts())
-            .user(Some(username))
-            .pass(Some(password.expose_secret()))
-            .db_name(None::<String>);
         let login = async {
-            let mut conn = Conn::new(opts).await?;
-            conn.query_drop("SELECT 1").await?;
-            conn.disconnect().await
+            let mut conn = self
+                .connect(&cx, &redactor, |opts| {
+                    opts.user(Some(username)).pass(Some(password.expose_secret())).db_name(None::<String>)
+                })
+                .await?;
+            conn.query_drop("SELECT 1").await.map_err(|e| classify(&e, &cx, &redactor))?;
+            conn.disconnect().await.map_err(|e| classify(&e, &cx, &redactor))
         };
         match tokio::time::timeout(self.operation_timeout, login).await {
             Ok(Ok(())) => {
                 debug!(connection = %self.connection, username, "login test passed");
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.classify_connect(Some(e), &cx, &redactor)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(deadline::timed_out(&cx.prefix(), self.operation_timeout, true)),
         }
     }

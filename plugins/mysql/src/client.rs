@@ -21,7 +21,8 @@
 //! it, is left off), and error text is scrubbed of the password.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,9 +90,13 @@ pub struct MySqlPlugin {
     flavor: OnceLock<Flavor>,
     /// The connection's TLS, as configured.
     tls: TlsSettings,
-    /// `verify_ca` only: set once a name the server's certificate carries
-    /// is known and the driver verifies against it (see `tls`).
-    ca_name: tokio::sync::OnceCell<String>,
+    /// `verify_ca` only: a name the server's certificate carries, which
+    /// the driver verifies against (see `tls`); `None` until found.
+    ca_name: Mutex<Option<String>>,
+    /// One look for that name at a time.
+    ca_probe: tokio::sync::Mutex<()>,
+    /// Whether the fall-back to plaintext of `preferred` was logged.
+    plaintext_logged: AtomicBool,
     /// Where the server listens, for that one handshake.
     tcp_target: Option<(String, u16)>,
 }
@@ -168,7 +173,9 @@ impl MySqlPlugin {
                 Address::Socket(_) => None,
             },
             tls: settings.tls,
-            ca_name: tokio::sync::OnceCell::new(),
+            ca_name: Mutex::new(None),
+            ca_probe: tokio::sync::Mutex::new(()),
+            plaintext_logged: AtomicBool::new(false),
         })
     }
 
@@ -181,54 +188,113 @@ impl MySqlPlugin {
     /// own password was rotated). The old pool's idle connections close as
     /// it is dropped; those in use finish their work.
     fn switch_admin_password(&self, password: &SecretString) {
-        self.replace_opts(OptsBuilder::from_opts(self.opts()).pass(Some(password.expose_secret())));
+        self.update_opts(|opts| opts.pass(Some(password.expose_secret())));
         debug!(connection = %self.connection, "admin connections now use the rotated password");
     }
 
-    /// Replaces the options and the pool built on them. The old pool's idle
-    /// connections close as it is dropped; those in use finish their work.
-    fn replace_opts(&self, opts: OptsBuilder) {
-        let opts = Opts::from(opts);
+    /// Changes the options and replaces the pool built on them, as one
+    /// step (a rotated password and a `verify_ca` name cannot undo each
+    /// other). The old pool's idle connections close as it is dropped;
+    /// those in use finish their work.
+    fn update_opts(&self, change: impl FnOnce(OptsBuilder) -> OptsBuilder) {
+        let mut opts = self.opts.write().unwrap();
+        *opts = Opts::from(change(OptsBuilder::from_opts(opts.clone())));
         let old = std::mem::replace(&mut *self.pool.write().unwrap(), Pool::new(opts.clone()));
-        *self.opts.write().unwrap() = opts;
         tokio::spawn(async move {
             let _ = old.disconnect().await;
         });
     }
 
     pub(crate) async fn get(&self, cx: &Context<'_>, redactor: &Redactor) -> Result<Conn, PluginError> {
-        if self.tls.effective() == TlsMode::VerifyCa {
-            self.ca_name.get_or_try_init(|| self.learn_certificate_name(cx)).await?;
-        }
+        self.ensure_ca_name(cx, None).await?;
         match self.get_once().await {
-            // `preferred`: a server without TLS is spoken to in plaintext
-            // from now on (the driver itself has no such fallback).
-            Err(Some(e)) if tls::is_no_tls_offered(&e) && self.tls.mode == TlsMode::Prefer => {
-                warn!(connection = %self.connection, target = %self.target, "the server offers no TLS; connecting in plaintext (tls_mode = \"preferred\")");
-                self.replace_opts(OptsBuilder::from_opts(self.opts()).ssl_opts(None::<mysql_async::SslOpts>));
+            Ok(conn) => Ok(conn),
+            // `preferred` and a server without TLS: this connection is
+            // plaintext (and unpooled); the next one tries TLS again.
+            Err(Some(e)) if self.plaintext_allowed(&e) => {
+                let opts = OptsBuilder::from_opts(self.opts()).ssl_opts(None::<mysql_async::SslOpts>);
+                match tokio::time::timeout(POOL_WAIT_TIMEOUT, Conn::new(opts)).await {
+                    Ok(result) => result.map_err(|e| self.classify_connect(Some(e), cx, redactor)),
+                    Err(_) => Err(self.classify_connect(None, cx, redactor)),
+                }
+            }
+            // `verify_ca` and a certificate without the name found before
+            // (it was replaced): look once more.
+            Err(Some(e))
+                if self.tls.effective() == TlsMode::VerifyCa && lessor_plugin::tls::is_name_mismatch(&e) =>
+            {
+                let stale = self.ca_name.lock().unwrap().clone();
+                self.ensure_ca_name(cx, stale).await?;
                 self.get_once().await.map_err(|e| self.classify_connect(e, cx, redactor))
             }
-            other => other.map_err(|e| self.classify_connect(e, cx, redactor)),
+            Err(e) => Err(self.classify_connect(e, cx, redactor)),
         }
     }
 
-    /// `verify_ca`: finds a name the server's (chain-verified) certificate
-    /// carries and has the driver verify every connection against it.
-    async fn learn_certificate_name(&self, cx: &Context<'_>) -> Result<String, PluginError> {
-        let (host, port) = self.tcp_target.as_ref().expect("a socket connection never uses TLS");
+    /// Opens a connection outside the pool: `change` adjusts the admin's
+    /// options (another user, say); falls back to plaintext as
+    /// `preferred` allows.
+    pub(crate) async fn connect(
+        &self,
+        cx: &Context<'_>,
+        redactor: &Redactor,
+        change: impl FnOnce(OptsBuilder) -> OptsBuilder,
+    ) -> Result<Conn, PluginError> {
+        self.ensure_ca_name(cx, None).await?;
+        let opts = change(OptsBuilder::from_opts(self.opts()));
+        match Conn::new(opts.clone()).await {
+            Err(e) if self.plaintext_allowed(&e) => Conn::new(opts.ssl_opts(None::<mysql_async::SslOpts>))
+                .await
+                .map_err(|e| self.classify_connect(Some(e), cx, redactor)),
+            other => other.map_err(|e| self.classify_connect(Some(e), cx, redactor)),
+        }
+    }
+
+    /// Whether `err` lets `preferred` go on without TLS; logged once.
+    fn plaintext_allowed(&self, err: &mysql_async::Error) -> bool {
+        let allowed = self.tls.mode == TlsMode::Prefer && tls::is_no_tls_offered(err);
+        if allowed && !self.plaintext_logged.swap(true, Ordering::Relaxed) {
+            warn!(connection = %self.connection, target = %self.target, "the server offers no TLS; connecting in plaintext (tls_mode = \"preferred\")");
+        }
+        allowed
+    }
+
+    /// `verify_ca`: makes sure a name the server's (chain-verified)
+    /// certificate carries is known and the driver verifies against it;
+    /// with `stale`, looks again if that is still the name in use.
+    async fn ensure_ca_name(&self, cx: &Context<'_>, stale: Option<String>) -> Result<(), PluginError> {
+        if self.tls.effective() != TlsMode::VerifyCa {
+            return Ok(());
+        }
+        let needed = || {
+            let known = self.ca_name.lock().unwrap();
+            known.is_none() || (stale.is_some() && *known == stale)
+        };
+        if !needed() {
+            return Ok(());
+        }
         let fail = |why: String| PluginError::Unavailable {
-            message: format!(
-                "{}: TLS with {} (connection {}, tls_mode verify_ca): {why}",
-                cx.prefix(),
-                self.target,
-                self.connection
+            message: self.tls.failure(
+                &cx.prefix(),
+                &self.target,
+                &self.connection,
+                TlsMode::mysql_name,
+                &why,
             ),
         };
+        let _probing = tokio::time::timeout(POOL_WAIT_TIMEOUT, self.ca_probe.lock())
+            .await
+            .map_err(|_| fail("another look at the server's certificate is taking too long".into()))?;
+        if !needed() {
+            return Ok(());
+        }
+        let (host, port) = self.tcp_target.as_ref().expect("a socket connection never uses TLS");
         let name = tls::certificate_name(host, *port, &self.tls, POOL_WAIT_TIMEOUT).await.map_err(fail)?;
         let ssl = tls::ssl_opts(&self.tls, Some(&name)).map_err(fail)?;
-        self.replace_opts(OptsBuilder::from_opts(self.opts()).ssl_opts(ssl));
+        self.update_opts(|opts| opts.ssl_opts(ssl));
         debug!(connection = %self.connection, certificate_name = %name, "verify_ca: connections are verified against the name the certificate carries");
-        Ok(name)
+        *self.ca_name.lock().unwrap() = Some(name);
+        Ok(())
     }
 
     /// Classifies a failed connection attempt (`None`: the pool timed out);
@@ -242,13 +308,7 @@ impl MySqlPlugin {
         match err {
             Some(e) => match tls::failure(&e) {
                 Some(why) => PluginError::Unavailable {
-                    message: format!(
-                        "{}: TLS with {} (connection {}, tls_mode {}): {why}",
-                        cx.prefix(),
-                        self.target,
-                        self.connection,
-                        self.tls.mode.mysql_name()
-                    ),
+                    message: self.tls.failure(&cx.prefix(), &self.target, &self.connection, TlsMode::mysql_name, &why),
                 },
                 None => classify(&e, cx, redactor),
             },
@@ -300,17 +360,14 @@ impl MySqlPlugin {
     /// Stops the statement connection `id` is running, from a connection
     /// opened for the purpose (the pool may have none free).
     async fn kill_query(&self, id: u32) {
+        let cx = Context::new(Operation::Revoke, None).step("KILL QUERY", false);
+        let redactor = Redactor::default();
         let kill = async {
-            let mut conn = Conn::new(self.opts()).await?;
-            conn.query_drop(format!("KILL QUERY {id}")).await?;
-            conn.disconnect().await
+            let mut conn = self.connect(&cx, &redactor, |opts| opts).await?;
+            conn.query_drop(format!("KILL QUERY {id}")).await.map_err(|e| classify(&e, &cx, &redactor))?;
+            conn.disconnect().await.map_err(|e| classify(&e, &cx, &redactor))
         };
         if let Err(e) = kill.await {
-            let e = classify(
-                &e,
-                &Context::new(Operation::Revoke, None).step("KILL QUERY", false),
-                &Redactor::default(),
-            );
             debug!(connection = %self.connection, error = %e, "killing a timed-out statement failed; its connection is closed instead");
         }
     }
@@ -551,13 +608,19 @@ impl Plugin for MySqlPlugin {
             .map_err(|e| classify(&e, &cx, &redactor))?;
         let has = |p: &str| privileges.iter().any(|x| x.eq_ignore_ascii_case(p));
         debug!(operation = "verify", connection = %self.connection, target = %self.target, ?flavor, privileges = privileges.len(), "verified");
-        let session_tls = tls::session(&mut conn).await.map_err(|e| classify(&e, &cx, &redactor))?;
+        // As the server sees the session (behind a proxy: the proxy's hop);
+        // best effort, a failed look-up fails nothing.
+        let session_tls = match tls::session(&mut conn).await {
+            Ok(Some(tls)) => tls,
+            Ok(None) => "off".to_string(),
+            Err(e) => format!("unknown ({})", classify(&e, &cx, &redactor)),
+        };
         info!(
             connection = %self.connection,
             target = %self.target,
             tls_mode = self.tls.mode.mysql_name(),
-            tls = session_tls.as_deref().unwrap_or("off"),
-            certificate = if session_tls.is_some() { self.tls.verification() } else { "no TLS" },
+            tls = session_tls.as_str(),
+            certificate = if session_tls == "off" { "no TLS" } else { self.tls.verification() },
             "admin connection"
         );
         if !has("CREATE USER") {

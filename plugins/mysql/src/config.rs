@@ -339,7 +339,7 @@ impl ConnectionSettings {
         // On this machine, MySQL drivers' (and Vault's) default: no TLS.
         let tls = TlsSettings::resolve(options.tls_mode.map(TlsMode::from), files, host, TlsMode::Disable);
         tls.check(&prefix, "tls_mode")?;
-        if matches!(parsed.address, Address::Socket(_)) && tls.mode > TlsMode::Prefer {
+        if matches!(parsed.address, Address::Socket(_)) && tls.mode > TlsMode::Disable {
             return Err(ConfigError::new(
                 key("tls_mode"),
                 "a Unix socket connection never uses TLS; remove the tls_* keys or connect over TCP",
@@ -579,13 +579,16 @@ mod tests {
             ("disabled", TlsMode::Disable),
             ("preferred", TlsMode::Prefer),
             ("required", TlsMode::Require),
-            ("verify_ca", TlsMode::VerifyCa),
             ("verify_identity", TlsMode::VerifyFull),
         ] {
             let c = conn(Some("mysql://a@db.internal:3306/"), &format!("tls_mode = \"{name}\"")).unwrap();
             assert_eq!((c.tls.mode, c.tls.explicit), (mode, true), "{name}");
             assert_eq!(mode.mysql_name(), name);
         }
+        // verify_ca against the system's public roots would take any
+        // certificate for any name: it needs a CA file.
+        let e = conn(Some("mysql://a@db.internal:3306/"), "tls_mode = \"verify_ca\"").unwrap_err();
+        assert!(e.key.ends_with(".tls_mode") && e.message.contains("tls_ca_file"), "{e}");
         let c = conn(Some("mysql://a@db.internal:3306/"), "tls_mode = \"disabled\"").unwrap();
         assert!(c.tls.plaintext_warning("shop", "t", TlsMode::mysql_name).is_some());
 

@@ -12,12 +12,15 @@
 //! all. Instead, the plugin makes one handshake of its own first, whose
 //! verifier checks the chain only ([`certificate_name`]), reads a DNS name
 //! the certificate carries, and has the driver verify every connection
-//! against that name: still a full chain check on each connection.
+//! against that name: still a full chain check on each connection. When
+//! the server's certificate changes to one without that name, the next
+//! name mismatch makes the plugin look again, once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lessor_plugin::tls::{self, TlsMode, TlsSettings};
+use mysql_async::consts::CapabilityFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{ClientIdentity, Conn, SslOpts};
 use rustls::pki_types::ServerName;
@@ -31,12 +34,21 @@ pub(crate) fn ssl_opts(settings: &TlsSettings, server_name: Option<&str>) -> Res
     if settings.mode == TlsMode::Disable {
         return Ok(None);
     }
-    // Makes the aws-lc-rs provider the process default the driver builds on.
-    tls::provider();
+    // Parses the CA, certificate and key now (the driver reads them only
+    // at each connection), and makes the aws-lc-rs provider the process
+    // default the driver builds on.
+    settings.client_config()?;
     let mut ssl = SslOpts::default();
     let mode = settings.effective();
     if mode.verifies_chain() {
-        let roots = settings.root_certificates()?.into_iter().map(|cert| cert.to_vec().into()).collect();
+        // The driver refuses every connection if one root does not parse:
+        // only the usable ones are handed over.
+        let roots = settings
+            .root_certificates()?
+            .into_iter()
+            .filter(|cert| webpki::anchor_from_trusted_cert(cert).is_ok())
+            .map(|cert| cert.to_vec().into())
+            .collect();
         ssl = ssl.with_root_certs(roots).with_disable_built_in_roots(true);
     } else {
         ssl = ssl.with_danger_accept_invalid_certs(true);
@@ -53,7 +65,7 @@ pub(crate) fn ssl_opts(settings: &TlsSettings, server_name: Option<&str>) -> Res
 /// Why `err` is a failed TLS handshake, in words, if it is one.
 pub(crate) fn failure(err: &mysql_async::Error) -> Option<String> {
     if let mysql_async::Error::Driver(mysql_async::DriverError::NoClientSslFlagFromServer) = err {
-        return Some("the server does not offer TLS (have_ssl is not YES); configure its certificate, or set tls_mode = \"preferred\" to allow plaintext".into());
+        return Some("the server does not offer TLS (its have_ssl is not YES): give it a certificate (ssl_cert, ssl_key)".into());
     }
     tls::explain(err)
 }
@@ -73,12 +85,6 @@ pub(crate) async fn session(conn: &mut Conn) -> Result<Option<String>, mysql_asy
     Ok((!cipher.is_empty()).then(|| format!("{} {cipher}", get("Ssl_version"))))
 }
 
-/// MySQL's capability flags the TLS upgrade needs.
-const CLIENT_LONG_PASSWORD: u32 = 0x1;
-const CLIENT_PROTOCOL_41: u32 = 0x200;
-const CLIENT_SSL: u32 = 0x800;
-const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
-
 /// A DNS name the server's certificate carries, from a TLS handshake whose
 /// verifier checks the chain only (`verify_ca`): the server's greeting is
 /// read, an `SSLRequest` sent, the handshake made, and the connection
@@ -97,9 +103,12 @@ pub(crate) async fn certificate_name(
         if !server_offers_tls(&greeting)? {
             return Err("the server does not offer TLS (have_ssl is not YES)".to_string());
         }
-        let flags = CLIENT_LONG_PASSWORD | CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_SECURE_CONNECTION;
+        let flags = CapabilityFlags::CLIENT_LONG_PASSWORD
+            | CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SSL
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION;
         let mut request = vec![32, 0, 0, 1];
-        request.extend_from_slice(&flags.to_le_bytes());
+        request.extend_from_slice(&flags.bits().to_le_bytes());
         request.extend_from_slice(&(16u32 << 20).to_le_bytes());
         request.push(45); // utf8mb4_general_ci
         request.extend_from_slice(&[0; 23]);
@@ -124,7 +133,7 @@ pub(crate) async fn certificate_name(
             None => n.to_string(),
         });
         name.ok_or_else(|| {
-            "the server's certificate names no DNS host (IP addresses only), which verify_ca needs; use verify_identity"
+            "the server's certificate names no DNS host in its subject alternative names, which verify_ca needs with this driver; use verify_identity, or give the server a certificate with a DNS name"
                 .to_string()
         })
     };
@@ -150,7 +159,7 @@ fn server_offers_tls(greeting: &[u8]) -> Result<bool, String> {
     match greeting.first() {
         Some(0xff) => {
             let text = greeting.get(3..).map(String::from_utf8_lossy).unwrap_or_default();
-            return Err(format!("the server refused the connection: {text}"));
+            return Err(format!("the server refused the connection: {}", tls::server_text(&text)));
         }
         Some(10) => {}
         _ => return Err("the server's greeting is not MySQL protocol 10".into()),
@@ -160,7 +169,7 @@ fn server_offers_tls(greeting: &[u8]) -> Result<bool, String> {
     let version_end = greeting[1..].iter().position(|b| *b == 0).ok_or("a malformed greeting")? + 1;
     let flags_at = version_end + 1 + 4 + 8 + 1;
     let low = greeting.get(flags_at..flags_at + 2).ok_or("a malformed greeting")?;
-    Ok(u16::from_le_bytes([low[0], low[1]]) as u32 & CLIENT_SSL != 0)
+    Ok(u16::from_le_bytes([low[0], low[1]]) as u32 & CapabilityFlags::CLIENT_SSL.bits() != 0)
 }
 
 #[cfg(test)]

@@ -138,12 +138,12 @@ impl PgPlugin {
     ) -> PluginError {
         match tls::failure(err) {
             Some(why) => PluginError::Unavailable {
-                message: format!(
-                    "{}: TLS with {} (connection {}, sslmode {}): {why}",
-                    cx.prefix(),
-                    self.target,
-                    self.connection,
-                    self.tls.settings.mode.libpq_name()
+                message: self.tls.settings.failure(
+                    &cx.prefix(),
+                    &self.target,
+                    &self.connection,
+                    lessor_plugin::tls::TlsMode::libpq_name,
+                    &why,
                 ),
             },
             None => classify(err, cx, redactor),
@@ -375,13 +375,19 @@ impl Plugin for PgPlugin {
             .map_err(|e| classify(&e, &cx, &redactor))?;
         let can_create: bool = row.map(|r| r.get(0)).unwrap_or(false);
         debug!(operation = "verify", connection = %self.connection, target = %self.target, can_create, "verified");
-        let session_tls = tls::session(&client).await.map_err(|e| classify(&e, &cx, &redactor))?;
-        let verification = if session_tls.is_some() { self.tls.settings.verification() } else { "no TLS" };
+        // As the server sees the session (behind a pooler: the pooler's
+        // hop); best effort, a failed look-up fails nothing.
+        let session_tls = match tls::session(&client).await {
+            Ok(Some(tls)) => tls,
+            Ok(None) => "off".to_string(),
+            Err(e) => format!("unknown ({})", classify(&e, &cx, &redactor)),
+        };
+        let verification = if session_tls == "off" { "no TLS" } else { self.tls.settings.verification() };
         info!(
             connection = %self.connection,
             target = %self.target,
             sslmode = self.tls.settings.mode.libpq_name(),
-            tls = session_tls.as_deref().unwrap_or("off"),
+            tls = session_tls.as_str(),
             certificate = verification,
             "admin connection"
         );

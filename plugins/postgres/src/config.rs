@@ -235,8 +235,22 @@ impl UrlTls {
             )),
             (url, keyed) => Ok(url.or_else(|| keyed.clone())),
         };
+        // libpq 16's `sslrootcert=system`: the system's roots, and then only
+        // with full verification.
+        let system = self.root_cert.as_deref() == Some(std::path::Path::new("system"));
+        let mode = match (system, self.mode) {
+            (false, mode) => mode,
+            (true, None | Some(TlsMode::VerifyFull)) => Some(TlsMode::VerifyFull),
+            (true, Some(_)) => {
+                return Err(ConfigError::new(
+                    key("url"),
+                    "sslrootcert=system needs sslmode=verify-full (as in libpq)",
+                ))
+            }
+        };
+        let root_cert = if system { None } else { self.root_cert };
         let files = TlsFiles {
-            ca_file: pick(self.root_cert, "sslrootcert", "tls_ca_file", &options.tls_ca_file)?,
+            ca_file: pick(root_cert, "sslrootcert", "tls_ca_file", &options.tls_ca_file)?,
             client_cert_file: pick(
                 self.cert,
                 "sslcert",
@@ -245,21 +259,25 @@ impl UrlTls {
             )?,
             client_key_file: pick(self.key, "sslkey", "tls_client_key_file", &options.tls_client_key_file)?,
         };
-        // With several hosts, TLS may be skipped only if every one is local.
-        let remote = pg.get_hosts().iter().find_map(|h| match h {
+        // With several hosts, TLS may be skipped only if every one is local;
+        // a `hostaddr` is where the connection really goes.
+        let remote_addr = pg.get_hostaddrs().iter().find(|ip| !ip.is_loopback()).map(|ip| ip.to_string());
+        let remote_name = pg.get_hosts().iter().find_map(|h| match h {
             tokio_postgres::config::Host::Tcp(name) if !lessor_plugin::tls::is_local_host(name) => {
-                Some(name.as_str())
+                Some(name.clone())
             }
             _ => None,
         });
+        let remote = remote_addr.or(remote_name);
         #[cfg(unix)]
-        let sockets_only = pg.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+        let sockets_only = pg.get_hostaddrs().is_empty()
+            && pg.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
         #[cfg(not(unix))]
         let sockets_only = false;
         // libpq's default, on this machine: TLS if the server offers it; a
         // Unix socket never carries TLS.
         let local_default = if sockets_only { TlsMode::Disable } else { TlsMode::Prefer };
-        let tls = TlsSettings::resolve(self.mode, files, remote.unwrap_or("localhost"), local_default);
+        let tls = TlsSettings::resolve(mode, files, remote.as_deref().unwrap_or("localhost"), local_default);
         if sockets_only && tls.mode > TlsMode::Prefer {
             return Err(ConfigError::new(
                 key("url"),
@@ -301,12 +319,36 @@ pub(crate) fn split_tls_params(url: &str) -> Result<(String, UrlTls), String> {
         let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
         return Ok((rest, tls));
     }
+    // Key/value form: `key=value` words. Inside a quoted value nothing is
+    // taken (`application_name='a sslmode=disable'` stays whole); a TLS
+    // parameter written with quotes or spaces around `=` is refused rather
+    // than misread.
+    const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
     let mut kept = Vec::new();
+    let mut quoted = false;
     for word in url.split_whitespace() {
-        match word.split_once('=') {
-            Some((name, value)) if take(name, value)? => {}
-            _ => kept.push(word),
+        let quotes = word.matches('\'').count() - word.matches("\\'").count();
+        if quoted {
+            quoted = quotes % 2 == 0;
+            kept.push(word);
+            continue;
         }
+        let name = word.split('=').next().unwrap_or(word);
+        if TLS_KEYS.contains(&name) {
+            match word.split_once('=') {
+                Some((_, value)) if !value.is_empty() && !value.contains('\'') => {
+                    take(name, value)?;
+                    continue;
+                }
+                _ => {
+                    return Err(format!(
+                        "write {name} as {name}=value, without quotes or spaces around `=` (a path with spaces belongs in the tls_* keys)"
+                    ))
+                }
+            }
+        }
+        quoted = quotes % 2 == 1;
+        kept.push(word);
     }
     Ok((kept.join(" "), tls))
 }
@@ -428,6 +470,19 @@ mod tests {
         assert_eq!((rest.as_str(), tls.mode), ("host=db user=a dbname=app", Some(TlsMode::Disable)));
         assert_eq!(split_tls_params("postgres://a@db/app").unwrap().1, UrlTls::default());
 
+        // Quoted values are left whole; TLS parameters in quotes or with
+        // spaces around `=` are refused, not misread.
+        let (rest, tls) =
+            split_tls_params("host=db application_name='a sslmode=disable b' sslmode=require").unwrap();
+        assert_eq!(rest, "host=db application_name='a sslmode=disable b'");
+        assert_eq!(tls.mode, Some(TlsMode::Require));
+        for bad in
+            ["host=db sslrootcert='/my ca.pem'", "host=db sslmode = require", "host=db sslmode= require"]
+        {
+            let e = split_tls_params(bad).unwrap_err();
+            assert!(e.contains("without quotes or spaces"), "{bad}: {e}");
+        }
+
         let e = split_tls_params("postgres://a@db/app?sslmode=allow").unwrap_err();
         assert!(e.contains("allow"), "{e}");
         let e = split_tls_params("postgres://a@db/app?sslmode=verify_full").unwrap_err();
@@ -453,6 +508,17 @@ mod tests {
         assert_eq!((c.tls.mode, c.tls.explicit), (TlsMode::Disable, true));
         assert_eq!(c.pg.get_ssl_mode(), SslMode::Disable);
         assert!(c.tls.plaintext_warning("pg_main", "t", TlsMode::libpq_name).is_some());
+        // hostaddr is where the connection goes, whatever the host says.
+        let c = conn(Some("postgres://a@localhost/app?hostaddr=203.0.113.5"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::VerifyFull);
+        let c = conn(Some("host=/var/run/postgresql hostaddr=203.0.113.5 user=a"), "").unwrap();
+        assert_eq!(c.tls.mode, TlsMode::VerifyFull);
+        // libpq 16's sslrootcert=system.
+        let c = conn(Some("postgres://a@db.internal/app?sslrootcert=system"), "").unwrap();
+        assert_eq!((c.tls.mode, c.tls.files.ca_file.clone()), (TlsMode::VerifyFull, None));
+        let e =
+            conn(Some("postgres://a@db.internal/app?sslrootcert=system&sslmode=require"), "").unwrap_err();
+        assert!(e.message.contains("verify-full"), "{e}");
     }
 
     #[test]

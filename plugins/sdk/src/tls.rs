@@ -144,13 +144,31 @@ impl TlsSettings {
                 "TLS is disabled, yet TLS files are configured; remove them or choose a mode that uses TLS",
             ));
         }
+        if self.mode == TlsMode::Prefer && f.ca_file.is_some() {
+            return Err(ConfigError::new(
+                key(mode_key),
+                "this mode never checks the certificate, so the CA file would be ignored; use verify-full (verify_identity) to check it",
+            ));
+        }
+        // A chain check without the name check is only worth something
+        // against a CA of one's own: any certificate the system's public CAs
+        // issued, for any domain, would pass.
+        if self.effective() == TlsMode::VerifyCa && f.ca_file.is_none() {
+            return Err(ConfigError::new(
+                key(mode_key),
+                "verify-ca (verify_ca) with the system's roots accepts any publicly issued certificate for any name; give tls_ca_file (the CA that signs your servers) or use verify-full (verify_identity)",
+            ));
+        }
         for (field, path) in [("tls_ca_file", &f.ca_file), ("tls_client_cert_file", &f.client_cert_file)] {
             if let Some(path) = path {
-                files::check_readable(path).map_err(|m| ConfigError::new(key(field), m))?;
+                files::check_readable(path)
+                    .map_err(|m| ConfigError::new(key(field), format!("{}: {m}", path.display())))?;
             }
         }
         if let Some(path) = &f.client_key_file {
-            files::check_private(path).map_err(|m| ConfigError::new(key("tls_client_key_file"), m))?;
+            files::check_private(path).map_err(|m| {
+                ConfigError::new(key("tls_client_key_file"), format!("{}: {m}", path.display()))
+            })?;
         }
         Ok(())
     }
@@ -170,6 +188,22 @@ impl TlsSettings {
             "connection {connection} ({target}): TLS mode {} on a host that is not loopback: the admin login and every statement can be read and altered on the network",
             spelling(self.mode)
         ))
+    }
+
+    /// The message of a failed TLS handshake: the operation, the server,
+    /// the connection and its mode, and why.
+    pub fn failure(
+        &self,
+        operation: &str,
+        target: &str,
+        connection: &str,
+        spelling: fn(TlsMode) -> &'static str,
+        why: &str,
+    ) -> String {
+        format!(
+            "{operation}: TLS with {target} (connection {connection}, TLS mode {}): {why}",
+            spelling(self.mode)
+        )
     }
 
     /// Whether the server's certificate is checked, for the start-up log.
@@ -342,19 +376,43 @@ impl ServerCertVerifier for Verifier {
 /// What a failed TLS handshake means, in words, if `err` (or anything in
 /// its chain, through `io::Error`s) is one; `None` for other failures.
 pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
+    find_rustls(err).map(describe)
+}
+
+/// Whether `err` is a certificate that is not valid for the name connected to.
+pub fn is_name_mismatch(err: &(dyn StdError + 'static)) -> bool {
+    matches!(
+        find_rustls(err),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    )
+}
+
+/// The rustls error in `err`'s chain, looking inside `io::Error`s too.
+fn find_rustls<'e>(err: &'e (dyn StdError + 'static)) -> Option<&'e rustls::Error> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(describe(tls));
+            return Some(tls);
         }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(why) = explain(inner) {
-                return Some(why);
-            }
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| find_rustls(inner))
+        {
+            return Some(found);
         }
         next = e.source();
     }
     None
+}
+
+/// Text a server (or whoever answers in its place) chose, made fit for a
+/// log line or an error: control characters dropped, at most 200 characters.
+pub fn server_text(text: &str) -> String {
+    let clean: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    clean
 }
 
 fn describe(err: &rustls::Error) -> String {
@@ -378,7 +436,6 @@ fn describe(err: &rustls::Error) -> String {
         ),
         C::Expired | C::ExpiredContext { .. } => "the server's certificate has expired".into(),
         C::NotValidYet | C::NotValidYetContext { .. } => "the server's certificate is not valid yet (check the clocks)".into(),
-        C::Revoked => "the server's certificate has been revoked".into(),
         C::BadSignature => "the server's certificate has a bad signature".into(),
         C::InvalidPurpose | C::InvalidPurposeContext { .. } => "the server's certificate is not for TLS servers (extended key usage)".into(),
         other => format!("the server's certificate was refused: {other:?}"),
@@ -510,6 +567,32 @@ mod tests {
             .check("connections.pg", "url")
             .unwrap_err();
         assert_eq!(e.key, "connections.pg.url");
+    }
+
+    #[test]
+    fn modes_that_would_ignore_or_misuse_a_ca_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let check = |mode, files| {
+            TlsSettings::resolve(Some(mode), files, "h", TlsMode::Prefer).check("connections.c", "tls_mode")
+        };
+        // verify-ca against the public CAs: any certificate for any name.
+        let e = check(TlsMode::VerifyCa, TlsFiles::default()).unwrap_err();
+        assert_eq!(e.key, "connections.c.tls_mode");
+        assert!(e.message.contains("tls_ca_file") && e.message.contains("verify-full"), "{e}");
+        check(TlsMode::VerifyCa, files(Some(&ca))).unwrap();
+        check(TlsMode::Require, files(Some(&ca))).unwrap();
+        // prefer never checks, so a CA file would be ignored.
+        let e = check(TlsMode::Prefer, files(Some(&ca))).unwrap_err();
+        assert!(e.message.contains("ignored"), "{e}");
+        check(TlsMode::VerifyFull, TlsFiles::default()).unwrap();
+    }
+
+    #[test]
+    fn server_text_is_cleaned() {
+        assert_eq!(server_text("Host 'x'\n\u{1b}[31m is blocked"), "Host 'x'[31m is blocked");
+        assert_eq!(server_text(&"a".repeat(500)).len(), 200);
     }
 
     #[test]

@@ -357,6 +357,44 @@ async fn mysql_client_certificate_is_presented() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_preferred_falls_back_to_plaintext_and_required_refuses() {
+    // The system MariaDB has no certificate (have_ssl DISABLED).
+    let db = MyDb::create().await;
+    let (pref_role, pref_prefix) = unique_role("mpref");
+    db.track_prefix(&pref_prefix);
+    let (req_role, req_prefix) = unique_role("mreq");
+    db.track_prefix(&req_prefix);
+    let body = format!(
+        "{}\n{}\n{}\n{}",
+        db.connection("pref", "tls_mode = \"preferred\""),
+        my_role(&pref_role, "pref", "10m", "1h", &[CREATE_USER]),
+        db.connection("req", "tls_mode = \"required\""),
+        my_role(&req_role, "req", "10m", "1h", &[CREATE_USER]),
+    );
+    let daemon = Daemon::start_with_mysql(None, &db, &body, &[]).await;
+    for _ in 0..2 {
+        let issued = daemon.client().creds(&pref_role, None).await.unwrap();
+        assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
+        let lease_id = issued.body["lease_id"].as_str().unwrap();
+        // Revocation (lock, kill, drop) runs on the plaintext fallback too.
+        let revoked = daemon.client().revoke(lease_id).await.unwrap();
+        assert!(revoked.status == 200 || revoked.status == 204, "{:?}", revoked.body);
+    }
+    assert!(db.users_with_prefix(&pref_prefix).await.is_empty());
+    assert_eq!(
+        daemon.log().matches("the server offers no TLS; connecting in plaintext").count(),
+        1,
+        "logged once"
+    );
+
+    let refused = daemon.client().creds(&req_role, None).await.unwrap();
+    assert_eq!(refused.status, 502, "{:?}", refused.body);
+    let message = refused.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("does not offer TLS") && message.contains("connection req"), "{message}");
+    assert!(db.users_with_prefix(&req_prefix).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_wrong_ca_fails_clearly() {
     let db = MyDb::create_at(&mysql_tls_url(), "").await;
     let (role, prefix) = unique_role("mtlsca");

@@ -14,6 +14,7 @@ mod lifecycle;
 mod mysql;
 mod outage;
 mod rotation;
+mod scram;
 mod secrets;
 mod tidy;
 mod tls;

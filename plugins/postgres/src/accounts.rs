@@ -25,7 +25,7 @@ impl PgPlugin {
         let cx = Context::new(Operation::SetPassword, Some(username));
         check_username(username, &cx)?;
         let sent = match self.encoding {
-            PasswordEncoding::ScramSha256 => scram_verifier(password.clone()).await?,
+            PasswordEncoding::ScramSha256 => scram_verifier(password.clone(), self.scram_iterations).await?,
             PasswordEncoding::Plaintext => password.clone(),
         };
         let redactor = Redactor::new(with_verifier_parts([password.expose_secret(), sent.expose_secret()]));

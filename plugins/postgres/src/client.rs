@@ -52,6 +52,8 @@ pub struct PgPlugin {
     /// `user@host:port/db`, for logs and `Debug`.
     target: String,
     pub(crate) encoding: PasswordEncoding,
+    /// PBKDF2 iterations of the verifiers computed here.
+    pub(crate) scram_iterations: u32,
     /// The admin's connection settings, from which a login test as another
     /// user is made (user and password replaced). Replaced, with the pool,
     /// when the admin's own password is rotated.
@@ -111,6 +113,7 @@ impl PgPlugin {
             connection: settings.name,
             target,
             encoding: settings.options.password_encoding,
+            scram_iterations: settings.options.scram_iterations,
             login_config: RwLock::new(settings.pg),
             pool: RwLock::new(pool),
             tls,
@@ -416,7 +419,7 @@ impl Plugin for PgPlugin {
                 let cached = self.retry_verifiers.lock().unwrap().remove(username);
                 match cached {
                     Some(verifier) => verifier,
-                    None => scram_verifier(request.password.clone()).await?,
+                    None => scram_verifier(request.password.clone(), self.scram_iterations).await?,
                 }
             }
             PasswordEncoding::Plaintext => request.password.clone(),
@@ -632,13 +635,23 @@ fn build_pool(tls: &PgTls, config: tokio_postgres::Config, max_connections: usiz
         .map_err(|e| e.to_string())
 }
 
-/// A SCRAM-SHA-256 verifier for `password`: 4 096 rounds of PBKDF2, a few
-/// milliseconds of CPU, so computed on the blocking pool rather than on a
-/// worker thread that also serves other requests.
-pub(crate) async fn scram_verifier(password: SecretString) -> Result<SecretString, PluginError> {
-    tokio::task::spawn_blocking(move || SecretString::from(scram::verifier(password.expose_secret())))
-        .await
-        .map_err(|e| PluginError::Internal { message: format!("computing the SCRAM verifier failed: {e}") })
+/// A SCRAM-SHA-256 verifier for `password`. With few iterations it takes
+/// microseconds and is computed in place; thousands (the default 4096)
+/// take milliseconds of CPU, so those run on the blocking pool rather than
+/// on a worker thread that also serves other requests.
+pub(crate) async fn scram_verifier(
+    password: SecretString,
+    iterations: u32,
+) -> Result<SecretString, PluginError> {
+    const INLINE_UP_TO: u32 = 256;
+    if iterations <= INLINE_UP_TO {
+        return Ok(SecretString::from(scram::verifier(password.expose_secret(), iterations)));
+    }
+    tokio::task::spawn_blocking(move || {
+        SecretString::from(scram::verifier(password.expose_secret(), iterations))
+    })
+    .await
+    .map_err(|e| PluginError::Internal { message: format!("computing the SCRAM verifier failed: {e}") })
 }
 
 /// `{{expiration}}` as PostgreSQL reads it in `VALID UNTIL`: UTC, explicit

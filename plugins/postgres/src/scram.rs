@@ -1,14 +1,17 @@
 //! SCRAM-SHA-256 verifiers for `PASSWORD '…'`, so the plaintext never
 //! reaches PostgreSQL (DESIGN §1.4).
 //!
-//! The same value `postgres_protocol::password::scram_sha_256` makes
-//! (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, RFC 5802/7677), computed
-//! about twice as fast: the keyed HMAC state is built once and cloned for
-//! each of the 4096 PBKDF2 iterations instead of re-keyed every time. The
-//! verifier is on the issuance path, so this is a large part of lessor's
-//! own cost per credential. Passwords lessor generates are ASCII
-//! alphanumeric, for which SASLprep changes nothing; other input goes
-//! through the reference implementation.
+//! The value `postgres_protocol::password::scram_sha_256` makes
+//! (`SCRAM-SHA-256$<iterations>:salt$StoredKey:ServerKey`, RFC 5802/7677),
+//! with the connection's `scram_iterations` (default 4096, PostgreSQL's
+//! own and the lowest every client checked accepts; the iterations only
+//! stretch a guessable password, and lessor's are 95 to 760 random bits, so
+//! fewer lose nothing where no old pgjdbc connects: see the README). The
+//! keyed HMAC state is built once and
+//! cloned for each iteration instead of re-keyed every time. Passwords
+//! lessor generates are ASCII alphanumeric, for which SASLprep changes
+//! nothing; other input goes through the reference implementation (4096
+//! iterations).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -16,26 +19,30 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-const ITERATIONS: u32 = 4096;
 const SALT_LEN: usize = 16;
 
+/// The iteration counts `scram_iterations` may take. Clients cap what they
+/// accept from a server (pgjdbc, node-postgres and tokio-postgres at
+/// 100 000 by default), which the README says.
+pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+
 /// A verifier for `password` with a fresh random salt.
-pub(crate) fn verifier(password: &str) -> String {
+pub(crate) fn verifier(password: &str, iterations: u32) -> String {
     if !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return postgres_protocol::password::scram_sha_256(password.as_bytes());
     }
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
-    verifier_with_salt(password.as_bytes(), &salt)
+    verifier_with_salt(password.as_bytes(), &salt, iterations)
 }
 
-fn verifier_with_salt(password: &[u8], salt: &[u8]) -> String {
-    let salted = pbkdf2_sha256(password, salt, ITERATIONS);
+fn verifier_with_salt(password: &[u8], salt: &[u8], iterations: u32) -> String {
+    let salted = pbkdf2_sha256(password, salt, iterations);
     let client_key = hmac(&salted, b"Client Key");
     let stored_key = Sha256::digest(client_key);
     let server_key = hmac(&salted, b"Server Key");
     format!(
-        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
         STANDARD.encode(salt),
         STANDARD.encode(stored_key),
         STANDARD.encode(server_key)
@@ -82,14 +89,25 @@ mod tests {
 
     #[test]
     fn verifier_has_postgres_format_and_fresh_salt() {
-        let a = verifier("Abc123");
-        let b = verifier("Abc123");
+        let a = verifier("Abc123", 4096);
+        let b = verifier("Abc123", 4096);
         assert!(a.starts_with("SCRAM-SHA-256$4096:"), "{a}");
+        assert!(verifier("Abc123", 1).starts_with("SCRAM-SHA-256$1:"));
         assert_ne!(a, b, "salts must differ");
         let (_, keys) = a.rsplit_once('$').unwrap();
         let (stored, server) = keys.split_once(':').unwrap();
         assert_eq!(STANDARD.decode(stored).unwrap().len(), 32);
         assert_eq!(STANDARD.decode(server).unwrap().len(), 32);
+    }
+
+    /// One iteration is HMAC(password, salt || 1), as
+    /// `hashlib.pbkdf2_hmac('sha256', b'password', b'saltsaltsaltsalt', 1)` gives.
+    #[test]
+    fn one_iteration_is_one_hmac() {
+        let out = pbkdf2_sha256(b"password", b"saltsaltsaltsalt", 1);
+        let mut salted = b"saltsaltsaltsalt".to_vec();
+        salted.extend_from_slice(&1u32.to_be_bytes());
+        assert_eq!(out, hmac(b"password", &salted));
     }
 
     const PBKDF2_REFERENCE: &str = "16e35b12b41f465ca64d069578d750059775ccad5df3ad53d6b204acb122d1ee";
@@ -98,6 +116,6 @@ mod tests {
     /// hmac for the same salt.
     #[test]
     fn verifier_matches_the_reference() {
-        assert_eq!(verifier_with_salt(b"password", b"saltsaltsaltsalt"), "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$CozjiHjNmiMjBgH9gZ7qn0QWud6nrVP6E72IBh477bQ=:VKers2x8MllK1Rh7LZLqtj6KOTzoFWJpIaokMX3blS0=");
+        assert_eq!(verifier_with_salt(b"password", b"saltsaltsaltsalt", 4096), "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$CozjiHjNmiMjBgH9gZ7qn0QWud6nrVP6E72IBh477bQ=:VKers2x8MllK1Rh7LZLqtj6KOTzoFWJpIaokMX3blS0=");
     }
 }

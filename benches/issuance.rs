@@ -5,7 +5,7 @@
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
-//!     [--sslmode disable|prefer|require|verify-full]
+//!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -56,7 +56,7 @@ mod mysql;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]";
 const PHASES: &[&str] = &["grp", "direct", "mysql", "drain"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -79,6 +79,8 @@ struct Args {
     /// lessor's `sslmode` (the default for loopback, `prefer`, when `None`);
     /// the verifying modes use the test CA in `LESSOR_TEST_TLS_DIR`.
     sslmode: Option<String>,
+    /// lessor's `scram_iterations` (the plugin's default when `None`).
+    scram_iterations: Option<u32>,
 }
 
 impl Args {
@@ -101,6 +103,7 @@ fn parse_args() -> Result<Args, String> {
         phases: PHASES.iter().map(|p| p.to_string()).collect(),
         password_encoding: None,
         sslmode: None,
+        scram_iterations: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -133,6 +136,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--password-encoding" => args.password_encoding = Some(value()?),
             "--sslmode" => args.sslmode = Some(value()?),
+            "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -679,6 +683,9 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     if let Some(encoding) = &args.password_encoding {
         let _ = writeln!(text, "password_encoding = {}", q(encoding));
     }
+    if let Some(iterations) = args.scram_iterations {
+        let _ = writeln!(text, "scram_iterations = {iterations}");
+    }
     for (role, statements) in [
         ("grp", setup.grp_statements()),
         ("direct", setup.direct_statements()),
@@ -741,7 +748,7 @@ async fn phases(
     let encryption: String = su.query_one("SHOW password_encryption", &[]).await?.get(0);
     println!(
         "lessor issuance benchmark: N={} S={}s M={} revocation_workers={} max_connections={} warmup={}s \
-         password_encoding={} sslmode={}",
+         password_encoding={} sslmode={} scram_iterations={}",
         args.n,
         args.seconds,
         args.revoke,
@@ -749,7 +756,8 @@ async fn phases(
         max_connections,
         args.warmup,
         args.password_encoding.as_deref().unwrap_or("(plugin default: scram-sha-256)"),
-        args.sslmode.as_deref().unwrap_or("(default on loopback: prefer)")
+        args.sslmode.as_deref().unwrap_or("(default on loopback: prefer)"),
+        args.scram_iterations.map_or("(plugin default: 4096)".to_string(), |n| n.to_string())
     );
     println!(
         "PostgreSQL {version} at {}:{} (password_encryption={encryption}); run prefix {}; {} CPUs",

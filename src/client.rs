@@ -284,12 +284,34 @@ impl Client {
         self.request(Method::GET, &lease_path(lease_id), None).await
     }
 
-    /// `GET /v1/leases[?prefix=P]`: the caller's leases, optionally those
-    /// whose id starts with `prefix`.
+    /// `GET /v1/leases[?prefix=P]`: the first page of the caller's leases,
+    /// optionally those whose id starts with `prefix`.
     pub async fn lease_list(&self, prefix: Option<&str>) -> Result<Response, ClientError> {
-        let path = match prefix {
-            Some(prefix) => format!("/v1/leases?prefix={}", segment(prefix)),
-            None => "/v1/leases".to_string(),
+        self.lease_list_page(prefix, None, None).await
+    }
+
+    /// `GET /v1/leases?prefix=P&after=A&limit=N`: one page; its `next` is
+    /// the `after` of the following one (`null` after the last).
+    pub async fn lease_list_page(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Response, ClientError> {
+        let mut query = Vec::new();
+        if let Some(prefix) = prefix {
+            query.push(format!("prefix={}", segment(prefix)));
+        }
+        if let Some(after) = after {
+            query.push(format!("after={}", segment(after)));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/leases".to_string()
+        } else {
+            format!("/v1/leases?{}", query.join("&"))
         };
         self.request(Method::GET, &path, None).await
     }

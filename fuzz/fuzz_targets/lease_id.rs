@@ -4,7 +4,7 @@
 //! Never panics; what parses is exactly `ROLE/RANDOM` and round-trips.
 #![no_main]
 
-use lessor::api::{list_prefix, parse_lease_id, serde_urlencoded_pairs};
+use lessor::api::{list_query, parse_lease_id, serde_urlencoded_pairs};
 use lessor::lease::LeaseId;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
@@ -41,15 +41,15 @@ fuzz_target!(|data: &[u8]| {
 
     // The query string of GET /v1/leases, as given.
     let _ = serde_urlencoded_pairs(text);
-    if let Ok(prefix) = list_prefix(Some(text)) {
-        let _ = prefix;
+    if let Ok(list) = list_query(Some(text)) {
+        assert!((1..=lessor::api::MAX_LIST_LIMIT).contains(&list.limit));
     }
 
     // Any text sent as ?prefix=… (percent-encoded as a client does) comes
     // back unchanged; so does any key=value pair.
     let encoded = utf8_percent_encode(text, NON_ALPHANUMERIC).to_string();
     let query = format!("prefix={encoded}");
-    assert_eq!(list_prefix(Some(&query)).expect("an encoded prefix decodes"), text, "{query:?}");
+    assert_eq!(list_query(Some(&query)).expect("an encoded prefix decodes").prefix, text, "{query:?}");
     let split = text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i);
     let (key, value) = text.split_at(split);
     let pair = format!(

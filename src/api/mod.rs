@@ -307,23 +307,46 @@ pub(crate) fn lease_json(lease: &Lease) -> Value {
     })
 }
 
-/// `?prefix=…`; any other parameter is refused rather than ignored, so a
-/// typo cannot silently list every lease.
+/// How many leases one page of `GET /v1/leases` holds unless `limit` says.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// The most one page may hold.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// The query of `GET /v1/leases`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only ids starting with this.
+    pub prefix: String,
+    /// The page starts after this id (the previous page's `next`).
+    pub after: Option<String>,
+    /// At most this many leases.
+    pub limit: usize,
+}
+
+/// `?prefix=…&after=…&limit=…`; any other parameter is refused rather than
+/// ignored, so a typo cannot silently list every lease.
 #[doc(hidden)] // pub for the fuzz targets (fuzz/)
-pub fn list_prefix(query: Option<&str>) -> Result<String, ApiError> {
+pub fn list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query.unwrap_or(""))?;
-    let mut prefix = String::new();
+    let mut list = ListQuery { prefix: String::new(), after: None, limit: DEFAULT_LIST_LIMIT };
     for (key, value) in pairs {
         match key.as_str() {
-            "prefix" => prefix = value,
+            "prefix" => list.prefix = value,
+            "after" => list.after = Some(value).filter(|a| !a.is_empty()),
+            "limit" => {
+                list.limit =
+                    value.parse().ok().filter(|n| (1..=MAX_LIST_LIMIT).contains(n)).ok_or_else(|| {
+                        ApiError::bad_request(format!("limit must be a number from 1 to {MAX_LIST_LIMIT}"))
+                    })?
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (known: prefix)"
+                    "unknown query parameter {other:?} (known: prefix, after, limit)"
                 )))
             }
         }
     }
-    Ok(prefix)
+    Ok(list)
 }
 
 #[doc(hidden)] // pub for the fuzz targets (fuzz/)
@@ -345,10 +368,13 @@ pub fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiE
 }
 
 async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResult {
-    let prefix = list_prefix(request.uri().query())?;
-    let leases = state.broker.list(&prefix, caller(request.extensions())).await?;
+    let query = list_query(request.uri().query())?;
+    let (leases, next) = state
+        .broker
+        .list(&query.prefix, caller(request.extensions()), query.after.as_deref(), query.limit)
+        .await?;
     let leases: Vec<Value> = leases.iter().map(lease_json).collect();
-    Ok(Json(json!({ "leases": leases })).into_response())
+    Ok(Json(json!({ "leases": leases, "next": next })).into_response())
 }
 
 async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {

@@ -88,7 +88,7 @@ async fn snapshot(state: &AppState, caller: Caller) -> Value {
             Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
         });
     }
-    let leases: Vec<Value> = match state.broker.list("", caller).await {
+    let leases: Vec<Value> = match state.broker.list_all("", caller).await {
         Ok(leases) => leases.iter().map(lease_json).collect(),
         Err(_) => Vec::new(),
     };

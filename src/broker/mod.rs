@@ -36,7 +36,7 @@ use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{LeaseStore, StoreError, Write};
+use crate::store::{LeaseStore, Page, StoreError, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
 
@@ -442,10 +442,41 @@ impl Broker {
         Ok(lease)
     }
 
-    /// Leases under `prefix` that the caller may see; revoked ones are left out.
-    pub async fn list(&self, prefix: &str, caller: Caller) -> Result<Vec<Lease>, BrokerError> {
-        let leases = self.store.list(prefix, &[LeaseState::Revoked]).await?;
-        Ok(leases.into_iter().filter(|l| caller.may_touch(l)).collect())
+    /// Leases under `prefix` that the caller may see, revoked ones left
+    /// out, in id order: up to `limit` after the cursor `after`, and the
+    /// cursor of the next page (`None` when this one is the last).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        caller: Caller,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Lease>, Option<String>), BrokerError> {
+        let mut leases = Vec::new();
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let page = Page { after: cursor.as_deref(), limit };
+            let batch = self.store.list(prefix, &[LeaseState::Revoked], page).await?;
+            let last_batch = batch.len() < limit;
+            for lease in batch {
+                cursor = Some(lease.id.as_str().to_string());
+                if caller.may_touch(&lease) {
+                    leases.push(lease);
+                    if leases.len() == limit {
+                        return Ok((leases, cursor));
+                    }
+                }
+            }
+            if last_batch {
+                return Ok((leases, None));
+            }
+        }
+    }
+
+    /// Every lease under `prefix` the caller may see (revoked ones left
+    /// out), for the daemon's own sweeps.
+    pub async fn list_all(&self, prefix: &str, caller: Caller) -> Result<Vec<Lease>, BrokerError> {
+        Ok(self.list(prefix, caller, None, usize::MAX).await?.0)
     }
 
     /// Extends a lease by `increment` (the role's default TTL when absent),
@@ -570,7 +601,7 @@ impl Broker {
         if force && !caller.is_admin() {
             return Err(BrokerError::NotAdmin { action: "force" });
         }
-        let leases = self.list(prefix, caller).await?;
+        let leases = self.list_all(prefix, caller).await?;
         let mut revoked = 0;
         let mut failed = Vec::new();
         for lease in leases {

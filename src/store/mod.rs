@@ -20,6 +20,19 @@ use crate::lease::{Lease, LeaseId, LeaseState};
 pub use sqlite::SqliteStore;
 pub use statics::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
 
+/// A part of a listing in id order: the ids after `after` (exclusive), at
+/// most `limit` of them, so a million leases are never one answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+impl Page<'_> {
+    /// Everything, for the daemon's own sweeps.
+    pub const ALL: Page<'static> = Page { after: None, limit: usize::MAX };
+}
+
 /// A change to one lease. Each names the states it applies in; a write whose
 /// lease is not in one of them changes nothing and reports `false`.
 #[derive(Debug, Clone)]
@@ -86,8 +99,13 @@ pub trait LeaseStore: Send + Sync + Debug {
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError>;
 
     /// Leases whose id starts with `prefix` (all with ""), in any state
-    /// but those listed in `exclude`, ordered by id.
-    async fn list(&self, prefix: &str, exclude: &[LeaseState]) -> Result<Vec<Lease>, StoreError>;
+    /// but those listed in `exclude`, ordered by id: the `page` of them.
+    async fn list(
+        &self,
+        prefix: &str,
+        exclude: &[LeaseState],
+        page: Page<'_>,
+    ) -> Result<Vec<Lease>, StoreError>;
 
     /// Every lease that still needs work (not `revoked`), earliest
     /// `expires_at` first: what start-up feeds to the expiry index.
@@ -105,7 +123,7 @@ pub trait LeaseStore: Send + Sync + Debug {
         revoked_since: DateTime<Utc>,
     ) -> Result<HashSet<String>, StoreError> {
         let wanted: HashSet<&str> = usernames.iter().map(String::as_str).collect();
-        let leases = self.list("", &[]).await?;
+        let leases = self.list("", &[], Page::ALL).await?;
         Ok(leases
             .into_iter()
             .filter(|l| l.state != LeaseState::Revoked || l.revoked_at.is_none_or(|at| at >= revoked_since))

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod hardening;
 mod lifecycle;
+mod listing;
 mod mysql;
 mod outage;
 mod rotation;

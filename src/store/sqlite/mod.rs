@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod statics;
 
-use super::{LeaseStore, StaticRecord, StoreError, Write};
+use super::{LeaseStore, Page, StaticRecord, StoreError, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
@@ -236,11 +236,19 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn list(&self, prefix: &str, exclude: &[LeaseState]) -> Result<Vec<Lease>, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        exclude: &[LeaseState],
+        page: Page<'_>,
+    ) -> Result<Vec<Lease>, StoreError> {
         // A range on the primary key instead of LIKE: uses the index, and
-        // `_`, `%` and case in the prefix mean nothing special.
+        // `_`, `%` and case in the prefix mean nothing special. The page
+        // starts after its cursor, on the same index.
         let lower = prefix.to_owned();
         let upper = prefix_upper_bound(prefix);
+        let after = page.after.unwrap_or("").to_owned();
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         let exclude =
             serde_json::Value::from(exclude.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string();
         self.read(move |conn| {
@@ -248,17 +256,17 @@ impl LeaseStore for SqliteStore {
             let rows = match upper {
                 Some(upper) => {
                     statement = conn.prepare_cached(select_leases!(
-                        "WHERE id >= ?1 AND id < ?2 ",
-                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id"
+                        "WHERE id >= ?1 AND id < ?2 AND id > ?4 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?5"
                     ))?;
-                    statement.query_map(params![lower, upper, exclude], lease_from_row)?
+                    statement.query_map(params![lower, upper, exclude, after, limit], lease_from_row)?
                 }
                 None => {
                     statement = conn.prepare_cached(select_leases!(
-                        "WHERE id >= ?1 ",
-                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id"
+                        "WHERE id >= ?1 AND id > ?3 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?4"
                     ))?;
-                    statement.query_map(params![lower, exclude], lease_from_row)?
+                    statement.query_map(params![lower, exclude, after, limit], lease_from_row)?
                 }
             };
             rows.collect()

@@ -221,7 +221,7 @@ async fn concurrent_inserts_are_durable_after_reopening() {
     Arc::into_inner(store).unwrap().close().await.unwrap();
 
     let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
-    assert_eq!(store.list("", &[]).await.unwrap(), written);
+    assert_eq!(store.list("", &[], Page::ALL).await.unwrap(), written);
     assert_eq!(store.unfinished().await.unwrap().len(), 200);
 }
 
@@ -240,7 +240,7 @@ async fn group_commit_batches_concurrent_writes() {
     assert!(tasks.join_all().await.into_iter().all(|inserted| inserted));
     let commits = store.commits();
     assert!(commits >= 1 && commits < writes / 2, "{commits} commits for {writes} writes");
-    assert_eq!(store.list("app/", &[]).await.unwrap().len(), writes as usize);
+    assert_eq!(store.list("app/", &[], Page::ALL).await.unwrap().len(), writes as usize);
 }
 
 #[tokio::test]
@@ -335,6 +335,34 @@ async fn leased_usernames_answers_for_every_state() {
 }
 
 #[tokio::test]
+async fn pages_cover_every_lease_once_in_id_order() {
+    let (_dir, store) = temp_store();
+    let mut written = Vec::new();
+    for role in ["a", "b"] {
+        for _ in 0..25 {
+            let lease = pending(role);
+            store.write(Write::Insert(lease.clone())).await.unwrap();
+            written.push(lease.id.to_string());
+        }
+    }
+    written.sort();
+    for (prefix, want) in [("", written.clone()), ("b/", written[25..].to_vec())] {
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list(prefix, &[], Page { after: after.as_deref(), limit: 7 }).await.unwrap();
+            assert!(page.len() <= 7);
+            seen.extend(page.iter().map(|l| l.id.to_string()));
+            match page.last() {
+                Some(last) if page.len() == 7 => after = Some(last.id.to_string()),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, want, "prefix {prefix:?}");
+    }
+}
+
+#[tokio::test]
 async fn list_takes_the_prefix_literally() {
     let (_dir, store) = temp_store();
     let mut by_role = std::collections::BTreeMap::new();
@@ -353,18 +381,19 @@ async fn list_takes_the_prefix_literally() {
         ids
     };
 
-    assert_eq!(ids(store.list("app_r/", &[]).await.unwrap()), expected(&["app_r"]));
-    assert_eq!(ids(store.list("app_r", &[]).await.unwrap()), expected(&["app_r", "app_ro"]));
-    assert_eq!(ids(store.list("app%", &[]).await.unwrap()), expected(&["app%r"]));
-    assert_eq!(ids(store.list("zz", &[]).await.unwrap()), Vec::<String>::new());
-    let all = ids(store.list("", &[]).await.unwrap());
+    assert_eq!(ids(store.list("app_r/", &[], Page::ALL).await.unwrap()), expected(&["app_r"]));
+    assert_eq!(ids(store.list("app_r", &[], Page::ALL).await.unwrap()), expected(&["app_r", "app_ro"]));
+    assert_eq!(ids(store.list("app%", &[], Page::ALL).await.unwrap()), expected(&["app%r"]));
+    assert_eq!(ids(store.list("zz", &[], Page::ALL).await.unwrap()), Vec::<String>::new());
+    let all = ids(store.list("", &[], Page::ALL).await.unwrap());
     assert_eq!(all, expected(&["app_r", "app_ro", "appxr", "APP_R", "app%r", "app", "b"]));
 
     let gone = &by_role["app_r"][0].id;
     store.write(Write::Revoked { id: gone.clone(), at: Utc::now() }).await.unwrap();
-    let listed = ids(store.list("app_r/", &[LeaseState::Revoked, LeaseState::Irrevocable]).await.unwrap());
+    let listed =
+        ids(store.list("app_r/", &[LeaseState::Revoked, LeaseState::Irrevocable], Page::ALL).await.unwrap());
     assert_eq!(listed, vec![by_role["app_r"][1].id.to_string()]);
-    assert_eq!(store.list("app_r/", &[LeaseState::Pending]).await.unwrap().len(), 1);
+    assert_eq!(store.list("app_r/", &[LeaseState::Pending], Page::ALL).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -400,7 +429,7 @@ async fn purge_removes_only_leases_revoked_before_the_cutoff() {
     assert!(store.get(&live.id).await.unwrap().is_some());
     assert_eq!(store.purge_revoked(now - TimeDelta::hours(1)).await.unwrap(), 0);
     assert_eq!(store.purge_revoked(now).await.unwrap(), 1);
-    assert_eq!(store.list("", &[]).await.unwrap(), vec![live]);
+    assert_eq!(store.list("", &[], Page::ALL).await.unwrap(), vec![live]);
 }
 
 #[tokio::test]
@@ -423,7 +452,7 @@ async fn urls_name_absolute_or_relative_files() {
     let path = dir.path().join("leases.db");
     let store = SqliteStore::open_url(&format!("sqlite://{}", path.display())).unwrap();
     assert_eq!(store.path(), path);
-    assert!(store.list("", &[]).await.unwrap().is_empty());
+    assert!(store.list("", &[], Page::ALL).await.unwrap().is_empty());
 }
 
 #[test]

@@ -299,11 +299,20 @@ impl Daemon {
             .unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
-    /// Every lease the daemon lists (all states but revoked).
+    /// Every lease the daemon lists (all states but revoked), every page.
     pub async fn leases(&self) -> Vec<Value> {
-        let response = self.client().lease_list(None).await.expect("list leases");
-        assert_eq!(response.status, 200, "{:?}", response.body);
-        response.body["leases"].as_array().cloned().unwrap_or_default()
+        let client = self.client();
+        let mut leases = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let response = client.lease_list_page(None, after.as_deref(), None).await.expect("list leases");
+            assert_eq!(response.status, 200, "{:?}", response.body);
+            leases.extend(response.body["leases"].as_array().cloned().unwrap_or_default());
+            match response.body["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return leases,
+            }
+        }
     }
 
     /// Waits until no lease is pending or revoking, then returns the

@@ -46,6 +46,8 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
             written.insert(lease.id.as_str().to_string());
             store.write(Write::Insert(lease)).await.unwrap();
         }
+        // Releases the store's lock before the daemon takes it.
+        store.close().await.unwrap();
     }
     daemon.spawn().await;
     let client = daemon.client();

@@ -10,6 +10,8 @@
 //! - `client`: [`MySqlPlugin`], the engine: the admin pool, the creation
 //!   statements with their rollback, the lock/kill/drop revocation and the
 //!   user listing for tidy, on MySQL and MariaDB alike;
+//! - `connections`: the admin pool, one-off connections and what TLS
+//!   asks of them;
 //! - `tls`: the driver's TLS options for every connection the plugin
 //!   opens (MySQL's `ssl-mode` levels, see `lessor_plugin::tls`);
 //! - `error`: how the servers' error codes map to the broker's retry/blame
@@ -22,6 +24,7 @@
 mod accounts;
 mod client;
 mod config;
+mod connections;
 mod error;
 mod tls;
 

@@ -338,18 +338,7 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
             }
         }
         Command::Lease(LeaseCommand::List { prefix, format }) => {
-            // Every page, in id order, as one list.
-            let mut leases = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let page = success(client.lease_list_page(prefix.as_deref(), after.as_deref(), None).await?)?;
-                leases.extend(page["leases"].as_array().cloned().unwrap_or_default());
-                match page["next"].as_str() {
-                    Some(next) => after = Some(next.to_string()),
-                    None => break,
-                }
-            }
-            let body = serde_json::json!({ "leases": leases });
+            let body = success(client.lease_list_all(prefix.as_deref()).await?)?;
             match format {
                 ListFormat::Json => out(&pretty(&body)),
                 ListFormat::Table => out(&lease_table(&body).map_err(Failure::new)?),

@@ -98,6 +98,10 @@ pub enum ClientError {
         /// The parse error (position only; it never quotes the body).
         source: serde_json::Error,
     },
+    /// The daemon's answers do not hold together (a list cursor that does
+    /// not move).
+    #[error("lessor answered inconsistently: {0}")]
+    Protocol(String),
 }
 
 impl ClientError {
@@ -284,10 +288,36 @@ impl Client {
         self.request(Method::GET, &lease_path(lease_id), None).await
     }
 
-    /// `GET /v1/leases[?prefix=P]`: the first page of the caller's leases,
-    /// optionally those whose id starts with `prefix`.
+    /// `GET /v1/leases[?prefix=P]`: the first page (1 000 at most) of the
+    /// caller's leases, optionally those whose id starts with `prefix`;
+    /// [`Client::lease_list_all`] reads every page.
     pub async fn lease_list(&self, prefix: Option<&str>) -> Result<Response, ClientError> {
         self.lease_list_page(prefix, None, None).await
+    }
+
+    /// Every page of `GET /v1/leases`, as one answer `{"leases": […]}` (not
+    /// a snapshot: a lease issued meanwhile with an id before the cursor is
+    /// not seen). Stops at the first answer that is not 200, and returns it.
+    pub async fn lease_list_all(&self, prefix: Option<&str>) -> Result<Response, ClientError> {
+        let mut leases = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.lease_list_page(prefix, after.as_deref(), None).await?;
+            if page.status != 200 {
+                return Ok(page);
+            }
+            leases.extend(page.body["leases"].as_array().cloned().unwrap_or_default());
+            match page.body["next"].as_str() {
+                // A cursor that does not move would page forever.
+                Some(next) if after.as_deref().is_none_or(|a| next > a) => after = Some(next.to_string()),
+                Some(next) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the lease list's next cursor {next:?} does not move forward"
+                    )))
+                }
+                None => return Ok(Response { status: 200, body: serde_json::json!({ "leases": leases }) }),
+            }
+        }
     }
 
     /// `GET /v1/leases?prefix=P&after=A&limit=N`: one page; its `next` is

@@ -301,18 +301,9 @@ impl Daemon {
 
     /// Every lease the daemon lists (all states but revoked), every page.
     pub async fn leases(&self) -> Vec<Value> {
-        let client = self.client();
-        let mut leases = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let response = client.lease_list_page(None, after.as_deref(), None).await.expect("list leases");
-            assert_eq!(response.status, 200, "{:?}", response.body);
-            leases.extend(response.body["leases"].as_array().cloned().unwrap_or_default());
-            match response.body["next"].as_str() {
-                Some(next) => after = Some(next.to_string()),
-                None => return leases,
-            }
-        }
+        let response = self.client().lease_list_all(None).await.expect("list leases");
+        assert_eq!(response.status, 200, "{:?}", response.body);
+        response.body["leases"].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits until no lease is pending or revoking, then returns the

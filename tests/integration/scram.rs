@@ -17,7 +17,8 @@ fn env(name: &str) -> String {
 
 /// Runs a client; `Ok(stdout)` when it exits 0, else `Err(stderr)`.
 fn run(command: &mut Command) -> Result<String, String> {
-    let out = command.output().unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    // Only the program's name: the command's environment holds the password.
+    let out = command.output().unwrap_or_else(|e| panic!("run {:?}: {e}", command.get_program()));
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -151,7 +152,7 @@ async fn one_iteration_logs_in_with_every_client_but_old_pgjdbc() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_iterations_out_of_range_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    for bad in ["0", "1000001"] {
+    for bad in ["0", "100001"] {
         let config = dir.path().join(format!("bad-{bad}.toml"));
         std::fs::write(
             &config,

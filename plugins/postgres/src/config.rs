@@ -64,14 +64,16 @@ pub struct PgConnectionOptions {
     #[serde(default)]
     pub password_encoding: PasswordEncoding,
     /// PBKDF2 iterations of the SCRAM-SHA-256 verifiers lessor computes
-    /// (1 to 1 000 000; default 4096, PostgreSQL's own). The iterations
+    /// (1 to 100 000; default 4096, PostgreSQL's own). The iterations
     /// stretch guessable passwords; lessor's are 16 to 128 random
     /// alphanumerics (95 to 760 bits), so below 4096 nothing is lost and
     /// issuance and every login get cheaper. But pgjdbc before 42.7.4
     /// refuses fewer than 4096 (libpq, tokio-postgres, asyncpg, pgx,
     /// npgsql, node-postgres and newer pgjdbc take 1); and pgjdbc,
-    /// node-postgres and tokio-postgres refuse more than 100 000.
+    /// node-postgres and tokio-postgres (lessor's own login tests included)
+    /// refuse more than 100 000.
     #[serde(default = "default_scram_iterations")]
+    #[schemars(range(min = 1, max = 100000))]
     pub scram_iterations: u32,
     /// PEM file of the CA certificates the server's certificate must chain
     /// to (libpq's `sslrootcert`, which the URL may give instead). Default:
@@ -217,7 +219,10 @@ impl ConnectionSettings {
         if !crate::scram::ITERATIONS_RANGE.contains(&options.scram_iterations) {
             return Err(ConfigError::new(
                 key("scram_iterations"),
-                format!("{} is out of range: 1 to 1000000", options.scram_iterations),
+                format!(
+                    "{} is out of range: 1 to 100000 (tokio-postgres, pgjdbc and node-postgres refuse more)",
+                    options.scram_iterations
+                ),
             ));
         }
         let tls = url_tls.resolve(&options, &pg, &key)?;

@@ -10,8 +10,7 @@
 //! keyed HMAC state is built once and
 //! cloned for each iteration instead of re-keyed every time. Passwords
 //! lessor generates are ASCII alphanumeric, for which SASLprep changes
-//! nothing; other input goes through the reference implementation (4096
-//! iterations).
+//! nothing; other input is SASLprepped first, as libpq does.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -21,19 +20,25 @@ use sha2::{Digest, Sha256};
 
 const SALT_LEN: usize = 16;
 
-/// The iteration counts `scram_iterations` may take. Clients cap what they
-/// accept from a server (pgjdbc, node-postgres and tokio-postgres at
-/// 100 000 by default), which the README says.
-pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+/// The iteration counts `scram_iterations` may take: at most what clients
+/// accept from a server. tokio-postgres (lessor's own login tests and admin
+/// connections), pgjdbc and node-postgres refuse more than 100 000.
+pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
 
 /// A verifier for `password` with a fresh random salt.
 pub(crate) fn verifier(password: &str, iterations: u32) -> String {
-    if !password.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return postgres_protocol::password::scram_sha_256(password.as_bytes());
-    }
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
-    verifier_with_salt(password.as_bytes(), &salt, iterations)
+    // SASLprep, as libpq and the server apply it; it changes nothing in the
+    // alphanumeric passwords lessor generates, and a password it refuses
+    // is used as it is, as libpq does.
+    if password.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return verifier_with_salt(password.as_bytes(), &salt, iterations);
+    }
+    match stringprep::saslprep(password) {
+        Ok(prepared) => verifier_with_salt(prepared.as_bytes(), &salt, iterations),
+        Err(_) => verifier_with_salt(password.as_bytes(), &salt, iterations),
+    }
 }
 
 fn verifier_with_salt(password: &[u8], salt: &[u8], iterations: u32) -> String {
@@ -102,6 +107,16 @@ mod tests {
 
     /// One iteration is HMAC(password, salt || 1), as
     /// `hashlib.pbkdf2_hmac('sha256', b'password', b'saltsaltsaltsalt', 1)` gives.
+    /// Non-ASCII input goes through SASLprep (a no-break space becomes a
+    /// space), then the same PBKDF2 with the configured count.
+    #[test]
+    fn other_passwords_are_saslprepped_and_keep_the_count() {
+        let v = verifier("pass\u{00A0}word", 7);
+        assert!(v.starts_with("SCRAM-SHA-256$7:"), "{v}");
+        let salt = STANDARD.decode(v.split(['$', ':']).nth(2).unwrap()).unwrap();
+        assert_eq!(v, verifier_with_salt(b"pass word", &salt, 7));
+    }
+
     #[test]
     fn one_iteration_is_one_hmac() {
         let out = pbkdf2_sha256(b"password", b"saltsaltsaltsalt", 1);

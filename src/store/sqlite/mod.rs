@@ -245,28 +245,46 @@ impl LeaseStore for SqliteStore {
         // A range on the primary key instead of LIKE: uses the index, and
         // `_`, `%` and case in the prefix mean nothing special. The page
         // starts after its cursor, on the same index.
-        let lower = prefix.to_owned();
+        // One lower bound, so the page starts with a seek wherever it is:
+        // the cursor when it is inside the prefix's range, else the prefix.
+        let (lower, inclusive) = match page.after {
+            Some(after) if after >= prefix => (after.to_owned(), false),
+            _ => (prefix.to_owned(), true),
+        };
         let upper = prefix_upper_bound(prefix);
-        let after = page.after.unwrap_or("").to_owned();
         let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         let exclude =
             serde_json::Value::from(exclude.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string();
         self.read(move |conn| {
             let mut statement;
-            let rows = match upper {
-                Some(upper) => {
+            let rows = match (upper, inclusive) {
+                (Some(upper), true) => {
                     statement = conn.prepare_cached(select_leases!(
-                        "WHERE id >= ?1 AND id < ?2 AND id > ?4 ",
-                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?5"
+                        "WHERE id >= ?1 AND id < ?2 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?4"
                     ))?;
-                    statement.query_map(params![lower, upper, exclude, after, limit], lease_from_row)?
+                    statement.query_map(params![lower, upper, exclude, limit], lease_from_row)?
                 }
-                None => {
+                (Some(upper), false) => {
                     statement = conn.prepare_cached(select_leases!(
-                        "WHERE id >= ?1 AND id > ?3 ",
-                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?4"
+                        "WHERE id > ?1 AND id < ?2 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?3)) ORDER BY id LIMIT ?4"
                     ))?;
-                    statement.query_map(params![lower, exclude, after, limit], lease_from_row)?
+                    statement.query_map(params![lower, upper, exclude, limit], lease_from_row)?
+                }
+                (None, true) => {
+                    statement = conn.prepare_cached(select_leases!(
+                        "WHERE id >= ?1 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3"
+                    ))?;
+                    statement.query_map(params![lower, exclude, limit], lease_from_row)?
+                }
+                (None, false) => {
+                    statement = conn.prepare_cached(select_leases!(
+                        "WHERE id > ?1 ",
+                        "AND state NOT IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3"
+                    ))?;
+                    statement.query_map(params![lower, exclude, limit], lease_from_row)?
                 }
             };
             rows.collect()

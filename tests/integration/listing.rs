@@ -3,7 +3,9 @@
 //! through all of them.
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 
 use chrono::{TimeDelta, Utc};
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
@@ -92,4 +94,57 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["leases"].as_array().unwrap().len(), 2500);
+
+    // Another user sees only its own leases, page by page, however many of
+    // root's stand between them.
+    db.track_prefix(&prefix);
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let as_nobody = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .env("LESSOR_SOCKET", &daemon.socket)
+            .uid(65534)
+            .gid(65534)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run as nobody");
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let lessor = env!("CARGO_BIN_EXE_lessor");
+    let mut own = BTreeSet::new();
+    for _ in 0..3 {
+        own.insert(
+            as_nobody(lessor, &["creds", &role, "--format", "json"])["lease_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let socket = daemon.socket.display().to_string();
+    let mut after = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let url = format!("http://localhost/v1/leases?limit=1&after={after}");
+        let page = as_nobody("curl", &["-sS", "--fail", "--unix-socket", &socket, &url]);
+        pages.push(
+            page["leases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["lease_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+        assert!(pages.len() < 10, "the pages do not end");
+    }
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages.iter().all(|p| p.len() == 1), "{pages:?}");
+    assert_eq!(pages.concat().into_iter().collect::<BTreeSet<_>>(), own);
+    let listed = as_nobody(lessor, &["lease", "list", "--format", "json"]);
+    assert_eq!(listed["leases"].as_array().unwrap().len(), 3);
 }

@@ -47,6 +47,10 @@ pub use types::{BrokerError, Caller, Issued, Revocation};
 /// see a credential, not an error.
 const CREATE_RETRY_BUDGET: StdDuration = StdDuration::from_secs(10);
 
+/// How many revocations of one `revoke -prefix` are under way at once: two
+/// full batches (see `expiry::batch`).
+const REVOKE_PREFIX_CONCURRENCY: usize = 2 * crate::expiry::batch::MAX_BATCH;
+
 /// A connection as the broker runs it: the plugin and its revocation pool.
 #[derive(Debug)]
 pub(crate) struct Backend {
@@ -57,6 +61,8 @@ pub(crate) struct Backend {
     /// Admin connections for issuance and renewal.
     issuance: Arc<Semaphore>,
     pub(crate) operation_timeout: StdDuration,
+    /// Gathers revocations into batches, for plugins that revoke in batches.
+    pub(crate) batcher: crate::expiry::batch::Batcher,
 }
 
 /// The broker. Cheap to share behind an `Arc`.
@@ -100,9 +106,15 @@ impl Broker {
             .connections
             .iter()
             .map(|(name, connection)| {
+                let revocations = Arc::new(Semaphore::new(connection.revocation_workers));
                 let backend = Backend {
                     connection: connection.clone(),
-                    revocations: Arc::new(Semaphore::new(connection.revocation_workers)),
+                    batcher: crate::expiry::batch::Batcher::new(
+                        connection.plugin.clone(),
+                        revocations.clone(),
+                        connection.operation_timeout.as_std(),
+                    ),
+                    revocations,
                     issuance: Arc::new(Semaphore::new(
                         connection.max_connections.saturating_sub(connection.revocation_workers).max(1),
                     )),
@@ -605,13 +617,24 @@ impl Broker {
         if force && !caller.is_admin() {
             return Err(BrokerError::NotAdmin { action: "force" });
         }
+        use futures_util::stream::{self, StreamExt};
         let leases = self.list_all(prefix, caller).await?;
+        // Many at a time, so a plugin that revokes in batches gets them
+        // together; each still runs under its own lock.
+        let outcomes: Vec<(LeaseId, Result<Revocation, BrokerError>)> = stream::iter(leases)
+            .map(|lease| async move {
+                let outcome = self.revoke(&lease.id, force, caller).await;
+                (lease.id, outcome)
+            })
+            .buffer_unordered(REVOKE_PREFIX_CONCURRENCY)
+            .collect()
+            .await;
         let mut revoked = 0;
         let mut failed = Vec::new();
-        for lease in leases {
-            match self.revoke(&lease.id, force, caller).await {
+        for (id, outcome) in outcomes {
+            match outcome {
                 Ok(_) => revoked += 1,
-                Err(e) => failed.push((lease.id, e)),
+                Err(e) => failed.push((id, e)),
             }
         }
         Ok((revoked, failed))

@@ -1,7 +1,8 @@
 //! When leases fall due: a time-ordered index of every lease that needs
 //! work at some instant (an active lease at its expiry, a failed
 //! revocation at its next retry), the backoff that spaces retries, and
-//! (in `worker`) the revocation attempts and the loop that runs them.
+//! (in `worker`) the revocation attempts and the loop that runs them, and
+//! (in `batch`) the gathering of due revocations into batches.
 //!
 //! The index has the shape of mini-redis's expiry map: a
 //! `BTreeMap<(deadline, seq), id>` for "what is next", a `HashMap` from id
@@ -10,6 +11,7 @@
 //! arrives. A std mutex is right here: it is never held across an await
 //! and every critical section is a few map operations.
 
+pub(crate) mod batch;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};

@@ -51,6 +51,10 @@ impl Broker {
             self.store.write(Write::StartRevoking { id: id.clone() }).await?;
         }
         let result = match self.backend(&lease) {
+            Ok(backend) if backend.connection.plugin.revokes_in_batches() => {
+                let settings = self.lease_ref(&lease).settings.cloned();
+                backend.batcher.revoke(lease.clone(), settings).await.map(|()| backend.operation_timeout)
+            }
             Ok(backend) => {
                 let _permit = backend.revocations.acquire().await.expect("semaphore never closed");
                 bounded(backend.operation_timeout, backend.connection.plugin.revoke(&self.lease_ref(&lease)))

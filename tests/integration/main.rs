@@ -7,6 +7,7 @@ mod common;
 
 mod aws;
 mod bad_input;
+mod batching;
 mod cli;
 mod crash;
 mod hardening;

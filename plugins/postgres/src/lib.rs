@@ -10,6 +10,7 @@
 //!   transaction, the renew statement and the step-by-step revocation;
 //! - `tls`: the connector every connection goes through (rustls, libpq's
 //!   `sslmode` levels, see `lessor_plugin::tls`);
+//! - `batch`: the default revocation recipe over many roles at once;
 //! - `error`: how PostgreSQL's failures map to the broker's retry/blame
 //!   classes, and the SCRAM verifier parts that the SDK's
 //!   `lessor_plugin::redact` scrubs from every message with the password.
@@ -18,6 +19,7 @@
 //! through [`lessor_plugin::Plugin`].
 
 mod accounts;
+mod batch;
 mod client;
 mod config;
 mod error;

@@ -196,6 +196,23 @@ pub trait Plugin: Send + Sync + Debug {
     /// tidy removes a user no lease covers.
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError>;
 
+    /// Whether [`Plugin::revoke_batch`] does better than one [`Plugin::revoke`]
+    /// after another, so the broker should gather due revocations for it.
+    fn revokes_in_batches(&self) -> bool {
+        false
+    }
+
+    /// Revokes several leases of this connection at once; one result per
+    /// lease, in order, each as [`Plugin::revoke`] would give it (a failure
+    /// belongs to its own lease only). The default revokes one by one.
+    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
+        let mut results = Vec::with_capacity(leases.len());
+        for lease in leases {
+            results.push(self.revoke(lease).await);
+        }
+        results
+    }
+
     /// Users in the backend whose name starts with `prefix`, for the sweep
     /// of users no lease covers ("tidy").
     async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {

@@ -1,0 +1,122 @@
+//! Revoking many roles at once: the default recipe of `client` over a whole
+//! batch in three messages sent together, so a mass expiry or a
+//! `revoke -prefix` costs one round trip per batch instead of one per role:
+//!
+//! 1. `ALTER ROLE … NOLOGIN` for every role, one transaction, committed on
+//!    its own so it sticks whatever follows;
+//! 2. membership of the roles (PostgreSQL 15 does not give it to the
+//!    CREATEROLE admin that made them);
+//! 3. `pg_terminate_backend` over `usename = ANY(…)`, `REASSIGN OWNED BY
+//!    a, b, …`, `DROP OWNED BY a, b, …`, `DROP ROLE IF EXISTS a, b, …`: one
+//!    implicit transaction, so the roles are dropped only if their sessions
+//!    could be signalled.
+//!
+//! Roles already gone are left out first (a missing role would abort the
+//! statements). When anything else fails, nothing of step 3 happened, and
+//! every lease of the batch is revoked one by one, so one bad lease (a role
+//! owning objects in a database the admin cannot reach, say) cannot block
+//! the others, and its error is its own. Leases with revocation statements
+//! of their own always go one by one.
+
+use deadpool_postgres::Object;
+use futures_util::future::{join_all, BoxFuture, FutureExt};
+use lessor_plugin::deadline::{self, Bounded};
+use lessor_plugin::failure::{Context, Operation};
+use lessor_plugin::redact::Redactor;
+use lessor_plugin::{downcast_role, LeaseRef, Plugin, PluginError};
+use tracing::debug;
+
+use crate::client::{check_username, quote_ident, PgPlugin};
+use crate::config::PgRole;
+
+impl PgPlugin {
+    /// [`Plugin::revoke_batch`]: one result per lease, in order.
+    pub(crate) async fn revoke_many(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
+        let mut results: Vec<Option<Result<(), PluginError>>> = leases.iter().map(|_| None).collect();
+        let together: Vec<usize> = (0..leases.len()).filter(|&i| uses_default_recipe(&leases[i])).collect();
+        if together.len() >= 2 {
+            let usernames: Vec<&str> = together.iter().map(|&i| leases[i].username).collect();
+            if self.revoke_together(&usernames).await {
+                debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "revoked as one batch");
+                for &i in &together {
+                    results[i] = Some(Ok(()));
+                }
+            } else {
+                debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "batch failed; revoking one by one");
+            }
+        }
+        let mut out = Vec::with_capacity(leases.len());
+        for (lease, result) in leases.iter().zip(results) {
+            out.push(match result {
+                Some(result) => result,
+                None => self.revoke(lease).await,
+            });
+        }
+        out
+    }
+
+    /// The batched recipe; `true` when every role is gone afterwards and
+    /// every step succeeded (or found a role already gone).
+    async fn revoke_together(&self, usernames: &[&str]) -> bool {
+        let cx = Context::new(Operation::Revoke, None);
+        if usernames.iter().any(|u| check_username(u, &cx).is_err()) {
+            return false;
+        }
+        let Ok(client) = self.get(&cx, &Redactor::default()).await else { return false };
+        let token = client.cancel_token();
+        let work = recipe(&client, usernames);
+        match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
+            Bounded::Done(done) => done,
+            Bounded::TimedOut { .. } => {
+                drop(Object::take(client));
+                false
+            }
+        }
+    }
+}
+
+async fn recipe(client: &Object, usernames: &[&str]) -> bool {
+    let names: Vec<String> = usernames.iter().map(|u| u.to_string()).collect();
+    let present: Vec<String> =
+        match client.query("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)", &[&names]).await {
+            Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+            Err(_) => return false,
+        };
+    if present.is_empty() {
+        return true;
+    }
+    let idents = present.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
+    let literals =
+        present.iter().map(|n| format!("'{}'", n.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
+    let nologin = present
+        .iter()
+        .map(|n| format!("ALTER ROLE {} NOLOGIN", quote_ident(n)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let grant = format!("GRANT {idents} TO CURRENT_USER");
+    let end = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(ARRAY[{literals}]::name[]); \
+         REASSIGN OWNED BY {idents} TO CURRENT_USER; \
+         DROP OWNED BY {idents}; \
+         DROP ROLE IF EXISTS {idents}"
+    );
+    let client: &tokio_postgres::Client = client;
+    let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
+        client.batch_execute(&nologin).boxed(),
+        client.batch_execute(&grant).boxed(),
+        client.batch_execute(&end).boxed(),
+    ];
+    // join_all polls in order, so the messages are sent in order.
+    let results = join_all(steps).await;
+    // A superuser admin needs no membership and may fail to get it.
+    results[0].is_ok() && results[2].is_ok()
+}
+
+/// Whether the lease is revoked with the plugin's default recipe (no
+/// revocation statements of its role's own).
+fn uses_default_recipe(lease: &LeaseRef<'_>) -> bool {
+    match lease.settings {
+        None => true,
+        Some(settings) => downcast_role::<PgRole>(settings).is_ok_and(|role| role.revocation.is_none()),
+    }
+}

@@ -19,14 +19,13 @@
 //! of their own always go one by one.
 
 use deadpool_postgres::Object;
-use futures_util::future::{join_all, BoxFuture, FutureExt};
 use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::{downcast_role, LeaseRef, Plugin, PluginError};
 use tracing::debug;
 
-use crate::client::{check_username, quote_ident, PgPlugin};
+use crate::client::{check_username, pipelined, quote_ident, PgPlugin};
 use crate::config::PgRole;
 
 impl PgPlugin {
@@ -100,14 +99,7 @@ async fn recipe(client: &Object, usernames: &[&str]) -> bool {
          DROP OWNED BY {idents}; \
          DROP ROLE IF EXISTS {idents}"
     );
-    let client: &tokio_postgres::Client = client;
-    let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
-        client.batch_execute(&nologin).boxed(),
-        client.batch_execute(&grant).boxed(),
-        client.batch_execute(&end).boxed(),
-    ];
-    // join_all polls in order, so the messages are sent in order.
-    let results = join_all(steps).await;
+    let results = pipelined(client, [&nologin, &grant, &end]).await;
     // A superuser admin needs no membership and may fail to get it.
     results[0].is_ok() && results[2].is_ok()
 }

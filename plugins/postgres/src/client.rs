@@ -275,7 +275,6 @@ impl PgPlugin {
     /// found it already gone; otherwise the caller runs the steps one by one
     /// to find out which failed and why.
     async fn revoke_pipelined(&self, client: &Object, username: &str, ident: &str) -> bool {
-        use futures_util::future::{join_all, BoxFuture, FutureExt};
         let nologin = format!("ALTER ROLE {ident} NOLOGIN");
         let grant = format!("GRANT {ident} TO CURRENT_USER");
         let literal = username.replace('\'', "''");
@@ -285,14 +284,7 @@ impl PgPlugin {
              DROP OWNED BY {ident}; \
              DROP ROLE IF EXISTS {ident}"
         );
-        let client: &tokio_postgres::Client = client;
-        let steps: Vec<BoxFuture<'_, Result<(), tokio_postgres::Error>>> = vec![
-            client.batch_execute(&nologin).boxed(),
-            client.batch_execute(&grant).boxed(),
-            client.batch_execute(&end).boxed(),
-        ];
-        // join_all polls in order, so the messages are sent in order.
-        let results = join_all(steps).await;
+        let results = pipelined(client, [&nologin, &grant, &end]).await;
         let gone = results.iter().any(|r| matches!(r, Err(e) if is_undefined_object(e)));
         let dropped = results[2].is_ok();
         let clean = results.iter().enumerate().all(|(i, r)| match r {
@@ -334,6 +326,25 @@ impl PgPlugin {
         }
         Ok(())
     }
+}
+
+/// Sends `statements` at once, each a simple query (a multi-statement one
+/// runs as one implicit transaction), and returns their results in order:
+/// one round trip for all of them.
+pub(crate) async fn pipelined(
+    client: &Object,
+    statements: [&str; 3],
+) -> [Result<(), tokio_postgres::Error>; 3] {
+    let client: &tokio_postgres::Client = client;
+    let [a, b, c] = statements;
+    // join3 polls in order, so the messages are sent in order.
+    let (a, b, c) = futures_util::future::join3(
+        client.batch_execute(a),
+        client.batch_execute(b),
+        client.batch_execute(c),
+    )
+    .await;
+    [a, b, c]
 }
 
 /// One step of the default revocation recipe.

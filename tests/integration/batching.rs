@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use mysql_async::prelude::Queryable;
+
+use crate::common::mysql::*;
 use crate::common::*;
 
 async fn issue(daemon: &Daemon, role: &str, n: usize) -> Vec<(String, String, String)> {
@@ -83,4 +86,23 @@ async fn a_batch_with_one_lease_that_cannot_go_revokes_the_others() {
     // The table gone with its database, the role can go.
     drop(daemon);
     db.su.batch_execute(&format!("DROP DATABASE {other} WITH (FORCE)")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_revokes_a_batch_in_one_go_and_kills_its_sessions() {
+    let db = MyDb::create().await;
+    let (role, prefix) = unique_role("mbatch");
+    db.track_prefix(&prefix);
+    let grant = format!("GRANT SELECT ON `{}`.items TO '{{{{name}}}}'@'%'", db.database);
+    let body =
+        format!("{}\n{}", db.connection("my", ""), my_role(&role, "my", "1h", "2h", &[CREATE_USER, &grant]));
+    let daemon =
+        Daemon::start_with_mysql(None, &db, &body, &[("LESSOR_LOG", "info,lessor_mysql=debug")]).await;
+    let leases = issue(&daemon, &role, 6).await;
+    let mut session = db.login(&leases[0].1, &leases[0].2).await.expect("log in as a batched user");
+    let out = daemon.client().revoke_prefix(&format!("{role}/"), false).await.unwrap();
+    assert_eq!(out.body["revoked"], 6, "{:?}", out.body);
+    assert!(db.users_with_prefix(&prefix).await.is_empty(), "a user survived its batch");
+    assert!(daemon.log().contains("revoked as one batch"), "{}", daemon.log());
+    assert!(session.query_drop("SELECT 1").await.is_err(), "the batched user's session still works");
 }

@@ -556,6 +556,14 @@ impl Plugin for MySqlPlugin {
         Ok(())
     }
 
+    fn revokes_in_batches(&self) -> bool {
+        true
+    }
+
+    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
+        self.revoke_many(leases).await
+    }
+
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
         let username = lease.username;
         let cx = Context::new(Operation::Revoke, Some(username));

@@ -10,6 +10,7 @@
 //! - `client`: [`MySqlPlugin`], the engine: the admin pool, the creation
 //!   statements with their rollback, the lock/kill/drop revocation and the
 //!   user listing for tidy, on MySQL and MariaDB alike;
+//! - `batch`: the default revocation recipe over many users at once;
 //! - `connections`: the admin pool, one-off connections and what TLS
 //!   asks of them;
 //! - `tls`: the driver's TLS options for every connection the plugin
@@ -22,6 +23,7 @@
 //! through [`lessor_plugin::Plugin`].
 
 mod accounts;
+mod batch;
 mod client;
 mod config;
 mod connections;

@@ -619,14 +619,16 @@ impl Broker {
         }
         use futures_util::stream::{self, StreamExt};
         let leases = self.list_all(prefix, caller).await?;
-        // Many at a time, so a plugin that revokes in batches gets them
-        // together; each still runs under its own lock.
+        // Many at a time when a connection revokes in batches, so the
+        // batches fill; each still runs under its own lock.
+        let batching = self.backends.values().any(|b| b.connection.plugin.revokes_in_batches());
+        let concurrency = if batching { REVOKE_PREFIX_CONCURRENCY } else { 4 };
         let outcomes: Vec<(LeaseId, Result<Revocation, BrokerError>)> = stream::iter(leases)
             .map(|lease| async move {
                 let outcome = self.revoke(&lease.id, force, caller).await;
                 (lease.id, outcome)
             })
-            .buffer_unordered(REVOKE_PREFIX_CONCURRENCY)
+            .buffer_unordered(concurrency)
             .collect()
             .await;
         let mut revoked = 0;
@@ -637,6 +639,7 @@ impl Broker {
                 Err(e) => failed.push((id, e)),
             }
         }
+        failed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         Ok((revoked, failed))
     }
 

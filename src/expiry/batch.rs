@@ -8,14 +8,16 @@
 //! gatherer task takes what is queued, waits at most [`LINGER`] for more,
 //! up to [`MAX_BATCH`], and runs the batch on one of the connection's
 //! revocation workers, so a mass expiry or a `revoke -prefix` costs a few
-//! round trips per hundred leases, and a lone due lease waits no more than
-//! the linger.
+//! round trips per hundred leases. When the batch fails as a whole, its
+//! leases are revoked one by one on the same worker, each answered as soon
+//! as its own outcome is known, so a failure is only ever its own lease's.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lessor_plugin::{Plugin, PluginError, RoleSettings};
+use lessor_plugin::{LeaseRef, Plugin, PluginError, RoleSettings};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::debug;
 
 use crate::broker::bounded;
 use crate::lease::Lease;
@@ -23,7 +25,7 @@ use crate::lease::Lease;
 /// The most leases one batch holds.
 pub const MAX_BATCH: usize = 100;
 /// How long a batch waits for more leases after its first.
-pub const LINGER: Duration = Duration::from_millis(5);
+pub const LINGER: Duration = Duration::from_millis(10);
 
 /// One revocation waiting for its batch.
 struct Job {
@@ -32,12 +34,25 @@ struct Job {
     reply: oneshot::Sender<Result<(), PluginError>>,
 }
 
-/// The batching revoker of one connection; its gatherer starts on first use.
+impl Job {
+    fn lease_ref(&self) -> LeaseRef<'_> {
+        LeaseRef {
+            lease_id: self.lease.id.as_str(),
+            role: &self.lease.role,
+            settings: self.settings.as_ref(),
+            username: &self.lease.username,
+            plugin_data: self.lease.plugin_data.as_ref(),
+        }
+    }
+}
+
+/// The batching revoker of one connection; its gatherer starts on first use
+/// (and again, should it ever have stopped).
 pub(crate) struct Batcher {
     plugin: Arc<dyn Plugin>,
     workers: Arc<Semaphore>,
     operation_timeout: Duration,
-    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -48,7 +63,7 @@ impl std::fmt::Debug for Batcher {
 
 impl Batcher {
     pub(crate) fn new(plugin: Arc<dyn Plugin>, workers: Arc<Semaphore>, operation_timeout: Duration) -> Self {
-        Self { plugin, workers, operation_timeout, queue: OnceLock::new() }
+        Self { plugin, workers, operation_timeout, queue: Mutex::new(None) }
     }
 
     /// Revokes `lease` as part of the next batch.
@@ -58,9 +73,27 @@ impl Batcher {
         settings: Option<RoleSettings>,
     ) -> Result<(), PluginError> {
         let (reply, answer) = oneshot::channel();
-        let queue = self.queue.get_or_init(|| self.start());
-        if queue.send(Job { lease, settings, reply }).is_err() {
-            return Err(PluginError::Internal { message: "the revocation batcher has stopped".into() });
+        let mut job = Job { lease, settings, reply };
+        {
+            let mut queue = self.queue.lock().unwrap();
+            let mut sent = false;
+            for _ in 0..2 {
+                let sender = queue.get_or_insert_with(|| self.start());
+                match sender.send(job) {
+                    Ok(()) => {
+                        sent = true;
+                        break;
+                    }
+                    // The gatherer stopped: start another.
+                    Err(mpsc::error::SendError(back)) => {
+                        job = back;
+                        *queue = None;
+                    }
+                }
+            }
+            if !sent {
+                return Err(PluginError::Internal { message: "the revocation batcher cannot start".into() });
+            }
         }
         answer.await.unwrap_or_else(|_| {
             Err(PluginError::Unavailable { message: "the revocation batch ended without an answer".into() })
@@ -73,7 +106,7 @@ impl Batcher {
         let workers = self.workers.clone();
         let timeout = self.operation_timeout;
         // Not a tracked task: it ends with the broker (its queue closes),
-        // and revocations waiting on it are the tracked ones.
+        // and the revocations waiting on it are the tracked ones.
         tokio::spawn(async move {
             while let Some(first) = jobs.recv().await {
                 let mut batch = vec![first];
@@ -87,7 +120,7 @@ impl Batcher {
                         },
                     }
                 }
-                let permit = workers.clone().acquire_owned().await.expect("semaphore never closed");
+                let Ok(permit) = workers.clone().acquire_owned().await else { return };
                 let plugin = plugin.clone();
                 tokio::spawn(async move {
                     run(plugin.as_ref(), batch, timeout).await;
@@ -99,39 +132,31 @@ impl Batcher {
     }
 }
 
-/// Runs one batch and answers each revocation with its own result.
-async fn run(plugin: &dyn Plugin, batch: Vec<Job>, timeout: Duration) {
-    let refs: Vec<lessor_plugin::LeaseRef<'_>> = batch
-        .iter()
-        .map(|job| lessor_plugin::LeaseRef {
-            lease_id: job.lease.id.as_str(),
-            role: &job.lease.role,
-            settings: job.settings.as_ref(),
-            username: &job.lease.username,
-            plugin_data: job.lease.plugin_data.as_ref(),
-        })
-        .collect();
-    // The plugin bounds each statement itself; a batch that falls back to
-    // one by one may take one operation's time per lease.
-    let limit = timeout.saturating_mul(u32::try_from(refs.len()).unwrap_or(u32::MAX));
-    let results: Vec<Option<Result<(), PluginError>>> =
-        match bounded(limit, async { Ok(plugin.revoke_batch(&refs).await) }).await {
-            Ok(results) if results.len() == refs.len() => results.into_iter().map(Some).collect(),
-            Ok(_) => (0..refs.len()).map(|_| None).collect(),
-            Err(e) => {
-                let message = e.to_string();
-                (0..refs.len())
-                    .map(|_| Some(Err(PluginError::Unavailable { message: message.clone() })))
-                    .collect()
+/// Runs one batch: all at once, or, when that fails, one by one, each
+/// answered as soon as it is done.
+async fn run(plugin: &dyn Plugin, mut batch: Vec<Job>, timeout: Duration) {
+    // A caller that went away (its request timed out) has put its lease
+    // back in the schedule; that later attempt does the work.
+    batch.retain(|job| !job.reply.is_closed());
+    if batch.len() >= 2 {
+        let refs: Vec<LeaseRef<'_>> = batch.iter().map(Job::lease_ref).collect();
+        let outcome = bounded(timeout, plugin.revoke_batch(&refs)).await;
+        drop(refs);
+        match outcome {
+            Ok(()) => {
+                for job in batch {
+                    let _ = job.reply.send(Ok(()));
+                }
+                return;
             }
-        };
-    drop(refs);
-    for (job, result) in batch.into_iter().zip(results) {
-        let result = result.unwrap_or_else(|| {
-            Err(PluginError::Internal {
-                message: "the plugin answered a batch with the wrong number of results".into(),
-            })
-        });
-        let _ = job.reply.send(result);
+            Err(e) => debug!(leases = batch.len(), error = %e, "batched revocation failed; one by one"),
+        }
+    }
+    for job in batch {
+        if job.reply.is_closed() {
+            continue;
+        }
+        let outcome = bounded(timeout, plugin.revoke(&job.lease_ref())).await;
+        let _ = job.reply.send(outcome);
     }
 }

@@ -5,14 +5,14 @@
 //! kill again for connections that raced the lock.
 //!
 //! Every account of the users is read from `mysql.user` first (lessor never
-//! guesses hosts). When any step fails, every lease of the batch is revoked
-//! one by one, so one bad lease cannot block the others and its error is
-//! its own. Leases with revocation statements of their own always go one by
-//! one.
+//! guesses hosts). When any step fails, the broker revokes every lease of
+//! the batch one by one, so one bad lease cannot block the others and its
+//! error is its own. Leases with revocation statements of their own never
+//! go in a batch.
 
 use lessor_plugin::failure::{Context, Operation};
 use lessor_plugin::redact::Redactor;
-use lessor_plugin::{downcast_role, LeaseRef, Plugin, PluginError};
+use lessor_plugin::{downcast_role, LeaseRef, PluginError};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use tracing::debug;
@@ -22,26 +22,19 @@ use crate::config::MySqlRole;
 use crate::error::{code, server_code};
 
 impl MySqlPlugin {
-    /// [`Plugin::revoke_batch`]: one result per lease, in order.
-    pub(crate) async fn revoke_many(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
-        let together: Vec<usize> = (0..leases.len()).filter(|&i| uses_default_recipe(&leases[i])).collect();
-        let mut done = vec![false; leases.len()];
-        if together.len() >= 2 {
-            let usernames: Vec<&str> = together.iter().map(|&i| leases[i].username).collect();
-            if self.revoke_together(&usernames).await {
-                debug!(operation = "revoke", connection = %self.connection, users = usernames.len(), "revoked as one batch");
-                for &i in &together {
-                    done[i] = true;
-                }
-            } else {
-                debug!(operation = "revoke", connection = %self.connection, users = usernames.len(), "batch failed; revoking one by one");
-            }
+    /// [`Plugin::revoke_batch`]: `Ok` when every user of the batch is gone.
+    pub(crate) async fn revoke_many(&self, leases: &[LeaseRef<'_>]) -> Result<(), PluginError> {
+        if !leases.iter().all(uses_default_recipe) {
+            return Err(PluginError::Unsupported { operation: "revoke_batch with revocation_statements" });
         }
-        let mut out = Vec::with_capacity(leases.len());
-        for (lease, done) in leases.iter().zip(done) {
-            out.push(if done { Ok(()) } else { self.revoke(lease).await });
+        let usernames: Vec<&str> = leases.iter().map(|l| l.username).collect();
+        if self.revoke_together(&usernames).await {
+            debug!(operation = "revoke", connection = %self.connection, users = usernames.len(), "revoked as one batch");
+            Ok(())
+        } else {
+            debug!(operation = "revoke", connection = %self.connection, users = usernames.len(), "batch failed; revoking one by one");
+            Err(PluginError::Unavailable { message: "the batched revocation failed".into() })
         }
-        out
     }
 
     /// The batched recipe; `true` when every step succeeded (or found a

@@ -560,7 +560,7 @@ impl Plugin for MySqlPlugin {
         true
     }
 
-    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
+    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Result<(), PluginError> {
         self.revoke_many(leases).await
     }
 

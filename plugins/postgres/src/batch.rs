@@ -12,46 +12,39 @@
 //!    could be signalled.
 //!
 //! Roles already gone are left out first (a missing role would abort the
-//! statements). When anything else fails, nothing of step 3 happened, and
-//! every lease of the batch is revoked one by one, so one bad lease (a role
-//! owning objects in a database the admin cannot reach, say) cannot block
-//! the others, and its error is its own. Leases with revocation statements
-//! of their own always go one by one.
+//! statements). When any message fails (step 3 may still have dropped the
+//! roles, which the retry then finds gone), the broker revokes every lease
+//! of the batch one by one, so one bad lease (a role owning objects in a
+//! database the admin cannot reach, say) cannot block the others, and its
+//! error is its own. Leases with revocation statements of their own never
+//! go in a batch.
 
 use deadpool_postgres::Object;
 use lessor_plugin::deadline::{self, Bounded};
 use lessor_plugin::failure::{Context, Operation};
 use lessor_plugin::redact::Redactor;
-use lessor_plugin::{downcast_role, LeaseRef, Plugin, PluginError};
+use lessor_plugin::{downcast_role, LeaseRef, PluginError};
 use tracing::debug;
 
 use crate::client::{check_username, pipelined, quote_ident, PgPlugin};
 use crate::config::PgRole;
 
 impl PgPlugin {
-    /// [`Plugin::revoke_batch`]: one result per lease, in order.
-    pub(crate) async fn revoke_many(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
-        let mut results: Vec<Option<Result<(), PluginError>>> = leases.iter().map(|_| None).collect();
-        let together: Vec<usize> = (0..leases.len()).filter(|&i| uses_default_recipe(&leases[i])).collect();
-        if together.len() >= 2 {
-            let usernames: Vec<&str> = together.iter().map(|&i| leases[i].username).collect();
-            if self.revoke_together(&usernames).await {
-                debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "revoked as one batch");
-                for &i in &together {
-                    results[i] = Some(Ok(()));
-                }
-            } else {
-                debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "batch failed; revoking one by one");
-            }
+    /// [`Plugin::revoke_batch`]: `Ok` when every role of the batch is gone.
+    pub(crate) async fn revoke_many(&self, leases: &[LeaseRef<'_>]) -> Result<(), PluginError> {
+        let unbatchable =
+            || PluginError::Unsupported { operation: "revoke_batch with revocation_statements" };
+        if !leases.iter().all(uses_default_recipe) {
+            return Err(unbatchable());
         }
-        let mut out = Vec::with_capacity(leases.len());
-        for (lease, result) in leases.iter().zip(results) {
-            out.push(match result {
-                Some(result) => result,
-                None => self.revoke(lease).await,
-            });
+        let usernames: Vec<&str> = leases.iter().map(|l| l.username).collect();
+        if self.revoke_together(&usernames).await {
+            debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "revoked as one batch");
+            Ok(())
+        } else {
+            debug!(operation = "revoke", connection = %self.connection, roles = usernames.len(), "batch failed; revoking one by one");
+            Err(PluginError::Unavailable { message: "the batched revocation failed".into() })
         }
-        out
     }
 
     /// The batched recipe; `true` when every role is gone afterwards and

@@ -581,7 +581,7 @@ impl Plugin for PgPlugin {
         true
     }
 
-    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
+    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Result<(), PluginError> {
         self.revoke_many(leases).await
     }
 

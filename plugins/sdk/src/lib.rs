@@ -196,21 +196,19 @@ pub trait Plugin: Send + Sync + Debug {
     /// tidy removes a user no lease covers.
     async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError>;
 
-    /// Whether [`Plugin::revoke_batch`] does better than one [`Plugin::revoke`]
-    /// after another, so the broker should gather due revocations for it.
+    /// Whether the plugin implements [`Plugin::revoke_batch`], so the broker
+    /// should gather due revocations for it.
     fn revokes_in_batches(&self) -> bool {
         false
     }
 
-    /// Revokes several leases of this connection at once; one result per
-    /// lease, in order, each as [`Plugin::revoke`] would give it (a failure
-    /// belongs to its own lease only). The default revokes one by one.
-    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Vec<Result<(), PluginError>> {
-        let mut results = Vec::with_capacity(leases.len());
-        for lease in leases {
-            results.push(self.revoke(lease).await);
-        }
-        results
+    /// Revokes several leases of this connection in one go, all or nothing
+    /// as far as the broker knows: `Ok` when every one is gone; on `Err` the
+    /// broker revokes each with [`Plugin::revoke`], so each failure is that
+    /// lease's own. Bounded by `operation_timeout` like any operation.
+    async fn revoke_batch(&self, leases: &[LeaseRef<'_>]) -> Result<(), PluginError> {
+        let _ = leases;
+        Err(PluginError::Unsupported { operation: "revoke_batch" })
     }
 
     /// Users in the backend whose name starts with `prefix`, for the sweep

@@ -126,28 +126,14 @@ async fn drops_exactly_the_uncovered_users_under_the_prefix() {
         ("v_revoked", LeaseState::Revoked),
         ("v_revoked_long_ago", LeaseState::Revoked),
     ] {
-        store.write(Write::Insert(lease(name, LeaseState::Pending))).await.unwrap();
+        let pending = lease(name, LeaseState::Pending);
+        let id = pending.id.clone();
+        store.write(Write::Insert(pending)).await.unwrap();
         if state == LeaseState::Revoked {
-            let id = store
-                .list("", &[], crate::store::Page::ALL)
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|l| l.username == name)
-                .unwrap()
-                .id;
             let at =
                 if name == "v_revoked" { Utc::now() } else { Utc::now() - chrono::Duration::seconds(301) };
             store.write(Write::Revoked { id, at }).await.unwrap();
         } else if state == LeaseState::Active {
-            let id = store
-                .list("", &[], crate::store::Page::ALL)
-                .await
-                .unwrap()
-                .into_iter()
-                .find(|l| l.username == name)
-                .unwrap()
-                .id;
             store.write(Write::Activate { id, plugin_data: None, expires_at: None }).await.unwrap();
         }
     }

@@ -145,6 +145,15 @@ impl TestDb {
         rows.iter().map(|r| r.get::<_, String>(0)).collect()
     }
 
+    /// What PostgreSQL stores as `name`'s password (a verifier, as a rule).
+    pub async fn stored_password(&self, name: &str) -> String {
+        self.su
+            .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&name])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     pub async fn role_exists(&self, name: &str) -> bool {
         self.su.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name]).await.unwrap().is_some()
     }

@@ -41,12 +41,7 @@ async fn issue_login_revoke_terminates_sessions() {
     assert!(db.role_exists(&username).await);
 
     // The password was sent as a SCRAM verifier, and logging in works.
-    let stored: String = db
-        .su
-        .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&username])
-        .await
-        .unwrap()
-        .get(0);
+    let stored = db.stored_password(&username).await;
     assert!(stored.starts_with("SCRAM-SHA-256$"), "stored password is not a SCRAM verifier");
     let session = db.login(&username, &password).await.expect("login as the issued user");
     let n: i32 = session.query_one("SELECT n FROM items", &[]).await.unwrap().get(0);

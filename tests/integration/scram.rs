@@ -103,12 +103,7 @@ async fn issue_with(db: &TestDb, base: &str, iterations: Option<u32>) -> (Daemon
     assert_eq!(issued.status, 200, "{:?}", issued.body);
     let username = issued.body["credential"]["username"].as_str().unwrap().to_string();
     let password = issued.body["credential"]["password"].as_str().unwrap().to_string();
-    let stored: String = db
-        .su
-        .query_one("SELECT rolpassword FROM pg_authid WHERE rolname = $1", &[&username])
-        .await
-        .unwrap()
-        .get(0);
+    let stored = db.stored_password(&username).await;
     let count =
         stored.strip_prefix("SCRAM-SHA-256$").and_then(|r| r.split(':').next()).unwrap_or("").to_string();
     (daemon, username, password, count)

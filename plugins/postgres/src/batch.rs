@@ -26,8 +26,9 @@ use lessor_plugin::redact::Redactor;
 use lessor_plugin::{downcast_role, LeaseRef, PluginError};
 use tracing::debug;
 
-use crate::client::{check_username, pipelined, quote_ident, PgPlugin};
+use crate::client::{check_username, quote_ident, PgPlugin};
 use crate::config::PgRole;
+use crate::revoke::pipelined;
 
 impl PgPlugin {
     /// [`Plugin::revoke_batch`]: `Ok` when every role of the batch is gone.

@@ -10,6 +10,7 @@
 //!   transaction, the renew statement and the step-by-step revocation;
 //! - `tls`: the connector every connection goes through (rustls, libpq's
 //!   `sslmode` levels, see `lessor_plugin::tls`);
+//! - `revoke`: the default revocation recipe and custom statements, one role;
 //! - `batch`: the default revocation recipe over many roles at once;
 //! - `error`: how PostgreSQL's failures map to the broker's retry/blame
 //!   classes, and the SCRAM verifier parts that the SDK's
@@ -23,6 +24,7 @@ mod batch;
 mod client;
 mod config;
 mod error;
+mod revoke;
 mod scram;
 mod tls;
 

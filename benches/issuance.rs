@@ -6,6 +6,7 @@
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
+//!     [--scale-leases 1000000]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -34,6 +35,9 @@
 //! connections as lessor has revocation workers.
 //! Phase `mysql` makes the same raw-versus-lessor comparison on MySQL or
 //! MariaDB (`LESSOR_TEST_MYSQL_URL`; see `issuance/mysql.rs`).
+//! Phase `scale` starts `lessor serve` on a store holding `--scale-leases`
+//! active leases and reports time to ready, memory, and issuance latency
+//! during and after the start-up scan (see `issuance/scale.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -53,11 +57,13 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "issuance/mysql.rs"]
 mod mysql;
+#[path = "issuance/scale.rs"]
+mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "drain"];
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000]";
+const PHASES: &[&str] = &["grp", "direct", "mysql", "drain", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 /// How often `pg_roles` is polled during the drain.
@@ -81,6 +87,8 @@ struct Args {
     sslmode: Option<String>,
     /// lessor's `scram_iterations` (the plugin's default when `None`).
     scram_iterations: Option<u32>,
+    /// Leases in the store for phase `scale`.
+    scale_leases: usize,
 }
 
 impl Args {
@@ -104,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
         password_encoding: None,
         sslmode: None,
         scram_iterations: None,
+        scale_leases: 1_000_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -137,6 +146,7 @@ fn parse_args() -> Result<Args, String> {
             "--password-encoding" => args.password_encoding = Some(value()?),
             "--sslmode" => args.sslmode = Some(value()?),
             "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
+            "--scale-leases" => args.scale_leases = value()?.parse().map_err(|_| bad(&arg))?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -863,10 +873,13 @@ async fn phases(
             .await?;
     }
 
-    if !args.phases.iter().any(|p| p == "drain") {
-        return Ok(());
+    if args.phases.iter().any(|p| p == "drain") {
+        drain(args, setup, client, &su, grp_rate).await?;
     }
-    drain(args, setup, client, &su, grp_rate).await
+    if args.phases.iter().any(|p| p == "scale") {
+        scale::phase(args, setup).await?;
+    }
+    Ok(())
 }
 
 /// The backends of lessor's admin pool (the raw clients name themselves).

@@ -25,14 +25,18 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct LeaseId(String);
 
+/// The length of a generated id's random part.
+pub const ID_RANDOM_LEN: usize = 22;
+
 const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
 impl LeaseId {
-    /// A fresh id for `role` with 22 random characters (about 131 bits).
+    /// A fresh id for `role` with [`ID_RANDOM_LEN`] (22) random characters
+    /// (about 131 bits).
     pub fn generate(role: &str) -> Self {
         let mut rng = OsRng.unwrap_err();
         let random: String =
-            (0..22).map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char).collect();
+            (0..ID_RANDOM_LEN).map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char).collect();
         Self(format!("{role}/{random}"))
     }
 

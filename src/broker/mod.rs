@@ -35,10 +35,10 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
 use crate::events::Events;
-use crate::expiry::{self, ExpiryIndex};
+use crate::expiry::{self, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{LeaseStore, StoreError, Write};
+use crate::store::{LeaseStore, ScanFrom, StoreError, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
 
@@ -51,6 +51,8 @@ const CREATE_RETRY_BUDGET: StdDuration = StdDuration::from_secs(10);
 
 /// How many revocations of one `revoke -prefix` are under way at once: two
 /// full batches (see `expiry::batch`).
+/// Leases read from the store per page of the start-up scan.
+const RECOVERY_PAGE: usize = 10_000;
 const REVOKE_PREFIX_CONCURRENCY: usize = 2 * crate::expiry::batch::MAX_BATCH;
 
 /// A connection as the broker runs it: the plugin and its revocation pool.
@@ -76,7 +78,7 @@ pub struct Broker {
     pub(crate) index: ExpiryIndex,
     /// When each active lease reaches two thirds of its TTL, for the
     /// `lease_expiring` event of `GET /v1/watch`.
-    pub(crate) warnings: ExpiryIndex,
+    pub(crate) warnings: WarningIndex,
     pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
     pub(crate) metrics: Metrics,
@@ -130,7 +132,7 @@ impl Broker {
             backends,
             store,
             index: ExpiryIndex::new(),
-            warnings: ExpiryIndex::new(),
+            warnings: WarningIndex::new(),
             events,
             locks: LeaseLocks::default(),
             metrics: Metrics::default(),
@@ -190,45 +192,58 @@ impl Broker {
         self.tasks.spawn(async move { me.purge_loop().await });
     }
 
-    /// Feeds every unfinished lease from the store to the index: pending
+    /// Feeds every unfinished lease from the store to the indexes: pending
     /// leases are rolled back, active ones wait for their expiry, revoking
     /// ones are retried now, and irrevocable ones go back to their slow
-    /// cadence, spread over it rather than all retried at once.
+    /// cadence, spread over it rather than all retried at once. The store
+    /// is read a page at a time and the indexes built once at the end, so
+    /// a million leases take neither a million full records in memory nor
+    /// a million single inserts.
     async fn recover(&self) -> Result<(), StoreError> {
-        let leases = self.store.unfinished().await?;
         let now = Utc::now();
-        let (mut pending, mut active, mut retry) = (0usize, 0usize, 0usize);
-        for lease in leases {
-            let at = match lease.state {
-                LeaseState::Active => {
-                    active += 1;
-                    self.warnings
-                        .schedule(lease.id.clone(), expiry::warning_at(lease.issued_at, lease.expires_at));
-                    lease.expires_at
-                }
-                // Being issued by this process: its issuance settles it,
-                // whatever happens. (If it ended between the scan's read
-                // and this check, the lease is settled already, and an
-                // extra attempt on it is harmless: revocation re-reads.)
-                LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
-                LeaseState::Pending => {
-                    pending += 1;
-                    Metrics::inc(&self.metrics.rolled_back);
-                    now
-                }
-                LeaseState::Revoking => {
-                    retry += 1;
-                    now
-                }
-                LeaseState::Irrevocable => {
-                    retry += 1;
-                    self.metrics.irrevocable_now.fetch_add(1, Ordering::Relaxed);
-                    expiry::slow_retry_after_restart(now)
-                }
-                LeaseState::Revoked => continue,
-            };
-            self.index.schedule(lease.id, at);
+        let (mut pending, mut active, mut retry, mut irrevocable) = (0u64, 0u64, 0u64, 0u64);
+        let mut due = self.index.loader();
+        let mut warnings = self.warnings.loader();
+        let mut from = Some(ScanFrom::default());
+        while let Some(cursor) = from {
+            let (page, next) = self.store.unfinished(cursor, RECOVERY_PAGE).await?;
+            from = next;
+            for lease in page {
+                let at = match lease.state {
+                    LeaseState::Active => {
+                        active += 1;
+                        let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
+                        warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
+                        lease.expires_at
+                    }
+                    // Being issued by this process: its issuance settles it,
+                    // whatever happens. (If it ended between the scan's read
+                    // and this check, the lease is settled already, and an
+                    // extra attempt on it is harmless: revocation re-reads.)
+                    LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
+                    LeaseState::Pending => {
+                        pending += 1;
+                        now
+                    }
+                    LeaseState::Revoking => {
+                        retry += 1;
+                        now
+                    }
+                    LeaseState::Irrevocable => {
+                        retry += 1;
+                        irrevocable += 1;
+                        expiry::slow_retry_after_restart(now)
+                    }
+                    LeaseState::Revoked => continue,
+                };
+                due.push(&lease.id, at, ());
+            }
         }
+        // Counted once the whole scan succeeded: a failed one is run again.
+        self.metrics.rolled_back.fetch_add(pending, Ordering::Relaxed);
+        self.metrics.irrevocable_now.fetch_add(irrevocable, Ordering::Relaxed);
+        due.finish();
+        warnings.finish();
         self.ready.store(true, Ordering::Release);
         info!(pending, active, retry, "start-up recovery done; ready");
         Ok(())
@@ -303,7 +318,7 @@ impl Broker {
                     self.unsettled.lock().unwrap().insert(lease.id.clone());
                 }
                 warn!(lease = %lease.id, role = %role.name, error = %source, unsettled, "issuance failed; rolling back");
-                self.index.schedule(lease.id.clone(), Utc::now());
+                self.index.schedule(&lease.id, Utc::now());
                 return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
             }
         };
@@ -319,7 +334,7 @@ impl Broker {
             // (something revoked it meanwhile) or could not be marked
             // active: take it back rather than hand out what is not tracked.
             Ok(false) => {
-                self.index.schedule(lease.id.clone(), Utc::now());
+                self.index.schedule(&lease.id, Utc::now());
                 return Err(BrokerError::Conflict {
                     id: lease.id.clone(),
                     state: "revoking",
@@ -328,12 +343,16 @@ impl Broker {
                 });
             }
             Err(e) => {
-                self.index.schedule(lease.id.clone(), Utc::now());
+                self.index.schedule(&lease.id, Utc::now());
                 return Err(e.into());
             }
         }
-        self.index.schedule(lease.id.clone(), expires_at);
-        self.warnings.schedule(lease.id.clone(), expiry::warning_at(lease.issued_at, expires_at));
+        self.index.schedule(&lease.id, expires_at);
+        self.warnings.insert(
+            &lease.id,
+            expiry::warning_at(lease.issued_at, expires_at),
+            expires_at.timestamp_millis(),
+        );
         Metrics::inc(&self.metrics.issued);
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =
@@ -512,8 +531,11 @@ impl Broker {
                 message: "the lease was revoked while renewing".into(),
             });
         }
-        self.index.schedule(id.clone(), expires_at);
-        self.warnings.schedule(id.clone(), expiry::warning_at(now, expires_at));
+        // The old expiry's entry goes; its warning, if still to come, is
+        // recognised as stale by the expiry it carries.
+        self.index.unschedule(id, lease.expires_at);
+        self.index.schedule(id, expires_at);
+        self.warnings.insert(id, expiry::warning_at(now, expires_at), expires_at.timestamp_millis());
         Metrics::inc(&self.metrics.renewed);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })
@@ -554,7 +576,8 @@ impl Broker {
         match self.revoke_now(id, false).await {
             Err(BrokerError::Backend { .. }) if force => {
                 let _lock = self.locks.lock(id).await;
-                self.index.remove(id);
+                // The retry the failure scheduled stays in the index; when
+                // it falls due it finds no lease and does nothing.
                 let was_irrevocable =
                     self.store.get(id).await?.is_some_and(|l| l.state == LeaseState::Irrevocable);
                 if self.store.write(Write::Delete { id: id.clone() }).await? && was_irrevocable {

@@ -30,13 +30,18 @@ impl Broker {
     /// is ever forgotten.
     pub(crate) async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
         let _lock = self.locks.lock(id).await;
-        self.index.remove(id);
-        self.warnings.remove(id);
         let mut retry = Reschedule { index: &self.index, id, armed: true };
         let Some(lease) = self.store.get(id).await? else {
             retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
         };
+        // An active lease's one entry is at its expiry (gone already when
+        // the expiry loop popped it). Other entries (a retry scheduled
+        // before this attempt) stay and find the lease settled when due;
+        // so does the expiring warning, which re-reads the lease.
+        if lease.state == LeaseState::Active {
+            self.index.unschedule(id, lease.expires_at);
+        }
         if lease.state == LeaseState::Revoked {
             retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
@@ -44,7 +49,7 @@ impl Broker {
         if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
             // Renewed while this attempt waited for the lock: not due yet.
             retry.armed = false;
-            self.index.schedule(id.clone(), lease.expires_at);
+            self.index.schedule(id, lease.expires_at);
             return Ok(Revocation::NotDue);
         }
         if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
@@ -73,7 +78,7 @@ impl Broker {
                 self.rechecking.lock().unwrap().insert(id.clone());
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
-                self.index.schedule(id.clone(), at);
+                self.index.schedule(id, at);
                 debug!(lease = %id, username = %lease.username, recheck_in_ms = grace.as_millis() as u64, "rolled back; checking the backend once more later");
                 Ok(Revocation::Revoked)
             }
@@ -121,7 +126,7 @@ impl Broker {
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-                self.index.schedule(id.clone(), at);
+                self.index.schedule(id, at);
                 Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
             }
         }
@@ -131,7 +136,7 @@ impl Broker {
     /// revocation task. Runs until shutdown.
     pub(crate) async fn expiry_loop(self: Arc<Self>) {
         loop {
-            let due = self.index.pop_due(Utc::now(), 1024);
+            let due = self.index.due(Utc::now(), 1024);
             let more = due.len() == 1024;
             for id in due {
                 let me = self.clone();
@@ -160,9 +165,15 @@ impl Broker {
     /// thirds of its TTL. Runs until shutdown.
     pub(crate) async fn expiring_loop(self: Arc<Self>) {
         loop {
-            for id in self.warnings.pop_due(Utc::now(), 1024) {
+            for (id, expires_at_ms) in self.warnings.pop_due(Utc::now(), 1024) {
                 match self.store.get(&id).await {
-                    Ok(Some(lease)) if lease.state == LeaseState::Active && lease.expires_at > Utc::now() => {
+                    // Still active, unexpired, and not renewed since this
+                    // warning was scheduled (a renewal schedules its own).
+                    Ok(Some(lease))
+                        if lease.state == LeaseState::Active
+                            && lease.expires_at > Utc::now()
+                            && lease.expires_at.timestamp_millis() == expires_at_ms =>
+                    {
                         self.events.emit(Event::LeaseExpiring(Box::new(lease)));
                     }
                     Ok(_) => {}
@@ -211,7 +222,7 @@ impl Drop for Reschedule<'_> {
         if self.armed {
             let wait = expiry::backoff(3);
             let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
-            self.index.schedule(self.id.clone(), at);
+            self.index.schedule(self.id, at);
         }
     }
 }

@@ -33,6 +33,20 @@ impl Page<'_> {
     pub const ALL: Page<'static> = Page { after: None, limit: usize::MAX };
 }
 
+/// What start-up needs of a lease that still needs work to schedule it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub id: LeaseId,
+    pub state: LeaseState,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Where a scan of [`LeaseStore::unfinished`] goes on: a position in the
+/// store's own order (SQLite: a rowid), meaningless elsewhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanFrom(pub i64);
+
 /// A change to one lease. Each names the states it applies in; a write whose
 /// lease is not in one of them changes nothing and reports `false`.
 #[derive(Debug, Clone)]
@@ -107,9 +121,15 @@ pub trait LeaseStore: Send + Sync + Debug {
         page: Page<'_>,
     ) -> Result<Vec<Lease>, StoreError>;
 
-    /// Every lease that still needs work (not `revoked`), earliest
-    /// `expires_at` first: what start-up feeds to the expiry index.
-    async fn unfinished(&self) -> Result<Vec<Lease>, StoreError>;
+    /// Up to `limit` leases that still need work (not `revoked`), in the
+    /// store's own order from `from` on, with where the next page starts
+    /// (`None` after the last): what start-up feeds to the expiry index,
+    /// a page at a time so a million leases are never one answer.
+    async fn unfinished(
+        &self,
+        from: ScanFrom,
+        limit: usize,
+    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError>;
 
     /// Which of `usernames` a lease still covers, on any connection: one
     /// in any state but `revoked`, or revoked at or after `revoked_since`

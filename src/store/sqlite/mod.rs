@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod statics;
 
-use super::{LeaseStore, Page, StaticRecord, StoreError, Write};
+use super::{LeaseStore, Page, ScanFrom, StaticRecord, StoreError, Unfinished, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
@@ -292,11 +292,28 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn unfinished(&self) -> Result<Vec<Lease>, StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached(select_leases!("WHERE state != 'revoked' ORDER BY expires_at, id"))?
-                .query_map([], lease_from_row)?
-                .collect()
+    async fn unfinished(
+        &self,
+        from: ScanFrom,
+        limit: usize,
+    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError> {
+        // In rowid order: the table's own order, read straight through,
+        // where id or expiry order would look every row up from an index.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut last = None;
+            let page = conn
+                .prepare_cached(
+                    "SELECT rowid, id, state, issued_at, expires_at FROM leases \
+                     WHERE rowid > ?1 AND state != 'revoked' ORDER BY rowid LIMIT ?2",
+                )?
+                .query_map(params![from.0, limit], |row| {
+                    last = Some(row.get::<_, i64>(0)?);
+                    unfinished_from_row(row)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let next = (page.len() as i64 == limit).then_some(last).flatten().map(ScanFrom);
+            Ok((page, next))
         })
         .await
     }
@@ -653,15 +670,32 @@ fn json_text(value: Option<&serde_json::Value>) -> rusqlite::Result<Option<Strin
 }
 
 /// Reads a row selected by [`select_leases!`].
+/// Columns `(rowid,) id, state, issued_at, expires_at`.
+fn unfinished_from_row(row: &Row<'_>) -> rusqlite::Result<Unfinished> {
+    let state: String = row.get(2)?;
+    Ok(Unfinished {
+        id: LeaseId::from_store(row.get(1)?),
+        state: LeaseState::parse(&state)
+            .ok_or_else(|| bad_value(2, Type::Text, format!("unknown state {state:?}")))?,
+        issued_at: time_at(row, 3)?,
+        expires_at: time_at(row, 4)?,
+    })
+}
+
+fn bad_value(index: usize, kind: Type, message: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, kind, message.into())
+}
+
+/// An epoch-milliseconds column as a time.
+fn time_at(row: &Row<'_>, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let millis: i64 = row.get(index)?;
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| bad_value(index, Type::Integer, format!("bad time {millis}")))
+}
+
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
-    let bad = |index: usize, kind: Type, message: String| {
-        rusqlite::Error::FromSqlConversionFailure(index, kind, message.into())
-    };
-    let time = |index: usize| -> rusqlite::Result<DateTime<Utc>> {
-        let millis: i64 = row.get(index)?;
-        DateTime::from_timestamp_millis(millis)
-            .ok_or_else(|| bad(index, Type::Integer, format!("bad time {millis}")))
-    };
+    let bad = bad_value;
+    let time = |index: usize| time_at(row, index);
     let state: String = row.get(4)?;
     let plugin_data: Option<String> = row.get(14)?;
     let revoked_at: Option<i64> = row.get(15)?;

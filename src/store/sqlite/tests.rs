@@ -222,7 +222,7 @@ async fn concurrent_inserts_are_durable_after_reopening() {
 
     let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
     assert_eq!(store.list("", &[], Page::ALL).await.unwrap(), written);
-    assert_eq!(store.unfinished().await.unwrap().len(), 200);
+    assert_eq!(store.unfinished(ScanFrom::default(), 1000).await.unwrap().0.len(), 200);
 }
 
 #[tokio::test]
@@ -397,19 +397,46 @@ async fn list_takes_the_prefix_literally() {
 }
 
 #[tokio::test]
-async fn unfinished_leaves_out_revoked_in_expiry_order() {
+async fn unfinished_pages_through_every_lease_but_the_revoked_once() {
     let (_dir, store) = temp_store();
     let now = millis(Utc::now());
     let mut leases = Vec::new();
-    for minutes in [30, 10, 20, 5] {
+    for minutes in 0..25 {
         let mut lease = pending("app");
-        lease.expires_at = now + TimeDelta::minutes(minutes);
+        lease.expires_at = now + TimeDelta::minutes(30 - minutes);
         store.write(Write::Insert(lease.clone())).await.unwrap();
         leases.push(lease);
     }
+    store
+        .write(Write::Activate { id: leases[0].id.clone(), plugin_data: None, expires_at: None })
+        .await
+        .unwrap();
     store.write(Write::Revoked { id: leases[3].id.clone(), at: now }).await.unwrap();
-    let order: Vec<LeaseId> = store.unfinished().await.unwrap().into_iter().map(|l| l.id).collect();
-    assert_eq!(order, [&leases[1], &leases[2], &leases[0]].map(|l| l.id.clone()));
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut from = Some(ScanFrom::default());
+    while let Some(cursor) = from {
+        let (page, next) = store.unfinished(cursor, 4).await.unwrap();
+        assert!(page.len() <= 4);
+        pages += 1;
+        seen.extend(page);
+        from = next;
+    }
+    assert!(pages >= 6, "{pages} pages of at most 4 for 24 leases");
+    let mut want: Vec<Unfinished> = leases
+        .iter()
+        .filter(|l| l.id != leases[3].id)
+        .map(|l| Unfinished {
+            id: l.id.clone(),
+            state: if l.id == leases[0].id { LeaseState::Active } else { LeaseState::Pending },
+            issued_at: l.issued_at,
+            expires_at: l.expires_at,
+        })
+        .collect();
+    want.sort_by(|a, b| a.id.cmp(&b.id));
+    seen.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

@@ -1,0 +1,225 @@
+//! Phase `scale`: start-up with a large store.
+//!
+//! `--scale-leases` active leases (default 1 000 000) are written straight
+//! into a fresh store (with the schema `lessor` itself creates), all
+//! expiring in one to two days, so none falls due during the run. Then
+//! `lessor serve` is started on that store as a process of its own, so its
+//! memory is its own, and the phase reports:
+//! - how long until the socket answers and until `health` says `ready`
+//!   (the start-up scan has fed every lease to the expiry index);
+//! - the daemon's resident memory at that point and its peak (`VmRSS`,
+//!   `VmHWM` from `/proc/<pid>/status`);
+//! - issuance latency from N clients, split into requests started during
+//!   the scan and requests started after it (the load runs from the first
+//!   answer until `--seconds` after ready).
+//!
+//! The leases name users that do not exist; the daemon is stopped with
+//! SIGTERM before any could expire, and the store is deleted with the temp
+//! dir. The credentials issued during the phase are real roles with the
+//! run's prefix, dropped by the run's cleanup.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+
+use super::*;
+
+/// How long the daemon may take to become ready before the phase fails.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// Rows per transaction while filling the store.
+const FILL_CHUNK: usize = 50_000;
+
+pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
+    let leases = args.scale_leases;
+    println!("\nscale: {leases} active leases in the store, then `lessor serve` started on it");
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("lessor.toml");
+    std::fs::write(&config_path, lessor_config(setup, dir.path(), args))?;
+    let store = dir.path().join("lessor.db");
+
+    let t = Instant::now();
+    let path = store.clone();
+    let prefix = setup.names.minted("scale");
+    tokio::task::spawn_blocking(move || fill(&path, leases, &prefix)).await??;
+    let size = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
+    println!("  store filled in {:.1} s ({:.0} MB on disk)", t.elapsed().as_secs_f64(), size as f64 / 1e6);
+
+    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("lessor serve exited at once")?;
+    let client = Client::new(dir.path().join("lessor.sock"));
+    let outcome = measure(args, &client, pid, started, &mut child).await;
+    // SIGTERM: a clean shutdown, within the deadline or killed.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+    if outcome.is_err() {
+        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        eprintln!("lessor serve's log:\n{log}");
+    }
+    outcome
+}
+
+async fn measure(
+    args: &Args,
+    client: &Client,
+    pid: u32,
+    started: Instant,
+    child: &mut tokio::process::Child,
+) -> Result<()> {
+    let deadline = started + READY_DEADLINE;
+    // First answer (any status): the socket is bound and serving.
+    let answering = loop {
+        if client.health().await.is_ok() {
+            break started.elapsed();
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("lessor serve exited with {status} before answering").into());
+        }
+        if Instant::now() > deadline {
+            return Err("lessor serve did not answer within the deadline".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+
+    // The load starts now and runs until `seconds` after ready.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..args.n)
+        .map(|_| {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut op = LessorCreate { client, role: "grp".to_string() };
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let ok = op.run().await.is_ok();
+                    samples.push((t0, t0.elapsed(), ok));
+                }
+                samples
+            })
+        })
+        .collect();
+
+    let ready = loop {
+        let response = client.health().await?;
+        if response.status == 200 {
+            break started.elapsed();
+        }
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err("lessor serve did not become ready within the deadline".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let ready_at = started + ready;
+    let memory_at_ready = memory(pid);
+    let scheduled = client.health().await?.body.get("scheduled_leases").and_then(|v| v.as_u64()).unwrap_or(0);
+
+    tokio::time::sleep_until((ready_at + Duration::from_secs_f64(args.seconds)).into()).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut during = Stats::default();
+    let mut after = Stats::default();
+    for task in load {
+        for (t0, latency, ok) in task.await? {
+            let stats = if t0 < ready_at { &mut during } else { &mut after };
+            if ok {
+                stats.latencies.push(latency);
+            } else {
+                stats.errors += 1;
+            }
+        }
+    }
+    during.elapsed = ready.saturating_sub(answering);
+    after.elapsed = Duration::from_secs_f64(args.seconds);
+    during.latencies.sort_unstable();
+    after.latencies.sort_unstable();
+    let memory_at_end = memory(pid);
+
+    let target_ready = ready <= Duration::from_millis(1500);
+    println!(
+        "  answering after {:.0} ms; ready after {:.0} ms (target ≤ 1500 ms: {}), {scheduled} leases scheduled",
+        ms(answering),
+        ms(ready),
+        verdict(target_ready)
+    );
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "  memory at ready: RSS {:.0} MB (target ≤ 200 MB: {}), peak {:.0} MB; after the load: RSS {:.0} MB, peak {:.0} MB",
+        mb(memory_at_ready.0),
+        verdict(mb(memory_at_ready.0) <= 200.0),
+        mb(memory_at_ready.1),
+        mb(memory_at_end.0),
+        mb(memory_at_end.1)
+    );
+    print_latency("during the scan", &during);
+    print_latency("after ready", &after);
+    Ok(())
+}
+
+fn print_latency(label: &str, s: &Stats) {
+    println!(
+        "  issuance {label:<16} {:>6} ok  {:>7.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
+        s.ok(),
+        if s.elapsed.is_zero() { 0.0 } else { s.throughput() },
+        ms(s.percentile(50.0)),
+        ms(s.percentile(99.0)),
+        ms(s.max()),
+        s.errors
+    );
+}
+
+/// `VmRSS` and `VmHWM` of a process, in kB (0 when unreadable).
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Creates the store with lessor's own schema, then writes `leases` active
+/// leases of role `grp` into it, in transactions of [`FILL_CHUNK`] rows.
+fn fill(path: &Path, leases: usize, prefix: &str) -> Result<()> {
+    drop(lessor::store::SqliteStore::open(path)?);
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    let now = Utc::now().timestamp_millis();
+    let day = 86_400_000i64;
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut rng = rand::rng();
+    let mut written = 0;
+    while written < leases {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, \
+                 max_expires_at, renewable, owner_uid, owner_gid, owner_pid) \
+                 VALUES (?1, 'grp', 'bench', ?2, 'active', ?3, ?4, ?5, 1, ?6, ?7, NULL)",
+            )?;
+            for n in written..(written + FILL_CHUNK).min(leases) {
+                let id = format!("grp/{}", Alphanumeric.sample_string(&mut rng, 22));
+                let username = format!("{prefix}{n}");
+                let expires = now + day + rng.random_range(0..day);
+                insert.execute(rusqlite::params![id, username, now, expires, expires + day, uid, gid])?;
+            }
+        }
+        tx.commit()?;
+        written = (written + FILL_CHUNK).min(leases);
+    }
+    Ok(())
+}

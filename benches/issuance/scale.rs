@@ -4,7 +4,8 @@
 //! into a fresh store (with the schema `lessor` itself creates), all
 //! expiring in one to two days, so none falls due during the run. Then
 //! `lessor serve` is started on that store as a process of its own, so its
-//! memory is its own, and the phase reports:
+//! memory is its own (`LESSOR_BENCH_LESSOR_BIN` names another build to
+//! start instead, to compare two), and the phase reports:
 //! - how long until the socket answers and until `health` says `ready`
 //!   (the start-up scan has fed every lease to the expiry index);
 //! - the daemon's resident memory at that point and its peak (`VmRSS`,
@@ -12,6 +13,9 @@
 //! - issuance latency from N clients, split into requests started during
 //!   the scan and requests started after it (the load runs from the first
 //!   answer until `--seconds` after ready).
+//!
+//! It is started twice: alone, then with the N clients issuing, which on a
+//! small machine take CPU from the scan.
 //!
 //! The leases name users that do not exist; the daemon is stopped with
 //! SIGTERM before any could expire, and the store is deleted with the temp
@@ -44,27 +48,42 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     let size = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
     println!("  store filled in {:.1} s ({:.0} MB on disk)", t.elapsed().as_secs_f64(), size as f64 / 1e6);
 
-    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    // First alone, then with issuance running through the scan: the two
+    // starts compete for the same two cores.
+    for load in [false, true] {
+        start(args, dir.path(), &config_path, load).await?;
+    }
+    Ok(())
+}
+
+/// Starts `lessor serve` on the store, measures it, stops it.
+async fn start(args: &Args, dir: &Path, config: &Path, load: bool) -> Result<()> {
+    println!("  start {}:", if load { "with N clients issuing from the first answer on" } else { "alone" });
+    let log = std::fs::File::create(dir.join("serve.log"))?;
+    // Another build of lessor can be measured on the same store (before
+    // and after a change) with LESSOR_BENCH_LESSOR_BIN.
+    let binary =
+        std::env::var_os("LESSOR_BENCH_LESSOR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lessor").into());
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+    let mut child = tokio::process::Command::new(&binary)
         .arg("serve")
         .arg("--config")
-        .arg(&config_path)
+        .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().ok_or("lessor serve exited at once")?;
-    let client = Client::new(dir.path().join("lessor.sock"));
-    let outcome = measure(args, &client, pid, started, &mut child).await;
+    let client = Client::new(dir.join("lessor.sock"));
+    let outcome = measure(args, &client, pid, started, &mut child, load).await;
     // SIGTERM: a clean shutdown, within the deadline or killed.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
         let _ = child.kill().await;
     }
     if outcome.is_err() {
-        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
         eprintln!("lessor serve's log:\n{log}");
     }
     outcome
@@ -76,6 +95,7 @@ async fn measure(
     pid: u32,
     started: Instant,
     child: &mut tokio::process::Child,
+    load: bool,
 ) -> Result<()> {
     let deadline = started + READY_DEADLINE;
     // First answer (any status): the socket is bound and serving.
@@ -94,7 +114,8 @@ async fn measure(
 
     // The load starts now and runs until `seconds` after ready.
     let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..args.n)
+    let clients = if load { args.n } else { 0 };
+    let load: Vec<_> = (0..clients)
         .map(|_| {
             let client = client.clone();
             let stop = stop.clone();
@@ -125,6 +146,22 @@ async fn measure(
     let ready_at = started + ready;
     let memory_at_ready = memory(pid);
     let scheduled = client.health().await?.body.get("scheduled_leases").and_then(|v| v.as_u64()).unwrap_or(0);
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    println!(
+        "    answering after {:.0} ms; ready after {:.0} ms (target ≤ 1500 ms: {}), {scheduled} leases scheduled",
+        ms(answering),
+        ms(ready),
+        verdict(ready <= Duration::from_millis(1500))
+    );
+    println!(
+        "    memory at ready: RSS {:.0} MB (target ≤ 200 MB: {}), peak {:.0} MB",
+        mb(memory_at_ready.0),
+        verdict(mb(memory_at_ready.0) <= 200.0),
+        mb(memory_at_ready.1)
+    );
+    if load.is_empty() {
+        return Ok(());
+    }
 
     tokio::time::sleep_until((ready_at + Duration::from_secs_f64(args.seconds)).into()).await;
     stop.store(true, Ordering::Relaxed);
@@ -145,31 +182,19 @@ async fn measure(
     during.latencies.sort_unstable();
     after.latencies.sort_unstable();
     let memory_at_end = memory(pid);
-
-    let target_ready = ready <= Duration::from_millis(1500);
+    print_latency("during the scan", &during);
+    print_latency("after ready", &after);
     println!(
-        "  answering after {:.0} ms; ready after {:.0} ms (target ≤ 1500 ms: {}), {scheduled} leases scheduled",
-        ms(answering),
-        ms(ready),
-        verdict(target_ready)
-    );
-    let mb = |kb: u64| kb as f64 / 1024.0;
-    println!(
-        "  memory at ready: RSS {:.0} MB (target ≤ 200 MB: {}), peak {:.0} MB; after the load: RSS {:.0} MB, peak {:.0} MB",
-        mb(memory_at_ready.0),
-        verdict(mb(memory_at_ready.0) <= 200.0),
-        mb(memory_at_ready.1),
+        "    memory after the load: RSS {:.0} MB, peak {:.0} MB",
         mb(memory_at_end.0),
         mb(memory_at_end.1)
     );
-    print_latency("during the scan", &during);
-    print_latency("after ready", &after);
     Ok(())
 }
 
 fn print_latency(label: &str, s: &Stats) {
     println!(
-        "  issuance {label:<16} {:>6} ok  {:>7.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
+        "    issuance {label:<16} {:>6} ok  {:>7.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
         s.ok(),
         if s.elapsed.is_zero() { 0.0 } else { s.throughput() },
         ms(s.percentile(50.0)),

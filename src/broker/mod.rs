@@ -204,10 +204,17 @@ impl Broker {
         let (mut pending, mut active, mut retry, mut irrevocable) = (0u64, 0u64, 0u64, 0u64);
         let mut due = self.index.loader();
         let mut warnings = self.warnings.loader();
-        let mut from = Some(ScanFrom::default());
-        while let Some(cursor) = from {
-            let (page, next) = self.store.unfinished(cursor, RECOVERY_PAGE).await?;
-            from = next;
+        // The next page is read while this one is sorted into the loaders.
+        let read = |from: ScanFrom| {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.unfinished(from, RECOVERY_PAGE).await })
+        };
+        let mut reading = Some(read(ScanFrom::default()));
+        while let Some(page) = reading.take() {
+            let (page, next) = page
+                .await
+                .map_err(|e| StoreError::Io(format!("the start-up scan's read task failed: {e}")))??;
+            reading = next.map(read);
             for lease in page {
                 let at = match lease.state {
                     LeaseState::Active => {
@@ -242,10 +249,10 @@ impl Broker {
         // Counted once the whole scan succeeded: a failed one is run again.
         self.metrics.rolled_back.fetch_add(pending, Ordering::Relaxed);
         self.metrics.irrevocable_now.fetch_add(irrevocable, Ordering::Relaxed);
-        due.finish();
-        warnings.finish();
+        tokio::join!(due.finish(), warnings.finish());
         self.ready.store(true, Ordering::Release);
-        info!(pending, active, retry, "start-up recovery done; ready");
+        let ms = (Utc::now() - now).num_milliseconds();
+        info!(pending, active, retry, ms, "start-up recovery done; ready");
         Ok(())
     }
 

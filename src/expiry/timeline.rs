@@ -202,20 +202,27 @@ pub struct Loader<'a, T> {
     entries: Vec<Entry<T>>,
 }
 
-impl<T: Ord + Copy> Loader<'_, T> {
+impl<T: Ord + Copy + Send + 'static> Loader<'_, T> {
     pub fn push(&mut self, id: &LeaseId, at: DateTime<Utc>, tag: T) {
         let entry = self.timeline.entry(id, at, tag);
         self.entries.push(entry);
     }
 
-    /// Adds what was pushed to the timeline.
-    pub fn finish(self) {
-        let mut built: BTreeSet<Entry<T>> = self.entries.into_iter().collect();
+    /// Adds what was pushed to the timeline. The set is built on the
+    /// blocking pool (a million entries take a good part of a second),
+    /// so requests are served meanwhile.
+    pub async fn finish(self) {
+        let entries = self.entries;
+        let mut built: BTreeSet<Entry<T>> =
+            match tokio::task::spawn_blocking(move || entries.into_iter().collect::<BTreeSet<_>>()).await {
+                Ok(built) => built,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
         {
             let mut entries = self.timeline.entries.lock().unwrap();
             // Whatever arrived during the scan (few entries) goes into the
             // bulk-built set, not the other way round.
-            if entries.len() > built.len() {
+            if built.len() > entries.len() {
                 std::mem::swap(&mut *entries, &mut built);
             }
             entries.extend(built);
@@ -340,8 +347,8 @@ mod tests {
         assert_eq!(index.len(), 6);
     }
 
-    #[test]
-    fn load_merges_with_what_was_scheduled_meanwhile() {
+    #[tokio::test]
+    async fn load_merges_with_what_was_scheduled_meanwhile() {
         let index = WarningIndex::new();
         let t0 = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
         index.insert(&id(0), t0 + secs(5), 7);
@@ -349,7 +356,7 @@ mod tests {
         for n in (1..=1000).rev() {
             loader.push(&id(n), t0 + secs(n as i64 * 10), n as i64);
         }
-        loader.finish();
+        loader.finish().await;
         index.insert(&id(1001), t0 + secs(1), 1001);
         assert_eq!(index.len(), 1002);
         let due = index.pop_due(t0 + secs(20), 10);

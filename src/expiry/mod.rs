@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-pub use timeline::{ExpiryIndex, WarningIndex};
+pub use timeline::{Due, ExpiryIndex, WarningIndex, ANY_ATTEMPT};
 
 /// After this many failed attempts a lease is flagged `irrevocable`.
 pub const MAX_FAST_ATTEMPTS: u32 = 6;

@@ -4,13 +4,14 @@
 //!
 //! An entry is the deadline in milliseconds, the lease id packed into 28
 //! bytes ([`Key`]) and a tag (the expiry an `expiring` warning belongs to;
-//! nothing for the expiry index): 40 or 48 bytes where a `String` id held
+//! the attempts a retry was made for, in the expiry index): 40 or 48 bytes where a `String` id held
 //! twice (in a deadline map and an id map, as the index had it before)
 //! took several times that. Without the id map an entry is removed by its
 //! exact `(deadline, id)`, which the caller knows for an active lease (its
 //! `expires_at`); an entry nobody removed (a retry of a lease revoked in
 //! the meantime) stays until it falls due, and whoever pops it re-reads the
-//! lease before acting, as every revocation attempt does anyway.
+//! lease before acting, as every revocation attempt does anyway, and drops
+//! it when its tag shows a later attempt has scheduled its own.
 //!
 //! Start-up feeds the whole store through [`Timeline::loader`], which builds
 //! the set in one sorted pass (full B-tree nodes) instead of a million
@@ -60,7 +61,11 @@ impl Names {
 
     fn pack(&mut self, id: &LeaseId) -> Key {
         match id.as_str().split_once('/') {
-            Some((role, random)) if random.len() == ID_RANDOM_LEN => {
+            // Only a random part of letters and digits is packed: then it can
+            // never be the all-zero marker of an id kept whole.
+            Some((role, random))
+                if random.len() == ID_RANDOM_LEN && random.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
                 let mut bytes = WHOLE;
                 bytes.copy_from_slice(random.as_bytes());
                 Key { name: self.number(role), random: bytes }
@@ -232,24 +237,47 @@ impl<T: Ord + Copy + Send + 'static> Loader<'_, T> {
 }
 
 /// Leases by the instant they need revocation work: an active lease at
-/// its expiry, a failed revocation at its next retry, a rollback now.
-pub type ExpiryIndex = Timeline<()>;
+/// its expiry, a failed revocation at its next retry, a rollback now. The
+/// tag is the lease's `attempts` when the entry was made ([`ANY_ATTEMPT`]
+/// when unknown): a retry entry left over from before a later attempt
+/// (which scheduled its own) is recognised by it and dropped, so a lease
+/// never has two retry chains however often it is revoked by hand.
+pub type ExpiryIndex = Timeline<u32>;
+
+/// The tag of an entry that is acted on whatever the lease's attempts.
+pub const ANY_ATTEMPT: u32 = u32::MAX;
+
+/// A lease that fell due, with the attempts its entry was made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub id: LeaseId,
+    pub attempts: u32,
+}
+
+impl Due {
+    /// Whether this entry was made for a lease that has since had
+    /// `attempts` revocation attempts.
+    pub fn is_current(&self, attempts: u32) -> bool {
+        self.attempts == ANY_ATTEMPT || self.attempts == attempts
+    }
+}
 
 impl ExpiryIndex {
-    /// Schedules `id` at `at`. Moving an active lease is
-    /// [`unschedule`](Self::unschedule) of its old expiry, then this.
-    pub fn schedule(&self, id: &LeaseId, at: DateTime<Utc>) {
-        self.insert(id, at, ());
+    /// Schedules `id`, which has had `attempts` revocation attempts, at
+    /// `at`. Moving an active lease is [`unschedule`](Self::unschedule) of
+    /// its old expiry, then this.
+    pub fn schedule(&self, id: &LeaseId, at: DateTime<Utc>, attempts: u32) {
+        self.insert(id, at, attempts);
     }
 
-    /// Removes the entry of `id` at `at`, if there is one.
-    pub fn unschedule(&self, id: &LeaseId, at: DateTime<Utc>) -> bool {
-        self.remove(id, at, ())
+    /// Removes the entry of `id` at `at` made for `attempts`, if there is one.
+    pub fn unschedule(&self, id: &LeaseId, at: DateTime<Utc>, attempts: u32) -> bool {
+        self.remove(id, at, attempts)
     }
 
     /// Takes up to `max` leases due at or before `now`, earliest first.
-    pub fn due(&self, now: DateTime<Utc>, max: usize) -> Vec<LeaseId> {
-        self.pop_due(now, max).into_iter().map(|(id, ())| id).collect()
+    pub fn due(&self, now: DateTime<Utc>, max: usize) -> Vec<Due> {
+        self.pop_due(now, max).into_iter().map(|(id, attempts)| Due { id, attempts }).collect()
     }
 }
 
@@ -278,24 +306,28 @@ mod tests {
     fn pops_in_deadline_order_and_moves_when_unscheduled_first() {
         let index = ExpiryIndex::new();
         let t0 = Utc::now();
-        index.schedule(&id(1), t0 + secs(30));
-        index.schedule(&id(2), t0 + secs(10));
-        index.schedule(&id(3), t0 + secs(20));
+        index.schedule(&id(1), t0 + secs(30), 0);
+        index.schedule(&id(2), t0 + secs(10), 0);
+        index.schedule(&id(3), t0 + secs(20), 0);
         assert_eq!(index.next_deadline().map(|t| t.timestamp_millis()), Some(millis(t0 + secs(10))));
         // A renewal moves lease 2 past lease 1.
-        assert!(index.unschedule(&id(2), t0 + secs(10)));
-        index.schedule(&id(2), t0 + secs(40));
+        assert!(index.unschedule(&id(2), t0 + secs(10), 0));
+        index.schedule(&id(2), t0 + secs(40), 0);
         assert_eq!(index.len(), 3);
-        assert_eq!(index.due(t0 + secs(35), 10), vec![id(3), id(1)]);
-        assert!(index.unschedule(&id(2), t0 + secs(40)));
-        assert!(!index.unschedule(&id(2), t0 + secs(40)));
+        assert_eq!(
+            index.due(t0 + secs(35), 10),
+            vec![Due { id: id(3), attempts: 0 }, Due { id: id(1), attempts: 0 }]
+        );
+        assert!(!index.unschedule(&id(2), t0 + secs(40), 1), "another attempt's entry");
+        assert!(index.unschedule(&id(2), t0 + secs(40), 0));
+        assert!(!index.unschedule(&id(2), t0 + secs(40), 0));
         assert!(index.is_empty());
     }
 
     #[test]
     fn entries_stay_small() {
         // What a million leases cost in each index, before B-tree overhead.
-        assert_eq!(std::mem::size_of::<Entry<()>>(), 40);
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 40);
         assert_eq!(std::mem::size_of::<Entry<i64>>(), 48);
     }
 
@@ -303,8 +335,8 @@ mod tests {
     fn the_same_entry_twice_is_one() {
         let index = ExpiryIndex::new();
         let at = Utc::now();
-        index.schedule(&id(1), at);
-        index.schedule(&id(1), at);
+        index.schedule(&id(1), at, 2);
+        index.schedule(&id(1), at, 2);
         assert_eq!(index.len(), 1);
     }
 
@@ -312,9 +344,9 @@ mod tests {
     fn never_falls_due_before_its_instant() {
         let index = ExpiryIndex::new();
         let at = DateTime::from_timestamp_millis(1_000).unwrap() + chrono::Duration::microseconds(300);
-        index.schedule(&id(1), at);
+        index.schedule(&id(1), at, 0);
         assert!(index.due(DateTime::from_timestamp_millis(1_000).unwrap(), 10).is_empty());
-        assert_eq!(index.due(DateTime::from_timestamp_millis(1_001).unwrap(), 10), vec![id(1)]);
+        assert_eq!(index.due(DateTime::from_timestamp_millis(1_001).unwrap(), 10)[0].id, id(1));
     }
 
     #[test]
@@ -324,12 +356,16 @@ mod tests {
         let ids: Vec<LeaseId> = ["pg-ro/abc", "pg-ro/0123456789abcdefghijKL", "x/0123456789abcdefghijKLmn"]
             .iter()
             .map(|raw| LeaseId::parse(raw).unwrap())
+            // From a damaged store: a random part of the packed length
+            // that is not letters and digits is kept whole, not mistaken
+            // for the marker of a whole id.
+            .chain([LeaseId::from_store(format!("r/{}", "\0".repeat(ID_RANDOM_LEN)))])
             .chain([LeaseId::generate("pg-ro"), LeaseId::generate("other")])
             .collect();
         for i in &ids {
-            index.schedule(i, at);
+            index.schedule(i, at, 0);
         }
-        let mut back = index.due(Utc::now(), 10);
+        let mut back: Vec<LeaseId> = index.due(Utc::now(), 10).into_iter().map(|d| d.id).collect();
         let mut want = ids.clone();
         back.sort();
         want.sort();
@@ -341,7 +377,7 @@ mod tests {
         let index = ExpiryIndex::new();
         let past = Utc::now() - secs(1);
         for n in 0..10 {
-            index.schedule(&id(n), past);
+            index.schedule(&id(n), past, 0);
         }
         assert_eq!(index.due(Utc::now(), 4).len(), 4);
         assert_eq!(index.len(), 6);
@@ -366,13 +402,13 @@ mod tests {
     #[tokio::test]
     async fn earlier_deadline_wakes_the_sleeper() {
         let index = Arc::new(ExpiryIndex::new());
-        index.schedule(&id(1), Utc::now() + chrono::Duration::hours(1));
+        index.schedule(&id(1), Utc::now() + chrono::Duration::hours(1), 0);
         index.changed().await; // the first schedule stored a wake-up
         let waiter = tokio::spawn({
             let index = index.clone();
             async move { index.changed().await }
         });
-        index.schedule(&id(2), Utc::now());
+        index.schedule(&id(2), Utc::now(), 0);
         tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

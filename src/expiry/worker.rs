@@ -14,7 +14,7 @@ use std::time::Duration as StdDuration;
 use chrono::Utc;
 use tracing::{debug, info, warn};
 
-use super::{ExpiryIndex, MAX_FAST_ATTEMPTS};
+use super::{Due, ExpiryIndex, ANY_ATTEMPT, MAX_FAST_ATTEMPTS};
 use crate::broker::{bounded, Broker, BrokerError, Revocation};
 use crate::events::Event;
 use crate::expiry;
@@ -28,7 +28,15 @@ impl Broker {
     /// any other way out before an outcome is recorded (a store error, the
     /// caller going away) puts the lease back in the schedule, so no lease
     /// is ever forgotten.
-    pub(crate) async fn revoke_now(&self, id: &LeaseId, expired: bool) -> Result<Revocation, BrokerError> {
+    ///
+    /// `due` is the index entry that fell due, for an expiry or a retry;
+    /// `None` for a revocation asked for now.
+    pub(crate) async fn revoke_now(
+        &self,
+        id: &LeaseId,
+        due: Option<&Due>,
+    ) -> Result<Revocation, BrokerError> {
+        let expired = due.is_some();
         let _lock = self.locks.lock(id).await;
         let mut retry = Reschedule { index: &self.index, id, armed: true };
         let Some(lease) = self.store.get(id).await? else {
@@ -40,16 +48,24 @@ impl Broker {
         // before this attempt) stay and find the lease settled when due;
         // so does the expiring warning, which re-reads the lease.
         if lease.state == LeaseState::Active {
-            self.index.unschedule(id, lease.expires_at);
+            self.index.unschedule(id, lease.expires_at, lease.attempts);
         }
         if lease.state == LeaseState::Revoked {
             retry.armed = false;
             return Ok(Revocation::AlreadyRevoked);
         }
+        if due.is_some_and(|due| !due.is_current(lease.attempts))
+            && matches!(lease.state, LeaseState::Revoking | LeaseState::Irrevocable)
+        {
+            // A retry left over from before a later attempt, which
+            // scheduled its own: one chain of retries per lease.
+            retry.armed = false;
+            return Ok(Revocation::NotDue);
+        }
         if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
             // Renewed while this attempt waited for the lock: not due yet.
             retry.armed = false;
-            self.index.schedule(id, lease.expires_at);
+            self.index.schedule(id, lease.expires_at, lease.attempts);
             return Ok(Revocation::NotDue);
         }
         if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
@@ -78,7 +94,7 @@ impl Broker {
                 self.rechecking.lock().unwrap().insert(id.clone());
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
-                self.index.schedule(id, at);
+                self.index.schedule(id, at, lease.attempts);
                 debug!(lease = %id, username = %lease.username, recheck_in_ms = grace.as_millis() as u64, "rolled back; checking the backend once more later");
                 Ok(Revocation::Revoked)
             }
@@ -126,7 +142,7 @@ impl Broker {
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
-                self.index.schedule(id, at);
+                self.index.schedule(id, at, attempts);
                 Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
             }
         }
@@ -138,11 +154,11 @@ impl Broker {
         loop {
             let due = self.index.due(Utc::now(), 1024);
             let more = due.len() == 1024;
-            for id in due {
+            for due in due {
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     // Failures are recorded and rescheduled inside.
-                    let _ = me.revoke_now(&id, true).await;
+                    let _ = me.revoke_now(&due.id, Some(&due)).await;
                 });
             }
             if more {
@@ -222,7 +238,8 @@ impl Drop for Reschedule<'_> {
         if self.armed {
             let wait = expiry::backoff(3);
             let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
-            self.index.schedule(self.id, at);
+            // Whatever attempt comes next, this entry is acted on.
+            self.index.schedule(self.id, at, ANY_ATTEMPT);
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct Unfinished {
     pub state: LeaseState,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// Failed revocation attempts so far.
+    pub attempts: u32,
 }
 
 /// Where a scan of [`LeaseStore::unfinished`] goes on: a position in the

@@ -304,7 +304,7 @@ impl LeaseStore for SqliteStore {
             let mut last = None;
             let page = conn
                 .prepare_cached(
-                    "SELECT rowid, id, state, issued_at, expires_at FROM leases \
+                    "SELECT rowid, id, state, issued_at, expires_at, attempts FROM leases \
                      WHERE rowid > ?1 AND state != 'revoked' ORDER BY rowid LIMIT ?2",
                 )?
                 .query_map(params![from.0, limit], |row| {
@@ -670,7 +670,7 @@ fn json_text(value: Option<&serde_json::Value>) -> rusqlite::Result<Option<Strin
 }
 
 /// Reads a row selected by [`select_leases!`].
-/// Columns `(rowid,) id, state, issued_at, expires_at`.
+/// Columns `(rowid,) id, state, issued_at, expires_at, attempts`.
 fn unfinished_from_row(row: &Row<'_>) -> rusqlite::Result<Unfinished> {
     let state: String = row.get(2)?;
     Ok(Unfinished {
@@ -679,6 +679,7 @@ fn unfinished_from_row(row: &Row<'_>) -> rusqlite::Result<Unfinished> {
             .ok_or_else(|| bad_value(2, Type::Text, format!("unknown state {state:?}")))?,
         issued_at: time_at(row, 3)?,
         expires_at: time_at(row, 4)?,
+        attempts: row.get(5)?,
     })
 }
 

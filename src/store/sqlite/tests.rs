@@ -432,6 +432,7 @@ async fn unfinished_pages_through_every_lease_but_the_revoked_once() {
             state: if l.id == leases[0].id { LeaseState::Active } else { LeaseState::Pending },
             issued_at: l.issued_at,
             expires_at: l.expires_at,
+            attempts: 0,
         })
         .collect();
     want.sort_by(|a, b| a.id.cmp(&b.id));

@@ -5,20 +5,36 @@ use std::time::Duration;
 
 use crate::common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_during_outage_is_retried_until_revoked() {
+/// A daemon whose one connection goes through a proxy that can cut it, and
+/// one lease issued through it with `ttl`.
+struct BehindProxy {
+    db: TestDb,
+    proxy: Proxy,
+    daemon: Daemon,
+    lease_id: String,
+    username: String,
+}
+
+async fn lease_behind_proxy(name: &str, ttl: Option<&str>) -> BehindProxy {
     let db = TestDb::create().await;
-    let (role, prefix) = unique_role("outage");
+    let (role, prefix) = unique_role(name);
     db.track_prefix(&prefix);
     let proxy = Proxy::start((db.host.clone(), db.port)).await;
     let body =
         format!("{}\n{}", pg_connection(&db, Some(proxy.port)), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
     let daemon = Daemon::start(&db, &body).await;
-    let client = daemon.client();
-    let issued = client.creds(&role, Some("2s")).await.unwrap();
+    let issued = daemon.client().creds(&role, ttl).await.unwrap();
     assert_eq!(issued.status, 200, "{:?}", issued.body);
     let lease_id = issued.body["lease_id"].as_str().unwrap().to_string();
     let username = issued.body["credential"]["username"].as_str().unwrap().to_string();
+    BehindProxy { db, proxy, daemon, lease_id, username }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_during_outage_is_retried_until_revoked() {
+    let BehindProxy { db, proxy, daemon, lease_id, username } =
+        lease_behind_proxy("outage", Some("2s")).await;
+    let client = daemon.client();
 
     proxy.cut();
     // The lease expires while the backend is unreachable: attempts fail and
@@ -51,18 +67,8 @@ async fn expiry_during_outage_is_retried_until_revoked() {
 /// an attempt of its own, and the lease would reach `irrevocable` early).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_by_hand_during_an_outage_keeps_one_retry_chain() {
-    let db = TestDb::create().await;
-    let (role, prefix) = unique_role("chain");
-    db.track_prefix(&prefix);
-    let proxy = Proxy::start((db.host.clone(), db.port)).await;
-    let body =
-        format!("{}\n{}", pg_connection(&db, Some(proxy.port)), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
-    let daemon = Daemon::start(&db, &body).await;
+    let BehindProxy { db, proxy, daemon, lease_id, username } = lease_behind_proxy("chain", None).await;
     let client = daemon.client();
-    let issued = client.creds(&role, None).await.unwrap();
-    assert_eq!(issued.status, 200, "{:?}", issued.body);
-    let lease_id = issued.body["lease_id"].as_str().unwrap().to_string();
-    let username = issued.body["credential"]["username"].as_str().unwrap().to_string();
 
     proxy.cut();
     let attempts =

@@ -31,6 +31,7 @@ pub mod events;
 pub mod expiry;
 pub mod lease;
 pub mod metrics;
+pub mod policy;
 pub mod rotation;
 pub mod store;
 pub mod tidy;

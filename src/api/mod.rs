@@ -160,7 +160,7 @@ async fn guard(
     let path = request.uri().path().to_string();
     let mut request = request;
     request.extensions_mut().insert(peer.caller());
-    let exe = peer.exe().await;
+    let who = peer.identity().await;
     let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
@@ -171,8 +171,11 @@ async fn guard(
         path,
         status = response.status().as_u16(),
         uid = peer.uid,
+        user = who.user.as_deref().unwrap_or("?"),
         pid = peer.pid,
-        exe = exe.as_deref().unwrap_or("?"),
+        exe = who.exe.as_deref().unwrap_or("?"),
+        unit = who.systemd_unit.as_deref().unwrap_or("-"),
+        container = who.container_id.as_deref().map_or("-", |id| &id[..12]),
         ms = started.elapsed().as_millis() as u64,
         "request"
     );

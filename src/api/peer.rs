@@ -1,11 +1,12 @@
 //! Who is on the other end of the socket, as the kernel says (`SO_PEERCRED`):
-//! uid, gid and pid, plus the executable behind the pid. Nothing the client
-//! sends can change it.
+//! uid, gid and pid, plus what `/proc/<pid>` and the user database add
+//! ([`Identity`]: names, supplementary groups, executable, cgroup, systemd
+//! unit, container id). Nothing the client sends can change it.
 //!
 //! The accept loop only asks the kernel for the credentials (one
-//! `getsockopt`). The executable is read from `/proc` later, once per
-//! connection, on the blocking pool: a slow `/proc` must not hold up
-//! accepting other connections.
+//! `getsockopt`) and notes the time. The rest is read later, once per
+//! connection, on the blocking pool: a slow `/proc` or user database must
+//! not hold up accepting other connections.
 
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +15,7 @@ use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
 use crate::broker::Caller;
+use crate::policy::identity::{boot_seconds, Identity};
 
 /// The peer of one connection.
 #[derive(Debug, Clone)]
@@ -21,34 +23,33 @@ pub struct PeerInfo {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
-    /// `/proc/<pid>/exe`, read on first use and shared by every request of
-    /// the connection.
-    exe: Arc<OnceLock<Option<String>>>,
+    /// When the connection was accepted (`CLOCK_BOOTTIME` seconds): a
+    /// process that started later is not the one that connected.
+    accepted_s: f64,
+    /// Read on first use and shared by every request of the connection.
+    identity: Arc<OnceLock<Identity>>,
 }
 
 impl PeerInfo {
-    /// A peer with these credentials; its executable is read when asked for.
+    /// A peer with these credentials, accepted now.
     pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Self {
-        Self { uid, gid, pid, exe: Arc::default() }
+        Self { uid, gid, pid, accepted_s: boot_seconds(), identity: Arc::default() }
     }
 
     pub fn caller(&self) -> Caller {
         Caller { uid: self.uid, gid: self.gid, pid: self.pid }
     }
 
-    /// The peer's executable, when it can be read.
-    pub async fn exe(&self) -> Option<String> {
-        if let Some(exe) = self.exe.get() {
-            return exe.clone();
+    /// The peer's identity, read from `/proc` and the user database.
+    pub async fn identity(&self) -> Identity {
+        if let Some(identity) = self.identity.get() {
+            return identity.clone();
         }
-        let pid = self.pid?;
-        let exe = tokio::task::spawn_blocking(move || {
-            std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string())
-        })
-        .await
-        .ok()
-        .flatten();
-        self.exe.get_or_init(|| exe).clone()
+        let (uid, gid, pid, accepted_s) = (self.uid, self.gid, self.pid, self.accepted_s);
+        let identity = tokio::task::spawn_blocking(move || Identity::read(uid, gid, pid, accepted_s))
+            .await
+            .unwrap_or(Identity { uid, gid, pid, ..Identity::default() });
+        self.identity.get_or_init(|| identity).clone()
     }
 }
 
@@ -57,7 +58,16 @@ impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
         match stream.io().peer_cred() {
             Ok(cred) => Self::new(cred.uid(), cred.gid(), cred.pid()),
             // Without credentials the caller is nobody: every owner check fails.
-            Err(_) => Self { uid: u32::MAX, gid: u32::MAX, pid: None, exe: Arc::new(OnceLock::from(None)) },
+            Err(_) => {
+                let nobody = Identity { uid: u32::MAX, gid: u32::MAX, ..Identity::default() };
+                Self {
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    pid: None,
+                    accepted_s: 0.0,
+                    identity: Arc::new(OnceLock::from(nobody)),
+                }
+            }
         }
     }
 }

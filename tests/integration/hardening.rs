@@ -489,3 +489,33 @@ max_ttl = "1h"
         assert!(stderr.contains(&format!("{file}: {key}: ")), "missing {key} in:\n{stderr}");
     }
 }
+
+/// The request log names the caller as the kernel and `/proc` say: uid and
+/// user name, pid and executable, whoever the client claims to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_names_the_caller_from_its_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let db = TestDb::create().await;
+    let body = pg_connection(&db, None);
+    let daemon = Daemon::start(&db, &body).await;
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(["status"])
+        .env("LESSOR_SOCKET", &daemon.socket)
+        .env("USER", "root")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run lessor as nobody");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exe = format!("exe=\"{}\"", std::fs::canonicalize(env!("CARGO_BIN_EXE_lessor")).unwrap().display());
+    let line = wait_for("the request's log line", Duration::from_secs(10), || async {
+        daemon.log().lines().find(|l| l.contains("request") && l.contains("uid=65534")).map(str::to_string)
+    })
+    .await;
+    assert!(line.contains("user=\"nobody\""), "{line}");
+    assert!(line.contains(&exe), "{line}");
+}

@@ -38,7 +38,7 @@ use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{LeaseStore, ScanFrom, StoreError, Write};
+use crate::store::{LeaseStore, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
 
@@ -51,8 +51,6 @@ const CREATE_RETRY_BUDGET: StdDuration = StdDuration::from_secs(10);
 
 /// How many revocations of one `revoke -prefix` are under way at once: two
 /// full batches (see `expiry::batch`).
-/// Leases read from the store per page of the start-up scan.
-const RECOVERY_PAGE: usize = 10_000;
 const REVOKE_PREFIX_CONCURRENCY: usize = 2 * crate::expiry::batch::MAX_BATCH;
 
 /// A connection as the broker runs it: the plugin and its revocation pool.
@@ -82,7 +80,7 @@ pub struct Broker {
     pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
     pub(crate) metrics: Metrics,
-    ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) revoked_retention: Duration,
@@ -90,7 +88,7 @@ pub struct Broker {
     /// leaves these alone and rolls back every other `pending` lease: which
     /// ones are in flight is known here, not guessed from timestamps (a
     /// clock stepped backwards would make a crashed run's lease look new).
-    issuing: Mutex<HashSet<LeaseId>>,
+    pub(crate) issuing: Mutex<HashSet<LeaseId>>,
     /// Leases rolled back after an issuance whose outcome in the backend is
     /// unknown (it timed out, or the connection was lost): their first
     /// successful revocation is checked once more a grace period later.
@@ -190,70 +188,6 @@ impl Broker {
         });
         let me = self.clone();
         self.tasks.spawn(async move { me.purge_loop().await });
-    }
-
-    /// Feeds every unfinished lease from the store to the indexes: pending
-    /// leases are rolled back, active ones wait for their expiry, revoking
-    /// ones are retried now, and irrevocable ones go back to their slow
-    /// cadence, spread over it rather than all retried at once. The store
-    /// is read a page at a time and the indexes built once at the end, so
-    /// a million leases take neither a million full records in memory nor
-    /// a million single inserts.
-    async fn recover(&self) -> Result<(), StoreError> {
-        let now = Utc::now();
-        let (mut pending, mut active, mut retry, mut irrevocable) = (0u64, 0u64, 0u64, 0u64);
-        let mut due = self.index.loader();
-        let mut warnings = self.warnings.loader();
-        // The next page is read while this one is sorted into the loaders.
-        let read = |from: ScanFrom| {
-            let store = self.store.clone();
-            tokio::spawn(async move { store.unfinished(from, RECOVERY_PAGE).await })
-        };
-        let mut reading = Some(read(ScanFrom::default()));
-        while let Some(page) = reading.take() {
-            let (page, next) = page
-                .await
-                .map_err(|e| StoreError::Io(format!("the start-up scan's read task failed: {e}")))??;
-            reading = next.map(read);
-            for lease in page {
-                let at = match lease.state {
-                    LeaseState::Active => {
-                        active += 1;
-                        let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
-                        warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
-                        lease.expires_at
-                    }
-                    // Being issued by this process: its issuance settles it,
-                    // whatever happens. (If it ended between the scan's read
-                    // and this check, the lease is settled already, and an
-                    // extra attempt on it is harmless: revocation re-reads.)
-                    LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
-                    LeaseState::Pending => {
-                        pending += 1;
-                        now
-                    }
-                    LeaseState::Revoking => {
-                        retry += 1;
-                        now
-                    }
-                    LeaseState::Irrevocable => {
-                        retry += 1;
-                        irrevocable += 1;
-                        expiry::slow_retry_after_restart(now)
-                    }
-                    LeaseState::Revoked => continue,
-                };
-                due.push(&lease.id, at, lease.attempts);
-            }
-        }
-        // Counted once the whole scan succeeded: a failed one is run again.
-        self.metrics.rolled_back.fetch_add(pending, Ordering::Relaxed);
-        self.metrics.irrevocable_now.fetch_add(irrevocable, Ordering::Relaxed);
-        tokio::join!(due.finish(), warnings.finish());
-        self.ready.store(true, Ordering::Release);
-        let ms = (Utc::now() - now).num_milliseconds();
-        info!(pending, active, retry, ms, "start-up recovery done; ready");
-        Ok(())
     }
 
     fn role(&self, name: &str) -> Result<&Role, BrokerError> {

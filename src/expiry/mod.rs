@@ -2,8 +2,9 @@
 //! needs work at some instant (in `timeline`: an active lease at its
 //! expiry, a failed revocation at its next retry, an expiring warning),
 //! the backoff that spaces retries, and (in `worker`) the revocation
-//! attempts and the loop that runs them, and (in `batch`) the gathering of
-//! due revocations into batches.
+//! attempts and the loop that runs them, (in `batch`) the gathering of
+//! due revocations into batches, and (in `recovery`) the start-up scan
+//! that fills the indexes from the store.
 //!
 //! The indexes have the shape of mini-redis's expiry set: an ordered set
 //! of `(deadline, id)` for "what is next" and a [`Notify`](tokio::sync::Notify)
@@ -11,6 +12,7 @@
 //! earlier one arrives.
 
 pub(crate) mod batch;
+mod recovery;
 mod timeline;
 mod worker;
 

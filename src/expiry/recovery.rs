@@ -1,0 +1,81 @@
+//! Start-up recovery: every lease the store says still needs work goes
+//! back into the expiry indexes before the daemon reports ready.
+
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+use tracing::info;
+
+use crate::broker::Broker;
+use crate::expiry;
+use crate::lease::LeaseState;
+use crate::store::{ScanFrom, StoreError};
+
+/// Leases read from the store per page of the start-up scan.
+const RECOVERY_PAGE: usize = 10_000;
+
+impl Broker {
+    /// Feeds every unfinished lease from the store to the indexes: pending
+    /// leases are rolled back, active ones wait for their expiry, revoking
+    /// ones are retried now, and irrevocable ones go back to their slow
+    /// cadence, spread over it rather than all retried at once. The store
+    /// is read a page at a time and the indexes built once at the end, so
+    /// a million leases take neither a million full records in memory nor
+    /// a million single inserts.
+    pub(crate) async fn recover(&self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let (mut pending, mut active, mut retry, mut irrevocable) = (0u64, 0u64, 0u64, 0u64);
+        let mut due = self.index.loader();
+        let mut warnings = self.warnings.loader();
+        // The next page is read while this one is sorted into the loaders.
+        let read = |from: ScanFrom| {
+            let store = self.store.clone();
+            tokio::spawn(async move { store.unfinished(from, RECOVERY_PAGE).await })
+        };
+        let mut reading = Some(read(ScanFrom::default()));
+        while let Some(page) = reading.take() {
+            let (page, next) = page
+                .await
+                .map_err(|e| StoreError::Io(format!("the start-up scan's read task failed: {e}")))??;
+            reading = next.map(read);
+            for lease in page {
+                let at = match lease.state {
+                    LeaseState::Active => {
+                        active += 1;
+                        let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
+                        warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
+                        lease.expires_at
+                    }
+                    // Being issued by this process: its issuance settles it,
+                    // whatever happens. (If it ended between the scan's read
+                    // and this check, the lease is settled already, and an
+                    // extra attempt on it is harmless: revocation re-reads.)
+                    LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
+                    LeaseState::Pending => {
+                        pending += 1;
+                        now
+                    }
+                    LeaseState::Revoking => {
+                        retry += 1;
+                        now
+                    }
+                    LeaseState::Irrevocable => {
+                        retry += 1;
+                        irrevocable += 1;
+                        expiry::slow_retry_after_restart(now)
+                    }
+                    LeaseState::Revoked => continue,
+                };
+                due.push(&lease.id, at, lease.attempts);
+            }
+        }
+        // Counted once the whole scan succeeded: a failed one is run again.
+        self.metrics.rolled_back.fetch_add(pending, Ordering::Relaxed);
+        self.metrics.irrevocable_now.fetch_add(irrevocable, Ordering::Relaxed);
+        tokio::join!(due.finish(), warnings.finish());
+        self.ready.store(true, Ordering::Release);
+        let ms = (Utc::now() - now).num_milliseconds();
+        info!(pending, active, retry, ms, "start-up recovery done; ready");
+        Ok(())
+    }
+}

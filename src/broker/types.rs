@@ -1,10 +1,12 @@
-//! What the broker's operations take and give back: the caller's identity,
-//! the outcome of an issuance or a revocation, and the errors, each mapped
-//! to one HTTP status.
+//! What the broker's operations take and give back: the caller (defined
+//! with the permission checks in `policy`), the outcome of an issuance or a
+//! revocation, and the errors, each mapped to one HTTP status.
 
 use lessor_plugin::{Credential, Fault, PluginError};
 
-use crate::lease::{Lease, LeaseId, Owner};
+pub use crate::policy::Caller;
+
+use crate::lease::{Lease, LeaseId};
 use crate::store::StoreError;
 
 /// Why a broker operation failed. Each variant maps to one HTTP status.
@@ -79,32 +81,4 @@ pub enum Revocation {
     Forced,
     /// An expiry found the lease renewed in the meantime; nothing was done.
     NotDue,
-}
-
-/// Who is calling, from the socket's peer credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-}
-
-impl Caller {
-    pub(crate) fn owner(self) -> Owner {
-        Owner { uid: self.uid, gid: self.gid, pid: self.pid }
-    }
-
-    /// Root and the daemon's own user act on any lease.
-    pub fn is_admin(self) -> bool {
-        self.uid == 0 || self.uid == current_uid()
-    }
-
-    pub fn may_touch(self, lease: &Lease) -> bool {
-        self.is_admin() || lease.owner.uid == self.uid
-    }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
 }

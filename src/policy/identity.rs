@@ -41,36 +41,33 @@ impl Identity {
     /// The identity of a peer with the kernel's credentials, whose
     /// connection was accepted at `accepted_s` seconds of `CLOCK_BOOTTIME`.
     pub fn read(uid: u32, gid: u32, pid: Option<i32>, accepted_s: f64) -> Self {
-        let mut identity =
+        // What holds whatever `/proc` says: the kernel's credentials and
+        // the names the user database gives them.
+        let kernel =
             Identity { uid, gid, pid, user: user_name(uid), group: group_name(gid), ..Identity::default() };
-        let Some(pid) = pid.filter(|pid| *pid > 0) else { return identity };
+        let Some(pid) = pid.filter(|pid| *pid > 0) else { return kernel };
         let proc = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
-        let Some(status) = proc("status") else { return identity };
+        let Some(status) = proc("status") else { return kernel };
         let started = proc("stat").as_deref().and_then(start_ticks);
         // Started after the accept, or running as another uid: a process that
         // took over the pid, not the caller.
         let same = started.is_some_and(|ticks| ticks as f64 / clock_ticks() <= accepted_s + 0.01)
             && status_uid(&status) == Some(uid);
         if !same {
-            return identity;
+            return kernel;
         }
-        identity.groups = status_groups(&status);
-        identity.exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
-        identity.cgroup = proc("cgroup").as_deref().and_then(cgroup_v2_path);
-        if let Some(path) = &identity.cgroup {
-            identity.systemd_unit = systemd_unit(path);
-            identity.container_id = container_id(path);
-        }
+        let cgroup = proc("cgroup").as_deref().and_then(cgroup_v2_path);
+        let identity = Identity {
+            groups: status_groups(&status),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
+            systemd_unit: cgroup.as_deref().and_then(systemd_unit),
+            container_id: cgroup.as_deref().and_then(container_id),
+            cgroup,
+            ..kernel.clone()
+        };
         // Checked again: the pid may have changed hands while it was read.
         if proc("stat").as_deref().and_then(start_ticks) != started {
-            return Identity {
-                uid,
-                gid,
-                pid: Some(pid),
-                user: identity.user,
-                group: identity.group,
-                ..Identity::default()
-            };
+            return kernel;
         }
         identity
     }

@@ -299,6 +299,23 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Lets every local user reach the socket (its directory 0755, the
+    /// socket 0666), for clients run as another uid.
+    pub fn open_to_all_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+
+    /// `program` run as nobody (uid and gid 65534), pointed at this
+    /// daemon's socket, with no stdin. Call [`open_to_all_users`](Self::open_to_all_users) first.
+    pub fn as_nobody(&self, program: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(program);
+        command.env("LESSOR_SOCKET", &self.socket).uid(65534).gid(65534).stdin(Stdio::null());
+        command
+    }
+
     /// One sample of the daemon's Prometheus metrics.
     pub async fn metric(&self, name: &str) -> f64 {
         let response = self.client().request(hyper::Method::GET, "/v1/metrics", None).await.expect("metrics");

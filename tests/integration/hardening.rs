@@ -275,24 +275,14 @@ async fn a_credential_made_after_its_request_timed_out_is_revoked_at_once() {
 /// `force` drops leases whose backend refused: operators only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_is_refused_to_a_non_root_caller_who_may_still_revoke_its_own_lease() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("force");
     db.track_prefix(&prefix);
     let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
     let daemon = Daemon::start(&db, &body).await;
-    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon.open_to_all_users();
     let as_nobody = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_lessor"))
-            .args(args)
-            .env("LESSOR_SOCKET", &daemon.socket)
-            .uid(65534)
-            .gid(65534)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lessor as nobody")
+        daemon.as_nobody(env!("CARGO_BIN_EXE_lessor")).args(args).output().expect("run lessor as nobody")
     };
 
     let out = as_nobody(&["creds", &role, "--format", "json"]);
@@ -494,20 +484,14 @@ max_ttl = "1h"
 /// user name, pid and executable, whoever the client claims to be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_log_names_the_caller_from_its_credentials() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let db = TestDb::create().await;
     let body = pg_connection(&db, None);
     let daemon = Daemon::start(&db, &body).await;
-    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lessor"))
-        .args(["status"])
-        .env("LESSOR_SOCKET", &daemon.socket)
+    daemon.open_to_all_users();
+    let out = daemon
+        .as_nobody(env!("CARGO_BIN_EXE_lessor"))
+        .arg("status")
         .env("USER", "root")
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
         .output()
         .expect("run lessor as nobody");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -3,9 +3,7 @@
 //! through all of them.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use chrono::{TimeDelta, Utc};
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
@@ -98,17 +96,9 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
     // Another user sees only its own leases, page by page, however many of
     // root's stand between them.
     db.track_prefix(&prefix);
-    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon.open_to_all_users();
     let as_nobody = |program: &str, args: &[&str]| {
-        let out = Command::new(program)
-            .args(args)
-            .env("LESSOR_SOCKET", &daemon.socket)
-            .uid(65534)
-            .gid(65534)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run as nobody");
+        let out = daemon.as_nobody(program).args(args).output().expect("run as nobody");
         assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };

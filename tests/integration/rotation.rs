@@ -364,8 +364,6 @@ async fn kill_9_during_back_to_back_rotations_always_leaves_a_working_credential
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_rotations_and_only_the_callers_own_lease_events() {
     use std::io::BufRead;
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let db = TestDb::create().await;
     let sfx = rand_suffix(6);
     db.track_prefix(&format!("st_{sfx}"));
@@ -382,11 +380,10 @@ async fn watch_streams_rotations_and_only_the_callers_own_lease_events() {
     );
     let daemon = Daemon::start(&db, &body).await;
     settled(&daemon, "billing", 1).await;
-    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon.open_to_all_users();
     let as_nobody = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lessor"));
-        command.args(args).env("LESSOR_SOCKET", &daemon.socket).uid(65534).gid(65534);
+        let mut command = daemon.as_nobody(env!("CARGO_BIN_EXE_lessor"));
+        command.args(args);
         command
     };
 

@@ -45,6 +45,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     if let Some(socket) = options.socket {
         config.server.socket = socket;
     }
+    if options.dev {
+        config.policies = config.policies.opened();
+        config.socket_mode = 0o666;
+        warn!("dev server: every local user may issue credentials and read static accounts");
+    }
     let shutdown = CancellationToken::new();
     let handle = start(config, shutdown.clone()).await?;
     if options.dev {
@@ -94,6 +99,12 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let listener = bind_socket(&socket, config.socket_mode).await?;
     let state = AppState::new(&config, store, shutdown.clone());
     let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
+    // Before the socket answers: an issuance counted now would be counted twice.
+    broker
+        .load_quotas()
+        .await
+        .with_context(|| format!("{}: counting leases for max_leases", config.source))?;
+    log_access(&config);
     // Before any admin connection is made: a rotated admin password in the
     // store wins over the one in the config.
     rotator.restore_roots().await;
@@ -124,6 +135,24 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     tidy.start(move || ready.is_ready(), broker.tasks(), shutdown.clone());
     info!(socket = %socket.display(), "listening");
     Ok(Running { socket, broker, server })
+}
+
+/// Says at start-up who may do what, and how to grant more.
+fn log_access(config: &ValidatedConfig) {
+    let policies = &config.policies;
+    if policies.is_open() {
+        return;
+    }
+    if policies.is_empty() {
+        warn!(
+            "no [[policies]] configured: only admins (root and the daemon's own user, or server.admins) \
+             may issue credentials; grant roles with e.g. [[policies]] name = \"web\" \
+             match = {{ user = \"www-data\" }} allow = [\"creds:ROLE\"]"
+        );
+    } else {
+        let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        info!(policies = %names.join(","), "access policies loaded");
+    }
 }
 
 /// Binds the Unix socket. A socket file left by a dead daemon is replaced;

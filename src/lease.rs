@@ -117,12 +117,15 @@ impl LeaseState {
     }
 }
 
-/// Who obtained a lease, as the kernel reported it (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Who obtained a lease: the kernel's credentials (`SO_PEERCRED`) and the
+/// policy that granted it (none for an admin without one, or `--dev`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// One lease. Holds no secret.
@@ -147,6 +150,10 @@ pub struct Lease {
     pub plugin_data: Option<serde_json::Value>,
     /// When the lease reached `revoked`.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The digest of the `Idempotency-Key` it was issued for, with who
+    /// asked and for which role (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<String>,
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::broker::{Broker, BrokerError, Caller, Revocation};
 use crate::config::{Duration, Strategy, ValidatedConfig};
 use crate::events::Events;
 use crate::lease::{Lease, LeaseId};
+use crate::policy::Policies;
 use crate::rotation::{OperatorRequest, RotationError, Rotator, StaticView};
 use crate::store::LeaseStore;
 use crate::tidy::Tidy;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub max_body_bytes: usize,
     pub request_timeout: StdDuration,
+    /// Who may do what.
+    pub policies: Policies,
 }
 
 impl AppState {
@@ -68,6 +71,7 @@ impl AppState {
             shutdown,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.as_std(),
+            policies: config.policies.clone(),
         }
     }
 }
@@ -158,9 +162,10 @@ async fn guard(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let mut request = request;
-    request.extensions_mut().insert(peer.caller());
     let who = peer.identity().await;
+    let caller = state.policies.caller(who.clone());
+    let mut request = request;
+    request.extensions_mut().insert(caller.clone());
     let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
@@ -176,6 +181,7 @@ async fn guard(
         exe = who.exe.as_deref().unwrap_or("?"),
         unit = who.systemd_unit.as_deref().unwrap_or("-"),
         container = who.container_id.as_deref().map_or("-", |id| &id[..12]),
+        policies = caller.policy_names().join(","),
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
@@ -237,7 +243,7 @@ pub fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
 }
 
 pub(crate) fn caller(request_parts: &axum::http::Extensions) -> Caller {
-    *request_parts.get::<Caller>().expect("guard layer sets the caller")
+    request_parts.get::<Caller>().expect("guard layer sets the caller").clone()
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -374,7 +380,7 @@ async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResu
     let query = list_query(request.uri().query())?;
     let (leases, next) = state
         .broker
-        .list(&query.prefix, caller(request.extensions()), query.after.as_deref(), query.limit)
+        .list(&query.prefix, &caller(request.extensions()), query.after.as_deref(), query.limit)
         .await?;
     let leases: Vec<Value> = leases.iter().map(lease_json).collect();
     Ok(Json(json!({ "leases": leases, "next": next })).into_response())
@@ -382,7 +388,7 @@ async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResu
 
 async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
     let id = parse_lease_id(&rest)?;
-    let lease = state.broker.get(&id, caller(request.extensions())).await?;
+    let lease = state.broker.get(&id, &caller(request.extensions())).await?;
     Ok(Json(lease_json(&lease)).into_response())
 }
 
@@ -397,7 +403,7 @@ async fn revoke_lease(
     // revocation off half-way.
     let broker = state.broker.clone();
     let target = id.clone();
-    let outcome = tokio::spawn(async move { broker.revoke(&target, false, caller).await })
+    let outcome = tokio::spawn(async move { broker.revoke(&target, false, &caller).await })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let mut body = revocation_json(&id, outcome);
@@ -444,7 +450,7 @@ async fn lease_action(
     let body: RenewBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let increment = parse_duration("increment", body.increment.as_deref())?;
     let broker = state.broker.clone();
-    let renewed = tokio::spawn(async move { broker.renew(&id, increment, caller).await })
+    let renewed = tokio::spawn(async move { broker.renew(&id, increment, &caller).await })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
@@ -469,7 +475,7 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
     })?;
     let broker = state.broker.clone();
     let (revoked, failed) =
-        tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, caller).await })
+        tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, &caller).await })
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let failed: Vec<Value> =
@@ -488,13 +494,7 @@ struct TidyBody {
 
 /// `POST /v1/tidy`: sweep users no lease covers, now (admin callers only).
 async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
-    if !caller(request.extensions()).is_admin() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "tidy is for root and the daemon's own user",
-        ));
-    }
+    caller(request.extensions()).require_admin("run tidy").map_err(BrokerError::from)?;
     let body: TidyBody = read_json(request.into_body(), state.max_body_bytes).await?;
     // Spawned: a caller that goes away does not cut a sweep off half-way.
     let tidy = state.tidy.clone();
@@ -523,7 +523,7 @@ async fn revoke_sessions(
     let caller = caller(request.extensions());
     // Spawned: a caller that goes away does not cut the action off.
     let broker = state.broker.clone();
-    let done = tokio::spawn(async move { broker.revoke_sessions(&role, caller).await })
+    let done = tokio::spawn(async move { broker.revoke_sessions(&role, &caller).await })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(Json(done).into_response())
@@ -560,8 +560,8 @@ pub(crate) fn static_json(view: &StaticView, with_secret: bool) -> Value {
 
 /// `GET /v1/static/{name}`: the current credential and where the rotation
 /// stands.
-async fn static_get(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    let view = state.rotator.get(&name).await?;
+async fn static_get(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> ApiResult {
+    let view = state.rotator.get(&name, &caller(request.extensions())).await?;
     Ok(Json(static_json(&view, true)).into_response())
 }
 
@@ -579,12 +579,10 @@ async fn static_rotate(
     Path(name): Path<String>,
     request: Request,
 ) -> ApiResult {
-    if !caller(request.extensions()).is_admin() {
-        return Err(RotationError::NotAdmin { action: "rotating a static account" }.into());
-    }
+    let caller = caller(request.extensions());
     let body: RotateBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let overlap = parse_duration("overlap", body.overlap.as_deref())?;
-    let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }).await?;
+    let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await?;
     Ok(Json(static_json(&view, false)).into_response())
 }
 
@@ -592,10 +590,7 @@ async fn static_rotate(
 /// admin password (root or the daemon's user). Answers the new version,
 /// never the password: nobody can read it through the API.
 async fn rotate_root(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> ApiResult {
-    if !caller(request.extensions()).is_admin() {
-        return Err(RotationError::NotAdmin { action: "rotate-root" }.into());
-    }
-    let root = state.rotator.rotate_root(&name).await?;
+    let root = state.rotator.rotate_root(&name, &caller(request.extensions())).await?;
     Ok(Json(json!({
         "connection": root.connection,
         "username": root.username,

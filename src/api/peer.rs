@@ -14,7 +14,6 @@ use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
-use crate::broker::Caller;
 use crate::policy::identity::{boot_seconds, Identity};
 
 /// The peer of one connection.
@@ -34,10 +33,6 @@ impl PeerInfo {
     /// A peer with these credentials, accepted now.
     pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Self {
         Self { uid, gid, pid, accepted_s: boot_seconds(), identity: Arc::default() }
-    }
-
-    pub fn caller(&self) -> Caller {
-        Caller { uid: self.uid, gid: self.gid, pid: self.pid }
     }
 
     /// The peer's identity, read from `/proc` and the user database.

@@ -50,14 +50,14 @@ async fn feed(
         line.push('\n');
         lines.send(Bytes::from(line))
     };
-    if send(snapshot(&state, caller).await).await.is_err() {
+    if send(snapshot(&state, &caller).await).await.is_err() {
         return;
     }
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
     loop {
         let line = tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => match event_json(&event, caller) {
+                Ok(event) => match event_json(&event, &caller) {
                     Some(line) => line,
                     None => continue,
                 },
@@ -65,7 +65,7 @@ async fn feed(
                     if send(json!({ "event": "lagged", "missed": missed })).await.is_err() {
                         return;
                     }
-                    snapshot(&state, caller).await
+                    snapshot(&state, &caller).await
                 }
                 Err(RecvError::Closed) => return,
             },
@@ -80,10 +80,10 @@ async fn feed(
 }
 
 /// Everything the caller may read, now.
-async fn snapshot(state: &AppState, caller: Caller) -> Value {
+async fn snapshot(state: &AppState, caller: &Caller) -> Value {
     let mut statics = Vec::new();
-    for name in state.rotator.names() {
-        statics.push(match state.rotator.get(name).await {
+    for name in state.rotator.names().filter(|name| caller.may_read_static(name).is_ok()) {
+        statics.push(match state.rotator.get(name, caller).await {
             Ok(view) => static_json(&view, false),
             Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
         });
@@ -97,7 +97,7 @@ async fn snapshot(state: &AppState, caller: Caller) -> Value {
 
 /// The event as the caller sees it, or `None` when it is about something
 /// the caller may not read.
-fn event_json(event: &Event, caller: Caller) -> Option<Value> {
+fn event_json(event: &Event, caller: &Caller) -> Option<Value> {
     let lease_event = |name: &str, lease: &Lease| {
         caller.may_touch(lease).then(|| json!({ "event": name, "lease": lease_json(lease) }))
     };
@@ -110,16 +110,18 @@ fn event_json(event: &Event, caller: Caller) -> Option<Value> {
             previous_username,
             previous_valid_until,
             next_rotation_at,
-        } => Some(json!({
-            "event": "rotated",
-            "account": account,
-            "version": version,
-            "username": username,
-            "rotated_at": rotated_at,
-            "previous_username": previous_username,
-            "previous_valid_until": previous_valid_until,
-            "next_rotation_at": next_rotation_at,
-        })),
+        } => caller.may_read_static(account).is_ok().then(|| {
+            json!({
+                "event": "rotated",
+                "account": account,
+                "version": version,
+                "username": username,
+                "rotated_at": rotated_at,
+                "previous_username": previous_username,
+                "previous_valid_until": previous_valid_until,
+                "next_rotation_at": next_rotation_at,
+            })
+        }),
         Event::LeaseExpiring(lease) => lease_event("lease_expiring", lease),
         Event::LeaseRevoked(lease) => lease_event("lease_revoked", lease),
     }

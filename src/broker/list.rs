@@ -12,7 +12,7 @@ impl Broker {
     pub async fn list(
         &self,
         prefix: &str,
-        caller: Caller,
+        caller: &Caller,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<Lease>, Option<String>), BrokerError> {
@@ -43,7 +43,7 @@ impl Broker {
 
     /// Every lease under `prefix` the caller may see (revoked ones left
     /// out), for the daemon's own sweeps.
-    pub async fn list_all(&self, prefix: &str, caller: Caller) -> Result<Vec<Lease>, BrokerError> {
+    pub async fn list_all(&self, prefix: &str, caller: &Caller) -> Result<Vec<Lease>, BrokerError> {
         Ok(self.list(prefix, caller, None, usize::MAX).await?.0)
     }
 }

@@ -38,6 +38,7 @@ use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics::{Gauges, Metrics};
+use crate::policy::quota::Quotas;
 use crate::store::{LeaseStore, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
@@ -84,6 +85,8 @@ pub struct Broker {
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) revoked_retention: Duration,
+    /// `max_leases` of roles and policies, and what is held against them.
+    pub(crate) quotas: Quotas,
     /// Leases whose issuance this process is running now. Start-up recovery
     /// leaves these alone and rolls back every other `pending` lease: which
     /// ones are in flight is known here, not guessed from timestamps (a
@@ -138,6 +141,10 @@ impl Broker {
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: config.server.revoked_retention,
+            quotas: Quotas::new(
+                config.roles.values().filter_map(|r| Some((r.name.clone(), r.max_leases?))).collect(),
+                config.policies.iter().filter_map(|p| Some((p.name.clone(), p.max_leases?))).collect(),
+            ),
             issuing: Mutex::default(),
             unsettled: Mutex::default(),
             rechecking: Mutex::default(),
@@ -154,6 +161,17 @@ impl Broker {
             ready: self.is_ready(),
             store_commits: self.store.commits(),
         })
+    }
+
+    /// Counts the live leases `max_leases` limits, from the store. Call it
+    /// once, before serving: issuances made before it would be counted twice.
+    pub async fn load_quotas(&self) -> Result<(), BrokerError> {
+        if self.quotas.is_configured() {
+            for (role, policy, n) in self.store.live_counts().await? {
+                self.quotas.count(&role, policy.as_deref(), n as usize);
+            }
+        }
+        Ok(())
     }
 
     /// Leases waiting for expiry or a retry.
@@ -200,8 +218,11 @@ impl Broker {
         &self,
         role_name: &str,
         ttl: Option<Duration>,
-        caller: Caller,
+        caller: &Caller,
     ) -> Result<Issued, BrokerError> {
+        // Asked first: a caller without the permission learns nothing,
+        // not even whether the role exists.
+        let grant = caller.may_issue(role_name)?;
         let role = self.role(role_name)?;
         let ttl = match ttl {
             None => role.default_ttl,
@@ -219,6 +240,10 @@ impl Broker {
             Some(ttl) => ttl,
         };
         let backend = &self.backends[&role.connection];
+        let owner = caller.owner(&grant);
+        // Taken now, given back when the lease is revoked (or here, if it
+        // never reaches the store).
+        self.quotas.take(&role.name, owner.policy.as_deref())?;
         let now = now_ms();
         let lease = Lease {
             id: LeaseId::generate(&role.name),
@@ -232,15 +257,19 @@ impl Broker {
             renewable: role.capabilities.renewable,
             attempts: 0,
             last_error: None,
-            owner: caller.owner(),
+            owner,
             plugin_data: None,
             revoked_at: None,
+            idempotency: None,
         };
         // Dropped when this function returns, by which time the lease is
         // active or scheduled for rollback.
         let _in_flight = InFlight::enter(self, &lease.id);
         let _lock = self.locks.lock(&lease.id).await;
-        self.store.write(Write::Insert(lease.clone())).await?;
+        if let Err(e) = self.store.write(Write::Insert(lease.clone())).await {
+            self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
+            return Err(e.into());
+        }
         let password = names::password(role.password_length);
         let request = CreateRequest {
             role: &role.name,
@@ -317,7 +346,7 @@ impl Broker {
         let (answer, delivered) = oneshot::channel();
         let me = self.clone();
         self.tasks.spawn(async move {
-            let outcome = me.issue(&role, ttl, caller).await;
+            let outcome = me.issue(&role, ttl, &caller).await;
             if let Err(Ok(issued)) = answer.send(outcome) {
                 me.revoke_undelivered(&issued.lease).await;
             }
@@ -378,11 +407,9 @@ impl Broker {
     pub async fn revoke_sessions(
         &self,
         role_name: &str,
-        caller: Caller,
+        caller: &Caller,
     ) -> Result<serde_json::Value, BrokerError> {
-        if !caller.is_admin() {
-            return Err(BrokerError::NotAdmin { action: "revoke-sessions" });
-        }
+        caller.require_admin("revoke the sessions of a role")?;
         let role = self.role(role_name)?;
         let backend = &self.backends[&role.connection];
         let plugin = &backend.connection.plugin;
@@ -410,7 +437,7 @@ impl Broker {
     }
 
     /// One lease's metadata.
-    pub async fn get(&self, id: &LeaseId, caller: Caller) -> Result<Lease, BrokerError> {
+    pub async fn get(&self, id: &LeaseId, caller: &Caller) -> Result<Lease, BrokerError> {
         let lease =
             self.store.get(id).await?.ok_or_else(|| BrokerError::UnknownLease { id: id.to_string() })?;
         if !caller.may_touch(&lease) {
@@ -425,7 +452,7 @@ impl Broker {
         &self,
         id: &LeaseId,
         increment: Option<Duration>,
-        caller: Caller,
+        caller: &Caller,
     ) -> Result<Lease, BrokerError> {
         let _lock = self.locks.lock(id).await;
         let lease = self.get(id, caller).await?;
@@ -509,9 +536,14 @@ impl Broker {
     /// Revokes a lease now, on behalf of a caller. On a backend failure the
     /// lease stays scheduled for retry and the error is returned, unless
     /// `force`, which drops the lease anyway.
-    pub async fn revoke(&self, id: &LeaseId, force: bool, caller: Caller) -> Result<Revocation, BrokerError> {
-        if force && !caller.is_admin() {
-            return Err(BrokerError::NotAdmin { action: "force" });
+    pub async fn revoke(
+        &self,
+        id: &LeaseId,
+        force: bool,
+        caller: &Caller,
+    ) -> Result<Revocation, BrokerError> {
+        if force {
+            caller.require_admin("force a revocation")?;
         }
         let lease = self.get(id, caller).await?;
         if lease.state == LeaseState::Revoked {
@@ -524,8 +556,11 @@ impl Broker {
                 // it falls due it finds no lease and does nothing.
                 let was_irrevocable =
                     self.store.get(id).await?.is_some_and(|l| l.state == LeaseState::Irrevocable);
-                if self.store.write(Write::Delete { id: id.clone() }).await? && was_irrevocable {
-                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
+                if self.store.write(Write::Delete { id: id.clone() }).await? {
+                    self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
+                    if was_irrevocable {
+                        self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
                 Ok(Revocation::Forced)
@@ -540,11 +575,9 @@ impl Broker {
         &self,
         prefix: &str,
         force: bool,
-        caller: Caller,
+        caller: &Caller,
     ) -> Result<(usize, Vec<(LeaseId, BrokerError)>), BrokerError> {
-        if force && !caller.is_admin() {
-            return Err(BrokerError::NotAdmin { action: "force" });
-        }
+        caller.require_admin("revoke leases by prefix")?;
         use futures_util::stream::{self, StreamExt};
         let leases = self.list_all(prefix, caller).await?;
         // Many at a time when a connection revokes in batches, so the

@@ -4,7 +4,9 @@
 
 use lessor_plugin::{Credential, Fault, PluginError};
 
+use crate::policy::quota::OverQuota;
 pub use crate::policy::Caller;
+use crate::policy::Denied;
 
 use crate::lease::{Lease, LeaseId};
 use crate::store::StoreError;
@@ -25,9 +27,12 @@ pub enum BrokerError {
     /// The caller may not act on this lease (403).
     #[error("lease {id} belongs to another user")]
     Forbidden { id: LeaseId },
-    /// The action is for operators: root or the daemon's own user (403).
-    #[error("{action} is reserved to root and the daemon's own user")]
-    NotAdmin { action: &'static str },
+    /// No policy grants the caller this (403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The issuance would exceed a `max_leases` (429).
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
     /// The lease is not in a state that allows the operation (409).
     #[error("lease {id} is {state}: {message}")]
     Conflict { id: LeaseId, state: &'static str, message: String },
@@ -49,7 +54,8 @@ impl BrokerError {
             Self::UnknownRole { .. } => (404, "unknown_role"),
             Self::UnknownLease { .. } => (404, "unknown_lease"),
             Self::BadRequest { .. } => (400, "bad_request"),
-            Self::Forbidden { .. } | Self::NotAdmin { .. } => (403, "forbidden"),
+            Self::Forbidden { .. } | Self::Denied(_) => (403, "forbidden"),
+            Self::OverQuota(_) => (429, "quota_exceeded"),
             Self::Conflict { .. } => (409, "conflict"),
             Self::Backend { source, .. } => match source.fault() {
                 Fault::Caller => (400, "invalid_role"),

@@ -8,6 +8,8 @@
 //! key it concerns, so `lessor config check` is a complete answer.
 
 pub mod duration;
+pub mod policies;
+mod server;
 pub mod statics;
 
 use std::collections::BTreeMap;
@@ -22,6 +24,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use duration::Duration;
+pub use policies::{AdminConfig, MatchConfig, PolicyConfig};
+pub use server::ServerConfig;
 pub use statics::{RotationSchedule, StaticAccount, StaticAccountConfig, Strategy};
 
 use crate::rotation::seal::Sealer;
@@ -50,73 +54,11 @@ pub struct Config {
     /// Long-lived accounts whose passwords lessor rotates, by name.
     #[serde(default)]
     pub static_accounts: BTreeMap<String, StaticAccountConfig>,
+    /// Who may do what; without any, only admins may issue.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
 }
 
-/// `[server]`
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Path of the Unix socket the API listens on. Overridden by `--socket`
-    /// or `LESSOR_SOCKET`.
-    #[serde(default = "default_socket")]
-    pub socket: PathBuf,
-    /// Permissions of the socket file, in octal.
-    #[serde(default = "default_socket_mode")]
-    pub socket_mode: String,
-    /// Where leases are kept: `sqlite:///absolute/path.db` or
-    /// `sqlite://relative/path.db`.
-    #[serde(default = "default_store")]
-    pub store: String,
-    /// Audit log path (hash-chained JSON lines). Reserved; not written yet.
-    pub audit_log: Option<PathBuf>,
-    /// Key file for sealing static-account passwords in the store: 32
-    /// random bytes, raw, as 64 hex characters or as base64. Required with
-    /// `static_accounts`; refused when group or others can read it.
-    pub seal_key_file: Option<PathBuf>,
-    /// The longest a request may take before it is answered 503.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: Duration,
-    /// The largest request body accepted, in bytes.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// How long revoked leases stay visible before they are purged.
-    #[serde(default = "default_revoked_retention")]
-    pub revoked_retention: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            socket: default_socket(),
-            socket_mode: default_socket_mode(),
-            store: default_store(),
-            audit_log: None,
-            seal_key_file: None,
-            request_timeout: default_request_timeout(),
-            max_body_bytes: default_max_body_bytes(),
-            revoked_retention: default_revoked_retention(),
-        }
-    }
-}
-
-fn default_socket() -> PathBuf {
-    PathBuf::from("/run/lessor/lessor.sock")
-}
-fn default_socket_mode() -> String {
-    "0660".into()
-}
-fn default_store() -> String {
-    "sqlite:///var/lib/lessor/lessor.db".into()
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_body_bytes() -> usize {
-    64 * 1024
-}
-fn default_revoked_retention() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
 fn default_max_connections() -> usize {
     12
 }
@@ -204,6 +146,8 @@ pub struct RoleConfig {
     /// Length of generated passwords.
     #[serde(default = "default_password_length")]
     pub password_length: usize,
+    /// The most live leases of this role at once (429 beyond).
+    pub max_leases: Option<usize>,
     /// Plugin-specific settings.
     #[serde(flatten)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
@@ -231,6 +175,7 @@ pub struct Role {
     pub max_ttl: Duration,
     pub username: UsernameTemplate,
     pub password_length: usize,
+    pub max_leases: Option<usize>,
     pub capabilities: Capabilities,
     pub settings: RoleSettings,
 }
@@ -247,6 +192,8 @@ pub struct ValidatedConfig {
     pub static_accounts: BTreeMap<String, StaticAccount>,
     /// The key static secrets are sealed with, when `seal_key_file` is set.
     pub sealer: Option<Arc<Sealer>>,
+    /// Who may do what.
+    pub policies: crate::policy::Policies,
 }
 
 /// Every problem found in one config file.
@@ -426,6 +373,10 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             ));
             role_ok = false;
         }
+        if role.max_leases == Some(0) {
+            errors.push(ConfigError::new(format!("{key}.max_leases"), "must be at least 1"));
+            role_ok = false;
+        }
         if !(16..=128).contains(&role.password_length) {
             errors.push(ConfigError::new(format!("{key}.password_length"), "must be between 16 and 128"));
             role_ok = false;
@@ -477,6 +428,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
                     max_ttl: role.max_ttl,
                     username,
                     password_length: role.password_length,
+                    max_leases: role.max_leases,
                     capabilities,
                     settings,
                 },
@@ -505,6 +457,14 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
         None => None,
     };
 
+    let policies = policies::validate(
+        &config.policies,
+        config.server.admins.as_deref(),
+        &config.roles,
+        &config.static_accounts,
+        &mut errors,
+    );
+
     if errors.is_empty() {
         Ok(ValidatedConfig {
             source: source.to_string(),
@@ -514,6 +474,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             roles,
             static_accounts,
             sealer,
+            policies,
         })
     } else {
         Err(errors)

@@ -102,6 +102,7 @@ impl Broker {
                 let now = Utc::now();
                 self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
                 retry.armed = false;
+                self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
                 Metrics::inc(&self.metrics.revoked);
                 if lease.state == LeaseState::Irrevocable {
                     self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);

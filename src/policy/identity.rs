@@ -27,6 +27,8 @@ pub struct Identity {
     pub group: Option<String>,
     /// Supplementary groups (`Groups:` of `/proc/<pid>/status`).
     pub groups: Vec<u32>,
+    /// The names of those groups that have one.
+    pub group_names: Vec<String>,
     pub exe: Option<String>,
     /// The cgroup v2 path (`0::/…` of `/proc/<pid>/cgroup`).
     pub cgroup: Option<String>,
@@ -57,8 +59,10 @@ impl Identity {
             return kernel;
         }
         let cgroup = proc("cgroup").as_deref().and_then(cgroup_v2_path);
+        let groups = status_groups(&status);
         let identity = Identity {
-            groups: status_groups(&status),
+            group_names: groups.iter().filter_map(|gid| group_name(*gid)).collect(),
+            groups,
             exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
             systemd_unit: cgroup.as_deref().and_then(systemd_unit),
             container_id: cgroup.as_deref().and_then(container_id),

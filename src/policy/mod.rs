@@ -1,37 +1,236 @@
-//! Who may do what: who a caller is ([`identity`]) and the permission
-//! checks the broker and the API ask (admin actions, owning a lease), kept
-//! here in one place.
+//! Who may do what, in one place: who a caller is ([`identity`]), the
+//! `[[policies]]` that grant it permissions ([`rules`]), how many leases it
+//! may hold ([`quota`]), and every check the broker, the rotator and the API
+//! ask: issue a role, read or rotate a static account, touch a lease, act
+//! as an operator.
+//!
+//! Default deny: a caller gets what a policy matching it allows, and
+//! nothing else. Admins (root and the daemon's own user, unless
+//! `server.admins` says otherwise, plus whoever a policy grants `admin`)
+//! may do everything. Without any `[[policies]]` only admins may issue;
+//! `serve --dev` opens issuance and static reads to every local user.
+//! A lease belongs to the uid and the policy that obtained it: only they
+//! (or an admin) may read, renew, revoke or watch it.
 
 pub mod identity;
+pub mod quota;
+pub mod rules;
+
+use std::sync::Arc;
 
 pub use identity::Identity;
+pub use rules::{Admins, Matcher, Pattern, Permission, Policy};
 
 use crate::lease::{Lease, Owner};
 
-/// Who is calling, from the socket's peer credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The compiled access rules of a config. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policies: Vec<Arc<Policy>>,
+    admins: Admins,
+    /// `serve --dev`: every local user may issue and read static accounts.
+    open: bool,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Self::new(Vec::new(), Admins::RootAndDaemon)
+    }
+}
+
+impl Policies {
+    pub fn new(policies: Vec<Policy>, admins: Admins) -> Self {
+        let policies = policies.into_iter().map(Arc::new).collect();
+        Self { inner: Arc::new(Inner { policies, admins, open: false }) }
+    }
+
+    /// The same rules, with issuance open to every local user (`--dev`).
+    pub fn opened(&self) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                policies: inner.policies.clone(),
+                admins: inner.admins.clone(),
+                open: true,
+            }),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.policies.is_empty()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.inner.open
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Policy> {
+        self.inner.policies.iter().map(|p| &**p)
+    }
+
+    /// The caller with this identity: the policies it matches, once.
+    pub fn caller(&self, identity: Identity) -> Caller {
+        let matched: Vec<Arc<Policy>> =
+            self.inner.policies.iter().filter(|p| p.matcher.matches(&identity)).cloned().collect();
+        let admin = self.inner.admins.contains(&identity) || matched.iter().any(|p| p.grants_admin());
+        Caller {
+            uid: identity.uid,
+            gid: identity.gid,
+            pid: identity.pid,
+            admin,
+            open: self.inner.open,
+            configured: !self.inner.policies.is_empty(),
+            matched: matched.into(),
+            identity: Arc::new(identity),
+        }
+    }
+}
+
+/// Who is calling, from the socket's peer credentials, and what the
+/// policies grant it. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+    identity: Arc<Identity>,
+    /// The policies whose `match` the caller meets, in config order.
+    matched: Arc<[Arc<Policy>]>,
+    admin: bool,
+    open: bool,
+    /// Whether any `[[policies]]` are configured, for the messages.
+    configured: bool,
+}
+
+/// What a policy granted for an issuance: the policy the lease is owned
+/// under (none for an admin or `--dev` without a granting policy).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// A permission check that failed (403). The message names the caller and
+/// the permission it lacks.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Denied {
+    pub message: String,
 }
 
 impl Caller {
-    pub(crate) fn owner(self) -> Owner {
-        Owner { uid: self.uid, gid: self.gid, pid: self.pid }
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
-    /// Root and the daemon's own user act on any lease.
-    pub fn is_admin(self) -> bool {
-        self.uid == 0 || self.uid == current_uid()
+    pub fn is_admin(&self) -> bool {
+        self.admin
     }
 
-    pub fn may_touch(self, lease: &Lease) -> bool {
-        self.is_admin() || lease.owner.uid == self.uid
+    /// The names of the policies the caller matches.
+    pub fn policy_names(&self) -> Vec<&str> {
+        self.matched.iter().map(|p| p.name.as_str()).collect()
     }
-}
 
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    /// Operator actions: force, revoke by prefix, tidy, rotate-root,
+    /// revoke-sessions.
+    pub fn require_admin(&self, action: &str) -> Result<(), Denied> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(Denied {
+            message: format!(
+                "{} may not {action}: it is for admins (root and the daemon's own user unless \
+                 server.admins says otherwise, or a policy granting \"admin\")",
+                self.who()
+            ),
+        })
+    }
+
+    /// May the caller issue credentials of `role`?
+    pub fn may_issue(&self, role: &str) -> Result<Grant, Denied> {
+        let policy =
+            self.matched.iter().find(|p| p.grants(|w| matches!(w, Permission::Creds(g) if g.matches(role))));
+        match policy {
+            Some(policy) => Ok(Grant { policy: Some(policy.clone()) }),
+            None if self.admin || self.open => Ok(Grant { policy: None }),
+            None => Err(self.lacks(&format!("creds:{role}"), &format!("issue role {role:?}"))),
+        }
+    }
+
+    /// May the caller read static account `name`'s credential?
+    pub fn may_read_static(&self, name: &str) -> Result<(), Denied> {
+        let granted = self.admin
+            || self.open
+            || self
+                .matched
+                .iter()
+                .any(|p| p.grants(|w| matches!(w, Permission::Static(g) if g.matches(name))));
+        if granted {
+            return Ok(());
+        }
+        Err(self.lacks(&format!("static:{name}"), &format!("read static account {name:?}")))
+    }
+
+    /// May the caller ask for a rotation of static account `name`?
+    pub fn may_rotate(&self, name: &str) -> Result<(), Denied> {
+        let granted = self.admin
+            || self
+                .matched
+                .iter()
+                .any(|p| p.grants(|w| matches!(w, Permission::Rotate(g) if g.matches(name))));
+        if granted {
+            return Ok(());
+        }
+        Err(self.lacks(&format!("rotate:{name}"), &format!("rotate static account {name:?}")))
+    }
+
+    /// May the caller read, renew, revoke or watch `lease`? Its owner may
+    /// (the same uid, still matching the policy the lease was issued
+    /// under), and admins may.
+    pub fn may_touch(&self, lease: &Lease) -> bool {
+        self.admin
+            || (lease.owner.uid == self.uid
+                && lease
+                    .owner
+                    .policy
+                    .as_ref()
+                    .is_none_or(|name| self.matched.iter().any(|p| &p.name == name)))
+    }
+
+    /// The owner a lease issued now under `grant` records.
+    pub(crate) fn owner(&self, grant: &Grant) -> Owner {
+        Owner {
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+            policy: grant.policy.as_ref().map(|p| p.name.clone()),
+        }
+    }
+
+    /// "uid 65534 (nobody)" for messages.
+    pub fn who(&self) -> String {
+        match &self.identity.user {
+            Some(user) => format!("uid {} ({user})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+
+    fn lacks(&self, permission: &str, what: &str) -> Denied {
+        let why = if self.configured {
+            match self.policy_names().as_slice() {
+                [] => "no [[policies]] entry matches it".to_string(),
+                names => format!("none of the policies matching it ({}) grants that", names.join(", ")),
+            }
+        } else {
+            "no [[policies]] are configured, so only admins may; see the README's \"Access policies\"".into()
+        };
+        Denied {
+            message: format!("{} may not {what}: it needs permission {permission:?}, and {why}", self.who()),
+        }
+    }
 }

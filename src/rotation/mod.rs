@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
 use crate::events::{Event, Events};
+use crate::policy::Caller;
 use crate::store::{LeaseStore, StaticRecord, StoreError};
 use seal::{SealError, Sealer};
 
@@ -62,9 +63,9 @@ pub enum RotationError {
     /// The request is malformed (400).
     #[error("{message}")]
     BadRequest { message: String },
-    /// The caller may not do this (403).
-    #[error("{action} is reserved to root and the daemon's own user")]
-    NotAdmin { action: &'static str },
+    /// No policy grants the caller this (403).
+    #[error(transparent)]
+    Denied(#[from] crate::policy::Denied),
     /// A rotation of the account is running already (409).
     #[error("a rotation of static account {name:?} is in progress")]
     InProgress { name: String },
@@ -90,7 +91,7 @@ impl RotationError {
             Self::UnknownAccount { .. } => (404, "unknown_static_account"),
             Self::UnknownConnection { .. } => (404, "unknown_connection"),
             Self::BadRequest { .. } => (400, "bad_request"),
-            Self::NotAdmin { .. } => (403, "forbidden"),
+            Self::Denied(_) => (403, "forbidden"),
             Self::InProgress { .. } => (409, "rotation_in_progress"),
             Self::NotReady { .. } => (503, "not_ready"),
             Self::Backend { .. } => (502, "backend_failed"),
@@ -250,7 +251,15 @@ impl Rotator {
     }
 
     /// The account's current credential and where its rotation stands.
-    pub async fn get(&self, name: &str) -> Result<StaticView, RotationError> {
+    pub async fn get(&self, name: &str, caller: &Caller) -> Result<StaticView, RotationError> {
+        // Asked first: a caller without the permission learns nothing,
+        // not even whether the account exists.
+        caller.may_read_static(name)?;
+        self.view(name).await
+    }
+
+    /// The account's credential and state, for a caller already allowed.
+    async fn view(&self, name: &str) -> Result<StaticView, RotationError> {
         let account = self.account(name)?;
         let record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
         let Some(current) = &record.current else {
@@ -284,7 +293,9 @@ impl Rotator {
         self: &Arc<Self>,
         name: &str,
         request: OperatorRequest,
+        caller: &Caller,
     ) -> Result<StaticView, RotationError> {
+        caller.may_rotate(name)?;
         let account = self.account(name)?.clone();
         let overlap = match account.strategy {
             Strategy::Single => Duration::ZERO,
@@ -322,14 +333,21 @@ impl Rotator {
             me.wake.notify_one();
         });
         outcome.await.unwrap_or_else(|_| Err(RotationError::InProgress { name: name.to_string() }))?;
-        self.get(name).await
+        // The answer holds no password (the API leaves it out), so a
+        // caller allowed to rotate but not to read sees the new version.
+        self.view(name).await
     }
 
     /// Rotates `connection`'s own admin password: set, tested by logging
     /// in, stored sealed, then used for every new admin connection. Nobody
     /// can read it through the API afterwards; it survives restarts (the
     /// stored copy wins over `password_file`).
-    pub async fn rotate_root(self: &Arc<Self>, connection: &str) -> Result<RootView, RotationError> {
+    pub async fn rotate_root(
+        self: &Arc<Self>,
+        connection: &str,
+        caller: &Caller,
+    ) -> Result<RootView, RotationError> {
+        caller.require_admin("rotate a connection's admin credential")?;
         let account = self
             .roots
             .get(connection)

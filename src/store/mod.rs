@@ -154,6 +154,13 @@ pub trait LeaseStore: Send + Sync + Debug {
             .collect())
     }
 
+    /// How many leases not yet `revoked` each (role, owner policy) holds:
+    /// what `max_leases` counts, read once at start-up.
+    async fn live_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError>;
+
+    /// The newest lease issued for this idempotency digest, in any state.
+    async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError>;
+
     /// Deletes `revoked` leases revoked before `before`; returns how many.
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 

@@ -67,9 +67,10 @@ fn lease(username: &str, state: LeaseState) -> Lease {
         renewable: false,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None },
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None },
         plugin_data: None,
         revoked_at: None,
+        idempotency: None,
     }
 }
 

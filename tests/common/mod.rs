@@ -310,9 +310,15 @@ impl Daemon {
     /// `program` run as nobody (uid and gid 65534), pointed at this
     /// daemon's socket, with no stdin. Call [`open_to_all_users`](Self::open_to_all_users) first.
     pub fn as_nobody(&self, program: &str) -> Command {
+        self.as_user(65534, 65534, program)
+    }
+
+    /// `program` run as `uid`:`gid` with no supplementary groups, pointed
+    /// at this daemon's socket, with no stdin.
+    pub fn as_user(&self, uid: u32, gid: u32, program: &str) -> Command {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(program);
-        command.env("LESSOR_SOCKET", &self.socket).uid(65534).gid(65534).stdin(Stdio::null());
+        command.env("LESSOR_SOCKET", &self.socket).uid(uid).gid(gid).stdin(Stdio::null());
         command
     }
 
@@ -451,6 +457,16 @@ impl Drop for Proxy {
         self.accept.abort();
         self.cut();
     }
+}
+
+/// A `[[policies]]` entry: `matches` is the inside of its `match` table
+/// (e.g. `user = "nobody"`).
+pub fn policy(name: &str, matches: &str, allow: &[&str], extra: &str) -> String {
+    let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "\n[[policies]]\nname = {name:?}\nmatch = {{ {matches} }}\nallow = [{}]\n{extra}\n",
+        allow.join(", ")
+    )
 }
 
 /// A role config section for a role named `role` on connection `pg`.

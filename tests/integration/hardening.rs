@@ -217,9 +217,10 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None },
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None },
         plugin_data: None,
         revoked_at: None,
+        idempotency: None,
     };
     let store = SqliteStore::open(&daemon.dir.path().join("lessor.db")).unwrap();
     store.write(Write::Insert(lease)).await.unwrap();
@@ -272,13 +273,19 @@ async fn a_credential_made_after_its_request_timed_out_is_revoked_at_once() {
     assert!(daemon.log().contains("revoking it"), "{}", daemon.log());
 }
 
-/// `force` drops leases whose backend refused: operators only.
+/// `force` drops leases whose backend refused, and a prefix reaches many
+/// callers' leases: operators only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn force_is_refused_to_a_non_root_caller_who_may_still_revoke_its_own_lease() {
+async fn force_and_prefix_are_refused_to_a_non_admin_who_may_still_revoke_its_own_lease() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("force");
     db.track_prefix(&prefix);
-    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let body = format!(
+        "{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        policy("nobody", "user = \"nobody\"", &[&format!("creds:{role}")], "")
+    );
     let daemon = Daemon::start(&db, &body).await;
     daemon.open_to_all_users();
     let as_nobody = |args: &[&str]| {
@@ -291,10 +298,13 @@ async fn force_is_refused_to_a_non_root_caller_who_may_still_revoke_its_own_leas
     let lease_id = issued["lease_id"].as_str().unwrap();
     let username = issued["credential"]["username"].as_str().unwrap();
 
-    let out = as_nobody(&["lease", "revoke", "--prefix", &format!("{role}/"), "--force"]);
-    assert!(!out.status.success(), "a forced revoke succeeded as nobody");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("force") && stderr.contains("root"), "{stderr}");
+    for args in [vec!["--prefix", &format!("{role}/"), "--force"], vec!["--prefix", &format!("{role}/")]] {
+        let out = as_nobody(&[&["lease", "revoke"][..], &args].concat());
+        assert!(!out.status.success(), "revoke {args:?} succeeded as nobody");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("403") || stderr.contains("forbidden"), "{stderr}");
+        assert!(stderr.contains("uid 65534 (nobody) may not revoke leases by prefix"), "{stderr}");
+    }
     let lease = daemon.client().lease_get(lease_id).await.unwrap();
     assert_eq!(lease.body["state"], "active", "a refused force changed the lease");
     assert!(db.role_exists(username).await, "a refused force removed the role");

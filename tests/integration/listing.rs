@@ -15,7 +15,12 @@ use crate::common::*;
 async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("page");
-    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let body = format!(
+        "{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        policy("nobody", "user = \"nobody\"", &[&format!("creds:{role}")], "")
+    );
     let mut daemon = Daemon::start(&db, &body).await;
     daemon.stop();
 
@@ -39,9 +44,10 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
                 renewable: true,
                 attempts: 0,
                 last_error: None,
-                owner: Owner { uid: 0, gid: 0, pid: None },
+                owner: Owner { uid: 0, gid: 0, pid: None, policy: None },
                 plugin_data: None,
                 revoked_at: None,
+                idempotency: None,
             };
             written.insert(lease.id.as_str().to_string());
             store.write(Write::Insert(lease)).await.unwrap();

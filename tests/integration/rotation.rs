@@ -373,10 +373,11 @@ async fn watch_streams_rotations_and_only_the_callers_own_lease_events() {
     db.track_prefix(&prefix);
     let (_key_dir, key) = seal_key();
     let body = format!(
-        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}\n{}",
         pg_connection(&db, None),
         pg_role(&role, "3s", "1h", &[CREATE_ROLE]),
-        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\"")
+        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\""),
+        policy("nobody", "uid = 65534", &[&format!("creds:{role}"), "static:billing"], "")
     );
     let daemon = Daemon::start(&db, &body).await;
     settled(&daemon, "billing", 1).await;

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/sqlite/0001_leases.sql"),
     include_str!("../../../schemas/sql/sqlite/0002_unique_usernames.sql"),
     include_str!("../../../schemas/sql/sqlite/0003_static_accounts.sql"),
+    include_str!("../../../schemas/sql/sqlite/0004_owner_policy_and_idempotency.sql"),
 ];
 
 /// Writes waiting for the writer before `write` callers wait for room.
@@ -61,8 +62,8 @@ macro_rules! select_leases {
     ($($tail:literal),*) => {
         concat!(
             "SELECT id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
-             renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at \
-             FROM leases ",
+             renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, \
+             owner_policy, idempotency FROM leases ",
             $($tail),*
         )
     };
@@ -346,6 +347,28 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn live_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT role, owner_policy, count(*) FROM leases WHERE state <> 'revoked' \
+                 GROUP BY role, owner_policy",
+            )?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError> {
+        let digest = digest.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached(select_leases!("WHERE idempotency = ?1 ORDER BY issued_at DESC LIMIT 1"))?
+                .query_row([digest], lease_from_row)
+                .optional()
+        })
+        .await
+    }
+
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         // Through the writer: it deletes, and SQLite has one writer anyway.
         let (reply, answer) = oneshot::channel();
@@ -553,7 +576,7 @@ fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
         renewable: row.get(8)?,
         attempts: row.get(9)?,
         last_error: row.get(10)?,
-        owner: Owner { uid: row.get(11)?, gid: row.get(12)?, pid: row.get(13)? },
+        owner: Owner { uid: row.get(11)?, gid: row.get(12)?, pid: row.get(13)?, policy: row.get(16)? },
         plugin_data: plugin_data
             .map(|text| {
                 serde_json::from_str(&text).map_err(|e| bad(14, Type::Text, format!("bad plugin data: {e}")))
@@ -565,6 +588,7 @@ fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
                     .ok_or_else(|| bad(15, Type::Integer, format!("bad time {millis}")))
             })
             .transpose()?,
+        idempotency: row.get(17)?,
     })
 }
 

@@ -24,9 +24,10 @@ fn pending(role: &str) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242) },
+        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242), policy: None },
         plugin_data: None,
         revoked_at: None,
+        idempotency: None,
     }
 }
 
@@ -51,7 +52,8 @@ async fn a_lease_round_trips_with_every_field() {
     full.renewable = false;
     full.attempts = 7;
     full.last_error = Some("role \"v_x\" cannot be dropped".into());
-    full.owner = Owner { uid: u32::MAX, gid: 0, pid: None };
+    full.owner = Owner { uid: u32::MAX, gid: 0, pid: None, policy: Some("web".into()) };
+    full.idempotency = Some("ab".repeat(32));
     full.plugin_data = Some(json!({"db": "orders", "grants": ["SELECT"], "n": 1.5}));
     full.revoked_at = Some(millis(Utc::now()));
     let bare = pending("app_ro");
@@ -61,6 +63,14 @@ async fn a_lease_round_trips_with_every_field() {
         assert_eq!(store.get(&lease.id).await.unwrap().as_ref(), Some(lease));
     }
     assert_eq!(store.get(&LeaseId::generate("app_ro")).await.unwrap(), None);
+    assert_eq!(store.find_idempotent(&"ab".repeat(32)).await.unwrap().as_ref(), Some(&full));
+    assert_eq!(store.find_idempotent(&"cd".repeat(32)).await.unwrap(), None);
+    let mut counts = store.live_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![("app_ro".to_string(), None, 1), ("app_ro".to_string(), Some("web".to_string()), 1)]
+    );
 
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&path), 0o600);

@@ -153,8 +153,9 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
 fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
-         renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, \
+         owner_policy, idempotency) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -174,6 +175,8 @@ fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
         lease.owner.pid,
         json_text(lease.plugin_data.as_ref())?,
         lease.revoked_at.map(|t| t.timestamp_millis()),
+        lease.owner.policy,
+        lease.idempotency,
     ])
 }
 

@@ -1,0 +1,215 @@
+//! The `[[policies]]` of the config, compiled: which identities a policy
+//! matches and what it allows, and who the admins are.
+//!
+//! A policy matches an identity when every key of its `match` does (keys
+//! left out match anything; an empty `match` is refused at load). Globs are
+//! shell-style (`*`, `?`, `[a-z]`, `{a,b}`); in `exe` and `cgroup` a `*`
+//! stays within one path segment, so `/usr/bin/*` does not match
+//! `/usr/bin/x/y`. `group` matches the primary group or any supplementary
+//! one, by name.
+
+use globset::{GlobBuilder, GlobMatcher};
+
+use super::identity::Identity;
+
+/// What a policy grants.
+#[derive(Debug, Clone)]
+pub enum Permission {
+    /// `creds:<role glob>`: issue dynamic credentials of matching roles.
+    Creds(Pattern),
+    /// `static:<name glob>`: read matching static accounts' credentials.
+    Static(Pattern),
+    /// `rotate:<name glob>`: ask for a rotation of matching static accounts.
+    Rotate(Pattern),
+    /// `admin`: everything, including the operator actions.
+    Admin,
+}
+
+impl Permission {
+    /// Parses `creds:…`, `static:…`, `rotate:…` or `admin`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "admin" {
+            return Ok(Self::Admin);
+        }
+        let (kind, glob) = text.split_once(':').ok_or_else(|| unknown(text))?;
+        let pattern = Pattern::new(glob, false)?;
+        match kind {
+            "creds" => Ok(Self::Creds(pattern)),
+            "static" => Ok(Self::Static(pattern)),
+            "rotate" => Ok(Self::Rotate(pattern)),
+            _ => Err(unknown(text)),
+        }
+    }
+}
+
+fn unknown(text: &str) -> String {
+    format!("unknown permission {text:?} (known: creds:<role>, static:<account>, rotate:<account>, admin)")
+}
+
+/// A glob with the text it came from, for messages.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    pub text: String,
+    matcher: GlobMatcher,
+}
+
+impl Pattern {
+    /// `path`: a `*` does not cross `/`.
+    pub fn new(text: &str, path: bool) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty pattern matches nothing".into());
+        }
+        let glob = GlobBuilder::new(text)
+            .literal_separator(path)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("{text:?} is not a valid glob: {}", e.kind()))?;
+        Ok(Self { text: text.to_string(), matcher: glob.compile_matcher() })
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        self.matcher.is_match(text)
+    }
+}
+
+/// The `match` of a policy; `None` keys match anything.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    pub uid: Option<u32>,
+    pub user: Option<Pattern>,
+    pub gid: Option<u32>,
+    pub group: Option<Pattern>,
+    pub exe: Option<Pattern>,
+    pub systemd_unit: Option<Pattern>,
+    pub cgroup: Option<Pattern>,
+}
+
+impl Matcher {
+    pub fn is_empty(&self) -> bool {
+        self.uid.is_none()
+            && self.user.is_none()
+            && self.gid.is_none()
+            && self.group.is_none()
+            && self.exe.is_none()
+            && self.systemd_unit.is_none()
+            && self.cgroup.is_none()
+    }
+
+    pub fn matches(&self, who: &Identity) -> bool {
+        fn text(pattern: &Option<Pattern>, value: Option<&str>) -> bool {
+            pattern.as_ref().is_none_or(|p| value.is_some_and(|v| p.matches(v)))
+        }
+        self.uid.is_none_or(|uid| uid == who.uid)
+            && self.gid.is_none_or(|gid| gid == who.gid || who.groups.contains(&gid))
+            && text(&self.user, who.user.as_deref())
+            && self.group.as_ref().is_none_or(|p| {
+                who.group.as_deref().is_some_and(|g| p.matches(g))
+                    || who.group_names.iter().any(|g| p.matches(g))
+            })
+            && text(&self.exe, who.exe.as_deref())
+            && text(&self.systemd_unit, who.systemd_unit.as_deref())
+            && text(&self.cgroup, who.cgroup.as_deref())
+    }
+}
+
+/// One `[[policies]]` entry.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub matcher: Matcher,
+    pub allow: Vec<Permission>,
+    /// The most live leases all callers under this policy may hold.
+    pub max_leases: Option<usize>,
+}
+
+impl Policy {
+    pub fn grants_admin(&self) -> bool {
+        self.allow.iter().any(|p| matches!(p, Permission::Admin))
+    }
+
+    pub fn grants(&self, wanted: impl Fn(&Permission) -> bool) -> bool {
+        self.allow.iter().any(|p| matches!(p, Permission::Admin) || wanted(p))
+    }
+}
+
+/// Who is an admin by identity alone, before any policy: `server.admins`.
+#[derive(Debug, Clone)]
+pub enum Admins {
+    /// The default: root and the user the daemon runs as.
+    RootAndDaemon,
+    /// Exactly these users (by uid or name); may be empty.
+    Listed { uids: Vec<u32>, users: Vec<String> },
+}
+
+impl Admins {
+    pub fn contains(&self, who: &Identity) -> bool {
+        match self {
+            Self::RootAndDaemon => who.uid == 0 || who.uid == current_uid(),
+            Self::Listed { uids, users } => {
+                uids.contains(&who.uid) || who.user.as_ref().is_some_and(|u| users.contains(u))
+            }
+        }
+    }
+}
+
+pub(crate) fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(uid: u32, user: &str, exe: &str) -> Identity {
+        Identity {
+            uid,
+            gid: 100,
+            user: Some(user.into()),
+            group: Some("users".into()),
+            groups: vec![100, 27],
+            group_names: vec!["users".into(), "sudo".into()],
+            exe: Some(exe.into()),
+            cgroup: Some("/system.slice/web.service".into()),
+            systemd_unit: Some("web.service".into()),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_match_must_hold() {
+        let m = Matcher {
+            user: Some(Pattern::new("www-*", false).unwrap()),
+            exe: Some(Pattern::new("/usr/bin/*", true).unwrap()),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&who(33, "www-data", "/usr/bin/python3")));
+        assert!(!m.matches(&who(33, "www-data", "/usr/bin/x/python3")), "* stays in one segment");
+        assert!(!m.matches(&who(33, "app", "/usr/bin/python3")));
+        let unknown_exe = Identity { exe: None, ..who(33, "www-data", "") };
+        assert!(!m.matches(&unknown_exe), "a key that cannot be read does not match");
+    }
+
+    #[test]
+    fn groups_match_primary_or_supplementary_by_name_or_gid() {
+        let by_name = Matcher { group: Some(Pattern::new("sudo", false).unwrap()), ..Matcher::default() };
+        assert!(by_name.matches(&who(1000, "a", "/x")));
+        let by_gid = Matcher { gid: Some(27), ..Matcher::default() };
+        assert!(by_gid.matches(&who(1000, "a", "/x")));
+        let other = Matcher { group: Some(Pattern::new("wheel", false).unwrap()), ..Matcher::default() };
+        assert!(!other.matches(&who(1000, "a", "/x")));
+        let unit =
+            Matcher { systemd_unit: Some(Pattern::new("web.*", false).unwrap()), ..Matcher::default() };
+        assert!(unit.matches(&who(1000, "a", "/x")));
+    }
+
+    #[test]
+    fn permissions_parse_or_say_what_is_known() {
+        assert!(matches!(Permission::parse("admin"), Ok(Permission::Admin)));
+        assert!(matches!(Permission::parse("creds:app_*"), Ok(Permission::Creds(p)) if p.matches("app_ro")));
+        let e = Permission::parse("read:app").unwrap_err();
+        assert!(e.contains("unknown permission \"read:app\""), "{e}");
+        assert!(Permission::parse("creds:").is_err());
+        assert!(Permission::parse("creds:[").unwrap_err().contains("not a valid glob"));
+    }
+}

@@ -90,6 +90,8 @@ impl Running {
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
 pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    // Before anything records (the recorder is installed once per process).
+    let exporter = crate::metrics::Exporter::new(crate::metrics::install());
     let store_url = config.server.store.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&store_url))
         .await?
@@ -97,7 +99,8 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let store: Arc<dyn LeaseStore> = Arc::new(store);
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
-    let state = AppState::new(&config, store, shutdown.clone());
+    let mut state = AppState::new(&config, store, shutdown.clone());
+    state.metrics = Some(exporter.clone());
     let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
     // Before the socket answers: an issuance counted now would be counted twice.
     broker
@@ -130,6 +133,7 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
         }
     });
     broker.start();
+    broker.tasks().spawn(exporter.upkeep(shutdown.clone()));
     rotator.start();
     let ready = broker.clone();
     tidy.start(move || ready.is_ready(), broker.tasks(), shutdown.clone());

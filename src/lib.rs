@@ -13,7 +13,8 @@
 //! - [`daemon`]: `lessor serve`, socket ownership, start-up and shutdown;
 //! - [`client`]: the socket client the CLI, tests and benchmarks use;
 //! - [`cli`]: the command line;
-//! - [`metrics`]: counters rendered as Prometheus text;
+//! - [`metrics`]: every metric's name and labels, and the Prometheus
+//!   exporter behind `GET /v1/metrics`;
 //! - [`tidy`]: the sweep that drops backend users no lease covers;
 //! - [`rotation`]: static accounts, rotated in phases on a schedule or on
 //!   demand, their secrets sealed at rest.

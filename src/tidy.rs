@@ -32,8 +32,6 @@
 //! also only report what it would drop (`dry_run`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -192,9 +190,6 @@ pub struct Tidy {
     /// Every configured connection: `Some` where tidy is on.
     targets: BTreeMap<String, Option<Target>>,
     store: Arc<dyn LeaseStore>,
-    runs: AtomicU64,
-    dropped: AtomicU64,
-    errors: AtomicU64,
 }
 
 /// A sweep's outcome plus when the next one is due for a user that was
@@ -221,13 +216,7 @@ impl Tidy {
                 (name.clone(), target)
             })
             .collect();
-        Arc::new(Self {
-            targets,
-            store,
-            runs: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        })
+        Arc::new(Self { targets, store })
     }
 
     /// Whether any connection has tidy on.
@@ -259,11 +248,11 @@ impl Tidy {
     /// One sweep of one connection: list, read the store, drop.
     async fn sweep(&self, name: &str, target: &Target, dry_run: bool) -> Sweep {
         let _one_at_a_time = target.running.lock().await;
-        self.runs.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::tidy_run(name);
         let mut report = Report { connection: name.to_string(), ..Report::default() };
         let prefix = &target.settings.prefix;
         let fail = |report: &mut Report, what: String| {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::tidy_error(name);
             warn!(connection = name, error = %what, "tidy");
             report.errors.push(what);
         };
@@ -336,7 +325,7 @@ impl Tidy {
             };
             match call(target.timeout, target.plugin.revoke(&lease)).await {
                 Ok(()) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::tidy_dropped(name);
                     target.first_seen.lock().unwrap().remove(&username);
                     info!(connection = name, username = %username, "tidy dropped a user no lease covers");
                     report.dropped.push(username);
@@ -385,27 +374,6 @@ impl Tidy {
                 }
             });
         }
-    }
-
-    /// Prometheus text for tidy's counters.
-    pub fn metrics_text(&self) -> String {
-        let mut out = String::new();
-        for (name, help, value) in [
-            ("lessor_tidy_runs_total", "Tidy sweeps run (scheduled and on demand).", &self.runs),
-            (
-                "lessor_tidy_dropped_total",
-                "Backend users dropped by tidy because no lease covered them.",
-                &self.dropped,
-            ),
-            ("lessor_tidy_errors_total", "Tidy listings, store reads or drops that failed.", &self.errors),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        out
     }
 }
 

@@ -181,9 +181,9 @@ async fn run(fx: &Fixture, p: Params) -> Result<()> {
             drive(lessor_ops(&client, p.n), p.warmup, mysqld).await;
         }
         fx.drop_users(&lessor_prefix).await?;
-        let before = metrics(&client).await?;
+        let before = super::metrics(&client).await?;
         let lessor = drive(lessor_ops(&client, p.n), p.duration, mysqld).await;
-        let after = metrics(&client).await?;
+        let after = super::metrics(&client).await?;
         print_stats("lessor", &lessor);
         let delta = |name: &str| after.get(name).copied().unwrap_or(0.0) - before.get(name).copied().unwrap_or(0.0);
         let issued = delta("lessor_leases_issued_total");
@@ -386,19 +386,6 @@ fn print_stats(label: &str, s: &Stats) {
     for (kind, count) in &s.errors {
         println!("  {:<16}   {count} × {kind}", "");
     }
-}
-
-async fn metrics(client: &Client) -> Result<BTreeMap<String, f64>> {
-    let response = client.request(hyper::Method::GET, "/v1/metrics", None).await?;
-    let text = response.body.as_str().ok_or("metrics body is not text")?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect())
 }
 
 /// The server's process on this machine, for its CPU time.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,8 @@ pub struct AppState {
     pub request_timeout: StdDuration,
     /// Who may do what.
     pub policies: Policies,
+    /// What `GET /v1/metrics` renders; `None` answers an empty text.
+    pub metrics: Option<crate::metrics::Exporter>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.as_std(),
             policies: config.policies.clone(),
+            metrics: None,
         }
     }
 }
@@ -152,7 +155,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Logs every request with the caller's uid and pid, and bounds its time.
+/// Logs every request with the caller's uid and pid, bounds its time, and
+/// counts it by route template and status.
 async fn guard(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<PeerInfo>,
@@ -162,6 +166,7 @@ async fn guard(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let who = peer.identity().await;
     let caller = state.policies.caller(who.clone());
     let mut request = request;
@@ -171,6 +176,7 @@ async fn guard(
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
             .into_response(),
     };
+    crate::metrics::request(route.as_deref(), response.status().as_u16());
     info!(
         %method,
         path,
@@ -257,7 +263,10 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.broker.metrics_text() + &state.tidy.metrics_text() + &state.rotator.metrics_text();
+    let text = match &state.metrics {
+        Some(exporter) => exporter.render(&state.broker).await,
+        None => String::new(),
+    };
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

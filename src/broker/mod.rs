@@ -37,7 +37,7 @@ use crate::config::{Connection, Duration, Role, ValidatedConfig};
 use crate::events::Events;
 use crate::expiry::{self, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics;
 use crate::policy::quota::Quotas;
 use crate::store::{LeaseStore, Write};
 use locks::LeaseLocks;
@@ -80,7 +80,6 @@ pub struct Broker {
     pub(crate) warnings: WarningIndex,
     pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
-    pub(crate) metrics: Metrics,
     pub(crate) ready: AtomicBool,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
@@ -136,7 +135,6 @@ impl Broker {
             warnings: WarningIndex::new(),
             events,
             locks: LeaseLocks::default(),
-            metrics: Metrics::default(),
             ready: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             shutdown,
@@ -153,14 +151,6 @@ impl Broker {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn metrics_text(&self) -> String {
-        self.metrics.render(Gauges {
-            scheduled: self.index.len(),
-            ready: self.is_ready(),
-            store_commits: self.store.commits(),
-        })
     }
 
     /// Counts the live leases `max_leases` limits, from the store. Call it
@@ -223,6 +213,7 @@ impl Broker {
         // Asked first: a caller without the permission learns nothing,
         // not even whether the role exists.
         let grant = caller.may_issue(role_name)?;
+        let started = std::time::Instant::now();
         let role = self.role(role_name)?;
         let ttl = match ttl {
             None => role.default_ttl,
@@ -282,7 +273,7 @@ impl Broker {
         let created = match self.create_with_retry(backend, &request).await {
             Ok(created) => created,
             Err(source) => {
-                Metrics::inc(&self.metrics.issue_failures);
+                metrics::issue_failed(&role.name);
                 let unsettled = matches!(source, PluginError::Unavailable { .. });
                 if unsettled {
                     self.unsettled.lock().unwrap().insert(lease.id.clone());
@@ -326,7 +317,7 @@ impl Broker {
             expiry::warning_at(lease.issued_at, expires_at),
             expires_at.timestamp_millis(),
         );
-        Metrics::inc(&self.metrics.issued);
+        metrics::issued(&role.name, started.elapsed());
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =
             Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
@@ -357,7 +348,7 @@ impl Broker {
     }
 
     async fn revoke_undelivered(&self, lease: &Lease) {
-        Metrics::inc(&self.metrics.undelivered);
+        metrics::undelivered(&lease.role);
         warn!(lease = %lease.id, role = %lease.role, uid = lease.owner.uid, "the caller was gone when its credential was made; revoking it");
         // A failure is recorded and retried inside, like any revocation.
         let _ = self.revoke_now(&lease.id, None).await;
@@ -378,7 +369,7 @@ impl Broker {
             };
             match result {
                 Err(e) if e.is_transient_conflict() && started.elapsed() < CREATE_RETRY_BUDGET => {
-                    Metrics::inc(&self.metrics.transient_retries);
+                    metrics::transient_retry(request.role);
                     let ceiling = 5u64 << attempt.min(6);
                     let wait = rand::rng().random_range(1..=ceiling);
                     debug!(
@@ -507,7 +498,7 @@ impl Broker {
         self.index.unschedule(id, lease.expires_at, lease.attempts);
         self.index.schedule(id, expires_at, lease.attempts);
         self.warnings.insert(id, expiry::warning_at(now, expires_at), expires_at.timestamp_millis());
-        Metrics::inc(&self.metrics.renewed);
+        metrics::renewed(&lease.role);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })
     }
@@ -554,13 +545,8 @@ impl Broker {
                 let _lock = self.locks.lock(id).await;
                 // The retry the failure scheduled stays in the index; when
                 // it falls due it finds no lease and does nothing.
-                let was_irrevocable =
-                    self.store.get(id).await?.is_some_and(|l| l.state == LeaseState::Irrevocable);
                 if self.store.write(Write::Delete { id: id.clone() }).await? {
                     self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
-                    if was_irrevocable {
-                        self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
-                    }
                 }
                 warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
                 Ok(Revocation::Forced)
@@ -636,7 +622,7 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn enter(broker: &'a Broker, id: &LeaseId) -> Self {
-        broker.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        metrics::issuance_started();
         broker.issuing.lock().unwrap().insert(id.clone());
         Self { broker, id: id.clone() }
     }
@@ -645,7 +631,7 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.broker.issuing.lock().unwrap().remove(&self.id);
-        self.broker.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::issuance_ended();
     }
 }
 

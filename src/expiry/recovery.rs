@@ -24,7 +24,7 @@ impl Broker {
     /// a million single inserts.
     pub(crate) async fn recover(&self) -> Result<(), StoreError> {
         let now = Utc::now();
-        let (mut pending, mut active, mut retry, mut irrevocable) = (0u64, 0u64, 0u64, 0u64);
+        let (mut pending, mut active, mut retry) = (0u64, 0u64, 0u64);
         let mut due = self.index.loader();
         let mut warnings = self.warnings.loader();
         // The next page is read while this one is sorted into the loaders.
@@ -61,7 +61,6 @@ impl Broker {
                     }
                     LeaseState::Irrevocable => {
                         retry += 1;
-                        irrevocable += 1;
                         expiry::slow_retry_after_restart(now)
                     }
                     LeaseState::Revoked => continue,
@@ -70,8 +69,7 @@ impl Broker {
             }
         }
         // Counted once the whole scan succeeded: a failed one is run again.
-        self.metrics.rolled_back.fetch_add(pending, Ordering::Relaxed);
-        self.metrics.irrevocable_now.fetch_add(irrevocable, Ordering::Relaxed);
+        crate::metrics::rolled_back(pending);
         tokio::join!(due.finish(), warnings.finish());
         self.ready.store(true, Ordering::Release);
         let ms = (Utc::now() - now).num_milliseconds();

@@ -7,7 +7,6 @@
 //! decides *whether* a lease is revoked; this module is *how* that work is
 //! scheduled and retried.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -19,7 +18,7 @@ use crate::broker::{bounded, Broker, BrokerError, Revocation};
 use crate::events::Event;
 use crate::expiry;
 use crate::lease::{Lease, LeaseId, LeaseState};
-use crate::metrics::Metrics;
+use crate::metrics;
 use crate::store::Write;
 
 impl Broker {
@@ -71,6 +70,7 @@ impl Broker {
         if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
             self.store.write(Write::StartRevoking { id: id.clone() }).await?;
         }
+        metrics::revocation_attempt(&lease.connection);
         let result = match self.backend(&lease) {
             Ok(backend) if backend.connection.plugin.revokes_in_batches() => {
                 let settings = self.lease_ref(&lease).settings.cloned();
@@ -103,17 +103,13 @@ impl Broker {
                 self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
                 retry.armed = false;
                 self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
-                Metrics::inc(&self.metrics.revoked);
-                if lease.state == LeaseState::Irrevocable {
-                    self.metrics.irrevocable_now.fetch_sub(1, Ordering::Relaxed);
-                }
+                metrics::revoked(&lease.connection);
                 // Rollbacks of failed issuances (and their second look) are
                 // neither expiries nor credentials anyone held.
                 let rollback =
                     lease.state == LeaseState::Pending || self.rechecking.lock().unwrap().remove(id);
                 if expired && !rollback {
-                    let late = (now - lease.expires_at).num_milliseconds().max(0) as u64;
-                    self.metrics.record_lateness(late);
+                    metrics::revocation_lateness((now - lease.expires_at).to_std().unwrap_or_default());
                 }
                 debug!(lease = %id, username = %lease.username, "revoked");
                 if !rollback {
@@ -125,7 +121,7 @@ impl Broker {
             Err(source) => {
                 let attempts = lease.attempts + 1;
                 let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
-                Metrics::inc(&self.metrics.revoke_failures);
+                metrics::revoke_failed(&lease.connection);
                 let write = Write::RevokeFailed {
                     id: id.clone(),
                     attempts,
@@ -137,8 +133,7 @@ impl Broker {
                 // Counted once the store says so: a failed write leaves the
                 // lease as it was, and the next attempt counts it then.
                 if irrevocable && lease.state != LeaseState::Irrevocable {
-                    Metrics::inc(&self.metrics.irrevocable);
-                    Metrics::inc(&self.metrics.irrevocable_now);
+                    metrics::flagged_irrevocable(&lease.connection);
                 }
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");

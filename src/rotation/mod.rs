@@ -17,7 +17,6 @@ mod phases;
 pub mod seal;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -137,14 +136,6 @@ pub struct OperatorRequest {
     pub overlap: Option<Duration>,
 }
 
-/// Counters for `/v1/metrics`.
-#[derive(Debug, Default)]
-struct Counters {
-    rotations: AtomicU64,
-    failures: AtomicU64,
-    retirements: AtomicU64,
-}
-
 /// Runs the rotations of every static account.
 #[derive(Debug)]
 pub struct Rotator {
@@ -159,7 +150,6 @@ pub struct Rotator {
     running: Mutex<HashSet<String>>,
     /// Wakes the scheduler when something it waits for may have changed.
     wake: Notify,
-    counters: Counters,
     events: Events,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -206,7 +196,6 @@ impl Rotator {
             sealer: config.sealer.clone(),
             running: Mutex::default(),
             wake: Notify::new(),
-            counters: Counters::default(),
             events,
             shutdown,
             tasks,
@@ -449,6 +438,9 @@ impl Rotator {
                         continue;
                     }
                 };
+                if let Some(at) = record.rotated_at {
+                    crate::metrics::static_last_rotation(&account.name, at);
+                }
                 // An admin credential rotates only when asked; a rotation of
                 // one left half-way is resumed.
                 if is_root(account) && record.pending.is_none() && record.previous_username.is_none() {
@@ -477,32 +469,6 @@ impl Rotator {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-    }
-
-    /// Prometheus text for the rotation counters.
-    pub fn metrics_text(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "lessor_static_rotations_total",
-                "Static-account rotations completed.",
-                get(&self.counters.rotations),
-            ),
-            (
-                "lessor_static_rotation_failures_total",
-                "Failed static-account rotation steps.",
-                get(&self.counters.failures),
-            ),
-            (
-                "lessor_static_retirements_total",
-                "Previous static credentials retired.",
-                get(&self.counters.retirements),
-            ),
-        ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
-        }
-        out
     }
 }
 

@@ -14,8 +14,6 @@
 //! random password nobody knows (and, after a rotation with no overlap,
 //! ends its sessions).
 
-use std::sync::atomic::Ordering;
-
 use chrono::{DateTime, Utc};
 use lessor_plugin::{names, Plugin, PluginError};
 use rand::Rng;
@@ -337,7 +335,7 @@ impl Rotator {
         record.last_error = None;
         record.next_rotation_at = next_slot(account, now);
         self.store.static_put(record.clone()).await?;
-        self.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::static_rotated(&account.name, now);
         // An admin credential is nobody's business but the operators'.
         if !is_root(account) {
             self.events.emit(Rotator::rotated_event(record));
@@ -403,7 +401,7 @@ impl Rotator {
         record.previous_valid_until = None;
         record.previous_end_sessions = false;
         self.store.static_put(record.clone()).await?;
-        self.counters.retirements.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::static_retired(&account.name);
         info!(account = %account.name, username, "previous credential retired");
         Ok(())
     }
@@ -460,7 +458,7 @@ impl Rotator {
         e: PluginError,
     ) -> RotationError {
         let wait = note_failure(record, &format!("{step}: {e}"));
-        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::static_rotation_failed(&account.name);
         if let Err(store) = self.store.static_put(record.clone()).await {
             warn!(account = %account.name, error = %store, "cannot record the failed rotation step");
         }
@@ -474,7 +472,7 @@ impl Rotator {
     async fn note_other_failure(&self, account: &StaticAccount, error: &RotationError) {
         let Ok(Some(mut record)) = self.store.static_get(&account.name).await else { return };
         let wait = note_failure(&mut record, &error.to_string());
-        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::static_rotation_failed(&account.name);
         let _ = self.store.static_put(record).await;
         warn!(account = %account.name, error = %error, retry_in_s = wait.as_secs(), "rotation failed");
     }

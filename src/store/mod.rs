@@ -9,7 +9,7 @@
 pub mod sqlite;
 mod statics;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 
 use async_trait::async_trait;
@@ -161,6 +161,18 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// The newest lease issued for this idempotency digest, in any state.
     async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError>;
 
+    /// How many leases the store holds of each role in each state (every
+    /// state, `revoked` included), for the `lessor_leases` gauges; a pair
+    /// with none is left out. This default reads every lease; stores answer
+    /// it with one `GROUP BY`.
+    async fn count_by_role_and_state(&self) -> Result<Vec<(String, LeaseState, u64)>, StoreError> {
+        let mut counts: HashMap<(String, LeaseState), u64> = HashMap::new();
+        for lease in self.list("", &[], Page::ALL).await? {
+            *counts.entry((lease.role, lease.state)).or_default() += 1;
+        }
+        Ok(counts.into_iter().map(|((role, state), n)| (role, state, n)).collect())
+    }
+
     /// Deletes `revoked` leases revoked before `before`; returns how many.
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
@@ -186,8 +198,9 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Gives up `holder`'s claim on `name`'s rotation, if it has one.
     async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
-    /// Transactions committed so far, for metrics: against the number of
-    /// writes it shows how well group commit batches. 0 if not counted.
+    /// Transactions committed so far: against the number of writes it
+    /// shows how well group commit batches. 0 if not counted. (The daemon
+    /// exports the same count as `lessor_store_commits_total`.)
     fn commits(&self) -> u64 {
         0
     }

@@ -1,6 +1,7 @@
 use super::*;
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -87,13 +88,7 @@ fn tidy(backend: Arc<FakeBackend>, store: Arc<dyn LeaseStore>, grace: u64) -> Ti
         first_seen: Mutex::new(HashMap::new()),
         static_users: HashSet::from(["v_static_account".to_string()]),
     };
-    Tidy {
-        targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]),
-        store,
-        runs: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    }
+    Tidy { targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]), store }
 }
 
 async fn store() -> (tempfile::TempDir, Arc<dyn LeaseStore>) {
@@ -104,6 +99,9 @@ async fn store() -> (tempfile::TempDir, Arc<dyn LeaseStore>) {
 
 #[tokio::test]
 async fn drops_exactly_the_uncovered_users_under_the_prefix() {
+    // A recorder of this test's own, on its (only) thread.
+    let recorder = crate::metrics::recorder();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
     let (_dir, store) = store().await;
     let backend = Arc::new(FakeBackend::default());
     let old = Some(Utc::now() - chrono::Duration::hours(1));
@@ -156,7 +154,9 @@ async fn drops_exactly_the_uncovered_users_under_the_prefix() {
             ["v_pending", "v_active", "v_revoked", "v_static_account", "other_user"].map(String::from)
         )
     );
-    assert!(tidy.metrics_text().contains("lessor_tidy_dropped_total 3"), "{}", tidy.metrics_text());
+    let text = recorder.handle().render();
+    assert!(text.contains("lessor_tidy_dropped_total{connection=\"db\"} 3\n"), "{text}");
+    assert!(text.contains("lessor_tidy_runs_total{connection=\"db\"} 2\n"), "{text}");
 }
 
 #[tokio::test]

@@ -322,13 +322,18 @@ impl Daemon {
         command
     }
 
-    /// One sample of the daemon's Prometheus metrics.
+    /// One metric of the daemon's, summed over its labels (a counter that
+    /// nothing has moved yet is not rendered at all: 0).
     pub async fn metric(&self, name: &str) -> f64 {
         let response = self.client().request(hyper::Method::GET, "/v1/metrics", None).await.expect("metrics");
         let text = response.body.as_str().unwrap_or_default().to_string();
         text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                (series.split('{').next() == Some(name)).then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
     }
 
     /// Every lease the daemon lists (all states but revoked), every page.

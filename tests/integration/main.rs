@@ -14,6 +14,7 @@ mod crash;
 mod hardening;
 mod lifecycle;
 mod listing;
+mod metrics;
 mod mysql;
 mod outage;
 mod rotation;

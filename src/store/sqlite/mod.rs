@@ -369,6 +369,21 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn count_by_role_and_state(&self) -> Result<Vec<(String, LeaseState, u64)>, StoreError> {
+        // A full scan (no index leads with the role) on a reader: WAL keeps the writer going.
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT role, state, count(*) FROM leases GROUP BY 1, 2")?;
+            let rows = statement.query_map([], |row| {
+                let state = LeaseState::parse(&row.get::<_, String>(1)?);
+                let state = state.ok_or_else(|| bad_value(1, Type::Text, "unknown state".into()))?;
+                Ok((row.get(0)?, state, row.get::<_, u64>(2)?))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         // Through the writer: it deletes, and SQLite has one writer anyway.
         let (reply, answer) = oneshot::channel();

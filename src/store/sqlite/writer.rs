@@ -1,9 +1,12 @@
 //! The store's writer thread: it takes every queued write (up to
 //! [`MAX_BATCH`]), applies each inside its own savepoint, commits the batch
-//! once and then answers every caller (group commit).
+//! once and then answers every caller (group commit). Each commit is
+//! counted and timed (`lessor_store_commit_duration_seconds`): the time
+//! from opening its transaction to the end of its fsync.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::mpsc;
@@ -35,6 +38,7 @@ pub(super) fn run_writer(
 /// Applies `batch` in one transaction, commits, then answers every job
 /// (emptying `batch`). Nobody hears of success before the commit.
 pub(super) fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, commits: &AtomicU64, path: &Path) {
+    let started = Instant::now();
     let outcomes = (|| -> rusqlite::Result<Vec<Result<u64, StoreError>>> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -67,6 +71,7 @@ pub(super) fn commit_batch(conn: &mut Connection, batch: &mut Vec<Job>, commits:
     match outcomes {
         Ok(outcomes) => {
             commits.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::store_commit(started.elapsed());
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 job.answer(outcome);
             }

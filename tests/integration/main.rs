@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod audit_verify;
 mod aws;
 mod bad_input;
 mod batching;

@@ -21,6 +21,10 @@ use serde_json::Value;
 
 use crate::client::{Client, ClientError, Response};
 
+mod audit;
+
+use audit::AuditCommand;
+
 /// Where the daemon listens unless `--socket` or `LESSOR_SOCKET` says
 /// otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lessor/lessor.sock";
@@ -113,6 +117,9 @@ enum Command {
     /// Print the daemon's events for you as they happen, one JSON line
     /// each: a snapshot, then rotations, leases expiring and revoked.
     Watch,
+    /// The audit log, offline (no daemon needed).
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +298,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             out(&crate::config::json_schema())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(command) => audit::run(command),
         Command::Seal(SealCommand::NewKey { file }) => {
             crate::rotation::seal::write_new_key(&file)
                 .map_err(|e| Failure::new(format!("cannot write {}: {e}", file.display())))?;
@@ -441,7 +449,7 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
                 body["credential"]["username"].as_str().unwrap_or("?")
             ))
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Seal(_) => {
+        Command::Serve { .. } | Command::Config(_) | Command::Seal(_) | Command::Audit(_) => {
             unreachable!("handled without a client")
         }
     }

@@ -9,6 +9,8 @@
 //! - [`expiry`]: the time-ordered index of due leases and retry backoff;
 //! - [`broker`]: issuance, renewal, revocation and the background work;
 //! - [`api`]: the HTTP/JSON socket API and peer identity;
+//! - [`audit`]: the hash-chained audit log, its group-synced writer and
+//!   `lessor audit verify`;
 //! - [`events`]: the bus of rotation and lease events `GET /v1/watch` streams;
 //! - [`daemon`]: `lessor serve`, socket ownership, start-up and shutdown;
 //! - [`client`]: the socket client the CLI, tests and benchmarks use;
@@ -23,6 +25,7 @@
 //! trait; [`config::PLUGINS`] is the one table that registers them.
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;

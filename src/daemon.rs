@@ -99,7 +99,14 @@ pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyh
     let store: Arc<dyn LeaseStore> = Arc::new(store);
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
-    let mut state = AppState::new(&config, store, shutdown.clone());
+    let audit = match config.server.audit_log.clone() {
+        Some(path) => tokio::task::spawn_blocking(move || crate::audit::Audit::open(&path))
+            .await?
+            .with_context(|| format!("{}: server.audit_log", config.source))?,
+        None => crate::audit::Audit::disabled(),
+    };
+    audit.spawn_reopen_on_sighup(shutdown.clone());
+    let mut state = AppState::with_audit(&config, store, shutdown.clone(), audit);
     state.metrics = Some(exporter.clone());
     let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
     // Before the socket answers: an issuance counted now would be counted twice.

@@ -7,6 +7,7 @@
 //! extractors so that every rejection, including an oversized body, is a
 //! JSON error in the documented shape.
 
+mod audited;
 mod peer;
 mod watch;
 
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::info;
 
+use crate::audit::Audit;
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
 use crate::config::{Duration, Strategy, ValidatedConfig};
 use crate::events::Events;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub request_timeout: StdDuration,
     /// Who may do what.
     pub policies: Policies,
+    /// Where every request is recorded before it is answered.
+    pub audit: Audit,
     /// What `GET /v1/metrics` renders; `None` answers an empty text.
     pub metrics: Option<crate::metrics::Exporter>,
 }
@@ -61,8 +65,18 @@ impl AppState {
     /// Builds the broker, tidy and rotator for `config` over `store`. None
     /// of their background work runs until the caller starts it.
     pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Self {
+        Self::with_audit(config, store, shutdown, Audit::disabled())
+    }
+
+    /// [`new`](Self::new), recording requests and background actions in `audit`.
+    pub fn with_audit(
+        config: &ValidatedConfig,
+        store: Arc<dyn LeaseStore>,
+        shutdown: CancellationToken,
+        audit: Audit,
+    ) -> Self {
         let events = Events::default();
-        let broker = Broker::new(config, store.clone(), shutdown.clone(), events.clone());
+        let broker = Broker::new(config, store.clone(), shutdown.clone(), events.clone(), audit.clone());
         let rotator =
             Rotator::new(config, store.clone(), shutdown.clone(), broker.tasks().clone(), events.clone());
         Self {
@@ -74,6 +88,7 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.as_std(),
             policies: config.policies.clone(),
+            audit,
             metrics: None,
         }
     }
@@ -122,7 +137,10 @@ impl From<RotationError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // For the audit record, which names the error without parsing the body.
+        response.extensions_mut().insert(audited::ErrorInfo { code: self.code, message: self.message });
+        response
     }
 }
 
@@ -171,10 +189,19 @@ async fn guard(
     let caller = state.policies.caller(who.clone());
     let mut request = request;
     request.extensions_mut().insert(caller.clone());
-    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
-            .into_response(),
+    let audited = audited::is_audited(route.as_deref());
+    let response = match audited::ready(&state.audit, audited, &caller, &method, &path).await {
+        Err(refused) => refused,
+        Ok(()) => match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
+                .into_response(),
+        },
+    };
+    let response = if audited {
+        audited::record(&state, &caller, &method, route.as_deref(), &path, response).await
+    } else {
+        response
     };
     crate::metrics::request(route.as_deref(), response.status().as_u16());
     info!(
@@ -253,11 +280,17 @@ pub(crate) fn caller(request_parts: &axum::http::Extensions) -> Caller {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let ready = state.broker.is_ready();
-    let body = json!({
-        "status": if ready { "ready" } else { "starting" },
-        "scheduled_leases": state.broker.scheduled(),
-    });
+    let audit_failure = state.audit.failure();
+    let ready = state.broker.is_ready() && audit_failure.is_none();
+    let status = match (&audit_failure, state.broker.is_ready()) {
+        (Some(_), _) => "audit_failing",
+        (None, true) => "ready",
+        (None, false) => "starting",
+    };
+    let mut body = json!({ "status": status, "scheduled_leases": state.broker.scheduled() });
+    if let Some(path) = state.audit.path() {
+        body["audit"] = json!({ "path": path, "ok": audit_failure.is_none(), "error": audit_failure });
+    }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
@@ -304,7 +337,9 @@ async fn issue(State(state): State<AppState>, Path(role): Path<String>, request:
         "renewable": lease.renewable,
         "credential": credential,
     });
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    response.extensions_mut().insert(audited::Issued(lease.id.clone()));
+    Ok(response)
 }
 
 pub(crate) fn lease_json(lease: &Lease) -> Value {

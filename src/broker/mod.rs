@@ -86,6 +86,8 @@ pub struct Broker {
     pub(crate) revoked_retention: Duration,
     /// `max_leases` of roles and policies, and what is held against them.
     pub(crate) quotas: Quotas,
+    /// Where background revocations (expiries, rollbacks) are recorded.
+    pub(crate) audit: crate::audit::Audit,
     /// Leases whose issuance this process is running now. Start-up recovery
     /// leaves these alone and rolls back every other `pending` lease: which
     /// ones are in flight is known here, not guessed from timestamps (a
@@ -105,6 +107,7 @@ impl Broker {
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
         events: Events,
+        audit: crate::audit::Audit,
     ) -> Arc<Self> {
         let backends = config
             .connections
@@ -139,6 +142,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: config.server.revoked_retention,
+            audit,
             quotas: Quotas::new(
                 config.roles.values().filter_map(|r| Some((r.name.clone(), r.max_leases?))).collect(),
                 config.policies.iter().filter_map(|p| Some((p.name.clone(), p.max_leases?))).collect(),

@@ -14,6 +14,7 @@ use chrono::Utc;
 use tracing::{debug, info, warn};
 
 use super::{Due, ExpiryIndex, ANY_ATTEMPT, MAX_FAST_ATTEMPTS};
+use crate::audit::{Actor, Record};
 use crate::broker::{bounded, Broker, BrokerError, Revocation};
 use crate::events::Event;
 use crate::expiry;
@@ -112,6 +113,12 @@ impl Broker {
                     metrics::revocation_lateness((now - lease.expires_at).to_std().unwrap_or_default());
                 }
                 debug!(lease = %id, username = %lease.username, "revoked");
+                if expired || rollback {
+                    let action = if rollback { "lease.rollback" } else { "lease.expire" };
+                    self.audit.record_background(
+                        Record::new(action, Actor::daemon()).lease(id.as_str()).target(&lease.role),
+                    );
+                }
                 if !rollback {
                     let revoked = Lease { state: LeaseState::Revoked, revoked_at: Some(now), ..lease };
                     self.events.emit(Event::LeaseRevoked(Box::new(revoked)));
@@ -134,6 +141,10 @@ impl Broker {
                 // lease as it was, and the next attempt counts it then.
                 if irrevocable && lease.state != LeaseState::Irrevocable {
                     metrics::flagged_irrevocable(&lease.connection);
+                }
+                if expired {
+                    let record = Record::new("lease.expire", Actor::daemon()).lease(id.as_str());
+                    self.audit.record_background(record.failed("backend_failed", source.to_string()));
                 }
                 let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");

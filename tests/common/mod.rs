@@ -286,6 +286,13 @@ impl Daemon {
         }
     }
 
+    /// Sends `signal` to the running daemon.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("the daemon runs");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -6,6 +6,7 @@
 mod common;
 
 mod access;
+mod audit_log;
 mod audit_verify;
 mod aws;
 mod bad_input;

@@ -310,6 +310,8 @@ async fn reopening_migrates_once_and_keeps_leases() {
             "owner_pid",
             "plugin_data",
             "revoked_at",
+            "owner_policy",
+            "idempotency",
         ]
     );
 

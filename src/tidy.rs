@@ -190,6 +190,8 @@ pub struct Tidy {
     /// Every configured connection: `Some` where tidy is on.
     targets: BTreeMap<String, Option<Target>>,
     store: Arc<dyn LeaseStore>,
+    /// Where dropped users are recorded (the rotator's log).
+    audit: crate::audit::Audit,
 }
 
 /// A sweep's outcome plus when the next one is due for a user that was
@@ -216,7 +218,7 @@ impl Tidy {
                 (name.clone(), target)
             })
             .collect();
-        Arc::new(Self { targets, store })
+        Arc::new(Self { targets, store, audit: rotator.audit.clone() })
     }
 
     /// Whether any connection has tidy on.
@@ -326,6 +328,8 @@ impl Tidy {
             match call(target.timeout, target.plugin.revoke(&lease)).await {
                 Ok(()) => {
                     crate::metrics::tidy_dropped(name);
+                    let record = crate::audit::Record::new("tidy.drop", crate::audit::Actor::daemon());
+                    self.audit.record_background(record.target(format!("{name}/{username}")));
                     target.first_seen.lock().unwrap().remove(&username);
                     info!(connection = name, username = %username, "tidy dropped a user no lease covers");
                     report.dropped.push(username);

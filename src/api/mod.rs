@@ -77,8 +77,14 @@ impl AppState {
     ) -> Self {
         let events = Events::default();
         let broker = Broker::new(config, store.clone(), shutdown.clone(), events.clone(), audit.clone());
-        let rotator =
-            Rotator::new(config, store.clone(), shutdown.clone(), broker.tasks().clone(), events.clone());
+        let rotator = Rotator::new(
+            config,
+            store.clone(),
+            shutdown.clone(),
+            broker.tasks().clone(),
+            events.clone(),
+            audit.clone(),
+        );
         Self {
             tidy: Tidy::new(config, store, &rotator),
             broker,

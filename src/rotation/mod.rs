@@ -153,6 +153,8 @@ pub struct Rotator {
     events: Events,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Where rotations, retirements and their failures are recorded.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 impl Rotator {
@@ -162,6 +164,7 @@ impl Rotator {
         shutdown: CancellationToken,
         tasks: TaskTracker,
         events: Events,
+        audit: crate::audit::Audit,
     ) -> Arc<Self> {
         let plugins = config.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
         let roots = config
@@ -197,6 +200,7 @@ impl Rotator {
             running: Mutex::default(),
             wake: Notify::new(),
             events,
+            audit,
             shutdown,
             tasks,
         })

@@ -336,6 +336,7 @@ impl Rotator {
         record.next_rotation_at = next_slot(account, now);
         self.store.static_put(record.clone()).await?;
         crate::metrics::static_rotated(&account.name, now);
+        self.audit_background("static.rotate", account, None);
         // An admin credential is nobody's business but the operators'.
         if !is_root(account) {
             self.events.emit(Rotator::rotated_event(record));
@@ -402,6 +403,7 @@ impl Rotator {
         record.previous_end_sessions = false;
         self.store.static_put(record.clone()).await?;
         crate::metrics::static_retired(&account.name);
+        self.audit_background("static.retire", account, None);
         info!(account = %account.name, username, "previous credential retired");
         Ok(())
     }
@@ -449,6 +451,17 @@ impl Rotator {
         record.pending = None;
     }
 
+    /// A background record of a rotation step of `account`; `failed`
+    /// holds the (secret-free) error.
+    fn audit_background(&self, action: &str, account: &StaticAccount, failed: Option<String>) {
+        use crate::audit::{Actor, Record};
+        let record = Record::new(action, Actor::daemon()).target(&account.name);
+        self.audit.record_background(match failed {
+            Some(why) => record.failed("rotation_failed", why),
+            None => record,
+        });
+    }
+
     /// Records a failed step; the next attempt waits with backoff.
     async fn fail(
         &self,
@@ -459,6 +472,7 @@ impl Rotator {
     ) -> RotationError {
         let wait = note_failure(record, &format!("{step}: {e}"));
         crate::metrics::static_rotation_failed(&account.name);
+        self.audit_background("static.rotate", account, Some(format!("{step}: {e}")));
         if let Err(store) = self.store.static_put(record.clone()).await {
             warn!(account = %account.name, error = %store, "cannot record the failed rotation step");
         }
@@ -473,6 +487,7 @@ impl Rotator {
         let Ok(Some(mut record)) = self.store.static_get(&account.name).await else { return };
         let wait = note_failure(&mut record, &error.to_string());
         crate::metrics::static_rotation_failed(&account.name);
+        self.audit_background("static.rotate", account, Some(error.to_string()));
         let _ = self.store.static_put(record).await;
         warn!(account = %account.name, error = %error, retry_in_s = wait.as_secs(), "rotation failed");
     }

@@ -88,7 +88,11 @@ fn tidy(backend: Arc<FakeBackend>, store: Arc<dyn LeaseStore>, grace: u64) -> Ti
         first_seen: Mutex::new(HashMap::new()),
         static_users: HashSet::from(["v_static_account".to_string()]),
     };
-    Tidy { targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]), store }
+    Tidy {
+        targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]),
+        store,
+        audit: crate::audit::Audit::disabled(),
+    }
 }
 
 async fn store() -> (tempfile::TempDir, Arc<dyn LeaseStore>) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::rotation::{make_pg_users, seal_key, settled, static_account};
 
 const LESSOR: &str = env!("CARGO_BIN_EXE_lessor");
 
@@ -30,12 +31,22 @@ async fn every_request_and_expiry_is_recorded_in_a_chain_verify_checks() {
     db.track_prefix(&prefix);
     let audit_dir = tempfile::tempdir().unwrap();
     let log = audit_dir.path().join("audit.jsonl");
+    let (broken, broken_prefix) = unique_role("audit_bad");
+    db.track_prefix(&broken_prefix);
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("st_{sfx}"));
+    let (a, b) = (format!("st_{sfx}_a"), format!("st_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
     let body = format!(
-        "audit_log = {log:?}\n\n{}\n{}",
+        "audit_log = {log:?}\nseal_key_file = {key:?}\n\n{}\n{}\n{}\n{}",
         pg_connection(&db, None),
         pg_role(&role, "2s", "1h", &[CREATE_ROLE]),
+        pg_role(&broken, "1h", "2h", &[CREATE_ROLE, "SELECT no_such_function()"]),
+        static_account("billing", "pg", "alternating", &[&a, &b], "overlap = \"1h\""),
     );
     let daemon = Daemon::start(&db, &body).await;
+    settled(&daemon, "billing", 1).await;
     daemon.open_to_all_users();
     let client = daemon.client();
     let issued = client.creds(&role, Some("1h")).await.unwrap();
@@ -48,14 +59,31 @@ async fn every_request_and_expiry_is_recorded_in_a_chain_verify_checks() {
     let expiring_id = expiring.body["lease_id"].as_str().unwrap().to_string();
     let denied = daemon.as_nobody(LESSOR).args(["creds", &role]).output().unwrap();
     assert!(!denied.status.success());
+    let failed = client.creds(&broken, None).await.unwrap();
+    assert!(failed.status == 400 || failed.status == 502, "{:?}", failed.body);
 
-    let all = wait_for("the expiry's record", Duration::from_secs(15), || async {
+    let all = wait_for("the expiry's and the rollback's records", Duration::from_secs(15), || async {
         let all = records(&log);
-        all.iter()
-            .any(|r| r["action"] == "lease.expire" && r["lease_id"] == expiring_id.as_str())
-            .then_some(all)
+        let expired =
+            all.iter().any(|r| r["action"] == "lease.expire" && r["lease_id"] == expiring_id.as_str());
+        let rolled_back =
+            all.iter().any(|r| r["action"] == "lease.rollback" && r["target"] == broken.as_str());
+        (expired && rolled_back).then_some(all)
     })
     .await;
+    assert!(
+        all.iter()
+            .any(|r| r["action"] == "static.rotate" && r["target"] == "billing" && r["outcome"] == "ok"),
+        "no rotation record"
+    );
+    let failure = all
+        .iter()
+        .find(|r| {
+            r["action"] == "POST /v1/creds/{role}" && r["target"].as_str().unwrap().ends_with(broken.as_str())
+        })
+        .expect("the failed issuance's record");
+    assert_eq!(failure["outcome"], "failed");
+    assert_eq!(failure["status"].as_u64(), Some(failed.status as u64));
     let find = |action: &str| {
         all.iter()
             .find(|r| r["action"].as_str().is_some_and(|a| a.starts_with(action)))
@@ -82,14 +110,14 @@ async fn every_request_and_expiry_is_recorded_in_a_chain_verify_checks() {
     let lines: Vec<&str> = text.lines().collect();
     let tampered = audit_dir.path().join("tampered.jsonl");
     let mut edited = lines.clone();
-    let changed = edited[2].replacen("\"status\":200", "\"status\":201", 1);
-    assert_ne!(changed, edited[2], "line 3 has a status to edit: {}", edited[2]);
-    edited[2] = &changed;
+    let at = lines.iter().position(|l| l.contains("\"status\":200")).expect("a line with a status");
+    let changed = edited[at].replacen("\"status\":200", "\"status\":201", 1);
+    edited[at] = &changed;
     let mut deleted = lines.clone();
     deleted.remove(3);
     let mut swapped = lines.clone();
     swapped.swap(3, 4);
-    for (what, version, line) in [("edit", edited, 3), ("deletion", deleted, 4), ("swap", swapped, 4)] {
+    for (what, version, line) in [("edit", edited, at + 1), ("deletion", deleted, 4), ("swap", swapped, 4)] {
         std::fs::write(&tampered, version.join("\n") + "\n").unwrap();
         let (ok, report) = verify(&tampered);
         assert!(!ok, "verify passed after a {what}");

@@ -15,7 +15,7 @@ use crate::common::*;
 const SETTLE: Duration = Duration::from_secs(30);
 
 /// A seal key in a folder of its own, kept for the test's life.
-fn seal_key() -> (tempfile::TempDir, String) {
+pub(crate) fn seal_key() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("seal.key");
     lessor::rotation::seal::write_new_key(&path).unwrap();
@@ -23,7 +23,13 @@ fn seal_key() -> (tempfile::TempDir, String) {
     (dir, text)
 }
 
-fn static_account(name: &str, connection: &str, strategy: &str, usernames: &[&str], extra: &str) -> String {
+pub(crate) fn static_account(
+    name: &str,
+    connection: &str,
+    strategy: &str,
+    usernames: &[&str],
+    extra: &str,
+) -> String {
     let users: Vec<String> = usernames.iter().map(|u| format!("{u:?}")).collect();
     format!(
         "[static_accounts.{name}]\nconnection = \"{connection}\"\nstrategy = \"{strategy}\"\nusernames = [{}]\n{extra}\n",
@@ -33,7 +39,7 @@ fn static_account(name: &str, connection: &str, strategy: &str, usernames: &[&st
 
 /// The account's state once `static get` answers 200 with no rotation
 /// under way and at least `version`.
-async fn settled(daemon: &Daemon, name: &str, version: u64) -> Value {
+pub(crate) async fn settled(daemon: &Daemon, name: &str, version: u64) -> Value {
     wait_for(&format!("static account {name} at version {version}"), SETTLE, || async {
         let r = daemon.client().static_get(name).await.unwrap();
         let done = r.status == 200 && r.body["rotation"]["in_progress"].is_null();
@@ -70,7 +76,7 @@ fn assert_store_holds_no(daemon: &Daemon, secrets: &[String]) {
     }
 }
 
-async fn make_pg_users(db: &TestDb, users: &[&str]) {
+pub(crate) async fn make_pg_users(db: &TestDb, users: &[&str]) {
     for user in users {
         db.su
             .batch_execute(&format!("CREATE ROLE \"{user}\" LOGIN PASSWORD 'initial-{}'", rand_suffix(16)))

@@ -317,9 +317,21 @@ struct IssueBody {
 
 async fn issue(State(state): State<AppState>, Path(role): Path<String>, request: Request) -> ApiResult {
     let caller = caller(request.extensions());
+    let request_key = request.headers().get("idempotency-key").cloned();
     let body: IssueBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let ttl = parse_duration("ttl", body.ttl.as_deref())?;
-    let issued = state.broker.issue_detached(role, ttl, caller).await?;
+    let key = match request_key {
+        Some(key) => Some(
+            key.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let issued = match key {
+        Some(key) => state.broker.issue_idempotent(role, ttl, caller, &key).await?,
+        None => state.broker.issue_detached(role, ttl, caller).await?,
+    };
     let credential = match &issued.credential {
         Credential::Database { username, password } => {
             json!({ "username": username, "password": password.expose_secret() })

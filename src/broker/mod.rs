@@ -16,6 +16,7 @@
 //! revocations are attempted, retried, batched and scheduled lives in
 //! [`crate::expiry`].
 
+pub mod idempotency;
 mod list;
 mod locks;
 mod types;
@@ -86,6 +87,8 @@ pub struct Broker {
     pub(crate) revoked_retention: Duration,
     /// `max_leases` of roles and policies, and what is held against them.
     pub(crate) quotas: Quotas,
+    /// Credentials answered for an `Idempotency-Key`, sealed in memory.
+    remembered: idempotency::Remembered,
     /// Where background revocations (expiries, rollbacks) are recorded.
     pub(crate) audit: crate::audit::Audit,
     /// Leases whose issuance this process is running now. Start-up recovery
@@ -143,6 +146,7 @@ impl Broker {
             shutdown,
             revoked_retention: config.server.revoked_retention,
             audit,
+            remembered: idempotency::Remembered::default(),
             quotas: Quotas::new(
                 config.roles.values().filter_map(|r| Some((r.name.clone(), r.max_leases?))).collect(),
                 config.policies.iter().filter_map(|p| Some((p.name.clone(), p.max_leases?))).collect(),
@@ -213,6 +217,7 @@ impl Broker {
         role_name: &str,
         ttl: Option<Duration>,
         caller: &Caller,
+        idempotency: Option<String>,
     ) -> Result<Issued, BrokerError> {
         // Asked first: a caller without the permission learns nothing,
         // not even whether the role exists.
@@ -255,7 +260,7 @@ impl Broker {
             owner,
             plugin_data: None,
             revoked_at: None,
-            idempotency: None,
+            idempotency,
         };
         // Dropped when this function returns, by which time the lease is
         // active or scheduled for rollback.
@@ -338,10 +343,22 @@ impl Broker {
         ttl: Option<Duration>,
         caller: Caller,
     ) -> Result<Issued, BrokerError> {
+        self.issue_detached_with(role, ttl, caller, None).await
+    }
+
+    /// [`issue_detached`](Self::issue_detached), the lease carrying an
+    /// idempotency digest.
+    async fn issue_detached_with(
+        self: &Arc<Self>,
+        role: String,
+        ttl: Option<Duration>,
+        caller: Caller,
+        idempotency: Option<String>,
+    ) -> Result<Issued, BrokerError> {
         let (answer, delivered) = oneshot::channel();
         let me = self.clone();
         self.tasks.spawn(async move {
-            let outcome = me.issue(&role, ttl, &caller).await;
+            let outcome = me.issue(&role, ttl, &caller, idempotency).await;
             if let Err(Ok(issued)) = answer.send(outcome) {
                 me.revoke_undelivered(&issued.lease).await;
             }

@@ -14,6 +14,7 @@ mod batching;
 mod cli;
 mod crash;
 mod hardening;
+mod idempotency;
 mod lifecycle;
 mod listing;
 mod metrics;

@@ -51,6 +51,9 @@ pub struct ScanFrom(pub i64);
 
 /// A change to one lease. Each names the states it applies in; a write whose
 /// lease is not in one of them changes nothing and reports `false`.
+// Inserts are the common write: boxing the lease would cost an allocation
+// on the hot path to make the rare small writes smaller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Write {
     /// Records a new lease (normally `pending`). Fails if the id exists.

@@ -145,7 +145,7 @@ async fn cgroup_and_systemd_unit_policies_match_a_process_moved_into_a_test_cgro
         pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
         policy(
             "by_unit",
-            &format!("systemd_unit = \"lessor-test-*.scope\", uid = 65534"),
+            "systemd_unit = \"lessor-test-*.scope\", uid = 65534",
             &[&format!("creds:{role}")],
             ""
         ),

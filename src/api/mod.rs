@@ -9,6 +9,7 @@
 
 mod audited;
 mod peer;
+mod statics;
 mod watch;
 
 use std::sync::Arc;
@@ -31,11 +32,11 @@ use tracing::info;
 
 use crate::audit::Audit;
 use crate::broker::{Broker, BrokerError, Caller, Revocation};
-use crate::config::{Duration, Strategy, ValidatedConfig};
+use crate::config::{Duration, ValidatedConfig};
 use crate::events::Events;
 use crate::lease::{Lease, LeaseId};
 use crate::policy::Policies;
-use crate::rotation::{OperatorRequest, RotationError, Rotator, StaticView};
+use crate::rotation::{RotationError, Rotator};
 use crate::store::LeaseStore;
 use crate::tidy::Tidy;
 use tokio_util::sync::CancellationToken;
@@ -162,10 +163,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leases/revoke", post(revoke_prefix))
         .route("/v1/roles/{role}/revoke-sessions", post(revoke_sessions))
         .route("/v1/tidy", post(tidy))
-        .route("/v1/static/{name}", get(static_get))
-        .route("/v1/static/{name}/rotate", post(static_rotate))
+        .route("/v1/static/{name}", get(statics::static_get))
+        .route("/v1/static/{name}/rotate", post(statics::static_rotate))
         .route("/v1/watch", get(watch::watch))
-        .route("/v1/connections/{name}/rotate-root", post(rotate_root))
+        .route("/v1/connections/{name}/rotate-root", post(statics::rotate_root))
         .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -589,75 +590,4 @@ async fn revoke_sessions(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(Json(done).into_response())
-}
-
-/// A static account as the API shows it; the password only when asked for.
-pub(crate) fn static_json(view: &StaticView, with_secret: bool) -> Value {
-    let mut body = json!({
-        "name": view.name,
-        "strategy": view.strategy.as_str(),
-        "credential": { "username": view.username },
-        "version": view.version,
-        "rotated_at": view.rotated_at,
-        "next_rotation_at": view.next_rotation_at,
-        "previous_username": view.previous_username,
-        "previous_valid_until": view.previous_valid_until,
-        "schedule": view.schedule,
-        "rotation": {
-            "in_progress": view.rotating,
-            "failures": view.failures,
-            "last_error": view.last_error,
-        },
-    });
-    if view.strategy == Strategy::AccessKey {
-        body["credential"] = json!({ "access_key_id": view.username });
-        if with_secret {
-            body["credential"]["secret_access_key"] = json!(view.password.expose_secret());
-        }
-    } else if with_secret {
-        body["credential"]["password"] = json!(view.password.expose_secret());
-    }
-    body
-}
-
-/// `GET /v1/static/{name}`: the current credential and where the rotation
-/// stands.
-async fn static_get(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> ApiResult {
-    let view = state.rotator.get(&name, &caller(request.extensions())).await?;
-    Ok(Json(static_json(&view, true)).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    reason: Option<String>,
-    overlap: Option<String>,
-}
-
-/// `POST /v1/static/{name}/rotate`: an operator's rotation, now (root or
-/// the daemon's user). Answers the new version, never the password.
-async fn static_rotate(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    request: Request,
-) -> ApiResult {
-    let caller = caller(request.extensions());
-    let body: RotateBody = read_json(request.into_body(), state.max_body_bytes).await?;
-    let overlap = parse_duration("overlap", body.overlap.as_deref())?;
-    let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await?;
-    Ok(Json(static_json(&view, false)).into_response())
-}
-
-/// `POST /v1/connections/{name}/rotate-root`: rotate the connection's own
-/// admin password (root or the daemon's user). Answers the new version,
-/// never the password: nobody can read it through the API.
-async fn rotate_root(State(state): State<AppState>, Path(name): Path<String>, request: Request) -> ApiResult {
-    let root = state.rotator.rotate_root(&name, &caller(request.extensions())).await?;
-    Ok(Json(json!({
-        "connection": root.connection,
-        "username": root.username,
-        "version": root.version,
-        "rotated_at": root.rotated_at,
-    }))
-    .into_response())
 }

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::{caller, lease_json, static_json, AppState};
+use super::statics::static_json;
+use super::{caller, lease_json, AppState};
 use crate::broker::Caller;
 use crate::events::Event;
 use crate::lease::Lease;

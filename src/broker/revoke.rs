@@ -1,0 +1,113 @@
+//! Revocation on a caller's behalf: one lease, every lease under a prefix
+//! (operators), and a role's sessions (operators). How a revocation is
+//! attempted and retried is `expiry`'s.
+
+use lessor_plugin::PluginError;
+use tracing::{info, warn};
+
+use super::{Broker, BrokerError, Caller, Revocation, REVOKE_PREFIX_CONCURRENCY};
+use crate::lease::{LeaseId, LeaseState};
+use crate::store::Write;
+
+impl Broker {
+    /// Operator action for a leaked credential of `role` that the backend
+    /// cannot revoke one by one (AWS: deny every session of the IAM role
+    /// issued before now). Admin callers only; returns what was done.
+    pub async fn revoke_sessions(
+        &self,
+        role_name: &str,
+        caller: &Caller,
+    ) -> Result<serde_json::Value, BrokerError> {
+        caller.require_admin("revoke the sessions of a role")?;
+        let role = self.role(role_name)?;
+        let backend = &self.backends[&role.connection];
+        let plugin = &backend.connection.plugin;
+        // The plugin bounds its own calls (the AWS SDK's operation timeout).
+        let done = match plugin.revoke_sessions(&role.name, &role.settings).await {
+            Ok(done) => done,
+            Err(PluginError::Unsupported { .. }) => {
+                return Err(BrokerError::BadRequest {
+                    message: format!(
+                        "role {role_name:?} ({} plugin) has no sessions to revoke",
+                        plugin.name()
+                    ),
+                })
+            }
+            Err(source) => {
+                warn!(role = %role.name, uid = caller.uid, error = %source, "revoking the role's sessions failed");
+                return Err(BrokerError::Backend {
+                    context: format!("revoking the sessions of role {role_name:?}"),
+                    source,
+                });
+            }
+        };
+        info!(role = %role.name, uid = caller.uid, pid = caller.pid, done = %done, "revoked the role's older sessions");
+        Ok(done)
+    }
+
+    /// Revokes a lease now, on behalf of a caller. On a backend failure the
+    /// lease stays scheduled for retry and the error is returned, unless
+    /// `force`, which drops the lease anyway.
+    pub async fn revoke(
+        &self,
+        id: &LeaseId,
+        force: bool,
+        caller: &Caller,
+    ) -> Result<Revocation, BrokerError> {
+        if force {
+            caller.require_admin("force a revocation")?;
+        }
+        let lease = self.get(id, caller).await?;
+        if lease.state == LeaseState::Revoked {
+            return Ok(Revocation::AlreadyRevoked);
+        }
+        match self.revoke_now(id, None).await {
+            Err(BrokerError::Backend { .. }) if force => {
+                let _lock = self.locks.lock(id).await;
+                // The retry the failure scheduled stays in the index; when
+                // it falls due it finds no lease and does nothing.
+                if self.store.write(Write::Delete { id: id.clone() }).await? {
+                    self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
+                }
+                warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
+                Ok(Revocation::Forced)
+            }
+            other => other,
+        }
+    }
+
+    /// Revokes every lease under `prefix` the caller may touch. Returns how
+    /// many were revoked and the errors of those that were not.
+    pub async fn revoke_prefix(
+        &self,
+        prefix: &str,
+        force: bool,
+        caller: &Caller,
+    ) -> Result<(usize, Vec<(LeaseId, BrokerError)>), BrokerError> {
+        caller.require_admin("revoke leases by prefix")?;
+        use futures_util::stream::{self, StreamExt};
+        let leases = self.list_all(prefix, caller).await?;
+        // Many at a time when a connection revokes in batches, so the
+        // batches fill; each still runs under its own lock.
+        let batching = self.backends.values().any(|b| b.connection.plugin.revokes_in_batches());
+        let concurrency = if batching { REVOKE_PREFIX_CONCURRENCY } else { 4 };
+        let outcomes: Vec<(LeaseId, Result<Revocation, BrokerError>)> = stream::iter(leases)
+            .map(|lease| async move {
+                let outcome = self.revoke(&lease.id, force, caller).await;
+                (lease.id, outcome)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut revoked = 0;
+        let mut failed = Vec::new();
+        for (id, outcome) in outcomes {
+            match outcome {
+                Ok(_) => revoked += 1,
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        failed.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        Ok((revoked, failed))
+    }
+}

@@ -6,7 +6,7 @@
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
-//!     [--scale-leases 1000000]
+//!     [--scale-leases 1000000] [--audit]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -69,7 +69,7 @@ mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit]";
 const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -96,6 +96,8 @@ struct Args {
     scram_iterations: Option<u32>,
     /// Leases in the store for phase `scale`.
     scale_leases: usize,
+    /// `--audit`: lessor writes its audit log (every request fsync'd, grouped).
+    audit: bool,
 }
 
 impl Args {
@@ -120,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         sslmode: None,
         scram_iterations: None,
         scale_leases: 1_000_000,
+        audit: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -154,6 +157,7 @@ fn parse_args() -> Result<Args, String> {
             "--sslmode" => args.sslmode = Some(value()?),
             "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
             "--scale-leases" => args.scale_leases = value()?.parse().map_err(|_| bad(&arg))?,
+            "--audit" => args.audit = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -714,6 +718,9 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     let _ = writeln!(text, "socket = {}", q(&dir.join("lessor.sock").display().to_string()));
     let _ = writeln!(text, "socket_mode = \"0600\"");
     let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
+    if args.audit {
+        let _ = writeln!(text, "audit_log = {}", q(&dir.join("audit.jsonl").display().to_string()));
+    }
     let _ = writeln!(text, "\n[connections.bench]\nplugin = \"postgres\"");
     let _ = writeln!(
         text,

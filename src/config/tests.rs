@@ -130,3 +130,32 @@ fn committed_schema_matches_the_types() {
         }
     }
 }
+
+#[test]
+fn policies_are_checked_against_the_configured_roles_and_accounts() {
+    let good = format!(
+        "{EXAMPLE}\n[[policies]]\nname = \"web\"\nmatch = {{ user = \"www-data\", exe = \"/usr/bin/*\" }}\n\
+         allow = [\"creds:app_*\"]\nmax_leases = 5\n\n[[policies]]\nname = \"ops\"\nmatch = {{ group = \"wheel\" }}\nallow = [\"admin\"]\n"
+    );
+    let config = load_str(&good, "test.toml").unwrap();
+    let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["web", "ops"]);
+    let e = errors_of(&format!(
+        "{EXAMPLE}\n[[policies]]\nname = \"web\"\nmatch = {{}}\nallow = [\"creds:app_rw\", \"read:x\", \"static:billing\", \"creds:[\"]\n\n\
+         [[policies]]\nname = \"web\"\nmatch = {{ uid = 1 }}\nallow = [\"admin\"]\n"
+    ));
+    for wanted in [
+        "test.toml: policies.web.match: is empty",
+        "test.toml: policies.web.allow: \"creds:app_rw\" names no configured role",
+        "test.toml: policies.web.allow: unknown permission \"read:x\"",
+        "test.toml: policies.web.allow: \"static:billing\" names no configured static account",
+        "not a valid glob",
+        "test.toml: policies.web: a second policy has this name",
+    ] {
+        assert!(e.contains(wanted), "missing {wanted:?} in:\n{e}");
+    }
+    let e = errors_of(&format!(
+        "{EXAMPLE}\n[[policies]]\nname = \"w\"\nmatch = {{ user = \"a\" }}\nallow = [\"admin\"]\nwho = 1\n"
+    ));
+    assert!(e.contains("unknown field `who`"), "{e}");
+}

@@ -19,7 +19,9 @@
 //!   exporter behind `GET /v1/metrics`;
 //! - [`tidy`]: the sweep that drops backend users no lease covers;
 //! - [`rotation`]: static accounts, rotated in phases on a schedule or on
-//!   demand, their secrets sealed at rest.
+//!   demand, their secrets sealed at rest;
+//! - [`vault`]: the Vault-compatible routes, a thin translation of Vault's
+//!   paths and shapes onto the broker.
 //!
 //! Backends live in their own crates behind the `lessor_plugin::Plugin`
 //! trait; [`config::PLUGINS`] is the one table that registers them.
@@ -39,3 +41,4 @@ pub mod policy;
 pub mod rotation;
 pub mod store;
 pub mod tidy;
+pub mod vault;

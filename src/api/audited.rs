@@ -1,7 +1,8 @@
 //! Every API request in the audit log before it is answered (fail closed):
 //! who asked (the caller's identity and policies), what (method and route),
 //! on what (the path), and how it ended (status, error code and message).
-//! `health` and `metrics` are left out: they change nothing and are polled.
+//! `health` (and Vault's `sys/health`) and `metrics` are left out: they
+//! change nothing and are polled.
 //!
 //! When the log cannot be written the request is refused with 503
 //! `audit_unavailable` and `health` says why; an issuance whose record
@@ -17,17 +18,17 @@ use crate::policy::Caller;
 
 /// The error an answer carries, set by [`ApiError`]'s response.
 #[derive(Debug, Clone)]
-pub(super) struct ErrorInfo {
+pub(crate) struct ErrorInfo {
     pub code: &'static str,
     pub message: String,
 }
 
 /// The lease an issuance answer hands out.
 #[derive(Debug, Clone)]
-pub(super) struct Issued(pub LeaseId);
+pub(crate) struct Issued(pub LeaseId);
 
 pub(super) fn is_audited(route: Option<&str>) -> bool {
-    !matches!(route, Some("/v1/health" | "/v1/metrics"))
+    !matches!(route, Some("/v1/health" | "/v1/metrics" | "/v1/sys/health"))
 }
 
 fn actor(caller: &Caller) -> Actor {

@@ -7,7 +7,7 @@
 //! extractors so that every rejection, including an oversized body, is a
 //! JSON error in the documented shape.
 
-mod audited;
+pub(crate) mod audited;
 mod peer;
 mod statics;
 mod watch;
@@ -60,6 +60,8 @@ pub struct AppState {
     pub audit: Audit,
     /// What `GET /v1/metrics` renders; `None` answers an empty text.
     pub metrics: Option<crate::metrics::Exporter>,
+    /// Whether the Vault-compatible routes are served (`server.vault_api`).
+    pub vault_api: bool,
 }
 
 impl AppState {
@@ -97,6 +99,7 @@ impl AppState {
             policies: config.policies.clone(),
             audit,
             metrics: None,
+            vault_api: config.server.vault_api,
         }
     }
 }
@@ -110,11 +113,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 }
@@ -155,7 +158,7 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Builds the router with its layers.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/metrics", get(metrics))
         .route("/v1/creds/{role}", post(issue))
@@ -167,7 +170,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/static/{name}/rotate", post(statics::static_rotate))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/connections/{name}/rotate-root", post(statics::rotate_root))
-        .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action))
+        .route("/v1/leases/{*rest}", get(get_lease).delete(revoke_lease).post(lease_action));
+    if state.vault_api {
+        routes = routes.merge(crate::vault::routes());
+    }
+    let routes = routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -176,8 +183,11 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), guard));
+    // Outside the guard, so its refusals (audit, timeout) are re-shaped too.
+    let routes =
+        if state.vault_api { routes.layer(middleware::from_fn(crate::vault::shape_errors)) } else { routes };
+    routes.with_state(state)
 }
 
 /// Logs every request with the caller's uid and pid, bounds its time, and
@@ -228,20 +238,23 @@ async fn guard(
     response
 }
 
+/// Reads a body of at most `limit` bytes.
+pub(crate) async fn read_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
+    }
+}
+
 /// Reads a JSON body of at most `limit` bytes; an empty body is `T::default()`.
 async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body is larger than {limit} bytes"),
-            ))
-        }
-        Err(e) => return Err(ApiError::bad_request(format!("cannot read request body: {e}"))),
-    };
+    let bytes = read_bytes(body, limit).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -251,7 +264,7 @@ async fn read_json<T: DeserializeOwned + Default>(body: Body, limit: usize) -> R
 /// axum's `Path`, but its rejection (a segment that is not UTF-8 once
 /// percent-decoded, e.g. `/v1/creds/%FF`) is a JSON error like every other
 /// answer instead of axum's plain-text one.
-struct Path<T>(T);
+pub(crate) struct Path<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
     type Rejection = ApiError;

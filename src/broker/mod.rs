@@ -415,6 +415,18 @@ impl Broker {
         self.roles.get(role).is_none_or(|r| r.capabilities.revocable)
     }
 
+    /// The plugin (`postgres`, `mysql`, `aws`) that serves `role`; `None`
+    /// for an unknown role.
+    pub fn role_plugin(&self, role: &str) -> Option<&'static str> {
+        let role = self.roles.get(role)?;
+        Some(self.backends.get(&role.connection)?.connection.plugin.name())
+    }
+
+    /// The names of every configured role.
+    pub fn role_names(&self) -> impl Iterator<Item = &str> {
+        self.roles.keys().map(String::as_str)
+    }
+
     /// One lease's metadata.
     pub async fn get(&self, id: &LeaseId, caller: &Caller) -> Result<Lease, BrokerError> {
         let lease =

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// How long revoked leases stay visible before they are purged.
     #[serde(default = "default_revoked_retention")]
     pub revoked_retention: Duration,
+    /// Serve the Vault-compatible routes (`/v1/database/…`, `/v1/aws/…`,
+    /// `/v1/sys/leases/…`) beside lessor's own, so the `bao`/`vault` CLI,
+    /// hvac and OpenBao Agent work unchanged. The same identity and
+    /// permission checks apply to both.
+    #[serde(default = "default_vault_api")]
+    pub vault_api: bool,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +61,7 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             max_body_bytes: default_max_body_bytes(),
             revoked_retention: default_revoked_retention(),
+            vault_api: default_vault_api(),
         }
     }
 }
@@ -73,6 +80,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_max_body_bytes() -> usize {
     64 * 1024
+}
+fn default_vault_api() -> bool {
+    true
 }
 fn default_revoked_retention() -> Duration {
     Duration::from_secs(24 * 3600)

@@ -230,6 +230,19 @@ impl Rotator {
         self.accounts.keys().map(String::as_str)
     }
 
+    /// The plugin (`postgres`, `mysql`, `aws`) and schedule of an account,
+    /// for the Vault API's paths and fields; `None` for an unknown name.
+    pub fn account_kind(&self, name: &str) -> Option<(&'static str, &crate::config::RotationSchedule)> {
+        let account = self.accounts.get(name)?;
+        Some((self.plugins.get(&account.connection)?.name(), &account.schedule))
+    }
+
+    /// The plugin of a connection whose admin credential `rotate-root`
+    /// rotates; `None` for an unknown connection.
+    pub fn connection_plugin(&self, connection: &str) -> Option<&'static str> {
+        self.plugins.get(connection).map(|p| p.name())
+    }
+
     /// The event that tells watchers where `record` stands now.
     fn rotated_event(record: &StaticRecord) -> Event {
         Event::Rotated {

@@ -25,3 +25,4 @@ mod scram;
 mod secrets;
 mod tidy;
 mod tls;
+mod vault;

@@ -1,0 +1,186 @@
+//! `database/…` and `aws/…`: issuing credentials, reading static ones and
+//! rotating, in the shapes of Vault's database and AWS secrets engines.
+//! A role or account answers only under the mount of its plugin
+//! (`database/` for PostgreSQL and MySQL, `aws/` for AWS).
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use lessor_plugin::Credential;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use super::ids::{vault_id, Mount};
+use super::{
+    broker_error, duration_field, no_content, params, read_body, rotation_error, seconds_until, string_field,
+    vault_time, Envelope,
+};
+use crate::api::audited::Issued;
+use crate::api::{caller, ApiError, AppState, Path};
+use crate::broker::{BrokerError, Caller};
+use crate::config::{RotationSchedule, Strategy};
+use crate::rotation::{OperatorRequest, RotationError};
+
+type VaultResult = Result<Response, ApiError>;
+
+/// `GET database/creds/:role`
+pub(super) async fn database_creds(
+    State(state): State<AppState>,
+    Path(role): Path<String>,
+    request: Request,
+) -> VaultResult {
+    let caller = caller(request.extensions());
+    issue(&state, Mount::Database, "creds", role, None, caller, Vec::new()).await
+}
+
+/// `GET|PUT|POST aws/creds/:role` (`ttl` in the query or the body).
+pub(super) async fn aws_creds(state: State<AppState>, role: Path<String>, request: Request) -> VaultResult {
+    aws(state, role, "creds", request).await
+}
+
+/// `GET|PUT|POST aws/sts/:role` (`ttl` in the query or the body).
+pub(super) async fn aws_sts(state: State<AppState>, role: Path<String>, request: Request) -> VaultResult {
+    aws(state, role, "sts", request).await
+}
+
+async fn aws(
+    State(state): State<AppState>,
+    Path(role): Path<String>,
+    path: &str,
+    request: Request,
+) -> VaultResult {
+    let caller = caller(request.extensions());
+    let query = request.uri().query().map(str::to_string);
+    let params = params(query.as_deref(), read_body(&state, request.into_body()).await?)?;
+    let ttl = duration_field(&params, "ttl")?;
+    let mut warnings = Vec::new();
+    if string_field(&params, "role_arn")?.is_some() {
+        warnings.push("role_arn is ignored: a lessor role names its ARN in the config".to_string());
+    }
+    issue(&state, Mount::Aws, path, role, ttl, caller, warnings).await
+}
+
+/// A role outside `mount` is as unknown here as a role that does not
+/// exist, but only to a caller that may issue it: the permission is asked
+/// first, as the broker asks it, so a refusal tells nothing of the role.
+fn check_mount(
+    mount: Mount,
+    plugin: Option<&str>,
+    what: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    if plugin.and_then(Mount::of_plugin) == Some(mount) {
+        return Ok(());
+    }
+    what()
+}
+
+async fn issue(
+    state: &AppState,
+    mount: Mount,
+    path: &str,
+    role: String,
+    ttl: Option<crate::config::Duration>,
+    caller: Caller,
+    warnings: Vec<String>,
+) -> VaultResult {
+    check_mount(mount, state.broker.role_plugin(&role), || {
+        caller.may_issue(&role).map_err(|e| broker_error(e.into()))?;
+        Err(broker_error(BrokerError::UnknownRole { role: role.clone() }))
+    })?;
+    let issued = state.broker.issue_detached(role, ttl, caller).await.map_err(broker_error)?;
+    let data = match &issued.credential {
+        Credential::Database { username, password } => {
+            json!({ "username": username, "password": password.expose_secret() })
+        }
+        Credential::Aws { access_key_id, secret_access_key, session_token, .. } => {
+            let token = session_token.as_ref().map(|t| t.expose_secret());
+            json!({
+                "access_key": access_key_id,
+                "secret_key": secret_access_key.expose_secret(),
+                "security_token": token,
+                "session_token": token,
+            })
+        }
+        _ => Value::Null,
+    };
+    let lease = &issued.lease;
+    let mut response = Envelope {
+        lease_id: vault_id(mount, path, &lease.id),
+        renewable: lease.renewable,
+        lease_duration: (lease.expires_at - lease.issued_at).num_seconds(),
+        data: Some(data),
+        warnings,
+        mount_type: mount.as_str(),
+    }
+    .into_response();
+    // For the audit record, and for revocation should it fail to be written.
+    response.extensions_mut().insert(Issued(lease.id.clone()));
+    Ok(response)
+}
+
+/// `GET database/static-creds/:name` and `GET aws/static-creds/:name`.
+pub(super) async fn static_creds(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> VaultResult {
+    let mount = if request.uri().path().starts_with("/v1/aws/") { Mount::Aws } else { Mount::Database };
+    let caller = caller(request.extensions());
+    let kind = state.rotator.account_kind(&name);
+    check_mount(mount, kind.map(|(plugin, _)| plugin), || {
+        caller.may_read_static(&name).map_err(|e| rotation_error(e.into()))?;
+        Err(rotation_error(RotationError::UnknownAccount { name: name.clone() }))
+    })?;
+    let view = state.rotator.get(&name, &caller).await.map_err(rotation_error)?;
+    let schedule = kind.map(|(_, schedule)| schedule);
+    let mut data = match view.strategy {
+        Strategy::AccessKey => json!({
+            "access_key": view.username,
+            "secret_key": view.password.expose_secret(),
+        }),
+        _ => json!({ "username": view.username, "password": view.password.expose_secret() }),
+    };
+    data["last_vault_rotation"] = json!(view.rotated_at.map(vault_time));
+    data["ttl"] = json!(view.next_rotation_at.map_or(0, seconds_until));
+    data["rotation_period"] = json!(match schedule {
+        Some(RotationSchedule::Period(period)) => period.as_secs(),
+        _ => 0,
+    });
+    if let Some(RotationSchedule::Cron(_, text)) = schedule {
+        data["rotation_schedule"] = json!(text);
+    }
+    Ok(Envelope { data: Some(data), mount_type: mount.as_str(), ..Envelope::default() }.into_response())
+}
+
+/// `PUT|POST database/rotate-role/:name`: an operator's rotation of a
+/// static account, with the account's `overlap`. 204 once the new
+/// credential is current.
+pub(super) async fn rotate_role(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> VaultResult {
+    let caller = caller(request.extensions());
+    check_mount(Mount::Database, state.rotator.account_kind(&name).map(|(plugin, _)| plugin), || {
+        caller.may_rotate(&name).map_err(|e| rotation_error(e.into()))?;
+        Err(rotation_error(RotationError::UnknownAccount { name: name.clone() }))
+    })?;
+    let request = OperatorRequest { reason: Some("database/rotate-role (Vault API)".into()), overlap: None };
+    state.rotator.rotate(&name, request, &caller).await.map_err(rotation_error)?;
+    Ok(no_content())
+}
+
+/// `PUT|POST database/rotate-root/:connection` (admins only, as
+/// `POST /v1/connections/{name}/rotate-root`). 204 when done.
+pub(super) async fn rotate_root(
+    State(state): State<AppState>,
+    Path(connection): Path<String>,
+    request: Request,
+) -> VaultResult {
+    let caller = caller(request.extensions());
+    check_mount(Mount::Database, state.rotator.connection_plugin(&connection), || {
+        caller.require_admin("rotate a connection's admin credential").map_err(|e| broker_error(e.into()))?;
+        Err(rotation_error(RotationError::UnknownConnection { name: connection.clone() }))
+    })?;
+    state.rotator.rotate_root(&connection, &caller).await.map_err(rotation_error)?;
+    Ok(no_content())
+}

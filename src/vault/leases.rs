@@ -111,11 +111,14 @@ pub(super) async fn lookup(State(state): State<AppState>, request: Request) -> V
         return Err(broker_error(BrokerError::UnknownLease { id: id.to_string() }));
     }
     let ttl = if lease.state == LeaseState::Active { seconds_until(lease.expires_at) } else { 0 };
+    // The path that issued it, as Vault shows it: the id less its last part.
+    let path = shown.rsplit_once('/').map_or("", |(path, _)| path);
     let data = json!({
         "id": shown,
         "issue_time": vault_time(lease.issued_at),
         "expire_time": vault_time(lease.expires_at),
         "last_renewal": null,
+        "path": path,
         "renewable": lease.renewable && lease.state == LeaseState::Active,
         "ttl": ttl,
     });

@@ -119,7 +119,6 @@ pub(crate) struct Envelope {
     pub lease_duration: i64,
     pub data: Option<Value>,
     pub warnings: Vec<String>,
-    pub mount_type: &'static str,
 }
 
 impl IntoResponse for Envelope {
@@ -134,7 +133,6 @@ impl IntoResponse for Envelope {
             "wrap_info": null,
             "warnings": warnings,
             "auth": null,
-            "mount_type": self.mount_type,
         });
         Json(body).into_response()
     }
@@ -245,9 +243,10 @@ fn rotation_error(e: RotationError) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
-/// Whole seconds from now until `at`, never negative.
+/// Seconds from now until `at`, to the nearest (a lease renewed by 30m
+/// a few milliseconds ago has 1800 s left, as Vault says), never negative.
 fn seconds_until(at: chrono::DateTime<chrono::Utc>) -> i64 {
-    (at - chrono::Utc::now()).num_seconds().max(0)
+    ((at - chrono::Utc::now()).num_milliseconds() + 500).div_euclid(1000).max(0)
 }
 
 /// A time as Vault writes it: RFC 3339 in UTC with nanoseconds.

@@ -109,7 +109,6 @@ async fn issue(
         lease_duration: (lease.expires_at - lease.issued_at).num_seconds(),
         data: Some(data),
         warnings,
-        mount_type: mount.as_str(),
     }
     .into_response();
     // For the audit record, and for revocation should it fail to be written.
@@ -148,7 +147,7 @@ pub(super) async fn static_creds(
     if let Some(RotationSchedule::Cron(_, text)) = schedule {
         data["rotation_schedule"] = json!(text);
     }
-    Ok(Envelope { data: Some(data), mount_type: mount.as_str(), ..Envelope::default() }.into_response())
+    Ok(Envelope { data: Some(data), ..Envelope::default() }.into_response())
 }
 
 /// `PUT|POST database/rotate-role/:name`: an operator's rotation of a

@@ -23,12 +23,13 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         "initialized": true,
         "sealed": false,
         "standby": false,
-        "performance_standby": false,
         "replication_performance_mode": "disabled",
         "replication_dr_mode": "disabled",
         "server_time_utc": chrono::Utc::now().timestamp(),
         "version": concat!("lessor-", env!("CARGO_PKG_VERSION")),
         "cluster_name": "lessor",
+        // One node, no cluster: a fixed id, so it never looks like a change.
+        "cluster_id": uuid::Uuid::nil().to_string(),
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -56,7 +57,7 @@ pub(super) async fn lookup_self(request: Request) -> Response {
         "explicit_max_ttl": 0,
         "id": token,
         "issue_time": vault_time(chrono::Utc::now()),
-        "meta": { "uid": who.uid.to_string(), "pid": who.pid.map(|p| p.to_string()) },
+        "meta": null,
         "num_uses": 0,
         "orphan": true,
         "path": "auth/token/create",

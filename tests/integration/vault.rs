@@ -446,3 +446,251 @@ impl Drop for AgentProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A fixture recorded from a real OpenBao (see tests/fixtures/vault/README.md).
+fn fixture(name: &str) -> Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "float",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `ours` has `theirs`'s keys, each with the same JSON type, at the top and
+/// inside `data`; `nullable` names `data` fields lessor may leave `null`.
+fn assert_same_shape(what: &str, ours: &Value, theirs: &Value, nullable: &[&str]) {
+    let keys =
+        |v: &Value| -> Vec<String> { v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default() };
+    assert_eq!(keys(ours), keys(theirs), "{what}: top-level keys\nours:   {ours}\ntheirs: {theirs}");
+    for key in keys(theirs) {
+        if key == "data" && theirs["data"].is_object() {
+            assert_eq!(
+                keys(&ours["data"]),
+                keys(&theirs["data"]),
+                "{what}: data keys\nours:   {ours}\ntheirs: {theirs}"
+            );
+            for field in keys(&theirs["data"]) {
+                let (a, b) = (kind(&ours["data"][&field]), kind(&theirs["data"][&field]));
+                assert!(
+                    a == b || (a == "null" && nullable.contains(&field.as_str())),
+                    "{what}: data.{field} is {a}, OpenBao's is {b}"
+                );
+            }
+        } else {
+            assert_eq!(
+                kind(&ours[&key]),
+                kind(&theirs[&key]),
+                "{what}: {key}\nours:   {ours}\ntheirs: {theirs}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lessors_answers_have_the_shape_of_openbaos() {
+    use hyper::Method;
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("vault_shape");
+    db.track_prefix(&prefix);
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("vsh_{sfx}"));
+    let (a, b) = (format!("vsh_{sfx}_a"), format!("vsh_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "24h", &[CREATE_ROLE]),
+        static_account("billing", "pg", "alternating", &[&a, &b], "rotation_period = \"24h\""),
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    settled(&daemon, "billing", 1).await;
+    let client = daemon.client();
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let client = client.clone();
+        async move {
+            let r = client.request(method, &format!("/v1/{path}"), body.as_ref()).await.unwrap();
+            (r.status, r.body)
+        }
+    };
+
+    let (status, creds) = call(Method::GET, format!("database/creds/{role}"), None).await;
+    assert_eq!(status, 200);
+    assert_same_shape("database/creds", &creds, &fixture("database_creds"), &[]);
+    let lease_id = creds["lease_id"].as_str().unwrap().to_string();
+
+    let (status, renewed) = call(
+        Method::PUT,
+        "sys/leases/renew".into(),
+        Some(serde_json::json!({"lease_id": lease_id, "increment": 1800})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_same_shape("sys/leases/renew", &renewed, &fixture("sys_leases_renew"), &[]);
+    assert_eq!(renewed["lease_duration"], 1800);
+
+    let (status, looked) =
+        call(Method::PUT, "sys/leases/lookup".into(), Some(serde_json::json!({"lease_id": lease_id}))).await;
+    assert_eq!(status, 200);
+    assert_same_shape("sys/leases/lookup", &looked, &fixture("sys_leases_lookup"), &["last_renewal"]);
+    assert_eq!(looked["data"]["path"], format!("database/creds/{role}"));
+
+    let list = Method::from_bytes(b"LIST").unwrap();
+    let (status, listed) = call(list, format!("sys/leases/lookup/database/creds/{role}/"), None).await;
+    assert_eq!(status, 200);
+    assert_same_shape("LIST sys/leases/lookup", &listed, &fixture("sys_leases_lookup_list"), &[]);
+    let random = lease_id.rsplit('/').next().unwrap();
+    assert_eq!(listed["data"]["keys"], serde_json::json!([random]));
+    let (_, listed) = call(Method::GET, "sys/leases/lookup/database/creds/?list=true".into(), None).await;
+    assert_eq!(listed["data"]["keys"], serde_json::json!([format!("{role}/")]));
+
+    let (status, gone) =
+        call(Method::PUT, "sys/leases/revoke".into(), Some(serde_json::json!({"lease_id": lease_id}))).await;
+    assert_eq!((status, gone), (204, Value::Null));
+    assert!(!db.role_exists(creds["data"]["username"].as_str().unwrap()).await);
+    let (status, invalid) =
+        call(Method::PUT, "sys/leases/lookup".into(), Some(serde_json::json!({"lease_id": lease_id}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(invalid, fixture("sys_leases_lookup_invalid"));
+
+    let (status, statics) = call(Method::GET, "database/static-creds/billing".into(), None).await;
+    assert_eq!(status, 200);
+    assert_same_shape("database/static-creds", &statics, &fixture("database_static_creds"), &[]);
+    let (status, rotated) = call(Method::POST, "database/rotate-role/billing".into(), None).await;
+    assert_eq!((status, rotated), (204, Value::Null));
+
+    let (status, me) = call(Method::GET, "auth/token/lookup-self".into(), None).await;
+    assert_eq!(status, 200);
+    assert_same_shape("auth/token/lookup-self", &me, &fixture("auth_token_lookup_self"), &[]);
+
+    let (status, health) = call(Method::GET, "sys/health".into(), None).await;
+    assert_eq!(status, 200);
+    assert_same_shape("sys/health", &health, &fixture("sys_health"), &[]);
+
+    let (status, unknown) = call(Method::GET, "database/creds/nosuch".into(), None).await;
+    assert_eq!(status, 400);
+    assert_eq!(unknown, fixture("database_creds_unknown_role"));
+    let (status, kv) = call(Method::GET, "transit/keys/x".into(), None).await;
+    assert_eq!(status, 404);
+    assert_same_shape("an unsupported path", &kv, &fixture("unsupported_path"), &[]);
+    assert!(kv["errors"][0].as_str().unwrap().starts_with("no handler for route \"transit/keys/x\""), "{kv}");
+    let (status, mounts) =
+        call(Method::GET, format!("sys/internal/ui/mounts/database/creds/{role}"), None).await;
+    assert_eq!((status, mounts), (404, serde_json::json!({"errors": []})));
+}
+
+/// Bodies as Vault's clients send them (none, `null`, extra fields, the
+/// id in the path), `revoke-force` for admins only, and `vault_api = false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_requests_are_read_leniently_and_the_api_can_be_turned_off() {
+    use hyper::Method;
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("vault_misc");
+    db.track_prefix(&prefix);
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let daemon = Daemon::start(&db, &body).await;
+    daemon.open_to_all_users();
+    let client = daemon.client();
+    let issue = || async {
+        let r = client.request(Method::GET, &format!("/v1/database/creds/{role}"), None).await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["lease_id"].as_str().unwrap().to_string()
+    };
+
+    // The id in the path (raw and percent-encoded), a `null` body, and
+    // fields Vault would ignore.
+    let id = issue().await;
+    let r = client
+        .request_raw(Method::PUT, &format!("/v1/sys/leases/renew/{id}"), b"null".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["lease_duration"], 3600, "increment null: the role's default TTL");
+    let encoded = id.replace('/', "%2F");
+    let r = client
+        .request(
+            Method::POST,
+            &format!("/v1/sys/leases/renew/{encoded}"),
+            Some(&serde_json::json!({"increment": "30m", "extra": 1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["lease_duration"].as_i64()), (200, Some(1800)), "{:?}", r.body);
+    // lessor's own form of the id is accepted too.
+    let native = id.trim_start_matches("database/creds/");
+    let r = client
+        .request(Method::PUT, "/v1/sys/leases/lookup", Some(&serde_json::json!({"lease_id": native})))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = client.request_raw(Method::PUT, "/v1/sys/leases/renew", b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body["errors"][0].as_str().unwrap().contains("failed to parse JSON input"), "{:?}", r.body);
+    let r = client
+        .request(
+            Method::PUT,
+            "/v1/sys/leases/renew",
+            Some(&serde_json::json!({"lease_id": "database/creds/../x"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.body["errors"][0].as_str()), (400, Some("invalid lease")));
+
+    // `sync: false`: 202, and the revocation follows.
+    let user = daemon.leases().await.iter().find(|l| l["lease_id"] == native).unwrap()["username"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .request(
+            Method::PUT,
+            &format!("/v1/sys/leases/revoke/{id}"),
+            Some(&serde_json::json!({"sync": false})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202);
+    wait_for("the queued revocation", Duration::from_secs(10), || async {
+        (!db.role_exists(&user).await).then_some(())
+    })
+    .await;
+
+    // revoke-force is for admins: nobody is refused (Vault's 403), root is not.
+    let kept = issue().await;
+    let mut command =
+        bao_command(&daemon, &["lease", "revoke", "-force", "-prefix", &format!("database/creds/{role}")]);
+    {
+        use std::os::unix::process::CommandExt;
+        command.uid(65534).gid(65534).env("HOME", "/tmp");
+    }
+    let out = run(command);
+    assert!(!out.status.success() && text(&out).contains("Code: 403"), "{}", text(&out));
+    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 1, "nobody's revoke-force changed something");
+    let r = client
+        .request(Method::PUT, &format!("/v1/sys/leases/revoke-force/database/creds/{role}"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert!(db.roles_with_prefix(&prefix).await.is_empty());
+    let r = client.lease_get(kept.trim_start_matches("database/creds/")).await.unwrap();
+    assert_eq!(r.body["state"], "revoked");
+    drop(daemon);
+
+    // Turned off: Vault's paths are lessor's 404s, and the native API works.
+    let daemon = Daemon::start(&db, &format!("vault_api = false\n\n{body}")).await;
+    let client = daemon.client();
+    let r = client.request(Method::GET, &format!("/v1/database/creds/{role}"), None).await.unwrap();
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("not_found")), "{:?}", r.body);
+    assert_eq!(client.creds(&role, None).await.unwrap().status, 200);
+}

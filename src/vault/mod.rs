@@ -39,11 +39,8 @@ use crate::rotation::RotationError;
 
 pub use ids::Mount;
 
-/// The first path segments (after `/v1/`) of lessor's own API; every other
-/// path under `/v1/` is Vault's, served or not (`secret/`, `transit/`, …
-/// answer Vault's 404).
-const NATIVE_ROOTS: &[&str] =
-    &["health", "metrics", "creds", "leases", "roles", "tidy", "static", "watch", "connections"];
+/// The first path segments (after `/v1/`) of the Vault API lessor serves.
+const VAULT_ROOTS: &[&str] = &["database", "aws", "sys", "auth"];
 
 /// The Vault routes, to be merged into the socket API's router.
 pub fn routes() -> Router<AppState> {
@@ -75,17 +72,27 @@ pub fn routes() -> Router<AppState> {
 pub fn is_vault_path(path: &str) -> bool {
     path.strip_prefix("/v1/")
         .and_then(|rest| rest.split('/').next())
-        .is_some_and(|root| !root.is_empty() && !NATIVE_ROOTS.contains(&root))
+        .is_some_and(|root| VAULT_ROOTS.contains(&root))
 }
 
-/// A layer around the whole API: on Vault's paths, an error answer in
-/// lessor's shape (`{"error":{code,message}}`, from a handler or from the
-/// layers that identify, time and audit requests) is re-shaped into
-/// Vault's (`{"errors":[…]}`), which is what `bao` and hvac parse.
+/// Whether a request comes from a Vault client: `bao`, `vault` and Agent
+/// send `X-Vault-Request`, and most clients a token. Their requests for
+/// paths lessor does not serve (`secret/…`, `transit/…`) are answered in
+/// Vault's shape too, so the client shows the message.
+fn from_vault_client(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key("x-vault-request") || headers.contains_key("x-vault-token")
+}
+
+/// A layer around the whole API: on Vault's paths (or any path a Vault
+/// client asks for), an error answer in lessor's shape
+/// (`{"error":{code,message}}`, from a handler or from the layers that
+/// identify, time and audit requests) is re-shaped into Vault's
+/// (`{"errors":[…]}`), which is what `bao` and hvac parse.
 pub async fn shape_errors(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
+    let vault = is_vault_path(&path) || from_vault_client(request.headers());
     let response = next.run(request).await;
-    if !is_vault_path(&path) {
+    if !vault {
         return response;
     }
     let Some(error) = response.extensions().get::<ErrorInfo>().cloned() else {
@@ -283,7 +290,7 @@ mod tests {
         assert!(is_vault_path("/v1/auth/token/lookup-self"));
         assert!(!is_vault_path("/v1/creds/x"));
         assert!(!is_vault_path("/v1/leases/x/y"));
-        assert!(is_vault_path("/v1/secret/data/x"));
+        assert!(!is_vault_path("/v1/secret/data/x"));
         assert!(!is_vault_path("/v1/"));
         assert!(!is_vault_path("/database/creds/x"));
     }

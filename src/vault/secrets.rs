@@ -59,18 +59,12 @@ async fn aws(
     issue(&state, Mount::Aws, path, role, ttl, caller, warnings).await
 }
 
-/// A role outside `mount` is as unknown here as a role that does not
-/// exist, but only to a caller that may issue it: the permission is asked
-/// first, as the broker asks it, so a refusal tells nothing of the role.
-fn check_mount(
-    mount: Mount,
-    plugin: Option<&str>,
-    what: impl FnOnce() -> Result<(), ApiError>,
-) -> Result<(), ApiError> {
-    if plugin.and_then(Mount::of_plugin) == Some(mount) {
-        return Ok(());
-    }
-    what()
+/// Whether a role or account of `plugin` lives under `mount`. One outside
+/// it is as unknown there as one that does not exist, but only to a caller
+/// that may use it: the permission is asked first, as the broker and the
+/// rotator ask it, so a refusal tells nothing of what exists.
+fn in_mount(mount: Mount, plugin: Option<&str>) -> bool {
+    plugin.and_then(Mount::of_plugin) == Some(mount)
 }
 
 async fn issue(
@@ -82,10 +76,10 @@ async fn issue(
     caller: Caller,
     warnings: Vec<String>,
 ) -> VaultResult {
-    check_mount(mount, state.broker.role_plugin(&role), || {
+    if !in_mount(mount, state.broker.role_plugin(&role)) {
         caller.may_issue(&role).map_err(|e| broker_error(e.into()))?;
-        Err(broker_error(BrokerError::UnknownRole { role: role.clone() }))
-    })?;
+        return Err(broker_error(BrokerError::UnknownRole { role }));
+    }
     let issued = state.broker.issue_detached(role, ttl, caller).await.map_err(broker_error)?;
     let data = match &issued.credential {
         Credential::Database { username, password } => {
@@ -125,10 +119,10 @@ pub(super) async fn static_creds(
     let mount = if request.uri().path().starts_with("/v1/aws/") { Mount::Aws } else { Mount::Database };
     let caller = caller(request.extensions());
     let kind = state.rotator.account_kind(&name);
-    check_mount(mount, kind.map(|(plugin, _)| plugin), || {
+    if !in_mount(mount, kind.map(|(plugin, _)| plugin)) {
         caller.may_read_static(&name).map_err(|e| rotation_error(e.into()))?;
-        Err(rotation_error(RotationError::UnknownAccount { name: name.clone() }))
-    })?;
+        return Err(rotation_error(RotationError::UnknownAccount { name }));
+    }
     let view = state.rotator.get(&name, &caller).await.map_err(rotation_error)?;
     let schedule = kind.map(|(_, schedule)| schedule);
     let mut data = match view.strategy {
@@ -159,10 +153,10 @@ pub(super) async fn rotate_role(
     request: Request,
 ) -> VaultResult {
     let caller = caller(request.extensions());
-    check_mount(Mount::Database, state.rotator.account_kind(&name).map(|(plugin, _)| plugin), || {
+    if !in_mount(Mount::Database, state.rotator.account_kind(&name).map(|(plugin, _)| plugin)) {
         caller.may_rotate(&name).map_err(|e| rotation_error(e.into()))?;
-        Err(rotation_error(RotationError::UnknownAccount { name: name.clone() }))
-    })?;
+        return Err(rotation_error(RotationError::UnknownAccount { name }));
+    }
     let request = OperatorRequest { reason: Some("database/rotate-role (Vault API)".into()), overlap: None };
     state.rotator.rotate(&name, request, &caller).await.map_err(rotation_error)?;
     Ok(no_content())
@@ -176,10 +170,10 @@ pub(super) async fn rotate_root(
     request: Request,
 ) -> VaultResult {
     let caller = caller(request.extensions());
-    check_mount(Mount::Database, state.rotator.connection_plugin(&connection), || {
+    if !in_mount(Mount::Database, state.rotator.connection_plugin(&connection)) {
         caller.require_admin("rotate a connection's admin credential").map_err(|e| broker_error(e.into()))?;
-        Err(rotation_error(RotationError::UnknownConnection { name: connection.clone() }))
-    })?;
+        return Err(rotation_error(RotationError::UnknownConnection { name: connection }));
+    }
     state.rotator.rotate_root(&connection, &caller).await.map_err(rotation_error)?;
     Ok(no_content())
 }

@@ -76,6 +76,29 @@ fn assert_store_holds_no(daemon: &Daemon, secrets: &[String]) {
     }
 }
 
+/// An alternating static account `name` over two fresh PostgreSQL users
+/// (named `<tag>_<random>_a` and `_b`, dropped at the end): the config's
+/// `seal_key_file`, connection and account (with `extra`), the seal key's
+/// folder to keep, and the two users.
+pub(crate) async fn pg_alternating(
+    db: &TestDb,
+    tag: &str,
+    name: &str,
+    extra: &str,
+) -> (String, tempfile::TempDir, String, String) {
+    let sfx = rand_suffix(6);
+    db.track_prefix(&format!("{tag}_{sfx}"));
+    let (a, b) = (format!("{tag}_{sfx}_a"), format!("{tag}_{sfx}_b"));
+    make_pg_users(db, &[&a, &b]).await;
+    let (key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(db, None),
+        static_account(name, "pg", "alternating", &[&a, &b], extra),
+    );
+    (body, key_dir, a, b)
+}
+
 pub(crate) async fn make_pg_users(db: &TestDb, users: &[&str]) {
     for user in users {
         db.su

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::common::aws::*;
 use crate::common::*;
-use crate::rotation::{make_pg_users, seal_key, settled, static_account};
+use crate::rotation::{pg_alternating, settled};
 
 fn bao_program() -> PathBuf {
     std::env::var_os("LESSOR_TEST_BAO")
@@ -229,22 +229,8 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bao_reads_static_credentials_and_rotate_role_moves_them() {
     let db = TestDb::create().await;
-    let sfx = rand_suffix(6);
-    db.track_prefix(&format!("vst_{sfx}"));
-    let (a, b) = (format!("vst_{sfx}_a"), format!("vst_{sfx}_b"));
-    make_pg_users(&db, &[&a, &b]).await;
-    let (_key_dir, key) = seal_key();
-    let body = format!(
-        "seal_key_file = {key:?}\n\n{}\n{}",
-        pg_connection(&db, None),
-        static_account(
-            "billing",
-            "pg",
-            "alternating",
-            &[&a, &b],
-            "rotation_period = \"24h\"\noverlap = \"1h\""
-        ),
-    );
+    let (body, _key_dir, _, _) =
+        pg_alternating(&db, "vst", "billing", "rotation_period = \"24h\"\noverlap = \"1h\"").await;
     let daemon = Daemon::start(&db, &body).await;
     settled(&daemon, "billing", 1).await;
 
@@ -503,17 +489,8 @@ async fn lessors_answers_have_the_shape_of_openbaos() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("vault_shape");
     db.track_prefix(&prefix);
-    let sfx = rand_suffix(6);
-    db.track_prefix(&format!("vsh_{sfx}"));
-    let (a, b) = (format!("vsh_{sfx}_a"), format!("vsh_{sfx}_b"));
-    make_pg_users(&db, &[&a, &b]).await;
-    let (_key_dir, key) = seal_key();
-    let body = format!(
-        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
-        pg_connection(&db, None),
-        pg_role(&role, "1h", "24h", &[CREATE_ROLE]),
-        static_account("billing", "pg", "alternating", &[&a, &b], "rotation_period = \"24h\""),
-    );
+    let (statics, _key_dir, _, _) = pg_alternating(&db, "vsh", "billing", "rotation_period = \"24h\"").await;
+    let body = format!("{statics}\n{}", pg_role(&role, "1h", "24h", &[CREATE_ROLE]));
     let daemon = Daemon::start(&db, &body).await;
     settled(&daemon, "billing", 1).await;
     let client = daemon.client();
@@ -581,10 +558,18 @@ async fn lessors_answers_have_the_shape_of_openbaos() {
     let (status, unknown) = call(Method::GET, "database/creds/nosuch".into(), None).await;
     assert_eq!(status, 400);
     assert_eq!(unknown, fixture("database_creds_unknown_role"));
-    let (status, kv) = call(Method::GET, "transit/keys/x".into(), None).await;
+    let (status, unserved) = call(Method::GET, "sys/mounts".into(), None).await;
     assert_eq!(status, 404);
-    assert_same_shape("an unsupported path", &kv, &fixture("unsupported_path"), &[]);
-    assert!(kv["errors"][0].as_str().unwrap().starts_with("no handler for route \"transit/keys/x\""), "{kv}");
+    assert_same_shape("a path lessor does not serve", &unserved, &fixture("unsupported_path"), &[]);
+    let said = unserved["errors"][0].as_str().unwrap();
+    assert!(said.starts_with("no handler for route \"sys/mounts\""), "{unserved}");
+    // Outside Vault's roots, a Vault client (it sends X-Vault-Request) is
+    // answered in Vault's shape, anyone else in lessor's.
+    let out = run(bao_command(&daemon, &["write", "transit/encrypt/x", "plaintext=aGk="]));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("* no handler for route \"transit/encrypt/x\""), "{}", text(&out));
+    let (status, native) = call(Method::GET, "transit/keys/x".into(), None).await;
+    assert_eq!((status, native["error"]["code"].as_str()), (404, Some("not_found")), "{native}");
     let (status, mounts) =
         call(Method::GET, format!("sys/internal/ui/mounts/database/creds/{role}"), None).await;
     assert_eq!((status, mounts), (404, serde_json::json!({"errors": []})));

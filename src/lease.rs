@@ -118,15 +118,9 @@ impl LeaseState {
 }
 
 /// Who obtained a lease: the kernel's credentials (`SO_PEERCRED`) and the
-/// policy that granted it (none for an admin without one, or `--dev`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-    #[serde(default)]
-    pub policy: Option<String>,
-}
+/// policy that granted it (none for an admin without one, or `--dev`). One
+/// definition with the API's, which shows it as the lease's `owner`.
+pub use lessor_client::types::LeaseOwner as Owner;
 
 /// One lease. Holds no secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use lessor_plugin::Credential;
-use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -346,50 +345,62 @@ async fn issue(State(state): State<AppState>, Path(role): Path<String>, request:
         Some(key) => state.broker.issue_idempotent(role, ttl, caller, &key).await?,
         None => state.broker.issue_detached(role, ttl, caller).await?,
     };
-    let credential = match &issued.credential {
-        Credential::Database { username, password } => {
-            json!({ "username": username, "password": password.expose_secret() })
-        }
-        Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => json!({
-            "access_key_id": access_key_id,
-            "secret_access_key": secret_access_key.expose_secret(),
-            "session_token": session_token.as_ref().map(|t| t.expose_secret()),
-            "expiration": expiration,
-        }),
-        _ => Value::Null,
-    };
     let lease = &issued.lease;
-    let ttl_seconds = (lease.expires_at - lease.issued_at).num_seconds();
-    let body = json!({
-        "lease_id": lease.id,
-        "role": lease.role,
-        "plugin": issued.plugin,
-        "ttl_seconds": ttl_seconds,
-        "expires_at": lease.expires_at,
-        "renewable": lease.renewable,
-        "credential": credential,
-    });
+    let body = lessor_client::Issued {
+        lease_id: lease.id.to_string(),
+        role: lease.role.clone(),
+        plugin: issued.plugin.to_string(),
+        ttl_seconds: (lease.expires_at - lease.issued_at).num_seconds(),
+        expires_at: lease.expires_at,
+        renewable: lease.renewable,
+        credential: api_credential(&issued.credential)?,
+    };
     let mut response = Json(body).into_response();
     response.extensions_mut().insert(audited::Issued(lease.id.clone()));
     Ok(response)
 }
 
-pub(crate) fn lease_json(lease: &Lease) -> Value {
-    json!({
-        "lease_id": lease.id,
-        "role": lease.role,
-        "connection": lease.connection,
-        "username": lease.username,
-        "state": lease.state,
-        "issued_at": lease.issued_at,
-        "expires_at": lease.expires_at,
-        "max_expires_at": lease.max_expires_at,
-        "renewable": lease.renewable,
-        "attempts": lease.attempts,
-        "last_error": lease.last_error,
-        "owner": lease.owner,
-        "revoked_at": lease.revoked_at,
+/// A plugin's credential as the API hands it out.
+fn api_credential(credential: &Credential) -> Result<lessor_client::Credential, ApiError> {
+    Ok(match credential {
+        Credential::Database { username, password } => {
+            lessor_client::Credential::Database { username: username.clone(), password: password.clone() }
+        }
+        Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => {
+            lessor_client::Credential::Aws {
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                session_token: session_token.clone(),
+                expiration: *expiration,
+            }
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the plugin made a credential of a kind the API cannot show",
+            ))
+        }
     })
+}
+
+pub(crate) fn lease_info(lease: &Lease) -> lessor_client::LeaseInfo {
+    lessor_client::LeaseInfo {
+        lease_id: lease.id.to_string(),
+        role: lease.role.clone(),
+        connection: lease.connection.clone(),
+        username: lease.username.clone(),
+        state: lease.state.as_str().to_string(),
+        issued_at: lease.issued_at,
+        expires_at: lease.expires_at,
+        max_expires_at: lease.max_expires_at,
+        renewable: lease.renewable,
+        attempts: lease.attempts,
+        last_error: lease.last_error.clone(),
+        owner: lease.owner.clone(),
+        revoked_at: lease.revoked_at,
+        ttl_seconds: None,
+    }
 }
 
 /// How many leases one page of `GET /v1/leases` holds unless `limit` says.
@@ -458,14 +469,14 @@ async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResu
         .broker
         .list(&query.prefix, &caller(request.extensions()), query.after.as_deref(), query.limit)
         .await?;
-    let leases: Vec<Value> = leases.iter().map(lease_json).collect();
+    let leases: Vec<lessor_client::LeaseInfo> = leases.iter().map(lease_info).collect();
     Ok(Json(json!({ "leases": leases, "next": next })).into_response())
 }
 
 async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
     let id = parse_lease_id(&rest)?;
     let lease = state.broker.get(&id, &caller(request.extensions())).await?;
-    Ok(Json(lease_json(&lease)).into_response())
+    Ok(Json(lease_info(&lease)).into_response())
 }
 
 async fn revoke_lease(
@@ -530,8 +541,7 @@ async fn lease_action(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
-    let mut body = lease_json(&renewed);
-    body["ttl_seconds"] = json!(ttl_seconds);
+    let body = lessor_client::LeaseInfo { ttl_seconds: Some(ttl_seconds), ..lease_info(&renewed) };
     Ok(Json(body).into_response())
 }
 

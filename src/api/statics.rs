@@ -5,41 +5,42 @@
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use axum::Json;
-use secrecy::ExposeSecret;
+use lessor_client::types::{RotationState, StaticCredential, StaticInfo};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{caller, parse_duration, read_json, ApiResult, AppState, Path};
 use crate::config::Strategy;
 use crate::rotation::{OperatorRequest, StaticView};
 
 /// A static account as the API shows it; the password only when asked for.
-pub(crate) fn static_json(view: &StaticView, with_secret: bool) -> Value {
-    let mut body = json!({
-        "name": view.name,
-        "strategy": view.strategy.as_str(),
-        "credential": { "username": view.username },
-        "version": view.version,
-        "rotated_at": view.rotated_at,
-        "next_rotation_at": view.next_rotation_at,
-        "previous_username": view.previous_username,
-        "previous_valid_until": view.previous_valid_until,
-        "schedule": view.schedule,
-        "rotation": {
-            "in_progress": view.rotating,
-            "failures": view.failures,
-            "last_error": view.last_error,
-        },
-    });
-    if view.strategy == Strategy::AccessKey {
-        body["credential"] = json!({ "access_key_id": view.username });
-        if with_secret {
-            body["credential"]["secret_access_key"] = json!(view.password.expose_secret());
+pub(crate) fn static_info(view: &StaticView, with_secret: bool) -> StaticInfo {
+    let secret = with_secret.then(|| view.password.clone());
+    let credential = if view.strategy == Strategy::AccessKey {
+        StaticCredential {
+            access_key_id: Some(view.username.clone()),
+            secret_access_key: secret,
+            ..Default::default()
         }
-    } else if with_secret {
-        body["credential"]["password"] = json!(view.password.expose_secret());
+    } else {
+        StaticCredential { username: Some(view.username.clone()), password: secret, ..Default::default() }
+    };
+    StaticInfo {
+        name: view.name.clone(),
+        strategy: view.strategy.as_str().to_string(),
+        credential,
+        version: view.version,
+        rotated_at: view.rotated_at,
+        next_rotation_at: view.next_rotation_at,
+        previous_username: view.previous_username.clone(),
+        previous_valid_until: view.previous_valid_until,
+        schedule: view.schedule.clone(),
+        rotation: RotationState {
+            in_progress: view.rotating.map(str::to_string),
+            failures: view.failures,
+            last_error: view.last_error.clone(),
+        },
     }
-    body
 }
 
 /// `GET /v1/static/{name}`: the current credential and where the rotation
@@ -50,7 +51,7 @@ pub(super) async fn static_get(
     request: Request,
 ) -> ApiResult {
     let view = state.rotator.get(&name, &caller(request.extensions())).await?;
-    Ok(Json(static_json(&view, true)).into_response())
+    Ok(Json(static_info(&view, true)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,7 +72,7 @@ pub(super) async fn static_rotate(
     let body: RotateBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let overlap = parse_duration("overlap", body.overlap.as_deref())?;
     let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await?;
-    Ok(Json(static_json(&view, false)).into_response())
+    Ok(Json(static_info(&view, false)).into_response())
 }
 
 /// `POST /v1/connections/{name}/rotate-root`: rotate the connection's own

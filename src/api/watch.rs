@@ -14,15 +14,16 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::statics::static_json;
-use super::{caller, lease_json, AppState};
+use lessor_client::WatchEvent;
+
+use super::statics::static_info;
+use super::{caller, lease_info, AppState};
 use crate::broker::Caller;
 use crate::events::Event;
-use crate::lease::Lease;
 
 /// How often an idle stream says it is alive.
 const HEARTBEAT: StdDuration = StdDuration::from_secs(15);
@@ -46,8 +47,8 @@ async fn feed(
     mut events: tokio::sync::broadcast::Receiver<Event>,
     lines: mpsc::Sender<Bytes>,
 ) {
-    let send = |value: Value| {
-        let mut line = value.to_string();
+    let send = |event: WatchEvent| {
+        let mut line = serde_json::to_string(&event).expect("events serialize");
         line.push('\n');
         lines.send(Bytes::from(line))
     };
@@ -58,19 +59,19 @@ async fn feed(
     loop {
         let line = tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => match event_json(&event, &caller) {
+                Ok(event) => match event_for(&event, &caller) {
                     Some(line) => line,
                     None => continue,
                 },
                 Err(RecvError::Lagged(missed)) => {
-                    if send(json!({ "event": "lagged", "missed": missed })).await.is_err() {
+                    if send(WatchEvent::Lagged { missed }).await.is_err() {
                         return;
                     }
                     snapshot(&state, &caller).await
                 }
                 Err(RecvError::Closed) => return,
             },
-            _ = heartbeat.tick() => json!({ "event": "heartbeat", "at": Utc::now() }),
+            _ = heartbeat.tick() => WatchEvent::Heartbeat { at: Utc::now() },
             () = lines.closed() => return,
             () = state.shutdown.cancelled() => return,
         };
@@ -81,27 +82,24 @@ async fn feed(
 }
 
 /// Everything the caller may read, now.
-async fn snapshot(state: &AppState, caller: &Caller) -> Value {
+async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
     let mut statics = Vec::new();
     for name in state.rotator.names().filter(|name| caller.may_read_static(name).is_ok()) {
         statics.push(match state.rotator.get(name, caller).await {
-            Ok(view) => static_json(&view, false),
+            Ok(view) => serde_json::to_value(static_info(&view, false)).expect("a static account serializes"),
             Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
         });
     }
-    let leases: Vec<Value> = match state.broker.list_all("", caller).await {
-        Ok(leases) => leases.iter().map(lease_json).collect(),
+    let leases = match state.broker.list_all("", caller).await {
+        Ok(leases) => leases.iter().map(lease_info).collect(),
         Err(_) => Vec::new(),
     };
-    json!({ "event": "snapshot", "at": Utc::now(), "static": statics, "leases": leases })
+    WatchEvent::Snapshot { at: Utc::now(), statics, leases }
 }
 
 /// The event as the caller sees it, or `None` when it is about something
 /// the caller may not read.
-fn event_json(event: &Event, caller: &Caller) -> Option<Value> {
-    let lease_event = |name: &str, lease: &Lease| {
-        caller.may_touch(lease).then(|| json!({ "event": name, "lease": lease_json(lease) }))
-    };
+fn event_for(event: &Event, caller: &Caller) -> Option<WatchEvent> {
     match event {
         Event::Rotated {
             account,
@@ -111,19 +109,20 @@ fn event_json(event: &Event, caller: &Caller) -> Option<Value> {
             previous_username,
             previous_valid_until,
             next_rotation_at,
-        } => caller.may_read_static(account).is_ok().then(|| {
-            json!({
-                "event": "rotated",
-                "account": account,
-                "version": version,
-                "username": username,
-                "rotated_at": rotated_at,
-                "previous_username": previous_username,
-                "previous_valid_until": previous_valid_until,
-                "next_rotation_at": next_rotation_at,
-            })
+        } => caller.may_read_static(account).is_ok().then(|| WatchEvent::Rotated {
+            account: account.clone(),
+            version: *version,
+            username: username.clone(),
+            rotated_at: *rotated_at,
+            previous_username: previous_username.clone(),
+            previous_valid_until: *previous_valid_until,
+            next_rotation_at: *next_rotation_at,
         }),
-        Event::LeaseExpiring(lease) => lease_event("lease_expiring", lease),
-        Event::LeaseRevoked(lease) => lease_event("lease_revoked", lease),
+        Event::LeaseExpiring(lease) => {
+            caller.may_touch(lease).then(|| WatchEvent::LeaseExpiring { lease: lease_info(lease) })
+        }
+        Event::LeaseRevoked(lease) => {
+            caller.may_touch(lease).then(|| WatchEvent::LeaseRevoked { lease: lease_info(lease) })
+        }
     }
 }

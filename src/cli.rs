@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::client::{Client, ClientError, Response};
 
 mod audit;
+mod exec;
 
 use audit::AuditCommand;
 
@@ -65,7 +66,19 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = CredsFormat::Json)]
         format: CredsFormat,
+        /// Write the credential to this file (atomically, mode 0600)
+        /// instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// With --output: keep the lease renewed, replace it before it
+        /// runs out, rewrite the file on every change, and revoke it on
+        /// SIGTERM or SIGINT.
+        #[arg(long, requires = "output")]
+        watch: bool,
     },
+    /// Run a command with a credential in its environment, kept renewed
+    /// while it runs and revoked when it exits; exits with its status.
+    Exec(exec::ExecArgs),
     /// Inspect, renew and revoke leases.
     #[command(subcommand)]
     Lease(LeaseCommand),
@@ -305,6 +318,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             out(&format!("wrote a new seal key to {} (mode 0600)\n", file.display()))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Exec(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
+            runtime.block_on(exec::exec(&client, args))
+        }
         command => {
             // One request per process: a current-thread runtime is enough
             // and starts faster.
@@ -320,7 +340,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
 
 async fn client_command(client: &Client, command: Command) -> Result<(), Failure> {
     match command {
-        Command::Creds { role, ttl, format } => {
+        Command::Creds { role, ttl, format, output: Some(output), watch } => {
+            exec::creds_to_file(client, role, ttl, format, &output, watch).await
+        }
+        Command::Creds { role, ttl, format, output: None, .. } => {
             let body = success(client.creds(&role, ttl.as_deref()).await?)?;
             match format {
                 CredsFormat::Json => out(&pretty(&body)),
@@ -449,7 +472,11 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
                 body["credential"]["username"].as_str().unwrap_or("?")
             ))
         }
-        Command::Serve { .. } | Command::Config(_) | Command::Seal(_) | Command::Audit(_) => {
+        Command::Serve { .. }
+        | Command::Config(_)
+        | Command::Seal(_)
+        | Command::Audit(_)
+        | Command::Exec(_) => {
             unreachable!("handled without a client")
         }
     }

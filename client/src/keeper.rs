@@ -61,6 +61,9 @@ pub struct Held {
     pub credential: Credential,
     /// The lease behind a dynamic credential.
     pub lease_id: Option<String>,
+    /// The plugin that made a dynamic credential (`postgres`, `mysql`,
+    /// `aws`); `None` for a static account.
+    pub plugin: Option<String>,
     /// Counts the credentials this keeper has published, from 1.
     pub generation: u64,
     /// When a dynamic credential's lease ends unless renewed (a static
@@ -131,7 +134,7 @@ struct State {
 enum Wake {
     Stop,
     Due,
-    Event(WatchEvent),
+    Event(Box<WatchEvent>),
     WatchEnded,
 }
 
@@ -144,6 +147,7 @@ impl State {
         let held = Held {
             credential,
             lease_id: issued.as_ref().map(|i| i.lease_id.clone()),
+            plugin: issued.as_ref().map(|i| i.plugin.clone()),
             generation: self.generation,
             expires_at: issued.as_ref().map(|i| i.expires_at),
         };
@@ -194,7 +198,7 @@ impl State {
             let wake = tokio::select! {
                 _ = stop.cancelled() => Wake::Stop,
                 _ = tokio::time::sleep_until(due) => Wake::Due,
-                event = events.recv() => event.map_or(Wake::WatchEnded, Wake::Event),
+                event = events.recv() => event.map_or(Wake::WatchEnded, |e| Wake::Event(Box::new(e))),
             };
             let replace = match wake {
                 Wake::Stop => break,

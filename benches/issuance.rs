@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,mysql,openbao,drain,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //!     [--scale-leases 1000000] [--audit]
 //! ```
@@ -64,13 +64,15 @@ use tokio_util::sync::CancellationToken;
 mod mysql;
 #[path = "issuance/openbao.rs"]
 mod openbao;
+#[path = "issuance/pool.rs"]
+mod pool;
 #[path = "issuance/scale.rs"]
 mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
                      [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "scale"];
+const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "pool", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 /// How often `pg_roles` is polled during the drain.
@@ -746,6 +748,12 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
         let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
         let _ = writeln!(text, "creation_statements = {}", list(&statements));
     }
+    // Short leases, so the keeper of phase `pool` replaces its credential
+    // while the load runs.
+    let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", pool::ROLE);
+    let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
+    let _ = writeln!(text, "default_ttl = \"6s\"\nmax_ttl = \"12s\"");
+    let _ = writeln!(text, "creation_statements = {}", list(&setup.grp_statements()));
     text
 }
 
@@ -924,6 +932,9 @@ async fn phases(
 
     if args.phases.iter().any(|p| p == "drain") {
         drain(args, setup, client, &su, grp_rate, openbao_drain).await?;
+    }
+    if args.phases.iter().any(|p| p == "pool") {
+        pool::phase(args, setup, client).await?;
     }
     if args.phases.iter().any(|p| p == "scale") {
         scale::phase(args, setup).await?;

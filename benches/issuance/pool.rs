@@ -65,9 +65,10 @@ pub async fn phase(args: &Args, setup: &Setup, client: &Client) -> Result<()> {
     let duration = Duration::from_secs_f64(args.seconds);
     let n = args.n;
     println!("\npool: {n} tasks, `{QUERY}` through a pool of {n}, {duration:?} each, alternated");
-    let fixed = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(setup.admin_config(), NoTls))
-        .max_size(n)
-        .build()?;
+    let fixed =
+        deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(setup.admin_config(), NoTls))
+            .max_size(n)
+            .build()?;
     let keeper = Keeper::start(
         client.clone(),
         Source::Role { role: ROLE.into(), ttl: None },

@@ -86,7 +86,15 @@ impl Keeper {
     /// on a refusal that will not change (unknown role, forbidden).
     pub async fn start(client: Client, source: Source, options: Options) -> Result<Self, Error> {
         let stop = CancellationToken::new();
-        let mut state = State { client, source, options, held: None, last: None, generation: 0 };
+        let mut state = State {
+            client,
+            source,
+            options,
+            held: None,
+            last: None,
+            generation: 0,
+            draining: Arc::default(),
+        };
         let first = state.obtain(&stop).await?;
         let (tx, current) = watch::channel(Arc::new(first));
         let task = tokio::spawn(state.run(tx, stop.clone()));
@@ -128,6 +136,8 @@ struct State {
     /// unchanged credential (after a reconnect) from a rotated one.
     last: Option<Credential>,
     generation: u64,
+    /// Replaced leases whose drain is not over yet.
+    draining: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Why the wait for the next step ended.
@@ -232,6 +242,11 @@ impl State {
                     Err(e) => {
                         warn!(error = %e, "keeper: cannot obtain a new credential");
                         self.held = old;
+                        // A refusal that will not change soon: do not spin on it.
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(self.options.max_backoff) => {}
+                        }
                         continue;
                     }
                 }
@@ -241,9 +256,12 @@ impl State {
             }
         }
         watcher.abort();
-        if let Some(held) = self.held.take() {
-            if let Err(e) = self.client.revoke_lease(&held.lease_id).await {
-                warn!(lease = %held.lease_id, error = %e, "keeper: could not revoke the lease at shutdown; it ends at its expiry");
+        // The lease held, and those replaced whose drain is not over: nobody
+        // uses them once the keeper stops.
+        let draining: Vec<String> = self.draining.lock().unwrap().drain().collect();
+        for lease in self.held.take().map(|h| h.lease_id).into_iter().chain(draining) {
+            if let Err(e) = self.client.revoke_lease(&lease).await {
+                warn!(%lease, error = %e, "keeper: could not revoke a lease at shutdown; it ends at its expiry");
             }
         }
     }
@@ -309,12 +327,18 @@ impl State {
         }
     }
 
-    /// Revokes a replaced lease once its drain is over.
+    /// Revokes a replaced lease once its drain is over (or at shutdown,
+    /// whichever comes first).
     fn retire_later(&self, old: Issued) {
         let client = self.client.clone();
         let drain = self.drain(&old);
+        let draining = self.draining.clone();
+        draining.lock().unwrap().insert(old.lease_id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(drain).await;
+            if !draining.lock().unwrap().remove(&old.lease_id) {
+                return; // revoked at shutdown
+            }
             match client.revoke_lease(&old.lease_id).await {
                 Ok(()) => debug!(lease = %old.lease_id, "keeper: replaced lease revoked"),
                 Err(e) => {

@@ -67,7 +67,7 @@ async fn requested_lease(
         Some(raw) => raw,
         None => string_field(&params, "lease_id")?
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| ApiError::bad_request("missing lease ID"))?,
+            .ok_or_else(|| ApiError::bad_request("lease_id must be specified"))?,
     };
     let (shown, id) = lease_id(&state.broker, &raw)?;
     Ok((shown, id, params))
@@ -82,8 +82,14 @@ pub(super) async fn renew(State(state): State<AppState>, request: Request) -> Va
     let (shown, id, params) = requested_lease(&state, request, "/v1/sys/leases/renew/").await?;
     let increment = duration_field(&params, "increment")?;
     let broker = state.broker.clone();
-    let renewed =
-        detached(async move { broker.renew(&id, increment, &caller).await }).await.map_err(broker_error)?;
+    let renewed = match detached(async move { broker.renew(&id, increment, &caller).await }).await {
+        Ok(renewed) => renewed,
+        // Vault's word for renewing what is not there.
+        Err(BrokerError::UnknownLease { .. } | BrokerError::Conflict { state: "revoked", .. }) => {
+            return Err(ApiError::bad_request("lease not found"))
+        }
+        Err(e) => return Err(broker_error(e)),
+    };
     let ttl = seconds_until(renewed.expires_at);
     let mut warnings = Vec::new();
     if let Some(asked) = increment.filter(|i| i.as_secs() > ttl as u64 + 1) {

@@ -55,7 +55,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/aws/static-creds/{name}", get(secrets::static_creds))
         .route("/v1/sys/leases/renew", on(update, leases::renew))
         .route("/v1/sys/leases/renew/{*lease_id}", on(update, leases::renew))
-        .route("/v1/sys/leases/lookup", on(update, leases::lookup))
+        .route("/v1/sys/leases/lookup", on(update, leases::lookup).get(leases::list))
         .route("/v1/sys/leases/lookup/", any(leases::list))
         .route("/v1/sys/leases/lookup/{*prefix}", any(leases::list))
         .route("/v1/sys/leases/revoke", on(update, leases::revoke))
@@ -84,17 +84,20 @@ fn from_vault_client(headers: &axum::http::HeaderMap) -> bool {
 }
 
 /// A layer around the whole API: on Vault's paths (or any path a Vault
-/// client asks for), an error answer in lessor's shape
+/// client asks for), every answer is marked `Cache-Control: no-store`, and
+/// an error answer in lessor's shape
 /// (`{"error":{code,message}}`, from a handler or from the layers that
 /// identify, time and audit requests) is re-shaped into Vault's
 /// (`{"errors":[…]}`), which is what `bao` and hvac parse.
 pub async fn shape_errors(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let vault = is_vault_path(&path) || from_vault_client(request.headers());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     if !vault {
         return response;
     }
+    // As Vault's: nothing on the way may keep a copy of a credential.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let Some(error) = response.extensions().get::<ErrorInfo>().cloned() else {
         return response;
     };

@@ -37,11 +37,18 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
 
 /// `GET auth/token/lookup-self`: the caller as a token. `id` echoes the
 /// `X-Vault-Token` sent (it is the client's own value, and means nothing
-/// here); `policies` are the `[[policies]]` the peer matches.
+/// here), or names the peer's uid when none was; `policies` are the
+/// `[[policies]]` the peer matches.
 pub(super) async fn lookup_self(request: Request) -> Response {
     let caller = caller(request.extensions());
-    let token = request.headers().get("x-vault-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let who = caller.identity();
+    // Agent takes `id` as the token for what follows and needs it non-empty.
+    let token = request
+        .headers()
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .map_or_else(|| format!("lessor-peer-uid-{}", who.uid), str::to_string);
     let mut policies: Vec<&str> = caller.policy_names();
     if caller.is_admin() {
         policies.push("admin");

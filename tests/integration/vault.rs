@@ -540,6 +540,11 @@ async fn lessors_answers_have_the_shape_of_openbaos() {
         call(Method::PUT, "sys/leases/lookup".into(), Some(serde_json::json!({"lease_id": lease_id}))).await;
     assert_eq!(status, 400);
     assert_eq!(invalid, fixture("sys_leases_lookup_invalid"));
+    let (status, not_found) =
+        call(Method::PUT, "sys/leases/renew".into(), Some(serde_json::json!({"lease_id": lease_id}))).await;
+    assert_eq!((status, not_found), (400, fixture("sys_leases_renew_not_found")));
+    let (status, missing) = call(Method::PUT, "sys/leases/renew".into(), Some(serde_json::json!({}))).await;
+    assert_eq!((status, missing), (400, fixture("lease_id_missing")));
 
     let (status, statics) = call(Method::GET, "database/static-creds/billing".into(), None).await;
     assert_eq!(status, 200);

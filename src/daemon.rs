@@ -87,16 +87,39 @@ impl Running {
     }
 }
 
+/// The lease store `server.store` names: SQLite, or PostgreSQL with its
+/// password from `store_password_file` / `store_password_env`.
+async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseStore>> {
+    let server = &config.server;
+    let url = server.store.clone();
+    if url.starts_with("sqlite://") {
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&url)).await??;
+        return Ok(Arc::new(store));
+    }
+    let password = match (&server.store_password_file, &server.store_password_env) {
+        (Some(file), _) => Some(secrecy::SecretString::from(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("server.store_password_file: cannot read {}", file.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        )),
+        (None, Some(var)) => Some(secrecy::SecretString::from(
+            std::env::var(var).with_context(|| format!("server.store_password_env: {var} is not set"))?,
+        )),
+        (None, None) => None,
+    };
+    let node = server.node();
+    let store = crate::store::PostgresStore::open(&url, password.as_ref(), &node).await?;
+    info!(store = ?store, "lease store on PostgreSQL");
+    Ok(Arc::new(store))
+}
+
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
 pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     // Before anything records (the recorder is installed once per process).
     let exporter = crate::metrics::Exporter::new(crate::metrics::install());
-    let store_url = config.server.store.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&store_url))
-        .await?
-        .with_context(|| format!("{}: server.store", config.source))?;
-    let store: Arc<dyn LeaseStore> = Arc::new(store);
+    let store = open_store(&config).await.with_context(|| format!("{}: server.store", config.source))?;
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
     let audit = match config.server.audit_log.clone() {

@@ -262,12 +262,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             0o660
         }
     };
-    if !config.server.store.starts_with("sqlite://") {
-        errors.push(ConfigError::new(
-            "server.store",
-            format!("{:?} is not supported; use sqlite:///path/to/lessor.db", config.server.store),
-        ));
-    }
+    server::check_store(&config.server, &mut errors);
     if config.server.max_body_bytes == 0 {
         errors.push(ConfigError::new("server.max_body_bytes", "must be at least 1"));
     }

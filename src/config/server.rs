@@ -19,9 +19,19 @@ pub struct ServerConfig {
     #[serde(default = "default_socket_mode")]
     pub socket_mode: String,
     /// Where leases are kept: `sqlite:///absolute/path.db` or
-    /// `sqlite://relative/path.db`.
+    /// `sqlite://relative/path.db` (one node), or
+    /// `postgres://user@host:port/db` (a store several nodes can share;
+    /// the password from `store_password_file` or `store_password_env`).
     #[serde(default = "default_store")]
     pub store: String,
+    /// File holding the PostgreSQL store's password (trailing newline
+    /// ignored); keep it mode 0600.
+    pub store_password_file: Option<PathBuf>,
+    /// Environment variable holding the PostgreSQL store's password.
+    pub store_password_env: Option<String>,
+    /// This daemon's name in a shared store (which node issued a lease);
+    /// the host name when omitted.
+    pub node_id: Option<String>,
     /// Audit log path (hash-chained JSON lines, fsync'd before each answer).
     pub audit_log: Option<PathBuf>,
     /// Who is an admin by uid or user name, replacing the default (root
@@ -55,6 +65,9 @@ impl Default for ServerConfig {
             socket: default_socket(),
             socket_mode: default_socket_mode(),
             store: default_store(),
+            store_password_file: None,
+            store_password_env: None,
+            node_id: None,
             audit_log: None,
             admins: None,
             seal_key_file: None,
@@ -86,4 +99,65 @@ fn default_vault_api() -> bool {
 }
 fn default_revoked_retention() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+
+/// `server.store` and what goes with it: the kind of store, a PostgreSQL
+/// store's password source (never in the URL), and `node_id`.
+pub(super) fn check_store(server: &ServerConfig, errors: &mut Vec<lessor_plugin::ConfigError>) {
+    use lessor_plugin::ConfigError;
+    let store = server.store.as_str();
+    let postgres = store.starts_with("postgres://") || store.starts_with("postgresql://");
+    if !store.starts_with("sqlite://") && !postgres {
+        errors.push(ConfigError::new(
+            "server.store",
+            "not supported; use sqlite:///path/to/lessor.db or postgres://user@host:5432/db",
+        ));
+    }
+    if postgres {
+        let userinfo = store.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or(""));
+        if userinfo.is_some_and(|u| u.rsplit_once('@').is_some_and(|(user, _)| user.contains(':'))) {
+            errors.push(ConfigError::new(
+                "server.store",
+                "holds a password: put it in store_password_file or store_password_env instead",
+            ));
+        }
+        if store.parse::<tokio_postgres::Config>().is_err() {
+            errors.push(ConfigError::new("server.store", "is not a PostgreSQL URL"));
+        }
+        if server.store_password_file.is_some() && server.store_password_env.is_some() {
+            errors.push(ConfigError::new(
+                "server.store_password_file",
+                "give store_password_file or store_password_env, not both",
+            ));
+        }
+    } else if server.store_password_file.is_some() || server.store_password_env.is_some() {
+        errors.push(ConfigError::new(
+            "server.store_password_file",
+            "only a postgres:// store takes a password",
+        ));
+    }
+    if let Some(node) = &server.node_id {
+        if node.is_empty() || node.len() > 128 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            errors.push(ConfigError::new(
+                "server.node_id",
+                format!("{node:?}: 1 to 128 characters, no spaces or control characters"),
+            ));
+        }
+    }
+}
+
+impl ServerConfig {
+    /// This node's name: `node_id`, else the host name.
+    pub fn node(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let mut buf = [0u8; 256];
+            // SAFETY: gethostname writes at most buf.len() bytes into buf.
+            let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            match ok {
+                true if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+                _ => "localhost".into(),
+            }
+        })
+    }
 }

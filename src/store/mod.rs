@@ -6,6 +6,7 @@
 //! Writes are few and small, so stores batch concurrent ones into one
 //! transaction (group commit): one fsync serves many requests.
 
+pub mod postgres;
 pub mod sqlite;
 mod statics;
 
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::lease::{Lease, LeaseId, LeaseState};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use statics::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
 

@@ -225,13 +225,23 @@ impl Daemon {
     }
 
     pub async fn start_with_env(db: &TestDb, body: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_on_store(db, None, body, env).await
+    }
+
+    /// [`start_with_env`](Self::start_with_env) with `store` (the lines
+    /// that name the store, e.g. `store = "postgres://…"` and its password
+    /// file) instead of a SQLite file in the temp folder.
+    pub async fn start_on_store(db: &TestDb, store: Option<&str>, body: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lessor.sock");
         let password_file = dir.path().join("admin.pw");
         std::fs::write(&password_file, format!("{}\n", db.admin_password)).unwrap();
+        let store = match store {
+            Some(store) => store.replace("PASSWORD_FILE", &password_file.display().to_string()),
+            None => format!("store = \"sqlite://{}\"", dir.path().join("lessor.db").display()),
+        };
         let config = format!(
-            "[server]\nsocket = {socket:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
-            dir.path().join("lessor.db").display(),
+            "[server]\nsocket = {socket:?}\n{store}\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
             body.replace("PASSWORD_FILE", &password_file.display().to_string()),
         );
         let config_path = dir.path().join("lessor.toml");

@@ -21,6 +21,7 @@ mod listing;
 mod metrics;
 mod mysql;
 mod outage;
+mod pg_store;
 mod rotation;
 mod scram;
 mod secrets;

@@ -440,7 +440,7 @@ fn url_path(url: &str) -> Option<&Path> {
 /// (None when there is none, e.g. for ""). SQLite compares text bytewise and
 /// UTF-8 preserves code point order, so bumping the last char that can be
 /// bumped is enough.
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+pub(super) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);

@@ -1,0 +1,529 @@
+//! The lease store on PostgreSQL, for a fleet of nodes sharing one store
+//! (DESIGN §8). The broker cannot tell it from the SQLite store: both
+//! implement [`LeaseStore`] with the same semantics, times in epoch
+//! milliseconds included.
+//!
+//! Writes go through one writer task that owns one connection: it takes
+//! every queued write (up to [`MAX_BATCH`]), applies each inside its own
+//! savepoint, commits once and only then answers every caller (group
+//! commit), so a node's issuances share round trips and commits instead of
+//! paying one each. Reads use a small deadpool of other connections.
+//!
+//! The schema lives in `schemas/sql/postgres/`; migrations run in one
+//! transaction under an advisory lock, so nodes starting together do not
+//! race. Each lease records the node that issued it (`server.node_id`).
+//! What makes several live nodes share the work (claimed revocations,
+//! heartbeats, `LISTEN/NOTIFY`) is not built yet: the writer's session
+//! holds an advisory lock, and a second daemon on the store is refused.
+
+mod writer;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{NoTls, Row};
+
+use super::{
+    LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
+    Unfinished, Write,
+};
+use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+
+/// Migrations in order; migration `n` (1-based) brings the recorded
+/// version to `n`.
+const MIGRATIONS: &[&str] = &[include_str!("../../../schemas/sql/postgres/0001_leases.sql")];
+
+/// The advisory lock key migrations run under (any fixed number will do;
+/// this one spells "lessor").
+const MIGRATION_LOCK: i64 = 0x6c_6573_736f_72;
+
+/// The advisory lock the writer's session holds while the daemon runs:
+/// until nodes share work through the store (claims, heartbeats), a second
+/// daemon on the same store would roll back the first one's pending leases
+/// as a crash's, so it is refused.
+pub(super) const STORE_LOCK: i64 = 0x6c_6573_736f_73;
+
+/// Writes waiting for the writer before `write` callers wait for room.
+const QUEUE: usize = 4096;
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1000;
+/// Read connections.
+const READERS: usize = 4;
+
+/// Selects every column of `leases` in the order [`lease_from_row`] reads them.
+const SELECT_LEASES: &str = "SELECT id, role, connection, username, state, issued_at, expires_at, \
+     max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, \
+     revoked_at, owner_policy, idempotency FROM leases ";
+
+/// What the writer task is asked to do.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    Write(Write, oneshot::Sender<Result<bool, StoreError>>),
+    Static(StaticWrite, oneshot::Sender<Result<bool, StoreError>>),
+    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
+}
+
+impl Job {
+    fn answer(self, outcome: Result<u64, StoreError>) {
+        match self {
+            Job::Write(_, reply) | Job::Static(_, reply) => {
+                let _ = reply.send(outcome.map(|changed| changed > 0));
+            }
+            Job::Purge(_, reply) => {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+}
+
+/// A write to `static_accounts` (see `LeaseStore::static_*`).
+#[allow(clippy::large_enum_variant)]
+enum StaticWrite {
+    Put(StaticRecord),
+    Claim { name: String, holder: String, now: i64, until: i64 },
+    Release { name: String, holder: String },
+}
+
+/// The PostgreSQL lease store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    /// The URL without its password, for messages.
+    location: String,
+    node: String,
+    jobs: mpsc::Sender<Job>,
+    readers: Pool,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .field("node", &self.node)
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the store at `url` (`postgres://user@host:port/db`,
+    /// libpq's key/value form works too) with `password`, brings its schema
+    /// up to date and starts the writer. Leases written are recorded as
+    /// issued by `node`.
+    pub async fn open(url: &str, password: Option<&SecretString>, node: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+            location: redact_url(url),
+            message: format!("not a PostgreSQL URL: {e}"),
+        })?;
+        if let Some(password) = password {
+            config.password(password.expose_secret());
+        }
+        config.application_name(&format!("lessor {node}"));
+        let location = location(&config);
+        let fail = |message: String| StoreError::Open { location: location.clone(), message };
+
+        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| fail(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        migrate(&mut client).await.map_err(&fail)?;
+        take_store_lock(&client).await.map_err(&fail)?;
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let readers = Pool::builder(manager).max_size(READERS).build().map_err(|e| fail(e.to_string()))?;
+
+        let commits = Arc::new(AtomicU64::new(0));
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(writer::run(writer::Writer {
+            config,
+            client: Some((client, driver)),
+            queue,
+            commits: Arc::clone(&commits),
+            location: location.clone(),
+            node: node.to_string(),
+        }));
+        Ok(Self { location, node: node.to_string(), jobs, readers, commits })
+    }
+
+    /// The node this store writes leases as.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io(format!("{}: {what}: {e}", self.location))
+    }
+
+    async fn query(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.readers.get().await.map_err(|e| self.failed(what, e))?;
+        let statement = client.prepare_cached(sql).await.map_err(|e| self.failed(what, e))?;
+        client.query(&statement, params).await.map_err(|e| self.failed(what, e))
+    }
+
+    fn leases(&self, rows: Vec<Row>) -> Result<Vec<Lease>, StoreError> {
+        rows.iter().map(|row| lease_from_row(row).map_err(|e| self.failed("read a lease", e))).collect()
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn write(&self, write: Write) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Write(write, reply), answer).await
+    }
+
+    async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
+        let rows =
+            self.query("read a lease", &format!("{SELECT_LEASES} WHERE id = $1"), &[&id.as_str()]).await?;
+        Ok(self.leases(rows)?.pop())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        exclude: &[LeaseState],
+        page: Page<'_>,
+    ) -> Result<Vec<Lease>, StoreError> {
+        // A range on the primary key (byte order: COLLATE "C"), starting
+        // after the cursor when it is inside the prefix's range.
+        let (lower, inclusive) = match page.after {
+            Some(after) if after >= prefix => (after.to_owned(), false),
+            _ => (prefix.to_owned(), true),
+        };
+        let upper = super::sqlite::prefix_upper_bound(prefix);
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let exclude: Vec<&str> = exclude.iter().map(|s| s.as_str()).collect();
+        let lower_op = if inclusive { ">=" } else { ">" };
+        let sql = format!(
+            "{SELECT_LEASES} WHERE id {lower_op} $1 AND ($2::text IS NULL OR id < $2) \
+             AND NOT (state = ANY($3)) ORDER BY id LIMIT $4"
+        );
+        let rows = self.query("list leases", &sql, &[&lower, &upper, &exclude, &limit]).await?;
+        self.leases(rows)
+    }
+
+    async fn unfinished(
+        &self,
+        from: ScanFrom,
+        limit: usize,
+    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                "scan unfinished leases",
+                "SELECT seq, id, state, issued_at, expires_at, attempts FROM leases \
+                 WHERE seq > $1 AND state <> 'revoked' ORDER BY seq LIMIT $2",
+                &[&from.0, &limit],
+            )
+            .await?;
+        let mut last = None;
+        let mut page = Vec::with_capacity(rows.len());
+        for row in &rows {
+            last = Some(row.get::<_, i64>(0));
+            let state: String = row.get(2);
+            page.push(Unfinished {
+                id: LeaseId::from_store(row.get(1)),
+                state: LeaseState::parse(&state)
+                    .ok_or_else(|| self.failed("scan", format!("unknown state {state:?}")))?,
+                issued_at: time(row.get(3)).map_err(|e| self.failed("scan", e))?,
+                expires_at: time(row.get(4)).map_err(|e| self.failed("scan", e))?,
+                attempts: row.get::<_, i32>(5) as u32,
+            });
+        }
+        let next = (page.len() as i64 == limit).then_some(last).flatten().map(ScanFrom);
+        Ok((page, next))
+    }
+
+    async fn leased_usernames(
+        &self,
+        usernames: &[String],
+        revoked_since: DateTime<Utc>,
+    ) -> Result<HashSet<String>, StoreError> {
+        if usernames.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let since = revoked_since.timestamp_millis();
+        let rows = self
+            .query(
+                "find leased usernames",
+                "SELECT DISTINCT username FROM leases WHERE username = ANY($1) \
+                 AND (state <> 'revoked' OR revoked_at IS NULL OR revoked_at >= $2)",
+                &[&usernames, &since],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn live_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError> {
+        let rows = self
+            .query(
+                "count live leases",
+                "SELECT role, owner_policy, count(*) FROM leases WHERE state <> 'revoked' GROUP BY role, owner_policy",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)).collect())
+    }
+
+    async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError> {
+        let sql = format!("{SELECT_LEASES} WHERE idempotency = $1 ORDER BY issued_at DESC LIMIT 1");
+        let rows = self.query("find an idempotent lease", &sql, &[&digest]).await?;
+        Ok(self.leases(rows)?.pop())
+    }
+
+    async fn count_by_role_and_state(&self) -> Result<Vec<(String, LeaseState, u64)>, StoreError> {
+        let rows =
+            self.query("count leases", "SELECT role, state, count(*) FROM leases GROUP BY 1, 2", &[]).await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.get(1);
+                let state = LeaseState::parse(&state)
+                    .ok_or_else(|| self.failed("count", format!("unknown state {state:?}")))?;
+                Ok((r.get(0), state, r.get::<_, i64>(2) as u64))
+            })
+            .collect()
+    }
+
+    async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
+    }
+
+    async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError> {
+        let rows = self
+            .query(
+                "read a static account",
+                "SELECT name, version, current_username, current_sealed, rotated_at, previous_username, \
+                 previous_valid_until, previous_end_sessions, pending_version, pending_username, pending_sealed, \
+                 pending_phase, pending_reason, pending_overlap_ms, next_rotation_at, failures, last_error \
+                 FROM static_accounts WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        rows.first()
+            .map(|row| static_from_row(row).map_err(|e| self.failed("read a static account", e)))
+            .transpose()
+    }
+
+    async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
+    }
+
+    async fn static_claim(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let claim = StaticWrite::Claim {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            now: now.timestamp_millis(),
+            until: until.timestamp_millis(),
+        };
+        self.submit(Job::Static(claim, reply), answer).await
+    }
+
+    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
+        self.submit(Job::Static(release, reply), answer).await.map(drop)
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Where the store is, for messages: user, host, port and database, never
+/// a password.
+fn location(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// A URL with any password taken out, for a message about a URL that did
+/// not parse.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ if url.contains("password") => "(a URL with a password)".into(),
+        _ => url.to_string(),
+    }
+}
+
+/// Takes [`STORE_LOCK`] for this session, or says who holds it.
+pub(super) async fn take_store_lock(client: &tokio_postgres::Client) -> Result<(), String> {
+    let taken: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&STORE_LOCK])
+        .await
+        .map_err(|e| format!("cannot lock the store: {e}"))?
+        .get(0);
+    if taken {
+        return Ok(());
+    }
+    let holder = client
+        .query_opt(
+            "SELECT a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.objid = ($1 & 4294967295)::oid AND l.granted LIMIT 1",
+            &[&STORE_LOCK],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| {
+            let name: Option<String> = row.get(0);
+            let addr: Option<String> = row.get(1);
+            format!(" ({} from {})", name.unwrap_or_default(), addr.unwrap_or_else(|| "a local socket".into()))
+        })
+        .unwrap_or_default();
+    Err(format!(
+        "another lessor is using this store{holder}; one daemon per store until nodes share one (DESIGN §8)"
+    ))
+}
+
+/// Runs the migrations the store has not seen, in one transaction under
+/// an advisory lock (another node may be starting too).
+async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
+    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(|e| e.to_string())?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS lessor_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(|e| format!("cannot create the schema version table: {e}"))?;
+    let version: i32 =
+        match tx.query_opt("SELECT version FROM lessor_schema", &[]).await.map_err(|e| e.to_string())? {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute("INSERT INTO lessor_schema (version) VALUES (0)", &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                0
+            }
+        };
+    let latest = MIGRATIONS.len() as i32;
+    if !(0..=latest).contains(&version) {
+        return Err(format!("schema version {version} is unknown to this lessor (latest is {latest})"));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(|e| format!("migration {}: {e}", index + 1))?;
+    }
+    tx.execute("UPDATE lessor_schema SET version = $1", &[&latest]).await.map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| format!("cannot commit the migrations: {e}"))
+}
+
+fn time(millis: i64) -> Result<DateTime<Utc>, String> {
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| format!("bad time {millis}"))
+}
+
+fn lease_from_row(row: &Row) -> Result<Lease, String> {
+    let state: String = row.get(4);
+    let revoked_at: Option<i64> = row.get(15);
+    Ok(Lease {
+        id: LeaseId::from_store(row.get(0)),
+        role: row.get(1),
+        connection: row.get(2),
+        username: row.get(3),
+        state: LeaseState::parse(&state).ok_or_else(|| format!("unknown state {state:?}"))?,
+        issued_at: time(row.get(5))?,
+        expires_at: time(row.get(6))?,
+        max_expires_at: time(row.get(7))?,
+        renewable: row.get(8),
+        attempts: row.get::<_, i32>(9) as u32,
+        last_error: row.get(10),
+        owner: Owner {
+            uid: row.get::<_, i64>(11) as u32,
+            gid: row.get::<_, i64>(12) as u32,
+            pid: row.get(13),
+            policy: row.get(16),
+        },
+        plugin_data: row.get(14),
+        revoked_at: revoked_at.map(time).transpose()?,
+        idempotency: row.get(17),
+    })
+}
+
+fn static_from_row(row: &Row) -> Result<StaticRecord, String> {
+    let opt_time = |index: usize| row.get::<_, Option<i64>>(index).map(time).transpose();
+    let credential = |user: usize, sealed: usize| {
+        let username: Option<String> = row.get(user);
+        let sealed: Option<Vec<u8>> = row.get(sealed);
+        username.zip(sealed).map(|(username, sealed)| SealedCredential { username, sealed })
+    };
+    let pending = match (row.get::<_, Option<i64>>(8), credential(9, 10), row.get::<_, Option<String>>(11)) {
+        (Some(version), Some(credential), Some(phase)) => Some(PendingRotation {
+            version: version as u64,
+            credential,
+            phase: RotationPhase::parse(&phase).ok_or_else(|| format!("unknown phase {phase:?}"))?,
+            reason: row.get(12),
+            overlap_ms: row.get::<_, Option<i64>>(13).unwrap_or(0) as u64,
+        }),
+        _ => None,
+    };
+    Ok(StaticRecord {
+        name: row.get(0),
+        version: row.get::<_, i64>(1) as u64,
+        current: credential(2, 3),
+        rotated_at: opt_time(4)?,
+        previous_username: row.get(5),
+        previous_valid_until: opt_time(6)?,
+        previous_end_sessions: row.get(7),
+        pending,
+        next_rotation_at: opt_time(14)?,
+        failures: row.get::<_, i32>(15) as u32,
+        last_error: row.get(16),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_in_the_url_never_reaches_a_message() {
+        assert_eq!(redact_url("postgres://lessor:s3cret@db:5432/x"), "postgres://lessor@db:5432/x");
+        assert_eq!(redact_url("host=db password=s3cret"), "(a URL with a password)");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+}

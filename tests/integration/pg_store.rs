@@ -1,0 +1,263 @@
+//! The lease store on PostgreSQL (a database of the password-auth test
+//! cluster): the `LeaseStore` contract as the SQLite store keeps it, group
+//! commit, migrations from several nodes at once, and a daemon that issues,
+//! survives kill -9 and revokes on time with its leases there.
+
+use std::time::Duration;
+
+use chrono::{SubsecRound, Utc};
+use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
+use lessor::store::{
+    LeaseStore, Page, PendingRotation, PostgresStore, RotationPhase, ScanFrom, SealedCredential,
+    StaticRecord, StoreError, Write,
+};
+use secrecy::SecretString;
+
+use crate::common::*;
+
+/// A PostgreSQL store in the test database, as the test admin (who owns it).
+async fn store(db: &TestDb, node: &str) -> PostgresStore {
+    let password = SecretString::from(db.admin_password.clone());
+    PostgresStore::open(&db.admin_url(), Some(&password), node).await.expect("open the PostgreSQL store")
+}
+
+fn lease(id: &str, username: &str, state: LeaseState) -> Lease {
+    let now = Utc::now().trunc_subsecs(3);
+    Lease {
+        id: LeaseId::parse(id).unwrap(),
+        role: id.split('/').next().unwrap().to_string(),
+        connection: "pg".into(),
+        username: username.into(),
+        state,
+        issued_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        max_expires_at: now + chrono::Duration::hours(2),
+        renewable: true,
+        attempts: 0,
+        last_error: None,
+        owner: Owner { uid: 1000, gid: 1000, pid: Some(42), policy: Some("web".into()) },
+        plugin_data: Some(serde_json::json!({"k": [1, 2]})),
+        revoked_at: None,
+        idempotency: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_keeps_the_lease_store_contract() {
+    let db = TestDb::create().await;
+    let store = store(&db, "node-a").await;
+
+    let first = lease("app/aaa", "v_app_a", LeaseState::Pending);
+    assert!(store.write(Write::Insert(first.clone())).await.unwrap());
+    assert_eq!(store.get(&first.id).await.unwrap(), Some(first.clone()));
+    // A second insert of the id, or of the username on the connection, is a duplicate.
+    let e = store.write(Write::Insert(first.clone())).await.unwrap_err();
+    assert!(matches!(e, StoreError::Duplicate(_)), "{e}");
+    let e = store.write(Write::Insert(lease("app/bbb", "v_app_a", LeaseState::Pending))).await.unwrap_err();
+    assert!(matches!(e, StoreError::Duplicate(_)), "{e}");
+    let node: String =
+        db.su.query_one("SELECT node FROM leases WHERE id = 'app/aaa'", &[]).await.unwrap().get(0);
+    assert_eq!(node, "node-a");
+
+    // Writes apply only in their states.
+    let later = (Utc::now() + chrono::Duration::minutes(90)).trunc_subsecs(3);
+    assert!(!store.write(Write::Renew { id: first.id.clone(), expires_at: later }).await.unwrap(), "pending");
+    let activate = Write::Activate { id: first.id.clone(), plugin_data: None, expires_at: None };
+    assert!(store.write(activate.clone()).await.unwrap());
+    assert!(!store.write(activate).await.unwrap(), "active already");
+    assert!(store.write(Write::Renew { id: first.id.clone(), expires_at: later }).await.unwrap());
+    let active = store.get(&first.id).await.unwrap().unwrap();
+    assert_eq!((active.state, active.expires_at, active.plugin_data), (LeaseState::Active, later, None));
+    assert!(store.write(Write::StartRevoking { id: first.id.clone() }).await.unwrap());
+    let failed = Write::RevokeFailed {
+        id: first.id.clone(),
+        attempts: 6,
+        last_error: "down".into(),
+        irrevocable: true,
+    };
+    assert!(store.write(failed).await.unwrap());
+    let stuck = store.get(&first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stuck.state, stuck.attempts, stuck.last_error.as_deref()),
+        (LeaseState::Irrevocable, 6, Some("down"))
+    );
+    let at = Utc::now().trunc_subsecs(3);
+    assert!(store.write(Write::Revoked { id: first.id.clone(), at }).await.unwrap());
+    assert!(!store.write(Write::Revoked { id: first.id.clone(), at }).await.unwrap(), "revoked already");
+
+    // Listing: a prefix is a range, not a pattern; pages follow the cursor.
+    for (i, id) in ["app/b01", "app/b02", "app/b03", "ap_x/b04", "apq/b05"].iter().enumerate() {
+        let mut l = lease(id, &format!("v_{i}"), LeaseState::Active);
+        l.idempotency = (i == 1).then(|| "digest-1".to_string());
+        store.write(Write::Insert(l)).await.unwrap();
+    }
+    let ids = |leases: Vec<Lease>| leases.into_iter().map(|l| l.id.to_string()).collect::<Vec<_>>();
+    let all = store.list("app/", &[], Page::ALL).await.unwrap();
+    assert_eq!(ids(all), ["app/aaa", "app/b01", "app/b02", "app/b03"]);
+    let live =
+        store.list("app/", &[LeaseState::Revoked], Page { after: Some("app/b01"), limit: 1 }).await.unwrap();
+    assert_eq!(ids(live), ["app/b02"]);
+    assert_eq!(ids(store.list("ap_", &[], Page::ALL).await.unwrap()), ["ap_x/b04"]);
+    assert_eq!(store.find_idempotent("digest-1").await.unwrap().unwrap().id.as_str(), "app/b02");
+
+    // The start-up scan pages through what is not revoked.
+    let (page, next) = store.unfinished(ScanFrom::default(), 3).await.unwrap();
+    assert_eq!(page.len(), 3);
+    let (rest, end) = store.unfinished(next.unwrap(), 3).await.unwrap();
+    assert_eq!((rest.len(), end), (2, None));
+    assert!(page.iter().chain(&rest).all(|u| u.state == LeaseState::Active));
+
+    let names = vec!["v_app_a".to_string(), "v_0".into(), "nobody".into()];
+    let leased = store.leased_usernames(&names, at).await.unwrap();
+    assert_eq!(leased, ["v_app_a".to_string(), "v_0".into()].into_iter().collect());
+    let leased = store.leased_usernames(&names, at + chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(leased, ["v_0".to_string()].into_iter().collect(), "revoked before: a stray");
+    let mut counts = store.live_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("ap_x".into(), Some("web".into()), 1),
+            ("app".into(), Some("web".into()), 3),
+            ("apq".into(), Some("web".into()), 1)
+        ]
+    );
+    assert!(store.count_by_role_and_state().await.unwrap().contains(&("app".into(), LeaseState::Revoked, 1)));
+    assert_eq!(store.purge_revoked(at + chrono::Duration::seconds(1)).await.unwrap(), 1);
+    assert_eq!(store.get(&first.id).await.unwrap(), None);
+    assert!(store.write(Write::Delete { id: LeaseId::parse("apq/b05").unwrap() }).await.unwrap());
+
+    // Static accounts: a record round-trips, claims exclude other holders.
+    let now = Utc::now().trunc_subsecs(3);
+    let mut record = StaticRecord::new("billing");
+    record.version = 3;
+    record.current = Some(SealedCredential { username: "billing_a".into(), sealed: vec![1, 2, 3] });
+    record.rotated_at = Some(now);
+    record.previous_username = Some("billing_b".into());
+    record.previous_valid_until = Some(now + chrono::Duration::hours(1));
+    record.pending = Some(PendingRotation {
+        version: 4,
+        credential: SealedCredential { username: "billing_b".into(), sealed: vec![9; 40] },
+        phase: RotationPhase::Set,
+        reason: Some("laptop stolen".into()),
+        overlap_ms: 0,
+    });
+    record.failures = 2;
+    store.static_put(record.clone()).await.unwrap();
+    assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()));
+    let until = now + chrono::Duration::seconds(30);
+    assert!(store.static_claim("billing", "node-a", now, until).await.unwrap());
+    assert!(!store.static_claim("billing", "node-b", now, until).await.unwrap(), "held by node-a");
+    assert!(
+        store.static_claim("billing", "node-b", until + chrono::Duration::seconds(1), until).await.unwrap(),
+        "expired"
+    );
+    store.static_release("billing", "node-b").await.unwrap();
+    assert!(store.static_claim("billing", "node-a", now, until).await.unwrap(), "released");
+    assert_eq!(store.static_get("billing").await.unwrap(), Some(record));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
+    let db = TestDb::create().await;
+    // Three nodes open the empty store at once: the advisory lock lets one
+    // migrate and the others find the schema done.
+    let password = SecretString::from(db.admin_password.clone());
+    let open = |node: &'static str| {
+        let (url, password) = (db.admin_url(), password.clone());
+        async move { PostgresStore::open(&url, Some(&password), node).await }
+    };
+    let (a, b, c) = tokio::join!(open("a"), open("b"), open("c"));
+    let version: i32 = db.su.query_one("SELECT version FROM lessor_schema", &[]).await.unwrap().get(0);
+    assert_eq!(version, 1);
+    // Until nodes share work through the store, one daemon holds it.
+    let mut opened = Vec::new();
+    for outcome in [a, b, c] {
+        match outcome {
+            Ok(store) => opened.push(store),
+            Err(e) => assert!(e.to_string().contains("another lessor is using this store (lessor "), "{e}"),
+        }
+    }
+    assert_eq!(opened.len(), 1, "exactly one of three opens holds the store");
+    let a = opened.into_iter().next().unwrap();
+
+    let writes = (0..400).map(|i| {
+        let store = &a;
+        async move {
+            store
+                .write(Write::Insert(lease(
+                    &format!("burst/l{i:04}"),
+                    &format!("v_burst_{i}"),
+                    LeaseState::Pending,
+                )))
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(writes).await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(true))),
+        "{:?}",
+        results.iter().find(|r| !matches!(r, Ok(true)))
+    );
+    assert!(a.commits() < 200, "400 concurrent writes took {} commits: no group commit", a.commits());
+    assert_eq!(a.list("burst/", &[], Page::ALL).await.unwrap().len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_the_postgres_store_issues_survives_kill_9_and_revokes_on_time() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("pgstore");
+    db.track_prefix(&prefix);
+    let store =
+        format!("store = {:?}\nstore_password_file = \"PASSWORD_FILE\"\nnode_id = \"web-7\"", db.admin_url());
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let mut daemon = Daemon::start_on_store(&db, Some(&store), &body, &[]).await;
+    let client = daemon.client();
+
+    let kept = client.creds(&role, None).await.unwrap();
+    assert_eq!(kept.status, 200, "{:?}", kept.body);
+    let kept_id = kept.body["lease_id"].as_str().unwrap().to_string();
+    let short = client.creds(&role, Some("3s")).await.unwrap();
+    let short_user = short.body["credential"]["username"].as_str().unwrap().to_string();
+    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 2);
+    let rows: i64 =
+        db.su.query_one("SELECT count(*) FROM leases WHERE node = 'web-7'", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 2, "the leases are in PostgreSQL, recorded as web-7's");
+
+    // kill -9, then start again on the same store: the leases are there,
+    // the short one is revoked on time, the other renews and revokes.
+    daemon.kill9();
+    daemon.spawn().await;
+    let client = daemon.client();
+    wait_for("the short lease's role to go", Duration::from_secs(15), || async {
+        (!db.role_exists(&short_user).await).then_some(())
+    })
+    .await;
+    assert_eq!(client.renew(&kept_id, Some("30m")).await.unwrap().status, 200);
+    assert_eq!(client.revoke(&kept_id).await.unwrap().status, 200);
+    assert!(db.roles_with_prefix(&prefix).await.is_empty());
+    let states: Vec<String> =
+        db.su.query("SELECT state FROM leases", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(states, ["revoked", "revoked"]);
+}
+
+#[test]
+fn config_check_refuses_a_password_in_the_store_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lessor.toml");
+    std::fs::write(
+        &path,
+        "[server]\nstore = \"postgres://lessor:hunter2@db:5432/lessor\"\nstore_password_env = \"X\"\nstore_password_file = \"/x\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("server.store: holds a password"), "{text}");
+    assert!(text.contains("not both"), "{text}");
+    assert!(!text.contains("hunter2"), "the password is in the message: {text}");
+}

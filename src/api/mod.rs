@@ -300,15 +300,20 @@ pub(crate) fn caller(request_parts: &axum::http::Extensions) -> Caller {
 
 async fn health(State(state): State<AppState>) -> Response {
     let audit_failure = state.audit.failure();
-    let ready = state.broker.is_ready() && audit_failure.is_none();
-    let status = match (&audit_failure, state.broker.is_ready()) {
-        (Some(_), _) => "audit_failing",
-        (None, true) => "ready",
-        (None, false) => "starting",
+    let store_failure = state.broker.store.check().await.err().map(|e| e.to_string());
+    let ready = state.broker.is_ready() && audit_failure.is_none() && store_failure.is_none();
+    let status = match (&audit_failure, &store_failure, state.broker.is_ready()) {
+        (Some(_), _, _) => "audit_failing",
+        (None, Some(_), _) => "degraded",
+        (None, None, true) => "ready",
+        (None, None, false) => "starting",
     };
     let mut body = json!({ "status": status, "scheduled_leases": state.broker.scheduled() });
     if let Some(path) = state.audit.path() {
         body["audit"] = json!({ "path": path, "ok": audit_failure.is_none(), "error": audit_failure });
+    }
+    if let Some(error) = store_failure {
+        body["store"] = json!({ "ok": false, "error": error });
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()

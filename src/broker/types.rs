@@ -39,7 +39,7 @@ pub enum BrokerError {
     /// The backend failed (502) or the role is wrong for it.
     #[error("{context}: {source}")]
     Backend { context: String, source: PluginError },
-    /// The lease store failed (500).
+    /// The lease store failed (503): nothing was done.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A bug in lessor itself (500).
@@ -62,7 +62,8 @@ impl BrokerError {
                 Fault::Backend => (502, "backend_failed"),
                 Fault::Internal => (500, "internal"),
             },
-            Self::Store(_) => (500, "store_failed"),
+            // Nothing was created: the lease could not be recorded first.
+            Self::Store(_) => (503, "store_unavailable"),
             Self::Internal { .. } => (500, "internal"),
         }
     }

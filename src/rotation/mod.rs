@@ -78,7 +78,7 @@ pub enum RotationError {
     /// The stored secret does not open with this key (500).
     #[error(transparent)]
     Seal(#[from] SealError),
-    /// The store failed (500).
+    /// The store failed (503).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -95,7 +95,7 @@ impl RotationError {
             Self::NotReady { .. } => (503, "not_ready"),
             Self::Backend { .. } => (502, "backend_failed"),
             Self::Seal(_) => (500, "seal_failed"),
-            Self::Store(_) => (500, "store_failed"),
+            Self::Store(_) => (503, "store_unavailable"),
         }
     }
 }

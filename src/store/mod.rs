@@ -203,6 +203,12 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// Gives up `holder`'s claim on `name`'s rotation, if it has one.
     async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Whether the store answers now, for `health`: a cheap round trip
+    /// for a store across the network; the embedded store is always there.
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Transactions committed so far: against the number of writes it
     /// shows how well group commit batches. 0 if not counted. (The daemon
     /// exports the same count as `lessor_store_commits_total`.)

@@ -15,10 +15,13 @@ use serde_json::json;
 use super::{vault_time, Envelope};
 use crate::api::{caller, AppState};
 
-/// `GET sys/health`: 200 when ready, 503 while starting or while the audit
-/// log cannot be written (the native `GET /v1/health` says which).
+/// `GET sys/health`: 200 when ready, 503 while starting, while the audit
+/// log cannot be written or the store cannot be reached (the native
+/// `GET /v1/health` says which).
 pub(super) async fn health(State(state): State<AppState>) -> Response {
-    let ready = state.broker.is_ready() && state.audit.failure().is_none();
+    let ready = state.broker.is_ready()
+        && state.audit.failure().is_none()
+        && state.broker.store.check().await.is_ok();
     let body = json!({
         "initialized": true,
         "sealed": false,

@@ -241,6 +241,54 @@ async fn a_daemon_on_the_postgres_store_issues_survives_kill_9_and_revokes_on_ti
     assert_eq!(states, ["revoked", "revoked"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_cut_off_issuance_answers_503_and_everything_resumes_when_it_returns() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("pgcut");
+    db.track_prefix(&prefix);
+    // The store through a proxy the test can cut; the backend direct.
+    let proxy = Proxy::start((db.host.clone(), db.port)).await;
+    let url = format!("postgres://{}@{}:{}/{}", db.admin, db.host, proxy.port, db.database);
+    let store = format!("store = {url:?}\nstore_password_file = \"PASSWORD_FILE\"");
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let daemon = Daemon::start_on_store(&db, Some(&store), &body, &[]).await;
+    let client = daemon.client();
+    assert_eq!(client.creds(&role, None).await.unwrap().status, 200);
+    let short = client.creds(&role, Some("4s")).await.unwrap();
+    let short_user = short.body["credential"]["username"].as_str().unwrap().to_string();
+
+    proxy.cut();
+    let refused = client.creds(&role, None).await.unwrap();
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "store_unavailable");
+    let health = client.health().await.unwrap();
+    assert_eq!((health.status, health.body["status"].as_str()), (503, Some("degraded")), "{:?}", health.body);
+    assert!(health.body["store"]["error"].as_str().unwrap().contains("reach the store"), "{:?}", health.body);
+    assert!(!health.body.to_string().contains(&db.admin_password), "a password in health");
+    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 2, "nothing was created while the store was down");
+    // The short lease falls due during the outage.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    proxy.restore();
+    wait_for("issuance to work again", Duration::from_secs(30), || async {
+        (client.creds(&role, None).await.unwrap().status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(client.health().await.unwrap().body["status"], "ready");
+    wait_for("the lease that fell due in the outage to be revoked", Duration::from_secs(60), || async {
+        (!db.role_exists(&short_user).await).then_some(())
+    })
+    .await;
+    // And its lease is recorded revoked; nothing is lost.
+    let states = wait_for("the store to record it", Duration::from_secs(10), || async {
+        let rows = db.su.query("SELECT state FROM leases ORDER BY issued_at", &[]).await.unwrap();
+        let states: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        (states.get(1).map(String::as_str) == Some("revoked")).then_some(states)
+    })
+    .await;
+    assert_eq!(states, ["active", "revoked", "active"]);
+}
+
 #[test]
 fn config_check_refuses_a_password_in_the_store_url() {
     let dir = tempfile::tempdir().unwrap();

@@ -356,6 +356,16 @@ impl LeaseStore for PostgresStore {
         self.submit(Job::Static(release, reply), answer).await.map(drop)
     }
 
+    async fn check(&self) -> Result<(), StoreError> {
+        let probe = async {
+            let client = self.readers.get().await.map_err(|e| self.failed("reach the store", e))?;
+            client.simple_query("SELECT 1").await.map_err(|e| self.failed("reach the store", e)).map(drop)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(2), probe)
+            .await
+            .unwrap_or_else(|_| Err(self.failed("reach the store", "no answer within 2 s")))
+    }
+
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }

@@ -116,6 +116,11 @@ impl ApiError {
         Self { status, code, message: message.into() }
     }
 
+    /// The same error answered with another status (the Vault API's codes).
+    pub(crate) fn with_status(self, status: StatusCode) -> Self {
+        Self { status, ..self }
+    }
+
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
@@ -235,6 +240,14 @@ async fn guard(
         "request"
     );
     response
+}
+
+/// Runs a broker operation in a task of its own, so a caller that goes
+/// away (or a request timeout) does not cut it off half-way.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, BrokerError>> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::spawn(work).await.map_err(|e| BrokerError::Internal { message: e.to_string() })?
 }
 
 /// Reads a body of at most `limit` bytes.
@@ -495,9 +508,7 @@ async fn revoke_lease(
     // revocation off half-way.
     let broker = state.broker.clone();
     let target = id.clone();
-    let outcome = tokio::spawn(async move { broker.revoke(&target, false, &caller).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let outcome = detached(async move { broker.revoke(&target, false, &caller).await }).await?;
     let mut body = revocation_json(&id, outcome);
     if !state.broker.is_revocable(id.role()) {
         body["note"] = json!(
@@ -542,9 +553,7 @@ async fn lease_action(
     let body: RenewBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let increment = parse_duration("increment", body.increment.as_deref())?;
     let broker = state.broker.clone();
-    let renewed = tokio::spawn(async move { broker.renew(&id, increment, &caller).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let renewed = detached(async move { broker.renew(&id, increment, &caller).await }).await?;
     let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
     let body = lessor_client::LeaseInfo { ttl_seconds: Some(ttl_seconds), ..lease_info(&renewed) };
     Ok(Json(body).into_response())
@@ -566,9 +575,7 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
     })?;
     let broker = state.broker.clone();
     let (revoked, failed) =
-        tokio::spawn(async move { broker.revoke_prefix(&prefix, body.force, &caller).await })
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        detached(async move { broker.revoke_prefix(&prefix, body.force, &caller).await }).await?;
     let failed: Vec<Value> =
         failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
     let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };

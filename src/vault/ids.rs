@@ -77,22 +77,43 @@ pub fn parse(raw: &str) -> Option<(Option<Mount>, LeaseId)> {
     }
 }
 
+/// A prefix as a folder: as in Vault, one that does not end in `/` is a
+/// whole path segment (`database/creds/app` means `database/creds/app/`,
+/// not `app_ro` too). Leading slashes go; "" stays "" (everything).
+pub fn folder(prefix: &str) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// A prefix in Vault's form: one under `database/` or `aws/` (or "") is
+/// already; one in lessor's (`app_ro/`) is put under the role's mount's
+/// `creds/`, so both forms select the same leases.
+pub fn in_vault_form(prefix: &str, mount: Mount) -> String {
+    let prefix = folder(prefix);
+    let root = prefix.split('/').next().unwrap_or("");
+    if prefix.is_empty() || root == "database" || root == "aws" {
+        prefix
+    } else {
+        format!("{}/creds/{prefix}", mount.as_str())
+    }
+}
+
 /// What a Vault prefix (`database/creds/app_ro`, `aws/`, `database/creds/`)
-/// selects among lessor's leases of one role: every lease of the role, or
-/// those under a lessor prefix within it, or none.
-///
-/// As in Vault, a prefix that does not end in `/` is taken as a whole path
-/// segment: `database/creds/app` selects role `app`, not `app_ro`.
-pub fn role_prefix(vault_prefix: &str, mount: Mount, role: &str) -> Option<String> {
-    let prefix = vault_prefix.trim_start_matches('/');
-    let prefix =
-        if prefix.is_empty() || prefix.ends_with('/') { prefix.to_string() } else { format!("{prefix}/") };
+/// selects among lessor's leases of one role: the issuing path it is under
+/// (`creds`, `sts`) and the lessor prefix of the leases it selects (every
+/// lease of the role, or those under a prefix within it), or `None`.
+pub fn role_prefix(vault_prefix: &str, mount: Mount, role: &str) -> Option<(&'static str, String)> {
+    let prefix = folder(vault_prefix);
     mount.issuing_paths().iter().find_map(|path| {
         let whole_role = format!("{}/{path}/{role}/", mount.as_str());
         if whole_role.starts_with(&prefix) {
-            Some(format!("{role}/"))
+            Some((*path, format!("{role}/")))
         } else {
-            prefix.strip_prefix(&whole_role).map(|within| format!("{role}/{within}"))
+            prefix.strip_prefix(&whole_role).map(|within| (*path, format!("{role}/{within}")))
         }
     })
 }
@@ -138,6 +159,7 @@ mod tests {
             ("database/creds/app_ro/", Some("app_ro/")),
             ("database/creds/app_ro/ab", Some("app_ro/ab/")),
             ("database/creds/", Some("app_ro/")),
+            ("database/creds", Some("app_ro/")),
             ("database/", Some("app_ro/")),
             ("database", Some("app_ro/")),
             ("", Some("app_ro/")),
@@ -146,9 +168,17 @@ mod tests {
             ("aws/", None),
             ("database/static-creds/", None),
         ] {
-            assert_eq!(role_prefix(prefix, db, "app_ro").as_deref(), wanted, "{prefix:?}");
+            let got = role_prefix(prefix, db, "app_ro");
+            assert_eq!(got.as_ref().map(|(_, p)| p.as_str()), wanted, "{prefix:?}");
+            assert!(got.is_none_or(|(path, _)| path == "creds"));
         }
-        assert_eq!(role_prefix("aws/sts/deploy/", Mount::Aws, "deploy").as_deref(), Some("deploy/"));
+        assert_eq!(role_prefix("aws/sts/deploy", Mount::Aws, "deploy"), Some(("sts", "deploy/".to_string())));
+        assert_eq!(role_prefix("aws/", Mount::Aws, "deploy"), Some(("creds", "deploy/".to_string())));
+        // lessor's form of a prefix selects the same leases.
+        assert_eq!(in_vault_form("app_ro/", db), "database/creds/app_ro/");
+        assert_eq!(in_vault_form("app_ro", db), "database/creds/app_ro/");
+        assert_eq!(in_vault_form("database/creds/app_ro", db), "database/creds/app_ro/");
+        assert_eq!(in_vault_form("", db), "");
     }
 
     #[test]

@@ -4,32 +4,24 @@
 //! `app_ro/<id>`); answers use the form the client sent.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use tracing::warn;
 
 use super::ids::{self, vault_id, Mount};
 use super::{
     bool_field, broker_error, duration_field, no_content, read_body, seconds_until, string_field, vault_time,
     Envelope,
 };
-use crate::api::{caller, ApiError, AppState};
+use crate::api::{caller, detached, ApiError, AppState};
 use crate::broker::{Broker, BrokerError, Caller};
 use crate::lease::{LeaseId, LeaseState};
 
 type VaultResult = Result<Response, ApiError>;
-
-/// Runs `work` in a task of its own, so a client that hangs up (or a
-/// request timeout) does not cut a renewal or revocation off half-way.
-async fn detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, BrokerError>> + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::spawn(work).await.map_err(|e| BrokerError::Internal { message: e.to_string() })?
-}
 
 /// What follows `prefix` in the request's path, percent-decoded; `None`
 /// when the route has no such part.
@@ -59,9 +51,12 @@ fn lease_id(broker: &Broker, raw: &str) -> Result<(String, LeaseId), ApiError> {
 async fn requested_lease(
     state: &AppState,
     request: Request,
-    route: &str,
+    route: Option<&str>,
 ) -> Result<(String, LeaseId, serde_json::Map<String, serde_json::Value>), ApiError> {
-    let from_path = path_tail(&request, route)?.filter(|t| !t.is_empty());
+    let from_path = match route {
+        Some(route) => path_tail(&request, route)?.filter(|t| !t.is_empty()),
+        None => None,
+    };
     let params = read_body(state, request.into_body()).await?;
     let raw = match from_path {
         Some(raw) => raw,
@@ -79,15 +74,16 @@ async fn requested_lease(
 /// warning, which is how Agent learns to fetch a new credential.
 pub(super) async fn renew(State(state): State<AppState>, request: Request) -> VaultResult {
     let caller = caller(request.extensions());
-    let (shown, id, params) = requested_lease(&state, request, "/v1/sys/leases/renew/").await?;
+    let (shown, id, params) = requested_lease(&state, request, Some("/v1/sys/leases/renew/")).await?;
     let increment = duration_field(&params, "increment")?;
     let broker = state.broker.clone();
     let renewed = match detached(async move { broker.renew(&id, increment, &caller).await }).await {
         Ok(renewed) => renewed,
-        // Vault's word for renewing what is not there.
+        // Vault's words and status for renewing what is gone or going.
         Err(BrokerError::UnknownLease { .. } | BrokerError::Conflict { state: "revoked", .. }) => {
             return Err(ApiError::bad_request("lease not found"))
         }
+        Err(e @ BrokerError::Conflict { .. }) => return Err(ApiError::bad_request(e.to_string())),
         Err(e) => return Err(broker_error(e)),
     };
     let ttl = seconds_until(renewed.expires_at);
@@ -99,7 +95,9 @@ pub(super) async fn renew(State(state): State<AppState>, request: Request) -> Va
     }
     Ok(Envelope {
         lease_id: shown,
-        renewable: renewed.renewable && renewed.expires_at < renewed.max_expires_at,
+        // Still renewable when capped, as Vault answers: Agent's lifetime
+        // watcher sees the short TTL, not a refusal, and fetches anew in time.
+        renewable: renewed.renewable,
         lease_duration: ttl,
         warnings,
         ..Envelope::default()
@@ -111,7 +109,7 @@ pub(super) async fn renew(State(state): State<AppState>, request: Request) -> Va
 /// lease is gone, as in Vault.
 pub(super) async fn lookup(State(state): State<AppState>, request: Request) -> VaultResult {
     let caller = caller(request.extensions());
-    let (shown, id, _) = requested_lease(&state, request, "/v1/sys/leases/lookup/").await?;
+    let (shown, id, _) = requested_lease(&state, request, None).await?;
     let lease = state.broker.get(&id, &caller).await.map_err(broker_error)?;
     if lease.state == LeaseState::Revoked {
         return Err(broker_error(BrokerError::UnknownLease { id: id.to_string() }));
@@ -149,15 +147,14 @@ pub(super) async fn list(State(state): State<AppState>, request: Request) -> Vau
     }
     let caller = caller(request.extensions());
     let prefix = path_tail(&request, "/v1/sys/leases/lookup/")?.unwrap_or_default();
-    let prefix = prefix.trim_start_matches('/');
     let mut keys = BTreeSet::new();
-    for (mount, within) in selected_roles(&state.broker, prefix) {
-        for lease in state.broker.list_all(&within, &caller).await.map_err(broker_error)? {
+    for selected in selected_roles(&state.broker, &prefix) {
+        for lease in state.broker.list_all(&selected.within, &caller).await.map_err(broker_error)? {
             if lease.state == LeaseState::Revoked {
                 continue;
             }
-            let id = vault_id(mount, "creds", &lease.id);
-            if let Some(key) = ids::next_key(prefix, &id) {
+            let id = vault_id(selected.mount, selected.path, &lease.id);
+            if let Some(key) = ids::next_key(&selected.vault_prefix, &id) {
                 keys.insert(key.to_string());
             }
         }
@@ -168,14 +165,27 @@ pub(super) async fn list(State(state): State<AppState>, request: Request) -> Vau
     Ok(Envelope { data: Some(json!({ "keys": keys })), ..Envelope::default() }.into_response())
 }
 
-/// Each configured role's leases a Vault prefix reaches: the role's mount
-/// and the lessor prefix that selects them.
-fn selected_roles(broker: &Broker, vault_prefix: &str) -> Vec<(Mount, String)> {
+/// One configured role's leases a prefix reaches.
+struct Selected {
+    mount: Mount,
+    /// The issuing path the prefix is under (`creds`, `sts`).
+    path: &'static str,
+    /// The prefix in Vault's form, as a folder.
+    vault_prefix: String,
+    /// The lessor prefix of the leases it selects.
+    within: String,
+}
+
+/// Each configured role's leases a prefix (Vault's form or lessor's)
+/// reaches.
+fn selected_roles(broker: &Broker, prefix: &str) -> Vec<Selected> {
     broker
         .role_names()
         .filter_map(|role| {
             let mount = broker.role_plugin(role).and_then(Mount::of_plugin)?;
-            ids::role_prefix(vault_prefix, mount, role).map(|within| (mount, within))
+            let vault_prefix = ids::in_vault_form(prefix, mount);
+            let (path, within) = ids::role_prefix(&vault_prefix, mount, role)?;
+            Some(Selected { mount, path, vault_prefix, within })
         })
         .collect()
 }
@@ -186,7 +196,7 @@ fn selected_roles(broker: &Broker, vault_prefix: &str) -> Vec<(Mount, String)> {
 /// revoked already, as Vault answers it.
 pub(super) async fn revoke(State(state): State<AppState>, request: Request) -> VaultResult {
     let caller = caller(request.extensions());
-    let (_, id, params) = requested_lease(&state, request, "/v1/sys/leases/revoke/").await?;
+    let (_, id, params) = requested_lease(&state, request, Some("/v1/sys/leases/revoke/")).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
     let broker = state.broker.clone();
     if !sync {
@@ -228,12 +238,25 @@ async fn revoke_under(
     // First, so that a prefix selecting nothing is no way around it.
     caller.require_admin("revoke leases by prefix").map_err(|e| broker_error(e.into()))?;
     let prefix = path_tail(&request, route)?.unwrap_or_default();
+    if prefix.trim_matches('/').is_empty() {
+        // As lessor's own revoke -prefix: everything is never meant.
+        return Err(ApiError::bad_request("a prefix is required, e.g. database/creds/app_ro"));
+    }
     let params = read_body(&state, request.into_body()).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
     let broker = state.broker.clone();
     let work = async move { revoke_selected(&broker, &prefix, force, &caller).await };
     if !sync {
-        state.broker.tasks().spawn(work);
+        state.broker.tasks().spawn(async move {
+            match work.await {
+                Ok(failed) if failed.is_empty() => {}
+                Ok(failed) => warn!(
+                    failed = failed.len(),
+                    "revoke-prefix (queued): some leases stay scheduled for retry"
+                ),
+                Err(e) => warn!(error = %e, "revoke-prefix (queued) failed"),
+            }
+        });
         return Ok(StatusCode::ACCEPTED.into_response());
     }
     let failed = detached(work).await.map_err(broker_error)?;
@@ -260,15 +283,20 @@ async fn revoke_selected(
     force: bool,
     caller: &Caller,
 ) -> Result<Vec<(LeaseId, BrokerError)>, BrokerError> {
-    if let Ok((_, id)) = lease_id(broker, prefix) {
-        return match broker.revoke(&id, force, caller).await {
-            Ok(_) | Err(BrokerError::UnknownLease { .. }) => Ok(Vec::new()),
-            Err(e) => Ok(vec![(id, e)]),
-        };
+    // One lease, when the prefix is one's id (never when it ends in `/`);
+    // an id that names no lease is a prefix after all (`database/creds`).
+    if !prefix.ends_with('/') {
+        if let Ok((_, id)) = lease_id(broker, prefix) {
+            match broker.revoke(&id, force, caller).await {
+                Ok(_) => return Ok(Vec::new()),
+                Err(BrokerError::UnknownLease { .. }) => {}
+                Err(e) => return Ok(vec![(id, e)]),
+            }
+        }
     }
     let mut failed = Vec::new();
-    for (_, within) in selected_roles(broker, prefix) {
-        failed.extend(broker.revoke_prefix(&within, force, caller).await?.1);
+    for selected in selected_roles(broker, prefix) {
+        failed.extend(broker.revoke_prefix(&selected.within, force, caller).await?.1);
     }
     Ok(failed)
 }

@@ -63,7 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sys/leases/revoke-prefix/{*prefix}", on(update, leases::revoke_prefix))
         .route("/v1/sys/leases/revoke-force/{*prefix}", on(update, leases::revoke_force))
         .route("/v1/auth/token/lookup-self", get(sys::lookup_self))
-        .route("/v1/sys/health", get(sys::health).head(sys::health))
+        .route("/v1/sys/health", get(sys::health))
         .route("/v1/sys/internal/ui/mounts/{*path}", get(sys::no_mount_info))
 }
 
@@ -122,7 +122,8 @@ pub async fn shape_errors(request: Request, next: Next) -> Response {
 }
 
 /// Vault's answer envelope (`logical.HTTPResponse`), in Vault's key order.
-#[derive(Debug, Default)]
+/// No `Debug`: its data holds plaintext credentials.
+#[derive(Default)]
 pub(crate) struct Envelope {
     pub lease_id: String,
     pub renewable: bool,
@@ -232,25 +233,23 @@ fn duration_field(params: &Map<String, Value>, key: &str) -> Result<Option<Durat
 /// A broker error with the status Vault gives it: an unknown role or lease
 /// is Vault's 400 (`logical.ErrorResponse`), not lessor's 404.
 fn broker_error(e: BrokerError) -> ApiError {
-    let (status, code) = e.status_and_code();
     match &e {
         BrokerError::UnknownRole { role } => ApiError::bad_request(format!("unknown role: {role}")),
         BrokerError::UnknownLease { .. } => ApiError::bad_request("invalid lease"),
-        _ => ApiError::new(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            code,
-            e.to_string(),
-        ),
+        _ => ApiError::from(e),
     }
 }
 
+/// A rotation error with the status Vault gives it: an unknown account or
+/// connection is a 400.
 fn rotation_error(e: RotationError) -> ApiError {
-    let (status, code) = e.status_and_code();
-    let status = match status {
-        404 => StatusCode::BAD_REQUEST,
-        other => StatusCode::from_u16(other).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    };
-    ApiError::new(status, code, e.to_string())
+    let unknown = matches!(e, RotationError::UnknownAccount { .. } | RotationError::UnknownConnection { .. });
+    let error = ApiError::from(e);
+    if unknown {
+        error.with_status(StatusCode::BAD_REQUEST)
+    } else {
+        error
+    }
 }
 
 /// Seconds from now until `at`, to the nearest (a lease renewed by 30m

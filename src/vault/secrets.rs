@@ -4,10 +4,11 @@
 //! (`database/` for PostgreSQL and MySQL, `aws/` for AWS).
 
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use lessor_plugin::Credential;
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::ids::{vault_id, Mount};
 use super::{
@@ -18,6 +19,7 @@ use crate::api::audited::Issued;
 use crate::api::{caller, ApiError, AppState, Path};
 use crate::broker::{BrokerError, Caller};
 use crate::config::{RotationSchedule, Strategy};
+use crate::policy::Denied;
 use crate::rotation::{OperatorRequest, RotationError};
 
 type VaultResult = Result<Response, ApiError>;
@@ -59,12 +61,20 @@ async fn aws(
     issue(&state, Mount::Aws, path, role, ttl, caller, warnings).await
 }
 
-/// Whether a role or account of `plugin` lives under `mount`. One outside
-/// it is as unknown there as one that does not exist, but only to a caller
-/// that may use it: the permission is asked first, as the broker and the
-/// rotator ask it, so a refusal tells nothing of what exists.
+/// Whether a role or account of `plugin` lives under `mount`.
 fn in_mount(mount: Mount, plugin: Option<&str>) -> bool {
     plugin.and_then(Mount::of_plugin) == Some(mount)
+}
+
+/// The answer for a role or account outside the mount asked for: as
+/// unknown there as one that does not exist, but only to a caller allowed
+/// to use it. The permission is asked first, as the broker and the rotator
+/// ask it, so a refusal tells nothing of what exists.
+fn unknown_here<T>(allowed: Result<T, Denied>, unknown: ApiError) -> ApiError {
+    match allowed {
+        Err(denied) => broker_error(denied.into()),
+        Ok(_) => unknown,
+    }
 }
 
 async fn issue(
@@ -77,8 +87,7 @@ async fn issue(
     warnings: Vec<String>,
 ) -> VaultResult {
     if !in_mount(mount, state.broker.role_plugin(&role)) {
-        caller.may_issue(&role).map_err(|e| broker_error(e.into()))?;
-        return Err(broker_error(BrokerError::UnknownRole { role }));
+        return Err(unknown_here(caller.may_issue(&role), broker_error(BrokerError::UnknownRole { role })));
     }
     let issued = state.broker.issue_detached(role, ttl, caller).await.map_err(broker_error)?;
     let data = match &issued.credential {
@@ -94,7 +103,13 @@ async fn issue(
                 "session_token": token,
             })
         }
-        _ => Value::Null,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the plugin made a credential of a kind the Vault API cannot show",
+            ))
+        }
     };
     let lease = &issued.lease;
     let mut response = Envelope {
@@ -120,8 +135,8 @@ pub(super) async fn static_creds(
     let caller = caller(request.extensions());
     let kind = state.rotator.account_kind(&name);
     if !in_mount(mount, kind.map(|(plugin, _)| plugin)) {
-        caller.may_read_static(&name).map_err(|e| rotation_error(e.into()))?;
-        return Err(rotation_error(RotationError::UnknownAccount { name }));
+        let unknown = rotation_error(RotationError::UnknownAccount { name: name.clone() });
+        return Err(unknown_here(caller.may_read_static(&name), unknown));
     }
     let view = state.rotator.get(&name, &caller).await.map_err(rotation_error)?;
     let schedule = kind.map(|(_, schedule)| schedule);
@@ -134,12 +149,15 @@ pub(super) async fn static_creds(
     };
     data["last_vault_rotation"] = json!(view.rotated_at.map(vault_time));
     data["ttl"] = json!(view.next_rotation_at.map_or(0, seconds_until));
-    data["rotation_period"] = json!(match schedule {
-        Some(RotationSchedule::Period(period)) => period.as_secs(),
-        _ => 0,
-    });
-    if let Some(RotationSchedule::Cron(_, text)) = schedule {
-        data["rotation_schedule"] = json!(text);
+    match schedule {
+        Some(RotationSchedule::Period(period)) => data["rotation_period"] = json!(period.as_secs()),
+        Some(RotationSchedule::Cron(_, text)) => {
+            data["rotation_period"] = json!(0);
+            data["rotation_schedule"] = json!(text);
+        }
+        // Rotated only on demand: no period, so Agent re-reads at its own
+        // pace (5 minutes) rather than every `ttl + 1` = 1 s.
+        _ => {}
     }
     Ok(Envelope { data: Some(data), ..Envelope::default() }.into_response())
 }
@@ -154,8 +172,8 @@ pub(super) async fn rotate_role(
 ) -> VaultResult {
     let caller = caller(request.extensions());
     if !in_mount(Mount::Database, state.rotator.account_kind(&name).map(|(plugin, _)| plugin)) {
-        caller.may_rotate(&name).map_err(|e| rotation_error(e.into()))?;
-        return Err(rotation_error(RotationError::UnknownAccount { name }));
+        let unknown = rotation_error(RotationError::UnknownAccount { name: name.clone() });
+        return Err(unknown_here(caller.may_rotate(&name), unknown));
     }
     let request = OperatorRequest { reason: Some("database/rotate-role (Vault API)".into()), overlap: None };
     state.rotator.rotate(&name, request, &caller).await.map_err(rotation_error)?;
@@ -171,8 +189,11 @@ pub(super) async fn rotate_root(
 ) -> VaultResult {
     let caller = caller(request.extensions());
     if !in_mount(Mount::Database, state.rotator.connection_plugin(&connection)) {
-        caller.require_admin("rotate a connection's admin credential").map_err(|e| broker_error(e.into()))?;
-        return Err(rotation_error(RotationError::UnknownConnection { name: connection }));
+        let allowed = caller.require_admin("rotate a connection's admin credential");
+        return Err(unknown_here(
+            allowed,
+            rotation_error(RotationError::UnknownConnection { name: connection }),
+        ));
     }
     state.rotator.rotate_root(&connection, &caller).await.map_err(rotation_error)?;
     Ok(no_content())

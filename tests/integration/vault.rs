@@ -191,6 +191,10 @@ client.sys.revoke_lease(lease_id=lease_id)
 others = [client.secrets.database.generate_credentials(role) for _ in range(2)]
 out["others"] = [o["data"]["username"] for o in others]
 client.sys.revoke_prefix(prefix="database/creds/" + role)
+# aws/sts with a ttl, revoked through the Vault path (the IAM user goes).
+sts = client.secrets.aws.generate_credentials("deploy", ttl="20m", endpoint="sts")
+out["sts_lease_id"], out["sts_duration"] = sts["lease_id"], sts["lease_duration"]
+client.sys.revoke_lease(lease_id=sts["lease_id"])
 aws = client.secrets.aws.generate_credentials("deploy")
 out["aws_lease_id"] = aws["lease_id"]
 sts = boto3.client("sts", endpoint_url=endpoint, region_name=region,
@@ -214,6 +218,8 @@ print(json.dumps(out))
     for other in out["others"].as_array().unwrap() {
         assert!(!db.role_exists(other.as_str().unwrap()).await, "revoke_prefix left {other}");
     }
+    assert!(out["sts_lease_id"].as_str().unwrap().starts_with("aws/sts/deploy/"), "{out}");
+    assert_eq!(out["sts_duration"], 1200, "{out}");
     // The key is a real IAM user's under the role's path, which lessor
     // removes when the lease ends.
     assert!(out["aws_lease_id"].as_str().unwrap().starts_with("aws/creds/deploy/"), "{out}");
@@ -680,17 +686,23 @@ async fn vault_requests_are_read_leniently_and_the_api_can_be_turned_off() {
     })
     .await;
 
-    // revoke-force is for admins: nobody is refused (Vault's 403), root is not.
+    // revoke-prefix and revoke-force are for admins: nobody is refused
+    // (Vault's 403), root is not.
     let kept = issue().await;
-    let mut command =
-        bao_command(&daemon, &["lease", "revoke", "-force", "-prefix", &format!("database/creds/{role}")]);
-    {
-        use std::os::unix::process::CommandExt;
-        command.uid(65534).gid(65534).env("HOME", "/tmp");
+    for force in [&["-force"][..], &[][..]] {
+        let role_prefix = format!("database/creds/{role}");
+        let mut args = vec!["lease", "revoke"];
+        args.extend(force);
+        args.extend(["-prefix", role_prefix.as_str()]);
+        let mut command = bao_command(&daemon, &args);
+        {
+            use std::os::unix::process::CommandExt;
+            command.uid(65534).gid(65534).env("HOME", "/tmp");
+        }
+        let out = run(command);
+        assert!(!out.status.success() && text(&out).contains("Code: 403"), "{args:?}: {}", text(&out));
+        assert_eq!(db.roles_with_prefix(&prefix).await.len(), 1, "nobody's {args:?} changed something");
     }
-    let out = run(command);
-    assert!(!out.status.success() && text(&out).contains("Code: 403"), "{}", text(&out));
-    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 1, "nobody's revoke-force changed something");
     // lessor's own form of a prefix selects the same leases.
     let r = client.request(Method::PUT, &format!("/v1/sys/leases/revoke-force/{role}/"), None).await.unwrap();
     assert_eq!(r.status, 204, "{:?}", r.body);

@@ -24,6 +24,7 @@ use crate::client::{Client, ClientError, Response};
 mod audit;
 mod exec;
 mod format;
+mod store;
 
 use audit::AuditCommand;
 use format::{creds_table, env_exports, lease_table, shell_quote, static_table, tidy_lines};
@@ -129,6 +130,9 @@ enum Command {
     /// Keys that seal static-account secrets in the store.
     #[command(subcommand)]
     Seal(SealCommand),
+    /// The lease store, offline: copy a SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Print the daemon's events for you as they happen, one JSON line
     /// each: a snapshot, then rotations, leases expiring and revoked.
     Watch,
@@ -314,6 +318,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(command) => audit::run(command),
+        Command::Store(command) => store::run(command),
         Command::Seal(SealCommand::NewKey { file }) => {
             crate::rotation::seal::write_new_key(&file)
                 .map_err(|e| Failure::new(format!("cannot write {}: {e}", file.display())))?;
@@ -478,6 +483,7 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
         | Command::Config(_)
         | Command::Seal(_)
         | Command::Audit(_)
+        | Command::Store(_)
         | Command::Exec(_) => {
             unreachable!("handled without a client")
         }

@@ -184,6 +184,9 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// One static account's rotation state.
     async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError>;
 
+    /// The names of every static account with a row (`store migrate`).
+    async fn static_names(&self) -> Result<Vec<String>, StoreError>;
+
     /// Records a static account's rotation state durably (insert or
     /// replace); the claim columns are left as they are.
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError>;

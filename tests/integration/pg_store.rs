@@ -289,6 +289,64 @@ async fn with_the_store_cut_off_issuance_answers_503_and_everything_resumes_when
     assert_eq!(states, ["active", "revoked", "active"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_migrate_copies_a_sqlite_store_and_the_postgres_daemon_revokes_on_time() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("pgmig");
+    db.track_prefix(&prefix);
+    let (statics, _key_dir, _, _) =
+        crate::rotation::pg_alternating(&db, "pmg", "billing", "overlap = \"1h\"").await;
+    let body = format!("{statics}\n{}", pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let mut sqlite = Daemon::start(&db, &body).await;
+    crate::rotation::settled(&sqlite, "billing", 1).await;
+    let client = sqlite.client();
+    let short = client.creds(&role, Some("8s")).await.unwrap();
+    let short_user = short.body["credential"]["username"].as_str().unwrap().to_string();
+    let long = client.creds(&role, None).await.unwrap();
+    let long_id = long.body["lease_id"].as_str().unwrap().to_string();
+    let account = client.static_get("billing").await.unwrap().body;
+    sqlite.stop();
+
+    let migrate = |node: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lessor"))
+            .args(["store", "migrate", "--from"])
+            .arg(format!("sqlite://{}", sqlite.dir.path().join("lessor.db").display()))
+            .args(["--to", &db.admin_url(), "--to-password-file"])
+            .arg(sqlite.dir.path().join("admin.pw"))
+            .args(["--node", node])
+            .output()
+            .unwrap()
+    };
+    let out = migrate("web-1");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("copied 2 leases and 1 static accounts"), "{said}");
+    assert!(!said.contains(&db.admin_password));
+    let out = migrate("web-1");
+    assert!(!out.status.success(), "a second migration into the same store");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds leases already"));
+
+    let store = "store = ADMIN_URL\nstore_password_file = \"PASSWORD_FILE\"\nnode_id = \"web-1\""
+        .replace("ADMIN_URL", &format!("{:?}", db.admin_url()));
+    let postgres = Daemon::start_on_store(&db, Some(&store), &body, &[]).await;
+    let client = postgres.client();
+    wait_for("the short lease to be revoked on time", Duration::from_secs(20), || async {
+        (!db.role_exists(&short_user).await).then_some(())
+    })
+    .await;
+    assert_eq!(client.lease_get(&long_id).await.unwrap().body["state"], "active");
+    let moved = client.static_get("billing").await.unwrap().body;
+    assert_eq!(moved["version"], account["version"]);
+    assert_eq!(moved["credential"], account["credential"], "the sealed secret opens as before");
+    let (user, password) = (
+        moved["credential"]["username"].as_str().unwrap(),
+        moved["credential"]["password"].as_str().unwrap(),
+    );
+    db.login(user, password).await.expect("the migrated static credential logs in");
+    assert_eq!(client.revoke(&long_id).await.unwrap().status, 200);
+    assert!(db.roles_with_prefix(&prefix).await.is_empty());
+}
+
 #[test]
 fn config_check_refuses_a_password_in_the_store_url() {
     let dir = tempfile::tempdir().unwrap();

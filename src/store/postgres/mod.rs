@@ -328,6 +328,12 @@ impl LeaseStore for PostgresStore {
             .transpose()
     }
 
+    async fn static_names(&self) -> Result<Vec<String>, StoreError> {
+        let rows =
+            self.query("list static accounts", "SELECT name FROM static_accounts ORDER BY name", &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
@@ -392,7 +398,7 @@ fn location(config: &tokio_postgres::Config) -> String {
 
 /// A URL with any password taken out, for a message about a URL that did
 /// not parse.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -395,6 +395,15 @@ impl LeaseStore for SqliteStore {
         self.read(move |conn| statics::get(conn, &name)).await
     }
 
+    async fn static_names(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT name FROM static_accounts ORDER BY name")?
+                .query_map([], |row| row.get(0))?
+                .collect()
+        })
+        .await
+    }
+
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Static(statics::StaticWrite::Put(record), reply), answer).await.map(drop)

@@ -6,7 +6,7 @@
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,mysql,openbao,drain,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
-//!     [--scale-leases 1000000] [--audit]
+//!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -71,7 +71,7 @@ mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres]";
 const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "pool", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -100,6 +100,9 @@ struct Args {
     scale_leases: usize,
     /// `--audit`: lessor writes its audit log (every request fsync'd, grouped).
     audit: bool,
+    /// `--store postgres`: lessor keeps its leases in PostgreSQL (the
+    /// bench database, as the bench admin) instead of a SQLite file.
+    postgres_store: bool,
 }
 
 impl Args {
@@ -125,6 +128,7 @@ fn parse_args() -> Result<Args, String> {
         scram_iterations: None,
         scale_leases: 1_000_000,
         audit: false,
+        postgres_store: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -160,6 +164,13 @@ fn parse_args() -> Result<Args, String> {
             "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
             "--scale-leases" => args.scale_leases = value()?.parse().map_err(|_| bad(&arg))?,
             "--audit" => args.audit = true,
+            "--store" => {
+                args.postgres_store = match value()?.as_str() {
+                    "postgres" => true,
+                    "sqlite" => false,
+                    _ => return Err(bad(&arg)),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -719,7 +730,13 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     let _ = writeln!(text, "[server]");
     let _ = writeln!(text, "socket = {}", q(&dir.join("lessor.sock").display().to_string()));
     let _ = writeln!(text, "socket_mode = \"0600\"");
-    let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
+    if args.postgres_store {
+        let url = format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database);
+        let _ = writeln!(text, "store = {}", q(&url));
+        let _ = writeln!(text, "store_password_env = {}", q(&setup.password_env));
+    } else {
+        let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
+    }
     if args.audit {
         let _ = writeln!(text, "audit_log = {}", q(&dir.join("audit.jsonl").display().to_string()));
     }

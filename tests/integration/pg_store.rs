@@ -201,6 +201,24 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     );
     assert!(a.commits() < 200, "400 concurrent writes took {} commits: no group commit", a.commits());
     assert_eq!(a.list("burst/", &[], Page::ALL).await.unwrap().len(), 400);
+
+    // A write the database refuses (attempts past the CHECK) fails alone;
+    // the writes batched with it commit.
+    let bad = Write::RevokeFailed {
+        id: LeaseId::parse("burst/l0000").unwrap(),
+        attempts: u32::MAX,
+        last_error: "x".into(),
+        irrevocable: false,
+    };
+    a.write(Write::StartRevoking { id: LeaseId::parse("burst/l0000").unwrap() }).await.unwrap();
+    let (before, failed, after) = tokio::join!(
+        a.write(Write::Insert(lease("mixed/m1", "v_mixed_1", LeaseState::Pending))),
+        a.write(bad),
+        a.write(Write::Insert(lease("mixed/m2", "v_mixed_2", LeaseState::Pending))),
+    );
+    assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
+    assert!(before.unwrap() && after.unwrap());
+    assert_eq!(a.list("mixed/", &[], Page::ALL).await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@
 //! milliseconds included.
 //!
 //! Writes go through one writer task that owns one connection: it takes
-//! every queued write (up to [`MAX_BATCH`]), applies each inside its own
-//! savepoint, commits once and only then answers every caller (group
+//! every queued write (up to [`MAX_BATCH`]), sends them pipelined in one
+//! transaction, commits once and only then answers every caller (group
 //! commit), so a node's issuances share round trips and commits instead of
 //! paying one each. Reads use a small deadpool of other connections.
 //!
@@ -146,6 +146,7 @@ impl PostgresStore {
         tokio::spawn(writer::run(writer::Writer {
             config,
             client: Some((client, driver)),
+            statements: None,
             queue,
             commits: Arc::clone(&commits),
             location: location.clone(),

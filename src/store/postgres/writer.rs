@@ -1,8 +1,11 @@
 //! The PostgreSQL store's writer task: it takes every queued write (up to
 //! [`MAX_BATCH`]), applies each inside its own savepoint, commits the batch
-//! once and then answers every caller (group commit). A failed write (a
-//! duplicate id) is rolled back to its savepoint alone; a lost connection
-//! fails the batch, and the next batch connects again.
+//! once and then answers every caller (group commit). The batch's writes
+//! are pipelined: sent together on the connection, each a prepared
+//! statement, and read back together. A write that fails aborts the
+//! transaction; the batch is then applied again one write per transaction,
+//! so that write fails alone. A lost connection fails the batch, and the
+//! next batch connects again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 use super::{Job, StaticWrite, MAX_BATCH};
 use crate::store::{StoreError, Write};
@@ -19,10 +22,97 @@ pub(super) struct Writer {
     pub config: tokio_postgres::Config,
     /// The connection and the task driving it; `None` after it was lost.
     pub client: Option<(Client, JoinHandle<()>)>,
+    /// The connection's prepared statements; `None` until prepared.
+    pub statements: Option<Statements>,
     pub queue: mpsc::Receiver<Job>,
     pub commits: Arc<AtomicU64>,
     pub location: String,
     pub node: String,
+}
+
+/// The writer's statements, prepared once per connection, so each write is
+/// one message in the batch's pipeline.
+pub(super) struct Statements {
+    insert: Statement,
+    activate: Statement,
+    renew: Statement,
+    start_revoking: Statement,
+    revoke_failed: Statement,
+    revoked: Statement,
+    delete: Statement,
+    purge: Statement,
+    static_put: Statement,
+    static_claim: Statement,
+    static_release: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            insert: client
+                .prepare(
+                    "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, \
+                     max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, \
+                     plugin_data, revoked_at, owner_policy, idempotency, node) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?,
+            activate: client
+                .prepare(
+                    "UPDATE leases SET state = 'active', plugin_data = $2, expires_at = coalesce($3, expires_at) \
+                     WHERE id = $1 AND state = 'pending'",
+                )
+                .await?,
+            renew: client.prepare("UPDATE leases SET expires_at = $2 WHERE id = $1 AND state = 'active'").await?,
+            start_revoking: client
+                .prepare(
+                    "UPDATE leases SET state = 'revoking' \
+                     WHERE id = $1 AND state IN ('pending', 'active', 'irrevocable')",
+                )
+                .await?,
+            revoke_failed: client
+                .prepare(
+                    "UPDATE leases SET attempts = $2, last_error = $3, \
+                     state = CASE WHEN $4 THEN 'irrevocable' ELSE state END \
+                     WHERE id = $1 AND state IN ('revoking', 'irrevocable')",
+                )
+                .await?,
+            revoked: client
+                .prepare("UPDATE leases SET state = 'revoked', revoked_at = $2 WHERE id = $1 AND state <> 'revoked'")
+                .await?,
+            delete: client.prepare("DELETE FROM leases WHERE id = $1").await?,
+            purge: client.prepare("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < $1").await?,
+            static_put: client
+                .prepare(
+                    "INSERT INTO static_accounts (name, version, current_username, current_sealed, rotated_at, \
+                     previous_username, previous_valid_until, previous_end_sessions, pending_version, \
+                     pending_username, pending_sealed, pending_phase, pending_reason, pending_overlap_ms, \
+                     next_rotation_at, failures, last_error) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                     ON CONFLICT (name) DO UPDATE SET version = $2, current_username = $3, current_sealed = $4, \
+                     rotated_at = $5, previous_username = $6, previous_valid_until = $7, \
+                     previous_end_sessions = $8, pending_version = $9, pending_username = $10, \
+                     pending_sealed = $11, pending_phase = $12, pending_reason = $13, pending_overlap_ms = $14, \
+                     next_rotation_at = $15, failures = $16, last_error = $17",
+                )
+                .await?,
+            static_claim: client
+                .prepare(
+                    "INSERT INTO static_accounts (name, version, claimed_by, claim_until) VALUES ($1, 0, $2, $4) \
+                     ON CONFLICT (name) DO UPDATE SET claimed_by = $2, claim_until = $4 \
+                     WHERE static_accounts.claimed_by IS NULL OR static_accounts.claimed_by = $2 \
+                     OR static_accounts.claim_until < $3",
+                )
+                .await?,
+            static_release: client
+                .prepare(
+                    "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL \
+                     WHERE name = $1 AND claimed_by = $2",
+                )
+                .await?,
+        })
+    }
 }
 
 /// Batches jobs until every sender is gone.
@@ -61,35 +151,48 @@ impl From<tokio_postgres::Error> for BatchError {
 }
 
 impl Writer {
-    async fn connected(&mut self) -> Result<&mut Client, String> {
+    fn disconnect(&mut self) {
+        if let Some((_, driver)) = self.client.take() {
+            driver.abort();
+        }
+        self.statements = None;
+    }
+
+    async fn connected(&mut self) -> Result<(), BatchError> {
         if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
-            if let Some((_, driver)) = self.client.take() {
-                driver.abort();
-            }
+            self.disconnect();
         }
         if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| e.to_string())?;
+            let (client, connection) =
+                self.config.connect(NoTls).await.map_err(|e| BatchError::Connection(e.to_string()))?;
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
             // The lock went with the lost session: no write before it is ours again.
             if let Err(e) = super::take_store_lock(&client).await {
                 driver.abort();
-                return Err(e);
+                return Err(BatchError::Connection(e));
             }
             self.client = Some((client, driver));
         }
-        Ok(&mut self.client.as_mut().expect("connected above").0)
+        if self.statements.is_none() {
+            let client = &self.client.as_ref().expect("connected above").0;
+            self.statements = Some(Statements::prepare(client).await?);
+        }
+        Ok(())
     }
 
     /// Applies `batch` in one transaction, commits, then answers every job
     /// (emptying `batch`). Nobody hears of success before the commit.
     async fn commit_batch(&mut self, batch: &mut Vec<Job>) {
         let started = Instant::now();
-        let node = self.node.clone();
         let outcome = match self.connected().await {
-            Err(e) => Err(BatchError::Connection(format!("cannot connect: {e}"))),
-            Ok(client) => apply_batch(client, batch, &node).await,
+            Err(e) => Err(e),
+            Ok(()) => {
+                let (client, _) = self.client.as_mut().expect("connected");
+                let statements = self.statements.as_ref().expect("prepared");
+                apply_batch(client, statements, batch, &self.node).await
+            }
         };
         match outcome {
             Ok(outcomes) => {
@@ -102,9 +205,7 @@ impl Writer {
             Err(e) => {
                 let message = match e {
                     BatchError::Connection(e) => {
-                        if let Some((_, driver)) = self.client.take() {
-                            driver.abort();
-                        }
+                        self.disconnect();
                         e
                     }
                     BatchError::Other(e) => e,
@@ -118,44 +219,54 @@ impl Writer {
     }
 }
 
+/// Whether a job's outcome leaves its transaction usable (a duplicate is
+/// an answer, not a failed statement).
+fn kept(outcome: &Result<u64, StoreError>) -> bool {
+    !matches!(outcome, Err(StoreError::Io(_)))
+}
+
 async fn apply_batch(
     client: &mut Client,
+    statements: &Statements,
     batch: &[Job],
     node: &str,
 ) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
-    let mut tx = client.transaction().await?;
+    // The whole batch pipelined in one transaction.
+    let tx = client.transaction().await?;
+    let outcomes =
+        futures_util::future::join_all(batch.iter().map(|job| apply(&tx, statements, job, node))).await;
+    if outcomes.iter().all(kept) {
+        tx.commit().await?;
+        return Ok(outcomes);
+    }
+    tx.rollback().await?;
+    // A statement failed, and the transaction with it: each write again in
+    // a transaction of its own, so the one that fails fails alone.
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        let savepoint = tx.savepoint("job").await?;
-        let outcome = apply(&savepoint, job, node).await;
-        match outcome {
-            Ok(changed) => {
-                savepoint.commit().await?;
-                outcomes.push(Ok(changed));
-            }
-            Err(e) => {
-                // Rolls back to the savepoint: a failed job is undone alone.
-                savepoint.rollback().await?;
-                outcomes.push(Err(e));
-            }
+        let tx = client.transaction().await?;
+        let outcome = apply(&tx, statements, job, node).await;
+        if kept(&outcome) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
         }
+        outcomes.push(outcome);
     }
-    tx.commit().await?;
     Ok(outcomes)
 }
 
-/// Applies one job; the number of rows it changed. A database error other
-/// than a duplicate lease is a failed write.
-async fn apply(tx: &Transaction<'_>, job: &Job, node: &str) -> Result<u64, StoreError> {
+/// Applies one job; the number of rows it changed.
+async fn apply(tx: &Transaction<'_>, st: &Statements, job: &Job, node: &str) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let write = match job {
         Job::Purge(before, _) => {
             return tx
-                .execute("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < $1", &[before])
+                .execute(&st.purge, &[before])
                 .await
                 .map_err(|e| failed("purge revoked leases".into(), e));
         }
-        Job::Static(write, _) => return apply_static(tx, write).await,
+        Job::Static(write, _) => return apply_static(tx, st, write).await,
         Job::Write(write, _) => write,
     };
     let id = write.id().as_str();
@@ -163,11 +274,7 @@ async fn apply(tx: &Transaction<'_>, job: &Job, node: &str) -> Result<u64, Store
         Write::Insert(lease) => {
             let inserted = tx
                 .execute(
-                    "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, \
-                     max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, \
-                     plugin_data, revoked_at, owner_policy, idempotency, node) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-                     ON CONFLICT DO NOTHING",
+                    &st.insert,
                     &[
                         &id,
                         &lease.role,
@@ -198,67 +305,39 @@ async fn apply(tx: &Transaction<'_>, job: &Job, node: &str) -> Result<u64, Store
             Ok(inserted)
         }
         Write::Activate { plugin_data, expires_at, .. } => tx
-            .execute(
-                "UPDATE leases SET state = 'active', plugin_data = $2, expires_at = coalesce($3, expires_at) \
-                 WHERE id = $1 AND state = 'pending'",
-                &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis())],
-            )
+            .execute(&st.activate, &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis())])
             .await
             .map_err(|e| failed(format!("activate lease {id}"), e)),
         Write::Renew { expires_at, .. } => tx
-            .execute(
-                "UPDATE leases SET expires_at = $2 WHERE id = $1 AND state = 'active'",
-                &[&id, &expires_at.timestamp_millis()],
-            )
+            .execute(&st.renew, &[&id, &expires_at.timestamp_millis()])
             .await
             .map_err(|e| failed(format!("renew lease {id}"), e)),
         Write::StartRevoking { .. } => tx
-            .execute(
-                "UPDATE leases SET state = 'revoking' WHERE id = $1 AND state IN ('pending', 'active', 'irrevocable')",
-                &[&id],
-            )
+            .execute(&st.start_revoking, &[&id])
             .await
             .map_err(|e| failed(format!("start revoking lease {id}"), e)),
         Write::RevokeFailed { attempts, last_error, irrevocable, .. } => tx
-            .execute(
-                "UPDATE leases SET attempts = $2, last_error = $3, \
-                 state = CASE WHEN $4 THEN 'irrevocable' ELSE state END \
-                 WHERE id = $1 AND state IN ('revoking', 'irrevocable')",
-                &[&id, &(*attempts as i32), last_error, irrevocable],
-            )
+            .execute(&st.revoke_failed, &[&id, &(*attempts as i32), last_error, irrevocable])
             .await
             .map_err(|e| failed(format!("record failed revocation of lease {id}"), e)),
         Write::Revoked { at, .. } => tx
-            .execute(
-                "UPDATE leases SET state = 'revoked', revoked_at = $2 WHERE id = $1 AND state <> 'revoked'",
-                &[&id, &at.timestamp_millis()],
-            )
+            .execute(&st.revoked, &[&id, &at.timestamp_millis()])
             .await
             .map_err(|e| failed(format!("mark lease {id} revoked"), e)),
-        Write::Delete { .. } => tx
-            .execute("DELETE FROM leases WHERE id = $1", &[&id])
-            .await
-            .map_err(|e| failed(format!("delete lease {id}"), e)),
+        Write::Delete { .. } => {
+            tx.execute(&st.delete, &[&id]).await.map_err(|e| failed(format!("delete lease {id}"), e))
+        }
     }
 }
 
-async fn apply_static(tx: &Transaction<'_>, write: &StaticWrite) -> Result<u64, StoreError> {
+async fn apply_static(tx: &Transaction<'_>, st: &Statements, write: &StaticWrite) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     match write {
         StaticWrite::Put(r) => {
             let pending = r.pending.as_ref();
             tx.execute(
-                "INSERT INTO static_accounts (name, version, current_username, current_sealed, rotated_at, \
-                 previous_username, previous_valid_until, previous_end_sessions, pending_version, \
-                 pending_username, pending_sealed, pending_phase, pending_reason, pending_overlap_ms, \
-                 next_rotation_at, failures, last_error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-                 ON CONFLICT (name) DO UPDATE SET version = $2, current_username = $3, current_sealed = $4, \
-                 rotated_at = $5, previous_username = $6, previous_valid_until = $7, \
-                 previous_end_sessions = $8, pending_version = $9, pending_username = $10, \
-                 pending_sealed = $11, pending_phase = $12, pending_reason = $13, pending_overlap_ms = $14, \
-                 next_rotation_at = $15, failures = $16, last_error = $17",
+                &st.static_put,
                 &[
                     &r.name,
                     &(r.version as i64),
@@ -283,20 +362,11 @@ async fn apply_static(tx: &Transaction<'_>, write: &StaticWrite) -> Result<u64, 
             .map_err(|e| failed(format!("record static account {}", r.name), e))
         }
         StaticWrite::Claim { name, holder, now, until } => tx
-            .execute(
-                "INSERT INTO static_accounts (name, version, claimed_by, claim_until) VALUES ($1, 0, $2, $4) \
-                 ON CONFLICT (name) DO UPDATE SET claimed_by = $2, claim_until = $4 \
-                 WHERE static_accounts.claimed_by IS NULL OR static_accounts.claimed_by = $2 \
-                 OR static_accounts.claim_until < $3",
-                &[name, holder, now, until],
-            )
+            .execute(&st.static_claim, &[name, holder, now, until])
             .await
             .map_err(|e| failed(format!("claim static account {name}"), e)),
         StaticWrite::Release { name, holder } => tx
-            .execute(
-                "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL WHERE name = $1 AND claimed_by = $2",
-                &[name, holder],
-            )
+            .execute(&st.static_release, &[name, holder])
             .await
             .map_err(|e| failed(format!("release static account {name}"), e)),
     }

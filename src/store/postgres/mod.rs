@@ -41,13 +41,13 @@ const MIGRATIONS: &[&str] = &[include_str!("../../../schemas/sql/postgres/0001_l
 
 /// The advisory lock key migrations run under (any fixed number will do;
 /// this one spells "lessor").
-const MIGRATION_LOCK: i64 = 0x6c_6573_736f_72;
+const MIGRATION_LOCK: i64 = 0x6c65_7373_6f72;
 
 /// The advisory lock the writer's session holds while the daemon runs:
 /// until nodes share work through the store (claims, heartbeats), a second
 /// daemon on the same store would roll back the first one's pending leases
 /// as a crash's, so it is refused.
-pub(super) const STORE_LOCK: i64 = 0x6c_6573_736f_73;
+pub(super) const STORE_LOCK: i64 = 0x6c65_7373_6f73;
 
 /// Writes waiting for the writer before `write` callers wait for room.
 const QUEUE: usize = 4096;
@@ -123,7 +123,7 @@ impl PostgresStore {
         if let Some(password) = password {
             config.password(password.expose_secret());
         }
-        config.application_name(&format!("lessor {node}"));
+        config.application_name(format!("lessor {node}"));
         let location = location(&config);
         let fail = |message: String| StoreError::Open { location: location.clone(), message };
 

@@ -6,6 +6,7 @@
 //! Writes are few and small, so stores batch concurrent ones into one
 //! transaction (group commit): one fsync serves many requests.
 
+mod jobs;
 pub mod postgres;
 pub mod sqlite;
 mod statics;

@@ -29,6 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
+use super::jobs::{Job, StaticWrite};
 use super::{
     LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
     Unfinished, Write,
@@ -60,35 +61,6 @@ const READERS: usize = 4;
 const SELECT_LEASES: &str = "SELECT id, role, connection, username, state, issued_at, expires_at, \
      max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, \
      revoked_at, owner_policy, idempotency FROM leases ";
-
-/// What the writer task is asked to do.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Write(Write, oneshot::Sender<Result<bool, StoreError>>),
-    Static(StaticWrite, oneshot::Sender<Result<bool, StoreError>>),
-    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
-}
-
-impl Job {
-    fn answer(self, outcome: Result<u64, StoreError>) {
-        match self {
-            Job::Write(_, reply) | Job::Static(_, reply) => {
-                let _ = reply.send(outcome.map(|changed| changed > 0));
-            }
-            Job::Purge(_, reply) => {
-                let _ = reply.send(outcome);
-            }
-        }
-    }
-}
-
-/// A write to `static_accounts` (see `LeaseStore::static_*`).
-#[allow(clippy::large_enum_variant)]
-enum StaticWrite {
-    Put(StaticRecord),
-    Claim { name: String, holder: String, now: i64, until: i64 },
-    Release { name: String, holder: String },
-}
 
 /// The PostgreSQL lease store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
-use super::{Job, StaticWrite, MAX_BATCH};
+use super::MAX_BATCH;
+use crate::store::jobs::{Job, StaticWrite};
 use crate::store::{StoreError, Write};
 
 pub(super) struct Writer {

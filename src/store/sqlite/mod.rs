@@ -36,6 +36,7 @@ mod writer;
 use writer::commit_batch;
 use writer::run_writer;
 
+use super::jobs::{Job, StaticWrite};
 use super::{LeaseStore, Page, ScanFrom, StaticRecord, StoreError, Unfinished, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
@@ -67,31 +68,6 @@ macro_rules! select_leases {
             $($tail),*
         )
     };
-}
-
-/// What the writer thread is asked to do.
-// Purges are rare: boxing every write to make them smaller is not worth it.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Write(Write, oneshot::Sender<Result<bool, StoreError>>),
-    /// A static account's state, or a claim on its rotation.
-    Static(statics::StaticWrite, oneshot::Sender<Result<bool, StoreError>>),
-    /// Deletes `revoked` leases revoked before this many epoch milliseconds.
-    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
-}
-
-impl Job {
-    /// Sends the outcome (rows changed) to the caller, who may have gone.
-    fn answer(self, outcome: Result<u64, StoreError>) {
-        match self {
-            Job::Write(_, reply) | Job::Static(_, reply) => {
-                let _ = reply.send(outcome.map(|changed| changed > 0));
-            }
-            Job::Purge(_, reply) => {
-                let _ = reply.send(outcome);
-            }
-        }
-    }
 }
 
 /// The embedded SQLite lease store. Cheap to share behind an `Arc`; dropping
@@ -406,7 +382,7 @@ impl LeaseStore for SqliteStore {
 
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Static(statics::StaticWrite::Put(record), reply), answer).await.map(drop)
+        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
     }
 
     async fn static_claim(
@@ -417,7 +393,7 @@ impl LeaseStore for SqliteStore {
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let claim = statics::StaticWrite::Claim {
+        let claim = StaticWrite::Claim {
             name: name.to_string(),
             holder: holder.to_string(),
             now: now.timestamp_millis(),
@@ -428,7 +404,7 @@ impl LeaseStore for SqliteStore {
 
     async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let release = statics::StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
+        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
         self.submit(Job::Static(release, reply), answer).await.map(drop)
     }
 

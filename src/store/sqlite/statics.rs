@@ -8,21 +8,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::store::jobs::StaticWrite;
 use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord, StoreError};
-
-/// A write to `static_accounts`.
-// Few and rare: boxing the record to make claims smaller is not worth it.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub(super) enum StaticWrite {
-    /// Insert or replace an account's state (its claim is kept).
-    Put(StaticRecord),
-    /// Take the account's rotation claim (see `LeaseStore::static_claim`);
-    /// a row for the account is made if there is none yet.
-    Claim { name: String, holder: String, now: i64, until: i64 },
-    /// Give the claim up, if `holder` has it.
-    Release { name: String, holder: String },
-}
 
 /// Applies one write; rows changed (a refused claim changes none).
 pub(super) fn apply(conn: &Connection, write: &StaticWrite, path: &Path) -> Result<u64, StoreError> {

@@ -11,8 +11,9 @@ use std::time::Instant;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::{statics, Job, MAX_BATCH};
+use super::{statics, MAX_BATCH};
 use crate::lease::Lease;
+use crate::store::jobs::Job;
 use crate::store::{StoreError, Write};
 
 /// The writer thread: batches jobs until every sender is gone.

@@ -44,3 +44,57 @@ pub(super) enum StaticWrite {
     /// Give the claim up, if `holder` has it.
     Release { name: String, holder: String },
 }
+
+/// The sending side of a writer's queue, with one method per write, so
+/// both stores hand their writes over the same way.
+#[derive(Debug, Clone)]
+pub(super) struct Queue(pub(super) tokio::sync::mpsc::Sender<Job>);
+
+impl Queue {
+    async fn submit<T>(
+        &self,
+        job: Job,
+        reply: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.0.send(job).await.map_err(|_| StoreError::Closed)?;
+        reply.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(super) async fn write(&self, write: Write) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Write(write, reply), answer).await
+    }
+
+    pub(super) async fn purge(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
+    }
+
+    pub(super) async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
+    }
+
+    pub(super) async fn static_claim(
+        &self,
+        name: &str,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let claim = StaticWrite::Claim {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            now: now.timestamp_millis(),
+            until: until.timestamp_millis(),
+        };
+        self.submit(Job::Static(claim, reply), answer).await
+    }
+
+    pub(super) async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
+        self.submit(Job::Static(release, reply), answer).await.map(drop)
+    }
+}

@@ -26,10 +26,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::{NoTls, Row};
 
-use super::jobs::{Job, StaticWrite};
+use super::jobs::Queue;
 use super::{
     LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
     Unfinished, Write,
@@ -67,7 +67,7 @@ pub struct PostgresStore {
     /// The URL without its password, for messages.
     location: String,
     node: String,
-    jobs: mpsc::Sender<Job>,
+    jobs: Queue,
     readers: Pool,
     commits: Arc<AtomicU64>,
 }
@@ -124,21 +124,12 @@ impl PostgresStore {
             location: location.clone(),
             node: node.to_string(),
         }));
-        Ok(Self { location, node: node.to_string(), jobs, readers, commits })
+        Ok(Self { location, node: node.to_string(), jobs: Queue(jobs), readers, commits })
     }
 
     /// The node this store writes leases as.
     pub fn node(&self) -> &str {
         &self.node
-    }
-
-    async fn submit<T>(
-        &self,
-        job: Job,
-        reply: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        reply.await.map_err(|_| StoreError::Closed)?
     }
 
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -164,8 +155,7 @@ impl PostgresStore {
 #[async_trait]
 impl LeaseStore for PostgresStore {
     async fn write(&self, write: Write) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Write(write, reply), answer).await
+        self.jobs.write(write).await
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
@@ -281,8 +271,8 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
+        // Through the writer: it deletes, in the order of the other writes.
+        self.jobs.purge(before).await
     }
 
     async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError> {
@@ -308,8 +298,7 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
+        self.jobs.static_put(record).await
     }
 
     async fn static_claim(
@@ -319,20 +308,11 @@ impl LeaseStore for PostgresStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let claim = StaticWrite::Claim {
-            name: name.to_string(),
-            holder: holder.to_string(),
-            now: now.timestamp_millis(),
-            until: until.timestamp_millis(),
-        };
-        self.submit(Job::Static(claim, reply), answer).await
+        self.jobs.static_claim(name, holder, now, until).await
     }
 
     async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
-        self.submit(Job::Static(release, reply), answer).await.map(drop)
+        self.jobs.static_release(name, holder).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

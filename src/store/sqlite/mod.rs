@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 mod statics;
 mod writer;
@@ -36,7 +36,7 @@ mod writer;
 use writer::commit_batch;
 use writer::run_writer;
 
-use super::jobs::{Job, StaticWrite};
+use super::jobs::Queue;
 use super::{LeaseStore, Page, ScanFrom, StaticRecord, StoreError, Unfinished, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
@@ -74,7 +74,7 @@ macro_rules! select_leases {
 /// the last handle lets the writer finish what is queued and close the file.
 pub struct SqliteStore {
     path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    jobs: Queue,
     readers: Arc<Readers>,
     read_slots: tokio::sync::Semaphore,
     commits: Arc<AtomicU64>,
@@ -144,7 +144,14 @@ impl SqliteStore {
         };
 
         let read_slots = tokio::sync::Semaphore::new(MAX_IDLE_READERS);
-        Ok(Self { path: path.to_path_buf(), jobs, readers, read_slots, commits, writer: Some(writer) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            jobs: Queue(jobs),
+            readers,
+            read_slots,
+            commits,
+            writer: Some(writer),
+        })
     }
 
     /// Opens the store named by `sqlite:///absolute/path.db` or
@@ -178,15 +185,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn submit<T>(
-        &self,
-        job: Job,
-        reply: oneshot::Receiver<Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
-        reply.await.map_err(|_| StoreError::Closed)?
-    }
-
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -206,8 +204,7 @@ impl SqliteStore {
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn write(&self, write: Write) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Write(write, reply), answer).await
+        self.jobs.write(write).await
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
@@ -361,9 +358,8 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn purge_revoked(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        // Through the writer: it deletes, and SQLite has one writer anyway.
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
+        // Through the writer: it deletes, in the order of the other writes.
+        self.jobs.purge(before).await
     }
 
     async fn static_get(&self, name: &str) -> Result<Option<StaticRecord>, StoreError> {
@@ -381,8 +377,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
+        self.jobs.static_put(record).await
     }
 
     async fn static_claim(
@@ -392,20 +387,11 @@ impl LeaseStore for SqliteStore {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let claim = StaticWrite::Claim {
-            name: name.to_string(),
-            holder: holder.to_string(),
-            now: now.timestamp_millis(),
-            until: until.timestamp_millis(),
-        };
-        self.submit(Job::Static(claim, reply), answer).await
+        self.jobs.static_claim(name, holder, now, until).await
     }
 
     async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
-        self.submit(Job::Static(release, reply), answer).await.map(drop)
+        self.jobs.static_release(name, holder).await
     }
 
     /// One per batch the writer committed.

@@ -4,6 +4,8 @@ use chrono::TimeDelta;
 use serde_json::json;
 
 use super::*;
+use crate::store::jobs::Job;
+use tokio::sync::oneshot;
 
 /// `t` as the store gives it back.
 fn millis(t: DateTime<Utc>) -> DateTime<Utc> {

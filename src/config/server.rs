@@ -121,8 +121,10 @@ pub(super) fn check_store(server: &ServerConfig, errors: &mut Vec<lessor_plugin:
                 "holds a password: put it in store_password_file or store_password_env instead",
             ));
         }
-        if store.parse::<tokio_postgres::Config>().is_err() {
-            errors.push(ConfigError::new("server.store", "is not a PostgreSQL URL"));
+        // The URL and its TLS parameters, as the store will read them (a CA
+        // or key file that cannot be read fails here, not at start).
+        if let Err(e) = lessor_postgres::connection_for_url(store) {
+            errors.push(ConfigError::new("server.store", e));
         }
         if server.store_password_file.is_some() && server.store_password_env.is_some() {
             errors.push(ConfigError::new(

@@ -365,6 +365,37 @@ async fn store_migrate_copies_a_sqlite_store_and_the_postgres_daemon_revokes_on_
     assert!(db.roles_with_prefix(&prefix).await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_connection_verifies_the_servers_certificate() {
+    let db = TestDb::create().await;
+    let tls_dir = std::env::var("LESSOR_TEST_TLS_DIR").unwrap_or_else(|_| "/var/tmp/lessor-test-tls".into());
+    let url = |ca: &str| {
+        format!(
+            "postgres://{}@localhost:{}/{}?sslmode=verify-full&sslrootcert={tls_dir}/{ca}",
+            db.admin, db.port, db.database
+        )
+    };
+    let password = SecretString::from(db.admin_password.clone());
+    let store =
+        PostgresStore::open(&url("ca.pem"), Some(&password), "tls-node").await.expect("open over TLS");
+    store.write(Write::Insert(lease("tls/t1", "v_tls_1", LeaseState::Pending))).await.unwrap();
+    let encrypted: i64 = db
+        .su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'lessor tls-node' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "the store's sessions are not encrypted");
+    drop(store);
+    let e = PostgresStore::open(&url("other-ca.pem"), Some(&password), "tls-node").await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("unknown issuer"), "{e}");
+    assert!(!e.to_string().contains(&db.admin_password));
+}
+
 #[test]
 fn config_check_refuses_a_password_in_the_store_url() {
     let dir = tempfile::tempdir().unwrap();

@@ -259,7 +259,7 @@ pub(crate) struct UrlTls {
 impl UrlTls {
     /// Merges the URL's files with the `tls_*` keys (one place for each)
     /// and resolves the mode for the connection's hosts.
-    fn resolve(
+    pub(crate) fn resolve(
         self,
         options: &PgConnectionOptions,
         pg: &tokio_postgres::Config,

@@ -34,6 +34,8 @@ use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
 
 pub use client::PgPlugin;
 pub use config::{PasswordEncoding, PgConnectionOptions, PgRole, PgRoleOptions};
+/// TLS for PostgreSQL connections made outside the plugin (the lease store).
+pub use tls::{for_url as connection_for_url, PgTls};
 
 /// The name this plugin is registered under (`plugin = "postgres"`).
 pub const PLUGIN_NAME: &str = "postgres";

@@ -12,7 +12,7 @@ use tracing::debug;
 /// TLS for one `[connections.NAME]`: the settings and, unless TLS is
 /// disabled, the rustls connector built from them.
 #[derive(Clone)]
-pub(crate) struct PgTls {
+pub struct PgTls {
     pub(crate) settings: TlsSettings,
     connector: Option<MakeRustlsConnect>,
 }
@@ -32,7 +32,7 @@ impl PgTls {
     }
 
     /// A pool manager whose connections use this TLS.
-    pub(crate) fn manager(&self, config: tokio_postgres::Config) -> Manager {
+    pub fn manager(&self, config: tokio_postgres::Config) -> Manager {
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         match &self.connector {
             Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
@@ -42,7 +42,7 @@ impl PgTls {
 
     /// Opens one connection outside the pool; its driver runs on a task of
     /// its own, which ends when the client is dropped.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         config: &tokio_postgres::Config,
     ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
@@ -89,4 +89,18 @@ pub(crate) async fn session(client: &Client) -> Result<Option<String>, tokio_pos
 /// Why `err` is a TLS failure, in words, if it is one.
 pub(crate) fn failure(err: &tokio_postgres::Error) -> Option<String> {
     tls::explain(err)
+}
+
+/// For a PostgreSQL connection lessor makes outside the plugin (the lease
+/// store): the URL without its TLS parameters, and the connector they ask
+/// for, resolved as for a `[connections]` entry — libpq's `sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`, and full verification by default
+/// towards a host that is not local.
+pub fn for_url(url: &str) -> Result<(tokio_postgres::Config, PgTls), String> {
+    let (rest, url_tls) = crate::config::split_tls_params(url)?;
+    let pg: tokio_postgres::Config = rest.parse().map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+    let settings = url_tls
+        .resolve(&crate::PgConnectionOptions::default(), &pg, &|field: &str| field.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((pg, PgTls::new(settings)?))
 }

@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::jobs::Queue;
 use super::{
@@ -88,10 +88,10 @@ impl PostgresStore {
     /// up to date and starts the writer. Leases written are recorded as
     /// issued by `node`.
     pub async fn open(url: &str, password: Option<&SecretString>, node: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
-            location: redact_url(url),
-            message: format!("not a PostgreSQL URL: {e}"),
-        })?;
+        // TLS as for a `[connections]` entry: libpq's sslmode and files in
+        // the URL, full verification by default towards a host not local.
+        let (mut config, tls) = lessor_postgres::connection_for_url(url)
+            .map_err(|message| StoreError::Open { location: redact_url(url), message })?;
         if let Some(password) = password {
             config.password(password.expose_secret());
         }
@@ -99,24 +99,20 @@ impl PostgresStore {
         let location = location(&config);
         let fail = |message: String| StoreError::Open { location: location.clone(), message };
 
-        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| fail(e.to_string()))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (mut client, driver) = tls.connect(&config).await.map_err(|e| fail(connect_error(&e)))?;
         migrate(&mut client).await.map_err(&fail)?;
         take_store_lock(&client).await.map_err(&fail)?;
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let readers = Pool::builder(manager).max_size(READERS).build().map_err(|e| fail(e.to_string()))?;
+        let readers = Pool::builder(tls.manager(config.clone()))
+            .max_size(READERS)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
 
         let commits = Arc::new(AtomicU64::new(0));
         let (jobs, queue) = mpsc::channel(QUEUE);
         tokio::spawn(writer::run(writer::Writer {
             config,
+            tls,
             client: Some((client, driver)),
             statements: None,
             queue,
@@ -327,6 +323,15 @@ impl LeaseStore for PostgresStore {
 
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// A failed connection in words: what a TLS handshake failure means
+/// (unknown issuer, name mismatch, …) when it is one.
+pub(super) fn connect_error(e: &tokio_postgres::Error) -> String {
+    match lessor_plugin::tls::explain(e) {
+        Some(why) => format!("{e}: {why}"),
+        None => e.to_string(),
     }
 }
 

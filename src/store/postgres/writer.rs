@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::MAX_BATCH;
 use crate::store::jobs::{Job, StaticWrite};
@@ -21,6 +21,8 @@ use crate::store::{StoreError, Write};
 
 pub(super) struct Writer {
     pub config: tokio_postgres::Config,
+    /// The store connection's TLS (the plugin's connector).
+    pub tls: lessor_postgres::PgTls,
     /// The connection and the task driving it; `None` after it was lost.
     pub client: Option<(Client, JoinHandle<()>)>,
     /// The connection's prepared statements; `None` until prepared.
@@ -164,11 +166,11 @@ impl Writer {
             self.disconnect();
         }
         if self.client.is_none() {
-            let (client, connection) =
-                self.config.connect(NoTls).await.map_err(|e| BatchError::Connection(e.to_string()))?;
-            let driver = tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let (client, driver) = self
+                .tls
+                .connect(&self.config)
+                .await
+                .map_err(|e| BatchError::Connection(super::connect_error(&e)))?;
             // The lock went with the lost session: no write before it is ours again.
             if let Err(e) = super::take_store_lock(&client).await {
                 driver.abort();

@@ -109,7 +109,9 @@ async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseSto
         (None, None) => None,
     };
     let node = server.node();
-    let store = crate::store::PostgresStore::open(&url, password.as_ref(), &node).await?;
+    let store = crate::store::PostgresStore::open(&url, password.as_ref(), &node)
+        .await?
+        .with_node_timeout(server.node_timeout.as_std());
     info!(store = ?store, "lease store on PostgreSQL");
     Ok(Arc::new(store))
 }

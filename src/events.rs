@@ -6,8 +6,11 @@
 //! current state (never a secret), as SPIFFE's workload API does, so a
 //! client that reconnects needs nothing it missed.
 
+use std::sync::{Arc, Mutex};
+
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
 
 use crate::lease::Lease;
 
@@ -15,8 +18,9 @@ use crate::lease::Lease;
 /// snapshot.
 const CAPACITY: usize = 1024;
 
-/// Something a watcher may care about.
-#[derive(Debug, Clone)]
+/// Something a watcher may care about. (Serialised only to travel
+/// between nodes; watchers see the API's own shape.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Event {
     /// A static account has a new current credential (fetch it with
     /// `static get`; the event never carries it).
@@ -39,18 +43,41 @@ pub enum Event {
 #[derive(Debug, Clone)]
 pub struct Events {
     sender: broadcast::Sender<Event>,
+    /// Where events the other nodes' watchers need go, when nodes share
+    /// a store (see [`crate::cluster`]).
+    cluster: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        Self { sender: broadcast::channel(CAPACITY).0 }
+        Self { sender: broadcast::channel(CAPACITY).0, cluster: Arc::default() }
     }
 }
 
 impl Events {
-    /// Publishes `event` to every current watcher (none is fine).
+    /// Publishes `event` to every current watcher (none is fine), and a
+    /// static account's `rotated` to the other nodes' watchers too.
     pub fn emit(&self, event: Event) {
+        if matches!(event, Event::Rotated { .. }) {
+            if let Some(cluster) = self.cluster.lock().unwrap().as_ref() {
+                let _ = cluster.send(event.clone());
+            }
+        }
+        self.emit_local(event);
+    }
+
+    /// Publishes `event` to this node's watchers only (an event another
+    /// node published).
+    pub fn emit_local(&self, event: Event) {
         let _ = self.sender.send(event);
+    }
+
+    /// From now on, events for the other nodes also go to the returned
+    /// channel, for the task that publishes them through the store.
+    pub fn forward_to_cluster(&self) -> mpsc::UnboundedReceiver<Event> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        *self.cluster.lock().unwrap() = Some(sender);
+        receiver
     }
 
     /// A new watcher's receiving end.

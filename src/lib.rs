@@ -29,6 +29,7 @@
 pub mod api;
 pub mod audit;
 pub mod broker;
+pub mod cluster;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -41,7 +41,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{ConnectionConfig, Duration, ValidatedConfig};
 use crate::rotation::Rotator;
@@ -192,6 +192,9 @@ pub struct Tidy {
     store: Arc<dyn LeaseStore>,
     /// Where dropped users are recorded (the rotator's log).
     audit: crate::audit::Audit,
+    /// This node's id: with a shared store, each scheduled sweep of a
+    /// connection is claimed in the store, so one node runs it.
+    node: String,
 }
 
 /// A sweep's outcome plus when the next one is due for a user that was
@@ -218,7 +221,7 @@ impl Tidy {
                 (name.clone(), target)
             })
             .collect();
-        Arc::new(Self { targets, store, audit: rotator.audit.clone() })
+        Arc::new(Self { targets, store, audit: rotator.audit.clone(), node: config.server.node() })
     }
 
     /// Whether any connection has tidy on.
@@ -362,14 +365,17 @@ impl Tidy {
                 }
                 let Some(Some(target)) = me.targets.get(&name) else { return };
                 loop {
-                    let sweep = me.sweep(&name, target, false).await;
-                    let r = &sweep.report;
-                    if !r.dropped.is_empty() || !r.errors.is_empty() {
-                        info!(connection = %name, dropped = r.dropped.len(), errors = r.errors.len(), "tidy sweep done");
-                    }
-                    let mut next = Instant::now() + target.settings.interval.as_std();
-                    if let Some(at) = sweep.follow_up {
-                        next = next.min(at);
+                    let interval = target.settings.interval.as_std();
+                    let mut next = Instant::now() + interval;
+                    if me.claim_sweep(&name, interval).await {
+                        let sweep = me.sweep(&name, target, false).await;
+                        let r = &sweep.report;
+                        if !r.dropped.is_empty() || !r.errors.is_empty() {
+                            info!(connection = %name, dropped = r.dropped.len(), errors = r.errors.len(), "tidy sweep done");
+                        }
+                        if let Some(at) = sweep.follow_up {
+                            next = next.min(at);
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => {}
@@ -377,6 +383,30 @@ impl Tidy {
                     }
                 }
             });
+        }
+    }
+}
+
+impl Tidy {
+    /// Whether this node runs the scheduled sweep of `connection` now: the
+    /// claim `tidy:<connection>` in the store, held for most of an
+    /// interval and never released, so that of several nodes sharing the
+    /// store one sweeps per interval. (With a store of one node the claim
+    /// is always this node's.) A store that cannot answer means no sweep:
+    /// tidy needs the store anyway.
+    async fn claim_sweep(&self, connection: &str, interval: StdDuration) -> bool {
+        let now = chrono::Utc::now();
+        let hold = chrono::Duration::from_std(interval.mul_f64(0.9)).unwrap_or_default();
+        match self.store.static_claim(&format!("tidy:{connection}"), &self.node, now, now + hold).await {
+            Ok(true) => true,
+            Ok(false) => {
+                debug!(connection, "another node runs this tidy sweep");
+                false
+            }
+            Err(e) => {
+                warn!(connection, error = %e, "cannot claim the tidy sweep; skipping it");
+                false
+            }
         }
     }
 }

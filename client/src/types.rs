@@ -111,6 +111,10 @@ pub struct LeaseOwner {
     pub pid: Option<i32>,
     #[serde(default)]
     pub policy: Option<String>,
+    /// The node whose daemon issued it, when nodes share a store: the
+    /// owner is this uid on that node (a socket is local to its host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A lease's metadata (`GET /v1/leases/{id}`, the lease list, renewals and

@@ -328,6 +328,14 @@ async fn health(State(state): State<AppState>) -> Response {
     if let Some(error) = store_failure {
         body["store"] = json!({ "ok": false, "error": error });
     }
+    if let Some(cluster) = state.broker.store.cluster() {
+        body["node"] = json!(cluster.node());
+        // Every node that has used the shared store, with its last heartbeat.
+        match cluster.nodes().await {
+            Ok(nodes) => body["nodes"] = json!(nodes),
+            Err(e) => body["nodes_error"] = json!(e.to_string()),
+        }
+    }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
@@ -525,6 +533,7 @@ fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {
         Revocation::AlreadyRevoked => "already_revoked",
         Revocation::Forced => "forced",
         Revocation::NotDue => "not_due",
+        Revocation::Busy { .. } => "busy",
     };
     json!({ "lease_id": id, "outcome": outcome })
 }

@@ -42,7 +42,7 @@ use crate::expiry::{self, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::policy::quota::Quotas;
-use crate::store::{LeaseStore, Write};
+use crate::store::{Claim, LeaseStore, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
 
@@ -78,6 +78,10 @@ pub struct Broker {
     backends: HashMap<String, Backend>,
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) index: ExpiryIndex,
+    /// When other nodes' leases (of a shared store) fall due, a grace
+    /// later: what wakes this node to sweep for work they left undone
+    /// (see [`crate::cluster`]). Empty with a store of one node.
+    pub(crate) foreign: ExpiryIndex,
     /// When each active lease reaches two thirds of its TTL, for the
     /// `lease_expiring` event of `GET /v1/watch`.
     pub(crate) warnings: WarningIndex,
@@ -140,6 +144,7 @@ impl Broker {
             backends,
             store,
             index: ExpiryIndex::new(),
+            foreign: ExpiryIndex::new(),
             warnings: WarningIndex::new(),
             events,
             locks: LeaseLocks::default(),
@@ -206,6 +211,7 @@ impl Broker {
         });
         let me = self.clone();
         self.tasks.spawn(async move { me.purge_loop().await });
+        self.start_cluster();
     }
 
     fn role(&self, name: &str) -> Result<&Role, BrokerError> {
@@ -305,11 +311,16 @@ impl Broker {
         };
         match self.store.write(activated).await {
             Ok(true) => {}
-            // The credential exists but its lease is not `pending` any more
-            // (something revoked it meanwhile) or could not be marked
-            // active: take it back rather than hand out what is not tracked.
+            // The credential exists but its lease is not `pending` any more:
+            // another node rolled it back, this one having been out of
+            // touch for longer than the node timeout. That rollback may have
+            // run before the credential existed, so the lease is reopened
+            // and the credential taken back rather than handed out untracked.
             Ok(false) => {
-                self.index.schedule(&lease.id, Utc::now(), lease.attempts);
+                if let Err(e) = self.store.write(Write::Reopen { id: lease.id.clone() }).await {
+                    warn!(lease = %lease.id, error = %e, "cannot reopen a lease rolled back by another node; retrying its revocation");
+                }
+                self.index.schedule(&lease.id, Utc::now(), expiry::ANY_ATTEMPT);
                 return Err(BrokerError::Conflict {
                     id: lease.id.clone(),
                     state: "revoking",
@@ -446,7 +457,38 @@ impl Broker {
         caller: &Caller,
     ) -> Result<Lease, BrokerError> {
         let _lock = self.locks.lock(id).await;
-        let lease = self.get(id, caller).await?;
+        // Claimed, so no other node revokes or renews it meanwhile; the
+        // renewal's write ends the claim, and so does any way out before it.
+        let lease = match self.store.claim(id).await? {
+            Claim::Granted(lease) => lease,
+            Claim::Missing => return Err(BrokerError::UnknownLease { id: id.to_string() }),
+            Claim::Held { by, .. } => {
+                return Err(BrokerError::Conflict {
+                    id: id.clone(),
+                    state: "busy",
+                    message: format!("node {by:?} is revoking or renewing this lease now; try again"),
+                })
+            }
+        };
+        let renewed = self.renew_claimed(lease, increment, caller).await;
+        if renewed.is_err() {
+            if let Err(e) = self.store.release(id).await {
+                debug!(lease = %id, error = %e, "cannot release the claim; it lapses by itself");
+            }
+        }
+        renewed
+    }
+
+    async fn renew_claimed(
+        &self,
+        lease: Lease,
+        increment: Option<Duration>,
+        caller: &Caller,
+    ) -> Result<Lease, BrokerError> {
+        let id = &lease.id;
+        if !caller.may_touch(&lease) {
+            return Err(BrokerError::Forbidden { id: id.clone() });
+        }
         if lease.state != LeaseState::Active {
             return Err(BrokerError::Conflict {
                 id: id.clone(),

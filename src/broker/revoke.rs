@@ -5,7 +5,14 @@
 use lessor_plugin::PluginError;
 use tracing::{info, warn};
 
+use std::time::Duration;
+
 use super::{Broker, BrokerError, Caller, Revocation, REVOKE_PREFIX_CONCURRENCY};
+
+/// How long a revocation asked for now waits for another node that works
+/// on the same lease, and how often it looks.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+const BUSY_POLL: Duration = Duration::from_millis(100);
 use crate::lease::{LeaseId, LeaseState};
 use crate::store::Write;
 
@@ -61,7 +68,7 @@ impl Broker {
         if lease.state == LeaseState::Revoked {
             return Ok(Revocation::AlreadyRevoked);
         }
-        match self.revoke_now(id, None).await {
+        match self.revoke_claimed(id).await {
             Err(BrokerError::Backend { .. }) if force => {
                 let _lock = self.locks.lock(id).await;
                 // The retry the failure scheduled stays in the index; when
@@ -73,6 +80,28 @@ impl Broker {
                 Ok(Revocation::Forced)
             }
             other => other,
+        }
+    }
+
+    /// Revokes a lease now; when another node works on it (it is expiring
+    /// there, or being renewed), waits for that node to finish, a while.
+    async fn revoke_claimed(&self, id: &LeaseId) -> Result<Revocation, BrokerError> {
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.revoke_now(id, None).await? {
+                Revocation::Busy { node } if tokio::time::Instant::now() >= deadline => {
+                    return Err(BrokerError::Conflict {
+                        id: id.clone(),
+                        state: "busy",
+                        message: format!(
+                            "node {node:?} is working on this lease and did not finish within {}s; try again",
+                            BUSY_WAIT.as_secs()
+                        ),
+                    })
+                }
+                Revocation::Busy { .. } => tokio::time::sleep(BUSY_POLL).await,
+                done => return Ok(done),
+            }
         }
     }
 

@@ -78,7 +78,7 @@ pub struct Issued {
 }
 
 /// The outcome of a revocation that did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
     /// The credential was removed now.
     Revoked,
@@ -88,4 +88,7 @@ pub enum Revocation {
     Forced,
     /// An expiry found the lease renewed in the meantime; nothing was done.
     NotDue,
+    /// Another node (of a shared store) works on the lease now; this one
+    /// looks again when that node's claim ends.
+    Busy { node: String },
 }

@@ -32,6 +32,12 @@ pub struct ServerConfig {
     /// This daemon's name in a shared store (which node issued a lease);
     /// the host name when omitted.
     pub node_id: Option<String>,
+    /// With a shared store: how old a node's heartbeat may be before the
+    /// others count it dead and take over its work (revoke its due leases,
+    /// roll back its pending ones, finish the revocations it claimed).
+    /// Nodes heartbeat every third of it.
+    #[serde(default = "default_node_timeout")]
+    pub node_timeout: Duration,
     /// Audit log path (hash-chained JSON lines, fsync'd before each answer).
     pub audit_log: Option<PathBuf>,
     /// Who is an admin by uid or user name, replacing the default (root
@@ -68,6 +74,7 @@ impl Default for ServerConfig {
             store_password_file: None,
             store_password_env: None,
             node_id: None,
+            node_timeout: default_node_timeout(),
             audit_log: None,
             admins: None,
             seal_key_file: None,
@@ -96,6 +103,9 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_vault_api() -> bool {
     true
+}
+fn default_node_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_revoked_retention() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -138,6 +148,13 @@ pub(super) fn check_store(server: &ServerConfig, errors: &mut Vec<lessor_plugin:
             "only a postgres:// store takes a password",
         ));
     }
+    let timeout = server.node_timeout.as_std();
+    if timeout < std::time::Duration::from_secs(1) || timeout > std::time::Duration::from_secs(3600) {
+        errors.push(ConfigError::new(
+            "server.node_timeout",
+            format!("{}: between 1s and 1h", server.node_timeout),
+        ));
+    }
     if let Some(node) = &server.node_id {
         if node.is_empty() || node.len() > 128 || node.chars().any(|c| c.is_control() || c.is_whitespace()) {
             errors.push(ConfigError::new(
@@ -151,15 +168,18 @@ pub(super) fn check_store(server: &ServerConfig, errors: &mut Vec<lessor_plugin:
 impl ServerConfig {
     /// This node's name: `node_id`, else the host name.
     pub fn node(&self) -> String {
-        self.node_id.clone().unwrap_or_else(|| {
-            let mut buf = [0u8; 256];
-            // SAFETY: gethostname writes at most buf.len() bytes into buf.
-            let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            match ok {
-                true if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
-                _ => "localhost".into(),
-            }
-        })
+        self.node_id.clone().unwrap_or_else(Self::host_name)
+    }
+
+    /// This host's name ("localhost" if it has none).
+    pub fn host_name() -> String {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        match ok {
+            true if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+            _ => "localhost".into(),
+        }
     }
 }

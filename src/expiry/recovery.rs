@@ -7,7 +7,7 @@ use chrono::Utc;
 use tracing::info;
 
 use crate::broker::Broker;
-use crate::expiry;
+use crate::expiry::{self, ANY_ATTEMPT};
 use crate::lease::LeaseState;
 use crate::store::{ScanFrom, StoreError};
 
@@ -15,7 +15,9 @@ use crate::store::{ScanFrom, StoreError};
 const RECOVERY_PAGE: usize = 10_000;
 
 impl Broker {
-    /// Feeds every unfinished lease from the store to the indexes: pending
+    /// Feeds every unfinished lease of this node from the store to the
+    /// indexes (another node's are that node's work while it lives, and
+    /// the sweep's once it is dead: see [`crate::cluster`]): pending
     /// leases are rolled back, active ones wait for their expiry, revoking
     /// ones are retried now, and irrevocable ones go back to their slow
     /// cadence, spread over it rather than all retried at once. The store
@@ -27,6 +29,8 @@ impl Broker {
         let (mut pending, mut active, mut retry) = (0u64, 0u64, 0u64);
         let mut due = self.index.loader();
         let mut warnings = self.warnings.loader();
+        let me = self.store.cluster().map(|c| c.node());
+        let grace = chrono::Duration::from_std(crate::cluster::TAKEOVER_GRACE).unwrap_or_default();
         // The next page is read while this one is sorted into the loaders.
         let read = |from: ScanFrom| {
             let store = self.store.clone();
@@ -39,6 +43,14 @@ impl Broker {
                 .map_err(|e| StoreError::Io(format!("the start-up scan's read task failed: {e}")))??;
             reading = next.map(read);
             for lease in page {
+                if lease.node.as_deref().is_some_and(|node| Some(node) != me) {
+                    // Another node's: it does the work while alive; this one
+                    // sweeps for it a grace after it falls due.
+                    if lease.state == LeaseState::Active {
+                        self.foreign.schedule(&lease.id, lease.expires_at + grace, ANY_ATTEMPT);
+                    }
+                    continue;
+                }
                 let at = match lease.state {
                     LeaseState::Active => {
                         active += 1;

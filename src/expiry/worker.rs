@@ -20,7 +20,7 @@ use crate::events::Event;
 use crate::expiry;
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
-use crate::store::Write;
+use crate::store::{Claim, Write};
 
 impl Broker {
     /// One revocation attempt under the lease's lock and its connection's
@@ -39,10 +39,22 @@ impl Broker {
         let expired = due.is_some();
         let _lock = self.locks.lock(id).await;
         let mut retry = Reschedule { index: &self.index, id, armed: true };
-        let Some(lease) = self.store.get(id).await? else {
-            retry.armed = false;
-            return Ok(Revocation::AlreadyRevoked);
+        let lease = match self.store.claim(id).await? {
+            Claim::Granted(lease) => lease,
+            Claim::Missing => {
+                retry.armed = false;
+                return Ok(Revocation::AlreadyRevoked);
+            }
+            // Another node works on it: look again when its claim ends
+            // (it finished, or it died and the claim lapsed).
+            Claim::Held { by, until } => {
+                retry.armed = false;
+                let at = until.max(Utc::now() + chrono::Duration::milliseconds(100));
+                self.index.schedule(id, at, ANY_ATTEMPT);
+                return Ok(Revocation::Busy { node: by });
+            }
         };
+        let mut claim = Claimed { broker: self, id, held: true };
         // An active lease's one entry is at its expiry (gone already when
         // the expiry loop popped it). Other entries (a retry scheduled
         // before this attempt) stay and find the lease settled when due;
@@ -52,6 +64,7 @@ impl Broker {
         }
         if lease.state == LeaseState::Revoked {
             retry.armed = false;
+            claim.held = false;
             return Ok(Revocation::AlreadyRevoked);
         }
         if due.is_some_and(|due| !due.is_current(lease.attempts))
@@ -60,16 +73,25 @@ impl Broker {
             // A retry left over from before a later attempt, which
             // scheduled its own: one chain of retries per lease.
             retry.armed = false;
+            claim.release().await;
             return Ok(Revocation::NotDue);
         }
         if expired && lease.state == LeaseState::Active && lease.expires_at > Utc::now() {
-            // Renewed while this attempt waited for the lock: not due yet.
+            // Renewed while this attempt waited for the lock (or on
+            // another node): not due yet.
             retry.armed = false;
+            claim.release().await;
             self.index.schedule(id, lease.expires_at, lease.attempts);
             return Ok(Revocation::NotDue);
         }
-        if matches!(lease.state, LeaseState::Pending | LeaseState::Active) {
-            self.store.write(Write::StartRevoking { id: id.clone() }).await?;
+        if matches!(lease.state, LeaseState::Pending | LeaseState::Active)
+            && !self.store.write(Write::StartRevoking { id: id.clone() }).await?
+        {
+            // The claim was lost meanwhile (this node was out of touch for
+            // longer than the node timeout): another node has the lease.
+            // The retry armed above looks again later.
+            claim.held = false;
+            return Ok(Revocation::NotDue);
         }
         metrics::revocation_attempt(&lease.connection);
         let result = match self.backend(&lease) {
@@ -92,6 +114,7 @@ impl Broker {
                 // statement the server had already taken could still commit
                 // after this drop found nothing. Look once more, later.
                 retry.armed = false;
+                claim.release().await;
                 self.rechecking.lock().unwrap().insert(id.clone());
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
@@ -101,8 +124,16 @@ impl Broker {
             }
             Ok(_) => {
                 let now = Utc::now();
-                self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
+                let recorded = self.store.write(Write::Revoked { id: id.clone(), at: now }).await?;
                 retry.armed = false;
+                claim.held = false;
+                if !recorded {
+                    // Fenced: another node took the lease over while this
+                    // one was out of touch, and records the outcome itself.
+                    // (Dropping a credential twice is harmless.)
+                    debug!(lease = %id, "revoked, but another node had taken the lease over; it records the outcome");
+                    return Ok(Revocation::AlreadyRevoked);
+                }
                 self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
                 metrics::revoked(&lease.connection);
                 // Rollbacks of failed issuances (and their second look) are
@@ -129,14 +160,18 @@ impl Broker {
                 let attempts = lease.attempts + 1;
                 let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
                 metrics::revoke_failed(&lease.connection);
+                let wait = expiry::backoff(attempts);
+                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
                 let write = Write::RevokeFailed {
                     id: id.clone(),
                     attempts,
                     last_error: source.to_string(),
                     irrevocable,
+                    retry_at: at,
                 };
                 self.store.write(write).await?;
                 retry.armed = false;
+                claim.held = false;
                 // Counted once the store says so: a failed write leaves the
                 // lease as it was, and the next attempt counts it then.
                 if irrevocable && lease.state != LeaseState::Irrevocable {
@@ -146,9 +181,7 @@ impl Broker {
                     let record = Record::new("lease.expire", Actor::daemon()).lease(id.as_str());
                     self.audit.record_background(record.failed("backend_failed", source.to_string()));
                 }
-                let wait = expiry::backoff(attempts);
                 warn!(lease = %id, attempts, irrevocable, retry_in_s = wait.as_secs(), error = %source, "revocation failed");
-                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
                 self.index.schedule(id, at, attempts);
                 Err(BrokerError::Backend { context: format!("revoking lease {id} (will retry)"), source })
             }
@@ -228,6 +261,40 @@ impl Broker {
                 _ = tokio::time::sleep(StdDuration::from_secs(3600)) => {}
                 _ = self.shutdown.cancelled() => return,
             }
+        }
+    }
+}
+
+/// This node's claim on a lease while a revocation attempt holds it. A
+/// way out that records no outcome (a store error, the caller going away)
+/// gives it up, so other nodes need not wait for it to lapse; the outcome
+/// writes end it themselves.
+struct Claimed<'a> {
+    broker: &'a Broker,
+    id: &'a LeaseId,
+    held: bool,
+}
+
+impl Claimed<'_> {
+    async fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            if let Err(e) = self.broker.store.release(self.id).await {
+                debug!(lease = %self.id, error = %e, "cannot release the claim; it lapses by itself");
+            }
+        }
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if self.held && self.broker.store.cluster().is_some() {
+            let store = self.broker.store.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.release(&id).await {
+                    debug!(lease = %id, error = %e, "cannot release the claim; it lapses by itself");
+                }
+            });
         }
     }
 }

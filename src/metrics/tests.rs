@@ -25,7 +25,7 @@ fn lease(role: &str) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None },
+        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None, node: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,
@@ -96,7 +96,13 @@ async fn lease_gauges_follow_the_store_and_fall_to_zero() {
     }
     store.write(Write::Activate { id: ids[0].clone(), plugin_data: None, expires_at: None }).await.unwrap();
     let failed =
-        Write::RevokeFailed { id: ids[2].clone(), attempts: 9, last_error: "down".into(), irrevocable: true };
+        Write::RevokeFailed {
+        id: ids[2].clone(),
+        attempts: 9,
+        last_error: "down".into(),
+        irrevocable: true,
+        retry_at: chrono::Utc::now(),
+    };
     store.write(Write::StartRevoking { id: ids[2].clone() }).await.unwrap();
     store.write(failed).await.unwrap();
 

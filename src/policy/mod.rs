@@ -35,6 +35,9 @@ struct Inner {
     admins: Admins,
     /// `serve --dev`: every local user may issue and read static accounts.
     open: bool,
+    /// This daemon's node, when nodes share a store: a lease's owner is a
+    /// uid on the node that issued it.
+    node: Option<Arc<str>>,
 }
 
 impl Default for Policies {
@@ -46,7 +49,21 @@ impl Default for Policies {
 impl Policies {
     pub fn new(policies: Vec<Policy>, admins: Admins) -> Self {
         let policies = policies.into_iter().map(Arc::new).collect();
-        Self { inner: Arc::new(Inner { policies, admins, open: false }) }
+        Self { inner: Arc::new(Inner { policies, admins, open: false, node: None }) }
+    }
+
+    /// The same rules on node `node` of a shared store: callers here own
+    /// the leases issued here, not those of the same uid on other hosts.
+    pub fn on_node(&self, node: &str) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                policies: inner.policies.clone(),
+                admins: inner.admins.clone(),
+                open: inner.open,
+                node: Some(node.into()),
+            }),
+        }
     }
 
     /// The same rules, with issuance open to every local user (`--dev`).
@@ -57,6 +74,7 @@ impl Policies {
                 policies: inner.policies.clone(),
                 admins: inner.admins.clone(),
                 open: true,
+                node: inner.node.clone(),
             }),
         }
     }
@@ -85,6 +103,7 @@ impl Policies {
             admin,
             open: self.inner.open,
             configured: !self.inner.policies.is_empty(),
+            node: self.inner.node.clone(),
             matched: matched.into(),
             identity: Arc::new(identity),
         }
@@ -105,6 +124,8 @@ pub struct Caller {
     open: bool,
     /// Whether any `[[policies]]` are configured, for the messages.
     configured: bool,
+    /// The node the caller's socket is on, when nodes share a store.
+    node: Option<Arc<str>>,
 }
 
 /// What a policy granted for an issuance: the policy the lease is owned
@@ -190,11 +211,16 @@ impl Caller {
     }
 
     /// May the caller read, renew, revoke or watch `lease`? Its owner may
-    /// (the same uid, still matching the policy the lease was issued
-    /// under), and admins may.
+    /// (the same uid on the node that issued it, still matching the policy
+    /// the lease was issued under), and admins may, from any node.
     pub fn may_touch(&self, lease: &Lease) -> bool {
+        let same_node = match (&lease.owner.node, &self.node) {
+            (Some(issued_on), Some(here)) => **issued_on == **here,
+            _ => true,
+        };
         self.admin
             || (lease.owner.uid == self.uid
+                && same_node
                 && lease
                     .owner
                     .policy
@@ -209,6 +235,7 @@ impl Caller {
             gid: self.gid,
             pid: self.pid,
             policy: grant.policy.as_ref().map(|p| p.name.clone()),
+            node: self.node.as_deref().map(str::to_string),
         }
     }
 

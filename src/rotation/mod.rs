@@ -34,11 +34,9 @@ use crate::policy::Caller;
 use crate::store::{LeaseStore, StaticRecord, StoreError};
 use seal::{SealError, Sealer};
 
-/// Who holds rotation claims in the store for this daemon. With the
-/// embedded store exactly one daemon uses it (it is locked), so the name
-/// is the same across restarts and a crashed run's claim is taken back at
-/// once; a shared store will use the node id.
-const HOLDER: &str = "local";
+/// How long the scheduler waits before looking again at an account whose
+/// due rotation another node has claimed.
+const CLAIMED_ELSEWHERE: StdDuration = StdDuration::from_secs(1);
 
 /// Where a connection's own admin credential is kept among the static
 /// accounts: `connection:NAME` (no static account name has a `:`).
@@ -155,6 +153,11 @@ pub struct Rotator {
     tasks: TaskTracker,
     /// Where rotations, retirements and their failures are recorded.
     pub(crate) audit: crate::audit::Audit,
+    /// Who holds rotation claims in the store for this daemon: its node
+    /// id. It is the same across restarts, so a crashed run's claim is
+    /// taken back at once; in a shared store, each node has its own, so
+    /// one node runs each account's rotation.
+    holder: String,
 }
 
 impl Rotator {
@@ -203,6 +206,7 @@ impl Rotator {
             audit,
             shutdown,
             tasks,
+            holder: config.server.node(),
         })
     }
 
@@ -470,7 +474,16 @@ impl Rotator {
                         let account = account.clone();
                         self.tasks.spawn(async move {
                             // Failures are recorded and rescheduled inside.
-                            let _ = me.run(&account, phases::Trigger::Due).await;
+                            if let Err(RotationError::InProgress { .. }) =
+                                me.run(&account, phases::Trigger::Due).await
+                            {
+                                // Another node runs it (a shared store): look
+                                // again once it has had time to finish.
+                                tokio::select! {
+                                    _ = tokio::time::sleep(CLAIMED_ELSEWHERE) => {}
+                                    _ = me.shutdown.cancelled() => {}
+                                }
+                            }
                             drop(running);
                             me.wake.notify_one();
                         });

@@ -20,7 +20,7 @@ use rand::Rng;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
-use super::{is_root, RotationError, Rotator, HOLDER};
+use super::{is_root, RotationError, Rotator};
 use crate::config::{Duration, StaticAccount, Strategy};
 use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
 
@@ -106,14 +106,14 @@ impl Rotator {
     pub(super) async fn run(&self, account: &StaticAccount, trigger: Trigger) -> Result<(), RotationError> {
         let name = &account.name;
         let now = Utc::now();
-        if !self.store.static_claim(name, HOLDER, now, now + CLAIM_TTL).await? {
+        if !self.store.static_claim(name, &self.holder, now, now + CLAIM_TTL).await? {
             return Err(RotationError::InProgress { name: name.clone() });
         }
         let result = self.run_claimed(account, trigger).await;
         if let Err(e @ (RotationError::Seal(_) | RotationError::Store(_))) = &result {
             self.note_other_failure(account, e).await;
         }
-        if let Err(e) = self.store.static_release(name, HOLDER).await {
+        if let Err(e) = self.store.static_release(name, &self.holder).await {
             warn!(account = %name, error = %e, "cannot release the rotation claim; it expires by itself");
         }
         result

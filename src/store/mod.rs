@@ -45,6 +45,21 @@ pub struct Unfinished {
     pub expires_at: DateTime<Utc>,
     /// Failed revocation attempts so far.
     pub attempts: u32,
+    /// The node that issued it, in a store several nodes share; `None`
+    /// in a store of one node.
+    pub node: Option<String>,
+}
+
+/// What claiming a lease found (see [`LeaseStore::claim`]).
+#[derive(Debug)]
+pub enum Claim {
+    /// The lease, now claimed by this node (a store of one node does not
+    /// record claims: the daemon's own per-lease lock is enough).
+    Granted(Lease),
+    /// Another node works on the lease (`by`), until `until` at most.
+    Held { by: String, until: DateTime<Utc> },
+    /// There is no such lease.
+    Missing,
 }
 
 /// Where a scan of [`LeaseStore::unfinished`] goes on: a position in the
@@ -69,8 +84,14 @@ pub enum Write {
     /// `pending` | `active` | `irrevocable` → `revoking`.
     StartRevoking { id: LeaseId },
     /// Records a failed revocation attempt of a `revoking` or `irrevocable`
-    /// lease; `irrevocable` moves it to that state.
-    RevokeFailed { id: LeaseId, attempts: u32, last_error: String, irrevocable: bool },
+    /// lease; `irrevocable` moves it to that state. `retry_at` is when it
+    /// is tried next (any node may then take it, in a shared store).
+    RevokeFailed { id: LeaseId, attempts: u32, last_error: String, irrevocable: bool, retry_at: DateTime<Utc> },
+    /// A credential was made for a lease that another node had meanwhile
+    /// rolled back (its issuing node was out of touch and declared dead):
+    /// the lease goes back to `revoking`, claimed by this node, so the
+    /// credential is removed too. Applies in any state but `active`.
+    Reopen { id: LeaseId },
     /// Any non-final state → `revoked`.
     Revoked { id: LeaseId, at: DateTime<Utc> },
     /// Removes the lease whatever its state (`force`, purge).
@@ -87,6 +108,7 @@ impl Write {
             | Write::StartRevoking { id }
             | Write::RevokeFailed { id, .. }
             | Write::Revoked { id, .. }
+            | Write::Reopen { id }
             | Write::Delete { id } => id,
         }
     }
@@ -119,6 +141,33 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// One lease, in any state.
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError>;
+
+    /// Reads a lease and claims it for this node, to revoke or renew it:
+    /// in a store several nodes share, exactly one node works on a lease
+    /// at a time. Granted when nobody holds it, this node does, or the
+    /// holder's claim ended (it expired, or the holder stopped
+    /// heartbeating). A revoked lease is granted too, and so is a
+    /// `pending` one only to the node issuing it or once that node is dead.
+    /// The claim ends with the write that records the work's outcome
+    /// (renewed, revoked, failed) or with [`release`](Self::release).
+    /// This default, for a store of one node, only reads.
+    async fn claim(&self, id: &LeaseId) -> Result<Claim, StoreError> {
+        Ok(match self.get(id).await? {
+            Some(lease) => Claim::Granted(lease),
+            None => Claim::Missing,
+        })
+    }
+
+    /// Gives up this node's claim on a lease, if it holds one.
+    async fn release(&self, _id: &LeaseId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The store's side of a cluster of nodes, for a store several nodes
+    /// share; `None` for a store of one node.
+    fn cluster(&self) -> Option<&dyn crate::cluster::Cluster> {
+        None
+    }
 
     /// Leases whose id starts with `prefix` (all with ""), in any state
     /// but those listed in `exclude`, ordered by id: the `page` of them.

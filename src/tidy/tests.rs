@@ -68,7 +68,7 @@ fn lease(username: &str, state: LeaseState) -> Lease {
         renewable: false,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None, policy: None },
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,
@@ -92,6 +92,7 @@ fn tidy(backend: Arc<FakeBackend>, store: Arc<dyn LeaseStore>, grace: u64) -> Ti
         targets: BTreeMap::from([("db".to_string(), Some(target)), ("off".to_string(), None)]),
         store,
         audit: crate::audit::Audit::disabled(),
+        node: "test".into(),
     }
 }
 

@@ -35,7 +35,13 @@ fn lease(id: &str, username: &str, state: LeaseState) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: Some(42), policy: Some("web".into()) },
+        owner: Owner {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+            policy: Some("web".into()),
+            node: Some("node-a".into()),
+        },
         plugin_data: Some(serde_json::json!({"k": [1, 2]})),
         revoked_at: None,
         idempotency: None,
@@ -74,6 +80,7 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
         attempts: 6,
         last_error: "down".into(),
         irrevocable: true,
+        retry_at: Utc::now(),
     };
     assert!(store.write(failed).await.unwrap());
     let stuck = store.get(&first.id).await.unwrap().unwrap();
@@ -161,7 +168,7 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
 async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     let db = TestDb::create().await;
     // Three nodes open the empty store at once: the advisory lock lets one
-    // migrate and the others find the schema done.
+    // migrate and the others find the schema done. Each registers itself.
     let password = SecretString::from(db.admin_password.clone());
     let open = |node: &'static str| {
         let (url, password) = (db.admin_url(), password.clone());
@@ -169,17 +176,24 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     };
     let (a, b, c) = tokio::join!(open("a"), open("b"), open("c"));
     let version: i32 = db.su.query_one("SELECT version FROM lessor_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 1);
-    // Until nodes share work through the store, one daemon holds it.
-    let mut opened = Vec::new();
-    for outcome in [a, b, c] {
-        match outcome {
-            Ok(store) => opened.push(store),
-            Err(e) => assert!(e.to_string().contains("another lessor is using this store (lessor "), "{e}"),
-        }
-    }
-    assert_eq!(opened.len(), 1, "exactly one of three opens holds the store");
-    let a = opened.into_iter().next().unwrap();
+    assert_eq!(version, 2);
+    let (a, _b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let nodes: Vec<String> = db
+        .su
+        .query("SELECT node_id FROM nodes ORDER BY node_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(nodes, ["a", "b", "c"]);
+    // A second live daemon with a node id in use is refused, and says by whom.
+    let e = open("c").await.unwrap_err().to_string();
+    assert!(e.contains("node_id \"c\" is in use by another live lessor on this store (lessor c from "), "{e}");
+    // Once that one is gone (its session ends), the id is free: opening
+    // waits the instant that takes.
+    drop(c);
+    open("c").await.expect("node id c free once its daemon is gone");
 
     let writes = (0..400).map(|i| {
         let store = &a;
@@ -209,6 +223,7 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
         attempts: u32::MAX,
         last_error: "x".into(),
         irrevocable: false,
+        retry_at: Utc::now(),
     };
     a.write(Write::StartRevoking { id: LeaseId::parse("burst/l0000").unwrap() }).await.unwrap();
     let (before, failed, after) = tokio::join!(

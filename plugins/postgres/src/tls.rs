@@ -5,7 +5,8 @@
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use lessor_plugin::tls::{self, TlsSettings};
-use tokio_postgres::{CancelToken, Client, NoTls};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio_postgres::{AsyncMessage, CancelToken, Client, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::debug;
 
@@ -58,6 +59,29 @@ impl PgTls {
         })
     }
 
+    /// Opens one connection outside the pool whose notifications
+    /// (`LISTEN`) arrive on the returned channel; the channel closes when
+    /// the connection does, which is how its owner learns it was lost.
+    pub async fn connect_listening(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(Client, UnboundedReceiver<Notification>), tokio_postgres::Error> {
+        let (sender, notifications) = mpsc::unbounded_channel();
+        let client = match &self.connector {
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                tokio::spawn(forward_notifications(connection, sender));
+                client
+            }
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(forward_notifications(connection, sender));
+                client
+            }
+        };
+        Ok((client, notifications))
+    }
+
     /// Asks the server to cancel whatever `token`'s connection is running.
     /// The server does not answer a cancel request; the cancelled
     /// statement's own error is the answer, which the caller waits for.
@@ -68,6 +92,33 @@ impl PgTls {
         };
         if let Err(e) = sent {
             debug!(error = %e, "sending the cancel request failed; the connection is closed instead");
+        }
+    }
+}
+
+/// Drives `connection`, handing its notifications to `sender`, until the
+/// connection ends or nobody listens any more.
+async fn forward_notifications<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    sender: mpsc::UnboundedSender<Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(notification)) => {
+                if sender.send(notification).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "listening connection lost");
+                return;
+            }
         }
     }
 }

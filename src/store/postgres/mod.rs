@@ -11,11 +11,11 @@
 //!
 //! The schema lives in `schemas/sql/postgres/`; migrations run in one
 //! transaction under an advisory lock, so nodes starting together do not
-//! race. Each lease records the node that issued it (`server.node_id`).
-//! What makes several live nodes share the work (claimed revocations,
-//! heartbeats, `LISTEN/NOTIFY`) is not built yet: the writer's session
-//! holds an advisory lock, and a second daemon on the store is refused.
+//! race. Each lease records the node that issued it (`server.node_id`);
+//! what lets several live nodes share the work (the node lock and
+//! heartbeat, claims, the sweep, `LISTEN/NOTIFY`) is in [`cluster`].
 
+mod cluster;
 mod writer;
 
 use std::collections::HashSet;
@@ -31,24 +31,28 @@ use tokio_postgres::Row;
 
 use super::jobs::Queue;
 use super::{
-    LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
+    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
     Unfinished, Write,
 };
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings the recorded
 /// version to `n`.
-const MIGRATIONS: &[&str] = &[include_str!("../../../schemas/sql/postgres/0001_leases.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../schemas/sql/postgres/0001_leases.sql"),
+    include_str!("../../../schemas/sql/postgres/0002_nodes.sql"),
+];
 
 /// The advisory lock key migrations run under (any fixed number will do;
 /// this one spells "lessor").
 const MIGRATION_LOCK: i64 = 0x6c65_7373_6f72;
 
-/// The advisory lock the writer's session holds while the daemon runs:
-/// until nodes share work through the store (claims, heartbeats), a second
-/// daemon on the same store would roll back the first one's pending leases
-/// as a crash's, so it is refused.
-pub(super) const STORE_LOCK: i64 = 0x6c65_7373_6f73;
+/// How old a node's heartbeat may be before it counts as dead, unless
+/// set with [`PostgresStore::with_node_timeout`] (`server.node_timeout`).
+pub const DEFAULT_NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long opening the store waits for this node's lock.
+const NODE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Writes waiting for the writer before `write` callers wait for room.
 const QUEUE: usize = 4096;
@@ -57,19 +61,34 @@ const MAX_BATCH: usize = 1000;
 /// Read connections.
 const READERS: usize = 4;
 
-/// Selects every column of `leases` in the order [`lease_from_row`] reads them.
-const SELECT_LEASES: &str = "SELECT id, role, connection, username, state, issued_at, expires_at, \
-     max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, \
-     revoked_at, owner_policy, idempotency FROM leases ";
+/// Every column of `leases` a [`Lease`] holds, in the order
+/// [`lease_from_row`] reads them.
+macro_rules! lease_columns {
+    () => {
+        "id, role, connection, username, state, issued_at, expires_at, max_expires_at, renewable, \
+         attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, owner_policy, \
+         idempotency, node"
+    };
+}
+pub(super) const LEASE_COLUMNS: &str = lease_columns!();
+const SELECT_LEASES: &str = concat!("SELECT ", lease_columns!(), " FROM leases ");
 
 /// The PostgreSQL lease store. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     /// The URL without its password, for messages.
     location: String,
     node: String,
+    /// How old a heartbeat may be before its node counts as dead.
+    timeout: std::time::Duration,
+    /// This host's name and when this daemon started (epoch ms), for `nodes`.
+    host: String,
+    started_at: i64,
     jobs: Queue,
     readers: Pool,
     commits: Arc<AtomicU64>,
+    /// For the listening connection.
+    config: tokio_postgres::Config,
+    tls: lessor_postgres::PgTls,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -85,8 +104,9 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to the store at `url` (`postgres://user@host:port/db`,
     /// libpq's key/value form works too) with `password`, brings its schema
-    /// up to date and starts the writer. Leases written are recorded as
-    /// issued by `node`.
+    /// up to date, takes `node`'s lock (a second live daemon with the same
+    /// node id is refused), records its first heartbeat and starts the
+    /// writer. Leases written are recorded as issued by `node`.
     pub async fn open(url: &str, password: Option<&SecretString>, node: &str) -> Result<Self, StoreError> {
         // TLS as for a `[connections]` entry: libpq's sslmode and files in
         // the URL, full verification by default towards a host not local.
@@ -101,7 +121,15 @@ impl PostgresStore {
 
         let (mut client, driver) = tls.connect(&config).await.map_err(|e| fail(connect_error(&e)))?;
         migrate(&mut client).await.map_err(&fail)?;
-        take_store_lock(&client).await.map_err(&fail)?;
+        // A daemon of this node that just died may still hold the lock
+        // for the instant its session takes to end: a few tries.
+        let deadline = std::time::Instant::now() + NODE_LOCK_WAIT;
+        while let Err(e) = cluster::take_node_lock(&client, node).await {
+            if std::time::Instant::now() >= deadline {
+                return Err(fail(e));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
 
         let readers = Pool::builder(tls.manager(config.clone()))
             .max_size(READERS)
@@ -111,8 +139,8 @@ impl PostgresStore {
         let commits = Arc::new(AtomicU64::new(0));
         let (jobs, queue) = mpsc::channel(QUEUE);
         tokio::spawn(writer::run(writer::Writer {
-            config,
-            tls,
+            config: config.clone(),
+            tls: tls.clone(),
             client: Some((client, driver)),
             statements: None,
             queue,
@@ -120,7 +148,27 @@ impl PostgresStore {
             location: location.clone(),
             node: node.to_string(),
         }));
-        Ok(Self { location, node: node.to_string(), jobs: Queue(jobs), readers, commits })
+        let store = Self {
+            location: location.clone(),
+            node: node.to_string(),
+            timeout: DEFAULT_NODE_TIMEOUT,
+            host: crate::config::ServerConfig::host_name(),
+            started_at: Utc::now().timestamp_millis(),
+            jobs: Queue(jobs),
+            readers,
+            commits,
+            config,
+            tls,
+        };
+        crate::cluster::Cluster::heartbeat(&store).await.map_err(|e| fail(e.to_string()))?;
+        Ok(store)
+    }
+
+    /// How old a node's heartbeat may be before it counts as dead, and
+    /// another node takes over its work (`server.node_timeout`).
+    pub fn with_node_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The node this store writes leases as.
@@ -160,6 +208,18 @@ impl LeaseStore for PostgresStore {
         Ok(self.leases(rows)?.pop())
     }
 
+    async fn claim(&self, id: &LeaseId) -> Result<Claim, StoreError> {
+        self.claim_lease(id).await
+    }
+
+    async fn release(&self, id: &LeaseId) -> Result<(), StoreError> {
+        self.release_lease(id).await
+    }
+
+    fn cluster(&self) -> Option<&dyn crate::cluster::Cluster> {
+        Some(self)
+    }
+
     async fn list(
         &self,
         prefix: &str,
@@ -193,7 +253,7 @@ impl LeaseStore for PostgresStore {
         let rows = self
             .query(
                 "scan unfinished leases",
-                "SELECT seq, id, state, issued_at, expires_at, attempts FROM leases \
+                "SELECT seq, id, state, issued_at, expires_at, attempts, node FROM leases \
                  WHERE seq > $1 AND state <> 'revoked' ORDER BY seq LIMIT $2",
                 &[&from.0, &limit],
             )
@@ -210,6 +270,7 @@ impl LeaseStore for PostgresStore {
                 issued_at: time(row.get(3)).map_err(|e| self.failed("scan", e))?,
                 expires_at: time(row.get(4)).map_err(|e| self.failed("scan", e))?,
                 attempts: row.get::<_, i32>(5) as u32,
+                node: Some(row.get(6)),
             });
         }
         let next = (page.len() as i64 == limit).then_some(last).flatten().map(ScanFrom);
@@ -368,36 +429,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Takes [`STORE_LOCK`] for this session, or says who holds it.
-pub(super) async fn take_store_lock(client: &tokio_postgres::Client) -> Result<(), String> {
-    let taken: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&STORE_LOCK])
-        .await
-        .map_err(|e| format!("cannot lock the store: {e}"))?
-        .get(0);
-    if taken {
-        return Ok(());
-    }
-    let holder = client
-        .query_opt(
-            "SELECT a.application_name, a.client_addr::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.objid = ($1 & 4294967295)::oid AND l.granted LIMIT 1",
-            &[&STORE_LOCK],
-        )
-        .await
-        .ok()
-        .flatten()
-        .map(|row| {
-            let name: Option<String> = row.get(0);
-            let addr: Option<String> = row.get(1);
-            format!(" ({} from {})", name.unwrap_or_default(), addr.unwrap_or_else(|| "a local socket".into()))
-        })
-        .unwrap_or_default();
-    Err(format!(
-        "another lessor is using this store{holder}; one daemon per store until nodes share one (DESIGN §8)"
-    ))
-}
-
 /// Runs the migrations the store has not seen, in one transaction under
 /// an advisory lock (another node may be starting too).
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
@@ -427,11 +458,11 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
     tx.commit().await.map_err(|e| format!("cannot commit the migrations: {e}"))
 }
 
-fn time(millis: i64) -> Result<DateTime<Utc>, String> {
+pub(super) fn time(millis: i64) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp_millis(millis).ok_or_else(|| format!("bad time {millis}"))
 }
 
-fn lease_from_row(row: &Row) -> Result<Lease, String> {
+pub(super) fn lease_from_row(row: &Row) -> Result<Lease, String> {
     let state: String = row.get(4);
     let revoked_at: Option<i64> = row.get(15);
     Ok(Lease {
@@ -451,6 +482,7 @@ fn lease_from_row(row: &Row) -> Result<Lease, String> {
             gid: row.get::<_, i64>(12) as u32,
             pid: row.get(13),
             policy: row.get(16),
+            node: row.get(18),
         },
         plugin_data: row.get(14),
         revoked_at: revoked_at.map(time).transpose()?,

@@ -42,6 +42,7 @@ pub(super) struct Statements {
     start_revoking: Statement,
     revoke_failed: Statement,
     revoked: Statement,
+    reopen: Statement,
     delete: Statement,
     purge: Statement,
     static_put: Statement,
@@ -61,28 +62,54 @@ impl Statements {
                      ON CONFLICT DO NOTHING",
                 )
                 .await?,
+            // The writes that record work on a lease are fenced: they apply
+            // only while this node ($node) holds the lease's claim or nobody
+            // does, so a node that was out of touch for longer than the node
+            // timeout cannot overwrite the work of the node that took over.
+            // Each ends the claim it was done under.
             activate: client
                 .prepare(
-                    "UPDATE leases SET state = 'active', plugin_data = $2, expires_at = coalesce($3, expires_at) \
-                     WHERE id = $1 AND state = 'pending'",
+                    "UPDATE leases SET state = 'active', plugin_data = $2, expires_at = coalesce($3, expires_at), \
+                     claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state = 'pending' AND (claimed_by IS NULL OR claimed_by = $4)",
                 )
                 .await?,
-            renew: client.prepare("UPDATE leases SET expires_at = $2 WHERE id = $1 AND state = 'active'").await?,
+            renew: client
+                .prepare(
+                    "UPDATE leases SET expires_at = $2, claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state = 'active' AND (claimed_by IS NULL OR claimed_by = $3)",
+                )
+                .await?,
             start_revoking: client
                 .prepare(
-                    "UPDATE leases SET state = 'revoking' \
-                     WHERE id = $1 AND state IN ('pending', 'active', 'irrevocable')",
+                    "UPDATE leases SET state = 'revoking', retry_at = $3 \
+                     WHERE id = $1 AND state IN ('pending', 'active', 'irrevocable') \
+                     AND (claimed_by IS NULL OR claimed_by = $2)",
                 )
                 .await?,
             revoke_failed: client
                 .prepare(
                     "UPDATE leases SET attempts = $2, last_error = $3, \
-                     state = CASE WHEN $4 THEN 'irrevocable' ELSE state END \
-                     WHERE id = $1 AND state IN ('revoking', 'irrevocable')",
+                     state = CASE WHEN $4 THEN 'irrevocable' ELSE state END, retry_at = $5, \
+                     claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state IN ('revoking', 'irrevocable') \
+                     AND (claimed_by IS NULL OR claimed_by = $6)",
                 )
                 .await?,
             revoked: client
-                .prepare("UPDATE leases SET state = 'revoked', revoked_at = $2 WHERE id = $1 AND state <> 'revoked'")
+                .prepare(
+                    "UPDATE leases SET state = 'revoked', revoked_at = $2, claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state <> 'revoked' AND (claimed_by IS NULL OR claimed_by = $3)",
+                )
+                .await?,
+            // Not fenced: the credential this node just made must go, so
+            // the lease is this node's to revoke, whoever held it.
+            reopen: client
+                .prepare(
+                    "UPDATE leases SET state = 'revoking', revoked_at = NULL, retry_at = 0, \
+                     claimed_by = $2, claim_until = lessor_now_ms() + $3 \
+                     WHERE id = $1 AND state <> 'active'",
+                )
                 .await?,
             delete: client.prepare("DELETE FROM leases WHERE id = $1").await?,
             purge: client.prepare("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < $1").await?,
@@ -172,7 +199,7 @@ impl Writer {
                 .await
                 .map_err(|e| BatchError::Connection(super::connect_error(&e)))?;
             // The lock went with the lost session: no write before it is ours again.
-            if let Err(e) = super::take_store_lock(&client).await {
+            if let Err(e) = super::cluster::take_node_lock(&client, &self.node).await {
                 driver.abort();
                 return Err(BatchError::Connection(e));
             }
@@ -308,25 +335,32 @@ async fn apply(tx: &Transaction<'_>, st: &Statements, job: &Job, node: &str) -> 
             Ok(inserted)
         }
         Write::Activate { plugin_data, expires_at, .. } => tx
-            .execute(&st.activate, &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis())])
+            .execute(&st.activate, &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis()), &node])
             .await
             .map_err(|e| failed(format!("activate lease {id}"), e)),
         Write::Renew { expires_at, .. } => tx
-            .execute(&st.renew, &[&id, &expires_at.timestamp_millis()])
+            .execute(&st.renew, &[&id, &expires_at.timestamp_millis(), &node])
             .await
             .map_err(|e| failed(format!("renew lease {id}"), e)),
         Write::StartRevoking { .. } => tx
-            .execute(&st.start_revoking, &[&id])
+            .execute(&st.start_revoking, &[&id, &node, &chrono::Utc::now().timestamp_millis()])
             .await
             .map_err(|e| failed(format!("start revoking lease {id}"), e)),
-        Write::RevokeFailed { attempts, last_error, irrevocable, .. } => tx
-            .execute(&st.revoke_failed, &[&id, &(*attempts as i32), last_error, irrevocable])
+        Write::RevokeFailed { attempts, last_error, irrevocable, retry_at, .. } => tx
+            .execute(
+                &st.revoke_failed,
+                &[&id, &(*attempts as i32), last_error, irrevocable, &retry_at.timestamp_millis(), &node],
+            )
             .await
             .map_err(|e| failed(format!("record failed revocation of lease {id}"), e)),
         Write::Revoked { at, .. } => tx
-            .execute(&st.revoked, &[&id, &at.timestamp_millis()])
+            .execute(&st.revoked, &[&id, &at.timestamp_millis(), &node])
             .await
             .map_err(|e| failed(format!("mark lease {id} revoked"), e)),
+        Write::Reopen { .. } => tx
+            .execute(&st.reopen, &[&id, &node, &super::cluster::CLAIM_TTL_MS])
+            .await
+            .map_err(|e| failed(format!("reopen lease {id}"), e)),
         Write::Delete { .. } => {
             tx.execute(&st.delete, &[&id]).await.map_err(|e| failed(format!("delete lease {id}"), e))
         }

@@ -528,6 +528,7 @@ fn unfinished_from_row(row: &Row<'_>) -> rusqlite::Result<Unfinished> {
         issued_at: time_at(row, 3)?,
         expires_at: time_at(row, 4)?,
         attempts: row.get(5)?,
+        node: None,
     })
 }
 
@@ -562,7 +563,13 @@ fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
         renewable: row.get(8)?,
         attempts: row.get(9)?,
         last_error: row.get(10)?,
-        owner: Owner { uid: row.get(11)?, gid: row.get(12)?, pid: row.get(13)?, policy: row.get(16)? },
+        owner: Owner {
+            uid: row.get(11)?,
+            gid: row.get(12)?,
+            pid: row.get(13)?,
+            policy: row.get(16)?,
+            node: None,
+        },
         plugin_data: plugin_data
             .map(|text| {
                 serde_json::from_str(&text).map_err(|e| bad(14, Type::Text, format!("bad plugin data: {e}")))

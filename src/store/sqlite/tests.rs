@@ -26,7 +26,7 @@ fn pending(role: &str) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242), policy: None },
+        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242), policy: None, node: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,
@@ -54,7 +54,7 @@ async fn a_lease_round_trips_with_every_field() {
     full.renewable = false;
     full.attempts = 7;
     full.last_error = Some("role \"v_x\" cannot be dropped".into());
-    full.owner = Owner { uid: u32::MAX, gid: 0, pid: None, policy: Some("web".into()) };
+    full.owner = Owner { uid: u32::MAX, gid: 0, pid: None, policy: Some("web".into()), node: None };
     full.idempotency = Some("ab".repeat(32));
     full.plugin_data = Some(json!({"db": "orders", "grants": ["SELECT"], "n": 1.5}));
     full.revoked_at = Some(millis(Utc::now()));
@@ -92,6 +92,7 @@ async fn writes_apply_only_in_their_states() {
         attempts,
         last_error: format!("attempt {attempts}"),
         irrevocable,
+        retry_at: Utc::now(),
     };
 
     // Nothing applies to a lease that does not exist, except Insert.
@@ -447,6 +448,7 @@ async fn unfinished_pages_through_every_lease_but_the_revoked_once() {
             issued_at: l.issued_at,
             expires_at: l.expires_at,
             attempts: 0,
+            node: None,
         })
         .collect();
     want.sort_by(|a, b| a.id.cmp(&b.id));

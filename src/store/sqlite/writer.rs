@@ -147,6 +147,12 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
             )
             .and_then(|mut s| s.execute(params![id, at.timestamp_millis()]))
             .map_err(|e| failed(&format!("mark lease {id} revoked"), e))?,
+        Write::Reopen { .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET state = 'revoking', revoked_at = NULL WHERE id = ?1 AND state != 'active'",
+            )
+            .and_then(|mut s| s.execute([id]))
+            .map_err(|e| failed(&format!("reopen lease {id}"), e))?,
         Write::Delete { .. } => conn
             .prepare_cached("DELETE FROM leases WHERE id = ?1")
             .and_then(|mut s| s.execute([id]))

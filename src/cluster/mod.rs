@@ -1,0 +1,289 @@
+//! Several nodes on one store (DESIGN §8): each host runs its own daemon
+//! (it serves local sockets), and they share leases through a PostgreSQL
+//! store.
+//!
+//! - A node heartbeats; one whose heartbeat is older than
+//!   `server.node_timeout` is dead.
+//! - Work on a lease is claimed in the store ([`LeaseStore::claim`]): one
+//!   node at a time revokes or renews it. A claim ends with the write that
+//!   records the outcome, or when its holder dies.
+//! - Each node revokes its own leases when they fall due, from its own
+//!   expiry index. Every node also learns the other nodes' deadlines
+//!   (`LISTEN/NOTIFY`) and, a grace after one passes, sweeps the store for
+//!   due work nobody has claimed (`FOR UPDATE SKIP LOCKED`): a dead node's
+//!   expired leases, its `pending` ones (rolled back), the retries it owed.
+//!   A slow periodic sweep covers notifications lost while disconnected.
+//! - Events other nodes' watchers need (a static account `rotated`) are
+//!   published through the store.
+//!
+//! This module is the broker's side of it (heartbeat, listener, sweep);
+//! the store's side is the [`Cluster`] trait, which the PostgreSQL store
+//! implements.
+//!
+//! [`LeaseStore::claim`]: crate::store::LeaseStore::claim
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::events::Event;
+use crate::expiry::{self, Due, ANY_ATTEMPT};
+use crate::lease::LeaseId;
+use crate::store::StoreError;
+
+/// How long past due another node's lease must be before this node
+/// sweeps for it: its own node normally revokes it first.
+pub const TAKEOVER_GRACE: StdDuration = StdDuration::from_secs(1);
+
+/// Most leases one sweep claims.
+const SWEEP_BATCH: usize = 256;
+
+/// The least time between two sweeps, so a burst of other nodes'
+/// deadlines costs one sweep, not one each.
+const SWEEP_SPACING: StdDuration = StdDuration::from_millis(200);
+
+/// A node as the store knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub host: Option<String>,
+    pub pid: Option<i32>,
+    pub version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    /// The last heartbeat, by the store's clock.
+    pub last_heartbeat: DateTime<Utc>,
+    /// How long ago that was, by the store's clock.
+    pub heartbeat_age_ms: i64,
+    /// Whether the heartbeat is recent enough for the node to count as alive.
+    pub alive: bool,
+}
+
+/// What a node hears from the store about the others.
+#[derive(Debug)]
+pub enum Notice {
+    /// Listening (again): whatever was sent while not listening is lost.
+    Connected,
+    /// A lease of `node` is active until `expires_at` (just issued or
+    /// renewed; `previous` is the expiry it had).
+    Scheduled { id: LeaseId, node: String, expires_at: DateTime<Utc>, previous: DateTime<Utc> },
+    /// A lease of `node` ended (revoked or dropped); it was due at `expires_at`.
+    Ended { id: LeaseId, node: String, expires_at: DateTime<Utc> },
+    /// An event another node published.
+    Event { node: String, event: Event },
+}
+
+/// The store's side of a cluster of nodes.
+#[async_trait]
+pub trait Cluster: Send + Sync + Debug {
+    /// This node's id (`server.node_id`).
+    fn node(&self) -> &str;
+
+    /// How old a heartbeat may be before its node counts as dead.
+    fn node_timeout(&self) -> StdDuration;
+
+    /// Records that this node is alive.
+    async fn heartbeat(&self) -> Result<(), StoreError>;
+
+    /// Every node that has used the store, with its last heartbeat.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// Claims for this node up to `limit` leases that are due by more than
+    /// `grace` and that no live node works on: expired active leases,
+    /// revocations whose retry is due, and `pending` leases of dead nodes.
+    /// Rows another node is claiming at the same instant are skipped
+    /// (`FOR UPDATE SKIP LOCKED`), never waited for.
+    async fn claim_due(&self, grace: StdDuration, limit: usize) -> Result<Vec<LeaseId>, StoreError>;
+
+    /// Listens to the store until `shutdown`, reconnecting when the
+    /// connection is lost; every (re)connection is a [`Notice::Connected`].
+    fn listen(&self, shutdown: CancellationToken) -> mpsc::Receiver<Notice>;
+
+    /// Tells the other nodes of `event`.
+    async fn publish(&self, event: &Event) -> Result<(), StoreError>;
+}
+
+impl Broker {
+    /// Starts this node's part of the cluster: the heartbeat, the listener
+    /// and the sweep. Nothing for a store of one node.
+    pub(crate) fn start_cluster(self: &Arc<Self>) {
+        if self.store.cluster().is_none() {
+            return;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.heartbeat_loop().await });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.listen_loop().await });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.sweep_loop().await });
+        let me = self.clone();
+        let mut published = self.events.forward_to_cluster();
+        self.tasks.spawn(async move {
+            let Some(cluster) = me.store.cluster() else { return };
+            loop {
+                let event = tokio::select! {
+                    event = published.recv() => match event { Some(e) => e, None => return },
+                    _ = me.shutdown.cancelled() => return,
+                };
+                if let Err(e) = cluster.publish(&event).await {
+                    warn!(error = %e, "cannot tell the other nodes of an event; their watchers miss it");
+                }
+            }
+        });
+    }
+
+    fn cluster(&self) -> &dyn Cluster {
+        self.store.cluster().expect("started only with a shared store")
+    }
+
+    /// Heartbeats every third of the node timeout. A node that could not
+    /// for longer than the timeout says so when it can again: the others
+    /// took its claims over meanwhile, and its writes are fenced (they
+    /// apply only to leases it still holds or nobody holds).
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let timeout = self.cluster().node_timeout();
+        let every = timeout / 3;
+        let mut last_ok = Instant::now();
+        loop {
+            match self.cluster().heartbeat().await {
+                Ok(()) => {
+                    let gap = last_ok.elapsed();
+                    if gap > timeout {
+                        warn!(
+                            out_of_touch_s = gap.as_secs(),
+                            node_timeout_s = timeout.as_secs(),
+                            "this node's heartbeat was missing for longer than the node timeout: \
+                             other nodes may have taken over its work"
+                        );
+                    }
+                    last_ok = Instant::now();
+                }
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Follows the other nodes' deadlines and events. After a reconnection
+    /// (notices may have been lost) the store is read again and a sweep is
+    /// run at once.
+    async fn listen_loop(self: Arc<Self>) {
+        let me = self.cluster().node().to_string();
+        let mut notices = self.cluster().listen(self.shutdown.clone());
+        let grace = chrono::Duration::from_std(TAKEOVER_GRACE).unwrap_or_default();
+        let mut first = true;
+        while let Some(notice) = notices.recv().await {
+            match notice {
+                Notice::Connected => {
+                    if !first {
+                        info!("listening to the store again; reading the other nodes' leases");
+                        if let Err(e) = self.rescan_foreign().await {
+                            warn!(error = %e, "cannot read the other nodes' leases; the periodic sweep covers them");
+                        }
+                    }
+                    first = false;
+                    self.foreign.schedule(&LeaseId::from_store(String::new()), Utc::now(), ANY_ATTEMPT);
+                }
+                Notice::Scheduled { id, node, expires_at, previous } if node != me => {
+                    self.foreign.unschedule(&id, previous + grace, ANY_ATTEMPT);
+                    self.foreign.schedule(&id, expires_at + grace, ANY_ATTEMPT);
+                }
+                Notice::Ended { id, node, expires_at } if node != me => {
+                    self.foreign.unschedule(&id, expires_at + grace, ANY_ATTEMPT);
+                }
+                Notice::Event { node, event } if node != me => self.events.emit_local(event),
+                _ => {}
+            }
+        }
+    }
+
+    /// Puts every other node's active lease in the index of their
+    /// deadlines (a re-read after notices may have been lost).
+    async fn rescan_foreign(&self) -> Result<(), StoreError> {
+        let me = self.cluster().node();
+        let grace = chrono::Duration::from_std(TAKEOVER_GRACE).unwrap_or_default();
+        let mut from = crate::store::ScanFrom::default();
+        loop {
+            let (page, next) = self.store.unfinished(from, 10_000).await?;
+            for lease in page {
+                if lease.state == crate::lease::LeaseState::Active && lease.node.as_deref() != Some(me) {
+                    self.foreign.schedule(&lease.id, lease.expires_at + grace, ANY_ATTEMPT);
+                }
+            }
+            match next {
+                Some(next) => from = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Claims and revokes the due work nobody else does: woken by the other
+    /// nodes' deadlines (a grace after each), and every half node timeout
+    /// anyway, for dead nodes' `pending` leases and lost notifications.
+    async fn sweep_loop(self: Arc<Self>) {
+        let every = self.cluster().node_timeout() / 2;
+        let mut periodic = tokio::time::Instant::now();
+        loop {
+            // Whatever fell due, one sweep serves it all.
+            let woken = !self.foreign.due(Utc::now(), usize::MAX).is_empty();
+            if !self.is_ready() {
+                // Start-up recovery first: it schedules this node's own work.
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP_SPACING) => continue,
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            if woken || tokio::time::Instant::now() >= periodic {
+                periodic = tokio::time::Instant::now() + every;
+                if self.sweep().await {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP_SPACING) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+            }
+            let at = self.foreign.next_deadline().map_or(periodic, |w| expiry::instant_of(w).min(periodic));
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = self.foreign.changed() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sweep: claims due work and revokes it. Whether the batch was
+    /// full (there may be more).
+    async fn sweep(self: &Arc<Self>) -> bool {
+        let claimed = match self.cluster().claim_due(TAKEOVER_GRACE, SWEEP_BATCH).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                debug!(error = %e, "sweep failed; trying again later");
+                return false;
+            }
+        };
+        let full = claimed.len() == SWEEP_BATCH;
+        if !claimed.is_empty() {
+            info!(leases = claimed.len(), "took over due work no live node was doing");
+        }
+        for id in claimed {
+            let me = self.clone();
+            self.tasks.spawn(async move {
+                let due = Due { id, attempts: ANY_ATTEMPT };
+                // Failures are recorded and rescheduled inside.
+                let _ = me.revoke_now(&due.id, Some(&due)).await;
+            });
+        }
+        full
+    }
+}

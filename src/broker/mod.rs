@@ -108,6 +108,10 @@ pub struct Broker {
     unsettled: Mutex<HashSet<LeaseId>>,
     /// Those of them whose second look is scheduled.
     pub(crate) rechecking: Mutex<HashSet<LeaseId>>,
+    /// Leases another node rolled back while this one, out of touch,
+    /// still made their credential (see `Write::Reopen`): their lease was
+    /// counted revoked once already.
+    pub(crate) reopened: Mutex<HashSet<LeaseId>>,
 }
 
 impl Broker {
@@ -161,6 +165,7 @@ impl Broker {
             issuing: Mutex::default(),
             unsettled: Mutex::default(),
             rechecking: Mutex::default(),
+            reopened: Mutex::default(),
         })
     }
 
@@ -317,9 +322,11 @@ impl Broker {
             // run before the credential existed, so the lease is reopened
             // and the credential taken back rather than handed out untracked.
             Ok(false) => {
+                warn!(lease = %lease.id, "another node rolled this issuance back while this node was out of touch; removing the credential it made");
                 if let Err(e) = self.store.write(Write::Reopen { id: lease.id.clone() }).await {
                     warn!(lease = %lease.id, error = %e, "cannot reopen a lease rolled back by another node; retrying its revocation");
                 }
+                self.reopened.lock().unwrap().insert(lease.id.clone());
                 self.index.schedule(&lease.id, Utc::now(), expiry::ANY_ATTEMPT);
                 return Err(BrokerError::Conflict {
                     id: lease.id.clone(),

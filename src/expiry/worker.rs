@@ -135,7 +135,10 @@ impl Broker {
                     return Ok(Revocation::AlreadyRevoked);
                 }
                 self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
-                metrics::revoked(&lease.connection);
+                // A reopened lease was counted when another node rolled it back.
+                if !self.reopened.lock().unwrap().remove(id) {
+                    metrics::revoked(&lease.connection);
+                }
                 // Rollbacks of failed issuances (and their second look) are
                 // neither expiries nor credentials anyone held.
                 let rollback =

@@ -524,3 +524,86 @@ pub fn unique_role(base: &str) -> (String, String) {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A PostgreSQL cluster of its own (trust auth on loopback), for a test that
+/// stops and restarts its store without touching the shared test cluster.
+/// Made with the test cluster's `initdb`/`pg_ctl` (`LESSOR_TEST_PG_CTL`),
+/// run as the `postgres` user; removed when dropped.
+pub struct StoreCluster {
+    pub port: u16,
+    data: PathBuf,
+    pg_ctl: PathBuf,
+}
+
+impl StoreCluster {
+    pub fn create() -> Self {
+        let pg_ctl = PathBuf::from(std::env::var("LESSOR_TEST_PG_CTL").expect("LESSOR_TEST_PG_CTL (scripts/test sets it)"));
+        let initdb = pg_ctl.with_file_name("initdb");
+        let data = PathBuf::from(format!("/var/tmp/lessor-store-{}", rand_suffix(8).to_lowercase()));
+        std::fs::create_dir_all(&data).unwrap();
+        let chown = Command::new("chown").arg("postgres:postgres").arg(&data).status().unwrap();
+        assert!(chown.success(), "chown the store cluster's folder to postgres");
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&initdb)
+            .arg("-D")
+            .arg(data.join("pg"))
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cluster = Self { port, data, pg_ctl };
+        cluster.start();
+        cluster
+    }
+
+    /// The store URL (trust auth: no password).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.data.join("pg"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.join("log").display().to_string();
+        self.pg_ctl(&["-w", "-l", &log, "-o", &options, "start"]);
+    }
+
+    /// Stops the cluster at once (`-m fast`: sessions are cut).
+    pub fn stop(&self) {
+        self.pg_ctl(&["-w", "-m", "fast", "stop"]);
+    }
+
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        connect(&self.url()).await
+    }
+}
+
+impl Drop for StoreCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&self.pg_ctl)
+            .arg("-D")
+            .arg(self.data.join("pg"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}

@@ -12,6 +12,7 @@ mod aws;
 mod bad_input;
 mod batching;
 mod cli;
+mod cluster;
 mod consumers;
 mod crash;
 mod hardening;

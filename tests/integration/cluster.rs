@@ -1,0 +1,373 @@
+//! Several nodes on one PostgreSQL store (a database of the password-auth
+//! test cluster, or a cluster of its own where the test restarts it): each
+//! node a real daemon with its own socket and node_id. A node killed or
+//! stopped mid-load loses no lease, each revocation happens once, a
+//! scheduled rotation runs once per slot cluster-wide and every node's
+//! watchers see it, and a store restart under load loses nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::common::*;
+use crate::rotation::{make_pg_users, seal_key, static_account};
+
+const REVOKED: &str = "lessor_leases_revoked_total";
+const REVOKE_FAILURES: &str = "lessor_revoke_failures_total";
+
+/// The `[server]` lines of node `node` on the test database as the store.
+fn store_lines(db: &TestDb, node: &str, timeout: &str) -> String {
+    format!(
+        "store = {:?}\nstore_password_file = \"PASSWORD_FILE\"\nnode_id = {node:?}\nnode_timeout = {timeout:?}",
+        db.admin_url()
+    )
+}
+
+/// Starts one daemon per node id, each on `store(node)`.
+async fn start_nodes(db: &TestDb, ids: &[&str], store: impl Fn(&str) -> String, body: &str) -> Vec<Daemon> {
+    let mut nodes = Vec::new();
+    for id in ids {
+        nodes.push(Daemon::start_on_store(db, Some(&store(id)), body, &[]).await);
+    }
+    nodes
+}
+
+/// Issuances of `role` on every node until `stop`, two callers a node:
+/// what each answered 200 (lease id), and how many answers were 503.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    issued: Arc<Mutex<Vec<String>>>,
+    unavailable: Arc<Mutex<u64>>,
+}
+
+impl Load {
+    fn start(nodes: &[Daemon], role: &str, ttl: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let issued: Arc<Mutex<Vec<String>>> = Arc::default();
+        let unavailable: Arc<Mutex<u64>> = Arc::default();
+        let mut tasks = Vec::new();
+        for node in nodes {
+            for _ in 0..2 {
+                let (client, role, ttl) = (node.client(), role.to_string(), ttl.to_string());
+                let (stop, issued, unavailable) = (stop.clone(), issued.clone(), unavailable.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        // A node killed under the caller ends its callers.
+                        let Ok(r) = client.creds(&role, Some(&ttl)).await else { return };
+                        match r.status {
+                            200 => issued.lock().unwrap().push(r.body["lease_id"].as_str().unwrap().to_string()),
+                            503 => {
+                                *unavailable.lock().unwrap() += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            // A node stopped past its timeout finds its
+                            // in-flight issuance rolled back by another.
+                            409 => {}
+                            other => panic!("issuance answered {other}: {:?}", r.body),
+                        }
+                    }
+                }));
+            }
+        }
+        Self { stop, tasks, issued, unavailable }
+    }
+
+    async fn stop(self) -> (Vec<String>, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let issued = self.issued.lock().unwrap().clone();
+        let unavailable = *self.unavailable.lock().unwrap();
+        (issued, unavailable)
+    }
+
+    fn issued(&self) -> usize {
+        self.issued.lock().unwrap().len()
+    }
+}
+
+/// One lease row as the store has it.
+#[derive(Debug)]
+struct Row {
+    node: String,
+    state: String,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+async fn lease_rows(store: &tokio_postgres::Client, role: &str) -> BTreeMap<String, Row> {
+    let rows = store
+        .query(
+            "SELECT id, node, state, expires_at, revoked_at FROM leases WHERE role = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    let time = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap();
+    rows.iter()
+        .map(|r| {
+            let row = Row {
+                node: r.get(1),
+                state: r.get(2),
+                expires_at: time(r.get(3)),
+                revoked_at: r.get::<_, Option<i64>>(4).map(time),
+            };
+            (r.get(0), row)
+        })
+        .collect()
+}
+
+/// Waits until every lease of `role` is revoked in the store and the
+/// backend has none of its users left.
+async fn all_revoked(store: &tokio_postgres::Client, db: &TestDb, role: &str, prefix: &str, within: Duration) {
+    wait_for("every lease revoked and every user gone", within, || async {
+        let rows = lease_rows(store, role).await;
+        let open: Vec<_> = rows.iter().filter(|(_, r)| r.state != "revoked").collect();
+        let users = db.roles_with_prefix(prefix).await;
+        (open.is_empty() && users.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("cl3");
+    db.track_prefix(&prefix);
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "8s", "1h", &[CREATE_ROLE]));
+    let mut nodes = start_nodes(&db, &["n1", "n2", "n3"], |n| store_lines(&db, n, "3s"), &body).await;
+
+    // `status` lists every node with its heartbeat.
+    let health = nodes[2].client().health().await.unwrap();
+    let listed: Vec<(&str, bool)> = health.body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node_id"].as_str().unwrap(), n["alive"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(listed, [("n1", true), ("n2", true), ("n3", true)], "{:?}", health.body);
+    assert_eq!(health.body["node"], "n3");
+
+    // A lease of n1: listed on n3 with its node, renewed from n2 and
+    // revoked from n3 (root is an admin on every node).
+    let long = nodes[0].client().creds(&role, Some("1h")).await.unwrap();
+    assert_eq!(long.status, 200, "{:?}", long.body);
+    let long_id = long.body["lease_id"].as_str().unwrap().to_string();
+    let long_user = long.body["credential"]["username"].as_str().unwrap().to_string();
+    let listed = nodes[2].leases().await;
+    let seen = listed.iter().find(|l| l["lease_id"] == long_id.as_str()).expect("n1's lease listed on n3");
+    assert_eq!(seen["owner"]["node"], "n1");
+    let renewed = nodes[1].client().renew(&long_id, Some("2h")).await.unwrap();
+    assert_eq!(renewed.status, 200, "{:?}", renewed.body);
+    let revoked = nodes[2].client().revoke(&long_id).await.unwrap();
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    assert!(!db.role_exists(&long_user).await, "revoked from n3, the user is gone");
+
+    // Load on all three; n2 killed mid-run.
+    let load = Load::start(&nodes, &role, "8s");
+    wait_for("some leases on every node", Duration::from_secs(20), || async {
+        let rows = lease_rows(&db.su, &role).await;
+        let on = |n: &str| rows.values().filter(|r| r.node == n && r.state == "active").count();
+        (on("n1") >= 5 && on("n2") >= 5 && on("n3") >= 5).then_some(())
+    })
+    .await;
+    // n2 has revoked nothing of the load yet (no lease of it is due): what
+    // it did before, it counted.
+    let n2_revoked = nodes[1].metric(REVOKED).await;
+    nodes[1].kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (issued, _) = load.stop().await;
+    assert!(issued.len() >= 15, "{} issued", issued.len());
+
+    // Every lease ends, n2's included, with no user left behind.
+    all_revoked(&db.su, &db, &role, &prefix, Duration::from_secs(60)).await;
+    let rows = lease_rows(&db.su, &role).await;
+    for id in &issued {
+        assert!(rows.contains_key(id), "lease {id} answered 200 but not in the store");
+    }
+    let n2_leases: Vec<_> = rows.values().filter(|r| r.node == "n2").collect();
+    assert!(n2_leases.len() >= 5, "{n2_leases:?}");
+    // On time: n2's by the others no later than the node timeout (3 s)
+    // + 2 s after expiry (its pending ones, rolled back, well before);
+    // the others' own within 2 s.
+    for (id, row) in rows.iter().filter(|(id, _)| **id != long_id) {
+        let late = row.revoked_at.expect("revoked_at") - row.expires_at;
+        let bound = chrono::Duration::seconds(if row.node == "n2" { 5 } else { 2 });
+        assert!(late <= bound, "{id} of {} revoked {late} after its expiry", row.node);
+    }
+    // Each revocation once: the survivors' revocations plus what n2 did
+    // before it died are exactly the revoked leases.
+    let total = nodes[0].metric(REVOKED).await + nodes[2].metric(REVOKED).await + n2_revoked;
+    assert_eq!(total as usize, rows.len(), "revocations counted over the nodes vs revoked leases");
+    // n2 is listed dead.
+    let health = nodes[0].client().health().await.unwrap();
+    let n2 = health.body["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == "n2").unwrap().clone();
+    assert_eq!(n2["alive"], false, "{n2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_past_its_timeout_then_continued_does_no_double_work_and_loses_nothing() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("clstop");
+    db.track_prefix(&prefix);
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "4s", "1h", &[CREATE_ROLE]));
+    let nodes = start_nodes(&db, &["s1", "s2", "s3"], |n| store_lines(&db, n, "2s"), &body).await;
+
+    let load = Load::start(&nodes, &role, "4s");
+    wait_for("leases on every node", Duration::from_secs(20), || async {
+        let rows = lease_rows(&db.su, &role).await;
+        let on = |n: &str| rows.values().filter(|r| r.node == n).count();
+        (on("s1") >= 3 && on("s2") >= 3 && on("s3") >= 3).then_some(())
+    })
+    .await;
+    // Frozen mid-load, for longer than its timeout and its leases' TTL.
+    nodes[1].signal(libc::SIGSTOP);
+    let stopped = load.issued();
+    wait_for("s2's leases to be ended by the others", Duration::from_secs(30), || async {
+        let rows = lease_rows(&db.su, &role).await;
+        let open = rows.values().filter(|r| r.node == "s2" && r.state != "revoked").count();
+        (open == 0).then_some(())
+    })
+    .await;
+    assert!(load.issued() > stopped, "the other nodes kept issuing while s2 was frozen");
+    nodes[1].signal(libc::SIGCONT);
+    // s2 works again.
+    wait_for("s2 to issue again", Duration::from_secs(20), || async {
+        let r = nodes[1].client().creds(&role, Some("4s")).await.unwrap();
+        (r.status == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (issued, _) = load.stop().await;
+
+    all_revoked(&db.su, &db, &role, &prefix, Duration::from_secs(60)).await;
+    let rows = lease_rows(&db.su, &role).await;
+    for id in &issued {
+        assert!(rows.contains_key(id), "lease {id} answered 200 but not in the store");
+    }
+    let mut revoked = 0.0;
+    let mut failures = 0.0;
+    for node in &nodes {
+        revoked += node.metric(REVOKED).await;
+        failures += node.metric(REVOKE_FAILURES).await;
+    }
+    assert_eq!(failures, 0.0, "a revocation failed: double work that errors");
+    assert_eq!(revoked as usize, rows.len(), "each lease revoked once, counted over the nodes");
+    assert!(nodes[1].log().contains("other nodes may have taken over its work"), "s2 noticed its gap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_sees_it() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6).to_lowercase();
+    db.track_prefix(&format!("clr_{sfx}"));
+    let (a, b) = (format!("clr_{sfx}_a"), format!("clr_{sfx}_b"));
+    make_pg_users(&db, &[&a, &b]).await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        pg_connection(&db, None),
+        static_account("shared", "pg", "alternating", &[&a, &b], "schedule = \"*/3 * * * * *\"\noverlap = \"1s\""),
+    );
+    let nodes = start_nodes(&db, &["r1", "r2", "r3"], |n| store_lines(&db, n, "3s"), &body).await;
+
+    // A watcher on every node records the rotated versions it sees.
+    let seen: Vec<Arc<Mutex<Vec<(u64, DateTime<Utc>)>>>> = (0..3).map(|_| Arc::default()).collect();
+    let mut watchers = Vec::new();
+    for (node, seen) in nodes.iter().zip(&seen) {
+        let (client, seen) = (node.client(), seen.clone());
+        watchers.push(tokio::spawn(async move {
+            let _ = client
+                .watch(move |event: Value| {
+                    if event["event"] == "rotated" && event["account"] == "shared" {
+                        let at = event["rotated_at"].as_str().unwrap().parse().unwrap();
+                        seen.lock().unwrap().push((event["version"].as_u64().unwrap(), at));
+                    }
+                    true
+                })
+                .await;
+        }));
+    }
+    // Four scheduled slots after the first rotation.
+    let first = wait_for("the first rotation", Duration::from_secs(20), || async {
+        let r = nodes[0].client().static_get("shared").await.unwrap();
+        (r.status == 200).then(|| r.body["version"].as_u64().unwrap())
+    })
+    .await;
+    wait_for("four more rotations seen by every node", Duration::from_secs(40), || async {
+        seen.iter()
+            .all(|s| s.lock().unwrap().iter().filter(|(v, _)| *v > first).count() >= 4)
+            .then_some(())
+    })
+    .await;
+    for watcher in watchers {
+        watcher.abort();
+    }
+    for (node, seen) in seen.iter().enumerate() {
+        let seen = seen.lock().unwrap().clone();
+        let versions: Vec<u64> = seen.iter().map(|(v, _)| *v).filter(|v| *v > first).collect();
+        // Every version once, in order, none skipped.
+        let expected: Vec<u64> = (first + 1..first + 1 + versions.len() as u64).collect();
+        assert_eq!(versions, expected, "node {} saw {seen:?}", node + 1);
+        // One rotation per 3 s slot: no two in the same slot.
+        let slots: Vec<i64> =
+            seen.iter().filter(|(v, _)| *v > first).map(|(_, at)| at.timestamp() / 3).collect();
+        let mut distinct = slots.clone();
+        distinct.dedup();
+        assert_eq!(slots, distinct, "two rotations in one slot: {seen:?}");
+    }
+    // The credential every node hands out works.
+    let r = nodes[2].client().static_get("shared").await.unwrap();
+    let (user, password) = (
+        r.body["credential"]["username"].as_str().unwrap().to_string(),
+        r.body["credential"]["password"].as_str().unwrap().to_string(),
+    );
+    db.login(&user, &password).await.expect("the rotated credential logs in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restarted_under_load_answers_503_then_resumes_with_no_lease_lost() {
+    let db = TestDb::create().await;
+    let store = StoreCluster::create();
+    let (role, prefix) = unique_role("clrs");
+    db.track_prefix(&prefix);
+    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "6s", "1h", &[CREATE_ROLE]));
+    let url = store.url();
+    let lines = |n: &str| format!("store = {url:?}\nnode_id = {n:?}\nnode_timeout = \"10s\"");
+    let nodes = start_nodes(&db, &["t1", "t2", "t3"], lines, &body).await;
+
+    let load = Load::start(&nodes, &role, "6s");
+    wait_for("some issuances", Duration::from_secs(20), || async { (load.issued() >= 10).then_some(()) }).await;
+    store.stop();
+    wait_for("issuance to answer 503", Duration::from_secs(20), || async {
+        (*load.unavailable.lock().unwrap() >= 3).then_some(())
+    })
+    .await;
+    let health = nodes[0].client().health().await.unwrap();
+    assert_eq!((health.status, health.body["status"].as_str()), (503, Some("degraded")), "{:?}", health.body);
+    store.start();
+    let before = load.issued();
+    wait_for("issuance to work again on every node", Duration::from_secs(30), || async {
+        (load.issued() >= before + 10).then_some(())
+    })
+    .await;
+    let (issued, unavailable) = load.stop().await;
+    assert!(unavailable >= 3);
+
+    let client = store.connect().await;
+    all_revoked(&client, &db, &role, &prefix, Duration::from_secs(60)).await;
+    let rows = lease_rows(&client, &role).await;
+    for id in &issued {
+        assert!(rows.contains_key(id), "lease {id} answered 200 but not in the store");
+    }
+    for node in &nodes {
+        let health = node.client().health().await.unwrap();
+        assert_eq!(health.body["status"], "ready", "{:?}", health.body);
+    }
+}

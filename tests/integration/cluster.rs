@@ -262,6 +262,9 @@ async fn a_node_stopped_past_its_timeout_then_continued_does_no_double_work_and_
     assert!(nodes[1].log().contains("other nodes may have taken over its work"), "s2 noticed its gap");
 }
 
+/// The versions (and when each was made) a watcher saw rotated.
+type Seen = Arc<Mutex<Vec<(u64, DateTime<Utc>)>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_sees_it() {
     let db = TestDb::create().await;
@@ -278,7 +281,7 @@ async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_s
     let nodes = start_nodes(&db, &["r1", "r2", "r3"], |n| store_lines(&db, n, "3s"), &body).await;
 
     // A watcher on every node records the rotated versions it sees.
-    let seen: Vec<Arc<Mutex<Vec<(u64, DateTime<Utc>)>>>> = (0..3).map(|_| Arc::default()).collect();
+    let seen: Vec<Seen> = (0..3).map(|_| Arc::default()).collect();
     let mut watchers = Vec::new();
     for (node, seen) in nodes.iter().zip(&seen) {
         let (client, seen) = (node.client(), seen.clone());

@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn the_greeting_says_whether_tls_is_offered() {
         assert_eq!(server_offers_tls(&greeting(0xffff)), Ok(true));
-        assert_eq!(server_offers_tls(&greeting(0xffff & !0x0800)), Ok(false));
+        assert_eq!(server_offers_tls(&greeting(!0x0800)), Ok(false));
         let refused = [0xff, 0x6a, 0x04, b'H', b'o', b's', b't'];
         assert!(server_offers_tls(&refused).unwrap_err().contains("refused the connection: Host"));
         assert!(server_offers_tls(&[9, 1, 2]).is_err());

@@ -114,7 +114,9 @@ impl Broker {
                 // statement the server had already taken could still commit
                 // after this drop found nothing. Look once more, later.
                 retry.armed = false;
-                claim.release().await;
+                // The claim stays (it lapses after two minutes, or when this
+                // node dies): no other node takes the lease before the look.
+                claim.held = false;
                 self.rechecking.lock().unwrap().insert(id.clone());
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));

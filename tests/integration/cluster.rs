@@ -169,6 +169,25 @@ async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
     assert_eq!(revoked.status, 200, "{:?}", revoked.body);
     assert!(!db.role_exists(&long_user).await, "revoked from n3, the user is gone");
 
+    // A renewal on one node is honoured by the others: n1's lease, renewed
+    // from n3 before its 3 s run out, outlives its old deadline (n1 still
+    // had that deadline in its own schedule). Watched until 2 s past it.
+    let short = nodes[0].client().creds(&role, Some("3s")).await.unwrap();
+    let (short_id, short_user) = (
+        short.body["lease_id"].as_str().unwrap().to_string(),
+        short.body["credential"]["username"].as_str().unwrap().to_string(),
+    );
+    let old_deadline: DateTime<Utc> = short.body["expires_at"].as_str().unwrap().parse().unwrap();
+    let renewed = nodes[2].client().renew(&short_id, Some("1h")).await.unwrap();
+    assert_eq!(renewed.status, 200, "{:?}", renewed.body);
+    while Utc::now() < old_deadline + chrono::Duration::seconds(2) {
+        assert!(db.role_exists(&short_user).await, "revoked at its old deadline despite the renewal");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lease = nodes[0].client().lease_get(&short_id).await.unwrap();
+    assert_eq!(lease.body["state"], "active", "{:?}", lease.body);
+    assert_eq!(nodes[0].client().revoke(&short_id).await.unwrap().status, 200);
+
     // Load on all three; n2 killed mid-run.
     let load = Load::start(&nodes, &role, "8s");
     wait_for("some leases on every node", Duration::from_secs(20), || async {

@@ -10,6 +10,7 @@
 pub(crate) mod audited;
 mod peer;
 mod statics;
+mod status;
 mod watch;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -163,8 +164,8 @@ type ApiResult = Result<Response, ApiError>;
 /// Builds the router with its layers.
 pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/metrics", get(metrics))
+        .route("/v1/health", get(status::health))
+        .route("/v1/metrics", get(status::metrics))
         .route("/v1/creds/{role}", post(issue))
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/revoke", post(revoke_prefix))
@@ -309,43 +310,6 @@ pub fn parse_lease_id(raw: &str) -> Result<LeaseId, ApiError> {
 
 pub(crate) fn caller(request_parts: &axum::http::Extensions) -> Caller {
     request_parts.get::<Caller>().expect("guard layer sets the caller").clone()
-}
-
-async fn health(State(state): State<AppState>) -> Response {
-    let audit_failure = state.audit.failure();
-    let store_failure = state.broker.store.check().await.err().map(|e| e.to_string());
-    let ready = state.broker.is_ready() && audit_failure.is_none() && store_failure.is_none();
-    let status = match (&audit_failure, &store_failure, state.broker.is_ready()) {
-        (Some(_), _, _) => "audit_failing",
-        (None, Some(_), _) => "degraded",
-        (None, None, true) => "ready",
-        (None, None, false) => "starting",
-    };
-    let mut body = json!({ "status": status, "scheduled_leases": state.broker.scheduled() });
-    if let Some(path) = state.audit.path() {
-        body["audit"] = json!({ "path": path, "ok": audit_failure.is_none(), "error": audit_failure });
-    }
-    if let Some(error) = store_failure {
-        body["store"] = json!({ "ok": false, "error": error });
-    }
-    if let Some(cluster) = state.broker.store.cluster() {
-        body["node"] = json!(cluster.node());
-        // Every node that has used the shared store, with its last heartbeat.
-        match cluster.nodes().await {
-            Ok(nodes) => body["nodes"] = json!(nodes),
-            Err(e) => body["nodes_error"] = json!(e.to_string()),
-        }
-    }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    let text = match &state.metrics {
-        Some(exporter) => exporter.render(&state.broker).await,
-        None => String::new(),
-    };
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]

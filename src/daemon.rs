@@ -118,10 +118,14 @@ async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseSto
 
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
-pub async fn start(config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
     // Before anything records (the recorder is installed once per process).
     let exporter = crate::metrics::Exporter::new(crate::metrics::install());
     let store = open_store(&config).await.with_context(|| format!("{}: server.store", config.source))?;
+    if let Some(cluster) = store.cluster() {
+        // A lease's owner is a uid on the node that issued it.
+        config.policies = config.policies.on_node(cluster.node());
+    }
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
     let audit = match config.server.audit_log.clone() {

@@ -261,3 +261,47 @@ impl Caller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{LeaseId, LeaseState};
+
+    fn lease_of(uid: u32, node: Option<&str>) -> Lease {
+        let now = chrono::Utc::now();
+        Lease {
+            id: LeaseId::generate("app"),
+            role: "app".into(),
+            connection: "pg".into(),
+            username: "v_app_x".into(),
+            state: LeaseState::Active,
+            issued_at: now,
+            expires_at: now,
+            max_expires_at: now,
+            renewable: true,
+            attempts: 0,
+            last_error: None,
+            owner: Owner { uid, gid: uid, pid: None, policy: None, node: node.map(str::to_string) },
+            plugin_data: None,
+            revoked_at: None,
+            idempotency: None,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_its_uid_on_its_node_and_admins_touch_any() {
+        let policies = Policies::new(Vec::new(), Admins::RootAndDaemon).on_node("web-1");
+        let user = policies.caller(Identity { uid: 4242, gid: 4242, ..Identity::default() });
+        let admin = policies.caller(Identity { uid: 0, gid: 0, ..Identity::default() });
+        assert!(user.may_touch(&lease_of(4242, Some("web-1"))), "its own, issued here");
+        assert!(!user.may_touch(&lease_of(4242, Some("web-2"))), "the same uid on another host is someone else");
+        assert!(!user.may_touch(&lease_of(4243, Some("web-1"))), "another uid");
+        assert!(admin.may_touch(&lease_of(4242, Some("web-2"))), "admins, from any node");
+        assert_eq!(user.owner(&Grant { policy: None }).node.as_deref(), Some("web-1"));
+        // A store of one node records no node: ownership is the uid alone.
+        let single = Policies::new(Vec::new(), Admins::RootAndDaemon)
+            .caller(Identity { uid: 4242, gid: 4242, ..Identity::default() });
+        assert!(single.may_touch(&lease_of(4242, None)));
+        assert_eq!(single.owner(&Grant { policy: None }).node, None);
+    }
+}

@@ -6,7 +6,7 @@
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
 //!     [--phases grp,direct,mysql,openbao,drain,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
-//!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres]
+//!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -27,7 +27,9 @@
 //! does; for `direct` also *raw+retry*, which retries conflicts the way
 //! lessor does) and
 //! through *lessor* (N tasks calling `POST /v1/creds/{role}` over the Unix
-//! socket of an in-process daemon sharing the bench's tokio runtime).
+//! socket of an in-process daemon sharing the bench's tokio runtime; with
+//! `--nodes N`, N daemons on one PostgreSQL store, the tasks spread over
+//! their sockets: see `issuance/nodes.rs`).
 //! Throughput and latency count successful operations only.
 //! Then the revocation drain: M leases that all expire at the same instant,
 //! timed from the earliest expiry until `pg_roles` holds none of them, next
@@ -62,6 +64,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "issuance/mysql.rs"]
 mod mysql;
+#[path = "issuance/nodes.rs"]
+mod nodes;
 #[path = "issuance/openbao.rs"]
 mod openbao;
 #[path = "issuance/pool.rs"]
@@ -71,7 +75,7 @@ mod scale;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
 const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "pool", "scale"];
 /// How long the drain may take before the run gives up on it.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
@@ -103,6 +107,11 @@ struct Args {
     /// `--store postgres`: lessor keeps its leases in PostgreSQL (the
     /// bench database, as the bench admin) instead of a SQLite file.
     postgres_store: bool,
+    /// `--store` was given: the `grp` phase reports the store's share of
+    /// issuance latency.
+    store_named: bool,
+    /// `--nodes N`: N in-process daemons on the one PostgreSQL store.
+    nodes: usize,
 }
 
 impl Args {
@@ -129,6 +138,8 @@ fn parse_args() -> Result<Args, String> {
         scale_leases: 1_000_000,
         audit: false,
         postgres_store: false,
+        store_named: false,
+        nodes: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -169,15 +180,28 @@ fn parse_args() -> Result<Args, String> {
                     "postgres" => true,
                     "sqlite" => false,
                     _ => return Err(bad(&arg)),
-                }
+                };
+                args.store_named = true;
             }
+            "--nodes" => args.nodes = value()?.parse().map_err(|_| bad(&arg))?,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if args.n == 0 || args.revocation_workers == 0 || args.seconds <= 0.0 || args.max_connections == Some(0) {
+    if args.n == 0
+        || args.revocation_workers == 0
+        || args.seconds <= 0.0
+        || args.max_connections == Some(0)
+        || args.nodes == 0
+    {
         return Err(format!(
-            "--n, --seconds, --revocation-workers and --max-connections must be positive\n{USAGE}"
+            "--n, --seconds, --revocation-workers, --max-connections and --nodes must be positive\n{USAGE}"
+        ));
+    }
+    if args.nodes > 1 && !args.postgres_store {
+        return Err(format!(
+            "--nodes {}: several nodes need a store they can share; add --store postgres\n{USAGE}",
+            args.nodes
         ));
     }
     Ok(args)
@@ -624,8 +648,9 @@ async fn raw_ops(
     Ok(ops)
 }
 
-fn lessor_ops(client: &Client, n: usize, role: &str) -> Vec<LessorCreate> {
-    (0..n).map(|_| LessorCreate { client: client.clone(), role: role.to_string() }).collect()
+/// `n` tasks' operations, spread round-robin over the nodes' `clients`.
+fn lessor_ops(clients: &[Client], n: usize, role: &str) -> Vec<LessorCreate> {
+    (0..n).map(|i| LessorCreate { client: nodes::pick(clients, i).clone(), role: role.to_string() }).collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -662,6 +687,18 @@ fn print_ratios(label: &str, raw: &Stats, lessor: &Stats) {
         "  ratios {label:<13} lessor/raw throughput {tput:.2} (target ≥ 2.00: {})   lessor/raw p99 {p99:.2} (target ≤ 1.00: {})",
         verdict(tput >= 2.0),
         verdict(p99 <= 1.0)
+    );
+}
+
+/// The store's share of an issuance's latency: an issuance makes two
+/// store writes (`pending`, then `active`), each waiting for one group
+/// commit, so about 2 × the mean commit time over the mean latency.
+fn print_store_share(mean_commit_secs: f64, lessor: &Stats) {
+    let mean = ms(lessor.mean());
+    let commit = mean_commit_secs * 1000.0;
+    println!(
+        "  store share of issuance latency: {:.1} % (mean commit {commit:.2} ms, 2 per issuance; mean issuance {mean:.2} ms)",
+        200.0 * commit / mean.max(f64::MIN_POSITIVE)
     );
 }
 
@@ -722,7 +759,9 @@ fn max_bound(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, name
 // ---------------------------------------------------------------------------
 // The run
 
-fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
+/// The config of node `node_id`, its socket (and SQLite store, audit log)
+/// in `dir`.
+fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args, node_id: &str) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
     let n = &setup.names;
@@ -730,6 +769,7 @@ fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args) -> String {
     let _ = writeln!(text, "[server]");
     let _ = writeln!(text, "socket = {}", q(&dir.join("lessor.sock").display().to_string()));
     let _ = writeln!(text, "socket_mode = \"0600\"");
+    let _ = writeln!(text, "node_id = {}", q(node_id));
     if args.postgres_store {
         let url = format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database);
         let _ = writeln!(text, "store = {}", q(&url));
@@ -795,35 +835,33 @@ async fn bench(args: &Args, setup: &Setup) -> Result<()> {
     vacuum_catalogs(setup).await;
     create_fixtures(setup).await?;
 
-    let dir = tempfile::tempdir()?;
-    let config = lessor::config::load_str(&lessor_config(setup, dir.path(), args), "(bench config)")
-        .map_err(|e| format!("config: {e}"))?;
-    let shutdown = CancellationToken::new();
-    let running = lessor::daemon::start(config, shutdown.clone()).await?;
-    let client = Client::new(running.socket.clone());
-    let result = phases(args, setup, &client, duration, warmup, max_connections).await;
-    shutdown.cancel();
-    running.stopped().await;
+    let nodes = nodes::Nodes::start(args, setup).await?;
+    let result = phases(args, setup, nodes.clients(), duration, warmup, max_connections).await;
+    nodes.stop().await;
     result
 }
 
 /// Operations per `direct` run, below the ~680 grants t2's ACL can hold.
 const DIRECT_CAP: usize = 500;
 
+/// Runs the phases against the nodes' `clients` (one per node); metrics
+/// are scraped from the first, which reports every node's (the recorder
+/// is process-wide).
 async fn phases(
     args: &Args,
     setup: &Setup,
-    client: &Client,
+    clients: &[Client],
     duration: Duration,
     warmup: Duration,
     max_connections: usize,
 ) -> Result<()> {
+    let client = &clients[0];
     let su = connect(&setup.superuser).await?;
     let version: String = su.query_one("SHOW server_version", &[]).await?.get(0);
     let encryption: String = su.query_one("SHOW password_encryption", &[]).await?.get(0);
     println!(
         "lessor issuance benchmark: N={} S={}s M={} revocation_workers={} max_connections={} warmup={}s \
-         password_encoding={} sslmode={} scram_iterations={}",
+         password_encoding={} sslmode={} scram_iterations={} store={} nodes={}",
         args.n,
         args.seconds,
         args.revoke,
@@ -832,7 +870,9 @@ async fn phases(
         args.warmup,
         args.password_encoding.as_deref().unwrap_or("(plugin default: scram-sha-256)"),
         args.sslmode.as_deref().unwrap_or("(default on loopback: prefer)"),
-        args.scram_iterations.map_or("(plugin default: 4096)".to_string(), |n| n.to_string())
+        args.scram_iterations.map_or("(plugin default: 4096)".to_string(), |n| n.to_string()),
+        if args.postgres_store { "postgres" } else { "sqlite" },
+        args.nodes
     );
     println!(
         "PostgreSQL {version} at {}:{} (password_encryption={encryption}); run prefix {}; {} CPUs",
@@ -903,30 +943,35 @@ async fn phases(
         if role == "direct" {
             reset_t2(setup).await?;
         }
-        let before = metrics(client).await?;
         if !warmup.is_zero() {
-            drive(lessor_ops(client, args.n, role), warmup, &[], cap).await;
+            drive(lessor_ops(clients, args.n, role), warmup, &[], cap).await;
             if role == "direct" {
                 reset_t2(setup).await?;
             }
         }
         vacuum_catalogs(setup).await;
+        let before = metrics(client).await?;
         let backends = lessor_backends_cpu(&su, setup).await?;
-        let mut lessor = drive(lessor_ops(client, args.n, role), duration, &[], cap).await;
+        let mut lessor = drive(lessor_ops(clients, args.n, role), duration, &[], cap).await;
         lessor.backends_cpu_ms = cpu_since(&backends, &lessor_backends_cpu(&su, setup).await?);
         let after = metrics(client).await?;
         print_stats("lessor", &lessor);
-        let retries = metric(&after, "lessor_transient_retries_total")
-            - metric(&before, "lessor_transient_retries_total");
-        let commits =
-            metric(&after, "lessor_store_commits_total") - metric(&before, "lessor_store_commits_total");
-        let issued =
-            metric(&after, "lessor_leases_issued_total") - metric(&before, "lessor_leases_issued_total");
+        let delta = |name: &str| metric(&after, name) - metric(&before, name);
+        let commits = delta("lessor_store_commits_total");
+        let issued = delta("lessor_leases_issued_total");
         println!(
-            "  lessor internals  {retries:.0} transient retries; {commits:.0} store commits for {issued:.0} issuances \
-             ({:.2} commits per issuance; warm-up included)",
-            commits / issued.max(1.0)
+            "  lessor internals  {:.0} transient retries; {commits:.0} store commits for {issued:.0} issuances \
+             ({:.2} commits per issuance){}",
+            delta("lessor_transient_retries_total"),
+            commits / issued.max(1.0),
+            if args.nodes > 1 { format!("; over all {} nodes", args.nodes) } else { String::new() }
         );
+        if role == "grp" && args.store_named {
+            print_store_share(
+                delta("lessor_store_commit_duration_seconds_sum") / delta("lessor_store_commit_duration_seconds_count").max(1.0),
+                &lessor,
+            );
+        }
         print_ratios("vs raw", &raw, &lessor);
         print_ratios(&format!("vs {label}"), &other, &lessor);
         if role == "grp" {
@@ -948,7 +993,7 @@ async fn phases(
     }
 
     if args.phases.iter().any(|p| p == "drain") {
-        drain(args, setup, client, &su, grp_rate, openbao_drain).await?;
+        drain(args, setup, clients, &su, grp_rate, openbao_drain).await?;
     }
     if args.phases.iter().any(|p| p == "pool") {
         pool::phase(args, setup, client).await?;
@@ -1035,7 +1080,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 async fn drain(
     args: &Args,
     setup: &Setup,
-    client: &Client,
+    clients: &[Client],
     su: &tokio_postgres::Client,
     grp_rate: Option<f64>,
     openbao_rate: Option<f64>,
@@ -1054,7 +1099,7 @@ async fn drain(
     let rate = match grp_rate {
         Some(rate) => rate,
         None => {
-            drive(lessor_ops(client, args.n, "grp"), Duration::from_secs(1), &[], None).await.throughput()
+            drive(lessor_ops(clients, args.n, "grp"), Duration::from_secs(1), &[], None).await.throughput()
         }
     };
     let estimate = m as f64 / rate.max(10.0);
@@ -1065,9 +1110,9 @@ async fn drain(
     let failures = Arc::new(AtomicUsize::new(0));
     let issue_start = Instant::now();
     let tasks: Vec<_> = (0..args.n)
-        .map(|_| {
+        .map(|i| {
             let (client, issued, expiries, failures) =
-                (client.clone(), issued.clone(), expiries.clone(), failures.clone());
+                (nodes::pick(clients, i).clone(), issued.clone(), expiries.clone(), failures.clone());
             tokio::spawn(async move {
                 while issued.fetch_add(1, Ordering::Relaxed) < m {
                     let ttl = (target - Utc::now()).num_milliseconds().max(1);
@@ -1106,6 +1151,8 @@ async fn drain(
     );
     let expected = expiries.len() as i64;
     vacuum_catalogs(setup).await;
+    // Any node's scrape counts every node's revocations.
+    let client = &clients[0];
     let before = metrics(client).await?;
 
     // Poll pg_roles until none of the drain roles is left.

@@ -121,6 +121,16 @@ impl Args {
     fn max_connections(&self) -> usize {
         self.max_connections.unwrap_or(self.n + self.revocation_workers)
     }
+
+    /// " on all N nodes" with several nodes: the daemons share one metrics
+    /// recorder, so one node's scrape counts what every node did.
+    fn on_all_nodes(&self) -> String {
+        if self.nodes > 1 {
+            format!(" on all {} nodes", self.nodes)
+        } else {
+            String::new()
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -964,7 +974,7 @@ async fn phases(
              ({:.2} commits per issuance){}",
             delta("lessor_transient_retries_total"),
             commits / issued.max(1.0),
-            if args.nodes > 1 { format!("; over all {} nodes", args.nodes) } else { String::new() }
+            args.on_all_nodes()
         );
         if role == "grp" && args.store_named {
             print_store_share(
@@ -1193,15 +1203,16 @@ async fn drain(
     let count = delta("lessor_revocation_lateness_seconds_count");
     println!(
         "  lessor           {lessor_rate:>8.1} leases/s  ({drained} roles gone {span:.2} s after the first expiry; \
-         the first went after {} ms; {} revocation workers)",
+         the first went after {} ms; {} revocation workers per node)",
         first_gone.map_or(-1, |t| (t - first).num_milliseconds()),
         args.revocation_workers
     );
     println!(
-        "  lessor lateness  max ≤ {:.0} ms (a histogram bound), mean {:.0} ms over {count:.0} expiry revocations; \
+        "  lessor lateness  max ≤ {:.0} ms (a histogram bound), mean {:.0} ms over {count:.0} expiry revocations{}; \
          {:.0} revoke failures",
         max_bound(&before, &after, "lessor_revocation_lateness_seconds") * 1000.0,
         delta("lessor_revocation_lateness_seconds_sum") * 1000.0 / count.max(1.0),
+        args.on_all_nodes(),
         delta("lessor_revoke_failures_total"),
     );
     print_drain_cpu(cpu, drained.max(1) as f64);

@@ -38,7 +38,7 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     println!("\nscale: {leases} active leases in the store, then `lessor serve` started on it");
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("lessor.toml");
-    std::fs::write(&config_path, lessor_config(setup, dir.path(), args))?;
+    std::fs::write(&config_path, lessor_config(setup, dir.path(), args, "bench-scale"))?;
     let store = dir.path().join("lessor.db");
 
     let t = Instant::now();

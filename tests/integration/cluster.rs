@@ -3,7 +3,8 @@
 //! node a real daemon with its own socket and node_id. A node killed or
 //! stopped mid-load loses no lease, each revocation happens once, a
 //! scheduled rotation runs once per slot cluster-wide and every node's
-//! watchers see it, and a store restart under load loses nothing.
+//! watchers see it, a store restart under load loses nothing, and (on the
+//! store alone) a node taken for dead is fenced off when it comes back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+
+use lessor::cluster::Cluster;
+use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
+use lessor::store::{Claim, LeaseStore, PostgresStore, Write};
+use secrecy::SecretString;
 
 use crate::common::*;
 use crate::rotation::{make_pg_users, seal_key, static_account};
@@ -393,4 +399,96 @@ async fn a_store_restarted_under_load_answers_503_then_resumes_with_no_lease_los
         let health = node.client().health().await.unwrap();
         assert_eq!(health.body["status"], "ready", "{:?}", health.body);
     }
+}
+
+/// A lease of `node`'s, `pending`, due at `expires_at`.
+fn pending_lease(id: &str, node: &str, expires_at: DateTime<Utc>) -> Lease {
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    Lease {
+        id: LeaseId::parse(id).unwrap(),
+        role: "app".into(),
+        connection: "pg".into(),
+        username: format!("v_{}", id.replace('/', "_")),
+        state: LeaseState::Pending,
+        issued_at: now,
+        expires_at,
+        max_expires_at: expires_at + chrono::Duration::hours(1),
+        renewable: true,
+        attempts: 0,
+        last_error: None,
+        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None, node: Some(node.into()) },
+        plugin_data: None,
+        revoked_at: None,
+        idempotency: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
+    let db = TestDb::create().await;
+    let password = SecretString::from(db.admin_password.clone());
+    let open = |node: &'static str| {
+        let (url, password) = (db.admin_url(), password.clone());
+        async move {
+            PostgresStore::open(&url, Some(&password), node)
+                .await
+                .unwrap()
+                .with_node_timeout(Duration::from_secs(1))
+        }
+    };
+    // Two stores as two nodes; neither heartbeats after opening, so each
+    // counts as dead a second after it opened.
+    let (a, b) = (open("a").await, open("b").await);
+    let id = LeaseId::parse("app/fenced").unwrap();
+    let later = Utc::now() + chrono::Duration::hours(1);
+    assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", later))).await.unwrap());
+    // While a is alive its pending lease is its own.
+    assert!(matches!(b.claim(&id).await.unwrap(), Claim::Held { ref by, .. } if by == "a"));
+    assert!(b.claim_due(Duration::ZERO, 10).await.unwrap().is_empty(), "a live node's pending lease");
+
+    // a falls silent: b takes the pending lease over (to roll it back).
+    let swept = wait_for("a to count as dead", Duration::from_secs(10), || async {
+        let swept = b.claim_due(Duration::ZERO, 10).await.unwrap();
+        (!swept.is_empty()).then_some(swept)
+    })
+    .await;
+    assert_eq!(swept, [id.clone()]);
+    assert!(b.claim_due(Duration::ZERO, 10).await.unwrap().is_empty(), "claimed once");
+    assert!(matches!(b.claim(&id).await.unwrap(), Claim::Granted(_)), "b holds it");
+    assert!(b.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
+
+    // a comes back (and b is alive): a's writes on the lease are fenced off...
+    b.heartbeat().await.unwrap();
+    a.heartbeat().await.unwrap();
+    assert!(matches!(a.claim(&id).await.unwrap(), Claim::Held { ref by, .. } if by == "b"));
+    let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+    assert!(!a.write(activate).await.unwrap(), "a cannot activate what b is rolling back");
+    assert!(!a.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap());
+    // ...except the reopening of what it made meanwhile: the lease is a's to
+    // revoke, and b's outcome no longer counts.
+    assert!(a.write(Write::Reopen { id: id.clone() }).await.unwrap());
+    assert!(!b.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap(), "b is fenced off now");
+    assert!(a.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap());
+    let row = db.su.query_one("SELECT state, claimed_by FROM leases WHERE id = $1", &[&id.as_str()]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), ("revoked".into(), None));
+
+    // An expired active lease of a dead node is swept by one node once.
+    let due = LeaseId::parse("app/expired").unwrap();
+    let past = Utc::now() - chrono::Duration::seconds(5);
+    assert!(a.write(Write::Insert(pending_lease(due.as_str(), "a", past))).await.unwrap());
+    let activate = Write::Activate { id: due.clone(), plugin_data: None, expires_at: None };
+    assert!(a.write(activate).await.unwrap());
+    let swept = wait_for("a to count as dead again", Duration::from_secs(10), || async {
+        let swept = b.claim_due(Duration::ZERO, 10).await.unwrap();
+        (!swept.is_empty()).then_some(swept)
+    })
+    .await;
+    assert_eq!(swept, [due.clone()]);
+    b.heartbeat().await.unwrap();
+    assert!(a.claim_due(Duration::ZERO, 10).await.unwrap().is_empty(), "b holds it; b is not dead yet");
+    // b releases it (not due after all, say): it is free again.
+    b.release(&due).await.unwrap();
+    assert!(matches!(a.claim(&due).await.unwrap(), Claim::Granted(_)));
+    let nodes = b.nodes().await.unwrap();
+    assert_eq!(nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
 }

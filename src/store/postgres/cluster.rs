@@ -190,7 +190,7 @@ impl Cluster for PostgresStore {
                  AND ((l.state = 'active' AND l.expires_at <= $1) \
                    OR (l.state IN ('revoking', 'irrevocable') AND coalesce(l.retry_at, 0) <= $1) \
                    OR (l.state = 'pending' AND l.node <> $2)) \
-                 AND {CLAIMABLE} \
+                 AND l.claimed_by IS DISTINCT FROM $2 AND {CLAIMABLE} \
                LIMIT $4 FOR UPDATE OF l SKIP LOCKED) \
              UPDATE leases SET claimed_by = $2, claim_until = lessor_now_ms() + $5 \
              FROM due WHERE leases.id = due.id RETURNING leases.id"

@@ -176,8 +176,9 @@ impl Broker {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Counts the live leases `max_leases` limits, from the store. Call it
-    /// once, before serving: issuances made before it would be counted twice.
+    /// Counts the live leases `max_leases` limits, from the store (in a
+    /// shared store, those this node issued). Call it once, before serving:
+    /// issuances made before it would be counted twice.
     pub async fn load_quotas(&self) -> Result<(), BrokerError> {
         if self.quotas.is_configured() {
             for (role, policy, n) in self.store.live_counts().await? {
@@ -476,6 +477,15 @@ impl Broker {
             settings,
             username: &lease.username,
             plugin_data: lease.plugin_data.as_ref(),
+        }
+    }
+
+    /// Frees what `lease` held against `max_leases`, if this node counted
+    /// it: in a shared store each node counts the leases it issued.
+    pub(crate) fn give_back_quota(&self, lease: &Lease) {
+        let here = self.store.cluster().map(|c| c.node());
+        if lease.owner.node.is_none() || lease.owner.node.as_deref() == here {
+            self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
         }
     }
 

@@ -74,7 +74,7 @@ impl Broker {
                 // The retry the failure scheduled stays in the index; when
                 // it falls due it finds no lease and does nothing.
                 if self.store.write(Write::Delete { id: id.clone() }).await? {
-                    self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
+                    self.give_back_quota(&lease);
                 }
                 warn!(lease = %id, "forced: lease dropped although the backend refused the revocation");
                 Ok(Revocation::Forced)

@@ -136,7 +136,7 @@ impl Broker {
                     debug!(lease = %id, "revoked, but another node had taken the lease over; it records the outcome");
                     return Ok(Revocation::AlreadyRevoked);
                 }
-                self.quotas.give_back(&lease.role, lease.owner.policy.as_deref());
+                self.give_back_quota(&lease);
                 // A reopened lease was counted when another node rolled it back.
                 if !self.reopened.lock().unwrap().remove(id) {
                     metrics::revoked(&lease.connection);

@@ -213,7 +213,8 @@ pub trait LeaseStore: Send + Sync + Debug {
     }
 
     /// How many leases not yet `revoked` each (role, owner policy) holds:
-    /// what `max_leases` counts, read once at start-up.
+    /// what `max_leases` counts, read once at start-up. In a store several
+    /// nodes share, the leases this node issued: each node counts its own.
     async fn live_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError>;
 
     /// The newest lease issued for this idempotency digest, in any state.

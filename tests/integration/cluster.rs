@@ -74,7 +74,7 @@ impl Load {
                             // A node stopped past its timeout finds its
                             // in-flight issuance rolled back by another.
                             409 => {}
-                            other => panic!("issuance answered {other}: {:?}", r.body),
+                            other => panic!("issuance answered {other}: {}", r.body),
                         }
                     }
                 }));

@@ -58,7 +58,7 @@ const NODE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 const QUEUE: usize = 4096;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1000;
-/// Read connections.
+/// Read connections (which also take claims and heartbeat).
 const READERS: usize = 4;
 
 /// Every column of `leases` a [`Lease`] holds, in the order
@@ -131,7 +131,15 @@ impl PostgresStore {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
 
-        let readers = Pool::builder(tls.manager(config.clone()))
+        // What the pool writes (claims, heartbeats, events) may be lost in
+        // a crash of the store without harm: a lost claim is fenced like a
+        // lapsed one, a lost heartbeat is the next one. So it need not
+        // wait for the WAL flush; the leases themselves go through the
+        // writer, which does.
+        let mut pool_config = config.clone();
+        let options = pool_config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+        pool_config.options(format!("{options}-c synchronous_commit=off"));
+        let readers = Pool::builder(tls.manager(pool_config))
             .max_size(READERS)
             .build()
             .map_err(|e| fail(e.to_string()))?;
@@ -301,8 +309,9 @@ impl LeaseStore for PostgresStore {
         let rows = self
             .query(
                 "count live leases",
-                "SELECT role, owner_policy, count(*) FROM leases WHERE state <> 'revoked' GROUP BY role, owner_policy",
-                &[],
+                "SELECT role, owner_policy, count(*) FROM leases WHERE state <> 'revoked' AND node = $1 \
+                 GROUP BY role, owner_policy",
+                &[&self.node],
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)).collect())

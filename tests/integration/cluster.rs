@@ -43,12 +43,21 @@ async fn start_nodes(db: &TestDb, ids: &[&str], store: impl Fn(&str) -> String, 
 }
 
 /// Issuances of `role` on every node until `stop`, two callers a node:
-/// what each answered 200 (lease id), and how many answers were 503.
+/// what each answered 200 (lease id), how many answers were 503, and any
+/// other answer (node index, status, body) for the test to judge.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     issued: Arc<Mutex<Vec<String>>>,
     unavailable: Arc<Mutex<u64>>,
+    other: Arc<Mutex<Vec<(usize, u16, String)>>>,
+}
+
+/// What a [`Load`] saw, once stopped.
+struct Answers {
+    issued: Vec<String>,
+    unavailable: u64,
+    other: Vec<(usize, u16, String)>,
 }
 
 impl Load {
@@ -56,11 +65,13 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let issued: Arc<Mutex<Vec<String>>> = Arc::default();
         let unavailable: Arc<Mutex<u64>> = Arc::default();
+        let other: Arc<Mutex<Vec<(usize, u16, String)>>> = Arc::default();
         let mut tasks = Vec::new();
-        for node in nodes {
+        for (n, node) in nodes.iter().enumerate() {
             for _ in 0..2 {
                 let (client, role, ttl) = (node.client(), role.to_string(), ttl.to_string());
-                let (stop, issued, unavailable) = (stop.clone(), issued.clone(), unavailable.clone());
+                let (stop, issued, unavailable, other) =
+                    (stop.clone(), issued.clone(), unavailable.clone(), other.clone());
                 tasks.push(tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
                         // A node killed under the caller ends its callers.
@@ -71,26 +82,24 @@ impl Load {
                                 *unavailable.lock().unwrap() += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
-                            // A node stopped past its timeout finds its
-                            // in-flight issuance rolled back by another.
-                            409 => {}
-                            other => panic!("issuance answered {other}: {}", r.body),
+                            status => other.lock().unwrap().push((n, status, r.body.to_string())),
                         }
                     }
                 }));
             }
         }
-        Self { stop, tasks, issued, unavailable }
+        Self { stop, tasks, issued, unavailable, other }
     }
 
-    async fn stop(self) -> (Vec<String>, u64) {
+    async fn stop(self) -> Answers {
         self.stop.store(true, Ordering::SeqCst);
         for task in self.tasks {
             task.await.unwrap();
         }
         let issued = self.issued.lock().unwrap().clone();
         let unavailable = *self.unavailable.lock().unwrap();
-        (issued, unavailable)
+        let other = self.other.lock().unwrap().clone();
+        Answers { issued, unavailable, other }
     }
 
     fn issued(&self) -> usize {
@@ -207,8 +216,9 @@ async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
     let n2_revoked = nodes[1].metric(REVOKED).await;
     nodes[1].kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (issued, _) = load.stop().await;
+    let Answers { issued, other, .. } = load.stop().await;
     assert!(issued.len() >= 15, "{} issued", issued.len());
+    assert!(other.is_empty(), "answers other than 200 and 503 (node, status, body): {other:?}");
 
     // Every lease ends, n2's included, with no user left behind.
     all_revoked(&db.su, &db, &role, &prefix, Duration::from_secs(60)).await;
@@ -269,7 +279,11 @@ async fn a_node_stopped_past_its_timeout_then_continued_does_no_double_work_and_
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (issued, _) = load.stop().await;
+    let Answers { issued, other, .. } = load.stop().await;
+    // The one other answer allowed: s2, continued, finds an issuance it
+    // had in flight rolled back by another node and says so (409).
+    let unexpected: Vec<_> = other.iter().filter(|(node, status, _)| (*node, *status) != (1, 409)).collect();
+    assert!(unexpected.is_empty(), "unexpected answers (node, status, body): {unexpected:?}");
 
     all_revoked(&db.su, &db, &role, &prefix, Duration::from_secs(60)).await;
     let rows = lease_rows(&db.su, &role).await;
@@ -386,8 +400,9 @@ async fn a_store_restarted_under_load_answers_503_then_resumes_with_no_lease_los
         (load.issued() >= before + 10).then_some(())
     })
     .await;
-    let (issued, unavailable) = load.stop().await;
+    let Answers { issued, unavailable, other } = load.stop().await;
     assert!(unavailable >= 3);
+    assert!(other.is_empty(), "answers other than 200 and 503 (node, status, body): {other:?}");
 
     let client = store.connect().await;
     all_revoked(&client, &db, &role, &prefix, Duration::from_secs(60)).await;

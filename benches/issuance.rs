@@ -978,7 +978,8 @@ async fn phases(
         );
         if role == "grp" && args.store_named {
             print_store_share(
-                delta("lessor_store_commit_duration_seconds_sum") / delta("lessor_store_commit_duration_seconds_count").max(1.0),
+                delta("lessor_store_commit_duration_seconds_sum")
+                    / delta("lessor_store_commit_duration_seconds_count").max(1.0),
                 &lessor,
             );
         }

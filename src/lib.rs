@@ -29,9 +29,9 @@
 pub mod api;
 pub mod audit;
 pub mod broker;
-pub mod cluster;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod events;

@@ -26,14 +26,21 @@ impl Nodes {
     /// Starts `args.nodes` daemons one after another (the first creates the
     /// store's schema); on an error, stops those already started.
     pub async fn start(args: &Args, setup: &Setup) -> Result<Self> {
-        let mut nodes =
-            Self { shutdown: CancellationToken::new(), running: Vec::new(), clients: Vec::new(), dirs: Vec::new() };
+        let mut nodes = Self {
+            shutdown: CancellationToken::new(),
+            running: Vec::new(),
+            clients: Vec::new(),
+            dirs: Vec::new(),
+        };
         for i in 1..=args.nodes {
             let node = format!("bench-{i}");
             let dir = tempfile::tempdir()?;
             let started = async {
-                let config = lessor::config::load_str(&lessor_config(setup, dir.path(), args, &node), "(bench config)")
-                    .map_err(|e| format!("config: {e}"))?;
+                let config = lessor::config::load_str(
+                    &lessor_config(setup, dir.path(), args, &node),
+                    "(bench config)",
+                )
+                .map_err(|e| format!("config: {e}"))?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                     lessor::daemon::start(config, nodes.shutdown.clone()).await?,
                 )

@@ -95,8 +95,7 @@ async fn lease_gauges_follow_the_store_and_fall_to_zero() {
         store.write(Write::Insert(lease)).await.unwrap();
     }
     store.write(Write::Activate { id: ids[0].clone(), plugin_data: None, expires_at: None }).await.unwrap();
-    let failed =
-        Write::RevokeFailed {
+    let failed = Write::RevokeFailed {
         id: ids[2].clone(),
         attempts: 9,
         last_error: "down".into(),

@@ -294,13 +294,19 @@ mod tests {
         let user = policies.caller(Identity { uid: 4242, gid: 4242, ..Identity::default() });
         let admin = policies.caller(Identity { uid: 0, gid: 0, ..Identity::default() });
         assert!(user.may_touch(&lease_of(4242, Some("web-1"))), "its own, issued here");
-        assert!(!user.may_touch(&lease_of(4242, Some("web-2"))), "the same uid on another host is someone else");
+        assert!(
+            !user.may_touch(&lease_of(4242, Some("web-2"))),
+            "the same uid on another host is someone else"
+        );
         assert!(!user.may_touch(&lease_of(4243, Some("web-1"))), "another uid");
         assert!(admin.may_touch(&lease_of(4242, Some("web-2"))), "admins, from any node");
         assert_eq!(user.owner(&Grant { policy: None }).node.as_deref(), Some("web-1"));
         // A store of one node records no node: ownership is the uid alone.
-        let single = Policies::new(Vec::new(), Admins::RootAndDaemon)
-            .caller(Identity { uid: 4242, gid: 4242, ..Identity::default() });
+        let single = Policies::new(Vec::new(), Admins::RootAndDaemon).caller(Identity {
+            uid: 4242,
+            gid: 4242,
+            ..Identity::default()
+        });
         assert!(single.may_touch(&lease_of(4242, None)));
         assert_eq!(single.owner(&Grant { policy: None }).node, None);
     }

@@ -89,7 +89,13 @@ pub enum Write {
     /// Records a failed revocation attempt of a `revoking` or `irrevocable`
     /// lease; `irrevocable` moves it to that state. `retry_at` is when it
     /// is tried next (any node may then take it, in a shared store).
-    RevokeFailed { id: LeaseId, attempts: u32, last_error: String, irrevocable: bool, retry_at: DateTime<Utc> },
+    RevokeFailed {
+        id: LeaseId,
+        attempts: u32,
+        last_error: String,
+        irrevocable: bool,
+        retry_at: DateTime<Utc>,
+    },
     /// A credential was made for a lease that another node had meanwhile
     /// rolled back (its issuing node was out of touch and declared dead):
     /// the lease goes back to `revoking`, claimed by this node, so the

@@ -537,7 +537,9 @@ pub struct StoreCluster {
 
 impl StoreCluster {
     pub fn create() -> Self {
-        let pg_ctl = PathBuf::from(std::env::var("LESSOR_TEST_PG_CTL").expect("LESSOR_TEST_PG_CTL (scripts/test sets it)"));
+        let pg_ctl = PathBuf::from(
+            std::env::var("LESSOR_TEST_PG_CTL").expect("LESSOR_TEST_PG_CTL (scripts/test sets it)"),
+        );
         let initdb = pg_ctl.with_file_name("initdb");
         let data = PathBuf::from(format!("/var/tmp/lessor-store-{}", rand_suffix(8).to_lowercase()));
         std::fs::create_dir_all(&data).unwrap();

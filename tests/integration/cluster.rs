@@ -6,7 +6,7 @@
 //! watchers see it, a store restart under load loses nothing, and (on the
 //! store alone) a node taken for dead is fenced off when it comes back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,7 +77,9 @@ impl Load {
                         // A node killed under the caller ends its callers.
                         let Ok(r) = client.creds(&role, Some(&ttl)).await else { return };
                         match r.status {
-                            200 => issued.lock().unwrap().push(r.body["lease_id"].as_str().unwrap().to_string()),
+                            200 => {
+                                issued.lock().unwrap().push(r.body["lease_id"].as_str().unwrap().to_string())
+                            }
                             503 => {
                                 *unavailable.lock().unwrap() += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,10 +120,7 @@ struct Row {
 
 async fn lease_rows(store: &tokio_postgres::Client, role: &str) -> BTreeMap<String, Row> {
     let rows = store
-        .query(
-            "SELECT id, node, state, expires_at, revoked_at FROM leases WHERE role = $1",
-            &[&role],
-        )
+        .query("SELECT id, node, state, expires_at, revoked_at FROM leases WHERE role = $1", &[&role])
         .await
         .unwrap();
     let time = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap();
@@ -140,7 +139,13 @@ async fn lease_rows(store: &tokio_postgres::Client, role: &str) -> BTreeMap<Stri
 
 /// Waits until every lease of `role` is revoked in the store and the
 /// backend has none of its users left.
-async fn all_revoked(store: &tokio_postgres::Client, db: &TestDb, role: &str, prefix: &str, within: Duration) {
+async fn all_revoked(
+    store: &tokio_postgres::Client,
+    db: &TestDb,
+    role: &str,
+    prefix: &str,
+    within: Duration,
+) {
     wait_for("every lease revoked and every user gone", within, || async {
         let rows = lease_rows(store, role).await;
         let open: Vec<_> = rows.iter().filter(|(_, r)| r.state != "revoked").collect();
@@ -321,7 +326,13 @@ async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_s
     let body = format!(
         "seal_key_file = {key:?}\n\n{}\n{}",
         pg_connection(&db, None),
-        static_account("shared", "pg", "alternating", &[&a, &b], "schedule = \"*/3 * * * * *\"\noverlap = \"1s\""),
+        static_account(
+            "shared",
+            "pg",
+            "alternating",
+            &[&a, &b],
+            "schedule = \"*/3 * * * * *\"\noverlap = \"1s\""
+        ),
     );
     let nodes = start_nodes(&db, &["r1", "r2", "r3"], |n| store_lines(&db, n, "3s"), &body).await;
 
@@ -349,9 +360,7 @@ async fn a_scheduled_rotation_runs_once_per_slot_on_three_nodes_and_every_node_s
     })
     .await;
     wait_for("four more rotations seen by every node", Duration::from_secs(40), || async {
-        seen.iter()
-            .all(|s| s.lock().unwrap().iter().filter(|(v, _)| *v > first).count() >= 4)
-            .then_some(())
+        seen.iter().all(|s| s.lock().unwrap().iter().filter(|(v, _)| *v > first).count() >= 4).then_some(())
     })
     .await;
     for watcher in watchers {
@@ -392,7 +401,8 @@ async fn a_store_restarted_under_load_answers_503_then_resumes_with_no_lease_los
     let nodes = start_nodes(&db, &["t1", "t2", "t3"], lines, &body).await;
 
     let load = Load::start(&nodes, &role, "6s");
-    wait_for("some issuances", Duration::from_secs(20), || async { (load.issued() >= 10).then_some(()) }).await;
+    wait_for("some issuances", Duration::from_secs(20), || async { (load.issued() >= 10).then_some(()) })
+        .await;
     store.stop();
     wait_for("issuance to answer 503", Duration::from_secs(20), || async {
         (*load.unavailable.lock().unwrap() >= 3).then_some(())
@@ -473,7 +483,7 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
         (!swept.is_empty()).then_some(swept)
     })
     .await;
-    assert_eq!(swept, [id.clone()]);
+    assert_eq!(swept, std::slice::from_ref(&id));
     assert!(b.claim_due(Duration::ZERO, 10).await.unwrap().is_empty(), "claimed once");
     assert!(matches!(b.claim(&id).await.unwrap(), Claim::Granted(_)), "b holds it");
     assert!(b.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
@@ -488,9 +498,13 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
     // ...except the reopening of what it made meanwhile: the lease is a's to
     // revoke, and b's outcome no longer counts.
     assert!(a.write(Write::Reopen { id: id.clone() }).await.unwrap());
-    assert!(!b.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap(), "b is fenced off now");
+    assert!(
+        !b.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap(),
+        "b is fenced off now"
+    );
     assert!(a.write(Write::Revoked { id: id.clone(), at: Utc::now() }).await.unwrap());
-    let row = db.su.query_one("SELECT state, claimed_by FROM leases WHERE id = $1", &[&id.as_str()]).await.unwrap();
+    let row =
+        db.su.query_one("SELECT state, claimed_by FROM leases WHERE id = $1", &[&id.as_str()]).await.unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, Option<String>>(1)), ("revoked".into(), None));
 
     // An expired active lease of a dead node is swept by one node once.
@@ -504,7 +518,7 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
         (!swept.is_empty()).then_some(swept)
     })
     .await;
-    assert_eq!(swept, [due.clone()]);
+    assert_eq!(swept, std::slice::from_ref(&due));
     b.heartbeat().await.unwrap();
     assert!(a.claim_due(Duration::ZERO, 10).await.unwrap().is_empty(), "b holds it; b is not dead yet");
     // b releases it (not due after all, say): it is free again.
@@ -512,4 +526,60 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
     assert!(matches!(a.claim(&due).await.unwrap(), Claim::Granted(_)));
     let nodes = b.nodes().await.unwrap();
     assert_eq!(nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
+    let db = TestDb::create().await;
+    let password = SecretString::from(db.admin_password.clone());
+    let open = |node: &'static str| {
+        let (url, password) = (db.admin_url(), password.clone());
+        async move { Arc::new(PostgresStore::open(&url, Some(&password), node).await.unwrap()) }
+    };
+    let (a, b) = (open("a").await, open("b").await);
+    // 600 active leases of a, due: enough for the claims to go in batches.
+    let past = Utc::now() - chrono::Duration::seconds(5);
+    let ids: Vec<LeaseId> = (0..600).map(|i| LeaseId::parse(&format!("app/c{i:03}")).unwrap()).collect();
+    for id in &ids {
+        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
+        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+        assert!(a.write(activate).await.unwrap());
+    }
+    let missing = LeaseId::parse("app/nowhere").unwrap();
+    // Both nodes claim every lease (and one that is not there) at once.
+    let claim_all = |store: Arc<PostgresStore>| {
+        let ids: Vec<LeaseId> = ids.iter().chain([&missing]).cloned().collect();
+        tokio::spawn(async move {
+            let claims = ids.iter().map(|id| store.claim(id));
+            futures_util::future::join_all(claims).await.into_iter().map(Result::unwrap).collect::<Vec<_>>()
+        })
+    };
+    let (on_a, on_b) = (claim_all(a.clone()), claim_all(b.clone()));
+    let (mut on_a, mut on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+    assert!(matches!(on_a.pop(), Some(Claim::Missing)) && matches!(on_b.pop(), Some(Claim::Missing)));
+
+    let holders: HashMap<String, Option<String>> = db
+        .su
+        .query("SELECT id, claimed_by FROM leases", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut granted = [0, 0];
+    for ((id, on_a), on_b) in ids.iter().zip(on_a).zip(on_b) {
+        let holder = holders[id.as_str()].as_deref();
+        match (on_a, on_b) {
+            (Claim::Granted(lease), Claim::Held { by, .. }) => {
+                assert_eq!((lease.id.as_str(), by.as_str(), holder), (id.as_str(), "a", Some("a")));
+                granted[0] += 1;
+            }
+            (Claim::Held { by, .. }, Claim::Granted(lease)) => {
+                assert_eq!((lease.id.as_str(), by.as_str(), holder), (id.as_str(), "b", Some("b")));
+                granted[1] += 1;
+            }
+            other => panic!("lease {id}: granted to both or neither: {other:?}"),
+        }
+    }
+    assert_eq!(granted[0] + granted[1], ids.len(), "{granted:?}");
 }

@@ -189,7 +189,10 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     assert_eq!(nodes, ["a", "b", "c"]);
     // A second live daemon with a node id in use is refused, and says by whom.
     let e = open("c").await.unwrap_err().to_string();
-    assert!(e.contains("node_id \"c\" is in use by another live lessor on this store (lessor c from "), "{e}");
+    assert!(
+        e.contains("node_id \"c\" is in use by another live lessor on this store (lessor c from "),
+        "{e}"
+    );
     // Once that one is gone (its session ends), the id is free: opening
     // waits the instant that takes.
     drop(c);

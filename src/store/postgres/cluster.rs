@@ -15,11 +15,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{lease_from_row, time, PostgresStore, LEASE_COLUMNS};
+use super::{time, PostgresStore};
 use crate::cluster::{Cluster, NodeInfo, Notice};
 use crate::events::Event;
-use crate::lease::{LeaseId, LeaseState};
-use crate::store::{Claim, StoreError};
+use crate::lease::LeaseId;
+use crate::store::StoreError;
 
 /// The advisory lock class of node ids (the key within it is the id's
 /// hash): the writer's session holds its node's lock while the daemon
@@ -36,7 +36,8 @@ pub(super) const CLAIM_TTL_MS: i64 = 120_000;
 /// nobody holds it, this node does, or the holder's claim lapsed or the
 /// holder is dead; and a `pending` lease only its issuing node, or anyone
 /// once that node is dead.
-const CLAIMABLE: &str = "(l.claimed_by IS NULL OR l.claimed_by = $2 OR l.claim_until < lessor_now_ms() \
+pub(super) const CLAIMABLE: &str =
+    "(l.claimed_by IS NULL OR l.claimed_by = $2 OR l.claim_until < lessor_now_ms() \
        OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = l.claimed_by \
                       AND n.heartbeat_at >= lessor_now_ms() - $3)) \
      AND (l.state <> 'pending' OR l.node = $2 \
@@ -76,57 +77,10 @@ pub(super) async fn take_node_lock(client: &tokio_postgres::Client, node: &str) 
 }
 
 impl PostgresStore {
-    fn timeout_ms(&self) -> i64 {
+    pub(super) fn timeout_ms(&self) -> i64 {
         self.timeout.as_millis() as i64
     }
-
-    /// Claims `id` for this node (see [`crate::store::LeaseStore::claim`]).
-    pub(super) async fn claim_lease(&self, id: &LeaseId) -> Result<Claim, StoreError> {
-        let sql = format!(
-            "UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4 \
-             WHERE l.id = $1 AND l.state <> 'revoked' AND {CLAIMABLE} RETURNING {LEASE_COLUMNS}"
-        );
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&id.as_str(), &self.node, &self.timeout_ms(), &CLAIM_TTL_MS];
-        let rows = self.query("claim a lease", &sql, &params).await?;
-        if let Some(lease) = self.leases(rows)?.pop() {
-            return Ok(Claim::Granted(lease));
-        }
-        // Not granted: revoked, missing, or someone else's for now.
-        let sql = format!(
-            "SELECT {LEASE_COLUMNS}, coalesce(l.claimed_by, l.node), \
-             least(coalesce(l.claim_until, 9223372036854775807), \
-                   (SELECT n.heartbeat_at + $2 FROM nodes n WHERE n.node_id = coalesce(l.claimed_by, l.node))), \
-             lessor_now_ms() FROM leases l WHERE l.id = $1"
-        );
-        let rows = self.query("read a claimed lease", &sql, &[&id.as_str(), &self.timeout_ms()]).await?;
-        let Some(row) = rows.first() else { return Ok(Claim::Missing) };
-        let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
-        if lease.state == LeaseState::Revoked {
-            return Ok(Claim::Granted(lease));
-        }
-        let holder: String = row.get(LEASE_COLUMN_COUNT);
-        let until: Option<i64> = row.get(LEASE_COLUMN_COUNT + 1);
-        let store_now: i64 = row.get(LEASE_COLUMN_COUNT + 2);
-        // From the store's clock to this node's.
-        let left = until.unwrap_or(store_now).saturating_sub(store_now).clamp(0, CLAIM_TTL_MS);
-        Ok(Claim::Held { by: holder, until: Utc::now() + chrono::Duration::milliseconds(left) })
-    }
-
-    /// Gives up this node's claim on `id`.
-    pub(super) async fn release_lease(&self, id: &LeaseId) -> Result<(), StoreError> {
-        self.query(
-            "release a claim",
-            "UPDATE leases SET claimed_by = NULL, claim_until = NULL WHERE id = $1 AND claimed_by = $2",
-            &[&id.as_str(), &self.node],
-        )
-        .await
-        .map(drop)
-    }
 }
-
-/// How many columns [`LEASE_COLUMNS`] selects.
-const LEASE_COLUMN_COUNT: usize = 19;
 
 #[async_trait]
 impl Cluster for PostgresStore {
@@ -181,7 +135,8 @@ impl Cluster for PostgresStore {
     }
 
     async fn claim_due(&self, grace: StdDuration, limit: usize) -> Result<Vec<LeaseId>, StoreError> {
-        let due_before = (Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default()).timestamp_millis();
+        let due_before =
+            (Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default()).timestamp_millis();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
             "WITH due AS ( \
@@ -196,7 +151,11 @@ impl Cluster for PostgresStore {
              FROM due WHERE leases.id = due.id RETURNING leases.id"
         );
         let rows = self
-            .query("sweep for due leases", &sql, &[&due_before, &self.node, &self.timeout_ms(), &limit, &CLAIM_TTL_MS])
+            .query(
+                "sweep for due leases",
+                &sql,
+                &[&due_before, &self.node, &self.timeout_ms(), &limit, &CLAIM_TTL_MS],
+            )
             .await?;
         Ok(rows.iter().map(|row| LeaseId::from_store(row.get(0))).collect())
     }

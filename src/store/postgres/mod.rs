@@ -15,6 +15,7 @@
 //! what lets several live nodes share the work (the node lock and
 //! heartbeat, claims, the sweep, `LISTEN/NOTIFY`) is in [`cluster`].
 
+mod claims;
 mod cluster;
 mod writer;
 
@@ -31,8 +32,8 @@ use tokio_postgres::Row;
 
 use super::jobs::Queue;
 use super::{
-    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord, StoreError,
-    Unfinished, Write,
+    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord,
+    StoreError, Unfinished, Write,
 };
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
@@ -85,6 +86,7 @@ pub struct PostgresStore {
     started_at: i64,
     jobs: Queue,
     readers: Pool,
+    claims: claims::Claims,
     commits: Arc<AtomicU64>,
     /// For the listening connection.
     config: tokio_postgres::Config,
@@ -163,6 +165,7 @@ impl PostgresStore {
             host: crate::config::ServerConfig::host_name(),
             started_at: Utc::now().timestamp_millis(),
             jobs: Queue(jobs),
+            claims: claims::Claims::start(readers.clone(), location.clone(), node.to_string()),
             readers,
             commits,
             config,
@@ -194,9 +197,7 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.readers.get().await.map_err(|e| self.failed(what, e))?;
-        let statement = client.prepare_cached(sql).await.map_err(|e| self.failed(what, e))?;
-        client.query(&statement, params).await.map_err(|e| self.failed(what, e))
+        query(&self.readers, &self.location, what, sql, params).await
     }
 
     fn leases(&self, rows: Vec<Row>) -> Result<Vec<Lease>, StoreError> {
@@ -469,6 +470,21 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
 
 pub(super) fn time(millis: i64) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp_millis(millis).ok_or_else(|| format!("bad time {millis}"))
+}
+
+/// Runs `sql` on a connection of `readers` (statements prepared once per
+/// connection); a failure names the store and `what` was being done.
+async fn query(
+    readers: &Pool,
+    location: &str,
+    what: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let failed = |e: &dyn std::fmt::Display| StoreError::Io(format!("{location}: {what}: {e}"));
+    let client = readers.get().await.map_err(|e| failed(&e))?;
+    let statement = client.prepare_cached(sql).await.map_err(|e| failed(&e))?;
+    client.query(&statement, params).await.map_err(|e| failed(&e))
 }
 
 pub(super) fn lease_from_row(row: &Row) -> Result<Lease, String> {

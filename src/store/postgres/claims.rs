@@ -1,0 +1,234 @@
+//! Lease claims on the PostgreSQL store (see [`crate::store::LeaseStore::claim`]),
+//! gathered into batches.
+//!
+//! A mass expiry asks for thousands of claims at once, and one `UPDATE`
+//! per lease would hold revocation to what a few connections' round trips
+//! allow. A gatherer takes every claim waiting (up to [`MAX_BATCH`]) while
+//! at most [`BATCHES`] batches are in flight, so claims share a statement
+//! under load and cost one round trip alone. A batch locks its rows in id
+//! order and skips those another transaction holds; those are then claimed
+//! one by one, waiting for that transaction as a lone claim does. So a
+//! batch never waits on another node's, nor deadlocks with it, and every
+//! claim gets the answer a lone claim would.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::types::ToSql;
+
+use super::cluster::{CLAIMABLE, CLAIM_TTL_MS};
+use super::{lease_from_row, query, PostgresStore, LEASE_COLUMNS};
+use crate::lease::{LeaseId, LeaseState};
+use crate::store::{Claim, StoreError};
+
+/// The most claims one statement takes.
+const MAX_BATCH: usize = 500;
+/// Batches in flight at once (each on a connection of the read pool).
+const BATCHES: usize = 2;
+/// How many columns [`LEASE_COLUMNS`] selects.
+const LEASE_COLUMN_COUNT: usize = 19;
+
+/// One claim waiting for its batch.
+struct Job {
+    id: LeaseId,
+    /// The node timeout in ms (the same for every job of a store).
+    timeout_ms: i64,
+    reply: oneshot::Sender<Result<Claim, StoreError>>,
+}
+
+/// The queue of a store's claim gatherer.
+pub(super) struct Claims {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Claims {
+    /// Starts the gatherer, which claims for `node` on `readers`.
+    pub(super) fn start(readers: Pool, location: String, node: String) -> Self {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(gather(Claimer { readers, location, node }, jobs));
+        Self { queue }
+    }
+}
+
+impl PostgresStore {
+    /// Claims `id` for this node, in the next batch.
+    pub(super) async fn claim_lease(&self, id: &LeaseId) -> Result<Claim, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { id: id.clone(), timeout_ms: self.timeout_ms(), reply };
+        if self.claims.queue.send(job).is_err() {
+            return Err(self.failed("claim a lease", "the claim gatherer has stopped"));
+        }
+        answer.await.unwrap_or_else(|_| Err(self.failed("claim a lease", "the claim was dropped unanswered")))
+    }
+
+    /// Gives up this node's claim on `id`.
+    pub(super) async fn release_lease(&self, id: &LeaseId) -> Result<(), StoreError> {
+        self.query(
+            "release a claim",
+            "UPDATE leases SET claimed_by = NULL, claim_until = NULL WHERE id = $1 AND claimed_by = $2",
+            &[&id.as_str(), &self.node],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Takes what is queued, a batch at a time, until the store is dropped.
+async fn gather(claimer: Claimer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let slots = Arc::new(Semaphore::new(BATCHES));
+    while let Some(first) = jobs.recv().await {
+        // Claims queue up while every slot is busy: the next batch is
+        // taken only once it can run.
+        let slot = Arc::clone(&slots).acquire_owned().await.expect("semaphore never closed");
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let claimer = claimer.clone();
+        tokio::spawn(async move {
+            claimer.run(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// What a batch needs of its store.
+#[derive(Clone)]
+struct Claimer {
+    readers: Pool,
+    location: String,
+    node: String,
+}
+
+impl Claimer {
+    async fn query(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        query(&self.readers, &self.location, what, sql, params).await
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io(format!("{}: {what}: {e}", self.location))
+    }
+
+    /// Answers every job of `batch`.
+    async fn run(&self, mut batch: Vec<Job>) {
+        if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
+            let _ = job.reply.send(self.claim_one(&job.id, job.timeout_ms).await);
+            return;
+        }
+        let mut settled = match self.claim_many(&batch).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                let message = e.to_string();
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::Io(message.clone())));
+                }
+                return;
+            }
+        };
+        // Rows another transaction held (and ids that are not there, or
+        // that came twice): claimed alone.
+        let mut alone = Vec::new();
+        for job in batch {
+            match settled.remove(job.id.as_str()) {
+                Some(claim) => {
+                    let _ = job.reply.send(Ok(claim));
+                }
+                None => alone.push(job),
+            }
+        }
+        futures_util::future::join_all(alone.into_iter().map(|job| async move {
+            let _ = job.reply.send(self.claim_one(&job.id, job.timeout_ms).await);
+        }))
+        .await;
+    }
+
+    /// Claims what it can of `batch` in one statement; the answer of every
+    /// lease it could lock.
+    async fn claim_many(&self, batch: &[Job]) -> Result<HashMap<String, Claim>, StoreError> {
+        let ids: Vec<&str> = batch.iter().map(|job| job.id.as_str()).collect();
+        let timeout_ms = batch[0].timeout_ms;
+        let sql = format!(
+            "WITH locked AS (SELECT id FROM leases WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED), \
+             claimed AS (UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4 \
+               WHERE l.id IN (SELECT id FROM locked) AND l.state <> 'revoked' AND {CLAIMABLE} \
+               RETURNING {LEASE_COLUMNS}) \
+             SELECT c.*, k.id FROM locked k LEFT JOIN claimed c ON c.id = k.id"
+        );
+        let params: [&(dyn ToSql + Sync); 4] = [&ids, &self.node, &timeout_ms, &CLAIM_TTL_MS];
+        let rows = self.query("claim leases", &sql, &params).await?;
+        let mut settled = HashMap::with_capacity(rows.len());
+        let mut not_granted = Vec::new();
+        for row in &rows {
+            let id: String = row.get(LEASE_COLUMN_COUNT);
+            if row.get::<_, Option<String>>(0).is_some() {
+                let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
+                settled.insert(id, Claim::Granted(lease));
+            } else {
+                not_granted.push(id);
+            }
+        }
+        if !not_granted.is_empty() {
+            let ids: Vec<&str> = not_granted.iter().map(String::as_str).collect();
+            settled.extend(self.read_claims(&ids, timeout_ms).await?);
+        }
+        Ok(settled)
+    }
+
+    /// Claims `id` alone, waiting for a transaction that holds its row.
+    async fn claim_one(&self, id: &LeaseId, timeout_ms: i64) -> Result<Claim, StoreError> {
+        let sql = format!(
+            "UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4 \
+             WHERE l.id = $1 AND l.state <> 'revoked' AND {CLAIMABLE} RETURNING {LEASE_COLUMNS}"
+        );
+        let params: [&(dyn ToSql + Sync); 4] = [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS];
+        if let Some(row) = self.query("claim a lease", &sql, &params).await?.first() {
+            let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
+            return Ok(Claim::Granted(lease));
+        }
+        Ok(self.read_claims(&[id.as_str()], timeout_ms).await?.remove(id.as_str()).unwrap_or(Claim::Missing))
+    }
+
+    /// The answer for leases that were not granted: revoked (granted, as
+    /// there is nothing left to do), someone else's for now, or missing
+    /// (absent from the map).
+    async fn read_claims(&self, ids: &[&str], timeout_ms: i64) -> Result<HashMap<String, Claim>, StoreError> {
+        let sql = format!(
+            "SELECT {LEASE_COLUMNS}, coalesce(l.claimed_by, l.node), \
+             least(coalesce(l.claim_until, 9223372036854775807), \
+                   (SELECT n.heartbeat_at + $2 FROM nodes n WHERE n.node_id = coalesce(l.claimed_by, l.node))), \
+             lessor_now_ms() FROM leases l WHERE l.id = ANY($1)"
+        );
+        let rows = self.query("read claimed leases", &sql, &[&ids, &timeout_ms]).await?;
+        let mut claims = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
+            let id = lease.id.as_str().to_string();
+            if lease.state == LeaseState::Revoked {
+                claims.insert(id, Claim::Granted(lease));
+                continue;
+            }
+            let holder: String = row.get(LEASE_COLUMN_COUNT);
+            let until: Option<i64> = row.get(LEASE_COLUMN_COUNT + 1);
+            let store_now: i64 = row.get(LEASE_COLUMN_COUNT + 2);
+            // From the store's clock to this node's.
+            let left = until.unwrap_or(store_now).saturating_sub(store_now).clamp(0, CLAIM_TTL_MS);
+            claims.insert(
+                id,
+                Claim::Held { by: holder, until: Utc::now() + chrono::Duration::milliseconds(left) },
+            );
+        }
+        Ok(claims)
+    }
+}

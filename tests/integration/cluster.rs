@@ -17,9 +17,9 @@ use serde_json::Value;
 use lessor::cluster::Cluster;
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
 use lessor::store::{Claim, LeaseStore, PostgresStore, Write};
-use secrecy::SecretString;
 
 use crate::common::*;
+use crate::pg_store::store;
 use crate::rotation::{make_pg_users, seal_key, static_account};
 
 const REVOKED: &str = "lessor_leases_revoked_total";
@@ -457,15 +457,9 @@ fn pending_lease(id: &str, node: &str, expires_at: DateTime<Utc>) -> Lease {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
     let db = TestDb::create().await;
-    let password = SecretString::from(db.admin_password.clone());
-    let open = |node: &'static str| {
-        let (url, password) = (db.admin_url(), password.clone());
-        async move {
-            PostgresStore::open(&url, Some(&password), node)
-                .await
-                .unwrap()
-                .with_node_timeout(Duration::from_secs(1))
-        }
+    let open = |node| {
+        let db = &db;
+        async move { store(db, node).await.with_node_timeout(Duration::from_secs(1)) }
     };
     // Two stores as two nodes; neither heartbeats after opening, so each
     // counts as dead a second after it opened.
@@ -531,12 +525,7 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
     let db = TestDb::create().await;
-    let password = SecretString::from(db.admin_password.clone());
-    let open = |node: &'static str| {
-        let (url, password) = (db.admin_url(), password.clone());
-        async move { Arc::new(PostgresStore::open(&url, Some(&password), node).await.unwrap()) }
-    };
-    let (a, b) = (open("a").await, open("b").await);
+    let (a, b) = (Arc::new(store(&db, "a").await), Arc::new(store(&db, "b").await));
     // 600 active leases of a, due: enough for the claims to go in batches.
     let past = Utc::now() - chrono::Duration::seconds(5);
     let ids: Vec<LeaseId> = (0..600).map(|i| LeaseId::parse(&format!("app/c{i:03}")).unwrap()).collect();

@@ -16,7 +16,7 @@ use secrecy::SecretString;
 use crate::common::*;
 
 /// A PostgreSQL store in the test database, as the test admin (who owns it).
-async fn store(db: &TestDb, node: &str) -> PostgresStore {
+pub(crate) async fn store(db: &TestDb, node: &str) -> PostgresStore {
     let password = SecretString::from(db.admin_password.clone());
     PostgresStore::open(&db.admin_url(), Some(&password), node).await.expect("open the PostgreSQL store")
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::MAX_BATCH;
 use crate::store::jobs::{Job, StaticWrite};
@@ -261,15 +261,20 @@ async fn apply_batch(
     batch: &[Job],
     node: &str,
 ) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
-    // The whole batch pipelined in one transaction.
-    let tx = client.transaction().await?;
-    let outcomes =
-        futures_util::future::join_all(batch.iter().map(|job| apply(&tx, statements, job, node))).await;
+    // The whole batch pipelined in one transaction, its BEGIN included:
+    // tokio-postgres sends a request when its future is first polled, and
+    // `join!` polls the BEGIN first, so it goes out ahead of the writes in
+    // the same round trip. The COMMIT waits for every write's outcome.
+    let writes = futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
+    let (begun, outcomes) = futures_util::join!(client.batch_execute("BEGIN"), writes);
+    // A BEGIN that failed leaves no telling what the writes did: start
+    // again on a new connection.
+    begun.map_err(|e| BatchError::Connection(e.to_string()))?;
     if outcomes.iter().all(kept) {
-        tx.commit().await?;
+        client.batch_execute("COMMIT").await?;
         return Ok(outcomes);
     }
-    tx.rollback().await?;
+    client.batch_execute("ROLLBACK").await?;
     // A statement failed, and the transaction with it: each write again in
     // a transaction of its own, so the one that fails fails alone.
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -287,7 +292,7 @@ async fn apply_batch(
 }
 
 /// Applies one job; the number of rows it changed.
-async fn apply(tx: &Transaction<'_>, st: &Statements, job: &Job, node: &str) -> Result<u64, StoreError> {
+async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let write = match job {
         Job::Purge(before, _) => {
@@ -367,7 +372,7 @@ async fn apply(tx: &Transaction<'_>, st: &Statements, job: &Job, node: &str) -> 
     }
 }
 
-async fn apply_static(tx: &Transaction<'_>, st: &Statements, write: &StaticWrite) -> Result<u64, StoreError> {
+async fn apply_static(tx: &impl GenericClient, st: &Statements, write: &StaticWrite) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     match write {

@@ -303,11 +303,15 @@ impl Daemon {
         unsafe { libc::kill(child.id() as i32, signal) };
     }
 
-    /// SIGTERM and wait.
+    /// SIGTERM and wait (a daemon a test left stopped is continued, so
+    /// the SIGTERM takes effect).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // SAFETY: sending signals to our own child process.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+                libc::kill(child.id() as i32, libc::SIGCONT);
+            }
             let _ = child.wait();
         }
     }

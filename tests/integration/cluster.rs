@@ -572,3 +572,34 @@ async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
     }
     assert_eq!(granted[0] + granted[1], ids.len(), "{granted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_does_not_wait_on_a_row_a_stopped_node_holds() {
+    let db = TestDb::create().await;
+    let (a, b) = (Arc::new(store(&db, "a").await), Arc::new(store(&db, "b").await));
+    let past = Utc::now() - chrono::Duration::seconds(5);
+    let ids: Vec<LeaseId> = (0..20).map(|i| LeaseId::parse(&format!("app/h{i:02}")).unwrap()).collect();
+    for id in &ids {
+        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
+        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+        assert!(a.write(activate).await.unwrap());
+    }
+    // A transaction left open on one lease's row, as by a node frozen
+    // between its writer's BEGIN and COMMIT.
+    let (held, others) = (&ids[0], &ids[1..]);
+    let frozen = db.login(&db.admin, &db.admin_password).await.unwrap();
+    frozen.batch_execute("BEGIN").await.unwrap();
+    frozen.execute("UPDATE leases SET attempts = attempts WHERE id = $1", &[&held.as_str()]).await.unwrap();
+
+    // b claims them all at once: the others are granted, the held one is
+    // answered busy (by its node) rather than waited for.
+    let claims = futures_util::future::join_all(ids.iter().map(|id| b.claim(id)));
+    let claims = tokio::time::timeout(Duration::from_secs(20), claims).await.expect("claims answered");
+    let mut claims = claims.into_iter().map(Result::unwrap);
+    assert!(matches!(claims.next(), Some(Claim::Held { ref by, .. }) if by == "a"));
+    assert_eq!(claims.filter(|c| matches!(c, Claim::Granted(_))).count(), others.len());
+
+    // Once the transaction ends, the lease can be claimed.
+    frozen.batch_execute("ROLLBACK").await.unwrap();
+    assert!(matches!(b.claim(held).await.unwrap(), Claim::Granted(_)));
+}

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::cluster::{CLAIMABLE, CLAIM_TTL_MS};
-use super::{lease_from_row, query, PostgresStore, LEASE_COLUMNS};
+use super::{lease_from_row, query, PostgresStore, CLAIM_LOCK_WAIT_MS, LEASE_COLUMNS};
 use crate::lease::{LeaseId, LeaseState};
 use crate::store::{Claim, StoreError};
 
@@ -193,11 +194,32 @@ impl Claimer {
              WHERE l.id = $1 AND l.state <> 'revoked' AND {CLAIMABLE} RETURNING {LEASE_COLUMNS}"
         );
         let params: [&(dyn ToSql + Sync); 4] = [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS];
-        if let Some(row) = self.query("claim a lease", &sql, &params).await?.first() {
-            let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
-            return Ok(Claim::Granted(lease));
-        }
-        Ok(self.read_claims(&[id.as_str()], timeout_ms).await?.remove(id.as_str()).unwrap_or(Claim::Missing))
+        let client = self.readers.get().await.map_err(|e| self.failed("claim a lease", e))?;
+        let statement = client.prepare_cached(&sql).await.map_err(|e| self.failed("claim a lease", e))?;
+        let busy = match client.query(&statement, &params).await {
+            Ok(rows) => match rows.first() {
+                Some(row) => {
+                    let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
+                    return Ok(Claim::Granted(lease));
+                }
+                None => false,
+            },
+            // Another transaction held the row for longer than the claim
+            // waits: a node stopped mid-write, until the store ends its
+            // transaction. The lease is busy; look again shortly.
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => true,
+            Err(e) => return Err(self.failed("claim a lease", e)),
+        };
+        drop(client);
+        let claim = self.read_claims(&[id.as_str()], timeout_ms).await?.remove(id.as_str());
+        Ok(match claim {
+            Some(Claim::Held { by, .. }) if busy => {
+                let again = chrono::Duration::milliseconds(i64::from(CLAIM_LOCK_WAIT_MS));
+                Claim::Held { by, until: Utc::now() + again }
+            }
+            Some(claim) => claim,
+            None => Claim::Missing,
+        })
     }
 
     /// The answer for leases that were not granted: revoked (granted, as

@@ -61,6 +61,16 @@ const QUEUE: usize = 4096;
 const MAX_BATCH: usize = 1000;
 /// Read connections (which also take claims and heartbeat).
 const READERS: usize = 4;
+/// How long the store lets a session sit inside a transaction waiting for
+/// its node (`idle_in_transaction_session_timeout`). A node's writer never
+/// waits between its statements, so this only ends the transaction of a
+/// node that stopped (frozen, or cut off) mid-write, whose row locks would
+/// otherwise keep the other nodes from its leases for as long as it is
+/// stopped.
+const IDLE_IN_TRANSACTION_MS: u32 = 5_000;
+/// How long a claim waits for a row another transaction holds before it
+/// answers that the lease is busy (`lock_timeout` of the read pool).
+pub(super) const CLAIM_LOCK_WAIT_MS: u32 = 2_000;
 
 /// Every column of `leases` a [`Lease`] holds, in the order
 /// [`lease_from_row`] reads them.
@@ -118,6 +128,7 @@ impl PostgresStore {
             config.password(password.expose_secret());
         }
         config.application_name(format!("lessor {node}"));
+        add_options(&mut config, &format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"));
         let location = location(&config);
         let fail = |message: String| StoreError::Open { location: location.clone(), message };
 
@@ -138,9 +149,12 @@ impl PostgresStore {
         // lapsed one, a lost heartbeat is the next one. So it need not
         // wait for the WAL flush; the leases themselves go through the
         // writer, which does.
+        // A claim waits for a row lock at most CLAIM_LOCK_WAIT_MS.
         let mut pool_config = config.clone();
-        let options = pool_config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
-        pool_config.options(format!("{options}-c synchronous_commit=off"));
+        add_options(
+            &mut pool_config,
+            &format!("-c synchronous_commit=off -c lock_timeout={CLAIM_LOCK_WAIT_MS}"),
+        );
         let readers = Pool::builder(tls.manager(pool_config))
             .max_size(READERS)
             .build()
@@ -470,6 +484,12 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<(), String> {
 
 pub(super) fn time(millis: i64) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp_millis(millis).ok_or_else(|| format!("bad time {millis}"))
+}
+
+/// Adds server settings (`-c name=value …`) to those the URL's `options` set.
+fn add_options(config: &mut tokio_postgres::Config, more: &str) {
+    let options = config.get_options().map(|o| format!("{o} ")).unwrap_or_default();
+    config.options(format!("{options}{more}"));
 }
 
 /// Runs `sql` on a connection of `readers` (statements prepared once per

@@ -265,7 +265,8 @@ async fn apply_batch(
     // tokio-postgres sends a request when its future is first polled, and
     // `join!` polls the BEGIN first, so it goes out ahead of the writes in
     // the same round trip. The COMMIT waits for every write's outcome.
-    let writes = futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
+    let writes =
+        futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
     let (begun, outcomes) = futures_util::join!(client.batch_execute("BEGIN"), writes);
     // A BEGIN that failed leaves no telling what the writes did: start
     // again on a new connection.
@@ -372,7 +373,11 @@ async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) 
     }
 }
 
-async fn apply_static(tx: &impl GenericClient, st: &Statements, write: &StaticWrite) -> Result<u64, StoreError> {
+async fn apply_static(
+    tx: &impl GenericClient,
+    st: &Statements,
+    write: &StaticWrite,
+) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     match write {

@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{self, AppState, PeerInfo};
+use crate::api::{self, AppState};
 use crate::broker::Broker;
 use crate::config::{self, ValidatedConfig};
 use crate::store::{LeaseStore, SqliteStore};
@@ -159,15 +159,9 @@ pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> 
             }
         });
     }
-    let app = api::router(state).into_make_service_with_connect_info::<PeerInfo>();
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        let serving =
-            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serving.await {
-            warn!(error = %e, "server stopped with an error");
-        }
-    });
+    let app = api::router(state);
+    let limits = api::listen::Limits::from_config(&config.server);
+    let server = tokio::spawn(api::listen::serve(listener, app, limits, shutdown.clone()));
     broker.start();
     broker.tasks().spawn(exporter.upkeep(shutdown.clone()));
     rotator.start();
@@ -195,6 +189,9 @@ fn log_access(config: &ValidatedConfig) {
     }
 }
 
+/// Connections the kernel queues for the accept loop.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
 /// Binds the Unix socket. A socket file left by a dead daemon is replaced;
 /// one a live daemon answers on is refused, and so is anything at the path
 /// that is not a socket: start-up never deletes what is not its own.
@@ -220,6 +217,15 @@ async fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
         }
     }
     let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    // A deep backlog (the kernel caps it at net.core.somaxconn): a burst of
+    // connections, or a flood the accept loop is refusing, then leaves room
+    // for other callers' connects.
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen on a socket we own; raising the backlog of a listening
+    // socket is allowed.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot raise the socket's listen backlog");
+    }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;

@@ -68,6 +68,8 @@ pub const STATIC_RETIREMENTS: &str = "lessor_static_retirements_total";
 pub const STATIC_LAST_ROTATION: &str = "lessor_static_last_rotation_timestamp_seconds";
 // The socket API.
 pub const REQUESTS: &str = "lessor_requests_total";
+pub const CONNECTIONS: &str = "lessor_connections_open";
+pub const CONNECTIONS_REFUSED: &str = "lessor_connections_refused_total";
 
 /// Issuance takes milliseconds on a database and up to seconds on a cloud
 /// API; past 30 s a request has timed out.
@@ -180,6 +182,11 @@ pub fn describe() {
         "When the account's current credential was promoted (Unix time), by account."
     );
     describe_counter!(REQUESTS, "Socket API requests answered, by route template and status.");
+    describe_gauge!(CONNECTIONS, "Socket connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Socket connections closed at accept, by reason (max_connections, per_uid, accept_error)."
+    );
 }
 
 /// A credential of `role` was issued, after `took`.
@@ -280,6 +287,16 @@ pub fn static_retired(account: &str) {
 /// A request was answered with `status`. `route` is the template the router
 /// matched (`/v1/leases/{*rest}`), never the path itself, which can hold a
 /// lease id; `None` for a path no route matched.
+/// Socket connections open now.
+pub fn connections(open: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
+}
+
+/// A connection closed at accept, and why.
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
 pub fn request(route: Option<&str>, status: u16) {
     let route = route.unwrap_or("unmatched").to_owned();
     counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);

@@ -240,15 +240,33 @@ impl Client {
         Ok(Response { status, body: Value::Null })
     }
 
+    /// Connects to the socket. A full listen backlog (`EAGAIN`: a burst of
+    /// connections, or a local user flooding the socket while the daemon
+    /// refuses them) is waited out for a while, as a blocking `connect`
+    /// would, rather than reported as the daemon being unreachable.
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && started.elapsed() < PATIENCE => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                Err(source) => return Err(ClientError::Connect { socket: self.socket.clone(), source }),
+            }
+        }
+    }
+
     /// Sends `request` on a fresh connection; the answer's body is read by
     /// the caller.
     async fn send(
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // The connection task drives the socket; it ends when `sender` is
         // dropped or the daemon closes. Its own error, if any, also reaches

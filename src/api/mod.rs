@@ -8,6 +8,7 @@
 //! JSON error in the documented shape.
 
 pub(crate) mod audited;
+pub mod listen;
 mod peer;
 mod statics;
 mod status;
@@ -18,7 +19,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -62,6 +63,8 @@ pub struct AppState {
     pub metrics: Option<crate::metrics::Exporter>,
     /// Whether the Vault-compatible routes are served (`server.vault_api`).
     pub vault_api: bool,
+    /// Open `GET /v1/watch` streams per uid.
+    pub watchers: Arc<watch::Watchers>,
 }
 
 impl AppState {
@@ -100,6 +103,7 @@ impl AppState {
             audit,
             metrics: None,
             vault_api: config.server.vault_api,
+            watchers: watch::Watchers::new(config.server.max_watches_per_uid),
         }
     }
 }
@@ -207,13 +211,22 @@ async fn guard(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let who = peer.identity().await;
+    let who = peer.identity();
     let caller = state.policies.caller(who.clone());
     let mut request = request;
     request.extensions_mut().insert(caller.clone());
     let audited = audited::is_audited(route.as_deref());
+    // Still the process, and the program, that connected?
+    let changed = peer.recheck().err();
     let response = match audited::ready(&state.audit, audited, &caller, &method, &path).await {
         Err(refused) => refused,
+        Ok(()) if changed.is_some() => {
+            let why = changed.as_deref().unwrap_or_default();
+            let mut refused = ApiError::new(StatusCode::FORBIDDEN, "identity_changed", why).into_response();
+            // The connection is closed after this answer: it has no caller any more.
+            refused.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            refused
+        }
         Ok(()) => match tokio::time::timeout(state.request_timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long")
@@ -234,8 +247,13 @@ async fn guard(
         user = who.user.as_deref().unwrap_or("?"),
         pid = peer.pid,
         exe = who.exe.as_deref().unwrap_or("?"),
+        exe_replaced = who.exe_deleted,
         unit = who.systemd_unit.as_deref().unwrap_or("-"),
+        user_unit = who.user_unit.as_deref().unwrap_or("-"),
         container = who.container_id.as_deref().map_or("-", |id| &id[..12]),
+        elsewhere = who.confined.as_deref().unwrap_or("-"),
+        not_admin = caller.not_admin_because().unwrap_or("-"),
+        identity_changed = changed.as_deref().unwrap_or("-"),
         policies = caller.policy_names().join(","),
         ms = started.elapsed().as_millis() as u64,
         "request"

@@ -1,20 +1,34 @@
 //! Who is on the other end of the socket, as the kernel says (`SO_PEERCRED`):
 //! uid, gid and pid, plus what `/proc/<pid>` and the user database add
 //! ([`Identity`]: names, supplementary groups, executable, cgroup, systemd
-//! unit, container id). Nothing the client sends can change it.
+//! unit, container id, whether it is on the host). Nothing the client sends
+//! can change it.
 //!
-//! The accept loop only asks the kernel for the credentials (one
-//! `getsockopt`) and notes the time. The rest is read later, once per
-//! connection, on the blocking pool: a slow `/proc` or user database must
-//! not hold up accepting other connections.
+//! The identity is read when the connection is accepted, before any byte of
+//! a request, and held by the connection ([`PeerInfo::accept`]). Each
+//! request then checks that the process is still the one that connected,
+//! running the same program ([`PeerInfo::recheck`]): a process that execs
+//! another binary after connecting (or hands the socket to a child that
+//! does, and exits) is refused, so nobody borrows an allowed program's
+//! identity. Where the kernel has `SO_PEERPIDFD` (Linux 6.5+) the
+//! connection also holds a pidfd of the process, which tells when it has
+//! exited even if its pid is reused; elsewhere the start time does.
+//!
+//! What is left: a process that execs between its `connect` and the
+//! daemon's accept is read as the program it became. `exe` alone is
+//! therefore the weakest key; paired with `uid` or `systemd_unit` it only
+//! narrows what those grant.
 
-use std::sync::{Arc, OnceLock};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
-use crate::policy::identity::{boot_seconds, Identity};
+use crate::policy::identity::{boot_seconds, Stamp};
+use crate::policy::Identity;
+
+/// `SO_PEERPIDFD` (Linux 6.5+): a pidfd of the peer that connected.
+const SO_PEERPIDFD: libc::c_int = 77;
 
 /// The peer of one connection.
 #[derive(Debug, Clone)]
@@ -22,47 +36,104 @@ pub struct PeerInfo {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
-    /// When the connection was accepted (`CLOCK_BOOTTIME` seconds): a
-    /// process that started later is not the one that connected.
-    accepted_s: f64,
-    /// Read on first use and shared by every request of the connection.
-    identity: Arc<OnceLock<Identity>>,
+    /// Read at accept, shared by every request of the connection.
+    identity: Arc<Identity>,
+    /// The process and program at accept, for [`recheck`](Self::recheck).
+    stamp: Option<Stamp>,
+    /// A pidfd of the process that connected, where the kernel gives one.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl PeerInfo {
-    /// A peer with these credentials, accepted now.
-    pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Self {
-        Self { uid, gid, pid, accepted_s: boot_seconds(), identity: Arc::default() }
+    /// The peer of a connection just accepted: its credentials, a pidfd,
+    /// and its identity read on the blocking pool.
+    pub async fn accept(stream: &UnixStream) -> Self {
+        let Ok(cred) = stream.peer_cred() else { return Self::nobody() };
+        let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+        let accepted_s = boot_seconds();
+        let pidfd = peer_pidfd(stream).map(Arc::new);
+        let read = tokio::task::spawn_blocking(move || {
+            let stamp = pid.and_then(Stamp::read);
+            (Identity::read(uid, gid, pid, accepted_s), stamp)
+        });
+        let (identity, stamp) = read.await.unwrap_or_else(|_| {
+            let unread =
+                Identity { confined: Some("its process could not be read".into()), ..Identity::default() };
+            (Identity { uid, gid, pid, ..unread }, None)
+        });
+        // A pidfd that is not the process read above (its pid was reused in
+        // between) is worse than none: the stamp then decides.
+        let pidfd = pidfd.filter(|fd| pid.is_some_and(|pid| pidfd_pid(fd) == Some(pid)));
+        Self { uid, gid, pid, identity: Arc::new(identity), stamp, pidfd }
     }
 
-    /// The peer's identity, read from `/proc` and the user database.
-    pub async fn identity(&self) -> Identity {
-        if let Some(identity) = self.identity.get() {
-            return identity.clone();
+    /// Without credentials the caller is nobody: every owner check fails.
+    fn nobody() -> Self {
+        let nobody = Identity {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            confined: Some("the kernel gave no credentials".into()),
+            ..Identity::default()
+        };
+        Self { uid: u32::MAX, gid: u32::MAX, pid: None, identity: Arc::new(nobody), stamp: None, pidfd: None }
+    }
+
+    /// The identity read when the connection was accepted.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the process that connected still runs the program it ran at
+    /// accept; `Err` says what changed. A peer whose process could not be
+    /// read at accept has only its kernel credentials, which cannot change.
+    pub fn recheck(&self) -> Result<(), String> {
+        let (Some(pid), Some(then)) = (self.pid, self.stamp) else { return Ok(()) };
+        let exited = || format!("the process that connected (pid {pid}) has exited");
+        if self.pidfd.as_deref().is_some_and(has_exited) {
+            return Err(exited());
         }
-        let (uid, gid, pid, accepted_s) = (self.uid, self.gid, self.pid, self.accepted_s);
-        let identity = tokio::task::spawn_blocking(move || Identity::read(uid, gid, pid, accepted_s))
-            .await
-            .unwrap_or(Identity { uid, gid, pid, ..Identity::default() });
-        self.identity.get_or_init(|| identity).clone()
+        let now = Stamp::read(pid).ok_or_else(exited)?;
+        if now.start_ticks != then.start_ticks || self.pidfd.as_deref().is_some_and(has_exited) {
+            return Err(exited());
+        }
+        if now.exe != then.exe {
+            return Err(format!(
+                "the process that connected (pid {pid}) has run another program since (exec after \
+                 connect); identity is taken when the connection is accepted: connect again"
+            ));
+        }
+        Ok(())
     }
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
-            Ok(cred) => Self::new(cred.uid(), cred.gid(), cred.pid()),
-            // Without credentials the caller is nobody: every owner check fails.
-            Err(_) => {
-                let nobody = Identity { uid: u32::MAX, gid: u32::MAX, ..Identity::default() };
-                Self {
-                    uid: u32::MAX,
-                    gid: u32::MAX,
-                    pid: None,
-                    accepted_s: 0.0,
-                    identity: Arc::new(OnceLock::from(nobody)),
-                }
-            }
-        }
-    }
+/// The peer's pidfd (`SO_PEERPIDFD`), or `None` on kernels without it.
+fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are valid for the kernel to write an int into.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel gave us a new descriptor we now own.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pid a pidfd refers to (`Pid:` of its fdinfo; -1 once it exited).
+fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()
+}
+
+/// A pidfd polls readable once its process has exited.
+fn has_exited(fd: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    n > 0 && poll.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }

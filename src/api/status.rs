@@ -2,15 +2,19 @@
 //! audit log and, with a shared store, every node's heartbeat) and
 //! `GET /v1/metrics`.
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use super::{caller, ApiError, AppState};
 
-pub(super) async fn health(State(state): State<AppState>) -> Response {
+/// Readiness for anyone; the details (the store's and the audit log's
+/// errors, the nodes of a shared store) for admins and callers granted
+/// `metrics` only.
+pub(super) async fn health(State(state): State<AppState>, request: Request) -> Response {
+    let details = caller(request.extensions()).may_read_metrics().is_ok();
     let audit_failure = state.audit.failure();
     let store_failure = state.broker.store.check().await.err().map(|e| e.to_string());
     let ready = state.broker.is_ready() && audit_failure.is_none() && store_failure.is_none();
@@ -20,6 +24,10 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         (None, None, true) => "ready",
         (None, None, false) => "starting",
     };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if !details {
+        return (code, Json(json!({ "status": status }))).into_response();
+    }
     let mut body = json!({ "status": status, "scheduled_leases": state.broker.scheduled() });
     if let Some(path) = state.audit.path() {
         body["audit"] = json!({ "path": path, "ok": audit_failure.is_none(), "error": audit_failure });
@@ -35,11 +43,14 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             Err(e) => body["nodes_error"] = json!(e.to_string()),
         }
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body)).into_response()
+    (code, Json(body)).into_response()
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+/// The Prometheus text: for admins and callers granted `metrics`.
+pub(super) async fn metrics(State(state): State<AppState>, request: Request) -> Response {
+    if let Err(denied) = caller(request.extensions()).may_read_metrics() {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.message).into_response();
+    }
     let text = match &state.metrics {
         Some(exporter) => exporter.render(&state.broker).await,
         None => String::new(),

@@ -6,7 +6,9 @@
 //! dead one. Events carry the item's full state and never a secret; a
 //! watcher that fell behind gets `lagged` and a fresh snapshot.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use axum::body::{Body, Bytes};
@@ -21,19 +23,70 @@ use tokio::sync::mpsc;
 use lessor_client::WatchEvent;
 
 use super::statics::static_info;
-use super::{caller, lease_info, AppState};
+use super::{caller, lease_info, ApiError, AppState, DEFAULT_LIST_LIMIT};
 use crate::broker::Caller;
 use crate::events::Event;
 
 /// How often an idle stream says it is alive.
 const HEARTBEAT: StdDuration = StdDuration::from_secs(15);
 
+/// Open watch streams per uid, each at most `server.max_watches_per_uid`:
+/// a stream holds a task and a subscription for as long as it is open.
+#[derive(Debug)]
+pub struct Watchers {
+    cap: usize,
+    open: Mutex<HashMap<u32, usize>>,
+}
+
+impl Watchers {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self { cap, open: Mutex::default() })
+    }
+
+    fn take(self: &Arc<Self>, uid: u32) -> Option<WatchSlot> {
+        let mut open = self.open.lock().expect("watchers lock");
+        let n = open.entry(uid).or_default();
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(WatchSlot(self.clone(), uid))
+    }
+}
+
+/// One open stream of a uid, counted until dropped.
+struct WatchSlot(Arc<Watchers>, u32);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock().expect("watchers lock");
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 pub(super) async fn watch(State(state): State<AppState>, request: Request) -> Response {
     let caller = caller(request.extensions());
+    let Some(slot) = state.watchers.take(caller.uid) else {
+        let message = format!(
+            "{} has {} watch streams open, the most one uid may (server.max_watches_per_uid)",
+            caller.who(),
+            state.watchers.cap
+        );
+        return ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "too_many_watches", message)
+            .into_response();
+    };
     let (lines, out) = mpsc::channel::<Bytes>(64);
     // Subscribed before the snapshot is read: nothing falls between them.
     let events = state.events.subscribe();
-    tokio::spawn(feed(state, caller, events, lines));
+    tokio::spawn(async move {
+        feed(state, caller, events, lines).await;
+        drop(slot);
+    });
     let body = futures_util::stream::unfold(out, |mut out| async move {
         out.recv().await.map(|line| (Ok::<_, Infallible>(line), out))
     });
@@ -81,7 +134,8 @@ async fn feed(
     }
 }
 
-/// Everything the caller may read, now.
+/// Everything the caller may read, now: every static account it may read,
+/// and the first page of its leases (as `GET /v1/leases` gives it).
 async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
     let mut statics = Vec::new();
     for name in state.rotator.names().filter(|name| caller.may_read_static(name).is_ok()) {
@@ -90,8 +144,8 @@ async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
             Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
         });
     }
-    let leases = match state.broker.list_all("", caller).await {
-        Ok(leases) => leases.iter().map(lease_info).collect(),
+    let leases = match state.broker.list("", caller, None, DEFAULT_LIST_LIMIT).await {
+        Ok((leases, _)) => leases.iter().map(lease_info).collect(),
         Err(_) => Vec::new(),
     };
     WatchEvent::Snapshot { at: Utc::now(), statics, leases }

@@ -268,6 +268,22 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
     }
     let server = &config.server;
     check_range(&mut errors, "server.request_timeout", server.request_timeout, SECOND, HOUR);
+    check_range(&mut errors, "server.header_timeout", server.header_timeout, SECOND, HOUR);
+    for (key, value) in [
+        ("server.max_connections", server.max_connections),
+        ("server.max_connections_per_uid", server.max_connections_per_uid),
+        ("server.max_watches_per_uid", server.max_watches_per_uid),
+    ] {
+        if value == 0 {
+            errors.push(ConfigError::new(key, "must be at least 1"));
+        }
+    }
+    if server.admin_connections >= server.max_connections {
+        errors.push(ConfigError::new(
+            "server.admin_connections",
+            format!("must be below server.max_connections ({})", server.max_connections),
+        ));
+    }
     check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
 
     let mut connections = BTreeMap::new();

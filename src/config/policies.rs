@@ -39,19 +39,70 @@ pub struct MatchConfig {
     pub group: Option<String>,
     /// Executable path glob (`/proc/<pid>/exe`); `*` stays within a segment.
     pub exe: Option<String>,
-    /// systemd unit glob (`web.service`, `run-*.scope`).
+    /// systemd unit glob (`web.service`, `run-*.scope`): a unit of the
+    /// system manager. A unit a user made below its own
+    /// `user@UID.service` is never one (see `user_unit`).
     pub systemd_unit: Option<String>,
+    /// Glob of a unit of the caller's own user manager (below
+    /// `user@UID.service`, UID being the caller's uid): the user names it,
+    /// so pair it with `user` or `uid`.
+    pub user_unit: Option<String>,
     /// cgroup v2 path glob (`/system.slice/web.service`); `*` stays within
-    /// a segment.
+    /// a segment. Only the part of the path root made counts: a delegated
+    /// subtree's own directories are left out.
     pub cgroup: Option<String>,
+    /// `true`: only callers on the host (the daemon's pid and user
+    /// namespaces, outside any container's cgroup); `false`: only callers
+    /// elsewhere (in a container).
+    pub host: Option<bool>,
 }
 
-/// An entry of `server.admins`: a uid or a user name.
+/// An entry of `server.admins`: a uid, a user name, or a table of the
+/// same keys as a policy's `match` (`{ user = "root", cgroup =
+/// "/system.slice/*" }`). Each holds on the host only unless it says
+/// `host = false`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum AdminConfig {
     Uid(u32),
     User(String),
+    Match(MatchConfig),
+}
+
+const MATCH_KEYS: &str = "uid, user, gid, group, exe, systemd_unit, user_unit, cgroup, host";
+
+/// Compiles a `match` table; errors go under `key`. `None` when it names
+/// nothing (reported) or a pattern was bad (reported).
+fn matcher(m: &MatchConfig, key: &str, errors: &mut Vec<ConfigError>) -> Option<Matcher> {
+    let before = errors.len();
+    let mut pattern = |field: &str, text: &Option<String>, path: bool| {
+        text.as_deref().and_then(|t| match Pattern::new(t, path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(ConfigError::new(format!("{key}.{field}"), e));
+                None
+            }
+        })
+    };
+    let matcher = Matcher {
+        uid: m.uid,
+        user: pattern("user", &m.user, false),
+        gid: m.gid,
+        group: pattern("group", &m.group, false),
+        exe: pattern("exe", &m.exe, true),
+        systemd_unit: pattern("systemd_unit", &m.systemd_unit, false),
+        user_unit: pattern("user_unit", &m.user_unit, false),
+        cgroup: pattern("cgroup", &m.cgroup, true),
+        host: m.host,
+    };
+    if errors.len() > before {
+        return None;
+    }
+    if matcher.is_empty() {
+        errors.push(ConfigError::new(key, format!("is empty: name at least one of {MATCH_KEYS}")));
+        return None;
+    }
+    Some(matcher)
 }
 
 pub(super) fn validate(
@@ -77,34 +128,7 @@ pub(super) fn validate(
             errors.push(ConfigError::new(&key, "a second policy has this name"));
             continue;
         }
-        let mut pattern = |field: &str, text: &Option<String>, path: bool| {
-            text.as_deref().and_then(|t| match Pattern::new(t, path) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    errors.push(ConfigError::new(format!("{key}.match.{field}"), e));
-                    None
-                }
-            })
-        };
-        let m = &policy.matches;
-        let matcher = Matcher {
-            uid: m.uid,
-            user: pattern("user", &m.user, false),
-            gid: m.gid,
-            group: pattern("group", &m.group, false),
-            exe: pattern("exe", &m.exe, true),
-            systemd_unit: pattern("systemd_unit", &m.systemd_unit, false),
-            cgroup: pattern("cgroup", &m.cgroup, true),
-        };
-        let m_given = [&m.user, &m.group, &m.exe, &m.systemd_unit, &m.cgroup].iter().any(|k| k.is_some())
-            || m.uid.is_some()
-            || m.gid.is_some();
-        if !m_given {
-            errors.push(ConfigError::new(
-                format!("{key}.match"),
-                "is empty: name at least one of uid, user, gid, group, exe, systemd_unit, cgroup",
-            ));
-        }
+        let matcher = matcher(&policy.matches, &format!("{key}.match"), errors);
         if policy.allow.is_empty() {
             errors.push(ConfigError::new(format!("{key}.allow"), "is empty: the policy would grant nothing"));
         }
@@ -118,7 +142,7 @@ pub(super) fn validate(
                         Permission::Static(g) | Permission::Rotate(g) => {
                             (!statics.keys().any(|s| g.matches(s))).then_some("static account")
                         }
-                        Permission::Admin => None,
+                        Permission::Admin | Permission::Metrics => None,
                     };
                     if let Some(kind) = names_nothing {
                         errors.push(ConfigError::new(at, format!("{text:?} names no configured {kind}")));
@@ -132,26 +156,30 @@ pub(super) fn validate(
         if policy.max_leases == Some(0) {
             errors.push(ConfigError::new(format!("{key}.max_leases"), "must be at least 1"));
         }
-        if m_given && matcher.is_empty() {
-            continue; // its patterns were reported above
-        }
+        let Some(matcher) = matcher else { continue }; // reported above
         compiled.push(Policy { name: policy.name.clone(), matcher, allow, max_leases: policy.max_leases });
     }
     let admins = match admins {
         None => Admins::RootAndDaemon,
         Some(list) => {
-            let mut uids = Vec::new();
-            let mut users = Vec::new();
-            for entry in list {
-                match entry {
-                    AdminConfig::Uid(uid) => uids.push(*uid),
-                    AdminConfig::User(user) if !user.is_empty() => users.push(user.clone()),
-                    AdminConfig::User(_) => {
-                        errors.push(ConfigError::new("server.admins", "an empty user name matches nobody"))
+            let mut entries = Vec::new();
+            for (i, entry) in list.iter().enumerate() {
+                let key = format!("server.admins[{i}]");
+                let m = match entry {
+                    AdminConfig::Uid(uid) => Some(Matcher { uid: Some(*uid), ..Matcher::default() }),
+                    AdminConfig::User(user) if user.is_empty() => {
+                        errors.push(ConfigError::new(key, "an empty user name matches nobody"));
+                        None
                     }
-                }
+                    AdminConfig::User(user) => Pattern::new(&globset::escape(user), false)
+                        .map(|p| Matcher { user: Some(p), ..Matcher::default() })
+                        .map_err(|e| errors.push(ConfigError::new(&key, e)))
+                        .ok(),
+                    AdminConfig::Match(m) => matcher(m, &key, errors),
+                };
+                entries.extend(m);
             }
-            Admins::Listed { uids, users }
+            Admins::Listed(entries)
         }
     };
     Policies::new(compiled, admins)

@@ -63,6 +63,28 @@ pub struct ServerConfig {
     /// permission checks apply to both.
     #[serde(default = "default_vault_api")]
     pub vault_api: bool,
+    /// How long a client may take to send a request's headers, and how
+    /// long an idle connection is kept open waiting for the next request;
+    /// past it the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// The most connections the socket holds open at once. The last
+    /// `admin_connections` of them are kept for root and the daemon's own
+    /// user, so no other user can fill the socket.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Of `max_connections`, how many only root and the daemon's own user
+    /// may take.
+    #[serde(default = "default_admin_connections")]
+    pub admin_connections: usize,
+    /// The most connections one uid holds open at once (root inside a
+    /// container counts apart from the host's root). Past it, new ones are
+    /// answered 429 and closed.
+    #[serde(default = "default_max_connections_per_uid")]
+    pub max_connections_per_uid: usize,
+    /// The most `GET /v1/watch` streams one uid holds open at once.
+    #[serde(default = "default_max_watches_per_uid")]
+    pub max_watches_per_uid: usize,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +104,11 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             revoked_retention: default_revoked_retention(),
             vault_api: default_vault_api(),
+            header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
+            admin_connections: default_admin_connections(),
+            max_connections_per_uid: default_max_connections_per_uid(),
+            max_watches_per_uid: default_max_watches_per_uid(),
         }
     }
 }
@@ -100,6 +127,21 @@ fn default_request_timeout() -> Duration {
 }
 fn default_max_body_bytes() -> usize {
     64 * 1024
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_admin_connections() -> usize {
+    64
+}
+fn default_max_connections_per_uid() -> usize {
+    256
+}
+fn default_max_watches_per_uid() -> usize {
+    16
 }
 fn default_vault_api() -> bool {
     true

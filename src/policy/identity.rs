@@ -1,20 +1,38 @@
 //! Who a caller is, beyond the kernel's `SO_PEERCRED` (uid, gid, pid): the
-//! user and group names, the supplementary groups, the executable and the
-//! control group (from which the systemd unit and a container id are read),
-//! all from `/proc/<pid>` and the system's user database, the sources
-//! SPIRE's unix, docker and k8s workload attestors read too.
+//! user and group names, the supplementary groups, the executable, the
+//! control group (and the systemd unit and container id in it) and whether
+//! the caller stands on the host, in the daemon's own namespaces, all from
+//! `/proc/<pid>`, the cgroup file system and the user database, the sources
+//! SPIRE's unix, systemd, docker and k8s workload attestors read too.
 //!
-//! A pid can be reused once its process exits, so what `/proc/<pid>` says
-//! is trusted only for a process that had started when the connection was
-//! accepted and still runs as the uid the kernel gave: a process started
-//! later (or under another uid) is another process, and everything but the
-//! kernel's own credentials is then left out.
+//! Every attribute is one the caller can neither choose nor borrow:
+//! - A pid can be reused once its process exits, so what `/proc/<pid>` says
+//!   is trusted only for a process that had started when the connection was
+//!   accepted and still runs as the uid the kernel gave; otherwise
+//!   everything but the kernel's own credentials is left out.
+//! - A cgroup path is the caller's to extend wherever the tree was
+//!   delegated to it (systemd's `user@UID.service`, a `Delegate=yes`
+//!   service): any user may `mkdir batch-x.service` there. So the path
+//!   counts only down to the first directory that is not root's
+//!   ([`CgroupView`]): a component is trusted when its parent directory is
+//!   owned by root and writable by nobody else. `systemd_unit` is the
+//!   innermost unit of that trusted part, a unit the system manager made.
+//!   Below `user@UID.service` the user's own manager names units: the
+//!   innermost of those is `user_unit`, set only when UID is the caller's
+//!   own uid.
+//! - Root in a container is uid 0 to the kernel. [`Identity::confined`] says
+//!   why a caller is not on the host: another pid or user namespace than
+//!   the daemon's, or a container's cgroup. The default admins are admins
+//!   only on the host.
 //!
 //! Reading `/proc` and the user database can block (a process whose memory
 //! map is locked, an LDAP-backed NSS): [`Identity::read`] is blocking and is
 //! called on the blocking pool, never in the accept loop.
 
 use std::ffi::CStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// A caller's identity. The uid, gid and pid are the kernel's; the rest is
 /// `None` (or empty) when it could not be read or was not trusted.
@@ -29,24 +47,50 @@ pub struct Identity {
     pub groups: Vec<u32>,
     /// The names of those groups that have one.
     pub group_names: Vec<String>,
+    /// The executable's path. A binary replaced on disk since the process
+    /// started (a package upgrade) keeps its path here; see `exe_deleted`.
     pub exe: Option<String>,
-    /// The cgroup v2 path (`0::/…` of `/proc/<pid>/cgroup`).
+    /// The kernel shows the executable as ` (deleted)`: the file the
+    /// process runs is no longer at `exe`.
+    pub exe_deleted: bool,
+    /// The trusted part of the cgroup v2 path (see the module docs).
     pub cgroup: Option<String>,
-    /// The innermost `*.service` or `*.scope` of the cgroup path.
+    /// The innermost unit (`*.service`, `*.scope`) of the trusted cgroup
+    /// path: one the system manager made.
     pub systemd_unit: Option<String>,
+    /// The innermost unit below the caller's own `user@UID.service`: a unit
+    /// of the caller's user manager, named by the caller.
+    pub user_unit: Option<String>,
     /// A 64-hex-digit container id in the cgroup path (Docker, containerd,
     /// CRI-O, Podman).
     pub container_id: Option<String>,
+    /// Why the caller is not on the host (another pid or user namespace
+    /// than the daemon's, or a container's cgroup); `None` on the host.
+    pub confined: Option<String>,
 }
 
 impl Identity {
+    /// On the host: in the daemon's pid and user namespaces and outside any
+    /// container's cgroup.
+    pub fn on_host(&self) -> bool {
+        self.confined.is_none()
+    }
+
     /// The identity of a peer with the kernel's credentials, whose
     /// connection was accepted at `accepted_s` seconds of `CLOCK_BOOTTIME`.
     pub fn read(uid: u32, gid: u32, pid: Option<i32>, accepted_s: f64) -> Self {
         // What holds whatever `/proc` says: the kernel's credentials and
-        // the names the user database gives them.
-        let kernel =
-            Identity { uid, gid, pid, user: user_name(uid), group: group_name(gid), ..Identity::default() };
+        // the names the user database gives them. Where it stands cannot be
+        // told, so it is not taken for the host.
+        let kernel = Identity {
+            uid,
+            gid,
+            pid,
+            user: user_name(uid),
+            group: group_name(gid),
+            confined: Some("its process could not be read in /proc".into()),
+            ..Identity::default()
+        };
         let Some(pid) = pid.filter(|pid| *pid > 0) else { return kernel };
         let proc = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
         let Some(status) = proc("status") else { return kernel };
@@ -59,14 +103,32 @@ impl Identity {
             return kernel;
         }
         let cgroup = proc("cgroup").as_deref().and_then(cgroup_v2_path);
+        let view = cgroup.as_deref().map(|path| CgroupView::read(path, &|dir| trusted_dir(dir)));
         let groups = status_groups(&status);
+        let (exe, exe_deleted) = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(path) => {
+                let path = path.display().to_string();
+                match path.strip_suffix(" (deleted)") {
+                    Some(original) => (Some(original.to_string()), true),
+                    None => (Some(path), false),
+                }
+            }
+            Err(_) => (None, false),
+        };
+        let container_id = cgroup.as_deref().and_then(container_id);
+        let confined = namespaces_differ(pid, &status).or_else(|| {
+            container_id.as_ref().map(|id| format!("it runs in container {}'s cgroup", &id[..12]))
+        });
         let identity = Identity {
             group_names: groups.iter().filter_map(|gid| group_name(*gid)).collect(),
             groups,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string()),
-            systemd_unit: cgroup.as_deref().and_then(systemd_unit),
-            container_id: cgroup.as_deref().and_then(container_id),
-            cgroup,
+            exe,
+            exe_deleted,
+            systemd_unit: view.as_ref().and_then(|v| v.systemd_unit.clone()),
+            user_unit: view.as_ref().and_then(|v| v.user_unit(uid)),
+            cgroup: view.map(|v| v.trusted),
+            container_id,
+            confined,
             ..kernel.clone()
         };
         // Checked again: the pid may have changed hands while it was read.
@@ -74,6 +136,141 @@ impl Identity {
             return kernel;
         }
         identity
+    }
+}
+
+/// Whether process `pid` runs in the daemon's own pid and user namespaces.
+/// Cheap (a few `/proc` look-ups that never wait on the process), so the
+/// accept loop may ask it.
+pub fn in_our_namespaces(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    namespaces_differ(pid, &status).is_none()
+}
+
+/// Why process `pid` is not in the daemon's pid and user namespaces, or
+/// `None` when it is. The namespace links need ptrace access; where they
+/// cannot be read, `NSpid:` (one entry per pid namespace from the daemon's
+/// down) and `uid_map` tell the same, and both are readable by anyone.
+fn namespaces_differ(pid: i32, status: &str) -> Option<String> {
+    let link = |who: &str, ns: &str| std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok();
+    let pid_ns = match (link(&pid.to_string(), "pid"), link("self", "pid")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => {
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"));
+            nspid.map(|l| l.split_whitespace().count()) == Some(1)
+        }
+    };
+    if !pid_ns {
+        return Some("it runs in another pid namespace than the daemon".into());
+    }
+    let user_ns = match (link(&pid.to_string(), "user"), link("self", "user")) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => {
+            let map = |who: &str| std::fs::read_to_string(format!("/proc/{who}/uid_map")).ok();
+            let squash = |m: &str| m.split_whitespace().collect::<Vec<_>>().join(" ");
+            matches!((map(&pid.to_string()), map("self")), (Some(a), Some(b)) if squash(&a) == squash(&b))
+        }
+    };
+    if !user_ns {
+        return Some("it runs in another user namespace than the daemon".into());
+    }
+    None
+}
+
+/// A cgroup path split where the caller could have made the rest itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupView {
+    /// The components whose parent directories are all root's and
+    /// writable by nobody else: made by root (the system manager).
+    pub trusted: String,
+    /// The innermost unit of `trusted`.
+    pub systemd_unit: Option<String>,
+    /// The whole path, for `user_unit`.
+    full: String,
+}
+
+impl CgroupView {
+    /// Splits `path` (as in `/proc/<pid>/cgroup`), asking `trusted_dir`
+    /// whether the cgroup directory at each prefix is root's alone.
+    pub fn read(path: &str, trusted_dir: &dyn Fn(&str) -> bool) -> Self {
+        let mut trusted = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            // `part` is made inside the directory `trusted` names.
+            if !trusted_dir(if trusted.is_empty() { "/" } else { &trusted }) {
+                break;
+            }
+            trusted.push('/');
+            trusted.push_str(part);
+        }
+        if trusted.is_empty() {
+            trusted.push('/');
+        }
+        let systemd_unit = innermost_unit(&trusted);
+        Self { trusted, systemd_unit, full: path.to_string() }
+    }
+
+    /// The innermost unit below `user@UID.service`, when `uid` is UID.
+    fn user_unit(&self, uid: u32) -> Option<String> {
+        let manager = format!("/user@{uid}.service/");
+        let at = self.full.find(&manager)?;
+        innermost_unit(&self.full[at + manager.len()..])
+    }
+}
+
+fn innermost_unit(path: &str) -> Option<String> {
+    path.rsplit('/').find(|part| part.ends_with(".service") || part.ends_with(".scope")).map(str::to_string)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.
+fn cgroup_mount() -> Option<&'static Path> {
+    static MOUNT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            info.lines().find_map(|line| {
+                // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE OPTS
+                let (left, right) = line.split_once(" - ")?;
+                let mut fields = left.split_whitespace().skip(3);
+                let (root, point) = (fields.next()?, fields.next()?);
+                (right.split_whitespace().next()? == "cgroup2" && root == "/").then(|| PathBuf::from(point))
+            })
+        })
+        .as_deref()
+}
+
+/// Whether the cgroup directory `dir` (a path inside the hierarchy) is
+/// root's and writable by nobody else, so nothing below it was made by a
+/// user it was delegated to.
+fn trusted_dir(dir: &str) -> bool {
+    let Some(mount) = cgroup_mount() else { return false };
+    match std::fs::symlink_metadata(mount.join(dir.trim_start_matches('/'))) {
+        Ok(meta) => meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o022 == 0,
+        Err(_) => false,
+    }
+}
+/// What must stay the same between the accept and each request of a
+/// connection: the process (its start time) and the program it runs (the
+/// executable's device and inode, which an `exec` of another binary
+/// changes and a package upgrade replacing the file on disk does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub start_ticks: u64,
+    pub exe: (u64, u64),
+}
+
+impl Stamp {
+    /// Process `pid`'s stamp now, or `None` when it has exited (or cannot
+    /// be read).
+    pub fn read(pid: i32) -> Option<Self> {
+        let start = |_: ()| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(start_ticks)
+        };
+        let start_ticks = start(())?;
+        // `stat` follows the link to the file the process runs, deleted or not.
+        let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        // Read again: the pid must not have changed hands in between.
+        (start(())? == start_ticks).then_some(Self { start_ticks, exe: (meta.dev(), meta.ino()) })
     }
 }
 
@@ -120,10 +317,6 @@ fn status_groups(status: &str) -> Vec<u32> {
 /// The path of the unified (v2) hierarchy: the `0::` line.
 fn cgroup_v2_path(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
-}
-
-fn systemd_unit(path: &str) -> Option<String> {
-    path.rsplit('/').find(|part| part.ends_with(".service") || part.ends_with(".scope")).map(str::to_string)
 }
 
 fn container_id(path: &str) -> Option<String> {
@@ -207,10 +400,38 @@ mod tests {
         ];
         for (cgroup, unit, container) in cases {
             let path = cgroup_v2_path(cgroup).unwrap();
-            assert_eq!(systemd_unit(&path).as_deref(), unit, "{cgroup}");
+            let view = CgroupView::read(&path, &|_| true);
+            assert_eq!(view.systemd_unit.as_deref(), unit, "{cgroup}");
+            assert_eq!(view.trusted, path, "every directory root's: all of it is trusted");
             assert_eq!(container_id(&path).as_deref(), container, "{cgroup}");
         }
         assert_eq!(cgroup_v2_path("12:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn a_unit_below_a_delegated_directory_is_the_users_not_the_systems() {
+        // systemd hands `user@1000.service` to uid 1000: what is below it,
+        // uid 1000 made, whatever it is called.
+        let owned_by_root = |dir: &str| !dir.contains("user@1000.service");
+        let path = "/user.slice/user-1000.slice/user@1000.service/app.slice/batch-x.service";
+        let view = CgroupView::read(path, &owned_by_root);
+        assert_eq!(view.trusted, "/user.slice/user-1000.slice/user@1000.service");
+        assert_eq!(view.systemd_unit.as_deref(), Some("user@1000.service"));
+        assert_eq!(view.user_unit(1000).as_deref(), Some("batch-x.service"));
+        assert_eq!(view.user_unit(1001), None, "another user's manager names no unit of this caller's");
+        // The same name under a root-owned slice is the system manager's.
+        let system = CgroupView::read("/system.slice/batch-x.service", &owned_by_root);
+        assert_eq!(system.systemd_unit.as_deref(), Some("batch-x.service"));
+        assert_eq!(system.user_unit(1000), None);
+        // A `Delegate=yes` service owns its own directory: its unit holds,
+        // the sub-cgroups it made do not.
+        let delegated = |dir: &str| !dir.starts_with("/system.slice/db.service");
+        let view = CgroupView::read("/system.slice/db.service/payload/evil.service", &delegated);
+        assert_eq!(view.trusted, "/system.slice/db.service");
+        assert_eq!(view.systemd_unit.as_deref(), Some("db.service"));
+        // Nothing trusted at all: the root alone.
+        let view = CgroupView::read("/a.service", &|_| false);
+        assert_eq!((view.trusted.as_str(), view.systemd_unit), ("/", None));
     }
 
     #[test]

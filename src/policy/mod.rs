@@ -19,7 +19,7 @@ pub mod rules;
 use std::sync::Arc;
 
 pub use identity::Identity;
-pub use rules::{Admins, Matcher, Pattern, Permission, Policy};
+pub use rules::{AdminCheck, Admins, Matcher, Pattern, Permission, Policy};
 
 use crate::lease::{Lease, Owner};
 
@@ -95,8 +95,15 @@ impl Policies {
     pub fn caller(&self, identity: Identity) -> Caller {
         let matched: Vec<Arc<Policy>> =
             self.inner.policies.iter().filter(|p| p.matcher.matches(&identity)).cloned().collect();
-        let admin = self.inner.admins.contains(&identity) || matched.iter().any(|p| p.grants_admin());
+        let check = self.inner.admins.check(&identity);
+        let by_policy = matched.iter().any(|p| p.grants_admin());
+        let admin = check == AdminCheck::Admin || by_policy;
+        let not_on_host = match check {
+            AdminCheck::NotOnHost(why) if !by_policy => Some(why),
+            _ => None,
+        };
         Caller {
+            not_on_host,
             uid: identity.uid,
             gid: identity.gid,
             pid: identity.pid,
@@ -121,6 +128,9 @@ pub struct Caller {
     /// The policies whose `match` the caller meets, in config order.
     matched: Arc<[Arc<Policy>]>,
     admin: bool,
+    /// Why a caller `server.admins` names (root, by default) is not an
+    /// admin here: it is not on the host.
+    not_on_host: Option<String>,
     open: bool,
     /// Whether any `[[policies]]` are configured, for the messages.
     configured: bool,
@@ -152,6 +162,12 @@ impl Caller {
         self.admin
     }
 
+    /// Why `server.admins` (root and the daemon's user, by default) would
+    /// make this caller an admin on the host but does not where it is.
+    pub fn not_admin_because(&self) -> Option<&str> {
+        self.not_on_host.as_deref()
+    }
+
     /// The names of the policies the caller matches.
     pub fn policy_names(&self) -> Vec<&str> {
         self.matched.iter().map(|p| p.name.as_str()).collect()
@@ -163,13 +179,25 @@ impl Caller {
         if self.admin {
             return Ok(());
         }
+        let elsewhere = match &self.not_on_host {
+            Some(why) => format!("; {} is one only on the host, and {why}", self.who()),
+            None => String::new(),
+        };
         Err(Denied {
             message: format!(
-                "{} may not {action}: it is for admins (root and the daemon's own user unless \
-                 server.admins says otherwise, or a policy granting \"admin\")",
+                "{} may not {action}: it is for admins (root and the daemon's own user on the host \
+                 unless server.admins says otherwise, or a policy granting \"admin\"){elsewhere}",
                 self.who()
             ),
         })
+    }
+
+    /// May the caller read `GET /v1/metrics` (counts over every lease)?
+    pub fn may_read_metrics(&self) -> Result<(), Denied> {
+        if self.admin || self.matched.iter().any(|p| p.grants(|w| matches!(w, Permission::Metrics))) {
+            return Ok(());
+        }
+        Err(self.lacks("metrics", "read the metrics"))
     }
 
     /// May the caller issue credentials of `role`?
@@ -212,20 +240,22 @@ impl Caller {
 
     /// May the caller read, renew, revoke or watch `lease`? Its owner may
     /// (the same uid on the node that issued it, still matching the policy
-    /// the lease was issued under), and admins may, from any node.
+    /// the lease was issued under), and admins may, from any node. A lease
+    /// issued under no policy (to an admin) is for admins alone, except
+    /// with `--dev`.
     pub fn may_touch(&self, lease: &Lease) -> bool {
         let same_node = match (&lease.owner.node, &self.node) {
             (Some(issued_on), Some(here)) => **issued_on == **here,
             _ => true,
         };
-        self.admin
-            || (lease.owner.uid == self.uid
-                && same_node
-                && lease
-                    .owner
-                    .policy
-                    .as_ref()
-                    .is_none_or(|name| self.matched.iter().any(|p| &p.name == name)))
+        // A lease issued under no policy was issued to an admin (or, with
+        // `--dev`, to anyone): the same uid alone is not its owner, or root
+        // in a container would own the host's root's leases.
+        let same_grant = match &lease.owner.policy {
+            Some(name) => self.matched.iter().any(|p| &p.name == name),
+            None => self.open,
+        };
+        self.admin || (lease.owner.uid == self.uid && same_node && same_grant)
     }
 
     /// The owner a lease issued now under `grant` records.
@@ -281,7 +311,13 @@ mod tests {
             renewable: true,
             attempts: 0,
             last_error: None,
-            owner: Owner { uid, gid: uid, pid: None, policy: None, node: node.map(str::to_string) },
+            owner: Owner {
+                uid,
+                gid: uid,
+                pid: None,
+                policy: Some("apps".into()),
+                node: node.map(str::to_string),
+            },
             plugin_data: None,
             revoked_at: None,
             idempotency: None,
@@ -290,7 +326,13 @@ mod tests {
 
     #[test]
     fn a_lease_is_its_uid_on_its_node_and_admins_touch_any() {
-        let policies = Policies::new(Vec::new(), Admins::RootAndDaemon).on_node("web-1");
+        let apps = || Policy {
+            name: "apps".into(),
+            matcher: Matcher { gid: Some(4242), ..Matcher::default() },
+            allow: Vec::new(),
+            max_leases: None,
+        };
+        let policies = Policies::new(vec![apps()], Admins::RootAndDaemon).on_node("web-1");
         let user = policies.caller(Identity { uid: 4242, gid: 4242, ..Identity::default() });
         let admin = policies.caller(Identity { uid: 0, gid: 0, ..Identity::default() });
         assert!(user.may_touch(&lease_of(4242, Some("web-1"))), "its own, issued here");
@@ -302,12 +344,27 @@ mod tests {
         assert!(admin.may_touch(&lease_of(4242, Some("web-2"))), "admins, from any node");
         assert_eq!(user.owner(&Grant { policy: None }).node.as_deref(), Some("web-1"));
         // A store of one node records no node: ownership is the uid alone.
-        let single = Policies::new(Vec::new(), Admins::RootAndDaemon).caller(Identity {
+        let single = Policies::new(vec![apps()], Admins::RootAndDaemon).caller(Identity {
             uid: 4242,
             gid: 4242,
             ..Identity::default()
         });
         assert!(single.may_touch(&lease_of(4242, None)));
         assert_eq!(single.owner(&Grant { policy: None }).node, None);
+        // An admin's lease (issued under no policy) is not the same uid's
+        // elsewhere: root in a container is uid 0 too.
+        let admins_lease =
+            Lease { owner: Owner { policy: None, ..lease_of(0, None).owner }, ..lease_of(0, None) };
+        let confined_root = Policies::new(vec![], Admins::RootAndDaemon).caller(Identity {
+            uid: 0,
+            confined: Some("it runs in another pid namespace than the daemon".into()),
+            ..Identity::default()
+        });
+        assert!(!confined_root.is_admin());
+        assert!(!confined_root.may_touch(&admins_lease));
+        assert!(confined_root.require_admin("tidy").unwrap_err().message.contains("only on the host"));
+        let host_root =
+            Policies::new(vec![], Admins::RootAndDaemon).caller(Identity { uid: 0, ..Identity::default() });
+        assert!(host_root.is_admin() && host_root.may_touch(&admins_lease));
     }
 }

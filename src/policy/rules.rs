@@ -6,7 +6,11 @@
 //! shell-style (`*`, `?`, `[a-z]`, `{a,b}`); in `exe` and `cgroup` a `*`
 //! stays within one path segment, so `/usr/bin/*` does not match
 //! `/usr/bin/x/y`. `group` matches the primary group or any supplementary
-//! one, by name.
+//! one, by name. `systemd_unit`, `user_unit` and `cgroup` are what
+//! [`Identity`] trusts of the cgroup path (never a name the caller made in
+//! a delegated subtree). `host = true` matches callers on the host only (the
+//! daemon's pid and user namespaces, no container cgroup); `host = false`
+//! only callers elsewhere.
 
 use globset::{GlobBuilder, GlobMatcher};
 
@@ -21,6 +25,9 @@ pub enum Permission {
     Static(Pattern),
     /// `rotate:<name glob>`: ask for a rotation of matching static accounts.
     Rotate(Pattern),
+    /// `metrics`: read `GET /v1/metrics` (counts over every lease and
+    /// account).
+    Metrics,
     /// `admin`: everything, including the operator actions.
     Admin,
 }
@@ -28,8 +35,10 @@ pub enum Permission {
 impl Permission {
     /// Parses `creds:…`, `static:…`, `rotate:…` or `admin`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text == "admin" {
-            return Ok(Self::Admin);
+        match text {
+            "admin" => return Ok(Self::Admin),
+            "metrics" => return Ok(Self::Metrics),
+            _ => {}
         }
         let (kind, glob) = text.split_once(':').ok_or_else(|| unknown(text))?;
         let pattern = Pattern::new(glob, false)?;
@@ -43,7 +52,7 @@ impl Permission {
 }
 
 fn unknown(text: &str) -> String {
-    format!("unknown permission {text:?} (known: creds:<role>, static:<account>, rotate:<account>, admin)")
+    format!("unknown permission {text:?} (known: creds:<role>, static:<account>, rotate:<account>, metrics, admin)")
 }
 
 /// A glob with the text it came from, for messages.
@@ -81,7 +90,10 @@ pub struct Matcher {
     pub group: Option<Pattern>,
     pub exe: Option<Pattern>,
     pub systemd_unit: Option<Pattern>,
+    pub user_unit: Option<Pattern>,
     pub cgroup: Option<Pattern>,
+    /// `Some(true)`: on the host only; `Some(false)`: elsewhere only.
+    pub host: Option<bool>,
 }
 
 impl Matcher {
@@ -92,7 +104,9 @@ impl Matcher {
             && self.group.is_none()
             && self.exe.is_none()
             && self.systemd_unit.is_none()
+            && self.user_unit.is_none()
             && self.cgroup.is_none()
+            && self.host.is_none()
     }
 
     pub fn matches(&self, who: &Identity) -> bool {
@@ -108,7 +122,9 @@ impl Matcher {
             })
             && text(&self.exe, who.exe.as_deref())
             && text(&self.systemd_unit, who.systemd_unit.as_deref())
+            && text(&self.user_unit, who.user_unit.as_deref())
             && text(&self.cgroup, who.cgroup.as_deref())
+            && self.host.is_none_or(|host| host == who.on_host())
     }
 }
 
@@ -133,22 +149,52 @@ impl Policy {
 }
 
 /// Who is an admin by identity alone, before any policy: `server.admins`.
+///
+/// Every entry holds on the host only (the daemon's pid and user
+/// namespaces, outside any container's cgroup) unless it says `host =
+/// false` itself: root in a container is uid 0 to the kernel, and is not
+/// the host's root.
 #[derive(Debug, Clone)]
 pub enum Admins {
-    /// The default: root and the user the daemon runs as.
+    /// The default: root and the user the daemon runs as, on the host.
     RootAndDaemon,
-    /// Exactly these users (by uid or name); may be empty.
-    Listed { uids: Vec<u32>, users: Vec<String> },
+    /// Exactly these entries; may be empty.
+    Listed(Vec<Matcher>),
+}
+
+/// Whether an identity is an admin by `server.admins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCheck {
+    Admin,
+    NotAdmin,
+    /// It would be, were it on the host: why it is not.
+    NotOnHost(String),
 }
 
 impl Admins {
-    pub fn contains(&self, who: &Identity) -> bool {
-        match self {
-            Self::RootAndDaemon => who.uid == 0 || who.uid == current_uid(),
-            Self::Listed { uids, users } => {
-                uids.contains(&who.uid) || who.user.as_ref().is_some_and(|u| users.contains(u))
+    pub fn check(&self, who: &Identity) -> AdminCheck {
+        // Would an entry match where the caller stands aside, and does one
+        // hold where it stands?
+        let (near, holds) = match self {
+            Self::RootAndDaemon => {
+                let near = who.uid == 0 || who.uid == current_uid();
+                (near, near && who.on_host())
             }
+            Self::Listed(entries) => {
+                let near = entries.iter().any(|m| Matcher { host: None, ..m.clone() }.matches(who));
+                let holds = entries.iter().any(|m| m.matches(who) && (m.host.is_some() || who.on_host()));
+                (near, holds)
+            }
+        };
+        match (holds, near, &who.confined) {
+            (true, _, _) => AdminCheck::Admin,
+            (false, true, Some(why)) => AdminCheck::NotOnHost(why.clone()),
+            _ => AdminCheck::NotAdmin,
         }
+    }
+
+    pub fn contains(&self, who: &Identity) -> bool {
+        self.check(who) == AdminCheck::Admin
     }
 }
 

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::common::*;
+use crate::trust::{cgroup2_root, TestCgroup};
 
 const LESSOR: &str = env!("CARGO_BIN_EXE_lessor");
 
@@ -102,32 +103,6 @@ async fn a_policy_grants_its_roles_only_to_the_identities_it_matches() {
     let lease = daemon.client().lease_get(by_exe["lease_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(lease.body["owner"]["policy"], "by_exe", "{:?}", lease.body);
     assert_eq!(lease.body["owner"]["uid"], 65533);
-}
-
-/// The cgroup v2 hierarchy's mount point, mounted for the test when the
-/// machine has none.
-fn cgroup2_root() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for line in mounts.lines() {
-        let (left, right) = line.split_once(" - ").unwrap();
-        if right.starts_with("cgroup2 ") {
-            return left.split(' ').nth(4).unwrap().into();
-        }
-    }
-    let dir = std::path::PathBuf::from("/var/tmp/lessor-test-cgroup2");
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new("mount").args(["-t", "cgroup2", "none"]).arg(&dir).status().unwrap();
-    assert!(status.success(), "cannot mount a cgroup2 hierarchy for the test");
-    dir
-}
-
-/// A cgroup made for the test, removed when dropped.
-struct TestCgroup(std::path::PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,4 +28,5 @@ mod scram;
 mod secrets;
 mod tidy;
 mod tls;
+mod trust;
 mod vault;

@@ -193,14 +193,15 @@ fn selected_roles(broker: &Broker, prefix: &str) -> Vec<Selected> {
 /// `PUT sys/leases/revoke` (`{lease_id, sync}`) and
 /// `PUT sys/leases/revoke/:lease_id`: 204 once revoked (`sync`, the
 /// default), 202 once queued. A lease that is not (or no longer) known is
-/// revoked already, as Vault answers it.
+/// revoked already, as Vault answers it; so is one that is not the
+/// caller's (nothing is done), so a stranger cannot tell the two apart.
 pub(super) async fn revoke(State(state): State<AppState>, request: Request) -> VaultResult {
     let caller = caller(request.extensions());
     let (_, id, params) = requested_lease(&state, request, Some("/v1/sys/leases/revoke/")).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
     let broker = state.broker.clone();
     if !sync {
-        // The permission is checked before the answer; the work is not waited for.
+        // Whose it is is decided before the answer; the work is not waited for.
         match broker.get(&id, &caller).await {
             Ok(_) => {
                 let (broker, caller) = (broker.clone(), caller.clone());

@@ -26,6 +26,7 @@ mod pg_store;
 mod rotation;
 mod scram;
 mod secrets;
+mod strangers;
 mod tidy;
 mod tls;
 mod vault;

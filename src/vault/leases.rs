@@ -17,6 +17,7 @@ use super::{
     bool_field, broker_error, duration_field, no_content, read_body, seconds_until, string_field, vault_time,
     Envelope,
 };
+use crate::api::audited::{intend, Irreversible};
 use crate::api::{caller, detached, ApiError, AppState};
 use crate::broker::{Broker, BrokerError, Caller};
 use crate::lease::{LeaseId, LeaseState};
@@ -245,24 +246,38 @@ async fn revoke_under(
     }
     let params = read_body(&state, request.into_body()).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
+    let intent = intend(&state.audit, &caller, Irreversible::RevokePrefix { prefix: &prefix, force }).await?;
     let broker = state.broker.clone();
-    let work = async move { revoke_selected(&broker, &prefix, force, &caller).await };
+    let audit = state.audit.clone();
+    let work = async move {
+        let failed = revoke_selected(&broker, &prefix, force, &caller).await;
+        (failed, prefix, caller)
+    };
     if !sync {
+        let queued = intent.clone();
         state.broker.tasks().spawn(async move {
-            match work.await {
-                Ok(failed) if failed.is_empty() => {}
-                Ok(failed) => warn!(
-                    failed = failed.len(),
-                    "revoke-prefix (queued): some leases stay scheduled for retry"
-                ),
-                Err(e) => warn!(error = %e, "revoke-prefix (queued) failed"),
+            let (outcome, prefix, caller) = work.await;
+            let action = Irreversible::RevokePrefix { prefix: &prefix, force };
+            let failure = outcome.map_err(broker_error).and_then(not_revoked).err();
+            if let Some(e) = &failure {
+                warn!(error = ?e, "revoke-prefix (queued): not every lease was revoked");
             }
+            queued.finished(&audit, &caller, action, failure.as_ref());
         });
-        return Ok(StatusCode::ACCEPTED.into_response());
+        return Ok(intent.queued(StatusCode::ACCEPTED.into_response()));
     }
-    let failed = detached(work).await.map_err(broker_error)?;
+    let answer = match tokio::spawn(work).await {
+        Ok((outcome, _, _)) => outcome.map_err(broker_error).and_then(not_revoked).map(|()| no_content()),
+        Err(e) => Err(broker_error(BrokerError::Internal { message: e.to_string() })),
+    };
+    Ok(intent.answer(answer))
+}
+
+/// The answer when some leases of a revoke-prefix were not revoked (each
+/// stays scheduled for retry).
+fn not_revoked(failed: Vec<(LeaseId, BrokerError)>) -> Result<(), ApiError> {
     if failed.is_empty() {
-        return Ok(no_content());
+        return Ok(());
     }
     let shown: Vec<String> = failed.iter().take(10).map(|(id, e)| format!("{id}: {e}")).collect();
     Err(ApiError::new(

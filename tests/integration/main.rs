@@ -6,6 +6,7 @@
 mod common;
 
 mod access;
+mod audit_intent;
 mod audit_log;
 mod audit_verify;
 mod aws;

@@ -237,7 +237,7 @@ async fn a_revoke_by_prefix_whose_intent_cannot_be_written_changes_nothing() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("intent_fail");
     db.track_prefix(&prefix);
-    let tmpfs = Tmpfs::mount("2m");
+    let tmpfs = Tmpfs::mount("16m");
     let log = tmpfs.0.join("audit.jsonl");
     let body = format!(
         "audit_log = {log:?}\n\n{}\n{}",
@@ -256,20 +256,21 @@ async fn a_revoke_by_prefix_whose_intent_cannot_be_written_changes_nothing() {
 
     // Less room left in the log's last page than any record takes (an
     // intent record holds two hashes and an id: well over 200 bytes).
-    const PAGE: u64 = 4096;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     for attempt in 0.. {
-        let slack = (PAGE - std::fs::metadata(&log).unwrap().len() % PAGE) % PAGE;
+        let slack = (page - std::fs::metadata(&log).unwrap().len() % page) % page;
         if (1..200).contains(&slack) {
             break;
         }
-        assert!(attempt < 5000, "the log's end never came near a page's end");
+        assert!(attempt < 20_000, "the log's end never came near a page's end");
         // A recorded request whose record is a little longer or shorter.
         let id = format!("{role}/{}", rand_suffix(1 + attempt % 64));
         assert_eq!(client.lease_get(&id).await.unwrap().status, 404);
     }
     let mut filler = std::fs::File::create(tmpfs.0.join("filler")).unwrap();
     let full = loop {
-        if let Err(e) = filler.write(&[0u8; 4096]) {
+        if let Err(e) = filler.write(&[0u8; 65536]) {
             break e;
         }
     };

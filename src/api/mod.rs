@@ -564,13 +564,20 @@ async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiRe
     let prefix = body.prefix.filter(|p| !p.is_empty()).ok_or_else(|| {
         ApiError::bad_request("prefix is required (e.g. \"app_ro/\"); it selects the leases to revoke")
     })?;
-    let broker = state.broker.clone();
-    let (revoked, failed) =
-        detached(async move { broker.revoke_prefix(&prefix, body.force, &caller).await }).await?;
-    let failed: Vec<Value> =
-        failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
-    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-    Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
+    caller.require_admin("revoke leases by prefix").map_err(BrokerError::from)?;
+    let action = audited::Irreversible::RevokePrefix { prefix: &prefix, force: body.force };
+    let intent = audited::intend(&state.audit, &caller, action).await?;
+    intent
+        .answered(async move {
+            let broker = state.broker.clone();
+            let (revoked, failed) =
+                detached(async move { broker.revoke_prefix(&prefix, body.force, &caller).await }).await?;
+            let failed: Vec<Value> =
+                failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
+            let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+            Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
+        })
+        .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -583,22 +590,33 @@ struct TidyBody {
 
 /// `POST /v1/tidy`: sweep users no lease covers, now (admin callers only).
 async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
-    caller(request.extensions()).require_admin("run tidy").map_err(BrokerError::from)?;
+    let caller = caller(request.extensions());
+    caller.require_admin("run tidy").map_err(BrokerError::from)?;
     let body: TidyBody = read_json(request.into_body(), state.max_body_bytes).await?;
+    // A dry run changes nothing: no intent to announce.
+    let action = audited::Irreversible::Tidy { connection: body.connection.as_deref() };
+    let intent =
+        if body.dry_run { None } else { Some(audited::intend(&state.audit, &caller, action).await?) };
     // Spawned: a caller that goes away does not cut a sweep off half-way.
     let tidy = state.tidy.clone();
-    let reports = tokio::spawn(async move { tidy.run(body.connection.as_deref(), body.dry_run).await })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| {
-            let (status, code) = e.status_and_code();
-            ApiError::new(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                code,
-                e.to_string(),
-            )
-        })?;
-    Ok(Json(json!({ "connections": reports })).into_response())
+    let sweep = async move {
+        let reports = tokio::spawn(async move { tidy.run(body.connection.as_deref(), body.dry_run).await })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            .map_err(|e| {
+                let (status, code) = e.status_and_code();
+                ApiError::new(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                    code,
+                    e.to_string(),
+                )
+            })?;
+        Ok(Json(json!({ "connections": reports })).into_response())
+    };
+    match intent {
+        Some(intent) => intent.answered(sweep).await,
+        None => sweep.await,
+    }
 }
 
 /// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
@@ -610,10 +628,17 @@ async fn revoke_sessions(
     request: Request,
 ) -> ApiResult {
     let caller = caller(request.extensions());
+    caller.require_admin("revoke the sessions of a role").map_err(BrokerError::from)?;
+    let action = audited::Irreversible::RevokeSessions { role: &role };
+    let intent = audited::intend(&state.audit, &caller, action).await?;
     // Spawned: a caller that goes away does not cut the action off.
     let broker = state.broker.clone();
-    let done = tokio::spawn(async move { broker.revoke_sessions(&role, &caller).await })
+    intent
+        .answered(async move {
+            let done = tokio::spawn(async move { broker.revoke_sessions(&role, &caller).await })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+            Ok(Json(done).into_response())
+        })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(done).into_response())
 }

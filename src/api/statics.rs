@@ -1,6 +1,8 @@
 //! The static-account routes: read a credential, ask for a rotation, and
 //! rotate a connection's own admin credential. Permission checks are the
-//! rotator's (through `policy`), as for every other caller of it.
+//! rotator's (through `policy`), as for every other caller of it; the
+//! rotations are also checked here first, so that only an allowed one
+//! writes its audit intent before it starts.
 
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
@@ -9,7 +11,9 @@ use lessor_client::types::{RotationState, StaticCredential, StaticInfo};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{caller, parse_duration, read_json, ApiResult, AppState, Path};
+use super::audited::{intend, Irreversible};
+use super::{caller, parse_duration, read_json, ApiError, ApiResult, AppState, Path};
+use crate::broker::BrokerError;
 use crate::config::Strategy;
 use crate::rotation::{OperatorRequest, StaticView};
 
@@ -71,8 +75,12 @@ pub(super) async fn static_rotate(
     let caller = caller(request.extensions());
     let body: RotateBody = read_json(request.into_body(), state.max_body_bytes).await?;
     let overlap = parse_duration("overlap", body.overlap.as_deref())?;
-    let view = state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await?;
-    Ok(Json(static_info(&view, false)).into_response())
+    caller.may_rotate(&name).map_err(BrokerError::from)?;
+    let intent = intend(&state.audit, &caller, Irreversible::RotateStatic { account: &name }).await?;
+    let rotated =
+        state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await;
+    Ok(intent
+        .answer(rotated.map(|view| Json(static_info(&view, false)).into_response()).map_err(ApiError::from)))
 }
 
 /// `POST /v1/connections/{name}/rotate-root`: rotate the connection's own
@@ -83,12 +91,17 @@ pub(super) async fn rotate_root(
     Path(name): Path<String>,
     request: Request,
 ) -> ApiResult {
-    let root = state.rotator.rotate_root(&name, &caller(request.extensions())).await?;
-    Ok(Json(json!({
-        "connection": root.connection,
-        "username": root.username,
-        "version": root.version,
-        "rotated_at": root.rotated_at,
-    }))
-    .into_response())
+    let caller = caller(request.extensions());
+    caller.require_admin("rotate a connection's admin credential").map_err(BrokerError::from)?;
+    let intent = intend(&state.audit, &caller, Irreversible::RotateRoot { connection: &name }).await?;
+    let rotated = state.rotator.rotate_root(&name, &caller).await.map_err(ApiError::from);
+    Ok(intent.answer(rotated.map(|root| {
+        Json(json!({
+            "connection": root.connection,
+            "username": root.username,
+            "version": root.version,
+            "rotated_at": root.rotated_at,
+        }))
+        .into_response()
+    })))
 }

@@ -352,6 +352,24 @@ pub enum Outcome {
     Denied,
     /// Attempted and failed (a backend, the store, a timeout).
     Failed,
+    /// Not done yet: an intent record, written before an irreversible
+    /// action; its outcome record (same `intent_id`) says how it ended.
+    Pending,
+}
+
+/// Which half of an irreversible admin action (revoke by prefix, force,
+/// rotations, tidy, revoke-sessions) a record is. Such an action is
+/// announced by an intent record, synced before anything is done (if it
+/// cannot be written, nothing is), and closed by an outcome record with the
+/// same `intent_id`; a crash in between leaves the intent alone, which is
+/// how an auditor tells an action that may have half happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Announced, before acting.
+    Intent,
+    /// How the announced action ended.
+    Outcome,
 }
 
 /// One audited action. Build with [`Record::new`] and the setters. Never a
@@ -361,6 +379,12 @@ pub struct Record {
     /// What was done, dotted: `creds.issue`, `lease.revoke`, `expiry.revoke`,
     /// `static.rotate`, `tidy.drop`, `audit.opened`, …
     pub action: String,
+    /// Set on the two records of an irreversible admin action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Pairs an intent record with its outcome record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<String>,
     pub actor: Actor,
     /// What it was done to: a role, a lease prefix, an account, a connection.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -384,6 +408,8 @@ impl Record {
     pub fn new(action: impl Into<String>, actor: Actor) -> Self {
         Record {
             action: action.into(),
+            phase: None,
+            intent_id: None,
             actor,
             target: None,
             outcome: Outcome::Ok,
@@ -406,6 +432,22 @@ impl Record {
 
     pub fn status(mut self, status: u16) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// The intent record `id` of an irreversible action, written before it
+    /// starts: outcome `pending`.
+    pub fn intent(mut self, id: impl Into<String>) -> Self {
+        self.phase = Some(Phase::Intent);
+        self.intent_id = Some(id.into());
+        self.outcome = Outcome::Pending;
+        self
+    }
+
+    /// The outcome record of the action announced by intent `id`.
+    pub fn outcome_of(mut self, id: impl Into<String>) -> Self {
+        self.phase = Some(Phase::Outcome);
+        self.intent_id = Some(id.into());
         self
     }
 

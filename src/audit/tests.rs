@@ -173,6 +173,28 @@ async fn verify_passes_a_good_log() {
     assert_eq!(found.continues_from, None);
 }
 
+#[tokio::test]
+async fn an_intent_and_its_outcome_are_told_apart_and_chained_like_any_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = Audit::open(&path).unwrap();
+    let intent = Record::new("leases.revoke_prefix", someone()).target("app_ro/").intent("i-1");
+    audit.record(intent).await.unwrap();
+    let outcome = Record::new("POST /v1/leases/revoke", someone())
+        .target("/v1/leases/revoke")
+        .status(200)
+        .outcome_of("i-1");
+    audit.record(outcome).await.unwrap();
+    audit.record(issue(1)).await.unwrap();
+    drop(audit);
+    let lines = read_lines(&path);
+    assert_eq!((&lines[1]["phase"], &lines[1]["outcome"]), (&Value::from("intent"), &Value::from("pending")));
+    assert_eq!((&lines[2]["phase"], &lines[2]["outcome"]), (&Value::from("outcome"), &Value::from("ok")));
+    assert_eq!((&lines[1]["intent_id"], &lines[2]["intent_id"]), (&Value::from("i-1"), &Value::from("i-1")));
+    assert!(lines[3].get("phase").is_none() && lines[3].get("intent_id").is_none(), "{}", lines[3]);
+    assert_eq!(verify(&path).unwrap().records, 4);
+}
+
 /// Breaks a copy of a good log (without its head file) with `edit`; where
 /// verify says it breaks.
 async fn broken_by(edit: impl FnOnce(&mut Vec<String>)) -> Broken {

@@ -37,7 +37,7 @@ use rand::Rng;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
 use crate::events::Events;
@@ -451,12 +451,8 @@ impl Broker {
 
     /// One lease's metadata.
     pub async fn get(&self, id: &LeaseId, caller: &Caller) -> Result<Lease, BrokerError> {
-        let lease =
-            self.store.get(id).await?.ok_or_else(|| BrokerError::UnknownLease { id: id.to_string() })?;
-        if !caller.may_touch(&lease) {
-            return Err(BrokerError::Forbidden { id: id.clone() });
-        }
-        Ok(lease)
+        let lease = self.store.get(id).await?;
+        visible(id, lease, caller)
     }
 
     pub(crate) fn backend(&self, lease: &Lease) -> Result<&Backend, BrokerError> {
@@ -493,6 +489,20 @@ impl Broker {
     /// outcome and still owes its second look; forgets it either way.
     pub(crate) fn settle(&self, id: &LeaseId) -> bool {
         self.unsettled.lock().unwrap().remove(id)
+    }
+}
+
+/// `lease` if the caller may touch it. One that is not the caller's is
+/// answered exactly as one that does not exist: a stranger learns nothing
+/// of which lease ids are live (the log says what happened).
+pub(crate) fn visible(id: &LeaseId, lease: Option<Lease>, caller: &Caller) -> Result<Lease, BrokerError> {
+    match lease {
+        Some(lease) if caller.may_touch(&lease) => Ok(lease),
+        Some(lease) => {
+            info!(lease = %id, caller = %caller.who(), owner_uid = lease.owner.uid, "not the caller's lease: answered as unknown");
+            Err(BrokerError::UnknownLease { id: id.to_string() })
+        }
+        None => Err(BrokerError::UnknownLease { id: id.to_string() }),
     }
 }
 

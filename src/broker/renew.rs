@@ -1,5 +1,6 @@
 //! Renewal: a lease's expiry moved, under its claim, so no other node
-//! revokes or renews it meanwhile.
+//! revokes or renews it meanwhile. Who may renew is decided before the
+//! claim is taken.
 
 use tracing::debug;
 
@@ -19,6 +20,11 @@ impl Broker {
         increment: Option<Duration>,
         caller: &Caller,
     ) -> Result<Lease, BrokerError> {
+        // Whose it is, first: a caller that may not touch the lease must not
+        // take its lock or claim (on a shared store, a stranger renewing in a
+        // loop would keep the owner's renewals busy), and learns nothing of
+        // it. The owner of a lease never changes, so this read is enough.
+        super::visible(id, self.store.get(id).await?, caller)?;
         let _lock = self.locks.lock(id).await;
         // Claimed, so no other node revokes or renews it meanwhile; the
         // renewal's write ends the claim, and so does any way out before it.
@@ -33,7 +39,7 @@ impl Broker {
                 })
             }
         };
-        let renewed = self.renew_claimed(lease, increment, caller).await;
+        let renewed = self.renew_claimed(lease, increment).await;
         if renewed.is_err() {
             if let Err(e) = self.store.release(id).await {
                 debug!(lease = %id, error = %e, "cannot release the claim; it lapses by itself");
@@ -42,16 +48,8 @@ impl Broker {
         renewed
     }
 
-    async fn renew_claimed(
-        &self,
-        lease: Lease,
-        increment: Option<Duration>,
-        caller: &Caller,
-    ) -> Result<Lease, BrokerError> {
+    async fn renew_claimed(&self, lease: Lease, increment: Option<Duration>) -> Result<Lease, BrokerError> {
         let id = &lease.id;
-        if !caller.may_touch(&lease) {
-            return Err(BrokerError::Forbidden { id: id.clone() });
-        }
         if lease.state != LeaseState::Active {
             return Err(BrokerError::Conflict {
                 id: id.clone(),

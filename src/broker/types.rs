@@ -18,15 +18,13 @@ pub enum BrokerError {
     /// No role of that name is configured (404).
     #[error("unknown role {role:?}")]
     UnknownRole { role: String },
-    /// No lease with that id is known (404).
+    /// No lease with that id is known, or none the caller may touch (404:
+    /// the same answer, so a stranger cannot probe which ids exist).
     #[error("unknown lease {id:?}")]
     UnknownLease { id: String },
     /// The request is malformed or asks for too much (400).
     #[error("{message}")]
     BadRequest { message: String },
-    /// The caller may not act on this lease (403).
-    #[error("lease {id} belongs to another user")]
-    Forbidden { id: LeaseId },
     /// No policy grants the caller this (403).
     #[error(transparent)]
     Denied(#[from] Denied),
@@ -54,7 +52,7 @@ impl BrokerError {
             Self::UnknownRole { .. } => (404, "unknown_role"),
             Self::UnknownLease { .. } => (404, "unknown_lease"),
             Self::BadRequest { .. } => (400, "bad_request"),
-            Self::Forbidden { .. } | Self::Denied(_) => (403, "forbidden"),
+            Self::Denied(_) => (403, "forbidden"),
             Self::OverQuota(_) => (429, "quota_exceeded"),
             Self::Conflict { .. } => (409, "conflict"),
             Self::Backend { source, .. } => match source.fault() {

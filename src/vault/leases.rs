@@ -17,6 +17,7 @@ use super::{
     bool_field, broker_error, duration_field, no_content, read_body, seconds_until, string_field, vault_time,
     Envelope,
 };
+use crate::api::audited::{intend, Irreversible};
 use crate::api::{caller, detached, ApiError, AppState};
 use crate::broker::{Broker, BrokerError, Caller};
 use crate::lease::{LeaseId, LeaseState};
@@ -193,14 +194,15 @@ fn selected_roles(broker: &Broker, prefix: &str) -> Vec<Selected> {
 /// `PUT sys/leases/revoke` (`{lease_id, sync}`) and
 /// `PUT sys/leases/revoke/:lease_id`: 204 once revoked (`sync`, the
 /// default), 202 once queued. A lease that is not (or no longer) known is
-/// revoked already, as Vault answers it.
+/// revoked already, as Vault answers it; so is one that is not the
+/// caller's (nothing is done), so a stranger cannot tell the two apart.
 pub(super) async fn revoke(State(state): State<AppState>, request: Request) -> VaultResult {
     let caller = caller(request.extensions());
     let (_, id, params) = requested_lease(&state, request, Some("/v1/sys/leases/revoke/")).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
     let broker = state.broker.clone();
     if !sync {
-        // The permission is checked before the answer; the work is not waited for.
+        // Whose it is is decided before the answer; the work is not waited for.
         match broker.get(&id, &caller).await {
             Ok(_) => {
                 let (broker, caller) = (broker.clone(), caller.clone());
@@ -244,24 +246,38 @@ async fn revoke_under(
     }
     let params = read_body(&state, request.into_body()).await?;
     let sync = bool_field(&params, "sync")?.unwrap_or(true);
+    let intent = intend(&state.audit, &caller, Irreversible::RevokePrefix { prefix: &prefix, force }).await?;
     let broker = state.broker.clone();
-    let work = async move { revoke_selected(&broker, &prefix, force, &caller).await };
+    let audit = state.audit.clone();
+    let work = async move {
+        let failed = revoke_selected(&broker, &prefix, force, &caller).await;
+        (failed, prefix, caller)
+    };
     if !sync {
+        let queued = intent.clone();
         state.broker.tasks().spawn(async move {
-            match work.await {
-                Ok(failed) if failed.is_empty() => {}
-                Ok(failed) => warn!(
-                    failed = failed.len(),
-                    "revoke-prefix (queued): some leases stay scheduled for retry"
-                ),
-                Err(e) => warn!(error = %e, "revoke-prefix (queued) failed"),
+            let (outcome, prefix, caller) = work.await;
+            let action = Irreversible::RevokePrefix { prefix: &prefix, force };
+            let failure = outcome.map_err(broker_error).and_then(not_revoked).err();
+            if let Some(e) = &failure {
+                warn!(error = ?e, "revoke-prefix (queued): not every lease was revoked");
             }
+            queued.finished(&audit, &caller, action, failure.as_ref());
         });
-        return Ok(StatusCode::ACCEPTED.into_response());
+        return Ok(intent.queued(StatusCode::ACCEPTED.into_response()));
     }
-    let failed = detached(work).await.map_err(broker_error)?;
+    let answer = match tokio::spawn(work).await {
+        Ok((outcome, _, _)) => outcome.map_err(broker_error).and_then(not_revoked).map(|()| no_content()),
+        Err(e) => Err(broker_error(BrokerError::Internal { message: e.to_string() })),
+    };
+    Ok(intent.answer(answer))
+}
+
+/// The answer when some leases of a revoke-prefix were not revoked (each
+/// stays scheduled for retry).
+fn not_revoked(failed: Vec<(LeaseId, BrokerError)>) -> Result<(), ApiError> {
     if failed.is_empty() {
-        return Ok(no_content());
+        return Ok(());
     }
     let shown: Vec<String> = failed.iter().take(10).map(|(id, e)| format!("{id}: {e}")).collect();
     Err(ApiError::new(

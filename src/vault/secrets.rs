@@ -15,7 +15,7 @@ use super::{
     broker_error, duration_field, no_content, params, read_body, rotation_error, seconds_until, string_field,
     vault_time, Envelope,
 };
-use crate::api::audited::Issued;
+use crate::api::audited::{intend, Irreversible, Issued};
 use crate::api::{caller, ApiError, AppState, Path};
 use crate::broker::{BrokerError, Caller};
 use crate::config::{RotationSchedule, Strategy};
@@ -175,9 +175,11 @@ pub(super) async fn rotate_role(
         let unknown = rotation_error(RotationError::UnknownAccount { name: name.clone() });
         return Err(unknown_here(caller.may_rotate(&name), unknown));
     }
+    caller.may_rotate(&name).map_err(|denied| broker_error(denied.into()))?;
+    let intent = intend(&state.audit, &caller, Irreversible::RotateStatic { account: &name }).await?;
     let request = OperatorRequest { reason: Some("database/rotate-role (Vault API)".into()), overlap: None };
-    state.rotator.rotate(&name, request, &caller).await.map_err(rotation_error)?;
-    Ok(no_content())
+    let rotated = state.rotator.rotate(&name, request, &caller).await;
+    Ok(intent.answer(rotated.map(|_| no_content()).map_err(rotation_error)))
 }
 
 /// `PUT|POST database/rotate-root/:connection` (admins only, as
@@ -195,6 +197,10 @@ pub(super) async fn rotate_root(
             rotation_error(RotationError::UnknownConnection { name: connection }),
         ));
     }
-    state.rotator.rotate_root(&connection, &caller).await.map_err(rotation_error)?;
-    Ok(no_content())
+    caller
+        .require_admin("rotate a connection's admin credential")
+        .map_err(|denied| broker_error(denied.into()))?;
+    let intent = intend(&state.audit, &caller, Irreversible::RotateRoot { connection: &connection }).await?;
+    let rotated = state.rotator.rotate_root(&connection, &caller).await;
+    Ok(intent.answer(rotated.map(|_| no_content()).map_err(rotation_error)))
 }

@@ -6,6 +6,7 @@
 mod common;
 
 mod access;
+mod audit_intent;
 mod audit_log;
 mod audit_verify;
 mod aws;
@@ -26,6 +27,7 @@ mod pg_store;
 mod rotation;
 mod scram;
 mod secrets;
+mod strangers;
 mod tidy;
 mod tls;
 mod trust;

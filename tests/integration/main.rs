@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod consumers;
 mod crash;
+mod fencing;
 mod hardening;
 mod idempotency;
 mod lifecycle;

@@ -50,7 +50,7 @@ pub(super) fn apply(conn: &Connection, write: &StaticWrite, path: &Path) -> Resu
                      pending_sealed = ?11, pending_phase = ?12, pending_reason = ?13, pending_overlap_ms = ?14, \
                      next_rotation_at = ?15, failures = ?16, last_error = ?17 \
                      WHERE name = ?1 AND claimed_by = ?18 AND claim_token = ?19",
-                    values.as_slice(),
+                    values,
                 ),
                 None => (
                     "INSERT INTO static_accounts (name, version, current_username, current_sealed, rotated_at, \

@@ -2,7 +2,9 @@
 //! on node A stalls in the backend, node A stops (SIGSTOP) past its claim,
 //! node B rotates in an emergency, node A resumes. The claim fences A off:
 //! it neither writes its stale state nor touches the backend again, and it
-//! says it lost the claim. While A holds the claim, B answers 409.
+//! says it lost the claim. While A holds the claim, B answers 409. And what
+//! arrives by `LISTEN` is a hint: forged notifications reach no watcher
+//! and move no deadline.
 
 use std::time::Duration;
 
@@ -47,6 +49,12 @@ async fn claim_left(db: &TestDb, name: &str) -> (Option<String>, Option<i64>) {
         .await
         .unwrap();
     (row.get(0), row.get(1))
+}
+
+/// A lease's state and deadline (epoch ms) in the store.
+async fn lease_row(db: &TestDb, id: &str) -> (String, i64) {
+    let r = db.su.query_one("SELECT state, expires_at FROM leases WHERE id = $1", &[&id]).await.unwrap();
+    (r.get(0), r.get(1))
 }
 
 fn credential(body: &Value) -> (String, String) {
@@ -163,4 +171,88 @@ async fn a_node_stalled_past_its_rotation_claim_is_fenced_off_after_another_node
     assert_eq!(seen_by_a["version"], version);
     assert_eq!(seen_by_a["rotated_at"], latest["rotated_at"], "both nodes hand out B's version");
     assert_eq!(credential(&seen_by_a), (user, password));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_notifications_on_the_store_reach_no_watcher_and_move_no_deadline() {
+    let db = TestDb::create().await;
+    let sfx = rand_suffix(6).to_lowercase();
+    db.track_prefix(&format!("fg_{sfx}"));
+    let (ua, ub) = (format!("fg_{sfx}_a"), format!("fg_{sfx}_b"));
+    make_pg_users(&db, &[&ua, &ub]).await;
+    let (role, prefix) = unique_role("forged");
+    db.track_prefix(&prefix);
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "1h", &[CREATE_ROLE]),
+        static_account("billing", "pg", "alternating", &[&ua, &ub], "overlap = \"1h\"")
+    );
+    let a = Daemon::start_on_store(&db, Some(&store_lines(&db, "ga", "3s")), &body, &[]).await;
+    let b = Daemon::start_on_store(&db, Some(&store_lines(&db, "gb", "3s")), &body, &[]).await;
+    crate::rotation::settled(&a, "billing", 1).await;
+    let issued = a.client().creds(&role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let (id, username) = (
+        issued.body["lease_id"].as_str().unwrap().to_string(),
+        issued.body["credential"]["username"].as_str().unwrap().to_string(),
+    );
+    let before = lease_row(&db, &id).await;
+
+    // A watcher on B records the rotations it is told of.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<u64>>> = Default::default();
+    let opened: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+    let watcher = tokio::spawn({
+        let (client, seen, opened) = (b.client(), seen.clone(), opened.clone());
+        async move {
+            let _ = client
+                .watch(move |event: Value| {
+                    opened.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if event["event"] == "rotated" {
+                        seen.lock().unwrap().push(event["version"].as_u64().unwrap());
+                    }
+                    true
+                })
+                .await;
+        }
+    });
+    // The stream opens with a snapshot: from then on, B's events reach it.
+    wait_for("B's watch stream to open", SETTLE, || async {
+        opened.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+    })
+    .await;
+
+    // A plain client of the store forges a rotation of A's and deadlines
+    // for A's lease: due at once, then ended.
+    let forger = &db.su;
+    let rotated = serde_json::json!({"node": "ga", "event": {"Rotated": {
+        "account": "billing", "version": 999, "username": ua, "rotated_at": "2030-01-01T00:00:00Z",
+        "previous_username": null, "previous_valid_until": null, "next_rotation_at": null}}});
+    forger.execute("SELECT pg_notify('lessor_events', $1)", &[&rotated.to_string()]).await.unwrap();
+    for payload in
+        [format!("active {id} ga 0 {}", before.1), format!("revoked {id} ga {} {}", before.1, before.1)]
+    {
+        forger.execute("SELECT pg_notify('lessor_leases', $1)", &[&payload]).await.unwrap();
+    }
+    // A real rotation still reaches B's watchers (after the forged notices:
+    // one connection delivers them in order).
+    let real = a.client().static_rotate("billing", Some("real"), None).await.unwrap();
+    assert_eq!(real.status, 200, "{}", real.body);
+    let version = real.body["version"].as_u64().unwrap();
+    wait_for("B's watcher to see the real rotation", SETTLE, || async {
+        seen.lock().unwrap().contains(&version).then_some(())
+    })
+    .await;
+    watcher.abort();
+    assert_eq!(*seen.lock().unwrap(), vec![version], "B's watcher saw only the real rotation");
+    assert!(
+        b.log().contains("dropped a rotation event the store does not confirm"),
+        "B says why: {}",
+        b.log()
+    );
+
+    // The lease is untouched: active, same deadline, its user there.
+    assert_eq!(lease_row(&db, &id).await, before);
+    assert!(db.role_exists(&username).await, "the lease's user is still there");
 }

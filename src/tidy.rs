@@ -395,11 +395,10 @@ impl Tidy {
     /// is always this node's.) A store that cannot answer means no sweep:
     /// tidy needs the store anyway.
     async fn claim_sweep(&self, connection: &str, interval: StdDuration) -> bool {
-        let now = chrono::Utc::now();
-        let hold = chrono::Duration::from_std(interval.mul_f64(0.9)).unwrap_or_default();
-        match self.store.static_claim(&format!("tidy:{connection}"), &self.node, now, now + hold).await {
-            Ok(true) => true,
-            Ok(false) => {
+        let hold = interval.mul_f64(0.9);
+        match self.store.static_claim(&format!("tidy:{connection}"), &self.node, hold).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
                 debug!(connection, "another node runs this tidy sweep");
                 false
             }

@@ -14,7 +14,10 @@
 //!   expired leases, its `pending` ones (rolled back), the retries it owed.
 //!   A slow periodic sweep covers notifications lost while disconnected.
 //! - Events other nodes' watchers need (a static account `rotated`) are
-//!   published through the store.
+//!   published through the store. What arrives by `LISTEN` is a hint
+//!   (anyone who may connect to the store may `NOTIFY`): an event is
+//!   passed on only as the store's record confirms it, and a deadline only
+//!   wakes a sweep that reads the store.
 //!
 //! This module is the broker's side of it (heartbeat, listener, sweep);
 //! the store's side is the [`Cluster`] trait, which the PostgreSQL store
@@ -194,17 +197,58 @@ impl Broker {
                     first = false;
                     self.foreign.schedule(&LeaseId::from_store(String::new()), Utc::now(), ANY_ATTEMPT);
                 }
-                Notice::Scheduled { id, node, expires_at, previous } if node != me => {
-                    self.foreign.unschedule(&id, previous + grace, ANY_ATTEMPT);
+                // Anyone who may connect to the store may NOTIFY: a
+                // deadline is only a time to wake and sweep, and the sweep
+                // claims only what the store's rows say is due. Nothing is
+                // taken out of the index on a notice's word, so a forged one
+                // cannot hide a real deadline (an entry left by a renewal
+                // wakes a sweep that finds nothing, and is gone).
+                Notice::Scheduled { id, node, expires_at, .. } if node != me => {
                     self.foreign.schedule(&id, expires_at + grace, ANY_ATTEMPT);
                 }
-                Notice::Ended { id, node, expires_at } if node != me => {
-                    self.foreign.unschedule(&id, expires_at + grace, ANY_ATTEMPT);
-                }
-                Notice::Event { node, event } if node != me => self.events.emit_local(event),
+                Notice::Event { node, event } if node != me => self.forward_verified(event).await,
                 _ => {}
             }
         }
+    }
+
+    /// Passes on to this node's watchers an event another node published,
+    /// once the store confirms it: a `rotated` event is rebuilt from the
+    /// account's record when that record is at the event's version and
+    /// rotation time; anything else (nodes publish nothing else, and never
+    /// an admin credential's rotation) is dropped.
+    async fn forward_verified(&self, event: Event) {
+        let Event::Rotated { account, version, rotated_at, .. } = event else {
+            warn!("dropped an event from the store that nodes never publish (a forged NOTIFY?)");
+            return;
+        };
+        let record = match self.store.static_get(&account).await {
+            Ok(record) => record,
+            Err(e) => {
+                warn!(account, error = %e, "cannot check a rotation another node announced; its watchers here miss it");
+                return;
+            }
+        };
+        let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+        let confirmed = record.filter(|r| {
+            !r.name.contains(':') && r.version == version && millis(r.rotated_at) == millis(rotated_at)
+        });
+        let Some(record) = confirmed else {
+            warn!(
+                account,
+                version, "dropped a rotation event the store does not confirm (stale, or a forged NOTIFY)"
+            );
+            return;
+        };
+        self.events.emit_local(Event::Rotated {
+            account: record.name.clone(),
+            version: record.version,
+            username: record.current.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
+            rotated_at: record.rotated_at,
+            previous_username: record.previous_username,
+            previous_valid_until: record.previous_valid_until,
+            next_rotation_at: record.next_rotation_at,
+        });
     }
 
     /// Puts every other node's active lease in the index of their

@@ -10,9 +10,12 @@
 //! stopped ([`phases`]).
 //!
 //! - [`seal`]: the AEAD that keeps the secrets in the store unreadable;
+//! - [`claim`]: the account's claim in the store, renewed while a rotation
+//!   runs, which every write of the account's state is fenced by;
 //! - [`phases`]: one account's rotation, retirement and failure handling;
 //! - this module: the [`Rotator`] the API calls, and the scheduler loop.
 
+mod claim;
 mod phases;
 pub mod seal;
 
@@ -66,6 +69,10 @@ pub enum RotationError {
     /// A rotation of the account is running already (409).
     #[error("a rotation of static account {name:?} is in progress")]
     InProgress { name: String },
+    /// This run's claim on the account lapsed and was taken over (another
+    /// node rotates it now); the run stopped without another step (409).
+    #[error("the rotation of static account {name:?} stopped: {holder} lost its claim on it to another node or run")]
+    ClaimLost { name: String, holder: String },
     /// The account has no credential yet: its first rotation has not
     /// completed (503).
     #[error("static account {name:?} has no credential yet: its first rotation has not completed{}", last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default())]
@@ -90,6 +97,7 @@ impl RotationError {
             Self::BadRequest { .. } => (400, "bad_request"),
             Self::Denied(_) => (403, "forbidden"),
             Self::InProgress { .. } => (409, "rotation_in_progress"),
+            Self::ClaimLost { .. } => (409, "rotation_claim_lost"),
             Self::NotReady { .. } => (503, "not_ready"),
             Self::Backend { .. } => (502, "backend_failed"),
             Self::Seal(_) => (500, "seal_failed"),
@@ -155,9 +163,12 @@ pub struct Rotator {
     pub(crate) audit: crate::audit::Audit,
     /// Who holds rotation claims in the store for this daemon: its node
     /// id. It is the same across restarts, so a crashed run's claim is
-    /// taken back at once; in a shared store, each node has its own, so
+    /// taken back at once (with a new token, which fences the old run off); in a shared store, each node has its own, so
     /// one node runs each account's rotation.
     holder: String,
+    /// How long a rotation's claim lasts unless renewed (the node
+    /// timeout: a node out of touch for that long is taken for dead).
+    claim_ttl: StdDuration,
 }
 
 impl Rotator {
@@ -207,6 +218,7 @@ impl Rotator {
             shutdown,
             tasks,
             holder: config.server.node(),
+            claim_ttl: config.server.node_timeout.as_std(),
         })
     }
 
@@ -474,7 +486,7 @@ impl Rotator {
                         let account = account.clone();
                         self.tasks.spawn(async move {
                             // Failures are recorded and rescheduled inside.
-                            if let Err(RotationError::InProgress { .. }) =
+                            if let Err(RotationError::InProgress { .. } | RotationError::ClaimLost { .. }) =
                                 me.run(&account, phases::Trigger::Due).await
                             {
                                 // Another node runs it (a shared store): look

@@ -9,7 +9,10 @@
 //!                       └──┘  failed:   ▼ roll back, retry later           ▼
 //!                        retry later  (none)                   previous ──(overlap)──▶ retired
 //! ```
-//! Every arrow is a durable write before the next backend step. Retiring
+//! Every arrow is a durable write before the next backend step, made under
+//! the account's claim ([`super::claim`]): a run whose claim was taken over
+//! is refused the write and stops, and checks the claim before every
+//! backend step, so it never sets, rolls back or retires anything after. Retiring
 //! the previous credential of an `alternating` account gives its user a
 //! random password nobody knows (and, after a rotation with no overlap,
 //! ends its sessions).
@@ -20,14 +23,10 @@ use rand::Rng;
 use secrecy::SecretString;
 use tracing::{info, warn};
 
+use super::claim::Held;
 use super::{is_root, RotationError, Rotator};
 use crate::config::{Duration, StaticAccount, Strategy};
-use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
-
-/// How long a node's claim on an account's rotation lasts; long enough for
-/// every phase with its backend timeouts, short enough that a dead node's
-/// claim is taken over soon.
-const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(10);
+use crate::store::{PendingRotation, RotationPhase, SealedCredential, StaticRecord, StoreError};
 
 /// Why an account's rotation runs.
 #[derive(Debug, Clone)]
@@ -105,21 +104,43 @@ impl Rotator {
     /// the account's claim in the store.
     pub(super) async fn run(&self, account: &StaticAccount, trigger: Trigger) -> Result<(), RotationError> {
         let name = &account.name;
-        let now = Utc::now();
-        if !self.store.static_claim(name, &self.holder, now, now + CLAIM_TTL).await? {
+        let Some(held) = Held::take(&self.store, &self.tasks, name, &self.holder, self.claim_ttl).await?
+        else {
             return Err(RotationError::InProgress { name: name.clone() });
+        };
+        let result = self.run_claimed(account, trigger, &held).await;
+        match &result {
+            Err(RotationError::ClaimLost { .. }) => {
+                warn!(account = %name, holder = %self.holder, "lost the rotation claim to another node or run: stopped without another backend step or write");
+                // Not released: it is someone else's now.
+                return result;
+            }
+            Err(e @ (RotationError::Seal(_) | RotationError::Store(_))) => {
+                self.note_other_failure(account, e, &held).await;
+            }
+            _ => {}
         }
-        let result = self.run_claimed(account, trigger).await;
-        if let Err(e @ (RotationError::Seal(_) | RotationError::Store(_))) = &result {
-            self.note_other_failure(account, e).await;
-        }
-        if let Err(e) = self.store.static_release(name, &self.holder).await {
+        if let Err(e) = self.store.static_release(held.claim()).await {
             warn!(account = %name, error = %e, "cannot release the rotation claim; it expires by itself");
         }
         result
     }
 
-    async fn run_claimed(&self, account: &StaticAccount, trigger: Trigger) -> Result<(), RotationError> {
+    /// Records `record` under the run's claim; a write the store fences
+    /// off (the claim was taken over) is [`RotationError::ClaimLost`].
+    async fn put(&self, record: &StaticRecord, held: &Held) -> Result<(), RotationError> {
+        match self.store.static_write(record.clone(), held.claim()).await {
+            Err(StoreError::ClaimLost { .. }) => Err(held.lost_error()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn run_claimed(
+        &self,
+        account: &StaticAccount,
+        trigger: Trigger,
+        held: &Held,
+    ) -> Result<(), RotationError> {
         let name = &account.name;
         let plugin = self.plugins[&account.connection].clone();
         let mut record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
@@ -160,7 +181,7 @@ impl Rotator {
             if record.version > 0 && record.failures == 0 && slot + window.to_chrono() < now {
                 record.next_rotation_at = next_slot(account, now);
                 info!(account = %name, missed = %slot, next = ?record.next_rotation_at, "scheduled rotation missed its window; waiting for the next slot");
-                self.store.static_put(record).await?;
+                self.put(&record, held).await?;
                 return Ok(());
             }
         }
@@ -173,18 +194,18 @@ impl Rotator {
             if emergency {
                 record.previous_end_sessions = true;
             }
-            self.retire(account, plugin.as_ref(), &mut record).await?;
+            self.retire(account, plugin.as_ref(), &mut record, held).await?;
         }
         if start {
             let (reason, overlap) = operator.clone().unwrap_or((None, account.overlap));
-            self.create(account, &mut record, reason, overlap).await?;
+            self.create(account, &mut record, reason, overlap, held).await?;
         } else if let (Some(pending), Some((reason, overlap))) = (record.pending.as_mut(), &operator) {
             // An operator's request takes over a rotation left half-way.
             pending.reason = reason.clone().or(pending.reason.take());
             pending.overlap_ms = overlap.as_std().as_millis() as u64;
         }
         if record.pending.is_some() {
-            self.advance(account, plugin.as_ref(), &mut record).await?;
+            self.advance(account, plugin.as_ref(), &mut record, held).await?;
         }
         Ok(())
     }
@@ -196,6 +217,7 @@ impl Rotator {
         record: &mut StaticRecord,
         reason: Option<String>,
         overlap: Duration,
+        held: &Held,
     ) -> Result<(), RotationError> {
         let version = record.version + 1;
         let overlap = if account.strategy == Strategy::Single { Duration::ZERO } else { overlap };
@@ -209,7 +231,7 @@ impl Rotator {
                 reason: reason.clone(),
                 overlap_ms: overlap.as_std().as_millis() as u64,
             });
-            self.store.static_put(record.clone()).await?;
+            self.put(record, held).await?;
             info!(account = %account.name, version, user = %account.usernames[0], reason = reason.as_deref().unwrap_or("scheduled"), overlap = %overlap, "rotation started");
             return Ok(());
         }
@@ -233,7 +255,7 @@ impl Rotator {
             reason: reason.clone(),
             overlap_ms: overlap.as_std().as_millis() as u64,
         });
-        self.store.static_put(record.clone()).await?;
+        self.put(record, held).await?;
         info!(account = %account.name, version, username, reason = reason.as_deref().unwrap_or("scheduled"), overlap = %overlap, "rotation started");
         Ok(())
     }
@@ -244,6 +266,7 @@ impl Rotator {
         account: &StaticAccount,
         plugin: &dyn Plugin,
         record: &mut StaticRecord,
+        held: &Held,
     ) -> Result<(), RotationError> {
         let pending = record.pending.clone().expect("advance is called with a pending rotation");
         let mut phase = pending.phase;
@@ -254,16 +277,17 @@ impl Rotator {
             let keep: Option<Vec<String>> = record.current.as_ref().map(|current| {
                 std::iter::once(current.username.clone()).chain(record.previous_username.clone()).collect()
             });
+            held.check()?;
             let (key_id, secret) =
                 match self.bounded(plugin.create_key(&account.usernames[0], keep.as_deref())).await {
                     Ok(made) => made,
-                    Err(e) => return Err(self.fail(account, record, "making the new key", e).await),
+                    Err(e) => return Err(self.fail(account, record, "making the new key", e, held).await),
                 };
             let sealed = self.sealer().seal(&seal_context(&account.name, pending.version, &key_id), &secret);
             if let Some(pending) = record.pending.as_mut() {
                 pending.credential = SealedCredential { username: key_id.clone(), sealed };
             }
-            phase = self.enter_phase(record, RotationPhase::Set).await?;
+            phase = self.enter_phase(record, RotationPhase::Set, held).await?;
             (key_id, secret)
         } else {
             let username = pending.credential.username.clone();
@@ -273,42 +297,49 @@ impl Rotator {
         // An admin password may have been set by an attempt that died
         // before it could record so; then the admin pool's password no
         // longer works, and only a login with the new one tells.
-        if phase == RotationPhase::Created
-            && is_root(account)
-            && self.bounded(plugin.test_login(&username, &secret)).await.is_ok()
-        {
-            phase = self.enter_phase(record, RotationPhase::Set).await?;
+        if phase == RotationPhase::Created && is_root(account) {
+            held.check()?;
+            if self.bounded(plugin.test_login(&username, &secret)).await.is_ok() {
+                phase = self.enter_phase(record, RotationPhase::Set, held).await?;
+            }
         }
         if phase == RotationPhase::Created {
+            held.check()?;
             if let Err(e) = self.bounded(plugin.set_password(&username, &secret)).await {
-                return Err(self.fail(account, record, "setting the new password", e).await);
+                return Err(self.fail(account, record, "setting the new password", e, held).await);
             }
-            phase = self.enter_phase(record, RotationPhase::Set).await?;
+            phase = self.enter_phase(record, RotationPhase::Set, held).await?;
         }
         if phase == RotationPhase::Set {
+            held.check()?;
             let tested = match access_key {
                 true => self.bounded(plugin.test_key(&username, &secret)).await,
                 false => self.bounded(plugin.test_login(&username, &secret)).await,
             };
             if let Err(e) = tested {
+                // A run that lost its claim must not "roll back": the
+                // password it would set back may be one another node's
+                // emergency rotation just ended.
+                held.check()?;
                 self.roll_back(account, plugin, record).await;
-                return Err(self.fail(account, record, "logging in with the new secret", e).await);
+                return Err(self.fail(account, record, "logging in with the new secret", e, held).await);
             }
-            phase = self.enter_phase(record, RotationPhase::Tested).await?;
+            phase = self.enter_phase(record, RotationPhase::Tested, held).await?;
         }
         debug_assert_eq!(phase, RotationPhase::Tested);
-        self.promote(account, plugin, record, &secret).await
+        self.promote(account, plugin, record, &secret, held).await
     }
 
     async fn enter_phase(
         &self,
         record: &mut StaticRecord,
         phase: RotationPhase,
+        held: &Held,
     ) -> Result<RotationPhase, RotationError> {
         if let Some(pending) = record.pending.as_mut() {
             pending.phase = phase;
         }
-        self.store.static_put(record.clone()).await?;
+        self.put(record, held).await?;
         Ok(phase)
     }
 
@@ -320,6 +351,7 @@ impl Rotator {
         plugin: &dyn Plugin,
         record: &mut StaticRecord,
         secret: &SecretString,
+        held: &Held,
     ) -> Result<(), RotationError> {
         let pending = record.pending.take().expect("promote is called with a pending rotation");
         let now = Utc::now();
@@ -334,7 +366,7 @@ impl Rotator {
         record.failures = 0;
         record.last_error = None;
         record.next_rotation_at = next_slot(account, now);
-        self.store.static_put(record.clone()).await?;
+        self.put(record, held).await?;
         crate::metrics::static_rotated(&account.name, now);
         self.audit_background("static.rotate", account, None);
         // An admin credential is nobody's business but the operators'.
@@ -361,7 +393,7 @@ impl Rotator {
         if overlap.is_zero() && record.previous_username.is_some() {
             // The rotation has happened; a retirement that fails is recorded
             // and retried on its own.
-            if let Err(e) = self.retire(account, plugin, record).await {
+            if let Err(e) = self.retire(account, plugin, record, held).await {
                 warn!(account = %account.name, error = %e, "rotated, but the previous credential is not retired yet");
             }
         }
@@ -375,9 +407,11 @@ impl Rotator {
         account: &StaticAccount,
         plugin: &dyn Plugin,
         record: &mut StaticRecord,
+        held: &Held,
     ) -> Result<(), RotationError> {
         let Some(username) = record.previous_username.clone() else { return Ok(()) };
         if account.strategy != Strategy::Single {
+            held.check()?;
             let result = match account.strategy {
                 // The previous key id: delete it.
                 Strategy::AccessKey => {
@@ -395,13 +429,13 @@ impl Rotator {
             if let Err(e) = result {
                 // It keeps working until it is retired: say so, and retry.
                 let step = format!("retiring {username}");
-                return Err(self.fail(account, record, &step, e).await);
+                return Err(self.fail(account, record, &step, e, held).await);
             }
         }
         record.previous_username = None;
         record.previous_valid_until = None;
         record.previous_end_sessions = false;
-        self.store.static_put(record.clone()).await?;
+        self.put(record, held).await?;
         crate::metrics::static_retired(&account.name);
         self.audit_background("static.retire", account, None);
         info!(account = %account.name, username, "previous credential retired");
@@ -462,19 +496,26 @@ impl Rotator {
         });
     }
 
-    /// Records a failed step; the next attempt waits with backoff.
+    /// Records a failed step; the next attempt waits with backoff. When
+    /// the note is fenced off (the claim was taken over), that is the
+    /// error: the run stops.
     async fn fail(
         &self,
         account: &StaticAccount,
         record: &mut StaticRecord,
         step: &str,
         e: PluginError,
+        held: &Held,
     ) -> RotationError {
         let wait = note_failure(record, &format!("{step}: {e}"));
         crate::metrics::static_rotation_failed(&account.name);
         self.audit_background("static.rotate", account, Some(format!("{step}: {e}")));
-        if let Err(store) = self.store.static_put(record.clone()).await {
-            warn!(account = %account.name, error = %store, "cannot record the failed rotation step");
+        match self.put(record, held).await {
+            Err(lost @ RotationError::ClaimLost { .. }) => return lost,
+            Err(store) => {
+                warn!(account = %account.name, error = %store, "cannot record the failed rotation step")
+            }
+            Ok(()) => {}
         }
         warn!(account = %account.name, step, failures = record.failures, retry_in_s = wait.as_secs(), error = %e, "rotation step failed");
         RotationError::Backend { name: account.name.clone(), source: e }
@@ -483,12 +524,12 @@ impl Rotator {
     /// Records a failure that did not come from the backend (the store, a
     /// secret that does not open) so that it, too, is retried with backoff
     /// rather than at once. Best effort: the store may be what failed.
-    async fn note_other_failure(&self, account: &StaticAccount, error: &RotationError) {
+    async fn note_other_failure(&self, account: &StaticAccount, error: &RotationError, held: &Held) {
         let Ok(Some(mut record)) = self.store.static_get(&account.name).await else { return };
         let wait = note_failure(&mut record, &error.to_string());
         crate::metrics::static_rotation_failed(&account.name);
         self.audit_background("static.rotate", account, Some(error.to_string()));
-        let _ = self.store.static_put(record).await;
+        let _ = self.put(&record, held).await;
         warn!(account = %account.name, error = %error, retry_in_s = wait.as_secs(), "rotation failed");
     }
 

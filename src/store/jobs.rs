@@ -4,7 +4,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{StaticRecord, StoreError, Write};
+use super::{StaticClaim, StaticRecord, StoreError, Write};
 
 /// One job for a store's writer, with where its answer goes.
 // Purges are rare: boxing every write to make them smaller is not worth it.
@@ -36,13 +36,17 @@ impl Job {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum StaticWrite {
-    /// Insert or replace an account's state (its claim is kept).
-    Put(StaticRecord),
-    /// Take the account's rotation claim (see `LeaseStore::static_claim`);
-    /// a row for the account is made if there is none yet.
-    Claim { name: String, holder: String, now: i64, until: i64 },
-    /// Give the claim up, if `holder` has it.
-    Release { name: String, holder: String },
+    /// Insert or replace an account's state (its claim is kept); with a
+    /// claim, only while the row carries the claim's token.
+    Put(StaticRecord, Option<StaticClaim>),
+    /// Take the account's claim for `ttl_ms` by the store's clock (see
+    /// `LeaseStore::static_claim`); a row for the account is made if there
+    /// is none yet.
+    Claim { claim: StaticClaim, ttl_ms: i64 },
+    /// Extend the claim, if the row still carries its token.
+    Renew { claim: StaticClaim, ttl_ms: i64 },
+    /// Give the claim up, if the row still carries its token.
+    Release(StaticClaim),
 }
 
 /// The sending side of a writer's queue, with one method per write, so
@@ -70,31 +74,50 @@ impl Queue {
         self.submit(Job::Purge(before.timestamp_millis(), reply), answer).await
     }
 
-    pub(super) async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
+    async fn static_job(&self, write: StaticWrite) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Static(StaticWrite::Put(record), reply), answer).await.map(drop)
+        self.submit(Job::Static(write, reply), answer).await
+    }
+
+    pub(super) async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError> {
+        self.static_job(StaticWrite::Put(record, None)).await.map(drop)
+    }
+
+    pub(super) async fn static_write(
+        &self,
+        record: StaticRecord,
+        claim: &StaticClaim,
+    ) -> Result<(), StoreError> {
+        match self.static_job(StaticWrite::Put(record, Some(claim.clone()))).await? {
+            true => Ok(()),
+            false => Err(StoreError::ClaimLost { name: claim.name.clone(), holder: claim.holder.clone() }),
+        }
     }
 
     pub(super) async fn static_claim(
         &self,
         name: &str,
         holder: &str,
-        now: chrono::DateTime<chrono::Utc>,
-        until: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let claim = StaticWrite::Claim {
-            name: name.to_string(),
-            holder: holder.to_string(),
-            now: now.timestamp_millis(),
-            until: until.timestamp_millis(),
-        };
-        self.submit(Job::Static(claim, reply), answer).await
+        ttl: std::time::Duration,
+    ) -> Result<Option<StaticClaim>, StoreError> {
+        let claim = StaticClaim::new(name, holder);
+        let write = StaticWrite::Claim { claim: claim.clone(), ttl_ms: millis(ttl) };
+        Ok(self.static_job(write).await?.then_some(claim))
     }
 
-    pub(super) async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let release = StaticWrite::Release { name: name.to_string(), holder: holder.to_string() };
-        self.submit(Job::Static(release, reply), answer).await.map(drop)
+    pub(super) async fn static_renew(
+        &self,
+        claim: &StaticClaim,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.static_job(StaticWrite::Renew { claim: claim.clone(), ttl_ms: millis(ttl) }).await
     }
+
+    pub(super) async fn static_release(&self, claim: &StaticClaim) -> Result<(), StoreError> {
+        self.static_job(StaticWrite::Release(claim.clone())).await.map(drop)
+    }
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

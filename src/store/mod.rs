@@ -21,7 +21,7 @@ use crate::lease::{Lease, LeaseId, LeaseState};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use statics::{PendingRotation, RotationPhase, SealedCredential, StaticRecord};
+pub use statics::{PendingRotation, RotationPhase, SealedCredential, StaticClaim, StaticRecord};
 
 /// A part of a listing in id order: the ids after `after` (exclusive), at
 /// most `limit` of them, so a million leases are never one answer.
@@ -139,6 +139,12 @@ pub enum StoreError {
     /// The store's writer has stopped (shutdown or a fatal error).
     #[error("lease store is closed")]
     Closed,
+    /// A write under a claim was refused: the claim lapsed and was taken
+    /// (by another node, or another run), so this holder must stop.
+    #[error(
+        "{holder} no longer holds the claim on {name}: it lapsed and was taken over; nothing was written"
+    )]
+    ClaimLost { name: String, holder: String },
 }
 
 /// Durable lease storage.
@@ -247,24 +253,38 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// The names of every static account with a row (`store migrate`).
     async fn static_names(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Records a static account's rotation state durably (insert or
-    /// replace); the claim columns are left as they are.
+    /// Records a static account's state durably (insert or replace),
+    /// whoever holds its claim: only for copying a store (`store migrate`),
+    /// where no rotation runs. A rotation writes with
+    /// [`static_write`](Self::static_write).
     async fn static_put(&self, record: StaticRecord) -> Result<(), StoreError>;
 
-    /// Claims the right to run `name`'s rotation for `holder` until
-    /// `until`: granted when nobody holds it, the holder's claim expired
-    /// before `now`, or `holder` holds it already. With a store shared by
-    /// several nodes this is what makes exactly one of them rotate.
+    /// Records a static account's state durably under `claim`: applied only
+    /// while the account's row still carries the claim's token, else
+    /// [`StoreError::ClaimLost`] and nothing changes. The claim is kept.
+    async fn static_write(&self, record: StaticRecord, claim: &StaticClaim) -> Result<(), StoreError>;
+
+    /// Claims the right to run `name`'s job (its rotation) for `holder`,
+    /// for `ttl`: granted when nobody holds it, the claim lapsed, or
+    /// `holder` holds it already (a run that crashed). Every grant carries
+    /// a new token, which fences off whoever held the claim before. The
+    /// lapse is judged by the store's clock (a shared store's `now()`, so
+    /// nodes whose clocks differ agree; the embedded store's is the node's
+    /// own). With a store shared by several nodes this is what makes
+    /// exactly one of them rotate.
     async fn static_claim(
         &self,
         name: &str,
         holder: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError>;
+        ttl: std::time::Duration,
+    ) -> Result<Option<StaticClaim>, StoreError>;
 
-    /// Gives up `holder`'s claim on `name`'s rotation, if it has one.
-    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Extends `claim` to `ttl` from now (the store's clock); `false` when
+    /// the claim is no longer this one (it lapsed and was taken).
+    async fn static_renew(&self, claim: &StaticClaim, ttl: std::time::Duration) -> Result<bool, StoreError>;
+
+    /// Gives `claim` up, if it is still the account's claim.
+    async fn static_release(&self, claim: &StaticClaim) -> Result<(), StoreError>;
 
     /// Whether the store answers now, for `health`: a cheap round trip
     /// for a store across the network; the embedded store is always there.

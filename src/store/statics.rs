@@ -2,6 +2,7 @@
 //! every secret sealed (the store never holds a plaintext).
 
 use chrono::{DateTime, Utc};
+use rand::Rng;
 
 /// A username and its password, sealed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,5 +93,28 @@ impl StaticRecord {
             failures: 0,
             last_error: None,
         }
+    }
+}
+
+/// A claim on a static account's rotation (or on another job one node runs
+/// at a time, such as `tidy:<connection>`), as the store granted it.
+///
+/// The token is new with every claim granted. Every write made under the
+/// claim applies only while the account's row still carries it: once the
+/// claim lapsed and another node (or another run) took it, the old holder's
+/// writes are refused with [`StoreError::ClaimLost`](super::StoreError::ClaimLost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticClaim {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+}
+
+impl StaticClaim {
+    /// A claim `holder` asks for, with a fresh random token (positive, so
+    /// it reads the same from either store).
+    pub(super) fn new(name: &str, holder: &str) -> Self {
+        let token = rand::rng().random_range(1..i64::MAX);
+        Self { name: name.to_string(), holder: holder.to_string(), token }
     }
 }

@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod consumers;
 mod crash;
+mod fencing;
 mod hardening;
 mod idempotency;
 mod lifecycle;

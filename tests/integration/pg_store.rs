@@ -152,15 +152,45 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
     record.failures = 2;
     store.static_put(record.clone()).await.unwrap();
     assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()));
-    let until = now + chrono::Duration::seconds(30);
-    assert!(store.static_claim("billing", "node-a", now, until).await.unwrap());
-    assert!(!store.static_claim("billing", "node-b", now, until).await.unwrap(), "held by node-a");
-    assert!(
-        store.static_claim("billing", "node-b", until + chrono::Duration::seconds(1), until).await.unwrap(),
-        "expired"
-    );
-    store.static_release("billing", "node-b").await.unwrap();
-    assert!(store.static_claim("billing", "node-a", now, until).await.unwrap(), "released");
+    let ttl = Duration::from_secs(30);
+    let a = store.static_claim("billing", "node-a", ttl).await.unwrap().expect("nobody holds it");
+    assert_eq!(store.static_claim("billing", "node-b", ttl).await.unwrap(), None, "held by node-a");
+    assert!(store.static_renew(&a, ttl).await.unwrap());
+    record.failures = 3;
+    store.static_write(record.clone(), &a).await.unwrap();
+    // The claim lapses by the store's clock (node-b's own does not count):
+    // node-b takes it, and node-a's writes, renewals and release are refused.
+    db.su
+        .execute("UPDATE static_accounts SET claim_until = lessor_now_ms() - 1 WHERE name = 'billing'", &[])
+        .await
+        .unwrap();
+    let b = store.static_claim("billing", "node-b", ttl).await.unwrap().expect("lapsed");
+    let mut stale = record.clone();
+    stale.pending = None;
+    stale.version = 9;
+    assert!(matches!(
+        store.static_write(stale, &a).await,
+        Err(StoreError::ClaimLost { ref name, ref holder }) if name == "billing" && holder == "node-a"
+    ));
+    assert!(!store.static_renew(&a, ttl).await.unwrap());
+    store.static_release(&a).await.unwrap();
+    assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()), "nothing changed");
+    let (holder, token, left): (Option<String>, Option<i64>, i64) = {
+        let row = db
+            .su
+            .query_one(
+                "SELECT claimed_by, claim_token, claim_until - lessor_now_ms() FROM static_accounts \
+                 WHERE name = 'billing'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((holder.as_deref(), token), (Some("node-b"), Some(b.token)));
+    assert!(left > 20_000 && left <= 30_000, "the claim lasts its ttl by the store's clock: {left} ms left");
+    store.static_release(&b).await.unwrap();
+    assert!(store.static_claim("billing", "node-a", ttl).await.unwrap().is_some(), "released");
     assert_eq!(store.static_get("billing").await.unwrap(), Some(record));
 }
 
@@ -176,7 +206,7 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     };
     let (a, b, c) = tokio::join!(open("a"), open("b"), open("c"));
     let version: i32 = db.su.query_one("SELECT version FROM lessor_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let (a, _b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
     let nodes: Vec<String> = db
         .su

@@ -32,8 +32,8 @@ use tokio_postgres::Row;
 
 use super::jobs::Queue;
 use super::{
-    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticRecord,
-    StoreError, Unfinished, Write,
+    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticClaim,
+    StaticRecord, StoreError, Unfinished, Write,
 };
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
@@ -42,6 +42,7 @@ use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/postgres/0001_leases.sql"),
     include_str!("../../../schemas/sql/postgres/0002_nodes.sql"),
+    include_str!("../../../schemas/sql/postgres/0003_static_claim_token.sql"),
 ];
 
 /// The advisory lock key migrations run under (any fixed number will do;
@@ -382,18 +383,25 @@ impl LeaseStore for PostgresStore {
         self.jobs.static_put(record).await
     }
 
+    async fn static_write(&self, record: StaticRecord, claim: &StaticClaim) -> Result<(), StoreError> {
+        self.jobs.static_write(record, claim).await
+    }
+
     async fn static_claim(
         &self,
         name: &str,
         holder: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.jobs.static_claim(name, holder, now, until).await
+        ttl: std::time::Duration,
+    ) -> Result<Option<StaticClaim>, StoreError> {
+        self.jobs.static_claim(name, holder, ttl).await
     }
 
-    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.jobs.static_release(name, holder).await
+    async fn static_renew(&self, claim: &StaticClaim, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        self.jobs.static_renew(claim, ttl).await
+    }
+
+    async fn static_release(&self, claim: &StaticClaim) -> Result<(), StoreError> {
+        self.jobs.static_release(claim).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {

@@ -46,7 +46,9 @@ pub(super) struct Statements {
     delete: Statement,
     purge: Statement,
     static_put: Statement,
+    static_write: Statement,
     static_claim: Statement,
+    static_renew: Statement,
     static_release: Statement,
 }
 
@@ -127,18 +129,41 @@ impl Statements {
                      next_rotation_at = $15, failures = $16, last_error = $17",
                 )
                 .await?,
+            // Under a claim the row exists (the claim made it) and is
+            // written only while it carries the claim's token: a node whose
+            // claim lapsed and was taken over changes nothing.
+            static_write: client
+                .prepare(
+                    "UPDATE static_accounts SET version = $2, current_username = $3, current_sealed = $4, \
+                     rotated_at = $5, previous_username = $6, previous_valid_until = $7, \
+                     previous_end_sessions = $8, pending_version = $9, pending_username = $10, \
+                     pending_sealed = $11, pending_phase = $12, pending_reason = $13, pending_overlap_ms = $14, \
+                     next_rotation_at = $15, failures = $16, last_error = $17 \
+                     WHERE name = $1 AND claimed_by = $18 AND claim_token = $19",
+                )
+                .await?,
+            // Claims are measured by the store's clock, so nodes whose
+            // clocks differ agree on when one lapsed.
             static_claim: client
                 .prepare(
-                    "INSERT INTO static_accounts (name, version, claimed_by, claim_until) VALUES ($1, 0, $2, $4) \
-                     ON CONFLICT (name) DO UPDATE SET claimed_by = $2, claim_until = $4 \
+                    "INSERT INTO static_accounts (name, version, claimed_by, claim_until, claim_token) \
+                     VALUES ($1, 0, $2, lessor_now_ms() + $3, $4) \
+                     ON CONFLICT (name) DO UPDATE SET claimed_by = $2, claim_until = lessor_now_ms() + $3, \
+                     claim_token = $4 \
                      WHERE static_accounts.claimed_by IS NULL OR static_accounts.claimed_by = $2 \
-                     OR static_accounts.claim_until < $3",
+                     OR static_accounts.claim_until < lessor_now_ms()",
+                )
+                .await?,
+            static_renew: client
+                .prepare(
+                    "UPDATE static_accounts SET claim_until = lessor_now_ms() + $3 \
+                     WHERE name = $1 AND claimed_by = $2 AND claim_token = $4",
                 )
                 .await?,
             static_release: client
                 .prepare(
-                    "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL \
-                     WHERE name = $1 AND claimed_by = $2",
+                    "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL, claim_token = NULL \
+                     WHERE name = $1 AND claimed_by = $2 AND claim_token = $3",
                 )
                 .await?,
         })
@@ -381,40 +406,53 @@ async fn apply_static(
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let millis = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.timestamp_millis());
     match write {
-        StaticWrite::Put(r) => {
+        StaticWrite::Put(r, claim) => {
             let pending = r.pending.as_ref();
-            tx.execute(
-                &st.static_put,
-                &[
-                    &r.name,
-                    &(r.version as i64),
-                    &r.current.as_ref().map(|c| &c.username),
-                    &r.current.as_ref().map(|c| &c.sealed),
-                    &millis(r.rotated_at),
-                    &r.previous_username,
-                    &millis(r.previous_valid_until),
-                    &r.previous_end_sessions,
-                    &pending.map(|p| p.version as i64),
-                    &pending.map(|p| &p.credential.username),
-                    &pending.map(|p| &p.credential.sealed),
-                    &pending.map(|p| p.phase.as_str()),
-                    &pending.and_then(|p| p.reason.as_ref()),
-                    &pending.map(|p| p.overlap_ms as i64),
-                    &millis(r.next_rotation_at),
-                    &(r.failures as i32),
-                    &r.last_error,
-                ],
-            )
-            .await
-            .map_err(|e| failed(format!("record static account {}", r.name), e))
+            let (version, failures) = (r.version as i64, r.failures as i32);
+            let (pending_version, pending_overlap) =
+                (pending.map(|p| p.version as i64), pending.map(|p| p.overlap_ms as i64));
+            let (rotated_at, previous_valid_until, next_rotation_at) =
+                (millis(r.rotated_at), millis(r.previous_valid_until), millis(r.next_rotation_at));
+            let holder = claim.as_ref().map(|c| &c.holder);
+            let token = claim.as_ref().map(|c| c.token);
+            let values: [&(dyn tokio_postgres::types::ToSql + Sync); 19] = [
+                &r.name,
+                &version,
+                &r.current.as_ref().map(|c| &c.username),
+                &r.current.as_ref().map(|c| &c.sealed),
+                &rotated_at,
+                &r.previous_username,
+                &previous_valid_until,
+                &r.previous_end_sessions,
+                &pending_version,
+                &pending.map(|p| &p.credential.username),
+                &pending.map(|p| &p.credential.sealed),
+                &pending.map(|p| p.phase.as_str()),
+                &pending.and_then(|p| p.reason.as_ref()),
+                &pending_overlap,
+                &next_rotation_at,
+                &failures,
+                &r.last_error,
+                &holder,
+                &token,
+            ];
+            let result = match claim {
+                Some(_) => tx.execute(&st.static_write, &values).await,
+                None => tx.execute(&st.static_put, &values[..17]).await,
+            };
+            result.map_err(|e| failed(format!("record static account {}", r.name), e))
         }
-        StaticWrite::Claim { name, holder, now, until } => tx
-            .execute(&st.static_claim, &[name, holder, now, until])
+        StaticWrite::Claim { claim, ttl_ms } => tx
+            .execute(&st.static_claim, &[&claim.name, &claim.holder, ttl_ms, &claim.token])
             .await
-            .map_err(|e| failed(format!("claim static account {name}"), e)),
-        StaticWrite::Release { name, holder } => tx
-            .execute(&st.static_release, &[name, holder])
+            .map_err(|e| failed(format!("claim static account {}", claim.name), e)),
+        StaticWrite::Renew { claim, ttl_ms } => tx
+            .execute(&st.static_renew, &[&claim.name, &claim.holder, ttl_ms, &claim.token])
             .await
-            .map_err(|e| failed(format!("release static account {name}"), e)),
+            .map_err(|e| failed(format!("renew the claim on static account {}", claim.name), e)),
+        StaticWrite::Release(claim) => tx
+            .execute(&st.static_release, &[&claim.name, &claim.holder, &claim.token])
+            .await
+            .map_err(|e| failed(format!("release static account {}", claim.name), e)),
     }
 }

@@ -37,7 +37,7 @@ use writer::commit_batch;
 use writer::run_writer;
 
 use super::jobs::Queue;
-use super::{LeaseStore, Page, ScanFrom, StaticRecord, StoreError, Unfinished, Write};
+use super::{LeaseStore, Page, ScanFrom, StaticClaim, StaticRecord, StoreError, Unfinished, Write};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/sqlite/0002_unique_usernames.sql"),
     include_str!("../../../schemas/sql/sqlite/0003_static_accounts.sql"),
     include_str!("../../../schemas/sql/sqlite/0004_owner_policy_and_idempotency.sql"),
+    include_str!("../../../schemas/sql/sqlite/0005_static_claim_token.sql"),
 ];
 
 /// Writes waiting for the writer before `write` callers wait for room.
@@ -380,18 +381,25 @@ impl LeaseStore for SqliteStore {
         self.jobs.static_put(record).await
     }
 
+    async fn static_write(&self, record: StaticRecord, claim: &StaticClaim) -> Result<(), StoreError> {
+        self.jobs.static_write(record, claim).await
+    }
+
     async fn static_claim(
         &self,
         name: &str,
         holder: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.jobs.static_claim(name, holder, now, until).await
+        ttl: std::time::Duration,
+    ) -> Result<Option<StaticClaim>, StoreError> {
+        self.jobs.static_claim(name, holder, ttl).await
     }
 
-    async fn static_release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        self.jobs.static_release(name, holder).await
+    async fn static_renew(&self, claim: &StaticClaim, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        self.jobs.static_renew(claim, ttl).await
+    }
+
+    async fn static_release(&self, claim: &StaticClaim) -> Result<(), StoreError> {
+        self.jobs.static_release(claim).await
     }
 
     /// One per batch the writer committed.

@@ -16,60 +16,104 @@ pub(super) fn apply(conn: &Connection, write: &StaticWrite, path: &Path) -> Resu
     let failed = |what: &str, e: rusqlite::Error| StoreError::Io(format!("{}: {what}: {e}", path.display()));
     let millis = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
     match write {
-        StaticWrite::Put(r) => {
+        StaticWrite::Put(r, claim) => {
             let pending = r.pending.as_ref();
-            conn.prepare_cached(
-                "INSERT INTO static_accounts (name, version, current_username, current_sealed, rotated_at, \
-                 previous_username, previous_valid_until, previous_end_sessions, pending_version, \
-                 pending_username, pending_sealed, pending_phase, pending_reason, pending_overlap_ms, \
-                 next_rotation_at, failures, last_error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
-                 ON CONFLICT (name) DO UPDATE SET version = ?2, current_username = ?3, current_sealed = ?4, \
-                 rotated_at = ?5, previous_username = ?6, previous_valid_until = ?7, \
-                 previous_end_sessions = ?8, pending_version = ?9, pending_username = ?10, \
-                 pending_sealed = ?11, pending_phase = ?12, pending_reason = ?13, pending_overlap_ms = ?14, \
-                 next_rotation_at = ?15, failures = ?16, last_error = ?17",
+            let values = params![
+                r.name,
+                r.version as i64,
+                r.current.as_ref().map(|c| &c.username),
+                r.current.as_ref().map(|c| &c.sealed),
+                millis(r.rotated_at),
+                r.previous_username,
+                millis(r.previous_valid_until),
+                r.previous_end_sessions,
+                pending.map(|p| p.version as i64),
+                pending.map(|p| &p.credential.username),
+                pending.map(|p| &p.credential.sealed),
+                pending.map(|p| p.phase.as_str()),
+                pending.and_then(|p| p.reason.as_ref()),
+                pending.map(|p| p.overlap_ms as i64),
+                millis(r.next_rotation_at),
+                r.failures,
+                r.last_error,
+                claim.as_ref().map(|c| &c.holder),
+                claim.as_ref().map(|c| c.token),
+            ];
+            // Under a claim the row exists (the claim made it) and is
+            // written only while it carries the claim's token: a refused
+            // write changes no row.
+            let (sql, values) = match claim {
+                Some(_) => (
+                    "UPDATE static_accounts SET version = ?2, current_username = ?3, current_sealed = ?4, \
+                     rotated_at = ?5, previous_username = ?6, previous_valid_until = ?7, \
+                     previous_end_sessions = ?8, pending_version = ?9, pending_username = ?10, \
+                     pending_sealed = ?11, pending_phase = ?12, pending_reason = ?13, pending_overlap_ms = ?14, \
+                     next_rotation_at = ?15, failures = ?16, last_error = ?17 \
+                     WHERE name = ?1 AND claimed_by = ?18 AND claim_token = ?19",
+                    values,
+                ),
+                None => (
+                    "INSERT INTO static_accounts (name, version, current_username, current_sealed, rotated_at, \
+                     previous_username, previous_valid_until, previous_end_sessions, pending_version, \
+                     pending_username, pending_sealed, pending_phase, pending_reason, pending_overlap_ms, \
+                     next_rotation_at, failures, last_error) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+                     ON CONFLICT (name) DO UPDATE SET version = ?2, current_username = ?3, current_sealed = ?4, \
+                     rotated_at = ?5, previous_username = ?6, previous_valid_until = ?7, \
+                     previous_end_sessions = ?8, pending_version = ?9, pending_username = ?10, \
+                     pending_sealed = ?11, pending_phase = ?12, pending_reason = ?13, pending_overlap_ms = ?14, \
+                     next_rotation_at = ?15, failures = ?16, last_error = ?17",
+                    &values[..17],
+                ),
+            };
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(values))
+                .map(|n| n as u64)
+                .map_err(|e| failed(&format!("record static account {}", r.name), e))
+        }
+        // One node uses the embedded store: its own clock is the store's.
+        StaticWrite::Claim { claim, ttl_ms } => conn
+            .prepare_cached(
+                "INSERT INTO static_accounts (name, version, claimed_by, claim_until, claim_token) \
+                 VALUES (?1, 0, ?2, ?3 + ?4, ?5) \
+                 ON CONFLICT (name) DO UPDATE SET claimed_by = ?2, claim_until = ?3 + ?4, claim_token = ?5 \
+                 WHERE claimed_by IS NULL OR claimed_by = ?2 OR claim_until < ?3",
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    r.name,
-                    r.version as i64,
-                    r.current.as_ref().map(|c| &c.username),
-                    r.current.as_ref().map(|c| &c.sealed),
-                    millis(r.rotated_at),
-                    r.previous_username,
-                    millis(r.previous_valid_until),
-                    r.previous_end_sessions,
-                    pending.map(|p| p.version as i64),
-                    pending.map(|p| &p.credential.username),
-                    pending.map(|p| &p.credential.sealed),
-                    pending.map(|p| p.phase.as_str()),
-                    pending.and_then(|p| p.reason.as_ref()),
-                    pending.map(|p| p.overlap_ms as i64),
-                    millis(r.next_rotation_at),
-                    r.failures,
-                    r.last_error,
+                    claim.name,
+                    claim.holder,
+                    Utc::now().timestamp_millis(),
+                    ttl_ms,
+                    claim.token
                 ])
             })
             .map(|n| n as u64)
-            .map_err(|e| failed(&format!("record static account {}", r.name), e))
-        }
-        StaticWrite::Claim { name, holder, now, until } => conn
+            .map_err(|e| failed(&format!("claim static account {}", claim.name), e)),
+        StaticWrite::Renew { claim, ttl_ms } => conn
             .prepare_cached(
-                "INSERT INTO static_accounts (name, version, claimed_by, claim_until) VALUES (?1, 0, ?2, ?4) \
-                 ON CONFLICT (name) DO UPDATE SET claimed_by = ?2, claim_until = ?4 \
-                 WHERE claimed_by IS NULL OR claimed_by = ?2 OR claim_until < ?3",
+                "UPDATE static_accounts SET claim_until = ?3 + ?4 \
+                 WHERE name = ?1 AND claimed_by = ?2 AND claim_token = ?5",
             )
-            .and_then(|mut s| s.execute(params![name, holder, now, until]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    claim.name,
+                    claim.holder,
+                    Utc::now().timestamp_millis(),
+                    ttl_ms,
+                    claim.token
+                ])
+            })
             .map(|n| n as u64)
-            .map_err(|e| failed(&format!("claim static account {name}"), e)),
-        StaticWrite::Release { name, holder } => conn
+            .map_err(|e| failed(&format!("renew the claim on static account {}", claim.name), e)),
+        StaticWrite::Release(claim) => conn
             .prepare_cached(
-                "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL WHERE name = ?1 AND claimed_by = ?2",
+                "UPDATE static_accounts SET claimed_by = NULL, claim_until = NULL, claim_token = NULL \
+                 WHERE name = ?1 AND claimed_by = ?2 AND claim_token = ?3",
             )
-            .and_then(|mut s| s.execute(params![name, holder]))
+            .and_then(|mut s| s.execute(params![claim.name, claim.holder, claim.token]))
             .map(|n| n as u64)
-            .map_err(|e| failed(&format!("release static account {name}"), e)),
+            .map_err(|e| failed(&format!("release static account {}", claim.name), e)),
     }
 }
 
@@ -135,7 +179,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_static_record_round_trips_and_claims_exclude_other_holders() {
+    async fn a_static_record_round_trips_and_claims_exclude_and_fence_other_holders() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
         assert_eq!(store.static_get("billing").await.unwrap(), None);
@@ -158,26 +202,54 @@ mod tests {
         store.static_put(record.clone()).await.unwrap();
         assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()));
 
-        let later = now + chrono::Duration::seconds(30);
-        assert!(store.static_claim("billing", "node-a", now, later).await.unwrap());
-        assert!(store.static_claim("billing", "node-a", now, later).await.unwrap(), "its own claim");
-        assert!(!store.static_claim("billing", "node-b", now, later).await.unwrap(), "claimed by another");
-        store.static_release("billing", "node-b").await.unwrap();
-        assert!(
-            !store.static_claim("billing", "node-b", now, later).await.unwrap(),
-            "released by a non-holder"
+        let ttl = std::time::Duration::from_secs(30);
+        let a = store.static_claim("billing", "node-a", ttl).await.unwrap().expect("nobody holds it");
+        let again = store.static_claim("billing", "node-a", ttl).await.unwrap().expect("its own claim");
+        assert_ne!(a.token, again.token, "every grant has a new token");
+        assert_eq!(store.static_claim("billing", "node-b", ttl).await.unwrap(), None, "claimed by another");
+        // The first grant is fenced off by the second, even for one holder.
+        assert!(!store.static_renew(&a, ttl).await.unwrap());
+        assert!(matches!(
+            store.static_write(record.clone(), &a).await,
+            Err(StoreError::ClaimLost { ref name, ref holder }) if name == "billing" && holder == "node-a"
+        ));
+        store.static_release(&a).await.unwrap();
+        assert_eq!(
+            store.static_claim("billing", "node-b", ttl).await.unwrap(),
+            None,
+            "released by a stale grant"
         );
-        let expired = later + chrono::Duration::seconds(1);
-        assert!(store.static_claim("billing", "node-b", expired, expired).await.unwrap(), "after expiry");
-        // A claim keeps the state; a put keeps the claim.
+        assert!(store.static_renew(&again, ttl).await.unwrap());
+        record.failures = 3;
+        store.static_write(record.clone(), &again).await.unwrap();
         assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()));
+
+        // A claim that lapsed is taken; the old holder's writes are refused.
+        let short =
+            store.static_claim("billing", "node-a", std::time::Duration::ZERO).await.unwrap().unwrap();
+        let b = loop {
+            if let Some(b) = store.static_claim("billing", "node-b", ttl).await.unwrap() {
+                break b;
+            }
+            assert!(Utc::now() < now + chrono::Duration::seconds(20), "the lapsed claim was never taken");
+            tokio::task::yield_now().await;
+        };
+        let mut stale = record.clone();
+        stale.pending = None;
+        stale.version = 9;
+        assert!(matches!(store.static_write(stale, &short).await, Err(StoreError::ClaimLost { .. })));
+        assert!(!store.static_renew(&short, ttl).await.unwrap());
+        store.static_release(&short).await.unwrap();
+        assert_eq!(store.static_get("billing").await.unwrap(), Some(record.clone()), "nothing changed");
+        assert_eq!(store.static_claim("billing", "node-a", ttl).await.unwrap(), None, "still node-b's");
+        // A write without a claim (copying a store) keeps the claim.
         record.pending = None;
         store.static_put(record.clone()).await.unwrap();
-        assert!(!store.static_claim("billing", "node-a", now, later).await.unwrap());
-        store.static_release("billing", "node-b").await.unwrap();
-        assert!(store.static_claim("billing", "node-a", now, later).await.unwrap(), "released");
+        store.static_write(record.clone(), &b).await.unwrap();
+        store.static_release(&b).await.unwrap();
+        assert!(store.static_claim("billing", "node-a", ttl).await.unwrap().is_some(), "released");
         // A claim on an account with no row yet makes one.
-        assert!(store.static_claim("reports", "node-a", now, later).await.unwrap());
+        assert!(store.static_claim("reports", "node-a", ttl).await.unwrap().is_some());
         assert_eq!(store.static_get("reports").await.unwrap(), Some(StaticRecord::new("reports")));
     }
 }

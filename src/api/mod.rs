@@ -7,7 +7,9 @@
 //! extractors so that every rejection, including an oversized body, is a
 //! JSON error in the documented shape.
 
+mod admin;
 pub(crate) mod audited;
+mod leases;
 pub mod listen;
 mod peer;
 mod statics;
@@ -28,11 +30,11 @@ use http_body_util::BodyExt;
 use lessor_plugin::Credential;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::info;
 
 use crate::audit::Audit;
-use crate::broker::{Broker, BrokerError, Caller, Revocation};
+use crate::broker::{Broker, BrokerError, Caller};
 use crate::config::{Duration, ValidatedConfig};
 use crate::events::Events;
 use crate::lease::{Lease, LeaseId};
@@ -42,6 +44,9 @@ use crate::store::LeaseStore;
 use crate::tidy::Tidy;
 use tokio_util::sync::CancellationToken;
 
+use admin::{revoke_sessions, tidy};
+use leases::{get_lease, lease_action, list_leases, revoke_lease, revoke_prefix};
+pub use leases::{list_query, serde_urlencoded_pairs, ListQuery, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 pub use peer::PeerInfo;
 
 /// What the handlers share.
@@ -409,236 +414,4 @@ pub(crate) fn lease_info(lease: &Lease) -> lessor_client::LeaseInfo {
         revoked_at: lease.revoked_at,
         ttl_seconds: None,
     }
-}
-
-/// How many leases one page of `GET /v1/leases` holds unless `limit` says.
-pub const DEFAULT_LIST_LIMIT: usize = 1000;
-/// The most one page may hold.
-pub const MAX_LIST_LIMIT: usize = 10_000;
-
-/// The query of `GET /v1/leases`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListQuery {
-    /// Only ids starting with this.
-    pub prefix: String,
-    /// The page starts after this id (the previous page's `next`).
-    pub after: Option<String>,
-    /// At most this many leases.
-    pub limit: usize,
-}
-
-/// `?prefix=…&after=…&limit=…`; any other parameter is refused rather than
-/// ignored, so a typo cannot silently list every lease.
-#[doc(hidden)] // pub for the fuzz targets (fuzz/)
-pub fn list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query.unwrap_or(""))?;
-    let mut list = ListQuery { prefix: String::new(), after: None, limit: DEFAULT_LIST_LIMIT };
-    for (key, value) in pairs {
-        match key.as_str() {
-            "prefix" => list.prefix = value,
-            "after" => list.after = Some(value).filter(|a| !a.is_empty()),
-            "limit" => {
-                list.limit =
-                    value.parse().ok().filter(|n| (1..=MAX_LIST_LIMIT).contains(n)).ok_or_else(|| {
-                        ApiError::bad_request(format!("limit must be a number from 1 to {MAX_LIST_LIMIT}"))
-                    })?
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?} (known: prefix, after, limit)"
-                )))
-            }
-        }
-    }
-    Ok(list)
-}
-
-#[doc(hidden)] // pub for the fuzz targets (fuzz/)
-pub fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |t: &str| {
-                percent_encoding::percent_decode_str(&t.replace('+', " "))
-                    .decode_utf8()
-                    .map(|c| c.into_owned())
-                    .map_err(|_| ApiError::bad_request("query string is not valid UTF-8"))
-            };
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResult {
-    let query = list_query(request.uri().query())?;
-    let (leases, next) = state
-        .broker
-        .list(&query.prefix, &caller(request.extensions()), query.after.as_deref(), query.limit)
-        .await?;
-    let leases: Vec<lessor_client::LeaseInfo> = leases.iter().map(lease_info).collect();
-    Ok(Json(json!({ "leases": leases, "next": next })).into_response())
-}
-
-async fn get_lease(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> ApiResult {
-    let id = parse_lease_id(&rest)?;
-    let lease = state.broker.get(&id, &caller(request.extensions())).await?;
-    Ok(Json(lease_info(&lease)).into_response())
-}
-
-async fn revoke_lease(
-    State(state): State<AppState>,
-    Path(rest): Path<String>,
-    request: Request,
-) -> ApiResult {
-    let id = parse_lease_id(&rest)?;
-    let caller = caller(request.extensions());
-    // Spawned: a caller that gives up (or a request timeout) does not cut a
-    // revocation off half-way.
-    let broker = state.broker.clone();
-    let target = id.clone();
-    let outcome = detached(async move { broker.revoke(&target, false, &caller).await }).await?;
-    let mut body = revocation_json(&id, outcome);
-    if !state.broker.is_revocable(id.role()) {
-        body["note"] = json!(
-            "this credential cannot be revoked in the backend: the lease has ended, \
-             but the backend keeps honouring the credential until it expires"
-        );
-    }
-    Ok(Json(body).into_response())
-}
-
-fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {
-    let outcome = match outcome {
-        Revocation::Revoked => "revoked",
-        Revocation::AlreadyRevoked => "already_revoked",
-        Revocation::Forced => "forced",
-        Revocation::NotDue => "not_due",
-        Revocation::Busy { .. } => "busy",
-    };
-    json!({ "lease_id": id, "outcome": outcome })
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    increment: Option<String>,
-}
-
-/// `POST /v1/leases/{id}/renew`; the id may hold a raw `/`.
-async fn lease_action(
-    State(state): State<AppState>,
-    Path(rest): Path<String>,
-    request: Request,
-) -> ApiResult {
-    let Some(raw_id) = rest.strip_suffix("/renew") else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint (did you mean …/renew?)",
-        ));
-    };
-    let id = parse_lease_id(raw_id)?;
-    let caller = caller(request.extensions());
-    let body: RenewBody = read_json(request.into_body(), state.max_body_bytes).await?;
-    let increment = parse_duration("increment", body.increment.as_deref())?;
-    let broker = state.broker.clone();
-    let renewed = detached(async move { broker.renew(&id, increment, &caller).await }).await?;
-    let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
-    let body = lessor_client::LeaseInfo { ttl_seconds: Some(ttl_seconds), ..lease_info(&renewed) };
-    Ok(Json(body).into_response())
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokePrefixBody {
-    prefix: Option<String>,
-    #[serde(default)]
-    force: bool,
-}
-
-async fn revoke_prefix(State(state): State<AppState>, request: Request) -> ApiResult {
-    let caller = caller(request.extensions());
-    let body: RevokePrefixBody = read_json(request.into_body(), state.max_body_bytes).await?;
-    let prefix = body.prefix.filter(|p| !p.is_empty()).ok_or_else(|| {
-        ApiError::bad_request("prefix is required (e.g. \"app_ro/\"); it selects the leases to revoke")
-    })?;
-    caller.require_admin("revoke leases by prefix").map_err(BrokerError::from)?;
-    let action = audited::Irreversible::RevokePrefix { prefix: &prefix, force: body.force };
-    let intent = audited::intend(&state.audit, &caller, action).await?;
-    intent
-        .answered(async move {
-            let broker = state.broker.clone();
-            let (revoked, failed) =
-                detached(async move { broker.revoke_prefix(&prefix, body.force, &caller).await }).await?;
-            let failed: Vec<Value> =
-                failed.iter().map(|(id, e)| json!({ "lease_id": id, "error": e.to_string() })).collect();
-            let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-            Ok((status, Json(json!({ "revoked": revoked, "failed": failed }))).into_response())
-        })
-        .await
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TidyBody {
-    connection: Option<String>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-/// `POST /v1/tidy`: sweep users no lease covers, now (admin callers only).
-async fn tidy(State(state): State<AppState>, request: Request) -> ApiResult {
-    let caller = caller(request.extensions());
-    caller.require_admin("run tidy").map_err(BrokerError::from)?;
-    let body: TidyBody = read_json(request.into_body(), state.max_body_bytes).await?;
-    // A dry run changes nothing: no intent to announce.
-    let action = audited::Irreversible::Tidy { connection: body.connection.as_deref() };
-    let intent =
-        if body.dry_run { None } else { Some(audited::intend(&state.audit, &caller, action).await?) };
-    // Spawned: a caller that goes away does not cut a sweep off half-way.
-    let tidy = state.tidy.clone();
-    let sweep = async move {
-        let reports = tokio::spawn(async move { tidy.run(body.connection.as_deref(), body.dry_run).await })
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-            .map_err(|e| {
-                let (status, code) = e.status_and_code();
-                ApiError::new(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                    code,
-                    e.to_string(),
-                )
-            })?;
-        Ok(Json(json!({ "connections": reports })).into_response())
-    };
-    match intent {
-        Some(intent) => intent.answered(sweep).await,
-        None => sweep.await,
-    }
-}
-
-/// `POST /v1/roles/{role}/revoke-sessions`: deny every session of the
-/// role's backend identity issued before now (AWS assumed_role: a deny-all
-/// policy on the IAM role). Admin callers only.
-async fn revoke_sessions(
-    State(state): State<AppState>,
-    Path(role): Path<String>,
-    request: Request,
-) -> ApiResult {
-    let caller = caller(request.extensions());
-    caller.require_admin("revoke the sessions of a role").map_err(BrokerError::from)?;
-    let action = audited::Irreversible::RevokeSessions { role: &role };
-    let intent = audited::intend(&state.audit, &caller, action).await?;
-    // Spawned: a caller that goes away does not cut the action off.
-    let broker = state.broker.clone();
-    intent
-        .answered(async move {
-            let done = tokio::spawn(async move { broker.revoke_sessions(&role, &caller).await })
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-            Ok(Json(done).into_response())
-        })
-        .await
 }

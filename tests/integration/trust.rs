@@ -546,3 +546,48 @@ async fn metrics_health_details_and_watch_streams_are_bounded_for_other_users() 
     let watches = run(65534, WATCHES, &["3"]);
     assert_eq!(watches, "200 200 429\n200", "two streams per uid, a third once one closed");
 }
+
+/// Opens two connections: one that sends nothing, one that sends a whole
+/// request (keep-alive) and reads the answer. Prints, for each, the seconds
+/// until the daemon closed it (or -1 if it did not within 60 s).
+const IDLE: &str = r#"
+import socket, sys, time
+def conn():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    return s
+silent, idle = conn(), conn()
+idle.sendall(b"GET /v1/health HTTP/1.1\r\nHost: lessor\r\n\r\n")
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += idle.recv(4096)
+start = time.monotonic()
+out = []
+for s in (silent, idle):
+    s.settimeout(60 - (time.monotonic() - start))
+    try:
+        while s.recv(4096):
+            pass
+        out.append("%.2f" % (time.monotonic() - start))
+    except (socket.timeout, OSError):
+        out.append("-1")
+print(answer.split(b"\r\n")[0].decode(), *out)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed_after_the_header_timeout() {
+    let db = TestDb::create().await;
+    let daemon = Daemon::start(&db, &pg_connection(&db, None)).await;
+    let daemon = restart_with_admins(daemon, "header_timeout = \"2s\"").await;
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let out = Command::new(python).arg("-c").arg(IDLE).arg(&daemon.socket).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields.get(..3), Some(&["HTTP/1.1", "200", "OK"][..]), "{text} {}", stderr(&out));
+    for (what, seconds) in [("silent", fields[3]), ("idle keep-alive", fields[4])] {
+        let seconds: f64 = seconds.parse().unwrap();
+        assert!(seconds >= 0.0, "the {what} connection was never closed: {text}");
+        // The header timeout, not at once: a kept-alive connection is served again meanwhile.
+        assert!(seconds >= 1.0, "the {what} connection was closed too soon: {text}");
+    }
+}

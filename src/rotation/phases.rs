@@ -128,8 +128,20 @@ impl Rotator {
 
     /// Records `record` under the run's claim; a write the store fences
     /// off (the claim was taken over) is [`RotationError::ClaimLost`].
+    ///
+    /// A write that failed otherwise (the store closed the connection, as it
+    /// does to a node that stalled mid-transaction) is sent once more: it is
+    /// conditional on the claim, so repeating it is harmless, and the answer
+    /// then says whether the claim still holds.
     async fn put(&self, record: &StaticRecord, held: &Held) -> Result<(), RotationError> {
-        match self.store.static_write(record.clone(), held.claim()).await {
+        let mut outcome = self.store.static_write(record.clone(), held.claim()).await;
+        if let Err(e) = &outcome {
+            if !matches!(e, StoreError::ClaimLost { .. }) {
+                warn!(account = %record.name, error = %e, "cannot record the rotation's state; trying once more");
+                outcome = self.store.static_write(record.clone(), held.claim()).await;
+            }
+        }
+        match outcome {
             Err(StoreError::ClaimLost { .. }) => Err(held.lost_error()),
             other => Ok(other?),
         }

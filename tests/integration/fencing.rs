@@ -151,6 +151,8 @@ async fn a_node_stalled_past_its_rotation_claim_is_fenced_off_after_another_node
 
     // A resumes: it finds its claim gone, says so, and stops.
     a.signal(libc::SIGCONT);
+    // (Had A been stopped inside a store transaction, the store ended it
+    // meanwhile; A's write is sent again on a new connection and fenced.)
     let answer = stalled.await.unwrap();
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(answer.body["error"]["code"], "rotation_claim_lost", "{}", answer.body);

@@ -25,6 +25,7 @@ mod outage;
 mod pg_store;
 mod rotation;
 mod scram;
+mod secret_files;
 mod secrets;
 mod tidy;
 mod tls;

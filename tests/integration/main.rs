@@ -22,6 +22,7 @@ mod listing;
 mod metrics;
 mod mysql;
 mod outage;
+mod output_files;
 mod pg_store;
 mod rotation;
 mod scram;

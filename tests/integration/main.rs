@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod consumers;
 mod crash;
+mod grants;
 mod hardening;
 mod idempotency;
 mod lifecycle;

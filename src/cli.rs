@@ -24,6 +24,7 @@ use crate::client::{Client, ClientError, Response};
 mod audit;
 mod exec;
 mod format;
+mod output;
 mod store;
 
 use audit::AuditCommand;

@@ -97,12 +97,10 @@ async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseSto
         return Ok(Arc::new(store));
     }
     let password = match (&server.store_password_file, &server.store_password_env) {
-        (Some(file), _) => Some(secrecy::SecretString::from(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("server.store_password_file: cannot read {}", file.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        )),
+        (Some(file), _) => Some(
+            lessor_plugin::files::read_secret(file)
+                .map_err(|e| anyhow::anyhow!("server.store_password_file: {}: {e}", file.display()))?,
+        ),
         (None, Some(var)) => Some(secrecy::SecretString::from(
             std::env::var(var).with_context(|| format!("server.store_password_env: {var} is not set"))?,
         )),

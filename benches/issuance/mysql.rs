@@ -225,6 +225,8 @@ fn lessor_config(fx: &Fixture, dir: &std::path::Path, p: Params) -> Result<Strin
     let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let password_file = dir.join("mysql_admin.pw");
     std::fs::write(&password_file, &fx.admin_password)?;
+    // lessor refuses a password file group or others can read.
+    std::fs::set_permissions(&password_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let list: Vec<String> = fx.statements().iter().map(|s| q(s)).collect();
     Ok(format!(
         "[server]\nsocket = {}\nsocket_mode = \"0600\"\nstore = {}\n\n\

@@ -6,11 +6,11 @@
 //! rotation. `exec` tells the child of a change with a signal (or restarts
 //! it), forwards SIGTERM and SIGINT, revokes the lease when the child
 //! exits and exits with the child's status. `--output FILE` writes the
-//! credential atomically (a temp file in the same folder, fsync, rename;
-//! mode 0600) and, with `--watch`, again on every change.
+//! credential atomically and privately (see [`output`](super::output))
+//! and, with `--watch`, again on every change; a first write that fails
+//! revokes the lease just taken.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -193,11 +193,16 @@ pub(super) async fn exec(client: &Client, args: ExecArgs) -> Result<ExitCode, Fa
     let templates = parse_templates(&args.env)?;
     let signal_to_send = signal_number(&args.signal)?;
     let drain = drain(&args.drain)?;
+    if let Some(path) = &args.output {
+        super::output::check_target(path).map_err(|e| Failure::new(e.to_string()))?;
+    }
     let keeper = start_keeper(client, args.role, args.static_name, args.ttl, drain).await?;
     let mut changes = keeper.subscribe();
     let mut held = changes.borrow_and_update().clone();
     if let Some(path) = &args.output {
-        write_credential(path, &held, CredsFormat::Env).map_err(Failure::new)?;
+        if let Err(e) = write_credential(path, &held, CredsFormat::Env) {
+            return Err(give_up(keeper, &held, e).await);
+        }
     }
     let spawn = |held: &Arc<Held>| {
         let mut command = tokio::process::Command::new(&args.command[0]);
@@ -276,6 +281,7 @@ pub(super) async fn creds_to_file(
     output: &Path,
     watch: bool,
 ) -> Result<(), Failure> {
+    super::output::check_target(output).map_err(|e| Failure::new(e.to_string()))?;
     if !watch {
         let issued = client.issue(&role, ttl.as_deref()).await.map_err(|e| Failure::new(e.to_string()))?;
         let held = Held {
@@ -293,21 +299,35 @@ pub(super) async fn creds_to_file(
     }
     let keeper = start_keeper(client, Some(role), None, ttl, Options::default().drain).await?;
     let mut changes = keeper.subscribe();
+    let first = changes.borrow_and_update().clone();
+    if let Err(e) = write_credential(output, &first, format) {
+        return Err(give_up(keeper, &first, e).await);
+    }
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| Failure::new(e.to_string()))?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| Failure::new(e.to_string()))?;
     loop {
-        let held = changes.borrow_and_update().clone();
-        if let Err(e) = write_credential(output, &held, format) {
-            eprintln!("lessor: {e}");
-        }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
+        let held = changes.borrow_and_update().clone();
+        if let Err(e) = write_credential(output, &held, format) {
+            eprintln!("lessor: {e}");
+        }
     }
     keeper.shutdown().await;
     Ok(())
+}
+
+/// A first write failed: nobody will read the credential, so the keeper
+/// stops and revokes its lease (a static account is left as it is).
+async fn give_up(keeper: Keeper, held: &Held, error: String) -> Failure {
+    keeper.shutdown().await;
+    match &held.lease_id {
+        Some(lease) => Failure::new(format!("{error}; lease {lease} revoked")),
+        None => Failure::new(error),
+    }
 }
 
 /// The credential as `format` writes it.
@@ -328,26 +348,8 @@ fn credential_text(held: &Held, format: CredsFormat) -> Result<String, String> {
     }
 }
 
-/// Writes the credential to `path` atomically: a temp file in the same
-/// folder (mode 0600 from its creation), fsync'd, renamed over `path`, and
-/// the folder fsync'd, so a reader sees the old file or the new one, never
-/// a part.
+/// Writes the credential to `path` as [`output`](super::output) says.
 fn write_credential(path: &Path, held: &Held, format: CredsFormat) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = credential_text(held, format)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| format!("{}: not a file name", path.display()))?;
-    let temp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let written = (|| {
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot write {}: {e}", path.display())
-    })
+    let text = zeroize::Zeroizing::new(credential_text(held, format)?);
+    super::output::write_private(path, text.as_bytes()).map_err(|e| e.to_string())
 }

@@ -41,14 +41,10 @@ pub(super) enum StoreCommand {
 pub(super) fn run(command: StoreCommand) -> Result<ExitCode, Failure> {
     let StoreCommand::Migrate { from, to, to_password_file, to_password_env, node } = command;
     let password = match (to_password_file, to_password_env) {
-        (Some(file), _) => Some(SecretString::from(
-            std::fs::read_to_string(&file)
-                .map_err(|e| {
-                    Failure::new(format!("--to-password-file: cannot read {}: {e}", file.display()))
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        )),
+        (Some(file), _) => Some(
+            lessor_plugin::files::read_secret(&file)
+                .map_err(|e| Failure::new(format!("--to-password-file: {}: {e}", file.display())))?,
+        ),
         (None, Some(var)) => Some(SecretString::from(
             std::env::var(&var).map_err(|_| Failure::new(format!("--to-password-env: {var} is not set")))?,
         )),

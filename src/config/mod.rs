@@ -511,22 +511,9 @@ fn check_range(errors: &mut Vec<ConfigError>, key: &str, value: Duration, min: D
 fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretString>, ConfigError> {
     match (&conn.password_file, &conn.password_env) {
         (Some(_), Some(_)) => Err(ConfigError::new(key, "set password_file or password_env, not both")),
-        (Some(file), None) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(
-                    format!("{key}.password_file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?;
-            let password = text.trim_end_matches(['\n', '\r']).to_string();
-            if password.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{key}.password_file"),
-                    format!("{} is empty", file.display()),
-                ));
-            }
-            Ok(Some(SecretString::from(password)))
-        }
+        (Some(file), None) => lessor_plugin::files::read_secret(file).map(Some).map_err(|e| {
+            ConfigError::new(format!("{key}.password_file"), format!("{}: {e}", file.display()))
+        }),
         (None, Some(var)) => match std::env::var(var) {
             Ok(password) if !password.is_empty() => Ok(Some(SecretString::from(password))),
             _ => Err(ConfigError::new(

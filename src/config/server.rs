@@ -184,6 +184,12 @@ pub(super) fn check_store(server: &ServerConfig, errors: &mut Vec<lessor_plugin:
                 "give store_password_file or store_password_env, not both",
             ));
         }
+        if let Some(file) = &server.store_password_file {
+            if let Err(e) = lessor_plugin::files::check_private(file) {
+                errors
+                    .push(ConfigError::new("server.store_password_file", format!("{}: {e}", file.display())));
+            }
+        }
     } else if server.store_password_file.is_some() || server.store_password_env.is_some() {
         errors.push(ConfigError::new(
             "server.store_password_file",

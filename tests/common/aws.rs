@@ -213,7 +213,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lessor.sock");
         let password_file = dir.path().join("aws.secret");
-        std::fs::write(&password_file, format!("{secret}\n")).unwrap();
+        super::write_private(&password_file, &format!("{secret}\n"));
         let config = format!(
             "[server]\nsocket = {socket:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
             dir.path().join("lessor.db").display(),

@@ -235,7 +235,7 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lessor.sock");
         let password_file = dir.path().join("admin.pw");
-        std::fs::write(&password_file, format!("{}\n", db.admin_password)).unwrap();
+        write_private(&password_file, &format!("{}\n", db.admin_password));
         let store = match store {
             Some(store) => store.replace("PASSWORD_FILE", &password_file.display().to_string()),
             None => format!("store = \"sqlite://{}\"", dir.path().join("lessor.db").display()),
@@ -523,6 +523,14 @@ pub fn unique_role(base: &str) -> (String, String) {
     let role = format!("{base}_{}", rand_suffix(6));
     let prefix = format!("v_{role}_");
     (role, prefix)
+}
+
+/// Writes a password file as lessor wants it: mode 0600 (a file group or
+/// others can read is refused at load).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 pub fn path_str(p: &Path) -> String {

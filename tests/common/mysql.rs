@@ -217,11 +217,11 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("lessor.sock");
         let my_password_file = dir.path().join("mysql_admin.pw");
-        std::fs::write(&my_password_file, format!("{}\n", my.admin_password)).unwrap();
+        super::write_private(&my_password_file, &format!("{}\n", my.admin_password));
         let mut body = body.replace("MY_PASSWORD_FILE", &my_password_file.display().to_string());
         if let Some(pg) = pg {
             let pg_password_file = dir.path().join("admin.pw");
-            std::fs::write(&pg_password_file, format!("{}\n", pg.admin_password)).unwrap();
+            super::write_private(&pg_password_file, &format!("{}\n", pg.admin_password));
             body = body.replace("PASSWORD_FILE", &pg_password_file.display().to_string());
         }
         let config = format!(

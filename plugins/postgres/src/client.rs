@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
 use crate::error::{classify, classify_pool, with_verifier_parts};
+use crate::grants;
 use crate::scram;
 use crate::tls::{self, PgTls};
 
@@ -282,11 +283,11 @@ impl Plugin for PgPlugin {
             for (i, template) in role.creation.iter().enumerate() {
                 let sql = template.render(&values);
                 if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
-                    let err = classify(
-                        &e,
-                        &cx.step(format!("creation statement {} of {total}", i + 1), true),
-                        &redactor,
-                    );
+                    let step = cx.step(format!("creation statement {} of {total}", i + 1), true);
+                    let acl_full = e
+                        .as_db_error()
+                        .and_then(|db| grants::acl_full(db.code(), db.message(), template, &step, &redactor));
+                    let err = acl_full.unwrap_or_else(|| classify(&e, &step, &redactor));
                     if let Err(e) = tx.rollback().await {
                         let e = classify(&e, &cx, &redactor);
                         debug!(operation = "create", connection = %self.connection, username, error = %e, "rollback failed");

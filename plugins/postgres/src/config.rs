@@ -126,8 +126,8 @@ pub struct PgRole {
 
 impl PgRole {
     /// Validates a role table's plugin keys; `role` names it in errors.
-    pub fn parse(role: &str, options: &toml::Table) -> Result<Self, ConfigError> {
-        let prefix = format!("roles.{role}");
+    pub fn parse(role_name: &str, options: &toml::Table) -> Result<Self, ConfigError> {
+        let prefix = format!("roles.{role_name}");
         let raw: PgRoleOptions = parse_table(options, &prefix)?;
         let key = |field: &str| format!("{prefix}.{field}");
         let creation = required_statements(
@@ -150,6 +150,11 @@ impl PgRole {
             (&key("renew_statements"), "renew_statements", role.renew.as_deref()),
             (&key("rollback_statements"), "rollback_statements", role.rollback.as_deref()),
         ])?;
+        // A warning, not an error: below a few thousand live leases direct
+        // grants work, and many setups start that way.
+        for warning in crate::grants::direct_grant_warnings(role_name, &role.creation) {
+            tracing::warn!("{warning}");
+        }
         Ok(role)
     }
 }

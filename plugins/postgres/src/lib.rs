@@ -14,7 +14,9 @@
 //! - `batch`: the default revocation recipe over many roles at once;
 //! - `error`: how PostgreSQL's failures map to the broker's retry/blame
 //!   classes, and the SCRAM verifier parts that the SDK's
-//!   `lessor_plugin::redact` scrubs from every message with the password.
+//!   `lessor_plugin::redact` scrubs from every message with the password;
+//! - `grants`: direct grants on objects and the ACL size limit (the
+//!   `config check` warning, and the error that names the full object).
 //!
 //! Only the config types and the plugin are public; the broker talks to it
 //! through [`lessor_plugin::Plugin`].
@@ -24,6 +26,7 @@ mod batch;
 mod client;
 mod config;
 mod error;
+mod grants;
 mod revoke;
 mod scram;
 mod tls;

@@ -21,6 +21,7 @@
 //! connections (revocation's included) can always be opened.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,11 +65,11 @@ impl Limits {
     }
 }
 
-/// Open connections, in all and per (uid, on the host).
-#[derive(Debug, Default)]
+/// Open connections, in all and per (uid, in the daemon's namespaces).
+#[derive(Debug)]
 struct Counts {
     open: AtomicUsize,
-    per_uid: Mutex<HashMap<(u32, bool), usize>>,
+    per_uid: Arc<PerKey<(u32, bool)>>,
 }
 
 /// One open connection; counted until dropped.
@@ -87,28 +88,46 @@ impl Drop for Slot {
     }
 }
 
-/// One of a uid's connections; counted until dropped.
-struct UidSlot(Arc<Counts>, (u32, bool));
+/// Things open per key (a uid's connections, its watch streams), at most
+/// `cap` per key.
+#[derive(Debug)]
+pub struct PerKey<K> {
+    cap: usize,
+    open: Mutex<HashMap<K, usize>>,
+}
 
-impl UidSlot {
-    fn take(counts: &Arc<Counts>, key: (u32, bool), cap: usize) -> Option<Self> {
-        let mut per_uid = counts.per_uid.lock().expect("connection counts lock");
-        let n = per_uid.entry(key).or_default();
-        if *n >= cap {
+impl<K: Hash + Eq + Copy> PerKey<K> {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self { cap, open: Mutex::default() })
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// One more for `key`, or `None` when it has `cap` open.
+    pub fn take(self: &Arc<Self>, key: K) -> Option<KeySlot<K>> {
+        let mut open = self.open.lock().expect("per-key counts lock");
+        let n = open.entry(key).or_default();
+        if *n >= self.cap {
             return None;
         }
         *n += 1;
-        Some(Self(counts.clone(), key))
+        Some(KeySlot(self.clone(), key))
     }
 }
 
-impl Drop for UidSlot {
+/// One of a key's open things; counted until dropped.
+#[derive(Debug)]
+pub struct KeySlot<K: Hash + Eq + Copy>(Arc<PerKey<K>>, K);
+
+impl<K: Hash + Eq + Copy> Drop for KeySlot<K> {
     fn drop(&mut self) {
-        let mut per_uid = self.0.per_uid.lock().expect("connection counts lock");
-        if let Some(n) = per_uid.get_mut(&self.1) {
+        let mut open = self.0.open.lock().expect("per-key counts lock");
+        if let Some(n) = open.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
-                per_uid.remove(&self.1);
+                open.remove(&self.1);
             }
         }
     }
@@ -117,7 +136,7 @@ impl Drop for UidSlot {
 /// Serves `router` on `listener` until `shutdown`, then waits (a while) for
 /// the connections still answering.
 pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutdown: CancellationToken) {
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts { open: AtomicUsize::new(0), per_uid: PerKey::new(limits.per_uid) });
     let graceful = GracefulShutdown::new();
     let daemon_uid = current_uid();
     let mut backoff = Duration::from_millis(5);
@@ -165,7 +184,7 @@ pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutd
         // Counted before anything is read of the peer, so a flood costs a
         // look-up or two per connection, never a blocking read.
         let key = (uid, pid.is_some_and(in_our_namespaces));
-        let Some(uid_slot) = UidSlot::take(&counts, key, limits.per_uid) else {
+        let Some(uid_slot) = counts.per_uid.take(key) else {
             crate::metrics::connection_refused("per_uid");
             rate_limited_warn(&format!(
                 "refusing a connection of uid {uid}: it has {} open (server.max_connections_per_uid)",

@@ -6,9 +6,7 @@
 //! dead one. Events carry the item's full state and never a secret; a
 //! watcher that fell behind gets `lagged` and a fresh snapshot.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use axum::body::{Body, Bytes};
@@ -22,6 +20,7 @@ use tokio::sync::mpsc;
 
 use lessor_client::WatchEvent;
 
+use super::listen::PerKey;
 use super::statics::static_info;
 use super::{caller, lease_info, ApiError, AppState, DEFAULT_LIST_LIMIT};
 use crate::broker::Caller;
@@ -32,42 +31,7 @@ const HEARTBEAT: StdDuration = StdDuration::from_secs(15);
 
 /// Open watch streams per uid, each at most `server.max_watches_per_uid`:
 /// a stream holds a task and a subscription for as long as it is open.
-#[derive(Debug)]
-pub struct Watchers {
-    cap: usize,
-    open: Mutex<HashMap<u32, usize>>,
-}
-
-impl Watchers {
-    pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap, open: Mutex::default() })
-    }
-
-    fn take(self: &Arc<Self>, uid: u32) -> Option<WatchSlot> {
-        let mut open = self.open.lock().expect("watchers lock");
-        let n = open.entry(uid).or_default();
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(WatchSlot(self.clone(), uid))
-    }
-}
-
-/// One open stream of a uid, counted until dropped.
-struct WatchSlot(Arc<Watchers>, u32);
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        let mut open = self.0.open.lock().expect("watchers lock");
-        if let Some(n) = open.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.1);
-            }
-        }
-    }
-}
+pub type Watchers = PerKey<u32>;
 
 pub(super) async fn watch(State(state): State<AppState>, request: Request) -> Response {
     let caller = caller(request.extensions());
@@ -75,7 +39,7 @@ pub(super) async fn watch(State(state): State<AppState>, request: Request) -> Re
         let message = format!(
             "{} has {} watch streams open, the most one uid may (server.max_watches_per_uid)",
             caller.who(),
-            state.watchers.cap
+            state.watchers.cap()
         );
         return ApiError::new(axum::http::StatusCode::TOO_MANY_REQUESTS, "too_many_watches", message)
             .into_response();

@@ -159,3 +159,26 @@ fn policies_are_checked_against_the_configured_roles_and_accounts() {
     ));
     assert!(e.contains("unknown field `who`"), "{e}");
 }
+
+#[test]
+fn admins_take_uids_names_or_tables_of_match_keys() {
+    let with_admins =
+        |admins: &str| EXAMPLE.replacen("[server]\n", &format!("[server]\nadmins = {admins}\n"), 1);
+    let config = load_str(
+        &with_admins(r#"["root", 1001, { user = "ops", cgroup = "/system.slice/*", host = true }]"#),
+        "t",
+    )
+    .unwrap();
+    let ops = crate::policy::Identity {
+        uid: 1002,
+        user: Some("ops".into()),
+        cgroup: Some("/system.slice/deploy.service".into()),
+        ..crate::policy::Identity::default()
+    };
+    assert!(config.policies.caller(ops.clone()).is_admin());
+    assert!(!config.policies.caller(crate::policy::Identity { cgroup: None, ..ops }).is_admin());
+    let e = errors_of(&with_admins(r#"[{ user_unit = "[" }, ""]"#));
+    for wanted in ["server.admins[0].user_unit", "not a valid glob", "server.admins[1]: an empty user name"] {
+        assert!(e.contains(wanted), "missing {wanted:?} in:\n{e}");
+    }
+}

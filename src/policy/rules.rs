@@ -250,6 +250,33 @@ mod tests {
     }
 
     #[test]
+    fn admins_hold_on_the_host_unless_an_entry_says_host_false() {
+        let root = Identity { uid: 0, user: Some("root".into()), ..Identity::default() };
+        let contained = Identity {
+            confined: Some("it runs in container 4f1c0e2d9b8a's cgroup".into()),
+            cgroup: Some("/system.slice/docker-4f1c.scope".into()),
+            ..root.clone()
+        };
+        assert_eq!(Admins::RootAndDaemon.check(&root), AdminCheck::Admin);
+        assert!(
+            matches!(Admins::RootAndDaemon.check(&contained), AdminCheck::NotOnHost(why) if why.contains("container"))
+        );
+        let by_uid = Admins::Listed(vec![Matcher { uid: Some(0), ..Matcher::default() }]);
+        assert_eq!(by_uid.check(&root), AdminCheck::Admin);
+        assert!(matches!(by_uid.check(&contained), AdminCheck::NotOnHost(_)));
+        // An entry that names where it holds: this container's root only.
+        let this_container = Admins::Listed(vec![Matcher {
+            user: Some(Pattern::new("root", false).unwrap()),
+            cgroup: Some(Pattern::new("/system.slice/docker-*.scope", true).unwrap()),
+            host: Some(false),
+            ..Matcher::default()
+        }]);
+        assert_eq!(this_container.check(&contained), AdminCheck::Admin);
+        assert_eq!(this_container.check(&root), AdminCheck::NotAdmin, "the host's root has no such cgroup");
+        assert_eq!(Admins::Listed(Vec::new()).check(&root), AdminCheck::NotAdmin);
+    }
+
+    #[test]
     fn permissions_parse_or_say_what_is_known() {
         assert!(matches!(Permission::parse("admin"), Ok(Permission::Admin)));
         assert!(matches!(Permission::parse("creds:app_*"), Ok(Permission::Creds(p)) if p.matches("app_ro")));

@@ -321,7 +321,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Audit(command) => audit::run(command),
         Command::Store(command) => store::run(command),
         Command::Seal(SealCommand::NewKey { file }) => {
-            crate::rotation::seal::write_new_key(&file)
+            crate::seal::write_new_key(&file)
                 .map_err(|e| Failure::new(format!("cannot write {}: {e}", file.display())))?;
             out(&format!("wrote a new seal key to {} (mode 0600)\n", file.display()))?;
             Ok(ExitCode::SUCCESS)

@@ -298,7 +298,7 @@ async fn dev_config() -> anyhow::Result<ValidatedConfig> {
     // Static-account secrets are sealed with a key made on first use.
     let seal_key = dir.join("seal.key");
     if !seal_key.exists() {
-        crate::rotation::seal::write_new_key(&seal_key)
+        crate::seal::write_new_key(&seal_key)
             .with_context(|| format!("cannot write {}", seal_key.display()))?;
         info!(file = %seal_key.display(), "made a seal key for the dev server");
     }

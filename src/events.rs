@@ -44,7 +44,7 @@ pub enum Event {
 pub struct Events {
     sender: broadcast::Sender<Event>,
     /// Where events the other nodes' watchers need go, when nodes share
-    /// a store (see [`crate::cluster`]).
+    /// a store (see [`crate::store::cluster`]).
     cluster: Arc<Mutex<Option<mpsc::UnboundedSender<Event>>>>,
 }
 

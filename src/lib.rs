@@ -19,7 +19,8 @@
 //!   exporter behind `GET /v1/metrics`;
 //! - [`tidy`]: the sweep that drops backend users no lease covers;
 //! - [`rotation`]: static accounts, rotated in phases on a schedule or on
-//!   demand, their secrets sealed at rest;
+//!   demand;
+//! - [`seal`]: secrets at rest, sealed with the key of `server.seal_key_file`;
 //! - [`vault`]: the Vault-compatible routes, a thin translation of Vault's
 //!   paths and shapes onto the broker.
 //!
@@ -31,7 +32,6 @@ pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;
-pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod events;
@@ -40,6 +40,7 @@ pub mod lease;
 pub mod metrics;
 pub mod policy;
 pub mod rotation;
+pub mod seal;
 pub mod store;
 pub mod tidy;
 pub mod vault;

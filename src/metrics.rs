@@ -29,7 +29,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::broker::Broker;
 use crate::lease::LeaseState;
 
 // Issuance.
@@ -302,6 +301,31 @@ pub fn request(route: Option<&str>, status: u16) {
     counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
 }
 
+/// What the gauges set at scrape time are read from: the broker and its
+/// store implement it, so this module needs neither.
+#[async_trait::async_trait]
+pub trait Scrape: Send + Sync {
+    /// Leases by role and state, from the store.
+    async fn lease_counts(&self) -> Result<Vec<(String, LeaseState, u64)>, String>;
+    /// Leases waiting for expiry or a revocation retry.
+    fn scheduled(&self) -> usize;
+    /// Whether start-up recovery has finished.
+    fn is_ready(&self) -> bool;
+}
+
+#[async_trait::async_trait]
+impl<T: Scrape + ?Sized> Scrape for Arc<T> {
+    async fn lease_counts(&self) -> Result<Vec<(String, LeaseState, u64)>, String> {
+        (**self).lease_counts().await
+    }
+    fn scheduled(&self) -> usize {
+        (**self).scheduled()
+    }
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+}
+
 /// What `GET /v1/metrics` serves: the recorder's text, after the gauges
 /// that are read at scrape time are set. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -317,23 +341,23 @@ impl Exporter {
         Self { handle, roles: Arc::default() }
     }
 
-    /// Sets the scrape-time gauges from `broker` and its store, then
+    /// Sets the scrape-time gauges from `source` (the broker), then
     /// renders every metric as Prometheus text.
-    pub async fn render(&self, broker: &Broker) -> String {
+    pub async fn render(&self, source: &impl Scrape) -> String {
         // One GROUP BY over the whole lease table per scrape: a full scan
         // (no index leads with the role) plus a temporary B-tree for the
         // groups, about 0.6 s per million leases, on a reader connection
         // off the async threads. An index on (role, state) would make it
         // cheap but cost every state change a second index update; a
         // scrape every 15 s or more does not need it.
-        match broker.store.count_by_role_and_state().await {
+        match source.lease_counts().await {
             Ok(counts) => self.set_lease_gauges(&counts),
             Err(e) => {
                 warn!(error = %e, "cannot count leases for the metrics; the lease gauges keep their last values")
             }
         }
-        gauge!(SCHEDULED).set(broker.scheduled() as f64);
-        gauge!(READY).set(if broker.is_ready() { 1.0 } else { 0.0 });
+        gauge!(SCHEDULED).set(source.scheduled() as f64);
+        gauge!(READY).set(if source.is_ready() { 1.0 } else { 0.0 });
         self.handle.render()
     }
 

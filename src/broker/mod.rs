@@ -13,16 +13,19 @@
 //!
 //! Operations on one lease are serialised within the daemon by a per-lease
 //! async lock ([`locks`]) and, when nodes share a store, across them by the
-//! lease row's claim (`LeaseStore::claim`, see [`crate::cluster`]). Listing a
+//! lease row's claim (`LeaseStore::claim`, see [`crate::store::cluster`]). Listing a
 //! caller's leases page by page is in `list`, renewal in `renew`,
 //! revocation on a caller's behalf in `revoke`, `Idempotency-Key` in
 //! [`idempotency`]. How revocations are attempted, retried, batched and
 //! scheduled lives in [`crate::expiry`].
 
+mod cluster;
 pub mod idempotency;
 mod list;
 mod locks;
+mod recovery;
 mod renew;
+mod revocation;
 mod revoke;
 mod types;
 
@@ -41,7 +44,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Connection, Duration, Role, ValidatedConfig};
 use crate::events::Events;
-use crate::expiry::{self, ExpiryIndex, WarningIndex};
+use crate::expiry::{self, bounded, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::policy::quota::Quotas;
@@ -83,7 +86,7 @@ pub struct Broker {
     pub(crate) index: ExpiryIndex,
     /// When other nodes' leases (of a shared store) fall due, a grace
     /// later: what wakes this node to sweep for work they left undone
-    /// (see [`crate::cluster`]). Empty with a store of one node.
+    /// (see [`crate::store::cluster`]). Empty with a store of one node.
     pub(crate) foreign: ExpiryIndex,
     /// When each active lease reaches two thirds of its TTL, for the
     /// `lease_expiring` event of `GET /v1/watch`.
@@ -544,23 +547,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Runs a plugin call with a deadline: a backend that stops answering
-/// (a half-open connection, a statement stuck on a lock) becomes an
-/// ordinary retryable failure instead of holding a worker forever.
-///
-/// The SQL plugins bound their statements by the same `operation_timeout`
-/// themselves and cancel them on the server; this outer bound, longer than
-/// their pool wait plus that cancel, is the backstop for every plugin.
-pub(crate) async fn bounded<T>(
-    limit: StdDuration,
-    call: impl std::future::Future<Output = Result<T, PluginError>>,
-) -> Result<T, PluginError> {
-    // The plugin's own deadline starts only once it has a connection (the
-    // pool wait, up to 15 s, comes first) and may need a grace for the
-    // cancel and one for closing the connection: this must not fire first.
-    let backstop = limit + StdDuration::from_secs(15) + lessor_plugin::CANCEL_GRACE * 2;
-    match tokio::time::timeout(backstop, call).await {
-        Ok(result) => result,
-        Err(_) => Err(PluginError::Unavailable { message: format!("no answer within {}s", limit.as_secs()) }),
+/// The broker is what `GET /v1/metrics` reads its scrape-time gauges from.
+#[async_trait::async_trait]
+impl metrics::Scrape for Broker {
+    async fn lease_counts(&self) -> Result<Vec<(String, LeaseState, u64)>, String> {
+        self.store.count_by_role_and_state().await.map_err(|e| e.to_string())
+    }
+
+    fn scheduled(&self) -> usize {
+        Broker::scheduled(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        Broker::is_ready(self)
     }
 }

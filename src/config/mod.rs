@@ -11,6 +11,7 @@ pub mod duration;
 pub mod policies;
 mod server;
 pub mod statics;
+mod tidy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,8 +28,11 @@ pub use duration::Duration;
 pub use policies::{AdminConfig, MatchConfig, PolicyConfig};
 pub use server::ServerConfig;
 pub use statics::{RotationSchedule, StaticAccount, StaticAccountConfig, Strategy};
+pub use tidy::{
+    TidySettings, DEFAULT_GRACE as DEFAULT_TIDY_GRACE, DEFAULT_INTERVAL as DEFAULT_TIDY_INTERVAL,
+};
 
-use crate::rotation::seal::Sealer;
+use crate::seal::Sealer;
 
 /// The built-in plugins, by the name used in `plugin = "…"`.
 pub static PLUGINS: &[(&str, PluginFactory)] = &[
@@ -66,10 +70,10 @@ fn default_operation_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_tidy_grace() -> Duration {
-    crate::tidy::DEFAULT_GRACE
+    tidy::DEFAULT_GRACE
 }
 fn default_tidy_interval() -> Duration {
-    crate::tidy::DEFAULT_INTERVAL
+    tidy::DEFAULT_INTERVAL
 }
 fn default_revocation_workers() -> usize {
     4
@@ -163,7 +167,7 @@ pub struct Connection {
     pub revocation_workers: usize,
     pub operation_timeout: Duration,
     /// Tidy's settings, when `tidy = true`.
-    pub tidy: Option<crate::tidy::TidySettings>,
+    pub tidy: Option<TidySettings>,
 }
 
 /// A role ready to serve.
@@ -325,7 +329,7 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
                 continue;
             }
         };
-        let tidy = match crate::tidy::check_settings(&key, conn) {
+        let tidy = match tidy::check_settings(&key, conn) {
             Ok(tidy) => tidy,
             Err(e) => {
                 errors.push(e);

@@ -67,7 +67,7 @@ fn every_example_config_validates() {
     std::fs::write(password.path(), "example\n").unwrap();
     let key_dir = tempfile::tempdir().unwrap();
     let seal_key = key_dir.path().join("seal.key");
-    crate::rotation::seal::write_new_key(&seal_key).unwrap();
+    crate::seal::write_new_key(&seal_key).unwrap();
     let example_ca = root.join("src/config/testdata/example-ca.pem");
     let mut examples = Vec::new();
     let mut dirs = vec![root.join("examples")];

@@ -19,7 +19,7 @@ use lessor_plugin::{LeaseRef, Plugin, PluginError, RoleSettings};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
-use crate::broker::bounded;
+use super::bounded;
 use crate::lease::Lease;
 
 /// The most leases one batch holds.

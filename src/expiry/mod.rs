@@ -1,10 +1,11 @@
 //! When leases fall due: the time-ordered indexes of every lease that
 //! needs work at some instant (in `timeline`: an active lease at its
 //! expiry, a failed revocation at its next retry, an expiring warning),
-//! the backoff that spaces retries, and (in `worker`) the revocation
-//! attempts and the loop that runs them, (in `batch`) the gathering of
-//! due revocations into batches, and (in `recovery`) the start-up scan
-//! that fills the indexes from the store.
+//! the backoff that spaces retries, the deadline every backend call gets
+//! ([`bounded`]), and (in `batch`) the gathering of due revocations into
+//! batches per connection. The broker drives them: its revocation
+//! attempts and loop are in `broker/revocation.rs`, the start-up scan that
+//! fills the indexes in `broker/recovery.rs`.
 //!
 //! The indexes have the shape of mini-redis's expiry set: an ordered set
 //! of `(deadline, id)` for "what is next" and a [`Notify`](tokio::sync::Notify)
@@ -12,13 +13,12 @@
 //! earlier one arrives.
 
 pub(crate) mod batch;
-mod recovery;
 mod timeline;
-mod worker;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lessor_plugin::PluginError;
 use rand::Rng;
 
 pub use timeline::{Due, ExpiryIndex, WarningIndex, ANY_ATTEMPT};
@@ -61,6 +61,27 @@ pub fn slow_retry_after_restart(now: DateTime<Utc>) -> DateTime<Utc> {
 pub fn instant_of(at: DateTime<Utc>) -> tokio::time::Instant {
     let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     tokio::time::Instant::now() + wait
+}
+
+/// Runs a plugin call with a deadline: a backend that stops answering
+/// (a half-open connection, a statement stuck on a lock) becomes an
+/// ordinary retryable failure instead of holding a worker forever.
+///
+/// The SQL plugins bound their statements by the same `operation_timeout`
+/// themselves and cancel them on the server; this outer bound, longer than
+/// their pool wait plus that cancel, is the backstop for every plugin.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, PluginError>>,
+) -> Result<T, PluginError> {
+    // The plugin's own deadline starts only once it has a connection (the
+    // pool wait, up to 15 s, comes first) and may need a grace for the
+    // cancel and one for closing the connection: this must not fire first.
+    let backstop = limit + Duration::from_secs(15) + lessor_plugin::CANCEL_GRACE * 2;
+    match tokio::time::timeout(backstop, call).await {
+        Ok(result) => result,
+        Err(_) => Err(PluginError::Unavailable { message: format!("no answer within {}s", limit.as_secs()) }),
+    }
 }
 
 #[cfg(test)]

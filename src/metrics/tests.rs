@@ -1,35 +1,11 @@
 use super::*;
 
-use crate::lease::{Lease, LeaseId, Owner};
-use crate::store::{LeaseStore, SqliteStore, Write};
-
 /// A recorder of the test's own and its handle; the caller sets it on its
 /// thread with `set_default_local_recorder`.
 fn local() -> (PrometheusRecorder, PrometheusHandle) {
     let recorder = recorder();
     let handle = recorder.handle();
     (recorder, handle)
-}
-
-fn lease(role: &str) -> Lease {
-    let now = Utc::now();
-    Lease {
-        id: LeaseId::generate(role),
-        role: role.into(),
-        connection: "main".into(),
-        username: format!("v_{role}_{}", rand::random::<u32>()),
-        state: LeaseState::Pending,
-        issued_at: now,
-        expires_at: now + chrono::Duration::hours(1),
-        max_expires_at: now + chrono::Duration::hours(2),
-        renewable: true,
-        attempts: 0,
-        last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None, node: None },
-        plugin_data: None,
-        revoked_at: None,
-        idempotency: None,
-    }
 }
 
 /// The value of the one sample `series` (name and labels, as rendered).
@@ -81,32 +57,34 @@ fn requests_are_labelled_by_route_template() {
     assert_eq!(sample(&text, "lessor_requests_total{route=\"unmatched\",status=\"404\"}"), Some(1.0));
 }
 
+/// Counts as the store would give them, for the scrape.
+struct Counts(Mutex<Vec<(String, LeaseState, u64)>>);
+
+#[async_trait::async_trait]
+impl Scrape for Counts {
+    async fn lease_counts(&self) -> Result<Vec<(String, LeaseState, u64)>, String> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn scheduled(&self) -> usize {
+        3
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
 #[tokio::test]
-async fn lease_gauges_follow_the_store_and_fall_to_zero() {
+async fn lease_gauges_follow_the_counts_and_fall_to_zero() {
     let (recorder, handle) = local();
     let _local = ::metrics::set_default_local_recorder(&recorder);
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
     let exporter = Exporter::new(handle.clone());
-    let mut ids = Vec::new();
-    for role in ["app", "app", "batch"] {
-        let lease = lease(role);
-        ids.push(lease.id.clone());
-        store.write(Write::Insert(lease)).await.unwrap();
-    }
-    store.write(Write::Activate { id: ids[0].clone(), plugin_data: None, expires_at: None }).await.unwrap();
-    let failed = Write::RevokeFailed {
-        id: ids[2].clone(),
-        attempts: 9,
-        last_error: "down".into(),
-        irrevocable: true,
-        retry_at: chrono::Utc::now(),
-    };
-    store.write(Write::StartRevoking { id: ids[2].clone() }).await.unwrap();
-    store.write(failed).await.unwrap();
+    let counts = Counts(Mutex::new(vec![
+        ("app".into(), LeaseState::Active, 1),
+        ("app".into(), LeaseState::Pending, 1),
+        ("batch".into(), LeaseState::Irrevocable, 1),
+    ]));
 
-    exporter.set_lease_gauges(&store.count_by_role_and_state().await.unwrap());
-    let text = handle.render();
+    let text = exporter.render(&counts).await;
     let leases = |role: &str, state: &str| {
         sample(&text, &format!("lessor_leases{{role=\"{role}\",state=\"{state}\"}}"))
     };
@@ -115,12 +93,11 @@ async fn lease_gauges_follow_the_store_and_fall_to_zero() {
     assert_eq!(leases("app", "revoked"), Some(0.0), "every state of a role is there");
     assert_eq!(leases("batch", "irrevocable"), Some(1.0));
     assert_eq!(sample(&text, "lessor_leases_irrevocable"), Some(1.0));
+    assert_eq!(sample(&text, "lessor_leases_scheduled"), Some(3.0));
 
     // The irrevocable lease is dropped: its gauge falls to 0, not stays.
-    store.write(Write::Delete { id: ids[2].clone() }).await.unwrap();
-    exporter.set_lease_gauges(&store.count_by_role_and_state().await.unwrap());
-    let text = handle.render();
+    counts.0.lock().unwrap().retain(|(role, _, _)| role != "batch");
+    let text = exporter.render(&counts).await;
     assert_eq!(sample(&text, "lessor_leases{role=\"batch\",state=\"irrevocable\"}"), Some(0.0), "{text}");
     assert_eq!(sample(&text, "lessor_leases_irrevocable"), Some(0.0));
-    store.close().await.unwrap();
 }

@@ -17,7 +17,6 @@
 
 mod claim;
 mod phases;
-pub mod seal;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,8 +33,8 @@ use tracing::{info, warn};
 use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
 use crate::events::{Event, Events};
 use crate::policy::Caller;
+use crate::seal::{SealError, Sealer};
 use crate::store::{LeaseStore, StaticRecord, StoreError};
-use seal::{SealError, Sealer};
 
 /// How long the scheduler waits before looking again at an account whose
 /// due rotation another node has claimed.

@@ -6,6 +6,7 @@
 //! Writes are few and small, so stores batch concurrent ones into one
 //! transaction (group commit): one fsync serves many requests.
 
+pub mod cluster;
 mod jobs;
 pub mod postgres;
 pub mod sqlite;
@@ -180,7 +181,7 @@ pub trait LeaseStore: Send + Sync + Debug {
 
     /// The store's side of a cluster of nodes, for a store several nodes
     /// share; `None` for a store of one node.
-    fn cluster(&self) -> Option<&dyn crate::cluster::Cluster> {
+    fn cluster(&self) -> Option<&dyn cluster::Cluster> {
         None
     }
 

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use lessor_plugin::{BackendUser, Capabilities, CreateRequest, Created, RoleSettings};
+use lessor_plugin::{BackendUser, Capabilities, ConfigError, CreateRequest, Created, RoleSettings};
+
+use crate::config::Duration;
 
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 use crate::store::{SqliteStore, Write};
@@ -81,7 +83,7 @@ fn tidy(backend: Arc<FakeBackend>, store: Arc<dyn LeaseStore>, grace: u64) -> Ti
         settings: TidySettings {
             prefix: "v_".into(),
             grace: Duration::from_secs(grace),
-            interval: DEFAULT_INTERVAL,
+            interval: crate::config::DEFAULT_TIDY_INTERVAL,
         },
         timeout: StdDuration::from_secs(5),
         running: tokio::sync::Mutex::new(()),
@@ -201,13 +203,4 @@ async fn grace_zero_drops_at_once_and_errors_are_reported() {
 
     assert!(matches!(tidy.run(Some("nope"), true).await, Err(TidyError::UnknownConnection { .. })));
     assert!(matches!(tidy.run(Some("off"), true).await, Err(TidyError::NotEnabled { .. })));
-}
-
-#[test]
-fn admin_users_are_read_from_urls() {
-    assert_eq!(admin_user("postgres://lessor_admin@db:5432/app").as_deref(), Some("lessor_admin"));
-    assert_eq!(admin_user("mysql://v_admin@127.0.0.1:3306/").as_deref(), Some("v_admin"));
-    assert_eq!(admin_user("mysql://a%5Fb@h/").as_deref(), Some("a_b"));
-    assert_eq!(admin_user("host=db user=v_admin dbname=app").as_deref(), Some("v_admin"));
-    assert_eq!(admin_user("postgres://db/app"), None);
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use lessor::cluster::Cluster;
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
+use lessor::store::cluster::Cluster;
 use lessor::store::{Claim, LeaseStore, PostgresStore, Write};
 
 use crate::common::*;

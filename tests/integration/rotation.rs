@@ -18,7 +18,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 pub(crate) fn seal_key() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("seal.key");
-    lessor::rotation::seal::write_new_key(&path).unwrap();
+    lessor::seal::write_new_key(&path).unwrap();
     let text = path.display().to_string();
     (dir, text)
 }

@@ -232,7 +232,7 @@ async fn pg_static_rotation_tests_the_login_over_tls() {
         .unwrap();
     let key_dir = tempfile::tempdir().unwrap();
     let key = key_dir.path().join("seal.key");
-    lessor::rotation::seal::write_new_key(&key).unwrap();
+    lessor::seal::write_new_key(&key).unwrap();
     let body = format!(
         "seal_key_file = {:?}\n\n{}\n[static_accounts.tls_billing]\nconnection = \"pg\"\nstrategy = \"single\"\nusernames = [{account:?}]\nrotation_period = \"1h\"\noverlap = \"0s\"\n",
         key.display().to_string(),

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{time, PostgresStore};
-use crate::cluster::{Cluster, NodeInfo, Notice};
 use crate::events::Event;
 use crate::lease::LeaseId;
+use crate::store::cluster::{Cluster, NodeInfo, Notice};
 use crate::store::StoreError;
 
 /// The advisory lock class of node ids (the key within it is the id's

@@ -186,7 +186,7 @@ impl PostgresStore {
             config,
             tls,
         };
-        crate::cluster::Cluster::heartbeat(&store).await.map_err(|e| fail(e.to_string()))?;
+        crate::store::cluster::Cluster::heartbeat(&store).await.map_err(|e| fail(e.to_string()))?;
         Ok(store)
     }
 
@@ -240,7 +240,7 @@ impl LeaseStore for PostgresStore {
         self.release_lease(id).await
     }
 
-    fn cluster(&self) -> Option<&dyn crate::cluster::Cluster> {
+    fn cluster(&self) -> Option<&dyn crate::store::cluster::Cluster> {
         Some(self)
     }
 

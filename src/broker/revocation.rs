@@ -13,11 +13,12 @@ use std::time::Duration as StdDuration;
 use chrono::Utc;
 use tracing::{debug, info, warn};
 
-use super::{Due, ExpiryIndex, ANY_ATTEMPT, MAX_FAST_ATTEMPTS};
+use super::{Broker, BrokerError, Revocation};
 use crate::audit::{Actor, Record};
-use crate::broker::{bounded, Broker, BrokerError, Revocation};
 use crate::events::Event;
 use crate::expiry;
+use crate::expiry::bounded;
+use crate::expiry::{Due, ExpiryIndex, ANY_ATTEMPT, MAX_FAST_ATTEMPTS};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::store::{Claim, Write};

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 use tracing::info;
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::expiry::{self, ANY_ATTEMPT};
 use crate::lease::LeaseState;
 use crate::store::{ScanFrom, StoreError};
@@ -17,7 +17,7 @@ const RECOVERY_PAGE: usize = 10_000;
 impl Broker {
     /// Feeds every unfinished lease of this node from the store to the
     /// indexes (another node's are that node's work while it lives, and
-    /// the sweep's once it is dead: see [`crate::cluster`]): pending
+    /// the sweep's once it is dead: see [`crate::store::cluster`]): pending
     /// leases are rolled back, active ones wait for their expiry, revoking
     /// ones are retried now, and irrevocable ones go back to their slow
     /// cadence, spread over it rather than all retried at once. The store
@@ -30,7 +30,7 @@ impl Broker {
         let mut due = self.index.loader();
         let mut warnings = self.warnings.loader();
         let me = self.store.cluster().map(|c| c.node());
-        let grace = chrono::Duration::from_std(crate::cluster::TAKEOVER_GRACE).unwrap_or_default();
+        let grace = chrono::Duration::from_std(crate::store::cluster::TAKEOVER_GRACE).unwrap_or_default();
         // The next page is read while this one is sorted into the loaders.
         let read = |from: ScanFrom| {
             let store = self.store.clone();

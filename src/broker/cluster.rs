@@ -20,31 +20,23 @@
 //!   wakes a sweep that reads the store.
 //!
 //! This module is the broker's side of it (heartbeat, listener, sweep);
-//! the store's side is the [`Cluster`] trait, which the PostgreSQL store
-//! implements.
+//! the store's side is the [`Cluster`] trait (`store/cluster.rs`), which
+//! the PostgreSQL store implements.
 //!
 //! [`LeaseStore::claim`]: crate::store::LeaseStore::claim
 
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::events::Event;
 use crate::expiry::{self, Due, ANY_ATTEMPT};
 use crate::lease::LeaseId;
+use crate::store::cluster::{Cluster, Notice, TAKEOVER_GRACE};
 use crate::store::StoreError;
-
-/// How long past due another node's lease must be before this node
-/// sweeps for it: its own node normally revokes it first.
-pub const TAKEOVER_GRACE: StdDuration = StdDuration::from_secs(1);
 
 /// Most leases one sweep claims.
 const SWEEP_BATCH: usize = 256;
@@ -52,66 +44,6 @@ const SWEEP_BATCH: usize = 256;
 /// The least time between two sweeps, so a burst of other nodes'
 /// deadlines costs one sweep, not one each.
 const SWEEP_SPACING: StdDuration = StdDuration::from_millis(200);
-
-/// A node as the store knows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeInfo {
-    pub node_id: String,
-    pub host: Option<String>,
-    pub pid: Option<i32>,
-    pub version: Option<String>,
-    pub started_at: DateTime<Utc>,
-    /// The last heartbeat, by the store's clock.
-    pub last_heartbeat: DateTime<Utc>,
-    /// How long ago that was, by the store's clock.
-    pub heartbeat_age_ms: i64,
-    /// Whether the heartbeat is recent enough for the node to count as alive.
-    pub alive: bool,
-}
-
-/// What a node hears from the store about the others.
-#[derive(Debug)]
-pub enum Notice {
-    /// Listening (again): whatever was sent while not listening is lost.
-    Connected,
-    /// A lease of `node` is active until `expires_at` (just issued or
-    /// renewed; `previous` is the expiry it had).
-    Scheduled { id: LeaseId, node: String, expires_at: DateTime<Utc>, previous: DateTime<Utc> },
-    /// A lease of `node` ended (revoked or dropped); it was due at `expires_at`.
-    Ended { id: LeaseId, node: String, expires_at: DateTime<Utc> },
-    /// An event another node published.
-    Event { node: String, event: Event },
-}
-
-/// The store's side of a cluster of nodes.
-#[async_trait]
-pub trait Cluster: Send + Sync + Debug {
-    /// This node's id (`server.node_id`).
-    fn node(&self) -> &str;
-
-    /// How old a heartbeat may be before its node counts as dead.
-    fn node_timeout(&self) -> StdDuration;
-
-    /// Records that this node is alive.
-    async fn heartbeat(&self) -> Result<(), StoreError>;
-
-    /// Every node that has used the store, with its last heartbeat.
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
-
-    /// Claims for this node up to `limit` leases that are due by more than
-    /// `grace` and that no live node works on: expired active leases,
-    /// revocations whose retry is due, and `pending` leases of dead nodes.
-    /// Rows another node is claiming at the same instant are skipped
-    /// (`FOR UPDATE SKIP LOCKED`), never waited for.
-    async fn claim_due(&self, grace: StdDuration, limit: usize) -> Result<Vec<LeaseId>, StoreError>;
-
-    /// Listens to the store until `shutdown`, reconnecting when the
-    /// connection is lost; every (re)connection is a [`Notice::Connected`].
-    fn listen(&self, shutdown: CancellationToken) -> mpsc::Receiver<Notice>;
-
-    /// Tells the other nodes of `event`.
-    async fn publish(&self, event: &Event) -> Result<(), StoreError>;
-}
 
 impl Broker {
     /// Starts this node's part of the cluster: the heartbeat, the listener

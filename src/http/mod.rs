@@ -1,10 +1,10 @@
-//! What every HTTP route of the socket stands on, native ([`crate::api`])
-//! or Vault-compatible ([`crate::vault`]): the state the handlers are
-//! served ([`AppState`]), the error answer ([`ApiError`]) and how broker,
-//! rotation and tidy errors become one, the extractors and body readers
-//! that answer every rejection as such an error, the audit of each request
-//! and of irreversible actions (`audited`), and the daemon's domain types
-//! as the API's wire types ([`wire`]).
+//! What every HTTP route of the socket stands on, native (`api`) or
+//! Vault-compatible (`vault`): the state the handlers are served
+//! ([`AppState`]), the error answer ([`ApiError`]) and how broker and
+//! rotation errors become one, the extractors and body readers that answer
+//! every rejection as such an error, the audit of each request and of
+//! irreversible actions (`audited`), and the daemon's domain types as the
+//! API's wire types ([`wire`]).
 //!
 //! Both route sets import this module and it imports neither, so the flow
 //! is one way: `api` (the native routes, the router and its layers) →

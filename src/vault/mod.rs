@@ -42,7 +42,7 @@ pub use ids::Mount;
 /// The first path segments (after `/v1/`) of the Vault API lessor serves.
 const VAULT_ROOTS: &[&str] = &["database", "aws", "sys", "auth"];
 
-/// The Vault routes, which the socket API's router (`crate::api::router`)
+/// The Vault routes, which the socket API's router (`api::router`)
 /// merges with its own.
 pub fn routes() -> Router<AppState> {
     let update = MethodFilter::PUT.or(MethodFilter::POST);

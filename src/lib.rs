@@ -8,7 +8,13 @@
 //! - [`store`]: durable lease storage (embedded SQLite, group commit);
 //! - [`expiry`]: the time-ordered index of due leases and retry backoff;
 //! - [`broker`]: issuance, renewal, revocation and the background work;
-//! - [`api`]: the HTTP/JSON socket API and peer identity;
+//! - [`api`]: the HTTP/JSON socket API: the native routes, the router
+//!   (which also serves [`vault`]'s) and its guard layer, the accept loop
+//!   and peer identity;
+//! - [`http`]: what both route sets share, below them: the handlers'
+//!   state, the error answer, extractors and body readers, the audit of
+//!   requests, and the one conversion of domain types into the client
+//!   crate's wire types;
 //! - [`audit`]: the hash-chained audit log, its group-synced writer and
 //!   `lessor audit verify`;
 //! - [`events`]: the bus of rotation and lease events `GET /v1/watch` streams;
@@ -36,6 +42,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod expiry;
+pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod policy;

@@ -4,7 +4,8 @@
 //! Never panics; what parses is exactly `ROLE/RANDOM` and round-trips.
 #![no_main]
 
-use lessor::api::{list_query, parse_lease_id, serde_urlencoded_pairs};
+use lessor::api::{list_query, parse_lease_id};
+use lessor::http::serde_urlencoded_pairs;
 use lessor::lease::LeaseId;
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};

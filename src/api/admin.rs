@@ -8,8 +8,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{audited, caller, read_json, ApiError, ApiResult, AppState, Path};
+use super::ApiResult;
 use crate::broker::BrokerError;
+use crate::http::{audited, caller, read_json, ApiError, AppState, Path};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,11 +37,7 @@ pub(super) async fn tidy(State(state): State<AppState>, request: Request) -> Api
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
             .map_err(|e| {
                 let (status, code) = e.status_and_code();
-                ApiError::new(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-                    code,
-                    e.to_string(),
-                )
+                ApiError::coded(status, StatusCode::BAD_REQUEST, code, e.to_string())
             })?;
         Ok(Json(json!({ "connections": reports })).into_response())
     };

@@ -8,11 +8,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{
-    audited, caller, detached, lease_info, parse_duration, parse_lease_id, read_json, ApiError, ApiResult,
-    AppState, Path,
-};
+use lessor_client::LeaseInfo;
+
+use super::{parse_duration, parse_lease_id, ApiResult};
 use crate::broker::{BrokerError, Revocation};
+use crate::http::{audited, caller, detached, read_json, serde_urlencoded_pairs, ApiError, AppState, Path};
 use crate::lease::LeaseId;
 
 /// How many leases one page of `GET /v1/leases` holds unless `limit` says.
@@ -57,31 +57,13 @@ pub fn list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
     Ok(list)
 }
 
-#[doc(hidden)] // pub for the fuzz targets (fuzz/)
-pub fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |t: &str| {
-                percent_encoding::percent_decode_str(&t.replace('+', " "))
-                    .decode_utf8()
-                    .map(|c| c.into_owned())
-                    .map_err(|_| ApiError::bad_request("query string is not valid UTF-8"))
-            };
-            Ok((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
 pub(super) async fn list_leases(State(state): State<AppState>, request: Request) -> ApiResult {
     let query = list_query(request.uri().query())?;
     let (leases, next) = state
         .broker
         .list(&query.prefix, &caller(request.extensions()), query.after.as_deref(), query.limit)
         .await?;
-    let leases: Vec<lessor_client::LeaseInfo> = leases.iter().map(lease_info).collect();
+    let leases: Vec<LeaseInfo> = leases.iter().map(LeaseInfo::from).collect();
     Ok(Json(json!({ "leases": leases, "next": next })).into_response())
 }
 
@@ -92,7 +74,7 @@ pub(super) async fn get_lease(
 ) -> ApiResult {
     let id = parse_lease_id(&rest)?;
     let lease = state.broker.get(&id, &caller(request.extensions())).await?;
-    Ok(Json(lease_info(&lease)).into_response())
+    Ok(Json(LeaseInfo::from(&lease)).into_response())
 }
 
 pub(super) async fn revoke_lease(
@@ -154,7 +136,7 @@ pub(super) async fn lease_action(
     let broker = state.broker.clone();
     let renewed = detached(async move { broker.renew(&id, increment, &caller).await }).await?;
     let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
-    let body = lessor_client::LeaseInfo { ttl_seconds: Some(ttl_seconds), ..lease_info(&renewed) };
+    let body = LeaseInfo { ttl_seconds: Some(ttl_seconds), ..LeaseInfo::from(&renewed) };
     Ok(Json(body).into_response())
 }
 

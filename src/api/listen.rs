@@ -20,10 +20,8 @@
 //! caps keep the daemon's descriptors well below its limit, so backend
 //! connections (revocation's included) can always be opened.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -39,6 +37,7 @@ use tracing::{debug, warn};
 
 use super::PeerInfo;
 use crate::config::ServerConfig;
+use crate::http::PerKey;
 use crate::policy::identity::in_our_namespaces;
 use crate::policy::rules::current_uid;
 
@@ -85,51 +84,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         crate::metrics::connections(self.0.open.fetch_sub(1, Ordering::Relaxed) - 1);
-    }
-}
-
-/// Things open per key (a uid's connections, its watch streams), at most
-/// `cap` per key.
-#[derive(Debug)]
-pub struct PerKey<K> {
-    cap: usize,
-    open: Mutex<HashMap<K, usize>>,
-}
-
-impl<K: Hash + Eq + Copy> PerKey<K> {
-    pub fn new(cap: usize) -> Arc<Self> {
-        Arc::new(Self { cap, open: Mutex::default() })
-    }
-
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
-    /// One more for `key`, or `None` when it has `cap` open.
-    pub fn take(self: &Arc<Self>, key: K) -> Option<KeySlot<K>> {
-        let mut open = self.open.lock().expect("per-key counts lock");
-        let n = open.entry(key).or_default();
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(KeySlot(self.clone(), key))
-    }
-}
-
-/// One of a key's open things; counted until dropped.
-#[derive(Debug)]
-pub struct KeySlot<K: Hash + Eq + Copy>(Arc<PerKey<K>>, K);
-
-impl<K: Hash + Eq + Copy> Drop for KeySlot<K> {
-    fn drop(&mut self) {
-        let mut open = self.0.open.lock().expect("per-key counts lock");
-        if let Some(n) = open.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.1);
-            }
-        }
     }
 }
 

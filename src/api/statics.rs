@@ -7,45 +7,15 @@
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
 use axum::Json;
-use lessor_client::types::{RotationState, StaticCredential, StaticInfo};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::audited::{intend, Irreversible};
-use super::{caller, parse_duration, read_json, ApiError, ApiResult, AppState, Path};
+use super::{parse_duration, ApiResult};
 use crate::broker::BrokerError;
-use crate::config::Strategy;
-use crate::rotation::{OperatorRequest, StaticView};
-
-/// A static account as the API shows it; the password only when asked for.
-pub(crate) fn static_info(view: &StaticView, with_secret: bool) -> StaticInfo {
-    let secret = with_secret.then(|| view.password.clone());
-    let credential = if view.strategy == Strategy::AccessKey {
-        StaticCredential {
-            access_key_id: Some(view.username.clone()),
-            secret_access_key: secret,
-            ..Default::default()
-        }
-    } else {
-        StaticCredential { username: Some(view.username.clone()), password: secret, ..Default::default() }
-    };
-    StaticInfo {
-        name: view.name.clone(),
-        strategy: view.strategy.as_str().to_string(),
-        credential,
-        version: view.version,
-        rotated_at: view.rotated_at,
-        next_rotation_at: view.next_rotation_at,
-        previous_username: view.previous_username.clone(),
-        previous_valid_until: view.previous_valid_until,
-        schedule: view.schedule.clone(),
-        rotation: RotationState {
-            in_progress: view.rotating.map(str::to_string),
-            failures: view.failures,
-            last_error: view.last_error.clone(),
-        },
-    }
-}
+use crate::http::audited::{intend, Irreversible};
+use crate::http::wire::static_info;
+use crate::http::{caller, read_json, ApiError, AppState, Path};
+use crate::rotation::OperatorRequest;
 
 /// `GET /v1/static/{name}`: the current credential and where the rotation
 /// stands.

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{caller, ApiError, AppState};
+use crate::http::{caller, ApiError, AppState};
 
 /// Readiness for anyone; the details (the store's and the audit log's
 /// errors, the nodes of a shared store) for admins and callers granted

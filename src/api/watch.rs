@@ -18,20 +18,16 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use lessor_client::WatchEvent;
+use lessor_client::{LeaseInfo, WatchEvent};
 
-use super::listen::PerKey;
-use super::statics::static_info;
-use super::{caller, lease_info, ApiError, AppState, DEFAULT_LIST_LIMIT};
+use super::DEFAULT_LIST_LIMIT;
 use crate::broker::Caller;
 use crate::events::Event;
+use crate::http::wire::static_info;
+use crate::http::{caller, ApiError, AppState};
 
 /// How often an idle stream says it is alive.
 const HEARTBEAT: StdDuration = StdDuration::from_secs(15);
-
-/// Open watch streams per uid, each at most `server.max_watches_per_uid`:
-/// a stream holds a task and a subscription for as long as it is open.
-pub type Watchers = PerKey<u32>;
 
 pub(super) async fn watch(State(state): State<AppState>, request: Request) -> Response {
     let caller = caller(request.extensions());
@@ -109,7 +105,7 @@ async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
         });
     }
     let leases = match state.broker.list("", caller, None, DEFAULT_LIST_LIMIT).await {
-        Ok((leases, _)) => leases.iter().map(lease_info).collect(),
+        Ok((leases, _)) => leases.iter().map(LeaseInfo::from).collect(),
         Err(_) => Vec::new(),
     };
     WatchEvent::Snapshot { at: Utc::now(), statics, leases }
@@ -118,29 +114,9 @@ async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
 /// The event as the caller sees it, or `None` when it is about something
 /// the caller may not read.
 fn event_for(event: &Event, caller: &Caller) -> Option<WatchEvent> {
-    match event {
-        Event::Rotated {
-            account,
-            version,
-            username,
-            rotated_at,
-            previous_username,
-            previous_valid_until,
-            next_rotation_at,
-        } => caller.may_read_static(account).is_ok().then(|| WatchEvent::Rotated {
-            account: account.clone(),
-            version: *version,
-            username: username.clone(),
-            rotated_at: *rotated_at,
-            previous_username: previous_username.clone(),
-            previous_valid_until: *previous_valid_until,
-            next_rotation_at: *next_rotation_at,
-        }),
-        Event::LeaseExpiring(lease) => {
-            caller.may_touch(lease).then(|| WatchEvent::LeaseExpiring { lease: lease_info(lease) })
-        }
-        Event::LeaseRevoked(lease) => {
-            caller.may_touch(lease).then(|| WatchEvent::LeaseRevoked { lease: lease_info(lease) })
-        }
-    }
+    let visible = match event {
+        Event::Rotated { account, .. } => caller.may_read_static(account).is_ok(),
+        Event::LeaseExpiring(lease) | Event::LeaseRevoked(lease) => caller.may_touch(lease),
+    };
+    visible.then(|| WatchEvent::from(event))
 }

@@ -17,9 +17,9 @@ use super::{
     bool_field, broker_error, duration_field, no_content, read_body, seconds_until, string_field, vault_time,
     Envelope,
 };
-use crate::api::audited::{intend, Irreversible};
-use crate::api::{caller, detached, ApiError, AppState};
 use crate::broker::{Broker, BrokerError, Caller};
+use crate::http::audited::{intend, Irreversible};
+use crate::http::{caller, detached, serde_urlencoded_pairs, ApiError, AppState};
 use crate::lease::{LeaseId, LeaseState};
 
 type VaultResult = Result<Response, ApiError>;
@@ -136,7 +136,7 @@ pub(super) async fn lookup(State(state): State<AppState>, request: Request) -> V
 pub(super) async fn list(State(state): State<AppState>, request: Request) -> VaultResult {
     let listing = request.method().as_str() == "LIST"
         || (request.method() == Method::GET
-            && crate::api::serde_urlencoded_pairs(request.uri().query().unwrap_or(""))?
+            && serde_urlencoded_pairs(request.uri().query().unwrap_or(""))?
                 .iter()
                 .any(|(k, v)| k == "list" && v == "true"));
     if !listing {

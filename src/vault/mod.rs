@@ -31,10 +31,10 @@ use axum::routing::{any, get, on, MethodFilter};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use crate::api::audited::ErrorInfo;
-use crate::api::{read_bytes, ApiError, AppState};
 use crate::broker::BrokerError;
 use crate::config::Duration;
+use crate::http::audited::ErrorInfo;
+use crate::http::{read_bytes, serde_urlencoded_pairs, ApiError, AppState};
 use crate::rotation::RotationError;
 
 pub use ids::Mount;
@@ -42,7 +42,8 @@ pub use ids::Mount;
 /// The first path segments (after `/v1/`) of the Vault API lessor serves.
 const VAULT_ROOTS: &[&str] = &["database", "aws", "sys", "auth"];
 
-/// The Vault routes, to be merged into the socket API's router.
+/// The Vault routes, which the socket API's router (`api::router`)
+/// merges with its own.
 pub fn routes() -> Router<AppState> {
     let update = MethodFilter::PUT.or(MethodFilter::POST);
     Router::new()
@@ -178,7 +179,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Map<String, Value>, A
 /// The query string's pairs and the body's fields together, as Vault's
 /// framework reads parameters (the body wins).
 fn params(query: Option<&str>, mut body: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
-    for (key, value) in crate::api::serde_urlencoded_pairs(query.unwrap_or(""))? {
+    for (key, value) in serde_urlencoded_pairs(query.unwrap_or(""))? {
         body.entry(key).or_insert(Value::String(value));
     }
     Ok(body)

@@ -4,9 +4,8 @@
 //! (`database/` for PostgreSQL and MySQL, `aws/` for AWS).
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use lessor_plugin::Credential;
+use lessor_client::Credential;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -15,10 +14,10 @@ use super::{
     broker_error, duration_field, no_content, params, read_body, rotation_error, seconds_until, string_field,
     vault_time, Envelope,
 };
-use crate::api::audited::{intend, Irreversible, Issued};
-use crate::api::{caller, ApiError, AppState, Path};
 use crate::broker::{BrokerError, Caller};
 use crate::config::{RotationSchedule, Strategy};
+use crate::http::audited::{intend, Irreversible, Issued};
+use crate::http::{caller, wire, ApiError, AppState, Path};
 use crate::policy::Denied;
 use crate::rotation::{OperatorRequest, RotationError};
 
@@ -90,7 +89,8 @@ async fn issue(
         return Err(unknown_here(caller.may_issue(&role), broker_error(BrokerError::UnknownRole { role })));
     }
     let issued = state.broker.issue_detached(role, ttl, caller).await.map_err(broker_error)?;
-    let data = match &issued.credential {
+    let credential = wire::credential(&issued.credential).ok_or_else(|| wire::unshown("Vault API"))?;
+    let data = match credential {
         Credential::Database { username, password } => {
             json!({ "username": username, "password": password.expose_secret() })
         }
@@ -102,13 +102,6 @@ async fn issue(
                 "security_token": token,
                 "session_token": token,
             })
-        }
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the plugin made a credential of a kind the Vault API cannot show",
-            ))
         }
     };
     let lease = &issued.lease;

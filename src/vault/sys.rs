@@ -13,7 +13,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{vault_time, Envelope};
-use crate::api::{caller, AppState};
+use crate::http::{caller, AppState};
 
 /// `GET sys/health`: 200 when ready, 503 while starting, while the audit
 /// log cannot be written or the store cannot be reached (the native

@@ -36,7 +36,7 @@ pub(crate) struct ErrorInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct Issued(pub LeaseId);
 
-pub(super) fn is_audited(route: Option<&str>) -> bool {
+pub(crate) fn is_audited(route: Option<&str>) -> bool {
     !matches!(route, Some("/v1/health" | "/v1/metrics" | "/v1/sys/health"))
 }
 
@@ -163,7 +163,7 @@ impl Intent {
 
 /// While the log is failing, each request first tries to record itself:
 /// refused if that fails too, served (the log has recovered) if it works.
-pub(super) async fn ready(
+pub(crate) async fn ready(
     audit: &Audit,
     audited: bool,
     caller: &Caller,
@@ -181,7 +181,7 @@ pub(super) async fn ready(
 
 /// Records the request and its answer; if that fails, the answer becomes a
 /// 503 (and an issued credential is revoked).
-pub(super) async fn record(
+pub(crate) async fn record(
     state: &AppState,
     caller: &Caller,
     method: &Method,

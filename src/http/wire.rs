@@ -1,0 +1,146 @@
+//! The daemon's domain types as the socket API shows them: the one place
+//! they become the client crate's types (`lessor_client::types`), which
+//! are the wire format (the daemon serializes them, clients deserialize
+//! them). A handler never lists a wire type's fields itself: it converts
+//! here, and adds only what the answer alone knows (a renewal's TTL).
+//!
+//! `From` where the conversion is total; a function where it can fail (a
+//! plugin's credential of a kind the API has no shape for) or takes a
+//! choice (whether a static account's secret is shown). Vault's shapes
+//! are not here: `vault` builds them from these.
+
+use lessor_client::types::{
+    Credential, Issued, LeaseInfo, RotationState, StaticCredential, StaticInfo, WatchEvent,
+};
+
+use axum::http::StatusCode;
+
+use super::ApiError;
+use crate::broker;
+use crate::config::Strategy;
+use crate::events::Event;
+use crate::lease::Lease;
+use crate::rotation::StaticView;
+
+impl From<&Lease> for LeaseInfo {
+    fn from(lease: &Lease) -> Self {
+        Self {
+            lease_id: lease.id.to_string(),
+            role: lease.role.clone(),
+            connection: lease.connection.clone(),
+            username: lease.username.clone(),
+            state: lease.state.as_str().to_string(),
+            issued_at: lease.issued_at,
+            expires_at: lease.expires_at,
+            max_expires_at: lease.max_expires_at,
+            renewable: lease.renewable,
+            attempts: lease.attempts,
+            last_error: lease.last_error.clone(),
+            owner: lease.owner.clone(),
+            revoked_at: lease.revoked_at,
+            ttl_seconds: None,
+        }
+    }
+}
+
+/// A plugin's credential as the API hands it out; `None` for a kind the
+/// API has no shape for (the plugin SDK's enum is open to new kinds).
+pub fn credential(credential: &lessor_plugin::Credential) -> Option<Credential> {
+    Some(match credential {
+        lessor_plugin::Credential::Database { username, password } => {
+            Credential::Database { username: username.clone(), password: password.clone() }
+        }
+        lessor_plugin::Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => {
+            Credential::Aws {
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                session_token: session_token.clone(),
+                expiration: *expiration,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The answer when [`credential`] has no shape for a plugin's credential,
+/// as `api` (`"API"`, `"Vault API"`) says it.
+pub(crate) fn unshown(api: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the plugin made a credential of a kind the {api} cannot show"),
+    )
+}
+
+/// A new credential and its lease (`POST /v1/creds/{role}`); `None` as
+/// for [`credential`].
+pub fn issued(issued: &broker::Issued) -> Option<Issued> {
+    let lease = &issued.lease;
+    Some(Issued {
+        lease_id: lease.id.to_string(),
+        role: lease.role.clone(),
+        plugin: issued.plugin.to_string(),
+        ttl_seconds: (lease.expires_at - lease.issued_at).num_seconds(),
+        expires_at: lease.expires_at,
+        renewable: lease.renewable,
+        credential: credential(&issued.credential)?,
+    })
+}
+
+/// A static account as the API shows it; the password only when asked for.
+pub fn static_info(view: &StaticView, with_secret: bool) -> StaticInfo {
+    let secret = with_secret.then(|| view.password.clone());
+    let credential = if view.strategy == Strategy::AccessKey {
+        StaticCredential {
+            access_key_id: Some(view.username.clone()),
+            secret_access_key: secret,
+            ..Default::default()
+        }
+    } else {
+        StaticCredential { username: Some(view.username.clone()), password: secret, ..Default::default() }
+    };
+    StaticInfo {
+        name: view.name.clone(),
+        strategy: view.strategy.as_str().to_string(),
+        credential,
+        version: view.version,
+        rotated_at: view.rotated_at,
+        next_rotation_at: view.next_rotation_at,
+        previous_username: view.previous_username.clone(),
+        previous_valid_until: view.previous_valid_until,
+        schedule: view.schedule.clone(),
+        rotation: RotationState {
+            in_progress: view.rotating.map(str::to_string),
+            failures: view.failures,
+            last_error: view.last_error.clone(),
+        },
+    }
+}
+
+/// An event as a watcher sees it (whether this watcher may see it at all
+/// is the watch route's check).
+impl From<&Event> for WatchEvent {
+    fn from(event: &Event) -> Self {
+        match event {
+            Event::Rotated {
+                account,
+                version,
+                username,
+                rotated_at,
+                previous_username,
+                previous_valid_until,
+                next_rotation_at,
+            } => Self::Rotated {
+                account: account.clone(),
+                version: *version,
+                username: username.clone(),
+                rotated_at: *rotated_at,
+                previous_username: previous_username.clone(),
+                previous_valid_until: *previous_valid_until,
+                next_rotation_at: *next_rotation_at,
+            },
+            Event::LeaseExpiring(lease) => Self::LeaseExpiring { lease: LeaseInfo::from(&**lease) },
+            Event::LeaseRevoked(lease) => Self::LeaseRevoked { lease: LeaseInfo::from(&**lease) },
+        }
+    }
+}

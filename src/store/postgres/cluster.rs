@@ -1,5 +1,5 @@
 //! The PostgreSQL store's side of a cluster of nodes (see
-//! [`crate::cluster`]): the node lock and heartbeat, lease claims, the sweep
+//! [`crate::store::cluster`]): the node lock and heartbeat, lease claims, the sweep
 //! for due work, and `LISTEN/NOTIFY`.
 //!
 //! Heartbeats and claims are measured by the store's clock

@@ -8,9 +8,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
+
+use lessor_client::Rotation;
 
 use crate::lease::Lease;
 
@@ -24,15 +25,7 @@ const CAPACITY: usize = 1024;
 pub enum Event {
     /// A static account has a new current credential (fetch it with
     /// `static get`; the event never carries it).
-    Rotated {
-        account: String,
-        version: u64,
-        username: String,
-        rotated_at: Option<DateTime<Utc>>,
-        previous_username: Option<String>,
-        previous_valid_until: Option<DateTime<Utc>>,
-        next_rotation_at: Option<DateTime<Utc>>,
-    },
+    Rotated(Rotation),
     /// A lease has reached two thirds of its TTL: time to renew or replace it.
     LeaseExpiring(Box<Lease>),
     /// A lease was revoked (by expiry, its owner or an operator).
@@ -58,7 +51,7 @@ impl Events {
     /// Publishes `event` to every current watcher (none is fine), and a
     /// static account's `rotated` to the other nodes' watchers too.
     pub fn emit(&self, event: Event) {
-        if matches!(event, Event::Rotated { .. }) {
+        if matches!(event, Event::Rotated(_)) {
             if let Some(cluster) = self.cluster.lock().unwrap().as_ref() {
                 let _ = cluster.send(event.clone());
             }

@@ -316,7 +316,7 @@ impl State {
     /// Whether a watch event means the held credential must be replaced.
     fn concerns_us(&self, event: &WatchEvent) -> bool {
         match (&self.source, event) {
-            (Source::Static { name }, WatchEvent::Rotated { account, .. }) => account == name,
+            (Source::Static { name }, WatchEvent::Rotated(rotation)) => rotation.account == *name,
             // A snapshot comes after (re)connecting: a rotation may have
             // been missed meanwhile.
             (Source::Static { .. }, WatchEvent::Snapshot { .. }) => true,

@@ -25,7 +25,7 @@ pub mod types;
 
 pub use socket::{lease_path, ApiError, Client, ClientError, Response};
 pub use typed::Error;
-pub use types::{Credential, Issued, LeaseInfo, StaticInfo, WatchEvent};
+pub use types::{Credential, Issued, LeaseInfo, Rotation, StaticInfo, WatchEvent};
 
 /// Where `lessor serve` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lessor/lessor.sock";

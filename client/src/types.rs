@@ -202,6 +202,22 @@ pub struct StaticInfo {
 }
 
 /// One line of `GET /v1/watch`.
+/// Where a static account stands after a rotation, as a `rotated` event
+/// tells it: never the secret (read that with `GET /v1/static/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    pub account: String,
+    pub version: u64,
+    /// The username of the new current credential.
+    pub username: String,
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// The username of the credential that keeps working until
+    /// `previous_valid_until`.
+    pub previous_username: Option<String>,
+    pub previous_valid_until: Option<DateTime<Utc>>,
+    pub next_rotation_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WatchEvent {
@@ -216,15 +232,7 @@ pub enum WatchEvent {
     },
     /// A static account has a new current credential (read it with `GET
     /// /v1/static/{name}`; the event never carries it).
-    Rotated {
-        account: String,
-        version: u64,
-        username: String,
-        rotated_at: Option<DateTime<Utc>>,
-        previous_username: Option<String>,
-        previous_valid_until: Option<DateTime<Utc>>,
-        next_rotation_at: Option<DateTime<Utc>>,
-    },
+    Rotated(Rotation),
     /// A lease reached two thirds of its TTL.
     LeaseExpiring { lease: LeaseInfo },
     /// A lease was revoked (expiry, its owner or an operator).

@@ -115,7 +115,7 @@ async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
 /// the caller may not read.
 fn event_for(event: &Event, caller: &Caller) -> Option<WatchEvent> {
     let visible = match event {
-        Event::Rotated { account, .. } => caller.may_read_static(account).is_ok(),
+        Event::Rotated(rotation) => caller.may_read_static(&rotation.account).is_ok(),
         Event::LeaseExpiring(lease) | Event::LeaseRevoked(lease) => caller.may_touch(lease),
     };
     visible.then(|| WatchEvent::from(event))

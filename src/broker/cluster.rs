@@ -31,6 +31,8 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Utc};
 use tracing::{debug, info, warn};
 
+use lessor_client::Rotation;
+
 use super::Broker;
 use crate::events::Event;
 use crate::expiry::{self, Due, ANY_ATTEMPT};
@@ -150,7 +152,7 @@ impl Broker {
     /// rotation time; anything else (nodes publish nothing else, and never
     /// an admin credential's rotation) is dropped.
     async fn forward_verified(&self, event: Event) {
-        let Event::Rotated { account, version, rotated_at, .. } = event else {
+        let Event::Rotated(Rotation { account, version, rotated_at, .. }) = event else {
             warn!("dropped an event from the store that nodes never publish (a forged NOTIFY?)");
             return;
         };
@@ -172,15 +174,7 @@ impl Broker {
             );
             return;
         };
-        self.events.emit_local(Event::Rotated {
-            account: record.name.clone(),
-            version: record.version,
-            username: record.current.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
-            rotated_at: record.rotated_at,
-            previous_username: record.previous_username,
-            previous_valid_until: record.previous_valid_until,
-            next_rotation_at: record.next_rotation_at,
-        });
+        self.events.emit_local(Event::Rotated(record.rotation()));
     }
 
     /// Puts every other node's active lease in the index of their

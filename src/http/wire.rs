@@ -122,23 +122,7 @@ pub fn static_info(view: &StaticView, with_secret: bool) -> StaticInfo {
 impl From<&Event> for WatchEvent {
     fn from(event: &Event) -> Self {
         match event {
-            Event::Rotated {
-                account,
-                version,
-                username,
-                rotated_at,
-                previous_username,
-                previous_valid_until,
-                next_rotation_at,
-            } => Self::Rotated {
-                account: account.clone(),
-                version: *version,
-                username: username.clone(),
-                rotated_at: *rotated_at,
-                previous_username: previous_username.clone(),
-                previous_valid_until: *previous_valid_until,
-                next_rotation_at: *next_rotation_at,
-            },
+            Event::Rotated(rotation) => Self::Rotated(rotation.clone()),
             Event::LeaseExpiring(lease) => Self::LeaseExpiring { lease: LeaseInfo::from(&**lease) },
             Event::LeaseRevoked(lease) => Self::LeaseRevoked { lease: LeaseInfo::from(&**lease) },
         }

@@ -260,15 +260,7 @@ impl Rotator {
 
     /// The event that tells watchers where `record` stands now.
     fn rotated_event(record: &StaticRecord) -> Event {
-        Event::Rotated {
-            account: record.name.clone(),
-            version: record.version,
-            username: record.current.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
-            rotated_at: record.rotated_at,
-            previous_username: record.previous_username.clone(),
-            previous_valid_until: record.previous_valid_until,
-            next_rotation_at: record.next_rotation_at,
-        }
+        Event::Rotated(record.rotation())
     }
 
     /// The account's current credential and where its rotation stands.

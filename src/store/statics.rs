@@ -78,6 +78,19 @@ pub struct StaticRecord {
 }
 
 impl StaticRecord {
+    /// Where the account stands, as a `rotated` event tells watchers.
+    pub fn rotation(&self) -> lessor_client::Rotation {
+        lessor_client::Rotation {
+            account: self.name.clone(),
+            version: self.version,
+            username: self.current.as_ref().map(|c| c.username.clone()).unwrap_or_default(),
+            rotated_at: self.rotated_at,
+            previous_username: self.previous_username.clone(),
+            previous_valid_until: self.previous_valid_until,
+            next_rotation_at: self.next_rotation_at,
+        }
+    }
+
     /// An account lessor has never rotated.
     pub fn new(name: &str) -> Self {
         Self {

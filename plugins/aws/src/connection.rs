@@ -51,6 +51,8 @@ pub(crate) struct Clients {
 impl AwsPlugin {
     /// Builds the plugin for one connection. Does not call AWS: the clients
     /// are built on first use, and [`Plugin::verify`] checks the credential.
+    ///
+    /// [`Plugin::verify`]: lessor_plugin::Plugin::verify
     pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
         let settings = ConnectionSettings::parse(ctx.name, ctx.url, ctx.password, ctx.options)?;
         Ok(Self {

@@ -8,8 +8,8 @@ use lessor_plugin::PluginError;
 use secrecy::SecretString;
 use tracing::{debug, info};
 
-use crate::client::{gone_ok, AwsPlugin};
-use crate::error::classify;
+use crate::connection::AwsPlugin;
+use crate::error::{classify, gone_ok};
 
 impl AwsPlugin {
     /// Deletes the user's keys not in `keep` (with `None`, none), then

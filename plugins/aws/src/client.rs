@@ -1,169 +1,28 @@
-//! The engine: [`AwsPlugin`] with its SDK clients and the `Plugin` trait,
-//! dispatching to the STS half (`sts`), the IAM-user half (`iam_user`) and
-//! static access keys (`access_keys`).
-//!
-//! The SDK clients are built on first use (loading the credential chain is
-//! async, building a plugin is not). Keys and tokens live in `SecretString`s
-//! and the SDK's own credential types, whose `Debug` redacts them.
+//! The engine: the `Plugin` trait for [`AwsPlugin`], dispatching to the
+//! STS half (`sts`), the IAM-user half (`iam_user`) and static access keys
+//! (`access_keys`), all built on the connection (`connection`), and the
+//! operator's "revoke older sessions" action.
 
-use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{AppName, BehaviorVersion, Region, SdkConfig};
-use aws_sdk_iam::config::http::HttpResponse;
-use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sts::config::Credentials;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use lessor_plugin::{
-    downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
-    LeaseRef, Plugin, PluginError, RoleSettings,
+    downcast_role, BackendUser, Capabilities, ConfigError, CreateRequest, Created, LeaseRef, Plugin,
+    PluginError, RoleSettings,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use crate::config::{AwsRole, ConnectionSettings, CredentialType, MAX_NAME_LEN};
-use crate::error::{classify, is_no_such_entity};
+use crate::config::{AwsRole, CredentialType, MAX_NAME_LEN};
+use crate::connection::AwsPlugin;
+use crate::error::classify;
 use crate::sts::{revoke_policy, to_chrono};
 
-/// The inline policy that holds a role's inline `policy_document` on an
-/// IAM user.
-pub(crate) const USER_POLICY_NAME: &str = "lessor";
 /// The inline policy `revoke_sessions` puts on an IAM role.
 pub const REVOKE_POLICY_NAME: &str = "lessor-revoke-older-sessions";
-/// How long `wait_until_usable` probes a new key before giving up waiting
-/// (it then answers anyway: the key exists and will work shortly). Kept
-/// under the broker's default operation timeout of 30 s.
-pub(crate) const USABLE_DEADLINE: Duration = Duration::from_secs(20);
-
-/// The AWS plugin for one `[connections.NAME]`.
-pub struct AwsPlugin {
-    pub(crate) settings: ConnectionSettings,
-    /// The SDK clients, built on first use and again after lessor's own
-    /// key was rotated.
-    clients: RwLock<Option<Arc<Clients>>>,
-    /// lessor's own key after `rotate-root`; it wins over the configured one.
-    rotated_key: RwLock<Option<(String, SecretString)>>,
-    /// Bumped at every switch of key: clients built with an older key while
-    /// it happened are thrown away, not cached.
-    key_generation: AtomicU64,
-}
-
-impl fmt::Debug for AwsPlugin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AwsPlugin").field("settings", &self.settings).finish_non_exhaustive()
-    }
-}
-
-/// The SDK clients, built on first use.
-pub(crate) struct Clients {
-    pub(crate) sdk: SdkConfig,
-    pub(crate) sts: aws_sdk_sts::Client,
-    pub(crate) iam: aws_sdk_iam::Client,
-}
-
-impl AwsPlugin {
-    /// Builds the plugin for one connection. Does not call AWS: the clients
-    /// are built on first use, and [`Plugin::verify`] checks the credential.
-    pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
-        let settings = ConnectionSettings::parse(ctx.name, ctx.url, ctx.password, ctx.options)?;
-        Ok(Self {
-            settings,
-            clients: RwLock::default(),
-            rotated_key: RwLock::default(),
-            key_generation: AtomicU64::new(0),
-        })
-    }
-
-    /// The key lessor signs with: a rotated one, else the configured one
-    /// (none: the standard AWS credential chain).
-    fn own_key(&self) -> Option<(String, SecretString)> {
-        self.rotated_key.read().unwrap().clone().or_else(|| self.settings.static_key.clone())
-    }
-
-    pub(crate) async fn clients(&self) -> Arc<Clients> {
-        loop {
-            if let Some(clients) = self.clients.read().unwrap().clone() {
-                return clients;
-            }
-            let generation = self.key_generation.load(Ordering::SeqCst);
-            let built = Arc::new(self.build_clients().await);
-            let mut slot = self.clients.write().unwrap();
-            // Built with a key that was replaced meanwhile: build again.
-            if self.key_generation.load(Ordering::SeqCst) == generation {
-                return slot.get_or_insert(built).clone();
-            }
-        }
-    }
-
-    async fn build_clients(&self) -> Clients {
-        {
-            {
-                let timeouts = TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(10))
-                    .operation_timeout(Duration::from_secs(25))
-                    .build();
-                let mut loader = aws_config::defaults(BehaviorVersion::latest())
-                    .region(Region::new(self.settings.region.clone()))
-                    .timeout_config(timeouts)
-                    .retry_config(RetryConfig::standard().with_max_attempts(3))
-                    .app_name(AppName::new("lessor").expect("a valid app name"));
-                if let Some((id, secret)) = self.own_key() {
-                    let credentials =
-                        Credentials::new(id, secret.expose_secret(), None, None, "lessor-config");
-                    loader = loader.credentials_provider(credentials);
-                }
-                let sdk = loader.load().await;
-                let mut sts = aws_sdk_sts::config::Builder::from(&sdk);
-                sts.set_endpoint_url(self.settings.sts_endpoint.clone());
-                let sts = sts.build();
-                let mut iam = aws_sdk_iam::config::Builder::from(&sdk);
-                iam.set_endpoint_url(self.settings.iam_endpoint.clone());
-                let iam = iam.build();
-                Clients {
-                    sts: aws_sdk_sts::Client::from_conf(sts),
-                    iam: aws_sdk_iam::Client::from_conf(iam),
-                    sdk,
-                }
-            }
-        }
-    }
-
-    pub(crate) async fn iam(&self) -> aws_sdk_iam::Client {
-        self.clients().await.iam.clone()
-    }
-
-    /// From now on, sign with the rotated key `key_id` / `secret`.
-    fn switch_own_key(&self, key_id: &str, secret: &SecretString) {
-        let mut slot = self.clients.write().unwrap();
-        *self.rotated_key.write().unwrap() = Some((key_id.to_string(), secret.clone()));
-        self.key_generation.fetch_add(1, Ordering::SeqCst);
-        *slot = None;
-        debug!(connection = %self.settings.name, access_key_id = key_id, "requests are now signed with the rotated key");
-    }
-}
-
-/// `Ok(None)` when IAM says the entity does not exist, the classified error
-/// for any other failure.
-pub(crate) fn gone_ok<T, E>(
-    result: Result<T, SdkError<E, HttpResponse>>,
-    what: &str,
-) -> Result<Option<T>, PluginError>
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(e) if is_no_such_entity(&e) => Ok(None),
-        Err(e) => Err(classify(&e, what)),
-    }
-}
 
 #[async_trait]
 impl Plugin for AwsPlugin {

@@ -52,6 +52,22 @@ pub(crate) fn is_delete_conflict<E: ProvideErrorMetadata>(err: &SdkError<E, Http
     err.code() == Some("DeleteConflict")
 }
 
+/// `Ok(None)` when IAM says the entity does not exist, the classified error
+/// for any other failure.
+pub(crate) fn gone_ok<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
+    what: &str,
+) -> Result<Option<T>, PluginError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if is_no_such_entity(&e) => Ok(None),
+        Err(e) => Err(classify(&e, what)),
+    }
+}
+
 /// Classifies a failed SDK call; `what` says what was being done, e.g.
 /// `create v_batch_x (CreateUser)`.
 pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>, what: &str) -> PluginError

@@ -18,9 +18,17 @@ use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::access_keys::new_access_key;
-use crate::client::{gone_ok, AwsPlugin, USABLE_DEADLINE, USER_POLICY_NAME};
 use crate::config::{check_iam_name, AwsRole, CredentialType, LEASE_TAG, MAX_NAME_LEN, ROLE_TAG};
-use crate::error::{classify, is_delete_conflict, is_no_such_entity};
+use crate::connection::AwsPlugin;
+use crate::error::{classify, gone_ok, is_delete_conflict, is_no_such_entity};
+
+/// The inline policy that holds a role's inline `policy_document` on an
+/// IAM user.
+const USER_POLICY_NAME: &str = "lessor";
+/// How long `wait_until_usable` probes a new key before giving up waiting
+/// (it then answers anyway: the key exists and will work shortly). Kept
+/// under the broker's default operation timeout of 30 s.
+const USABLE_DEADLINE: Duration = Duration::from_secs(20);
 
 impl AwsPlugin {
     /// A new IAM user with its access key; on failure, deletes what it made.

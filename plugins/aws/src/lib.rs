@@ -6,9 +6,14 @@
 //! - `config`: the connection and role settings, parsed into values that
 //!   are already valid: ARNs, IAM names and paths, policy documents, and
 //!   the TTL limits of each STS call, each error naming its key;
-//! - `client`: [`AwsPlugin`], the engine: STS issuance with TTLs clamped to
-//!   what AWS issues, IAM users made step by step and deleted step by step
-//!   (idempotently), and the operator's "revoke older sessions" action;
+//! - `connection`: [`AwsPlugin`] as a value: the settings, the SDK clients
+//!   built on first use, lessor's own key after `rotate-root`;
+//! - `sts`, `iam_user`, `access_keys`: the engine's halves on that
+//!   connection: STS issuance with TTLs clamped to what AWS issues, IAM
+//!   users made step by step and deleted step by step (idempotently), and
+//!   static access keys;
+//! - `client`: the engine: the `Plugin` trait, dispatching to those halves,
+//!   and the operator's "revoke older sessions" action;
 //! - `error`: how the SDK's failures map to the broker's retry/blame
 //!   classes, with messages that hold AWS's error code and never a key.
 //!
@@ -18,6 +23,7 @@
 mod access_keys;
 mod client;
 mod config;
+mod connection;
 mod error;
 mod iam_user;
 mod sts;
@@ -26,8 +32,9 @@ use std::sync::Arc;
 
 use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
 
-pub use client::{AwsPlugin, REVOKE_POLICY_NAME};
+pub use client::REVOKE_POLICY_NAME;
 pub use config::{AwsConnectionOptions, AwsRole, AwsRoleOptions, CredentialType};
+pub use connection::AwsPlugin;
 
 /// The name this plugin is registered under (`plugin = "aws"`).
 pub const PLUGIN_NAME: &str = "aws";

@@ -15,8 +15,8 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use crate::client::AwsPlugin;
 use crate::config::{AwsRole, CredentialType, STS_MIN_TTL};
+use crate::connection::AwsPlugin;
 use crate::error::classify;
 
 impl AwsPlugin {

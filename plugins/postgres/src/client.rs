@@ -33,14 +33,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::error::SqlState;
 use tracing::{debug, info, warn};
 
-use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole};
+use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole, CONNECT_TIMEOUT};
 use crate::error::{classify, classify_pool, with_verifier_parts};
 use crate::grants;
 use crate::scram;
 use crate::tls::{self, PgTls};
 
-/// How long opening one admin connection may take.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request may wait for a free admin connection before it fails
 /// as `Unavailable` (the broker retries; a stuck pool must not hang callers).
 pub(crate) const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use lessor_plugin::options::{check_placeholders, optional_statements, parse_table, required_statements};
 use lessor_plugin::template::Template;
@@ -159,6 +160,10 @@ impl PgRole {
     }
 }
 
+/// How long opening one admin connection may take (unless the URL sets
+/// `connect_timeout`), and the pool's create and recycle timeouts.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection's validated settings: the admin connection and the options.
 ///
 /// Holds the admin password (inside the `tokio_postgres::Config`), hence the
@@ -244,7 +249,7 @@ impl ConnectionSettings {
             pg.application_name("lessor");
         }
         if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(crate::client::CONNECT_TIMEOUT);
+            pg.connect_timeout(CONNECT_TIMEOUT);
         }
         Ok(Self { name: name.to_string(), pg, options, tls, max_connections })
     }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::sts::sts_duration;
 use chrono::TimeZone;
+use lessor_plugin::ConnectionContext;
 
 fn plugin(secret: Option<&str>, options: &str) -> AwsPlugin {
     let options: toml::Table = options.parse().unwrap();

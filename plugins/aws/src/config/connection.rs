@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::checks::parse_table;
+use lessor_plugin::options::parse_table;
 
 /// The plugin-specific keys of a `[connections.NAME]` table with
 /// `plugin = "aws"`. The secret access key comes from the broker's

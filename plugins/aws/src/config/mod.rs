@@ -31,10 +31,11 @@ use std::time::Duration;
 use lessor_plugin::ConfigError;
 
 pub(crate) use checks::{check_iam_name, MAX_NAME_LEN};
-use checks::{check_policy, check_policy_arn, parse_table};
+use checks::{check_policy, check_policy_arn};
 pub use connection::AwsConnectionOptions;
 pub(crate) use connection::ConnectionSettings;
 pub(crate) use iam_user::{LEASE_TAG, ROLE_TAG};
+use lessor_plugin::options::parse_table;
 pub use role_options::{AwsRoleOptions, CredentialType};
 pub(crate) use sts::STS_MIN_TTL;
 use sts::{RoleArn, SessionNameTemplate};

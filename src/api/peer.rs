@@ -61,9 +61,11 @@ impl PeerInfo {
                 Identity { confined: Some("its process could not be read".into()), ..Identity::default() };
             (Identity { uid, gid, pid, ..unread }, None)
         });
-        // A pidfd that is not the process read above (its pid was reused in
-        // between) is worse than none: the stamp then decides.
-        let pidfd = pidfd.filter(|fd| pid.is_some_and(|pid| pidfd_pid(fd) == Some(pid)));
+        // The pidfd is the process that connected (the kernel's word). While
+        // it runs its pid is its own, so one still running now is the
+        // process read above; one that exited may have left its pid to
+        // another, and is worse than none: the stamp then decides.
+        let pidfd = pidfd.filter(|fd| !has_exited(fd));
         Self { uid, gid, pid, identity: Arc::new(identity), stamp, pidfd }
     }
 
@@ -89,14 +91,20 @@ impl PeerInfo {
     pub fn recheck(&self) -> Result<(), String> {
         let (Some(pid), Some(then)) = (self.pid, self.stamp) else { return Ok(()) };
         let exited = || format!("the process that connected (pid {pid}) has exited");
-        if self.pidfd.as_deref().is_some_and(has_exited) {
-            return Err(exited());
-        }
-        let now = Stamp::read(pid).ok_or_else(exited)?;
-        if now.start_ticks != then.start_ticks || self.pidfd.as_deref().is_some_and(has_exited) {
-            return Err(exited());
-        }
-        if now.exe != then.exe {
+        let exe = match self.pidfd.as_deref() {
+            // Held: while it runs, `pid` is that process, so its program
+            // is all there is to read (and it still runs after the read).
+            Some(fd) => Stamp::exe_of(pid).filter(|_| !has_exited(fd)).ok_or_else(exited)?,
+            // Not held: the start time tells the process from a later one.
+            None => {
+                let now = Stamp::read(pid).ok_or_else(exited)?;
+                if now.start_ticks != then.start_ticks {
+                    return Err(exited());
+                }
+                now.exe
+            }
+        };
+        if exe != then.exe {
             return Err(format!(
                 "the process that connected (pid {pid}) has run another program since (exec after \
                  connect); identity is taken when the connection is accepted: connect again"
@@ -122,12 +130,6 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
     };
     // SAFETY: on success the kernel gave us a new descriptor we now own.
     (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The pid a pidfd refers to (`Pid:` of its fdinfo; -1 once it exited).
-fn pidfd_pid(fd: &OwnedFd) -> Option<i32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok()
 }
 
 /// A pidfd polls readable once its process has exited.

@@ -267,10 +267,16 @@ impl Stamp {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(start_ticks)
         };
         let start_ticks = start(())?;
-        // `stat` follows the link to the file the process runs, deleted or not.
-        let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        let exe = Self::exe_of(pid)?;
         // Read again: the pid must not have changed hands in between.
-        (start(())? == start_ticks).then_some(Self { start_ticks, exe: (meta.dev(), meta.ino()) })
+        (start(())? == start_ticks).then_some(Self { start_ticks, exe })
+    }
+
+    /// The device and inode of the program process `pid` runs: `stat`
+    /// follows the link to the file, deleted or not.
+    pub fn exe_of(pid: i32) -> Option<(u64, u64)> {
+        let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        Some((meta.dev(), meta.ino()))
     }
 }
 

@@ -2,7 +2,6 @@
 //! its struct with the key at fault named, and IAM's syntax (names, paths,
 //! ARNs, policy documents) checked before AWS sees it.
 
-
 /// IAM's limit on user, role and group names' length, and on session names.
 pub(crate) const MAX_NAME_LEN: usize = 64;
 /// Session policies (inline and managed together) and a user's inline

@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 use super::PeerInfo;
 use crate::config::ServerConfig;
 use crate::http::PerKey;
-use crate::policy::identity::in_our_namespaces;
+use crate::policy::identity::namespaces_differ;
 use crate::policy::rules::current_uid;
 
 /// How long shutdown waits for connections still answering.
@@ -137,7 +137,8 @@ pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutd
         }
         // Counted before anything is read of the peer, so a flood costs a
         // look-up or two per connection, never a blocking read.
-        let key = (uid, pid.is_some_and(in_our_namespaces));
+        let elsewhere = pid.map(namespaces_differ);
+        let key = (uid, matches!(elsewhere, Some(None)));
         let Some(uid_slot) = counts.per_uid.take(key) else {
             crate::metrics::connection_refused("per_uid");
             rate_limited_warn(&format!(
@@ -152,7 +153,7 @@ pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutd
         let watcher = graceful.watcher();
         let (router, limits) = (router.clone(), limits.clone());
         tokio::spawn(async move {
-            let peer = PeerInfo::accept(&stream).await;
+            let peer = PeerInfo::accept(&stream, elsewhere.flatten()).await;
             let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer.clone()));
                 request

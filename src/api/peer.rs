@@ -46,15 +46,17 @@ pub struct PeerInfo {
 
 impl PeerInfo {
     /// The peer of a connection just accepted: its credentials, a pidfd,
-    /// and its identity read on the blocking pool.
-    pub async fn accept(stream: &UnixStream) -> Self {
+    /// and its identity read on the blocking pool. `elsewhere` is why it is
+    /// not in the daemon's namespaces (`None`: it is), as the accept loop
+    /// read it.
+    pub async fn accept(stream: &UnixStream, elsewhere: Option<String>) -> Self {
         let Ok(cred) = stream.peer_cred() else { return Self::nobody() };
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         let accepted_s = boot_seconds();
         let pidfd = peer_pidfd(stream).map(Arc::new);
         let read = tokio::task::spawn_blocking(move || {
             let stamp = pid.and_then(Stamp::read);
-            (Identity::read(uid, gid, pid, accepted_s), stamp)
+            (Identity::read_with(uid, gid, pid, accepted_s, |_| elsewhere), stamp)
         });
         let (identity, stamp) = read.await.unwrap_or_else(|_| {
             let unread =

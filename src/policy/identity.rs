@@ -79,6 +79,19 @@ impl Identity {
     /// The identity of a peer with the kernel's credentials, whose
     /// connection was accepted at `accepted_s` seconds of `CLOCK_BOOTTIME`.
     pub fn read(uid: u32, gid: u32, pid: Option<i32>, accepted_s: f64) -> Self {
+        Self::read_with(uid, gid, pid, accepted_s, namespaces_differ)
+    }
+
+    /// [`read`](Self::read), with where the process stands (see
+    /// [`namespaces_differ`]) from `namespaces`: the accept loop has read
+    /// it already, to count the connection.
+    pub fn read_with(
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+        accepted_s: f64,
+        namespaces: impl FnOnce(i32) -> Option<String>,
+    ) -> Self {
         // What holds whatever `/proc` says: the kernel's credentials and
         // the names the user database gives them. Where it stands cannot be
         // told, so it is not taken for the host.
@@ -116,7 +129,7 @@ impl Identity {
             Err(_) => (None, false),
         };
         let container_id = cgroup.as_deref().and_then(container_id);
-        let confined = namespaces_differ(pid, &status).or_else(|| {
+        let confined = namespaces(pid).or_else(|| {
             container_id.as_ref().map(|id| format!("it runs in container {}'s cgroup", &id[..12]))
         });
         let identity = Identity {
@@ -139,23 +152,18 @@ impl Identity {
     }
 }
 
-/// Whether process `pid` runs in the daemon's own pid and user namespaces.
-/// Cheap (a few `/proc` look-ups that never wait on the process), so the
-/// accept loop may ask it.
-pub fn in_our_namespaces(pid: i32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    namespaces_differ(pid, &status).is_none()
-}
-
 /// Why process `pid` is not in the daemon's pid and user namespaces, or
 /// `None` when it is. The namespace links need ptrace access; where they
 /// cannot be read, `NSpid:` (one entry per pid namespace from the daemon's
 /// down) and `uid_map` tell the same, and both are readable by anyone.
-fn namespaces_differ(pid: i32, status: &str) -> Option<String> {
+/// Cheap (a few `/proc` look-ups that never wait on the process), so the
+/// accept loop may ask it.
+pub fn namespaces_differ(pid: i32) -> Option<String> {
     let link = |who: &str, ns: &str| std::fs::read_link(format!("/proc/{who}/ns/{ns}")).ok();
     let pid_ns = match (link(&pid.to_string(), "pid"), link("self", "pid")) {
         (Some(theirs), Some(ours)) => theirs == ours,
         _ => {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"));
             nspid.map(|l| l.split_whitespace().count()) == Some(1)
         }

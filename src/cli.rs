@@ -298,13 +298,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { file }) => match check_config(&file) {
-            Ok(config) => {
+            Ok(setup) => {
                 out(&format!(
                     "{}: ok ({} connections, {} roles, {} static accounts)\n",
                     file.display(),
-                    config.connections.len(),
-                    config.roles.len(),
-                    config.static_accounts.len()
+                    setup.connections.len(),
+                    setup.roles.len(),
+                    setup.config.static_accounts.len()
                 ))?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -540,16 +540,14 @@ fn one_line(text: &str) -> String {
 /// Loads a config for `config check`, showing on stderr the warnings the
 /// load logs (plaintext to a database on another host, say) as `serve`
 /// would at start-up.
-fn check_config(
-    file: &std::path::Path,
-) -> Result<crate::config::ValidatedConfig, crate::config::ConfigErrors> {
+fn check_config(file: &std::path::Path) -> Result<crate::setup::Setup, crate::config::ConfigErrors> {
     let warnings = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
         .without_time()
         .with_target(false)
         .finish();
-    tracing::subscriber::with_default(warnings, || crate::config::load(file))
+    tracing::subscriber::with_default(warnings, || crate::daemon::load(file))
 }
 
 #[cfg(test)]

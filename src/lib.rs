@@ -2,8 +2,11 @@
 //! short-lived database and cloud credentials on request over a Unix
 //! socket, tracks each as a lease, and removes it when the lease ends.
 //!
-//! - [`config`]: the TOML config, its schema and validation into a
-//!   [`config::ValidatedConfig`] with built plugins;
+//! - [`config`]: the TOML config, its schema and its check into a
+//!   [`config::ValidatedConfig`], plain data;
+//! - [`setup`]: the runtime form each component builds from its section
+//!   (plugins, roles checked by their plugin), gathered in a
+//!   [`setup::Setup`] by [`daemon::build`];
 //! - [`lease`]: the lease model and ids;
 //! - [`store`]: durable lease storage (embedded SQLite, group commit);
 //! - [`expiry`]: the time-ordered index of due leases and retry backoff;
@@ -31,7 +34,7 @@
 //!   paths and shapes onto the broker.
 //!
 //! Backends live in their own crates behind the `lessor_plugin::Plugin`
-//! trait; [`config::PLUGINS`] is the one table that registers them.
+//! trait; [`setup::PLUGINS`] is the one table that registers them.
 
 pub mod api;
 pub mod audit;
@@ -48,6 +51,7 @@ pub mod metrics;
 pub mod policy;
 pub mod rotation;
 pub mod seal;
+pub mod setup;
 pub mod store;
 pub mod tidy;
 pub mod vault;

@@ -43,8 +43,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{TidySettings, ValidatedConfig};
+use crate::config::TidySettings;
 use crate::rotation::Rotator;
+use crate::setup::Setup;
 use crate::store::LeaseStore;
 
 /// The soonest a follow-up run is scheduled, however close a user is to
@@ -131,8 +132,8 @@ struct Sweep {
 }
 
 impl Tidy {
-    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, rotator: &Rotator) -> Arc<Self> {
-        let targets = config
+    pub fn new(setup: &Setup, store: Arc<dyn LeaseStore>, rotator: &Rotator) -> Arc<Self> {
+        let targets = setup
             .connections
             .iter()
             .map(|(name, connection)| {
@@ -147,7 +148,7 @@ impl Tidy {
                 (name.clone(), target)
             })
             .collect();
-        Arc::new(Self { targets, store, audit: rotator.audit.clone(), node: config.server.node() })
+        Arc::new(Self { targets, store, audit: rotator.audit.clone(), node: setup.config.server.node() })
     }
 
     /// Whether any connection has tidy on.

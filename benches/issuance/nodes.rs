@@ -88,7 +88,7 @@ pub async fn start_daemon(
     source: &str,
     shutdown: CancellationToken,
 ) -> Result<lessor::daemon::Running> {
-    let config = lessor::config::load_str(text, source).map_err(|e| format!("config: {e}"))?;
+    let config = lessor::daemon::load_str(text, source).map_err(|e| format!("config: {e}"))?;
     Ok(lessor::daemon::start(config, shutdown).await?)
 }
 

@@ -80,7 +80,7 @@ fn harness() -> &'static Harness {
             dir.path().join("unused.sock").display().to_string(),
             store_path.display()
         );
-        let config = lessor::config::load_str(&text, "(fuzz)").unwrap_or_else(|e| panic!("{e}"));
+        let config = lessor::daemon::load_str(&text, "(fuzz)").unwrap_or_else(|e| panic!("{e}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

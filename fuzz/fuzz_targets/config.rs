@@ -29,14 +29,15 @@ fn init() {
 fuzz_target!(|data: &[u8]| {
     INIT.call_once(init);
     let Ok(text) = std::str::from_utf8(data) else { return };
-    match lessor::config::load_str(text, "fuzz.toml") {
-        Ok(config) => {
+    match lessor::daemon::load_str(text, "fuzz.toml") {
+        Ok(setup) => {
+            let config = &setup.config;
             assert!(config.server.max_body_bytes > 0);
             assert!(config.socket_mode <= 0o777);
-            for role in config.roles.values() {
+            for role in setup.roles.values() {
                 assert!(!role.default_ttl.as_std().is_zero(), "{}: zero default_ttl accepted", role.name);
                 assert!(role.default_ttl <= role.max_ttl, "{}: default_ttl > max_ttl accepted", role.name);
-                let connection = &config.connections[&role.connection];
+                let connection = &setup.connections[&role.connection];
                 assert!(connection.revocation_workers >= 1);
                 assert!(connection.revocation_workers < connection.max_connections);
                 let max = connection.plugin.capabilities().max_username_len;

@@ -42,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{Connection, Duration, Role, ValidatedConfig};
+use crate::config::Duration;
 use crate::events::Events;
 use crate::expiry::{self, bounded, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::policy::quota::Quotas;
+use crate::setup::{Connection, Role, Setup};
 use crate::store::{LeaseStore, Write};
 use locks::LeaseLocks;
 pub use types::{BrokerError, Caller, Issued, Revocation};
@@ -122,13 +123,13 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(
-        config: &ValidatedConfig,
+        setup: &Setup,
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
         events: Events,
         audit: crate::audit::Audit,
     ) -> Arc<Self> {
-        let backends = config
+        let backends = setup
             .connections
             .iter()
             .map(|(name, connection)| {
@@ -150,7 +151,7 @@ impl Broker {
             })
             .collect();
         Arc::new(Self {
-            roles: config.roles.clone(),
+            roles: setup.roles.clone(),
             backends,
             store,
             index: ExpiryIndex::new(),
@@ -161,12 +162,12 @@ impl Broker {
             ready: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             shutdown,
-            revoked_retention: config.server.revoked_retention,
+            revoked_retention: setup.config.server.revoked_retention,
             audit,
             remembered: idempotency::Remembered::default(),
             quotas: Quotas::new(
-                config.roles.values().filter_map(|r| Some((r.name.clone(), r.max_leases?))).collect(),
-                config.policies.iter().filter_map(|p| Some((p.name.clone(), p.max_leases?))).collect(),
+                setup.roles.values().filter_map(|r| Some((r.name.clone(), r.max_leases?))).collect(),
+                setup.policies.iter().filter_map(|p| Some((p.name.clone(), p.max_leases?))).collect(),
             ),
             issuing: Mutex::default(),
             unsettled: Mutex::default(),

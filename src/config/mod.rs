@@ -1,11 +1,13 @@
 //! The TOML config: its types (which also generate
-//! `schemas/config.schema.json`), and the validation step that turns a
-//! parsed file into a [`ValidatedConfig`] whose plugins are built and whose
-//! roles are known to be usable.
+//! `schemas/config.schema.json`), and the check that turns a parsed file
+//! into a [`ValidatedConfig`]: plain data, every key in range and every
+//! reference between sections resolved.
 //!
-//! Everything that can be checked without touching a backend is checked
-//! here, and every problem is reported at once with the file and the dotted
-//! key it concerns, so `lessor config check` is a complete answer.
+//! Nothing here builds a runtime object: plugins, the seal key and the
+//! compiled policies are built from their sections by `crate::setup` and
+//! `crate::policy`, in `crate::daemon::build`, which adds their errors to
+//! the ones found here, so `lessor config check` reports every problem at
+//! once with the file and the dotted key it concerns.
 
 pub mod duration;
 pub mod policies;
@@ -16,12 +18,10 @@ mod tidy;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use lessor_plugin::names::{self, UsernameTemplate};
-use lessor_plugin::{Capabilities, ConfigError, ConnectionContext, Plugin, PluginFactory, RoleSettings};
+use lessor_plugin::names;
+use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
-use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use duration::Duration;
@@ -31,15 +31,6 @@ pub use statics::{RotationSchedule, StaticAccount, StaticAccountConfig, Strategy
 pub use tidy::{
     TidySettings, DEFAULT_GRACE as DEFAULT_TIDY_GRACE, DEFAULT_INTERVAL as DEFAULT_TIDY_INTERVAL,
 };
-
-use crate::seal::Sealer;
-
-/// The built-in plugins, by the name used in `plugin = "…"`.
-pub static PLUGINS: &[(&str, PluginFactory)] = &[
-    ("postgres", lessor_postgres::factory),
-    (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory),
-    (lessor_aws::PLUGIN_NAME, lessor_aws::factory),
-];
 
 /// A lessor config file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -158,46 +149,48 @@ pub struct RoleConfig {
     pub options: toml::Table,
 }
 
-/// A connection ready to serve.
-#[derive(Debug, Clone)]
-pub struct Connection {
-    pub name: String,
-    pub plugin: Arc<dyn Plugin>,
-    pub max_connections: usize,
-    pub revocation_workers: usize,
-    pub operation_timeout: Duration,
-    /// Tidy's settings, when `tidy = true`.
-    pub tidy: Option<TidySettings>,
-}
-
-/// A role ready to serve.
-#[derive(Debug, Clone)]
-pub struct Role {
-    pub name: String,
-    pub connection: String,
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
-    pub username: UsernameTemplate,
-    pub password_length: usize,
-    pub max_leases: Option<usize>,
-    pub capabilities: Capabilities,
-    pub settings: RoleSettings,
-}
-
-/// A config whose every part has been checked and whose plugins are built.
+/// A config whose every key has been checked: plain data, from which
+/// each component builds its runtime form (`crate::setup`).
 #[derive(Debug, Clone)]
 pub struct ValidatedConfig {
     /// Where the config came from, for messages.
     pub source: String,
     pub server: ServerConfig,
     pub socket_mode: u32,
-    pub connections: BTreeMap<String, Connection>,
-    pub roles: BTreeMap<String, Role>,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Tidy's settings of each connection with `tidy = true`.
+    pub tidy: BTreeMap<String, TidySettings>,
+    pub roles: BTreeMap<String, RoleConfig>,
     pub static_accounts: BTreeMap<String, StaticAccount>,
-    /// The key static secrets are sealed with, when `seal_key_file` is set.
-    pub sealer: Option<Arc<Sealer>>,
-    /// Who may do what.
-    pub policies: crate::policy::Policies,
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// A parsed config and every problem found in it. `config` holds every
+/// validly named entry, those with problems included, so the build step
+/// can report its own problems for the rest at the same time.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: ValidatedConfig,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Checked {
+    /// Whether a problem was found at `key` or below it (`roles.app` covers
+    /// `roles.app.max_ttl`, not `roles.app_ro`).
+    pub fn has_error_at(&self, key: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.key.strip_prefix(key).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    }
+
+    /// The config, or its problems with the file they are in.
+    pub fn into_result(self) -> Result<ValidatedConfig, ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigErrors { file: self.config.source, errors: self.errors })
+        }
+    }
 }
 
 /// Every problem found in one config file.
@@ -220,21 +213,22 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Reads, parses and validates a config file.
-pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigErrors> {
+/// Reads, parses and checks a config file. Only a file that cannot be
+/// read or parsed is an `Err`; what checking found is in [`Checked`].
+pub fn read(path: &Path) -> Result<Checked, ConfigErrors> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
         file: source.clone(),
         errors: vec![ConfigError::new("(file)", format!("cannot read: {e}"))],
     })?;
-    load_str(&text, &source)
+    parse(&text, &source)
 }
 
-/// Parses and validates config text; `source` names it in messages.
-pub fn load_str(text: &str, source: &str) -> Result<ValidatedConfig, ConfigErrors> {
-    let fail = |errors| ConfigErrors { file: source.to_string(), errors };
-    let config: Config = toml::from_str(text).map_err(|e| fail(vec![toml_error(text, &e)]))?;
-    validate(config, source).map_err(fail)
+/// Parses and checks config text; `source` names it in messages.
+pub fn parse(text: &str, source: &str) -> Result<Checked, ConfigErrors> {
+    let config: Config = toml::from_str(text)
+        .map_err(|e| ConfigErrors { file: source.to_string(), errors: vec![toml_error(text, &e)] })?;
+    Ok(check(config, source))
 }
 
 fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
@@ -253,7 +247,7 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigError>> {
+fn check(config: Config, source: &str) -> Checked {
     let mut errors = Vec::new();
 
     let socket_mode = match u32::from_str_radix(config.server.socket_mode.trim_start_matches("0o"), 8) {
@@ -291,20 +285,13 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
     check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
 
     let mut connections = BTreeMap::new();
+    let mut tidy = BTreeMap::new();
     for (name, conn) in &config.connections {
         let key = format!("connections.{name}");
         if !is_valid_name(name) {
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
             continue;
         }
-        let Some((_, factory)) = PLUGINS.iter().find(|(plugin, _)| *plugin == conn.plugin) else {
-            let known: Vec<_> = PLUGINS.iter().map(|(p, _)| *p).collect();
-            errors.push(ConfigError::new(
-                format!("{key}.plugin"),
-                format!("unknown plugin {:?} (known: {})", conn.plugin, known.join(", ")),
-            ));
-            continue;
-        };
         if conn.max_connections == 0 {
             errors.push(ConfigError::new(format!("{key}.max_connections"), "must be at least 1"));
         }
@@ -322,44 +309,14 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
         check_range(&mut errors, &format!("{key}.operation_timeout"), conn.operation_timeout, SECOND, HOUR);
         check_range(&mut errors, &format!("{key}.tidy_grace"), conn.tidy_grace, Duration::ZERO, TEN_YEARS);
         check_range(&mut errors, &format!("{key}.tidy_interval"), conn.tidy_interval, SECOND, TEN_YEARS);
-        let password = match admin_password(&key, conn) {
-            Ok(password) => password,
-            Err(e) => {
-                errors.push(e);
-                continue;
+        match TidySettings::from_config(&key, conn) {
+            Ok(Some(settings)) => {
+                tidy.insert(name.clone(), settings);
             }
-        };
-        let tidy = match tidy::check_settings(&key, conn) {
-            Ok(tidy) => tidy,
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-        let context = ConnectionContext {
-            name,
-            url: conn.url.as_deref(),
-            password,
-            max_connections: conn.max_connections.max(1),
-            operation_timeout: conn.operation_timeout.as_std(),
-            options: &conn.options,
-        };
-        match factory(context) {
-            Ok(plugin) => {
-                connections.insert(
-                    name.clone(),
-                    Connection {
-                        name: name.clone(),
-                        plugin,
-                        max_connections: conn.max_connections.max(2),
-                        revocation_workers: conn.revocation_workers.max(1),
-                        operation_timeout: conn.operation_timeout,
-                        tidy,
-                    },
-                );
-            }
+            Ok(None) => {}
             Err(e) => errors.push(e),
         }
+        connections.insert(name.clone(), conn.clone());
     }
 
     let mut roles = BTreeMap::new();
@@ -369,130 +326,57 @@ fn validate(config: Config, source: &str) -> Result<ValidatedConfig, Vec<ConfigE
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
             continue;
         }
-        let mut role_ok = true;
         if role.default_ttl.as_std().is_zero() {
             errors.push(ConfigError::new(format!("{key}.default_ttl"), "must be longer than 0s"));
-            role_ok = false;
         }
         if role.default_ttl > role.max_ttl {
             errors.push(ConfigError::new(
                 format!("{key}.default_ttl"),
                 format!("{} is longer than max_ttl {}", role.default_ttl, role.max_ttl),
             ));
-            role_ok = false;
         }
         if role.max_ttl > TEN_YEARS {
             errors.push(ConfigError::new(
                 format!("{key}.max_ttl"),
                 format!("{} is longer than ten years", role.max_ttl),
             ));
-            role_ok = false;
         }
         if role.max_leases == Some(0) {
             errors.push(ConfigError::new(format!("{key}.max_leases"), "must be at least 1"));
-            role_ok = false;
         }
         if !(16..=128).contains(&role.password_length) {
             errors.push(ConfigError::new(format!("{key}.password_length"), "must be between 16 and 128"));
-            role_ok = false;
         }
-        let Some(connection) = connections.get(&role.connection) else {
-            if !config.connections.contains_key(&role.connection) {
-                errors.push(ConfigError::new(
-                    format!("{key}.connection"),
-                    format!("unknown connection {:?}", role.connection),
-                ));
-            }
-            continue;
-        };
-        let max_username_len = connection.plugin.capabilities().max_username_len;
-        let template_text = role.username_template.as_deref().unwrap_or(names::DEFAULT_TEMPLATE);
-        let username = match UsernameTemplate::parse(template_text, max_username_len) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                errors.push(ConfigError::new(
-                    format!("{key}.username_template"),
-                    format!(
-                        "{template_text:?}: {e} (the {} limit is {max_username_len} bytes)",
-                        connection.plugin.name()
-                    ),
-                ));
-                None
-            }
-        };
-        let settings = match connection.plugin.check_role(name, &role.options).and_then(|s| {
-            connection
-                .plugin
-                .check_ttls(name, &s, role.default_ttl.as_std(), role.max_ttl.as_std())
-                .map(|()| s)
-        }) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-        if let (true, Some(username), Some(settings)) = (role_ok, username, settings) {
-            let capabilities = connection.plugin.role_capabilities(&settings);
-            roles.insert(
-                name.clone(),
-                Role {
-                    name: name.clone(),
-                    connection: role.connection.clone(),
-                    default_ttl: role.default_ttl,
-                    max_ttl: role.max_ttl,
-                    username,
-                    password_length: role.password_length,
-                    max_leases: role.max_leases,
-                    capabilities,
-                    settings,
-                },
-            );
+        if !config.connections.contains_key(&role.connection) {
+            errors.push(ConfigError::new(
+                format!("{key}.connection"),
+                format!("unknown connection {:?}", role.connection),
+            ));
         }
+        roles.insert(name.clone(), role.clone());
     }
 
-    let configured = |name: &str| config.connections.contains_key(name);
-    let static_accounts = statics::validate(&config.static_accounts, &connections, &configured, &mut errors);
-    let sealer = match &config.server.seal_key_file {
-        Some(path) => match Sealer::from_file(path) {
-            Ok(sealer) => Some(Arc::new(sealer)),
-            Err(e) => {
-                errors.push(ConfigError::new("server.seal_key_file", e.to_string()));
-                None
-            }
-        },
-        None if !config.static_accounts.is_empty() => {
-            errors.push(ConfigError::new(
-                "server.seal_key_file",
-                "required with static_accounts: their passwords are stored sealed with it \
-                 (make one with `lessor seal new-key FILE`)",
-            ));
-            None
-        }
-        None => None,
-    };
+    let static_accounts = statics::check(&config.static_accounts, &config.connections, &tidy, &mut errors);
+    if config.server.seal_key_file.is_none() && !config.static_accounts.is_empty() {
+        errors.push(ConfigError::new(
+            "server.seal_key_file",
+            "required with static_accounts: their passwords are stored sealed with it \
+             (make one with `lessor seal new-key FILE`)",
+        ));
+    }
 
-    let policies = policies::validate(
-        &config.policies,
-        config.server.admins.as_deref(),
-        &config.roles,
-        &config.static_accounts,
-        &mut errors,
-    );
-
-    if errors.is_empty() {
-        Ok(ValidatedConfig {
+    Checked {
+        config: ValidatedConfig {
             source: source.to_string(),
             server: config.server,
             socket_mode,
             connections,
+            tidy,
             roles,
             static_accounts,
-            sealer,
-            policies,
-        })
-    } else {
-        Err(errors)
+            policies: config.policies,
+        },
+        errors,
     }
 }
 
@@ -509,23 +393,6 @@ fn check_range(errors: &mut Vec<ConfigError>, key: &str, value: Duration, min: D
         errors.push(ConfigError::new(key, format!("{value} is too short: it must be at least {min}")));
     } else if value > max {
         errors.push(ConfigError::new(key, format!("{value} is too long: it must be at most {max}")));
-    }
-}
-
-fn admin_password(key: &str, conn: &ConnectionConfig) -> Result<Option<SecretString>, ConfigError> {
-    match (&conn.password_file, &conn.password_env) {
-        (Some(_), Some(_)) => Err(ConfigError::new(key, "set password_file or password_env, not both")),
-        (Some(file), None) => lessor_plugin::files::read_secret(file).map(Some).map_err(|e| {
-            ConfigError::new(format!("{key}.password_file"), format!("{}: {e}", file.display()))
-        }),
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(password) if !password.is_empty() => Ok(Some(SecretString::from(password))),
-            _ => Err(ConfigError::new(
-                format!("{key}.password_env"),
-                format!("environment variable {var} is not set or empty"),
-            )),
-        },
-        (None, None) => Ok(None),
     }
 }
 

@@ -9,7 +9,7 @@ use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::{check_range, Connection, Duration, TEN_YEARS};
+use super::{check_range, ConnectionConfig, Duration, TidySettings, TEN_YEARS};
 
 /// How an account's password changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -146,18 +146,20 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(&full).map_err(|e| format!("{text:?} is not a cron expression: {e}"))
 }
 
-/// Validates every `[static_accounts.NAME]` against the built connections.
-pub(super) fn validate(
+/// Checks every `[static_accounts.NAME]` against the config's connections
+/// and their tidy settings; what only the connection's plugin can check is
+/// `crate::setup::Connection::check_static`. Returns every validly named
+/// account, those with problems included.
+pub(super) fn check(
     accounts: &BTreeMap<String, StaticAccountConfig>,
-    connections: &BTreeMap<String, Connection>,
-    configured: &dyn Fn(&str) -> bool,
+    connections: &BTreeMap<String, ConnectionConfig>,
+    tidy: &BTreeMap<String, TidySettings>,
     errors: &mut Vec<ConfigError>,
 ) -> BTreeMap<String, StaticAccount> {
     let mut valid = BTreeMap::new();
     let mut owner_of: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for (name, account) in accounts {
         let key = format!("static_accounts.{name}");
-        let before = errors.len();
         if !super::is_valid_name(name) {
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
             continue;
@@ -218,97 +220,45 @@ pub(super) fn validate(
         if !(16..=128).contains(&account.password_length) {
             errors.push(ConfigError::new(format!("{key}.password_length"), "must be between 16 and 128"));
         }
-        match connections.get(&account.connection) {
-            Some(connection) => {
-                let aws = connection.plugin.name() == "aws";
-                if aws != (account.strategy == Strategy::AccessKey) {
+        if !connections.contains_key(&account.connection) {
+            errors.push(ConfigError::new(
+                format!("{key}.connection"),
+                format!("unknown connection {:?}", account.connection),
+            ));
+        }
+        for (i, username) in account.usernames.iter().enumerate() {
+            if let Some(other) = owner_of.insert((account.connection.as_str(), username.as_str()), name) {
+                errors.push(ConfigError::new(
+                    format!("{key}.usernames[{i}]"),
+                    format!("{username:?} is also an account of static_accounts.{other}"),
+                ));
+            }
+            if let Some(tidy) = tidy.get(&account.connection) {
+                if username.starts_with(&tidy.prefix) {
                     errors.push(ConfigError::new(
-                        format!("{key}.strategy"),
+                        format!("connections.{}.tidy_prefix", account.connection),
                         format!(
-                            "{} does not fit connection {:?} ({} plugin): access_key is for the aws plugin, \
-                             single and alternating for database users",
-                            account.strategy.as_str(),
-                            account.connection,
-                            connection.plugin.name()
+                            "{:?} matches {username:?}, a user of static_accounts.{name}: tidy would drop it",
+                            tidy.prefix
                         ),
                     ));
                 }
-                // IAM user names also take `+=,@`; database names are kept
-                // to what every statement quotes safely.
-                let (max, extra): (usize, &[u8]) = if aws {
-                    (64, b"_-.+=,@")
-                } else {
-                    (connection.plugin.capabilities().max_username_len, b"_-.")
-                };
-                for (i, username) in account.usernames.iter().enumerate() {
-                    let ok = !username.is_empty()
-                        && username.len() <= max
-                        && username.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
-                    if !ok {
-                        errors.push(ConfigError::new(
-                            format!("{key}.usernames[{i}]"),
-                            format!(
-                                "{username:?} must be 1–{max} letters, digits or {}",
-                                String::from_utf8_lossy(extra)
-                            ),
-                        ));
-                    }
-                    if let Some(other) =
-                        owner_of.insert((account.connection.as_str(), username.as_str()), name)
-                    {
-                        errors.push(ConfigError::new(
-                            format!("{key}.usernames[{i}]"),
-                            format!("{username:?} is also an account of static_accounts.{other}"),
-                        ));
-                    }
-                    if connection.plugin.admin_username().as_deref() == Some(username.as_str()) {
-                        errors.push(ConfigError::new(
-                            format!("{key}.usernames[{i}]"),
-                            format!(
-                                "{username:?} is the admin of connection {:?}: rotate it with `lessor rotate-root`, \
-                                 which also switches lessor's own connections to the new password",
-                                account.connection
-                            ),
-                        ));
-                    }
-                    if let Some(tidy) = &connection.tidy {
-                        if username.starts_with(&tidy.prefix) {
-                            errors.push(ConfigError::new(
-                                format!("connections.{}.tidy_prefix", account.connection),
-                                format!(
-                                    "{:?} matches {username:?}, a user of static_accounts.{name}: tidy would drop it",
-                                    tidy.prefix
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            None => {
-                if !configured(&account.connection) {
-                    errors.push(ConfigError::new(
-                        format!("{key}.connection"),
-                        format!("unknown connection {:?}", account.connection),
-                    ));
-                }
             }
         }
-        if errors.len() == before && connections.contains_key(&account.connection) {
-            valid.insert(
-                name.clone(),
-                StaticAccount {
-                    name: name.clone(),
-                    connection: account.connection.clone(),
-                    strategy: account.strategy,
-                    usernames: account.usernames.clone(),
-                    schedule,
-                    window: account.window,
-                    overlap: account.overlap,
-                    jitter: account.jitter,
-                    password_length: account.password_length,
-                },
-            );
-        }
+        valid.insert(
+            name.clone(),
+            StaticAccount {
+                name: name.clone(),
+                connection: account.connection.clone(),
+                strategy: account.strategy,
+                usernames: account.usernames.clone(),
+                schedule,
+                window: account.window,
+                overlap: account.overlap,
+                jitter: account.jitter,
+                password_length: account.password_length,
+            },
+        );
     }
     valid
 }

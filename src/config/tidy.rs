@@ -21,47 +21,53 @@ pub struct TidySettings {
     pub interval: Duration,
 }
 
-/// Checks a connection's `tidy*` keys; `key` is `connections.NAME`.
-/// `Ok(None)` when tidy is off.
-///
-/// Static accounts (DESIGN §7) do not exist yet; when they land, a prefix
-/// that one of their usernames starts with must be refused here too.
-pub fn check_settings(key: &str, connection: &ConnectionConfig) -> Result<Option<TidySettings>, ConfigError> {
-    if !connection.tidy {
-        if connection.tidy_prefix.is_some() {
-            // Harmless, but probably a config that meant to turn tidy on.
-            warn!(connection = key, "tidy_prefix is set but tidy = false: no sweep runs");
+impl TidySettings {
+    /// Checks a connection's `tidy*` keys; `key` is `connections.NAME`.
+    /// `Ok(None)` when tidy is off. (A prefix a static account's username
+    /// starts with is refused where static accounts are checked.)
+    pub fn from_config(
+        key: &str,
+        connection: &ConnectionConfig,
+    ) -> Result<Option<TidySettings>, ConfigError> {
+        if !connection.tidy {
+            if connection.tidy_prefix.is_some() {
+                // Harmless, but probably a config that meant to turn tidy on.
+                warn!(connection = key, "tidy_prefix is set but tidy = false: no sweep runs");
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
-    let prefix = connection.tidy_prefix.as_deref().ok_or_else(|| {
-        ConfigError::new(
-            format!("{key}.tidy_prefix"),
-            "required when tidy = true: the username prefix lessor owns on this backend, e.g. \"v_\"",
-        )
-    })?;
-    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Err(ConfigError::new(
+        let prefix = connection.tidy_prefix.as_deref().ok_or_else(|| {
+            ConfigError::new(
+                format!("{key}.tidy_prefix"),
+                "required when tidy = true: the username prefix lessor owns on this backend, e.g. \"v_\"",
+            )
+        })?;
+        if prefix.is_empty()
+            || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConfigError::new(
             format!("{key}.tidy_prefix"),
             format!(
                 "{prefix:?} must be non-empty and use only a-z, 0-9 and _ (the characters of the usernames lessor makes)"
             ),
         ));
-    }
-    if let Some(admin) = connection.url.as_deref().and_then(admin_user) {
-        if admin.starts_with(prefix) {
-            return Err(ConfigError::new(
-                format!("{key}.tidy_prefix"),
-                format!("{prefix:?} matches the admin user {admin:?} of this connection: tidy would drop it"),
-            ));
         }
+        if let Some(admin) = connection.url.as_deref().and_then(admin_user) {
+            if admin.starts_with(prefix) {
+                return Err(ConfigError::new(
+                    format!("{key}.tidy_prefix"),
+                    format!(
+                        "{prefix:?} matches the admin user {admin:?} of this connection: tidy would drop it"
+                    ),
+                ));
+            }
+        }
+        Ok(Some(TidySettings {
+            prefix: prefix.to_string(),
+            grace: connection.tidy_grace,
+            interval: connection.tidy_interval,
+        }))
     }
-    Ok(Some(TidySettings {
-        prefix: prefix.to_string(),
-        grace: connection.tidy_grace,
-        interval: connection.tidy_interval,
-    }))
 }
 
 /// The user a connection URL logs in as: `scheme://USER[:…]@host…` or a

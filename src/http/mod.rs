@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::broker::{Broker, BrokerError};
-use crate::config::ValidatedConfig;
 use crate::events::Events;
 use crate::policy::Policies;
 use crate::rotation::Rotator;
+use crate::setup::Setup;
 use crate::store::LeaseStore;
 use crate::tidy::Tidy;
 
@@ -63,21 +63,22 @@ pub struct AppState {
 impl AppState {
     /// Builds the broker, tidy and rotator for `config` over `store`. None
     /// of their background work runs until the caller starts it.
-    pub fn new(config: &ValidatedConfig, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Self {
-        Self::with_audit(config, store, shutdown, Audit::disabled())
+    pub fn new(setup: &Setup, store: Arc<dyn LeaseStore>, shutdown: CancellationToken) -> Self {
+        Self::with_audit(setup, store, shutdown, Audit::disabled())
     }
 
     /// [`new`](Self::new), recording requests and background actions in `audit`.
     pub fn with_audit(
-        config: &ValidatedConfig,
+        setup: &Setup,
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
         audit: Audit,
     ) -> Self {
+        let config = &setup.config;
         let events = Events::default();
-        let broker = Broker::new(config, store.clone(), shutdown.clone(), events.clone(), audit.clone());
+        let broker = Broker::new(setup, store.clone(), shutdown.clone(), events.clone(), audit.clone());
         let rotator = Rotator::new(
-            config,
+            setup,
             store.clone(),
             shutdown.clone(),
             broker.tasks().clone(),
@@ -85,14 +86,14 @@ impl AppState {
             audit.clone(),
         );
         Self {
-            tidy: Tidy::new(config, store, &rotator),
+            tidy: Tidy::new(setup, store, &rotator),
             broker,
             rotator,
             events,
             shutdown,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.server.request_timeout.as_std(),
-            policies: config.policies.clone(),
+            policies: setup.policies.clone(),
             audit,
             metrics: None,
             vault_api: config.server.vault_api,

@@ -12,6 +12,7 @@
 //! A lease belongs to the uid and the policy that obtained it: only they
 //! (or an admin) may read, renew, revoke or watch it.
 
+mod build;
 pub mod identity;
 pub mod quota;
 pub mod rules;

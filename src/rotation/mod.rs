@@ -30,10 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Duration, StaticAccount, Strategy, ValidatedConfig};
+use crate::config::{Duration, StaticAccount, Strategy};
 use crate::events::{Event, Events};
 use crate::policy::Caller;
 use crate::seal::{SealError, Sealer};
+use crate::setup::Setup;
 use crate::store::{LeaseStore, StaticRecord, StoreError};
 
 /// How long the scheduler waits before looking again at an account whose
@@ -172,15 +173,16 @@ pub struct Rotator {
 
 impl Rotator {
     pub fn new(
-        config: &ValidatedConfig,
+        setup: &Setup,
         store: Arc<dyn LeaseStore>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
         events: Events,
         audit: crate::audit::Audit,
     ) -> Arc<Self> {
-        let plugins = config.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
-        let roots = config
+        let config = &setup.config;
+        let plugins = setup.connections.iter().map(|(name, c)| (name.clone(), c.plugin.clone())).collect();
+        let roots = setup
             .connections
             .iter()
             .filter_map(|(name, connection)| {
@@ -209,7 +211,7 @@ impl Rotator {
             roots,
             plugins,
             store,
-            sealer: config.sealer.clone(),
+            sealer: setup.sealer.clone(),
             running: Mutex::default(),
             wake: Notify::new(),
             events,

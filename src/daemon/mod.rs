@@ -1,10 +1,12 @@
-//! `lessor serve`: wires config, store, broker and API together, owns the
-//! socket file, and shuts everything down in order.
+//! `lessor serve`: builds each component from its config section
+//! ([`build`]), wires store, broker and API together, owns the socket
+//! file, and shuts everything down in order.
 //!
 //! The socket is bound and answering `health` ("starting") before the
 //! start-up recovery scan runs, so a large backlog of leases never delays
 //! the daemon becoming reachable.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -16,7 +18,10 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::broker::Broker;
-use crate::config::{self, ValidatedConfig};
+use crate::config::{self, Checked, ConfigErrors};
+use crate::policy::Policies;
+use crate::seal::Sealer;
+use crate::setup::{Connection, Role, Setup};
 use crate::store::{LeaseStore, SqliteStore};
 
 /// How `lessor serve` was invoked.
@@ -40,14 +45,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         dev_config().await?
     } else {
         let path = options.config.as_deref().context("--config FILE is required (or use --dev)")?;
-        config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
+        load(path).map_err(|e| anyhow::anyhow!("{e}"))?
     };
     if let Some(socket) = options.socket {
-        config.server.socket = socket;
+        config.config.server.socket = socket;
     }
     if options.dev {
         config.policies = config.policies.opened();
-        config.socket_mode = 0o666;
+        config.config.socket_mode = 0o666;
         warn!("dev server: every local user may issue credentials and read static accounts");
     }
     let shutdown = CancellationToken::new();
@@ -87,9 +92,82 @@ impl Running {
     }
 }
 
+/// Reads a config file and builds everything the daemon runs on from it;
+/// the error lists every problem, each with the file and dotted key.
+pub fn load(path: &Path) -> Result<Setup, ConfigErrors> {
+    build(config::read(path)?)
+}
+
+/// [`load`] for config text; `source` names it in messages.
+pub fn load_str(text: &str, source: &str) -> Result<Setup, ConfigErrors> {
+    build(config::parse(text, source)?)
+}
+
+/// Builds each component's runtime form from its section of a checked
+/// config: connections' plugins, roles on their plugin, the plugin's checks
+/// of static accounts, the seal key, the policies. Entries the check found
+/// wrong are left out, so their errors are not repeated; the errors of
+/// both steps are returned together.
+pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
+    let mut errors = Vec::new();
+    let config = &checked.config;
+    let mut connections = BTreeMap::new();
+    for (name, section) in &config.connections {
+        if checked.has_error_at(&format!("connections.{name}")) {
+            continue;
+        }
+        match Connection::build(name, section, config.tidy.get(name).cloned()) {
+            Ok(connection) => {
+                connections.insert(name.clone(), connection);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut roles = BTreeMap::new();
+    for (name, section) in &config.roles {
+        let Some(connection) = connections.get(&section.connection) else { continue };
+        if checked.has_error_at(&format!("roles.{name}")) {
+            continue;
+        }
+        match Role::build(name, section, connection) {
+            Ok(role) => {
+                roles.insert(name.clone(), role);
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    for (name, account) in &config.static_accounts {
+        let Some(connection) = connections.get(&account.connection) else { continue };
+        if !checked.has_error_at(&format!("static_accounts.{name}")) {
+            errors.extend(connection.check_static(account));
+        }
+    }
+    let sealer = match &config.server.seal_key_file {
+        Some(path) => Sealer::from_file(path)
+            .map(Arc::new)
+            .map_err(|e| errors.push(lessor_plugin::ConfigError::new("server.seal_key_file", e.to_string())))
+            .ok(),
+        None => None,
+    };
+    let policies = Policies::from_config(
+        &config.policies,
+        config.server.admins.as_deref(),
+        config.roles.keys(),
+        config.static_accounts.keys(),
+    )
+    .map_err(|e| errors.extend(e))
+    .ok();
+    let Checked { config, errors: mut found } = checked;
+    found.extend(errors);
+    match policies {
+        Some(policies) if found.is_empty() => Ok(Setup { config, connections, roles, sealer, policies }),
+        _ => Err(ConfigErrors { file: config.source, errors: found }),
+    }
+}
+
 /// The lease store `server.store` names: SQLite, or PostgreSQL with its
 /// password from `store_password_file` / `store_password_env`.
-async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseStore>> {
+async fn open_store(config: &config::ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseStore>> {
     let server = &config.server;
     let url = server.store.clone();
     if url.starts_with("sqlite://") {
@@ -116,14 +194,16 @@ async fn open_store(config: &ValidatedConfig) -> anyhow::Result<Arc<dyn LeaseSto
 
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
-pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(mut setup: Setup, shutdown: CancellationToken) -> anyhow::Result<Running> {
     // Before anything records (the recorder is installed once per process).
     let exporter = crate::metrics::Exporter::new(crate::metrics::install());
-    let store = open_store(&config).await.with_context(|| format!("{}: server.store", config.source))?;
+    let store =
+        open_store(&setup.config).await.with_context(|| format!("{}: server.store", setup.config.source))?;
     if let Some(cluster) = store.cluster() {
         // A lease's owner is a uid on the node that issued it.
-        config.policies = config.policies.on_node(cluster.node());
+        setup.policies = setup.policies.on_node(cluster.node());
     }
+    let config = &setup.config;
     let socket = config.server.socket.clone();
     let listener = bind_socket(&socket, config.socket_mode).await?;
     let audit = match config.server.audit_log.clone() {
@@ -133,7 +213,7 @@ pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> 
         None => crate::audit::Audit::disabled(),
     };
     audit.spawn_reopen_on_sighup(shutdown.clone());
-    let mut state = AppState::with_audit(&config, store, shutdown.clone(), audit);
+    let mut state = AppState::with_audit(&setup, store, shutdown.clone(), audit);
     state.metrics = Some(exporter.clone());
     let (broker, tidy, rotator) = (state.broker.clone(), state.tidy.clone(), state.rotator.clone());
     // Before the socket answers: an issuance counted now would be counted twice.
@@ -141,11 +221,11 @@ pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> 
         .load_quotas()
         .await
         .with_context(|| format!("{}: counting leases for max_leases", config.source))?;
-    log_access(&config);
+    log_access(&setup.policies);
     // Before any admin connection is made: a rotated admin password in the
     // store wins over the one in the config.
     rotator.restore_roots().await;
-    for (name, connection) in &config.connections {
+    for (name, connection) in &setup.connections {
         let plugin = connection.plugin.clone();
         let name = name.clone();
         tokio::spawn(async move {
@@ -170,8 +250,7 @@ pub async fn start(mut config: ValidatedConfig, shutdown: CancellationToken) -> 
 }
 
 /// Says at start-up who may do what, and how to grant more.
-fn log_access(config: &ValidatedConfig) {
-    let policies = &config.policies;
+fn log_access(policies: &Policies) {
     if policies.is_open() {
         return;
     }
@@ -292,7 +371,7 @@ async fn wait_for_signal() {
 
 /// The config of `serve --dev`: an embedded store and socket in
 /// `./.lessor-dev`, and a demo role for a local PostgreSQL if one answers.
-async fn dev_config() -> anyhow::Result<ValidatedConfig> {
+async fn dev_config() -> anyhow::Result<Setup> {
     let dir = std::env::current_dir()?.join(DEV_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // Static-account secrets are sealed with a key made on first use.
@@ -316,7 +395,7 @@ async fn dev_config() -> anyhow::Result<ValidatedConfig> {
     } else {
         warn!("no PostgreSQL on 127.0.0.1:5432: the dev server has no roles");
     }
-    config::load_str(&text, "(dev config)").map_err(|e| anyhow::anyhow!("{e}"))
+    load_str(&text, "(dev config)").map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 const DEV_POSTGRES: &str = r#"
@@ -332,3 +411,6 @@ creation_statements = [
   "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
 ]
 "#;
+
+#[cfg(test)]
+mod tests;

@@ -298,7 +298,7 @@ impl State {
         let Some(held) = &self.held else { return Ok(false) };
         let lead = chrono::Duration::from_std(self.lead(held)).unwrap_or_default();
         let info = self.client.lease(&held.lease_id).await?;
-        if info.state != "active" {
+        if info.state != crate::LeaseState::Active {
             return Ok(true);
         }
         if !held.renewable || info.max_expires_at - Utc::now() <= lead {
@@ -306,6 +306,7 @@ impl State {
         }
         let increment = format!("{}s", held.ttl_seconds.max(1));
         let renewed = self.client.renew_lease(&held.lease_id, Some(&increment)).await?;
+        let renewed = renewed.lease;
         debug!(lease = %held.lease_id, expires_at = %renewed.expires_at, "keeper: renewed");
         if let Some(held) = &mut self.held {
             held.expires_at = renewed.expires_at;
@@ -321,7 +322,7 @@ impl State {
             // been missed meanwhile.
             (Source::Static { .. }, WatchEvent::Snapshot { .. }) => true,
             (Source::Role { .. }, WatchEvent::LeaseRevoked { lease }) => {
-                self.held.as_ref().is_some_and(|h| h.lease_id == lease.lease_id)
+                self.held.as_ref().is_some_and(|h| h.lease_id == lease.id.as_str())
             }
             _ => false,
         }

@@ -17,6 +17,7 @@
 //! The socket is `LESSOR_SOCKET` or [`DEFAULT_SOCKET`] ([`Client::from_env`]).
 
 pub mod keeper;
+mod lease;
 #[cfg(any(feature = "deadpool-postgres", feature = "mysql"))]
 pub mod pool;
 mod socket;
@@ -25,7 +26,7 @@ pub mod types;
 
 pub use socket::{lease_path, ApiError, Client, ClientError, Response};
 pub use typed::Error;
-pub use types::{Credential, Issued, LeaseInfo, Rotation, StaticInfo, WatchEvent};
+pub use types::{Credential, Issued, Lease, LeaseId, LeaseState, Renewed, Rotation, StaticInfo, WatchEvent};
 
 /// Where `lessor serve` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/lessor/lessor.sock";

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::socket::{ApiError, Client, ClientError, Response};
-use crate::types::{Issued, LeaseInfo, StaticInfo};
+use crate::types::{Issued, Lease, Renewed, StaticInfo};
 
 /// Why a typed call did not give its answer.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +86,12 @@ impl Client {
 
     /// Extends a lease by `increment` (or the role's default TTL), capped
     /// at its max_ttl; the answer has the new expiry and `ttl_seconds`.
-    pub async fn renew_lease(&self, lease_id: &str, increment: Option<&str>) -> Result<LeaseInfo, Error> {
+    pub async fn renew_lease(&self, lease_id: &str, increment: Option<&str>) -> Result<Renewed, Error> {
         typed(self.renew(lease_id, increment).await?)
     }
 
     /// One lease's metadata.
-    pub async fn lease(&self, lease_id: &str) -> Result<LeaseInfo, Error> {
+    pub async fn lease(&self, lease_id: &str) -> Result<Lease, Error> {
         typed(self.lease_get(lease_id).await?)
     }
 

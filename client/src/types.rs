@@ -10,6 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::lease::{Lease, LeaseId, LeaseOwner, LeaseState, Renewed};
+
 /// A secret as a JSON string.
 mod secret {
     use secrecy::{ExposeSecret, SecretString};
@@ -102,45 +104,6 @@ pub struct Issued {
     pub credential: Credential,
 }
 
-/// Who obtained a lease: the caller's uid, gid and pid, and the policy that
-/// granted it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseOwner {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
-    #[serde(default)]
-    pub policy: Option<String>,
-    /// The node whose daemon issued it, when nodes share a store: the
-    /// owner is this uid on that node (a socket is local to its host).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-}
-
-/// A lease's metadata (`GET /v1/leases/{id}`, the lease list, renewals and
-/// watch events). Never a secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LeaseInfo {
-    pub lease_id: String,
-    pub role: String,
-    pub connection: String,
-    pub username: String,
-    /// `pending`, `active`, `revoking`, `revoked` or `irrevocable`.
-    pub state: String,
-    pub issued_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    /// The lease cannot be renewed past this (the role's `max_ttl`).
-    pub max_expires_at: DateTime<Utc>,
-    pub renewable: bool,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub owner: LeaseOwner,
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// Seconds left, in a renewal's answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds: Option<i64>,
-}
-
 /// A static account's credential: the password only where the answer
 /// hands it out (`GET /v1/static/{name}`), never in a rotation's answer or
 /// an event.
@@ -201,6 +164,16 @@ pub struct StaticInfo {
     pub rotation: RotationState,
 }
 
+impl StaticInfo {
+    /// The same account without its secret, for an answer that must not
+    /// carry it (a rotation's, a watch snapshot's).
+    pub fn without_secret(mut self) -> Self {
+        self.credential.password = None;
+        self.credential.secret_access_key = None;
+        self
+    }
+}
+
 /// One line of `GET /v1/watch`.
 /// Where a static account stands after a rotation, as a `rotated` event
 /// tells it: never the secret (read that with `GET /v1/static/{name}`).
@@ -228,15 +201,15 @@ pub enum WatchEvent {
         at: DateTime<Utc>,
         #[serde(rename = "static")]
         statics: Vec<Value>,
-        leases: Vec<LeaseInfo>,
+        leases: Vec<Lease>,
     },
     /// A static account has a new current credential (read it with `GET
     /// /v1/static/{name}`; the event never carries it).
     Rotated(Rotation),
     /// A lease reached two thirds of its TTL.
-    LeaseExpiring { lease: LeaseInfo },
+    LeaseExpiring { lease: Lease },
     /// A lease was revoked (expiry, its owner or an operator).
-    LeaseRevoked { lease: LeaseInfo },
+    LeaseRevoked { lease: Lease },
     /// The stream is alive (every 15 s).
     Heartbeat { at: DateTime<Utc> },
     /// The watcher fell behind and missed this many events; a snapshot

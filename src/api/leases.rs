@@ -8,7 +8,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use lessor_client::LeaseInfo;
+use lessor_client::Renewed;
 
 use super::{parse_duration, parse_lease_id, ApiResult};
 use crate::broker::{BrokerError, Revocation};
@@ -63,7 +63,6 @@ pub(super) async fn list_leases(State(state): State<AppState>, request: Request)
         .broker
         .list(&query.prefix, &caller(request.extensions()), query.after.as_deref(), query.limit)
         .await?;
-    let leases: Vec<LeaseInfo> = leases.iter().map(LeaseInfo::from).collect();
     Ok(Json(json!({ "leases": leases, "next": next })).into_response())
 }
 
@@ -74,7 +73,7 @@ pub(super) async fn get_lease(
 ) -> ApiResult {
     let id = parse_lease_id(&rest)?;
     let lease = state.broker.get(&id, &caller(request.extensions())).await?;
-    Ok(Json(LeaseInfo::from(&lease)).into_response())
+    Ok(Json(lease).into_response())
 }
 
 pub(super) async fn revoke_lease(
@@ -136,7 +135,7 @@ pub(super) async fn lease_action(
     let broker = state.broker.clone();
     let renewed = detached(async move { broker.renew(&id, increment, &caller).await }).await?;
     let ttl_seconds = (renewed.expires_at - chrono::Utc::now()).num_seconds().max(0);
-    let body = LeaseInfo { ttl_seconds: Some(ttl_seconds), ..LeaseInfo::from(&renewed) };
+    let body = Renewed { lease: renewed, ttl_seconds };
     Ok(Json(body).into_response())
 }
 

@@ -13,7 +13,6 @@ use serde_json::json;
 use super::{parse_duration, ApiResult};
 use crate::broker::BrokerError;
 use crate::http::audited::{intend, Irreversible};
-use crate::http::wire::static_info;
 use crate::http::{caller, read_json, ApiError, AppState, Path};
 use crate::rotation::OperatorRequest;
 
@@ -25,7 +24,7 @@ pub(super) async fn static_get(
     request: Request,
 ) -> ApiResult {
     let view = state.rotator.get(&name, &caller(request.extensions())).await?;
-    Ok(Json(static_info(&view, true)).into_response())
+    Ok(Json(view).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,8 +48,7 @@ pub(super) async fn static_rotate(
     let intent = intend(&state.audit, &caller, Irreversible::RotateStatic { account: &name }).await?;
     let rotated =
         state.rotator.rotate(&name, OperatorRequest { reason: body.reason, overlap }, &caller).await;
-    Ok(intent
-        .answer(rotated.map(|view| Json(static_info(&view, false)).into_response()).map_err(ApiError::from)))
+    Ok(intent.answer(rotated.map(|view| Json(view.without_secret()).into_response()).map_err(ApiError::from)))
 }
 
 /// `POST /v1/connections/{name}/rotate-root`: rotate the connection's own

@@ -18,12 +18,11 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use lessor_client::{LeaseInfo, WatchEvent};
+use lessor_client::WatchEvent;
 
 use super::DEFAULT_LIST_LIMIT;
 use crate::broker::Caller;
 use crate::events::Event;
-use crate::http::wire::static_info;
 use crate::http::{caller, ApiError, AppState};
 
 /// How often an idle stream says it is alive.
@@ -100,12 +99,12 @@ async fn snapshot(state: &AppState, caller: &Caller) -> WatchEvent {
     let mut statics = Vec::new();
     for name in state.rotator.names().filter(|name| caller.may_read_static(name).is_ok()) {
         statics.push(match state.rotator.get(name, caller).await {
-            Ok(view) => serde_json::to_value(static_info(&view, false)).expect("a static account serializes"),
+            Ok(view) => serde_json::to_value(view.without_secret()).expect("a static account serializes"),
             Err(e) => json!({ "name": name, "version": 0, "error": e.to_string() }),
         });
     }
     let leases = match state.broker.list("", caller, None, DEFAULT_LIST_LIMIT).await {
-        Ok((leases, _)) => leases.iter().map(LeaseInfo::from).collect(),
+        Ok((leases, _)) => leases,
         Err(_) => Vec::new(),
     };
     WatchEvent::Snapshot { at: Utc::now(), statics, leases }

@@ -267,7 +267,7 @@ impl Broker {
         self.quotas.take(&role.name, owner.policy.as_deref())?;
         let now = now_ms();
         let lease = Lease {
-            id: LeaseId::generate(&role.name),
+            id: crate::lease::new_id(&role.name),
             role: role.name.clone(),
             connection: role.connection.clone(),
             username: role.username.generate(&role.name),

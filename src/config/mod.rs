@@ -459,4 +459,4 @@ pub fn json_schema() -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,6 +1,7 @@
 use super::*;
 
-const EXAMPLE: &str = r#"
+/// A small valid config, also the base of `crate::daemon`'s tests.
+pub(crate) const EXAMPLE: &str = r#"
 [server]
 socket = "/tmp/lessor-test.sock"
 store = "sqlite:///tmp/lessor-test.db"

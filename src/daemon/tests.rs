@@ -5,25 +5,7 @@ use std::path::Path;
 
 use super::*;
 
-const EXAMPLE: &str = r#"
-[server]
-socket = "/tmp/lessor-test.sock"
-store = "sqlite:///tmp/lessor-test.db"
-
-[connections.pg_main]
-plugin = "postgres"
-url = "postgres://lessor_admin@127.0.0.1:5432/app"
-max_connections = 4
-revocation_workers = 2
-
-[roles.app_ro]
-connection = "pg_main"
-default_ttl = "1h"
-max_ttl = "24h"
-creation_statements = [
-  "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE app_readers",
-]
-"#;
+use crate::config::tests::EXAMPLE;
 
 fn errors_of(text: &str) -> String {
     load_str(text, "test.toml").unwrap_err().to_string()

@@ -360,7 +360,7 @@ mod tests {
             // that is not letters and digits is kept whole, not mistaken
             // for the marker of a whole id.
             .chain([LeaseId::from_store(format!("r/{}", "\0".repeat(ID_RANDOM_LEN)))])
-            .chain([LeaseId::generate("pg-ro"), LeaseId::generate("other")])
+            .chain([crate::lease::new_id("pg-ro"), crate::lease::new_id("other")])
             .collect();
         for i in &ids {
             index.schedule(i, at, 0);

@@ -5,43 +5,18 @@
 //! here, and adds only what the answer alone knows (a renewal's TTL).
 //!
 //! `From` where the conversion is total; a function where it can fail (a
-//! plugin's credential of a kind the API has no shape for) or takes a
-//! choice (whether a static account's secret is shown). Vault's shapes
+//! plugin's credential of a kind the API has no shape for). A lease and a
+//! static account need none: the broker and the rotator hold them as the
+//! client crate's `Lease` and `StaticInfo` already. Vault's shapes
 //! are not here: `vault` builds them from these.
 
-use lessor_client::types::{
-    Credential, Issued, LeaseInfo, RotationState, StaticCredential, StaticInfo, WatchEvent,
-};
+use lessor_client::types::{Credential, Issued, WatchEvent};
 
 use axum::http::StatusCode;
 
 use super::ApiError;
 use crate::broker;
-use crate::config::Strategy;
 use crate::events::Event;
-use crate::lease::Lease;
-use crate::rotation::StaticView;
-
-impl From<&Lease> for LeaseInfo {
-    fn from(lease: &Lease) -> Self {
-        Self {
-            lease_id: lease.id.to_string(),
-            role: lease.role.clone(),
-            connection: lease.connection.clone(),
-            username: lease.username.clone(),
-            state: lease.state.as_str().to_string(),
-            issued_at: lease.issued_at,
-            expires_at: lease.expires_at,
-            max_expires_at: lease.max_expires_at,
-            renewable: lease.renewable,
-            attempts: lease.attempts,
-            last_error: lease.last_error.clone(),
-            owner: lease.owner.clone(),
-            revoked_at: lease.revoked_at,
-            ttl_seconds: None,
-        }
-    }
-}
 
 /// A plugin's credential as the API hands it out; `None` for a kind the
 /// API has no shape for (the plugin SDK's enum is open to new kinds).
@@ -87,44 +62,14 @@ pub fn issued(issued: &broker::Issued) -> Option<Issued> {
     })
 }
 
-/// A static account as the API shows it; the password only when asked for.
-pub fn static_info(view: &StaticView, with_secret: bool) -> StaticInfo {
-    let secret = with_secret.then(|| view.password.clone());
-    let credential = if view.strategy == Strategy::AccessKey {
-        StaticCredential {
-            access_key_id: Some(view.username.clone()),
-            secret_access_key: secret,
-            ..Default::default()
-        }
-    } else {
-        StaticCredential { username: Some(view.username.clone()), password: secret, ..Default::default() }
-    };
-    StaticInfo {
-        name: view.name.clone(),
-        strategy: view.strategy.as_str().to_string(),
-        credential,
-        version: view.version,
-        rotated_at: view.rotated_at,
-        next_rotation_at: view.next_rotation_at,
-        previous_username: view.previous_username.clone(),
-        previous_valid_until: view.previous_valid_until,
-        schedule: view.schedule.clone(),
-        rotation: RotationState {
-            in_progress: view.rotating.map(str::to_string),
-            failures: view.failures,
-            last_error: view.last_error.clone(),
-        },
-    }
-}
-
 /// An event as a watcher sees it (whether this watcher may see it at all
 /// is the watch route's check).
 impl From<&Event> for WatchEvent {
     fn from(event: &Event) -> Self {
         match event {
             Event::Rotated(rotation) => Self::Rotated(rotation.clone()),
-            Event::LeaseExpiring(lease) => Self::LeaseExpiring { lease: LeaseInfo::from(&**lease) },
-            Event::LeaseRevoked(lease) => Self::LeaseRevoked { lease: LeaseInfo::from(&**lease) },
+            Event::LeaseExpiring(lease) => Self::LeaseExpiring { lease: (**lease).clone() },
+            Event::LeaseRevoked(lease) => Self::LeaseRevoked { lease: (**lease).clone() },
         }
     }
 }

@@ -296,12 +296,12 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{LeaseId, LeaseState};
+    use crate::lease::LeaseState;
 
     fn lease_of(uid: u32, node: Option<&str>) -> Lease {
         let now = chrono::Utc::now();
         Lease {
-            id: LeaseId::generate("app"),
+            id: crate::lease::new_id("app"),
             role: "app".into(),
             connection: "pg".into(),
             username: "v_app_x".into(),

@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
+use lessor_client::types::{RotationState, StaticCredential, StaticInfo};
 use lessor_plugin::{Plugin, PluginError};
-use secrecy::SecretString;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -104,26 +104,6 @@ impl RotationError {
             Self::Store(_) => (503, "store_unavailable"),
         }
     }
-}
-
-/// A static account as `static get` shows it. The password is there only
-/// for the API to hand out; it is never logged.
-#[derive(Debug)]
-pub struct StaticView {
-    pub name: String,
-    pub strategy: Strategy,
-    pub username: String,
-    pub password: SecretString,
-    pub version: u64,
-    pub rotated_at: Option<DateTime<Utc>>,
-    pub next_rotation_at: Option<DateTime<Utc>>,
-    pub previous_username: Option<String>,
-    pub previous_valid_until: Option<DateTime<Utc>>,
-    pub schedule: String,
-    /// The phase a rotation under way has reached.
-    pub rotating: Option<&'static str>,
-    pub failures: u32,
-    pub last_error: Option<String>,
 }
 
 /// A connection's admin credential after `rotate-root` (never the password).
@@ -266,15 +246,17 @@ impl Rotator {
     }
 
     /// The account's current credential and where its rotation stands.
-    pub async fn get(&self, name: &str, caller: &Caller) -> Result<StaticView, RotationError> {
+    pub async fn get(&self, name: &str, caller: &Caller) -> Result<StaticInfo, RotationError> {
         // Asked first: a caller without the permission learns nothing,
         // not even whether the account exists.
         caller.may_read_static(name)?;
         self.view(name).await
     }
 
-    /// The account's credential and state, for a caller already allowed.
-    async fn view(&self, name: &str) -> Result<StaticView, RotationError> {
+    /// The account's credential (with its secret: an answer that must not
+    /// show it takes it out, `StaticInfo::without_secret`) and state, for a
+    /// caller already allowed.
+    async fn view(&self, name: &str) -> Result<StaticInfo, RotationError> {
         let account = self.account(name)?;
         let record = self.store.static_get(name).await?.unwrap_or_else(|| StaticRecord::new(name));
         let Some(current) = &record.current else {
@@ -283,20 +265,32 @@ impl Rotator {
         let password = self
             .sealer()
             .open(&phases::seal_context(name, record.version, &current.username), &current.sealed)?;
-        Ok(StaticView {
+        let username = Some(current.username.clone());
+        let credential = match account.strategy {
+            Strategy::AccessKey => StaticCredential {
+                access_key_id: username,
+                secret_access_key: Some(password),
+                ..StaticCredential::default()
+            },
+            Strategy::Single | Strategy::Alternating => {
+                StaticCredential { username, password: Some(password), ..StaticCredential::default() }
+            }
+        };
+        Ok(StaticInfo {
             name: name.to_string(),
-            strategy: account.strategy,
-            username: current.username.clone(),
-            password,
+            strategy: account.strategy.as_str().to_string(),
+            credential,
             version: record.version,
             rotated_at: record.rotated_at,
             next_rotation_at: record.next_rotation_at,
             previous_username: record.previous_username.clone(),
             previous_valid_until: record.previous_valid_until,
             schedule: account.schedule.describe(),
-            rotating: record.pending.as_ref().map(|p| p.phase.as_str()),
-            failures: record.failures,
-            last_error: record.last_error,
+            rotation: RotationState {
+                in_progress: record.pending.as_ref().map(|p| p.phase.as_str().to_string()),
+                failures: record.failures,
+                last_error: record.last_error,
+            },
         })
     }
 
@@ -309,7 +303,7 @@ impl Rotator {
         name: &str,
         request: OperatorRequest,
         caller: &Caller,
-    ) -> Result<StaticView, RotationError> {
+    ) -> Result<StaticInfo, RotationError> {
         caller.may_rotate(name)?;
         let account = self.account(name)?.clone();
         let overlap = match account.strategy {

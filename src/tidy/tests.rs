@@ -9,7 +9,7 @@ use lessor_plugin::{BackendUser, Capabilities, ConfigError, CreateRequest, Creat
 
 use crate::config::Duration;
 
-use crate::lease::{Lease, LeaseId, LeaseState, Owner};
+use crate::lease::{Lease, LeaseState, Owner};
 use crate::store::{SqliteStore, Write};
 
 /// A backend that is a set of users with optional creation times.
@@ -59,7 +59,7 @@ impl Plugin for FakeBackend {
 fn lease(username: &str, state: LeaseState) -> Lease {
     let now = Utc::now();
     Lease {
-        id: LeaseId::generate("app"),
+        id: crate::lease::new_id("app"),
         role: "app".into(),
         connection: "other".into(),
         username: username.into(),

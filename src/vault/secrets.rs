@@ -15,7 +15,7 @@ use super::{
     vault_time, Envelope,
 };
 use crate::broker::{BrokerError, Caller};
-use crate::config::{RotationSchedule, Strategy};
+use crate::config::RotationSchedule;
 use crate::http::audited::{intend, Irreversible, Issued};
 use crate::http::{caller, wire, ApiError, AppState, Path};
 use crate::policy::Denied;
@@ -133,12 +133,11 @@ pub(super) async fn static_creds(
     }
     let view = state.rotator.get(&name, &caller).await.map_err(rotation_error)?;
     let schedule = kind.map(|(_, schedule)| schedule);
-    let mut data = match view.strategy {
-        Strategy::AccessKey => json!({
-            "access_key": view.username,
-            "secret_key": view.password.expose_secret(),
-        }),
-        _ => json!({ "username": view.username, "password": view.password.expose_secret() }),
+    let secret = |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
+    let credential = &view.credential;
+    let mut data = match &credential.access_key_id {
+        Some(key) => json!({ "access_key": key, "secret_key": secret(&credential.secret_access_key) }),
+        None => json!({ "username": credential.username, "password": secret(&credential.password) }),
     };
     data["last_vault_rotation"] = json!(view.rotated_at.map(vault_time));
     data["ttl"] = json!(view.next_rotation_at.map_or(0, seconds_until));

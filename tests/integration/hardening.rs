@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
+use lessor::lease::{Lease, LeaseState, Owner};
 use lessor::store::{LeaseStore, SqliteStore, Write};
 use mysql_async::prelude::Queryable;
 
@@ -206,7 +206,7 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
     let username = format!("{prefix}fromthefuture");
     let future = chrono::Utc::now() + chrono::Duration::hours(1);
     let lease = Lease {
-        id: LeaseId::generate(&role),
+        id: lessor::lease::new_id(&role),
         role: role.clone(),
         connection: "pg".into(),
         username: username.clone(),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use chrono::{TimeDelta, Utc};
-use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
+use lessor::lease::{Lease, LeaseState, Owner};
 use lessor::store::{LeaseStore, SqliteStore, Write};
 
 use crate::common::*;
@@ -33,7 +33,7 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
         let now = Utc::now();
         for i in 0..2500 {
             let lease = Lease {
-                id: LeaseId::generate(&role),
+                id: lessor::lease::new_id(&role),
                 role: role.clone(),
                 connection: "pg".into(),
                 username: format!("{prefix}{i:05}"),

@@ -15,7 +15,7 @@ fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
 fn pending(role: &str) -> Lease {
     let now = millis(Utc::now());
     Lease {
-        id: LeaseId::generate(role),
+        id: crate::lease::new_id(role),
         role: role.to_string(),
         connection: "main".into(),
         username: format!("v_{role}_{}", rand::random::<u32>()),
@@ -64,7 +64,7 @@ async fn a_lease_round_trips_with_every_field() {
         assert!(store.write(Write::Insert(lease.clone())).await.unwrap());
         assert_eq!(store.get(&lease.id).await.unwrap().as_ref(), Some(lease));
     }
-    assert_eq!(store.get(&LeaseId::generate("app_ro")).await.unwrap(), None);
+    assert_eq!(store.get(&crate::lease::new_id("app_ro")).await.unwrap(), None);
     assert_eq!(store.find_idempotent(&"ab".repeat(32)).await.unwrap().as_ref(), Some(&full));
     assert_eq!(store.find_idempotent(&"cd".repeat(32)).await.unwrap(), None);
     let mut counts = store.live_counts().await.unwrap();
@@ -209,7 +209,7 @@ async fn a_duplicate_fails_alone_in_its_batch() {
     // Another id with a username already leased on that connection is
     // refused too: two leases never share a username.
     let mut c = b.clone();
-    c.id = LeaseId::generate(&c.role);
+    c.id = crate::lease::new_id(&c.role);
     assert!(matches!(store.write(Write::Insert(c.clone())).await, Err(StoreError::Duplicate(_))));
     assert_eq!(store.get(&c.id).await.unwrap(), None);
     c.connection = format!("{}_other", c.connection);

@@ -157,8 +157,14 @@ pub struct Role {
 impl Role {
     /// Builds `[roles.NAME]` on its connection: the username template
     /// within the backend's limit, the plugin's own options checked by the
-    /// plugin (`check_role`, `check_ttls`).
-    pub fn build(name: &str, config: &RoleConfig, connection: &Connection) -> Result<Self, Vec<ConfigError>> {
+    /// plugin (`check_role`, and `check_ttls` when `ttls_valid`: TTLs the
+    /// config check refused are not checked again).
+    pub fn build(
+        name: &str,
+        config: &RoleConfig,
+        connection: &Connection,
+        ttls_valid: bool,
+    ) -> Result<Self, Vec<ConfigError>> {
         let key = format!("roles.{name}");
         let plugin = &connection.plugin;
         let mut errors = Vec::new();
@@ -177,8 +183,9 @@ impl Role {
             .ok();
         let settings = plugin
             .check_role(name, &config.options)
-            .and_then(|s| {
-                plugin.check_ttls(name, &s, config.default_ttl.as_std(), config.max_ttl.as_std()).map(|()| s)
+            .and_then(|s| match ttls_valid {
+                true => plugin.check_ttls(name, &s, config.default_ttl.as_std(), config.max_ttl.as_std()).map(|()| s),
+                false => Ok(s),
             })
             .map_err(|e| errors.push(e))
             .ok();

@@ -1,7 +1,8 @@
 //! The TOML config: its types (which also generate
 //! `schemas/config.schema.json`), and the check that turns a parsed file
-//! into a [`ValidatedConfig`]: plain data, every key in range and every
-//! reference between sections resolved.
+//! into a [`ValidatedConfig`]: plain data, every key in range, and every
+//! connection a role or static account names known (policies' references
+//! are checked where they are compiled, `Policies::from_config`).
 //!
 //! Nothing here builds a runtime object: plugins, the seal key and the
 //! compiled policies are built from their sections by `crate::setup` and
@@ -166,8 +167,9 @@ pub struct ValidatedConfig {
 }
 
 /// A parsed config and every problem found in it. `config` holds every
-/// validly named entry, those with problems included, so the build step
-/// can report its own problems for the rest at the same time.
+/// role and static account, those with problems included (and every
+/// validly named connection), so the build step can report its own
+/// problems for them at the same time.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub config: ValidatedConfig,
@@ -323,8 +325,8 @@ fn check(config: Config, source: &str) -> Checked {
     for (name, role) in &config.roles {
         let key = format!("roles.{name}");
         if !is_valid_name(name) {
+            // Still kept: a policy naming it is not told it names nothing.
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
-            continue;
         }
         if role.default_ttl.as_std().is_zero() {
             errors.push(ConfigError::new(format!("{key}.default_ttl"), "must be longer than 0s"));

@@ -148,8 +148,8 @@ pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
 
 /// Checks every `[static_accounts.NAME]` against the config's connections
 /// and their tidy settings; what only the connection's plugin can check is
-/// `crate::setup::Connection::check_static`. Returns every validly named
-/// account, those with problems included.
+/// `crate::setup::Connection::check_static`. Returns every account, those
+/// with problems included.
 pub(super) fn check(
     accounts: &BTreeMap<String, StaticAccountConfig>,
     connections: &BTreeMap<String, ConnectionConfig>,
@@ -161,8 +161,8 @@ pub(super) fn check(
     for (name, account) in accounts {
         let key = format!("static_accounts.{name}");
         if !super::is_valid_name(name) {
+            // Still kept: a policy naming it is not told it names nothing.
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
-            continue;
         }
         let wanted = match account.strategy {
             Strategy::Single | Strategy::AccessKey => 1,

@@ -105,17 +105,16 @@ pub fn load_str(text: &str, source: &str) -> Result<Setup, ConfigErrors> {
 
 /// Builds each component's runtime form from its section of a checked
 /// config: connections' plugins, roles on their plugin, the plugin's checks
-/// of static accounts, the seal key, the policies. Entries the check found
-/// wrong are left out, so their errors are not repeated; the errors of
-/// both steps are returned together.
+/// of static accounts, the seal key, the policies. Every build step runs
+/// whatever the check found, except where it would only repeat a problem
+/// already reported (a role's TTLs, a static account's usernames, an
+/// entry whose name is invalid); the errors of both steps are returned
+/// together.
 pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     let mut errors = Vec::new();
     let config = &checked.config;
     let mut connections = BTreeMap::new();
     for (name, section) in &config.connections {
-        if checked.has_error_at(&format!("connections.{name}")) {
-            continue;
-        }
         match Connection::build(name, section, config.tidy.get(name).cloned()) {
             Ok(connection) => {
                 connections.insert(name.clone(), connection);
@@ -126,10 +125,13 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     let mut roles = BTreeMap::new();
     for (name, section) in &config.roles {
         let Some(connection) = connections.get(&section.connection) else { continue };
-        if checked.has_error_at(&format!("roles.{name}")) {
+        if !config::is_valid_name(name) {
             continue;
         }
-        match Role::build(name, section, connection) {
+        let key = format!("roles.{name}");
+        let ttls_valid = !checked.has_error_at(&format!("{key}.default_ttl"))
+            && !checked.has_error_at(&format!("{key}.max_ttl"));
+        match Role::build(name, section, connection, ttls_valid) {
             Ok(role) => {
                 roles.insert(name.clone(), role);
             }
@@ -138,7 +140,7 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     }
     for (name, account) in &config.static_accounts {
         let Some(connection) = connections.get(&account.connection) else { continue };
-        if !checked.has_error_at(&format!("static_accounts.{name}")) {
+        if config::is_valid_name(name) && !checked.has_error_at(&format!("static_accounts.{name}.usernames")) {
             errors.extend(connection.check_static(account));
         }
     }

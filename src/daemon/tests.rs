@@ -52,6 +52,31 @@ fn errors_of_the_check_and_the_build_come_together() {
     assert_eq!(e.matches("roles.app_ro").count(), 1, "{e}");
 }
 
+/// A problem of a connection's own keys does not hide what its plugin
+/// finds in a role on it.
+#[test]
+fn a_connection_problem_does_not_hide_its_roles_problems() {
+    let text = EXAMPLE
+        .replace("revocation_workers = 2", "revocation_workers = 4")
+        .replace("creation_statements = [", "revocation_statemnts = [\"x\"]\ncreation_statements = [");
+    let e = errors_of(&text);
+    assert!(e.contains("test.toml: connections.pg_main.revocation_workers"), "{e}");
+    assert!(e.contains("revocation_statemnts"), "{e}");
+}
+
+/// A role whose name is refused is still a role a policy may name: the
+/// policy is not told it names nothing.
+#[test]
+fn a_policy_naming_a_badly_named_role_gets_no_second_error() {
+    let text = format!(
+        "{}\n[[policies]]\nname = \"web\"\nmatch = {{ uid = 1 }}\nallow = [\"creds:app.ro\"]\n",
+        EXAMPLE.replace("[roles.app_ro]", "[roles.\"app.ro\"]")
+    );
+    let e = errors_of(&text);
+    assert!(e.contains("test.toml: roles.app.ro: name may hold only"), "{e}");
+    assert!(!e.contains("names no configured role"), "{e}");
+}
+
 /// Every config example in the repository parses and validates; the
 /// password files they name are swapped for a temporary one, CA files for
 /// `testdata/example-ca.pem`.

@@ -82,6 +82,14 @@ impl PeerInfo {
         Self { uid: u32::MAX, gid: u32::MAX, pid: None, identity: Arc::new(nobody), stamp: None, pidfd: None }
     }
 
+    /// A peer known only by `identity`, never re-checked: for driving the
+    /// router in-process (the fuzz harness and its corpus replay). The
+    /// socket's peers are always [`accept`](Self::accept)ed.
+    pub fn with_identity(identity: Identity) -> Self {
+        let (uid, gid, pid) = (identity.uid, identity.gid, identity.pid);
+        Self { uid, gid, pid, identity: Arc::new(identity), stamp: None, pidfd: None }
+    }
+
     /// The identity read when the connection was accepted.
     pub fn identity(&self) -> &Identity {
         &self.identity

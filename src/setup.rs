@@ -184,7 +184,9 @@ impl Role {
         let settings = plugin
             .check_role(name, &config.options)
             .and_then(|s| match ttls_valid {
-                true => plugin.check_ttls(name, &s, config.default_ttl.as_std(), config.max_ttl.as_std()).map(|()| s),
+                true => plugin
+                    .check_ttls(name, &s, config.default_ttl.as_std(), config.max_ttl.as_std())
+                    .map(|()| s),
                 false => Ok(s),
             })
             .map_err(|e| errors.push(e))

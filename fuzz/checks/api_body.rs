@@ -184,8 +184,7 @@ pub fn check(data: &[u8]) {
         );
     }
     if (status.is_client_error() || status.is_server_error()) && method != Method::HEAD {
-        let shaped = code.is_some()
-            && json.as_ref().is_some_and(|j| j["error"]["message"].is_string());
+        let shaped = code.is_some() && json.as_ref().is_some_and(|j| j["error"]["message"].is_string());
         assert!(
             shaped,
             "{method} {}: {status} without the documented JSON error: {text}",

@@ -9,7 +9,6 @@
 
 use std::sync::Once;
 
-
 /// The seeds name this variable in `password_env`, and these files in
 /// `password_file` and `seal_key_file`, so connections that need an admin
 /// password get one and their roles and static accounts are validated too.

@@ -140,7 +140,8 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     }
     for (name, account) in &config.static_accounts {
         let Some(connection) = connections.get(&account.connection) else { continue };
-        if config::is_valid_name(name) && !checked.has_error_at(&format!("static_accounts.{name}.usernames")) {
+        if config::is_valid_name(name) && !checked.has_error_at(&format!("static_accounts.{name}.usernames"))
+        {
             errors.extend(connection.check_static(account));
         }
     }

@@ -108,9 +108,17 @@ async fn pg_verify_full_issues_renews_and_revokes_over_tls() {
     .await;
     assert!(log.contains("TLSv1.3") && log.contains("chain and host name verified"), "{log}");
 
+    let before = db.valid_until(&username).await.expect("VALID UNTIL set at creation");
     let renewed = client.renew(&lease_id, Some("20m")).await.unwrap();
     assert_eq!(renewed.status, 200, "{:?}", renewed.body);
-    assert!(db.valid_until(&username).await.is_some());
+    // The renewal reached the server over TLS: VALID UNTIL is the renewed
+    // expiry (to the second), no longer the one creation set.
+    let expires = chrono::DateTime::parse_from_rfc3339(renewed.body["expires_at"].as_str().unwrap())
+        .expect("an RFC 3339 expiry")
+        .with_timezone(&chrono::Utc);
+    let after = db.valid_until(&username).await.expect("VALID UNTIL after renewal");
+    assert_ne!(after, before, "the renewal left VALID UNTIL as creation set it");
+    assert!((after - expires).num_seconds().abs() <= 1, "VALID UNTIL {after}, lease expires {expires}");
     let revoked = client.revoke(&lease_id).await.unwrap();
     assert!(revoked.status == 200 || revoked.status == 204, "{:?}", revoked.body);
     assert!(!db.role_exists(&username).await, "the role survived its revocation");

@@ -286,11 +286,15 @@ async fn create_renew_revoke_lifecycle() {
         let session = fx.login(&user, pw.expose_secret()).await.expect("login as the new role");
         let me: String = session.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(me, user);
-        if fx.checks_passwords(&user).await {
-            eprintln!("server checks passwords: the login proves the verifier matches");
-        } else {
-            eprintln!("server trusts every login: the password itself is not proven");
-        }
+        // The test cluster (`scripts/test`) authenticates by password, so
+        // the login above proves the verifier matches; a server that trusts
+        // every login proves nothing and is refused here rather than
+        // passing silently.
+        assert!(
+            fx.checks_passwords(&user).await,
+            "a wrong password logs in: LESSOR_TEST_PG_URL must name a server with password authentication \
+             (scripts/test sets one up)"
+        );
 
         // Renew moves VALID UNTIL.
         let later = expires + TimeDelta::hours(5);

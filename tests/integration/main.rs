@@ -31,6 +31,7 @@ mod rotation;
 mod scram;
 mod secret_files;
 mod secrets;
+mod serve;
 mod strangers;
 mod tidy;
 mod tls;

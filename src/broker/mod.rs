@@ -98,6 +98,8 @@ pub struct Broker {
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) revoked_retention: Duration,
+    /// How often an `irrevocable` lease is tried again (`server.irrevocable_retry`).
+    pub(crate) irrevocable_retry: std::time::Duration,
     /// `max_leases` of roles and policies, and what is held against them.
     pub(crate) quotas: Quotas,
     /// Credentials answered for an `Idempotency-Key`, sealed in memory.
@@ -163,6 +165,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: setup.config.server.revoked_retention,
+            irrevocable_retry: setup.config.server.irrevocable_retry.as_std(),
             audit,
             remembered: idempotency::Remembered::default(),
             quotas: Quotas::new(
@@ -214,7 +217,7 @@ impl Broker {
             let mut failures = 0;
             while let Err(e) = me.recover().await {
                 failures += 1;
-                let wait = expiry::backoff(failures.min(expiry::MAX_FAST_ATTEMPTS - 1));
+                let wait = expiry::backoff(failures.min(expiry::MAX_FAST_ATTEMPTS - 1), me.irrevocable_retry);
                 warn!(error = %e, retry_in_s = wait.as_secs(), "start-up recovery failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}

@@ -166,7 +166,7 @@ impl Broker {
                 let attempts = lease.attempts + 1;
                 let irrevocable = attempts >= MAX_FAST_ATTEMPTS;
                 metrics::revoke_failed(&lease.connection);
-                let wait = expiry::backoff(attempts);
+                let wait = expiry::backoff(attempts, self.irrevocable_retry);
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
                 let write = Write::RevokeFailed {
                     id: id.clone(),
@@ -316,7 +316,8 @@ struct Reschedule<'a> {
 impl Drop for Reschedule<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let wait = expiry::backoff(3);
+            // The fourth fast retry's wait (about 4 s): never the slow one.
+            let wait = expiry::backoff(3, std::time::Duration::MAX);
             let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
             // Whatever attempt comes next, this entry is acted on.
             self.index.schedule(self.id, at, ANY_ATTEMPT);

@@ -285,6 +285,7 @@ fn check(config: Config, source: &str) -> Checked {
         ));
     }
     check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
+    check_range(&mut errors, "server.irrevocable_retry", server.irrevocable_retry, SECOND, WEEK);
 
     let mut connections = BTreeMap::new();
     let mut tidy = BTreeMap::new();
@@ -384,6 +385,7 @@ fn check(config: Config, source: &str) -> Checked {
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
 /// The longest any configured duration may be: every instant lessor
 /// computes from one (now + TTL, now − retention) stays far inside the
 /// range of a timestamp.

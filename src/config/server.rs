@@ -57,6 +57,11 @@ pub struct ServerConfig {
     /// How long revoked leases stay visible before they are purged.
     #[serde(default = "default_revoked_retention")]
     pub revoked_retention: Duration,
+    /// How often a lease flagged `irrevocable` (its revocation failed six
+    /// times in a row) is tried again; after a restart, each is tried at a
+    /// random point within one such period, so a backlog is spread out.
+    #[serde(default = "default_irrevocable_retry")]
+    pub irrevocable_retry: Duration,
     /// Serve the Vault-compatible routes (`/v1/database/…`, `/v1/aws/…`,
     /// `/v1/sys/leases/…`) beside lessor's own, so the `bao`/`vault` CLI,
     /// hvac and OpenBao Agent work unchanged. The same identity and
@@ -103,6 +108,7 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             max_body_bytes: default_max_body_bytes(),
             revoked_retention: default_revoked_retention(),
+            irrevocable_retry: default_irrevocable_retry(),
             vault_api: default_vault_api(),
             header_timeout: default_header_timeout(),
             max_connections: default_max_connections(),
@@ -151,6 +157,9 @@ fn default_node_timeout() -> Duration {
 }
 fn default_revoked_retention() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_irrevocable_retry() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `server.store` and what goes with it: the kind of store, a PostgreSQL

@@ -25,17 +25,15 @@ pub use timeline::{Due, ExpiryIndex, WarningIndex, ANY_ATTEMPT};
 
 /// After this many failed attempts a lease is flagged `irrevocable`.
 pub const MAX_FAST_ATTEMPTS: u32 = 6;
-/// How often an `irrevocable` lease is retried.
-pub const SLOW_RETRY: Duration = Duration::from_secs(3600);
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(600);
 
 /// The wait before retry number `attempts + 1`: 1 s, 2 s, 4 s … capped at
 /// 10 min, ±20 % jitter so a storm of failures does not retry in lockstep;
-/// hourly once the lease is irrevocable.
-pub fn backoff(attempts: u32) -> Duration {
+/// `slow_retry` (`server.irrevocable_retry`) once the lease is irrevocable.
+pub fn backoff(attempts: u32, slow_retry: Duration) -> Duration {
     let base = if attempts >= MAX_FAST_ATTEMPTS {
-        SLOW_RETRY
+        slow_retry
     } else {
         BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(20)).min(BACKOFF_CAP)
     };
@@ -50,10 +48,10 @@ pub fn warning_at(from: DateTime<Utc>, until: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// When an `irrevocable` lease found at start-up is next tried: at a random
-/// point of the next [`SLOW_RETRY`], so that a restart neither retries a
+/// point of the next `slow_retry`, so that a restart neither retries a
 /// backlog of them all at once nor resets their slow cadence.
-pub fn slow_retry_after_restart(now: DateTime<Utc>) -> DateTime<Utc> {
-    let spread = rand::rng().random_range(0..SLOW_RETRY.as_millis() as i64);
+pub fn slow_retry_after_restart(now: DateTime<Utc>, slow_retry: Duration) -> DateTime<Utc> {
+    let spread = rand::rng().random_range(0..(slow_retry.as_millis() as i64).max(1));
     now + chrono::Duration::milliseconds(spread)
 }
 
@@ -88,22 +86,24 @@ pub(crate) async fn bounded<T>(
 mod tests {
     use super::*;
 
+    const SLOW_RETRY: Duration = Duration::from_secs(3600);
+
     #[test]
     fn backoff_doubles_caps_and_slows_down() {
         for (attempts, secs) in [(1u32, 1.0f64), (2, 2.0), (3, 4.0), (5, 16.0)] {
-            let b = backoff(attempts).as_secs_f64();
+            let b = backoff(attempts, SLOW_RETRY).as_secs_f64();
             assert!(b >= secs * 0.8 && b <= secs * 1.2, "attempt {attempts}: {b}");
         }
-        let slow = backoff(MAX_FAST_ATTEMPTS).as_secs_f64();
+        let slow = backoff(MAX_FAST_ATTEMPTS, SLOW_RETRY).as_secs_f64();
         assert!(slow >= SLOW_RETRY.as_secs_f64() * 0.8 && slow <= SLOW_RETRY.as_secs_f64() * 1.2, "{slow}");
-        assert!(backoff(5) <= BACKOFF_CAP.mul_f64(1.2));
+        assert!(backoff(5, SLOW_RETRY) <= BACKOFF_CAP.mul_f64(1.2));
     }
 
     #[test]
     fn irrevocable_leases_are_spread_over_the_slow_cadence_after_a_restart() {
         let now = Utc::now();
         let slow = chrono::Duration::from_std(SLOW_RETRY).unwrap();
-        let at: Vec<_> = (0..1000).map(|_| slow_retry_after_restart(now)).collect();
+        let at: Vec<_> = (0..1000).map(|_| slow_retry_after_restart(now, SLOW_RETRY)).collect();
         assert!(at.iter().all(|t| *t >= now && *t < now + slow));
         // Not all at once: at most a few of 1000 land in the first minute.
         let first_minute = at.iter().filter(|t| **t < now + chrono::Duration::minutes(1)).count();

@@ -20,6 +20,7 @@ mod fencing;
 mod grants;
 mod hardening;
 mod idempotency;
+mod irrevocable;
 mod lifecycle;
 mod listing;
 mod metrics;

@@ -73,7 +73,7 @@ impl Broker {
                     }
                     LeaseState::Irrevocable => {
                         retry += 1;
-                        expiry::slow_retry_after_restart(now)
+                        expiry::slow_retry_after_restart(now, self.irrevocable_retry)
                     }
                     LeaseState::Revoked => continue,
                 };

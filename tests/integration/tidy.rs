@@ -196,3 +196,59 @@ async fn the_grace_holds_young_users_and_start_up_sweeps_by_itself() {
     let dry = lessor(&daemon.socket, &["tidy", "--connection", "my_young", "--dry-run"]);
     assert_eq!(lines(&dry), BTreeSet::from(["nothing to drop (my_young)".to_string()]));
 }
+
+/// An operator's `force` against a backend that refuses: the lease is
+/// dropped at once and the user is left behind on the server; once
+/// the backend answers, tidy finds the user no lease covers and drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_revocation_leaves_the_user_to_tidy() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("forced");
+    db.track_prefix(&prefix);
+    let proxy = Proxy::start((db.host.clone(), db.port)).await;
+    let body = format!(
+        "{}{}\n{}",
+        pg_connection(&db, Some(proxy.port)),
+        tidy_keys(&prefix, "0s"),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE])
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    let client = daemon.client();
+    // The start-up sweep runs just after readiness: let it pass first.
+    wait_for("the start-up sweep", Duration::from_secs(20), || async {
+        (daemon.metric("lessor_tidy_runs_total").await >= 1.0).then_some(())
+    })
+    .await;
+    let issued = client.creds(&role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}", issued.body);
+    let lease_id = issued.body["lease_id"].as_str().unwrap().to_string();
+    let username = issued.body["credential"]["username"].as_str().unwrap().to_string();
+
+    proxy.cut();
+    let forced = client.revoke_prefix(&format!("{role}/"), true).await.unwrap();
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    assert_eq!(forced.body["revoked"], 1, "{:?}", forced.body);
+    // The lease is dropped from lessor's books, the role stays on the server.
+    let lease = client.lease_get(&lease_id).await.unwrap();
+    assert_eq!(lease.status, 404, "{:?}", lease.body);
+    assert!(db.role_exists(&username).await, "the backend was cut off, yet the role went");
+
+    // Tidy cannot reach the backend either: it says so and drops nothing.
+    let refused = client.tidy(Some("pg"), false).await.unwrap();
+    assert_eq!(refused.status, 200, "{:?}", refused.body);
+    let report = &refused.body["connections"][0];
+    assert!(report["errors"].to_string().contains("unreachable"), "{report}");
+    assert_eq!(report["dropped"], serde_json::json!([]), "{report}");
+    assert!(db.role_exists(&username).await);
+
+    proxy.restore();
+    let swept = wait_for("tidy to reach the backend again", Duration::from_secs(60), || async {
+        let swept = client.tidy(Some("pg"), false).await.unwrap();
+        assert_eq!(swept.status, 200, "{:?}", swept.body);
+        let report = swept.body["connections"][0].clone();
+        (report["errors"] == serde_json::json!([])).then_some(report)
+    })
+    .await;
+    assert_eq!(swept["dropped"], serde_json::json!([username.clone()]), "{swept}");
+    assert!(!db.role_exists(&username).await, "tidy left the role a forced revocation left behind");
+}

@@ -34,14 +34,16 @@ fn username_in(message: &str) -> String {
     message[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
 }
 
-/// Polls `running` until it reports nothing, for at most a second (well
-/// before the statements the tests make would end by themselves).
+/// Polls `running` until it reports nothing, for at most 20 s: far above
+/// any scheduling delay, and well before the statements the tests make
+/// would end by themselves (a minute's sleep, a lock held until the test
+/// lets go).
 async fn none_left_running<F, Fut>(what: &str, running: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = usize>,
 {
-    wait_for(what, Duration::from_secs(1), || async { (running().await == 0).then_some(()) }).await;
+    wait_for(what, Duration::from_secs(20), || async { (running().await == 0).then_some(()) }).await;
 }
 
 /// Waits until `username` is gone from the backend (per `exists`) and its

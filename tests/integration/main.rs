@@ -33,6 +33,7 @@ mod scram;
 mod secret_files;
 mod secrets;
 mod serve;
+mod storm;
 mod strangers;
 mod tidy;
 mod tls;

@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -427,61 +426,131 @@ where
     assert!(!backend_users().await.is_empty(), "no issuance ever succeeded: {}", daemon.log());
 }
 
-/// A TCP proxy in front of PostgreSQL that can be cut and restored, to
-/// simulate an outage of one backend without stopping the shared cluster.
+/// A TCP proxy in front of a backend that can be cut (connections closed,
+/// new ones refused, as a dead server) or turned into a black hole
+/// (connections accepted and kept, nothing answered, as a partition or a
+/// stalled server), and restored, to simulate an outage of one backend
+/// without stopping the shared server.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<AtomicBool>,
+    state: Arc<tokio::sync::watch::Sender<Link>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+}
+
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    Cut,
+    BlackHole,
 }
 
 impl Proxy {
     pub async fn start(target: (String, u16)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
+        let state = Arc::new(tokio::sync::watch::Sender::new(Link::Up));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
-            let up = up.clone();
+            let state = state.clone();
             let connections = connections.clone();
             async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else { return };
-                    if !up.load(Ordering::SeqCst) {
-                        drop(inbound); // refused, as a dead server would
-                        continue;
-                    }
-                    let target = target.clone();
-                    let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect((target.0.as_str(), target.1)).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok((inbound, _)) = listener.accept().await else { return };
+                    let link = *state.borrow();
+                    let task = match link {
+                        Link::Cut => {
+                            drop(inbound); // refused, as a dead server would
+                            continue;
                         }
-                    });
+                        // Accepted, then silence until the outage ends.
+                        Link::BlackHole => tokio::spawn(async move {
+                            let _held = inbound;
+                            std::future::pending::<()>().await
+                        }),
+                        Link::Up => {
+                            let target = target.clone();
+                            let link = state.subscribe();
+                            tokio::spawn(async move {
+                                if let Ok(outbound) = TcpStream::connect((target.0.as_str(), target.1)).await
+                                {
+                                    forward(inbound, outbound, link).await;
+                                }
+                            })
+                        }
+                    };
                     connections.lock().unwrap().push(task);
                 }
             }
         });
-        Self { port, up, connections, accept }
+        Self { port, state, connections, accept }
     }
 
     /// Cuts every open connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
+        self.state.send_replace(Link::Cut);
+        self.close_all();
+    }
+
+    /// Stops answering: open connections carry nothing more either way
+    /// (and stay open), new ones are accepted and never answered.
+    pub fn black_hole(&self) {
+        self.state.send_replace(Link::BlackHole);
+    }
+
+    /// Ends an outage. After a black hole, the connections it held are
+    /// closed (as a peer's reset would after a long partition), never
+    /// resumed: nothing sent into the hole reaches the backend late.
+    pub fn restore(&self) {
+        if self.state.send_replace(Link::Up) == Link::BlackHole {
+            self.close_all();
+        }
+    }
+
+    fn close_all(&self) {
         for task in self.connections.lock().unwrap().drain(..) {
             task.abort();
         }
     }
+}
 
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+/// Copies both ways until either side ends; once the link is no longer
+/// up, nothing read is passed on (the connection stays open, silent).
+async fn forward(inbound: TcpStream, outbound: TcpStream, link: tokio::sync::watch::Receiver<Link>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut link: tokio::sync::watch::Receiver<Link>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if *link.borrow_and_update() != Link::Up {
+                // Swallowed; wait for the proxy to close this connection.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
+    tokio::select! {
+        _ = pump(in_read, out_write, link.clone()) => {}
+        _ = pump(out_read, in_write, link) => {}
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
-        self.cut();
+        self.close_all();
     }
 }
 

@@ -5,8 +5,9 @@
 //! operator action, precise config errors, and no secret in trace logs.
 //!
 //! Tests on the shared moto server (authentication off) use their own
-//! random user paths and role names; the one that needs authentication on
-//! starts a moto server of its own.
+//! random user paths and role names; the ones that prove an issued key
+//! works, and only as issued, start a moto server of their own with
+//! authentication on.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -57,27 +58,38 @@ async fn lease_state(daemon: &Daemon, id: &str) -> String {
     r.body["state"].as_str().unwrap().to_string()
 }
 
+/// STS credentials through the daemon, on a moto of our own with
+/// authentication on and lessor's admin a real IAM user there: the
+/// assumed-role key answers GetCallerIdentity as exactly the role's session
+/// named after the lease, and is refused with a wrong secret, without its
+/// token or with a wrong one; the lease ends when the token does, clamped
+/// to STS's 15-minute minimum and the role's max_ttl. Federation and
+/// session tokens are the ones STS issued to lessor's admin (moto cannot
+/// check more of them: see [`assert_moto_cannot_check`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sts_credentials_are_expiry_only_and_clamped_to_fifteen_minutes() {
-    let endpoint = aws_endpoint();
-    let admin = iam(&endpoint, ANY_KEY).await;
-    let tag = rand_suffix(8);
-    let arn = make_iam_role(&admin, &format!("lessor-it-deploy-{tag}")).await;
-    let (deploy, fed, sess) = (format!("deploy_{tag}"), format!("fed_{tag}"), format!("sess_{tag}"));
+    let moto = Moto::start().await;
+    let root = iam(&moto.endpoint, ANY_KEY).await;
+    let (admin_id, admin_secret) = make_admin(&root, "lessor-admin").await;
+    let iam_role = "lessor-it-deploy";
+    let arn = make_iam_role(&root, iam_role).await;
+    moto.enable_auth().await;
+    let admin = (admin_id.as_str(), admin_secret.as_str());
+    let (deploy, fed, sess) = ("deploy", "fed", "sess");
     let body = format!(
         "{conn}\n\
          [roles.{deploy}]\nconnection = \"aws\"\ncredential_type = \"assumed_role\"\nrole_arn = {arn:?}\ndefault_ttl = \"15m\"\nmax_ttl = \"1h\"\n\n\
          [roles.{fed}]\nconnection = \"aws\"\ncredential_type = \"federation_token\"\nmax_ttl = \"36h\"\n\
          policy_document = '{{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"s3:GetObject\",\"Resource\":\"*\"}}]}}'\n\n\
          [roles.{sess}]\nconnection = \"aws\"\ncredential_type = \"session_token\"\ndefault_ttl = \"20m\"\nmax_ttl = \"1h\"\n",
-        conn = aws_connection(&endpoint, ANY_KEY.0),
+        conn = aws_connection(&moto.endpoint, &admin_id),
     );
-    let daemon = Daemon::start_aws(ANY_KEY.1, &body, &[]).await;
+    let daemon = Daemon::start_aws(&admin_secret, &body, &[]).await;
     let client = daemon.client();
 
     // Default TTL: 15 minutes, the lease ends when the token does.
-    let issued = client.creds(&deploy, None).await.unwrap();
-    assert_eq!(issued.status, 200, "{:?}", issued.body);
+    let issued = client.creds(deploy, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
     let b = &issued.body;
     assert_eq!(b["plugin"], "aws");
     assert_eq!(b["renewable"], false);
@@ -88,20 +100,26 @@ async fn sts_credentials_are_expiry_only_and_clamped_to_fifteen_minutes() {
     assert!((895..=905).contains(&ttl), "ttl_seconds {ttl}");
     let (id, secret, token) = key_of(b);
     let token = token.expect("a session token");
-    let who = caller_identity(&endpoint, (&id, &secret), Some(&token)).await.expect("the token works");
-    assert!(who.contains(&format!("assumed-role/lessor-it-deploy-{tag}/lessor-{deploy}-")), "{who}");
     let lease_id = b["lease_id"].as_str().unwrap().to_string();
+    let session = default_session_name(&lease_id, 64);
+    assert_works_only_as_issued(
+        &moto.endpoint,
+        (&id, &secret),
+        Some(&token),
+        &format!("arn:aws:sts::{ACCOUNT}:assumed-role/{iam_role}/{session}"),
+    )
+    .await;
 
     // Under STS's minimum: raised to 15 minutes, as documented.
-    let issued = client.creds(&deploy, Some("5m")).await.unwrap();
+    let issued = client.creds(deploy, Some("5m")).await.unwrap();
     assert_eq!(issued.status, 200, "{:?}", issued.body);
     let ttl = issued.body["ttl_seconds"].as_i64().unwrap();
     assert!((895..=905).contains(&ttl), "a 5m request must be raised to 15m, got {ttl}s");
     // Over the role's max_ttl: refused.
-    let refused = client.creds(&deploy, Some("2h")).await.unwrap();
+    let refused = client.creds(deploy, Some("2h")).await.unwrap();
     assert_eq!(refused.status, 400, "{:?}", refused.body);
     // 45 minutes: as asked.
-    let issued = client.creds(&deploy, Some("45m")).await.unwrap();
+    let issued = client.creds(deploy, Some("45m")).await.unwrap();
     let ttl = issued.body["ttl_seconds"].as_i64().unwrap();
     assert!((2695..=2705).contains(&ttl), "{ttl}");
 
@@ -115,28 +133,39 @@ async fn sts_credentials_are_expiry_only_and_clamped_to_fifteen_minutes() {
     assert!(note.contains("until it expires"), "{note}");
     assert_eq!(lease_state(&daemon, &lease_id).await, "revoked");
 
-    // federation_token: as asked, up to 36 h.
-    let issued = client.creds(&fed, Some("2h")).await.unwrap();
-    assert_eq!(issued.status, 200, "{:?}", issued.body);
+    // federation_token: as asked, up to 36 h; the federated user is named
+    // after the lease (GetFederationToken allows 32 characters).
+    let issued = client.creds(fed, Some("2h")).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
     let ttl = issued.body["ttl_seconds"].as_i64().unwrap();
     assert!((7195..=7205).contains(&ttl), "{ttl}");
     let (id, secret, token) = key_of(&issued.body);
-    caller_identity(&endpoint, (&id, &secret), token.as_deref()).await.expect("federation token works");
+    let name = default_session_name(issued.body["lease_id"].as_str().unwrap(), 32);
+    assert_moto_cannot_check(
+        &moto.endpoint,
+        admin,
+        Some(&name),
+        (&id, &secret, token.as_deref()),
+        &format!("arn:aws:sts::{ACCOUNT}:federated-user/{name}"),
+    )
+    .await;
 
-    // session_token through the CLI's env format, which the SDK reads.
-    let out = lessor(&daemon.socket, &["creds", &sess, "--format", "env"]);
+    // session_token through the CLI's env format, which the SDK reads; on
+    // AWS its caller is lessor's admin.
+    let out = lessor(&daemon.socket, &["creds", sess, "--format", "env"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let vars = exports(&String::from_utf8(out.stdout).unwrap());
     for var in ["LESSOR_LEASE_ID", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
-        assert!(vars.get(var).is_some_and(|v| !v.is_empty()), "{var} missing: {vars:?}");
+        assert!(vars.get(var).is_some_and(|v| !v.is_empty()), "{var} missing: {:?}", vars.keys());
     }
-    caller_identity(
-        &endpoint,
-        (&vars["AWS_ACCESS_KEY_ID"], &vars["AWS_SECRET_ACCESS_KEY"]),
-        Some(&vars["AWS_SESSION_TOKEN"]),
+    assert_moto_cannot_check(
+        &moto.endpoint,
+        admin,
+        None,
+        (&vars["AWS_ACCESS_KEY_ID"], &vars["AWS_SECRET_ACCESS_KEY"], Some(&vars["AWS_SESSION_TOKEN"])),
+        &format!("arn:aws:iam::{ACCOUNT}:user/lessor-admin"),
     )
-    .await
-    .expect("the exported session works");
+    .await;
     let shown = client.lease_get(&vars["LESSOR_LEASE_ID"]).await.unwrap();
     let ttl = (time(&shown.body["expires_at"]) - time(&shown.body["issued_at"])).num_seconds();
     assert!((1195..=1205).contains(&ttl), "session_token default_ttl 20m, got {ttl}s");
@@ -186,7 +215,7 @@ async fn iam_user_lives_and_dies_with_its_lease_and_moto_refuses_its_key_afterwa
     let out = lessor(&daemon.socket, &["creds", "batch", "--format", "env"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
     let vars = exports(&String::from_utf8(out.stdout).unwrap());
-    assert!(!vars.contains_key("AWS_SESSION_TOKEN"), "{vars:?}");
+    assert!(!vars.contains_key("AWS_SESSION_TOKEN"), "{:?}", vars.keys());
     let lease_id = vars["LESSOR_LEASE_ID"].clone();
     let key = (vars["AWS_ACCESS_KEY_ID"].clone(), vars["AWS_SECRET_ACCESS_KEY"].clone());
     let lease = client.lease_get(&lease_id).await.unwrap().body;
@@ -215,8 +244,8 @@ async fn iam_user_lives_and_dies_with_its_lease_and_moto_refuses_its_key_afterwa
         keys.access_key_metadata().iter().filter_map(|k| k.access_key_id()).collect::<Vec<_>>(),
         [key.0.as_str()]
     );
-    let who = caller_identity(&moto.endpoint, (&key.0, &key.1), None).await.expect("the new key works");
-    assert_eq!(who, format!("arn:aws:iam::123456789012:user{path}{username}"));
+    let arn = format!("arn:aws:iam::{ACCOUNT}:user{path}{username}");
+    assert_works_only_as_issued(&moto.endpoint, (&key.0, &key.1), None, &arn).await;
 
     // Renew extends the lease.
     let renewed = client.renew(&lease_id, Some("90m")).await.unwrap();

@@ -39,3 +39,5 @@ mod tidy;
 mod tls;
 mod trust;
 mod vault;
+mod vault_live;
+mod vault_shape;

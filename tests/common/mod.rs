@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod moto;
 pub mod mysql;
 
 use std::collections::BTreeSet;

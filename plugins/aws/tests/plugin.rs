@@ -11,33 +11,19 @@
 //! admin a real IAM user there. That a revoked key stops working is proven
 //! by the daemon's integration tests, on such a server too.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_iam::error::ProvideErrorMetadata;
-use aws_sdk_sts::config::Credentials;
 use chrono::{DateTime, TimeDelta, Utc};
 use lessor_plugin::{
     ConnectionContext, CreateRequest, Created, Credential, LeaseRef, Plugin, PluginError, RoleSettings,
 };
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// moto's default account.
-const ACCOUNT: &str = "123456789012";
-
-fn endpoint() -> String {
-    std::env::var("LESSOR_TEST_AWS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
-}
-
-fn region() -> String {
-    std::env::var("LESSOR_TEST_AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
-}
+#[path = "../../../tests/common/moto.rs"]
+mod moto;
+use moto::*;
 
 fn random(len: usize) -> String {
     rand::rng()
@@ -47,151 +33,35 @@ fn random(len: usize) -> String {
         .collect()
 }
 
-/// The key the tests use on the shared server (any works there).
-const ANY_KEY: (&str, &str) = ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-
-/// A moto server of the test's own, on a free loopback port, killed when
-/// dropped: `LESSOR_TEST_MOTO_SERVER` (set by `scripts/test`) or the venv
-/// `scripts/test` makes.
-struct Moto {
-    endpoint: String,
-    child: Child,
+/// IAM on the shared moto server (any key works there).
+async fn shared_iam() -> aws_sdk_iam::Client {
+    iam(&aws_endpoint(), ANY_KEY).await
 }
 
-impl Moto {
-    async fn start() -> Self {
-        let program = std::env::var_os("LESSOR_TEST_MOTO_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp/lessor-venv/bin/moto_server"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {} (run scripts/test to install it): {e}", program.display()));
-        let mut moto = Self { endpoint: format!("http://127.0.0.1:{port}"), child };
-        // Polled until it answers, up to a deadline, failing early if it died.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if matches!(http(&moto.endpoint, "GET", "/moto-api/", None).await, Ok((200, _))) {
-                return moto;
-            }
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("the private moto server exited: {status}");
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the private moto server did not answer in 30s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// From now on every request must be signed with a key moto knows
-    /// (`POST /moto-api/reset-auth` with `0` actions left unauthenticated).
-    async fn enable_auth(&self) {
-        let (status, body) =
-            http(&self.endpoint, "POST", "/moto-api/reset-auth", Some("0")).await.expect("reset-auth");
-        assert_eq!(status, 200, "reset-auth: {body}");
-    }
-
-    /// An IAM user with an allow-everything policy and an access key, to be
-    /// the plugin's admin once authentication is on; and a role anyone may
-    /// assume. Returns the admin's key and the role's ARN.
-    async fn admin_and_role(&self, role_name: &str) -> ((String, String), String) {
-        let root = iam_at(&self.endpoint, ANY_KEY).await;
-        root.create_user().user_name("lessor-admin").send().await.expect("CreateUser admin");
-        root.put_user_policy()
-            .user_name("lessor-admin")
-            .policy_name("all")
-            .policy_document(
-                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
-            )
-            .send()
-            .await
-            .expect("PutUserPolicy admin");
-        let key = root.create_access_key().user_name("lessor-admin").send().await.expect("CreateAccessKey");
-        let key = key.access_key().unwrap();
-        let arn = make_named_iam_role(&root, role_name).await;
-        ((key.access_key_id().to_string(), key.secret_access_key().to_string()), arn)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 request to moto's own API; returns status and body.
-async fn http(
-    endpoint: &str,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let host = endpoint.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(host).await?;
-    let body = body.unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
-}
-
-/// An SDK config for the shared moto server with the given key.
-async fn sdk(access_key_id: &str, secret: &str, session_token: Option<&str>) -> SdkConfig {
-    sdk_at(&endpoint(), (access_key_id, secret), session_token).await
-}
-
-/// An SDK config for the moto server at `endpoint` with the given key.
-async fn sdk_at(
-    endpoint: &str,
-    (access_key_id, secret): (&str, &str),
-    session_token: Option<&str>,
-) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region()))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            access_key_id,
-            secret,
-            session_token.map(str::to_string),
-            None,
-            "test",
-        ))
-        .load()
-        .await
-}
-
-/// IAM as the test's own administrator.
-async fn iam() -> aws_sdk_iam::Client {
-    aws_sdk_iam::Client::new(&sdk("AKIAIOSFODNN7EXAMPLE", "testing", None).await)
-}
-
-async fn iam_at(endpoint: &str, key: (&str, &str)) -> aws_sdk_iam::Client {
-    aws_sdk_iam::Client::new(&sdk_at(endpoint, key, None).await)
+/// An IAM user with an allow-everything policy and an access key, to be the
+/// plugin's admin once `moto`'s authentication is on; and a role anyone may
+/// assume. Returns the admin's key and the role's ARN.
+async fn admin_and_role(moto: &Moto, role_name: &str) -> ((String, String), String) {
+    let root = iam(&moto.endpoint, ANY_KEY).await;
+    let key = make_admin(&root, "lessor-admin").await;
+    let arn = make_named_iam_role(&root, role_name).await;
+    (key, arn)
 }
 
 /// The plugin, on the shared moto server, with a static key (any key works
 /// while moto's authentication is off).
 fn plugin() -> Arc<dyn Plugin> {
-    plugin_at(&endpoint(), ANY_KEY)
+    plugin_at(&aws_endpoint(), ANY_KEY)
 }
 
 /// The plugin on the moto server at `endpoint`, with lessor's admin key.
 fn plugin_at(endpoint: &str, (access_key_id, secret): (&str, &str)) -> Arc<dyn Plugin> {
-    let options: toml::Table =
-        format!("region = {:?}\nendpoint_url = {endpoint:?}\naccess_key_id = {access_key_id:?}", region())
-            .parse()
-            .unwrap();
+    let options: toml::Table = format!(
+        "region = {:?}\nendpoint_url = {endpoint:?}\naccess_key_id = {access_key_id:?}",
+        aws_region()
+    )
+    .parse()
+    .unwrap();
     lessor_aws::factory(ConnectionContext {
         name: "aws_test",
         url: None,
@@ -250,147 +120,9 @@ fn aws_parts(created: &Created) -> (String, String, Option<String>, Option<DateT
 
 /// GetCallerIdentity with an issued key: the ARN moto says it belongs to.
 async fn caller_arn(access_key_id: &str, secret: &str, token: Option<&str>) -> String {
-    caller_identity(&endpoint(), (access_key_id, secret), token)
+    caller_identity(&aws_endpoint(), (access_key_id, secret), token)
         .await
         .expect("GetCallerIdentity with the issued key")
-}
-
-/// GetCallerIdentity at `endpoint`: `Ok(arn)`, or the raw HTTP status and
-/// body of the refusal (moto's authentication errors use a layout the SDK
-/// cannot parse, so its error has no code: the raw answer is the truth).
-async fn caller_identity(
-    endpoint: &str,
-    key: (&str, &str),
-    session_token: Option<&str>,
-) -> Result<String, (u16, String)> {
-    let sts = aws_sdk_sts::Client::new(&sdk_at(endpoint, key, session_token).await);
-    match sts.get_caller_identity().send().await {
-        Ok(identity) => Ok(identity.arn().unwrap_or_default().to_string()),
-        Err(e) => {
-            let raw = e.raw_response().map(|r| {
-                (
-                    r.status().as_u16(),
-                    String::from_utf8_lossy(r.body().bytes().unwrap_or_default()).into_owned(),
-                )
-            });
-            Err(raw.unwrap_or_else(|| (0, format!("no answer: {e:?}"))))
-        }
-    }
-}
-
-/// Proves a key issued on a moto with authentication on: GetCallerIdentity
-/// with it answers exactly `expected_arn`, and the same call is refused
-/// with the key id and a secret one character off (SignatureDoesNotMatch)
-/// and, for a key with a session token, without the token or with one a
-/// character off (InvalidClientTokenId: moto compares the whole token).
-/// Failure messages show moto's answers and the ARNs, never the key.
-async fn assert_works_only_as_issued(
-    endpoint: &str,
-    key: (&str, &str),
-    session_token: Option<&str>,
-    expected_arn: &str,
-) {
-    let who =
-        caller_identity(endpoint, key, session_token).await.expect("GetCallerIdentity with the issued key");
-    assert_eq!(who, expected_arn, "the issued key belongs to another identity");
-    let refused = caller_identity(endpoint, (key.0, &altered(key.1)), session_token)
-        .await
-        .expect_err("the issued key id with a wrong secret was accepted");
-    assert_eq!(refused.0, 403, "{refused:?}");
-    assert!(refused.1.contains("SignatureDoesNotMatch"), "{refused:?}");
-    if let Some(token) = session_token {
-        let refused = caller_identity(endpoint, key, None)
-            .await
-            .expect_err("the issued key was accepted without its session token");
-        assert_eq!(refused.0, 403, "{refused:?}");
-        assert!(refused.1.contains("InvalidClientTokenId"), "{refused:?}");
-        let refused = caller_identity(endpoint, key, Some(&altered(token)))
-            .await
-            .expect_err("the issued key was accepted with a wrong session token");
-        assert_eq!(refused.0, 403, "{refused:?}");
-        assert!(refused.1.contains("InvalidClientTokenId"), "{refused:?}");
-    }
-}
-
-/// `text` with its last character changed: a near miss, not another string.
-fn altered(text: &str) -> String {
-    let mut out = text.to_string();
-    let last = out.pop().expect("an empty secret");
-    out.push(if last == 'A' { 'B' } else { 'A' });
-    out
-}
-
-/// The session name lessor gives a lease's STS session by default:
-/// `lessor-{lease_id}` with `/` made `-`, cut to its last `max_len`
-/// characters (64 for AssumeRole, 32 for GetFederationToken's user name).
-fn default_session_name(lease_id: &str, max_len: usize) -> String {
-    let name = format!("lessor-{}", lease_id.replace('/', "-"));
-    name[name.len().saturating_sub(max_len)..].to_string()
-}
-
-/// What moto cannot check of a federation or session token, and what it
-/// can. moto 5 answers every GetFederationToken (`Some(name)`) and
-/// GetSessionToken (`None`) with one fixed example credential that it
-/// registers nowhere: with authentication on it refuses that key whatever
-/// the secret or token (InvalidClientTokenId), so GetCallerIdentity never
-/// shows the federated user or the IAM user behind a session token (on
-/// AWS: `on_aws`), and a wrong secret cannot be told from a right one.
-/// Checked instead: the credential the plugin returned is, key, secret and
-/// token, the one moto's STS issues to the plugin's admin (`admin`) for the
-/// same call made here, and moto's refusal of it is that one. Should a moto
-/// release start registering these keys, this fails: prove them with
-/// [`assert_works_only_as_issued`] and `on_aws` then.
-async fn assert_moto_cannot_check(
-    endpoint: &str,
-    admin: (&str, &str),
-    federation_name: Option<&str>,
-    issued: (&str, &str, Option<&str>),
-    on_aws: &str,
-) {
-    let sts = aws_sdk_sts::Client::new(&sdk_at(endpoint, admin, None).await);
-    let direct = match federation_name {
-        Some(name) => sts
-            .get_federation_token()
-            .name(name)
-            .duration_seconds(900)
-            .send()
-            .await
-            .map(|o| o.credentials)
-            .map_err(|e| aws_sdk_sts::error::DisplayErrorContext(e).to_string()),
-        None => sts
-            .get_session_token()
-            .duration_seconds(900)
-            .send()
-            .await
-            .map(|o| o.credentials)
-            .map_err(|e| aws_sdk_sts::error::DisplayErrorContext(e).to_string()),
-    }
-    .unwrap_or_else(|e| panic!("GetFederationToken/GetSessionToken: {e}"))
-    .expect("credentials in the answer");
-    assert!(
-        issued.0 == direct.access_key_id()
-            && issued.1 == direct.secret_access_key()
-            && issued.2 == Some(direct.session_token()),
-        "the issued credential is not the one moto's STS issues for this call"
-    );
-    match caller_identity(endpoint, (issued.0, issued.1), issued.2).await {
-        Err(refused) => {
-            assert_eq!(refused.0, 403, "{refused:?}");
-            assert!(refused.1.contains("InvalidClientTokenId"), "{refused:?}");
-        }
-        Ok(arn) => panic!(
-            "moto now accepts its federation/session tokens (GetCallerIdentity: {arn}): \
-             assert_works_only_as_issued with {on_aws} instead"
-        ),
-    }
-}
-
-async fn user_exists(iam: &aws_sdk_iam::Client, name: &str) -> bool {
-    match iam.get_user().user_name(name).send().await {
-        Ok(_) => true,
-        Err(e) if e.code() == Some("NoSuchEntity") => false,
-        Err(e) => panic!("GetUser {name}: {e:?}"),
-    }
 }
 
 /// A role lessor may assume, trusting everyone (moto checks the trust
@@ -449,7 +181,7 @@ async fn verify_reaches_sts() {
 async fn assumed_role_keys_work_and_expire_as_asked_or_at_fifteen_minutes() {
     let moto = Moto::start().await;
     let role_name = "lessor-test-deploy";
-    let ((admin_id, admin_secret), arn) = moto.admin_and_role(role_name).await;
+    let ((admin_id, admin_secret), arn) = admin_and_role(&moto, role_name).await;
     moto.enable_auth().await;
     let plugin = plugin_at(&moto.endpoint, (&admin_id, &admin_secret));
     let settings = role(
@@ -497,7 +229,7 @@ async fn assumed_role_keys_work_and_expire_as_asked_or_at_fifteen_minutes() {
 #[tokio::test]
 async fn federation_and_session_tokens_are_issued_with_their_expiry() {
     let moto = Moto::start().await;
-    let ((admin_id, admin_secret), _) = moto.admin_and_role("lessor-test-unused").await;
+    let ((admin_id, admin_secret), _) = admin_and_role(&moto, "lessor-test-unused").await;
     moto.enable_auth().await;
     let admin = (admin_id.as_str(), admin_secret.as_str());
     let plugin = plugin_at(&moto.endpoint, admin);
@@ -533,7 +265,7 @@ async fn federation_and_session_tokens_are_issued_with_their_expiry() {
 
 #[tokio::test]
 async fn iam_user_is_made_whole_and_deleted_whole() {
-    let iam = iam().await;
+    let iam = shared_iam().await;
     let tag = random(8);
     let group = format!("lessor-test-{tag}");
     iam.create_group().group_name(&group).send().await.unwrap();
@@ -622,7 +354,7 @@ async fn iam_user_is_made_whole_and_deleted_whole() {
 
 #[tokio::test]
 async fn revocation_finishes_a_half_deleted_user() {
-    let iam = iam().await;
+    let iam = shared_iam().await;
     let tag = random(8);
     let managed = make_policy(&iam, &format!("lessor-test-half-{tag}")).await;
     let plugin = plugin();
@@ -652,7 +384,7 @@ async fn revocation_finishes_a_half_deleted_user() {
 
 #[tokio::test]
 async fn failed_creation_leaves_no_user() {
-    let iam = iam().await;
+    let iam = shared_iam().await;
     let tag = random(8);
     let managed = make_policy(&iam, &format!("lessor-test-broken-{tag}")).await;
     let plugin = plugin();
@@ -680,7 +412,7 @@ async fn failed_creation_leaves_no_user() {
 
 #[tokio::test]
 async fn a_user_lessor_did_not_make_is_never_deleted() {
-    let iam = iam().await;
+    let iam = shared_iam().await;
     let name = format!("v_foreign_{}", random(8));
     iam.create_user().user_name(&name).send().await.unwrap();
     let plugin = plugin();
@@ -693,7 +425,7 @@ async fn a_user_lessor_did_not_make_is_never_deleted() {
 
 #[tokio::test]
 async fn revoke_sessions_puts_a_deny_policy_on_the_role() {
-    let iam = iam().await;
+    let iam = shared_iam().await;
     let arn = make_iam_role(&iam).await;
     let role_name = arn.rsplit('/').next().unwrap().to_string();
     let plugin = plugin();

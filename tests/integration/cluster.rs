@@ -283,7 +283,12 @@ async fn a_node_stopped_past_its_timeout_then_continued_does_no_double_work_and_
         (r.status == 200).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The load runs on a while with every node up before it stops.
+    let so_far = load.issued();
+    wait_for("more issuances with s2 back", Duration::from_secs(60), || async {
+        (load.issued() >= so_far + 20).then_some(())
+    })
+    .await;
     let Answers { issued, other, .. } = load.stop().await;
     // The other answers allowed, both from s2 about an issuance it had in
     // flight when it was frozen: it finds the lease rolled back by another

@@ -21,6 +21,7 @@ mod grants;
 mod hardening;
 mod idempotency;
 mod irrevocable;
+mod lateness;
 mod lifecycle;
 mod listing;
 mod metrics;

@@ -169,6 +169,18 @@ impl TestDb {
     }
 }
 
+/// Asserts that `user`'s `VALID UNTIL` on the server is the lease's
+/// `expires_at` of an answer (to the second): a renewal reached the backend.
+pub async fn assert_valid_until_is(db: &TestDb, user: &str, answer: &Value) {
+    let expires: chrono::DateTime<chrono::Utc> =
+        answer["expires_at"].as_str().unwrap_or_else(|| panic!("no expires_at in {answer}")).parse().unwrap();
+    let until = db.valid_until(user).await.unwrap_or_else(|| panic!("{user} has no VALID UNTIL"));
+    assert!(
+        (until - expires).num_seconds().abs() <= 1,
+        "{user}: VALID UNTIL {until}, the lease ends {expires}"
+    );
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let url = pg_url();

@@ -206,7 +206,9 @@ async fn a_lease_is_its_owners_and_admins_alone() {
     // The admin (root, this test) reads, renews and revokes anyone's.
     let client = daemon.client();
     assert_eq!(client.lease_get(x_id).await.unwrap().status, 200);
-    assert_eq!(client.renew(x_id, Some("30m")).await.unwrap().status, 200);
+    let renewed = client.renew(x_id, Some("30m")).await.unwrap();
+    assert_eq!(renewed.status, 200, "{:?}", renewed.body);
+    assert_valid_until_is(&db, x_user, &renewed.body).await;
     assert_eq!(client.revoke(x_id).await.unwrap().status, 200);
     assert!(!db.role_exists(x_user).await);
     let admin_list = client.lease_list_all(Some(&format!("{role}/"))).await.unwrap();
@@ -252,6 +254,17 @@ async fn max_leases_refuses_the_one_too_many_until_a_lease_is_revoked_and_holds_
     assert_eq!(client.revoke(freed).await.unwrap().status, 200);
     let again = client.creds(&role, None).await.unwrap();
     assert_eq!(again.status, 200, "{:?}", again.body);
+    let freed_user = first.body["credential"]["username"].as_str().unwrap();
+    let held: std::collections::BTreeSet<String> = [&second, &again]
+        .iter()
+        .map(|r| r.body["credential"]["username"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!db.role_exists(freed_user).await, "the freed lease's role is still on the server");
+    assert_eq!(
+        db.roles_with_prefix(&prefix).await,
+        held,
+        "the server holds exactly the two live leases' roles"
+    );
 
     // The counts come back from the store after a restart.
     daemon.stop();
@@ -260,6 +273,11 @@ async fn max_leases_refuses_the_one_too_many_until_a_lease_is_revoked_and_holds_
     let client = daemon.client();
     let after_restart = client.creds(&role, None).await.unwrap();
     assert_eq!(after_restart.status, 429, "{:?}", after_restart.body);
+    assert_eq!(
+        db.roles_with_prefix(&prefix).await,
+        held,
+        "the refusal after the restart reached the backend"
+    );
 
     // A policy's limit counts all its roles together.
     let mine = |r: &str| daemon.as_nobody(LESSOR).args(["creds", r, "--format", "json"]).output().unwrap();
@@ -273,6 +291,11 @@ async fn max_leases_refuses_the_one_too_many_until_a_lease_is_revoked_and_holds_
         stderr(&out)
     );
     assert!(stderr(&out).contains("HTTP 429"), "{}", stderr(&out));
+    assert_eq!(
+        db.roles_with_prefix(&other_prefix).await.len(),
+        3,
+        "the policy's refusal reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,12 @@ async fn creds_env_then_renew_and_revoke_from_the_cli() {
 
     let out = lessor(&daemon.socket, &["lease", "renew", lease_id, "--increment", "30m"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The renewal reached the server: VALID UNTIL is the lease's new end,
+    // about 30 minutes out rather than the 10 it was issued with.
+    let shown = daemon.client().lease_get(lease_id).await.unwrap().body;
+    assert_valid_until_is(&db, user, &shown).await;
+    let ends: chrono::DateTime<chrono::Utc> = shown["expires_at"].as_str().unwrap().parse().unwrap();
+    assert!(ends > chrono::Utc::now() + chrono::Duration::minutes(25), "renewed to {ends}");
     let out = lessor(&daemon.socket, &["lease", "list", "--prefix", &format!("{role}/")]);
     let listing = String::from_utf8(out.stdout).unwrap();
     assert!(listing.contains(lease_id.as_str()) && listing.contains("active"), "{listing}");

@@ -185,6 +185,7 @@ async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
     assert_eq!(seen["owner"]["node"], "n1");
     let renewed = nodes[1].client().renew(&long_id, Some("2h")).await.unwrap();
     assert_eq!(renewed.status, 200, "{:?}", renewed.body);
+    assert_valid_until_is(&db, &long_user, &renewed.body).await;
     let revoked = nodes[2].client().revoke(&long_id).await.unwrap();
     assert_eq!(revoked.status, 200, "{:?}", revoked.body);
     assert!(!db.role_exists(&long_user).await, "revoked from n3, the user is gone");
@@ -200,6 +201,7 @@ async fn three_nodes_share_leases_and_a_node_killed_mid_load_loses_none() {
     let old_deadline: DateTime<Utc> = short.body["expires_at"].as_str().unwrap().parse().unwrap();
     let renewed = nodes[2].client().renew(&short_id, Some("1h")).await.unwrap();
     assert_eq!(renewed.status, 200, "{:?}", renewed.body);
+    assert_valid_until_is(&db, &short_user, &renewed.body).await;
     while Utc::now() < old_deadline + chrono::Duration::seconds(2) {
         assert!(db.role_exists(&short_user).await, "revoked at its old deadline despite the renewal");
         tokio::time::sleep(Duration::from_millis(200)).await;

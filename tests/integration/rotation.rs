@@ -313,6 +313,7 @@ async fn a_cron_schedule_rotates_on_time_and_a_period_does_not_run_twice_after_a
         ),
         static_account("daily", "pg", "single", &[&users[2]], "rotation_period = \"1h\"\noverlap = \"0s\""),
     );
+    let original = db.stored_password(&users[2]).await;
     let mut daemon = Daemon::start(&db, &body).await;
     let v3 = settled(&daemon, "often", 3).await;
     let rotated_at: chrono::DateTime<chrono::Utc> = v3["rotated_at"].as_str().unwrap().parse().unwrap();
@@ -324,15 +325,26 @@ async fn a_cron_schedule_rotates_on_time_and_a_period_does_not_run_twice_after_a
     let daily = settled(&daemon, "daily", 1).await;
     let next: chrono::DateTime<chrono::Utc> = daily["next_rotation_at"].as_str().unwrap().parse().unwrap();
     assert!(next - chrono::Utc::now() > chrono::Duration::minutes(59), "{daily}");
+    // Version 1 is one change of the password on the server.
+    let (_, daily_password) = credential(&daily);
+    let v1 = db.stored_password(&users[2]).await;
+    assert_ne!(v1, original, "version 1 left the server's verifier as it was");
+    db.login(&users[2], &daily_password).await.expect("version 1 logs in");
     daemon.stop();
     daemon.spawn().await;
-    // Watch it for a second after start-up: the period has not passed, so
-    // nothing runs.
+    // Watched for a second after start-up, on the server as well as in
+    // lessor's answer: the period has not passed, so nothing runs.
     for _ in 0..10 {
         let again = daemon.client().static_get("daily").await.unwrap();
         assert_eq!(again.body["version"], 1, "{:?}", again.body);
+        assert_eq!(
+            db.stored_password(&users[2]).await,
+            v1,
+            "the password changed on the server after a restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    db.login(&users[2], &daily_password).await.expect("version 1 still logs in after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

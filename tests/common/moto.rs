@@ -36,22 +36,59 @@ pub fn aws_region() -> String {
 pub struct Moto {
     pub endpoint: String,
     child: Child,
+    /// The file a recording moto writes requests to.
+    recording: Option<PathBuf>,
 }
 
 impl Moto {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A private moto that records every request it is sent, from now on:
+    /// what a client sent, read back with [`recorded`](Self::recorded).
+    pub async fn start_recording() -> Self {
+        // The recording goes to a file of its own, not moto's working folder.
+        let file = std::env::temp_dir().join(format!("lessor-moto-recording-{}", std::process::id()));
+        let file = file.display().to_string();
+        let moto =
+            Self::start_with(&[("MOTO_ENABLE_RECORDING", "True"), ("MOTO_RECORDER_FILEPATH", &file)]).await;
+        let (status, body) = http(&moto.endpoint, "POST", "/moto-api/recorder/start-recording", None)
+            .await
+            .expect("start-recording");
+        assert_eq!(status, 200, "start-recording: {body}");
+        moto
+    }
+
+    /// The recorded requests: one JSON object per line, with the form body
+    /// base64-encoded when `body_encoded`.
+    pub async fn recorded(&self) -> Vec<serde_json::Value> {
+        let (status, body) = http(&self.endpoint, "GET", "/moto-api/recorder/download-recording", None)
+            .await
+            .expect("download");
+        assert_eq!(status, 200, "download-recording: {body}");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    async fn start_with(env: &[(&str, &str)]) -> Self {
         let program = std::env::var_os("LESSOR_TEST_MOTO_SERVER")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/var/tmp/lessor-venv/bin/moto_server"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(&program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {} (run scripts/test to install it): {e}", program.display()));
-        let mut moto = Self { endpoint: format!("http://127.0.0.1:{port}"), child };
+        let recording =
+            env.iter().find(|(k, _)| *k == "MOTO_RECORDER_FILEPATH").map(|(_, v)| PathBuf::from(v));
+        let mut moto = Self { endpoint: format!("http://127.0.0.1:{port}"), child, recording };
         // Polled until it answers, up to a deadline, failing early if it died.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -79,6 +116,9 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(file) = &self.recording {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

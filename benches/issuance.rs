@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,mysql,openbao,drain,pool,scale] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,mysql,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
@@ -32,6 +32,8 @@
 //! - `drain` (`issuance/drain.rs`): M leases that all expire at the same
 //!   instant, timed until `pg_roles` holds none of them, next to the
 //!   default revocation recipe run directly;
+//! - `storm` (`issuance/storm.rs`): `grp` issuance quiet, then while every
+//!   revocation session hangs on a lock the bench holds;
 //! - `pool` (`issuance/pool.rs`): what the credential keeper costs an
 //!   application's connection pool;
 //! - `scale` (`issuance/scale.rs`): `lessor serve` started on a store
@@ -72,13 +74,15 @@ mod scale;
 mod scrape;
 #[path = "issuance/setup.rs"]
 mod setup;
+#[path = "issuance/storm.rs"]
+mod storm;
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
                      [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "pool", "scale"];
+const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "storm", "pool", "scale"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -362,6 +366,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
     }
     if chosen("drain") {
         drain::phase(&run, grp_rate, openbao_drain).await?;
+    }
+    if chosen("storm") {
+        storm::phase(&run).await?;
     }
     if chosen("pool") {
         pool::phase(args, setup, &clients[0]).await?;

@@ -22,7 +22,7 @@ use lessor::client::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::setup::Setup;
-use crate::{pool, Args, Result};
+use crate::{pool, storm, Args, Result};
 
 pub struct Nodes {
     shutdown: CancellationToken,
@@ -138,6 +138,12 @@ pub fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args, node_id:
         let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
         let _ = writeln!(text, "creation_statements = {}", list(&statements));
     }
+    // Phase `storm`: revocations that wait on the bench's advisory lock.
+    let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", storm::ROLE);
+    let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
+    let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
+    let _ = writeln!(text, "creation_statements = {}", list(&setup.grp_statements()));
+    let _ = writeln!(text, "revocation_statements = {}", list(&storm::revocation_statements(setup)));
     // Short leases, so the keeper of phase `pool` replaces its credential
     // while the load runs.
     let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", pool::ROLE);

@@ -25,6 +25,7 @@ pub static PLUGINS: &[(&str, PluginFactory)] = &[
     ("postgres", lessor_postgres::factory),
     (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory),
     (lessor_aws::PLUGIN_NAME, lessor_aws::factory),
+    (lessor_redis::PLUGIN_NAME, lessor_redis::factory),
 ];
 
 /// Everything the daemon runs on, built from one config.

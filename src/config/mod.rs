@@ -420,6 +420,11 @@ static PLUGIN_SCHEMAS: &[OptionSchemas] = &[
         || schemars::schema_for!(lessor_aws::AwsConnectionOptions),
         || schemars::schema_for!(lessor_aws::AwsRoleOptions),
     ),
+    (
+        lessor_redis::PLUGIN_NAME,
+        || schemars::schema_for!(lessor_redis::RedisConnectionOptions),
+        || schemars::schema_for!(lessor_redis::RedisRoleOptions),
+    ),
 ];
 
 /// The JSON Schema of the config file, as committed in

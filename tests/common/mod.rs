@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod moto;
 pub mod mysql;
+pub mod redis_server;
 
 use std::collections::BTreeSet;
 use std::future::Future;

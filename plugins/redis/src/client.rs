@@ -1,0 +1,222 @@
+//! The engine: [`RedisPlugin`] runs the ACL commands over one
+//! auto-reconnecting connection of the admin user (commands are pipelined
+//! on it, so one connection serves concurrent issuance).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use lessor_plugin::failure::{self, Context, Operation};
+use lessor_plugin::redact::Redactor;
+use lessor_plugin::{
+    downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
+    Credential, LeaseRef, Plugin, PluginError, RoleSettings,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+use tracing::debug;
+
+use crate::config::{parse_connection, parse_role, RedisRole};
+
+/// Usernames lessor makes: ACL names take any bytes, these stay readable
+/// in `ACL LIST` and safe in every client.
+const MAX_USERNAME_LEN: usize = 64;
+
+pub struct RedisPlugin {
+    connection: String,
+    info: redis::ConnectionInfo,
+    /// The admin's connection, made on first use and kept.
+    manager: OnceCell<ConnectionManager>,
+    operation_timeout: Duration,
+    admin: Option<String>,
+}
+
+impl fmt::Debug for RedisPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPlugin")
+            .field("connection", &self.connection)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPlugin {
+    pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
+        let key = format!("connections.{}", ctx.name);
+        parse_connection(ctx.name, ctx.options)?;
+        let url = ctx.url.ok_or_else(|| {
+            ConfigError::new(format!("{key}.url"), "required, e.g. \"redis://lessor_admin@127.0.0.1:6379\"")
+        })?;
+        if !url.starts_with("redis://") {
+            return Err(ConfigError::new(
+                format!("{key}.url"),
+                "must start with redis:// (TLS, rediss://, is not supported by this plugin yet)",
+            ));
+        }
+        let info = url.into_connection_info().map_err(|e| {
+            ConfigError::new(format!("{key}.url"), format!("not a Redis URL: {:?}", e.kind()))
+        })?;
+        if info.redis_settings().password().is_some() {
+            return Err(ConfigError::new(
+                format!("{key}.url"),
+                "the URL contains a password; remove it and use password_file or password_env",
+            ));
+        }
+        let admin = info.redis_settings().username().map(str::to_string);
+        let settings = match &ctx.password {
+            Some(password) => info.redis_settings().clone().set_password(password.expose_secret()),
+            None => info.redis_settings().clone(),
+        };
+        let info = info.set_redis_settings(settings);
+        Ok(Self {
+            connection: ctx.name.to_string(),
+            info,
+            manager: OnceCell::new(),
+            operation_timeout: ctx.operation_timeout,
+            admin,
+        })
+    }
+
+    async fn manager(&self, cx: &Context<'_>) -> Result<ConnectionManager, PluginError> {
+        self.manager
+            .get_or_try_init(|| async {
+                let client = redis::Client::open(self.info.clone())
+                    .map_err(|e| classify(&e, cx, &Redactor::default()))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(self.operation_timeout))
+                    .set_response_timeout(Some(self.operation_timeout));
+                client
+                    .get_connection_manager_with_config(config)
+                    .await
+                    .map_err(|e| classify(&e, cx, &Redactor::default()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Ends `username`'s sessions and deletes it; one that is not there
+    /// counts as done.
+    async fn remove(&self, username: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+        failure::check_username(username, MAX_USERNAME_LEN, b"-", cx)?;
+        let mut conn = self.manager(cx).await?;
+        let redactor = Redactor::default();
+        let killed: Result<i64, RedisError> =
+            redis::cmd("CLIENT").arg("KILL").arg("USER").arg(username).query_async(&mut conn).await;
+        match killed {
+            Ok(_) => {}
+            // "No such user": never made, or deleted already.
+            Err(e)
+                if e.kind() == ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    && is_no_such_user(&e) => {}
+            Err(e) => return Err(classify(&e, &cx.step("CLIENT KILL USER", false), &redactor)),
+        }
+        let deleted: i64 = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(username)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &cx.step("ACL DELUSER", false), &redactor))?;
+        debug!(connection = %self.connection, username, deleted, "revoked");
+        Ok(())
+    }
+}
+
+fn is_no_such_user(e: &RedisError) -> bool {
+    e.to_string().to_ascii_lowercase().contains("no such user")
+}
+
+/// A Redis failure as the broker's classes: I/O and timeouts are retryable,
+/// a refusal by the server is not. Messages are scrubbed by `redactor`.
+fn classify(e: &RedisError, cx: &Context<'_>, redactor: &Redactor) -> PluginError {
+    let message = format!("{}{}", cx.prefix(), redactor.scrub(&e.to_string()));
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        PluginError::Unavailable { message }
+    } else {
+        PluginError::Rejected { message }
+    }
+}
+
+#[async_trait]
+impl Plugin for RedisPlugin {
+    fn name(&self) -> &'static str {
+        crate::PLUGIN_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // Renewal is the lease's only: a Redis user has no expiry.
+        Capabilities { renewable: true, revocable: true, max_username_len: MAX_USERNAME_LEN }
+    }
+
+    fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
+        Ok(std::sync::Arc::new(parse_role(role, options)?))
+    }
+
+    async fn verify(&self) -> Result<(), PluginError> {
+        let cx = Context::new(Operation::Verify, None);
+        let mut conn = self.manager(&cx).await?;
+        let _: String = redis::cmd("ACL")
+            .arg("WHOAMI")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &cx, &Redactor::default()))?;
+        Ok(())
+    }
+
+    async fn create(&self, request: &CreateRequest<'_>) -> Result<Created, PluginError> {
+        let username = request.username;
+        let cx = Context::new(Operation::Create, Some(username));
+        failure::check_username(username, MAX_USERNAME_LEN, b"-", &cx)?;
+        let role = downcast_role::<RedisRole>(request.settings)?;
+        let password = request.password.expose_secret();
+        let redactor = Redactor::new([password]);
+        let mut conn = self.manager(&cx).await?;
+        // Nothing is granted but the role's rules; the user is on only once
+        // they and its password are set, in the same command.
+        let mut command = redis::cmd("ACL");
+        command.arg("SETUSER").arg(username).arg("reset").arg("resetchannels").arg("-@all");
+        for rule in &role.acl_rules {
+            command.arg(rule);
+        }
+        command.arg(format!(">{password}")).arg("on");
+        let made: Result<String, RedisError> = command.query_async(&mut conn).await;
+        if let Err(e) = made {
+            return Err(classify(&e, &cx.step("ACL SETUSER", true), &redactor));
+        }
+        Ok(Created::new(Credential::Database {
+            username: username.to_string(),
+            password: SecretString::from(password.to_string()),
+        }))
+    }
+
+    async fn renew(&self, _lease: &LeaseRef<'_>, _expires_at: DateTime<Utc>) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: &LeaseRef<'_>) -> Result<(), PluginError> {
+        let cx = Context::new(Operation::Revoke, Some(lease.username));
+        self.remove(lease.username, &cx).await
+    }
+
+    async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
+        let cx = Context::new(Operation::ListUsers, None);
+        let mut conn = self.manager(&cx).await?;
+        let users: Vec<String> = redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| classify(&e, &cx, &Redactor::default()))?;
+        Ok(users
+            .into_iter()
+            .filter(|u| u.starts_with(prefix) && Some(u) != self.admin.as_ref())
+            .map(|name| BackendUser { name, created_at: None })
+            .collect())
+    }
+
+    fn admin_username(&self) -> Option<String> {
+        self.admin.clone()
+    }
+}

@@ -1,0 +1,126 @@
+//! The plugin against a real `redis-server` of each test's own (on a free
+//! loopback port, no persistence, stopped when the test ends), with lessor's
+//! admin an ACL user holding only the commands the plugin needs, and the
+//! `default` user as the test's own view of the server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lessor_plugin::{
+    ConnectionContext, CreateRequest, Credential, LeaseRef, Plugin, PluginError, RoleSettings,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+#[path = "../../../tests/common/redis_server.rs"]
+mod redis_server;
+use redis_server::{random, Server};
+
+/// The plugin on `server`, with `password` as its admin's.
+fn plugin_on(server: &Server, password: &str) -> Arc<dyn Plugin> {
+    let options = toml::Table::new();
+    lessor_redis::factory(ConnectionContext {
+        name: "cache",
+        url: Some(&format!("redis://lessor_admin@127.0.0.1:{}", server.port)),
+        password: Some(SecretString::from(password.to_string())),
+        max_connections: 4,
+        operation_timeout: Duration::from_secs(10),
+        options: &options,
+    })
+    .expect("the plugin builds")
+}
+
+fn role(plugin: &Arc<dyn Plugin>, rules: &str) -> RoleSettings {
+    plugin
+        .check_role("cache_ro", &format!("acl_rules = {rules}").parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn lease<'a>(settings: Option<&'a RoleSettings>, username: &'a str) -> LeaseRef<'a> {
+    LeaseRef { lease_id: "cache_ro/x", role: "cache_ro", settings, username, plugin_data: None }
+}
+
+async fn create(plugin: &Arc<dyn Plugin>, settings: &RoleSettings, username: &str) -> (String, String) {
+    let password = SecretString::from(random(32));
+    let request = CreateRequest {
+        role: "cache_ro",
+        settings,
+        lease_id: "cache_ro/x",
+        username,
+        password: &password,
+        expires_at: Utc::now() + chrono::Duration::hours(1),
+    };
+    match plugin.create(&request).await.expect("create").credential {
+        Credential::Database { username, password } => (username, password.expose_secret().to_string()),
+        other => panic!("not a database credential: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_user_logs_in_with_its_rules_only_and_revocation_ends_it_and_its_sessions() {
+    let server = Server::start().await;
+    let plugin = plugin_on(&server, &server.admin_password);
+    plugin.verify().await.expect("verify as the least-privileged admin");
+    let settings = role(&plugin, r#"["~cache:*", "+@read", "+ping"]"#);
+    let username = format!("v_cache_ro_{}", random(8).to_lowercase());
+    let (user, password) = create(&plugin, &settings, &username).await;
+    assert_eq!(user, username);
+
+    // The login works, and the rules hold: reads of cache:* only, no writes.
+    let mut session = server.login(&user, &password).await.expect("the issued user logs in");
+    let value: Option<String> =
+        redis::cmd("GET").arg("cache:a").query_async(&mut session).await.expect("a read");
+    assert_eq!(value, None);
+    let write: redis::RedisResult<()> =
+        redis::cmd("SET").arg("cache:a").arg("1").query_async(&mut session).await;
+    let refused = write.expect_err("a read role wrote");
+    assert!(refused.to_string().to_lowercase().contains("no permissions"), "{refused}");
+    let other: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("other:a").query_async(&mut session).await;
+    let refused = other.expect_err("a key outside cache:* was read");
+    assert!(refused.to_string().to_lowercase().contains("no permissions"), "{refused}");
+    assert!(server.login(&user, "wrong-password").await.is_err(), "a wrong password logged in");
+    assert_eq!(
+        plugin.list_users("v_cache_ro_").await.unwrap().iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
+        [user.clone()]
+    );
+
+    plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
+    assert!(!server.users().await.contains(&user), "the user is still in ACL USERS");
+    assert!(server.login(&user, &password).await.is_err(), "the revoked user still logs in");
+    let after: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut session).await;
+    assert!(after.is_err(), "the revoked user's open session still answers");
+
+    // Again, and for a user never made: done, and nothing is created.
+    plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke again");
+    plugin.revoke(&lease(None, "v_cache_ro_never")).await.expect("revoke of an unknown user");
+    assert!(!server.users().await.iter().any(|u| u == "v_cache_ro_never" || *u == user));
+    assert!(plugin.list_users("v_cache_ro_").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn errors_say_what_failed_and_never_carry_the_password() {
+    let server = Server::start().await;
+    let wrong = format!("wrong-{}", random(16));
+    let refused = plugin_on(&server, &wrong).verify().await.unwrap_err();
+    assert!(!refused.to_string().contains(&wrong), "{refused}");
+
+    let plugin = plugin_on(&server, &server.admin_password);
+    // A rule the server refuses (a category that does not exist): the
+    // password of the command is not in the message.
+    let settings = role(&plugin, r#"["+@nosuchcategory"]"#);
+    let password = SecretString::from(format!("pw-{}", random(24)));
+    let request = CreateRequest {
+        role: "cache_ro",
+        settings: &settings,
+        lease_id: "cache_ro/y",
+        username: "v_cache_ro_bad",
+        password: &password,
+        expires_at: Utc::now() + chrono::Duration::hours(1),
+    };
+    let e = plugin.create(&request).await.unwrap_err();
+    assert!(matches!(e, PluginError::Rejected { .. }), "{e}");
+    assert!(!e.to_string().contains(password.expose_secret()), "{e}");
+    assert!(e.to_string().contains("ACL SETUSER"), "{e}");
+    assert!(!server.users().await.iter().any(|u| u == "v_cache_ro_bad"), "a refused user was made");
+}

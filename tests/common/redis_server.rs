@@ -1,0 +1,101 @@
+//! A real `redis-server` of a test's own, shared by the Redis plugin's
+//! tests and the daemon's (by `#[path]`): on a free loopback port, no
+//! persistence, stopped when dropped, with lessor's admin an ACL user
+//! holding only the commands the plugin needs and the `default` user as
+//! the test's own view of the server. `LESSOR_TEST_REDIS_SERVER` names the
+//! binary (`redis-server` on `PATH` otherwise; `scripts/test` installs it).
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rand::distr::{Alphanumeric, SampleString};
+
+/// The least the plugin's admin needs.
+pub const ADMIN_RULES: &str = "+acl|setuser +acl|deluser +acl|users +acl|whoami +client|kill";
+
+pub struct Server {
+    pub port: u16,
+    child: Child,
+    root_password: String,
+    pub admin_password: String,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        let program = std::env::var("LESSOR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let root_password = random(24);
+        let admin_password = random(24);
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend([
+            "--user".into(),
+            "default".into(),
+            "on".into(),
+            format!(">{root_password}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+        ]);
+        args.extend(["--user".into(), "lessor_admin".into(), "on".into(), format!(">{admin_password}")]);
+        args.extend(ADMIN_RULES.split(' ').map(str::to_string));
+        let child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program} (scripts/test installs redis-server): {e}"));
+        let mut server = Self { port, child, root_password, admin_password };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if server.root().await.is_ok() {
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("redis-server exited: {status}");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server did not answer in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connection as `user`.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{}", self.port))?;
+        let settings = info.redis_settings().clone().set_username(user).set_password(password);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(conn)
+    }
+
+    pub async fn root(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        self.login("default", &self.root_password).await
+    }
+
+    pub async fn users(&self) -> Vec<String> {
+        let mut root = self.root().await.unwrap();
+        redis::cmd("ACL").arg("USERS").query_async(&mut root).await.unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn random(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}

@@ -96,6 +96,16 @@ impl Connection {
         let key = format!("static_accounts.{}", account.name);
         let mut errors = Vec::new();
         let plugin = &self.plugin;
+        if plugin.name() == lessor_redis::PLUGIN_NAME {
+            errors.push(ConfigError::new(
+                format!("{key}.connection"),
+                format!(
+                    "connection {:?} uses the redis plugin, which does not rotate static accounts yet",
+                    account.connection
+                ),
+            ));
+            return errors;
+        }
         let aws = plugin.name() == "aws";
         if aws != (account.strategy == Strategy::AccessKey) {
             errors.push(ConfigError::new(

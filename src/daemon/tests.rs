@@ -77,6 +77,24 @@ fn a_policy_naming_a_badly_named_role_gets_no_second_error() {
     assert!(!e.contains("names no configured role"), "{e}");
 }
 
+/// A static account on a Redis connection is refused at load, naming it,
+/// rather than failing at its first rotation.
+#[test]
+fn a_static_account_on_redis_is_refused_at_load() {
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = key_dir.path().join("seal.key");
+    crate::seal::write_new_key(&key).unwrap();
+    std::env::set_var("LESSOR_DAEMON_TEST_REDIS_PW", "x");
+    let text = format!(
+        "[server]\nseal_key_file = {key:?}\n\n[connections.cache]\nplugin = \"redis\"\n\
+         url = \"redis://lessor_admin@127.0.0.1:6379\"\npassword_env = \"LESSOR_DAEMON_TEST_REDIS_PW\"\n\n\
+         [static_accounts.app]\nconnection = \"cache\"\nstrategy = \"single\"\nusernames = [\"app\"]\n"
+    );
+    let e = errors_of(&text);
+    assert!(e.contains("test.toml: static_accounts.app.connection"), "{e}");
+    assert!(e.contains("does not rotate static accounts yet"), "{e}");
+}
+
 /// Every config example in the repository parses and validates; the
 /// password files they name are swapped for a temporary one, CA files for
 /// `testdata/example-ca.pem`.

@@ -14,15 +14,30 @@ use rand::distr::{Alphanumeric, SampleString};
 /// The least the plugin's admin needs.
 pub const ADMIN_RULES: &str = "+acl|setuser +acl|deluser +acl|users +acl|whoami +client|kill";
 
+/// What the admin also needs on a server with an `aclfile`.
+pub const ACLFILE_RULES: &str = "+config|get +acl|save";
+
 pub struct Server {
     pub port: u16,
     child: Child,
     root_password: String,
     pub admin_password: String,
+    /// The server's `aclfile`, when it was started with one.
+    pub aclfile: Option<std::path::PathBuf>,
 }
 
 impl Server {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A server whose users live in an `aclfile` (its users are defined
+    /// there, as Redis requires), the admin also allowed to save it.
+    pub async fn start_with_aclfile() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(with_aclfile: bool) -> Self {
         let program = std::env::var("LESSOR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let root_password = random(24);
@@ -32,17 +47,29 @@ impl Server {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-        args.extend([
-            "--user".into(),
-            "default".into(),
-            "on".into(),
-            format!(">{root_password}"),
-            "~*".into(),
-            "&*".into(),
-            "+@all".into(),
-        ]);
-        args.extend(["--user".into(), "lessor_admin".into(), "on".into(), format!(">{admin_password}")]);
-        args.extend(ADMIN_RULES.split(' ').map(str::to_string));
+        let admin_rules = match with_aclfile {
+            true => format!("{ADMIN_RULES} {ACLFILE_RULES}"),
+            false => ADMIN_RULES.to_string(),
+        };
+        let users = [
+            format!("default on >{root_password} ~* &* +@all"),
+            format!("lessor_admin on >{admin_password} {admin_rules}"),
+        ];
+        let aclfile =
+            with_aclfile.then(|| std::env::temp_dir().join(format!("lessor-test-redis-{port}.acl")));
+        match &aclfile {
+            Some(file) => {
+                let lines: Vec<String> = users.iter().map(|u| format!("user {u}\n")).collect();
+                std::fs::write(file, lines.concat()).expect("write the aclfile");
+                args.extend(["--aclfile".to_string(), file.display().to_string()]);
+            }
+            None => {
+                for user in &users {
+                    args.push("--user".into());
+                    args.extend(user.split(' ').map(str::to_string));
+                }
+            }
+        }
         let child = Command::new(&program)
             .args(&args)
             .stdin(Stdio::null())
@@ -50,7 +77,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {program} (scripts/test installs redis-server): {e}"));
-        let mut server = Self { port, child, root_password, admin_password };
+        let mut server = Self { port, child, root_password, admin_password, aclfile };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if server.root().await.is_ok() {
@@ -93,6 +120,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(file) = &self.aclfile {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

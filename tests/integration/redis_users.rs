@@ -97,3 +97,19 @@ async fn redis_users_are_issued_with_their_rules_revoked_expired_and_tidied() {
         "{users:?}"
     );
 }
+
+/// kill -9 of the daemon during bursts of Redis issuances leaves no ACL
+/// user that no active lease covers (nor a lease without its user), after
+/// each restart's recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_redis_issuance_leaves_no_orphan_user() {
+    let server = Server::start().await;
+    let db = TestDb::create().await;
+    let mut daemon =
+        Daemon::start_with_env(&db, &config(&server), &[("LESSOR_TEST_REDIS_ADMIN", &server.admin_password)])
+            .await;
+    kill_9_during_bursts(&mut daemon, "cache_ro", 3, || async {
+        server.users().await.into_iter().filter(|u| u.starts_with("v_cache_ro_")).collect()
+    })
+    .await;
+}

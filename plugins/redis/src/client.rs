@@ -17,7 +17,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, IntoConnectionInfo, RedisError};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::{parse_connection, parse_role, RedisRole};
 
@@ -30,6 +30,9 @@ pub struct RedisPlugin {
     info: redis::ConnectionInfo,
     /// The admin's connection, made on first use and kept.
     manager: OnceCell<ConnectionManager>,
+    /// Whether the server keeps its users in an `aclfile`, which every
+    /// change is saved to; read on first use.
+    saves: OnceCell<bool>,
     operation_timeout: Duration,
     admin: Option<String>,
 }
@@ -75,6 +78,7 @@ impl RedisPlugin {
             connection: ctx.name.to_string(),
             info,
             manager: OnceCell::new(),
+            saves: OnceCell::new(),
             operation_timeout: ctx.operation_timeout,
             admin,
         })
@@ -96,6 +100,36 @@ impl RedisPlugin {
             })
             .await
             .cloned()
+    }
+
+    /// Saves the users to the server's `aclfile`, if it has one, so a
+    /// restart of the server keeps lessor's changes (a revoked user stays
+    /// gone). What cannot be saved is said in the log; the change itself
+    /// stands.
+    async fn save(&self, conn: &mut ConnectionManager) {
+        let saves = *self
+            .saves
+            .get_or_init(|| async {
+                let got: Result<Vec<String>, RedisError> =
+                    redis::cmd("CONFIG").arg("GET").arg("aclfile").query_async(&mut conn.clone()).await;
+                match got {
+                    Ok(pair) => pair.get(1).is_some_and(|file| !file.is_empty()),
+                    Err(e) => {
+                        warn!(connection = %self.connection, error = %e,
+                            "cannot read whether the server has an aclfile (grant +config|get): \
+                             changes are not saved to one");
+                        false
+                    }
+                }
+            })
+            .await;
+        if saves {
+            let saved: Result<String, RedisError> = redis::cmd("ACL").arg("SAVE").query_async(conn).await;
+            if let Err(e) = saved {
+                warn!(connection = %self.connection, error = %e,
+                    "ACL SAVE failed (grant +acl|save): the server's aclfile does not hold the latest users");
+            }
+        }
     }
 
     /// Ends `username`'s sessions and deletes it; one that is not there
@@ -121,6 +155,9 @@ impl RedisPlugin {
             .await
             .map_err(|e| classify(&e, &cx.step("ACL DELUSER", false), &redactor))?;
         debug!(connection = %self.connection, username, deleted, "revoked");
+        if deleted > 0 {
+            self.save(&mut conn).await;
+        }
         Ok(())
     }
 }
@@ -186,6 +223,7 @@ impl Plugin for RedisPlugin {
         if let Err(e) = made {
             return Err(classify(&e, &cx.step("ACL SETUSER", true), &redactor));
         }
+        self.save(&mut conn).await;
         Ok(Created::new(Credential::Database {
             username: username.to_string(),
             password: SecretString::from(password.to_string()),

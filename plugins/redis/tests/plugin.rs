@@ -124,3 +124,23 @@ async fn errors_say_what_failed_and_never_carry_the_password() {
     assert!(e.to_string().contains("ACL SETUSER"), "{e}");
     assert!(!server.users().await.iter().any(|u| u == "v_cache_ro_bad"), "a refused user was made");
 }
+
+/// On a server that keeps its users in an `aclfile`, every change is saved
+/// to it (a restart keeps a revoked user gone), the password only as the
+/// server's hash.
+#[tokio::test]
+async fn with_an_aclfile_every_change_is_saved_to_it() {
+    let server = Server::start_with_aclfile().await;
+    let file = server.aclfile.clone().expect("an aclfile");
+    let plugin = plugin_on(&server, &server.admin_password);
+    let settings = role(&plugin, r#"["~cache:*", "+@read"]"#);
+    let username = format!("v_cache_ro_{}", random(8).to_lowercase());
+    let (user, password) = create(&plugin, &settings, &username).await;
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains(&format!("user {user} ")), "the new user is not in the aclfile:\n{saved}");
+    assert!(!saved.contains(&password), "the aclfile holds the password itself");
+
+    plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(!saved.contains(&user), "the revoked user is still in the aclfile:\n{saved}");
+}

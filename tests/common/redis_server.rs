@@ -24,29 +24,59 @@ pub struct Server {
     pub admin_password: String,
     /// The server's `aclfile`, when it was started with one.
     pub aclfile: Option<std::path::PathBuf>,
+    /// Whether it speaks TLS only (on 127.0.0.1 and 127.0.0.2, with the
+    /// test CA's server certificate, which names 127.0.0.1 but not .2).
+    pub tls: bool,
+}
+
+/// The test CA's folder (`scripts/test` makes it).
+pub fn tls_dir() -> std::path::PathBuf {
+    std::env::var_os("LESSOR_TEST_TLS_DIR").map_or_else(|| "/var/tmp/lessor-test-tls".into(), Into::into)
 }
 
 impl Server {
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, false).await
+    }
+
+    /// A server that speaks TLS only.
+    pub async fn start_tls() -> Self {
+        Self::start_with(false, true).await
     }
 
     /// A server whose users live in an `aclfile` (its users are defined
     /// there, as Redis requires), the admin also allowed to save it.
     pub async fn start_with_aclfile() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, false).await
     }
 
-    async fn start_with(with_aclfile: bool) -> Self {
+    async fn start_with(with_aclfile: bool, tls: bool) -> Self {
         let program = std::env::var("LESSOR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let root_password = random(24);
         let admin_password = random(24);
-        let mut args: Vec<String> =
-            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+        let port_text = port.to_string();
+        let mut args: Vec<String> = match tls {
+            false => vec!["--port", &port_text, "--bind", "127.0.0.1"],
+            true => vec!["--port", "0", "--tls-port", &port_text, "--bind", "127.0.0.1", "127.0.0.2"],
+        }
+        .into_iter()
+        .chain(["--save", "", "--appendonly", "no"])
+        .map(str::to_string)
+        .collect();
+        if tls {
+            // The process's one rustls provider, for this helper's own clients.
+            lessor_plugin::tls::provider();
+            let dir = tls_dir();
+            for (flag, file) in [
+                ("--tls-cert-file", "server.pem"),
+                ("--tls-key-file", "server.key"),
+                ("--tls-ca-cert-file", "ca.pem"),
+            ] {
+                args.extend([flag.to_string(), dir.join(file).display().to_string()]);
+            }
+            args.extend(["--tls-auth-clients".to_string(), "no".to_string()]);
+        }
         let admin_rules = match with_aclfile {
             true => format!("{ADMIN_RULES} {ACLFILE_RULES}"),
             false => ADMIN_RULES.to_string(),
@@ -77,7 +107,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {program} (scripts/test installs redis-server): {e}"));
-        let mut server = Self { port, child, root_password, admin_password, aclfile };
+        let mut server = Self { port, child, root_password, admin_password, aclfile, tls };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             if server.root().await.is_ok() {
@@ -97,10 +127,21 @@ impl Server {
         user: &str,
         password: &str,
     ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         let info =
-            redis::IntoConnectionInfo::into_connection_info(format!("redis://127.0.0.1:{}", self.port))?;
+            redis::IntoConnectionInfo::into_connection_info(format!("{scheme}://127.0.0.1:{}", self.port))?;
         let settings = info.redis_settings().clone().set_username(user).set_password(password);
-        let client = redis::Client::open(info.set_redis_settings(settings))?;
+        let info = info.set_redis_settings(settings);
+        let client = match self.tls {
+            false => redis::Client::open(info)?,
+            true => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(tls_dir().join("ca.pem")).expect("the test CA")),
+                },
+            )?,
+        };
         let mut conn = client.get_multiplexed_async_connection().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(conn)

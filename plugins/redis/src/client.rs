@@ -28,6 +28,9 @@ const MAX_USERNAME_LEN: usize = 64;
 pub struct RedisPlugin {
     connection: String,
     info: redis::ConnectionInfo,
+    /// With `rediss://`: the CA (PEM; the system's roots when `None`) and
+    /// the client certificate and key.
+    tls: Option<Tls>,
     /// The admin's connection, made on first use and kept.
     manager: OnceCell<ConnectionManager>,
     /// Whether the server keeps its users in an `aclfile`, which every
@@ -35,6 +38,13 @@ pub struct RedisPlugin {
     saves: OnceCell<bool>,
     operation_timeout: Duration,
     admin: Option<String>,
+}
+
+/// The PEM files of a TLS connection, read at load.
+#[derive(Clone)]
+struct Tls {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for RedisPlugin {
@@ -49,16 +59,61 @@ impl fmt::Debug for RedisPlugin {
 impl RedisPlugin {
     pub fn new(ctx: ConnectionContext<'_>) -> Result<Self, ConfigError> {
         let key = format!("connections.{}", ctx.name);
-        parse_connection(ctx.name, ctx.options)?;
+        let options = parse_connection(ctx.name, ctx.options)?;
         let url = ctx.url.ok_or_else(|| {
             ConfigError::new(format!("{key}.url"), "required, e.g. \"redis://lessor_admin@127.0.0.1:6379\"")
         })?;
-        if !url.starts_with("redis://") {
+        let tls = if url.starts_with("rediss://") {
+            if url.contains('#') {
+                return Err(ConfigError::new(
+                    format!("{key}.url"),
+                    "no fragment (#insecure turns the certificate check off, which lessor never does)",
+                ));
+            }
+            let read = |field: &str, path: &Option<std::path::PathBuf>, private: bool| {
+                path.as_ref()
+                    .map(|path| {
+                        if private {
+                            lessor_plugin::files::check_private(path).map_err(|e| {
+                                ConfigError::new(format!("{key}.{field}"), format!("{}: {e}", path.display()))
+                            })?;
+                        }
+                        std::fs::read(path).map_err(|e| {
+                            ConfigError::new(format!("{key}.{field}"), format!("{}: {e}", path.display()))
+                        })
+                    })
+                    .transpose()
+            };
+            let ca = read("tls_ca_file", &options.tls_ca_file, false)?;
+            let client = match (
+                read("tls_client_cert_file", &options.tls_client_cert_file, false)?,
+                read("tls_client_key_file", &options.tls_client_key_file, true)?,
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{key}.tls_client_cert_file"),
+                        "set tls_client_cert_file and tls_client_key_file together",
+                    ))
+                }
+            };
+            Some(Tls { ca, client })
+        } else if url.starts_with("redis://") {
+            let set = [&options.tls_ca_file, &options.tls_client_cert_file, &options.tls_client_key_file];
+            if set.iter().any(|o| o.is_some()) {
+                return Err(ConfigError::new(
+                    format!("{key}.tls_ca_file"),
+                    "TLS files need a rediss:// URL; this one is plaintext",
+                ));
+            }
+            None
+        } else {
             return Err(ConfigError::new(
                 format!("{key}.url"),
-                "must start with redis:// (TLS, rediss://, is not supported by this plugin yet)",
+                "must start with redis:// or rediss:// (TLS)",
             ));
-        }
+        };
         let info = url.into_connection_info().map_err(|e| {
             ConfigError::new(format!("{key}.url"), format!("not a Redis URL: {:?}", e.kind()))
         })?;
@@ -77,6 +132,7 @@ impl RedisPlugin {
         Ok(Self {
             connection: ctx.name.to_string(),
             info,
+            tls,
             manager: OnceCell::new(),
             saves: OnceCell::new(),
             operation_timeout: ctx.operation_timeout,
@@ -87,8 +143,22 @@ impl RedisPlugin {
     async fn manager(&self, cx: &Context<'_>) -> Result<ConnectionManager, PluginError> {
         self.manager
             .get_or_try_init(|| async {
-                let client = redis::Client::open(self.info.clone())
-                    .map_err(|e| classify(&e, cx, &Redactor::default()))?;
+                let client = match &self.tls {
+                    None => redis::Client::open(self.info.clone()),
+                    Some(tls) => {
+                        // The process's one rustls provider, as the SQL plugins use.
+                        lessor_plugin::tls::provider();
+                        let certs = redis::TlsCertificates {
+                            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                                client_cert: cert.clone(),
+                                client_key: key.clone(),
+                            }),
+                            root_cert: tls.ca.clone(),
+                        };
+                        redis::Client::build_with_tls(self.info.clone(), certs)
+                    }
+                }
+                .map_err(|e| classify(&e, cx, &Redactor::default()))?;
                 let config = ConnectionManagerConfig::new()
                     .set_number_of_retries(1)
                     .set_connection_timeout(Some(self.operation_timeout))

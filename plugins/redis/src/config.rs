@@ -6,12 +6,20 @@ use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// `[connections.NAME]` keys of the Redis plugin: none beyond the
-/// broker's (`url = "redis://lessor_admin@127.0.0.1:6379"`, the admin's
-/// password in `password_file` or `password_env`).
+/// `[connections.NAME]` keys of the Redis plugin, beside the broker's
+/// (`url = "redis://lessor_admin@127.0.0.1:6379"` or `rediss://…` for TLS,
+/// the admin's password in `password_file` or `password_env`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RedisConnectionOptions {}
+pub struct RedisConnectionOptions {
+    /// (rediss://) PEM CA certificates the server's certificate must chain
+    /// to; the system's roots when absent. The host name is always checked.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// (rediss://) A PEM client certificate, for servers that ask for one.
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// (rediss://) Its key (mode 0600 or stricter).
+    pub tls_client_key_file: Option<std::path::PathBuf>,
+}
 
 /// `[roles.NAME]` keys of the Redis plugin.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -18,16 +18,25 @@ use redis_server::{random, Server};
 
 /// The plugin on `server`, with `password` as its admin's.
 fn plugin_on(server: &Server, password: &str) -> Arc<dyn Plugin> {
-    let options = toml::Table::new();
+    plugin_at(&format!("redis://lessor_admin@127.0.0.1:{}", server.port), password, "")
+        .expect("the plugin builds")
+}
+
+/// The plugin at `url` with the connection's own keys `options`.
+fn plugin_at(
+    url: &str,
+    password: &str,
+    options: &str,
+) -> Result<Arc<dyn Plugin>, lessor_plugin::ConfigError> {
+    let options: toml::Table = options.parse().unwrap();
     lessor_redis::factory(ConnectionContext {
         name: "cache",
-        url: Some(&format!("redis://lessor_admin@127.0.0.1:{}", server.port)),
+        url: Some(url),
         password: Some(SecretString::from(password.to_string())),
         max_connections: 4,
         operation_timeout: Duration::from_secs(10),
         options: &options,
     })
-    .expect("the plugin builds")
 }
 
 fn role(plugin: &Arc<dyn Plugin>, rules: &str) -> RoleSettings {
@@ -143,4 +152,36 @@ async fn with_an_aclfile_every_change_is_saved_to_it() {
     plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
     let saved = std::fs::read_to_string(&file).unwrap();
     assert!(!saved.contains(&user), "the revoked user is still in the aclfile:\n{saved}");
+}
+
+/// `rediss://`: the plugin verifies the server's certificate against
+/// `tls_ca_file` and its host name, and works over TLS; another CA or a
+/// name the certificate lacks fails, with no password in the message.
+#[tokio::test]
+async fn over_tls_the_certificate_and_host_name_are_checked() {
+    let server = Server::start_tls().await;
+    let dir = redis_server::tls_dir();
+    let ca = format!("tls_ca_file = {:?}", dir.join("ca.pem").display().to_string());
+    let url = |host: &str| format!("rediss://lessor_admin@{host}:{}", server.port);
+    let plugin = plugin_at(&url("127.0.0.1"), &server.admin_password, &ca).unwrap();
+    plugin.verify().await.expect("verify over TLS");
+    let settings = role(&plugin, r#"["~cache:*", "+@read", "+ping"]"#);
+    let username = format!("v_cache_ro_{}", random(8).to_lowercase());
+    let (user, password) = create(&plugin, &settings, &username).await;
+    server.login(&user, &password).await.expect("the issued user logs in over TLS");
+    plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
+    assert!(!server.users().await.contains(&user));
+
+    let other_ca = format!("tls_ca_file = {:?}", dir.join("other-ca.pem").display().to_string());
+    let stranger = plugin_at(&url("127.0.0.1"), &server.admin_password, &other_ca).unwrap();
+    let refused = stranger.verify().await.expect_err("a server the CA did not sign was trusted");
+    assert!(!refused.to_string().contains(&server.admin_password), "{refused}");
+    let wrong_name = plugin_at(&url("127.0.0.2"), &server.admin_password, &ca).unwrap();
+    wrong_name.verify().await.expect_err("a host name the certificate lacks was accepted");
+
+    // Settings that would not be checked are refused at load.
+    let e = plugin_at(&format!("redis://lessor_admin@127.0.0.1:{}", server.port), "x", &ca).unwrap_err();
+    assert!(e.to_string().contains("need a rediss:// URL"), "{e}");
+    let e = plugin_at(&format!("{}#insecure", url("127.0.0.1")), "x", &ca).unwrap_err();
+    assert!(e.to_string().contains("connections.cache.url"), "{e}");
 }

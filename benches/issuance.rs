@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,mysql,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,mysql,redis,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
@@ -25,6 +25,8 @@
 //!   lessor, with group-role membership or a direct GRANT;
 //! - `mysql` (`issuance/mysql.rs`): the same comparison on MySQL or MariaDB
 //!   (`LESSOR_TEST_MYSQL_URL`);
+//! - `redis` (`issuance/redis.rs`): Redis ACL users, the plugin's command
+//!   run directly against lessor, on a `redis-server` the phase starts;
 //! - `openbao` (`issuance/openbao.rs`): `grp`'s statements through
 //!   OpenBao's database secrets engine, drained with revoke-prefix, next to
 //!   the `grp` figures; skipped with a note when there is no `bao` (from
@@ -66,6 +68,8 @@ mod nodes;
 mod openbao;
 #[path = "issuance/pool.rs"]
 mod pool;
+#[path = "issuance/redis.rs"]
+mod redis_phase;
 #[path = "issuance/report.rs"]
 mod report;
 #[path = "issuance/scale.rs"]
@@ -82,7 +86,7 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
                      [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "openbao", "drain", "storm", "pool", "scale"];
+const PHASES: &[&str] = &["grp", "direct", "mysql", "redis", "openbao", "drain", "storm", "pool", "scale"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -359,6 +363,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
         let revocation_workers = args.revocation_workers;
         mysql::phase(mysql::Params { n: args.n, duration, warmup, max_connections, revocation_workers })
             .await?;
+    }
+    if chosen("redis") {
+        redis_phase::phase(redis_phase::Params { n: args.n, duration, warmup }).await?;
     }
     let mut openbao_drain = None;
     if chosen("openbao") {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
+use lessor_plugin::tls::{TlsFiles, TlsMode, TlsSettings};
 use lessor_plugin::{
     downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
     Credential, LeaseRef, Plugin, PluginError, RoleSettings,
@@ -70,33 +71,27 @@ impl RedisPlugin {
                     "no fragment (#insecure turns the certificate check off, which lessor never does)",
                 ));
             }
-            let read = |field: &str, path: &Option<std::path::PathBuf>, private: bool| {
-                path.as_ref()
-                    .map(|path| {
-                        if private {
-                            lessor_plugin::files::check_private(path).map_err(|e| {
-                                ConfigError::new(format!("{key}.{field}"), format!("{}: {e}", path.display()))
-                            })?;
-                        }
-                        std::fs::read(path).map_err(|e| {
-                            ConfigError::new(format!("{key}.{field}"), format!("{}: {e}", path.display()))
-                        })
-                    })
-                    .transpose()
+            // The SDK's checks, as for the SQL plugins: readable files, a
+            // private key, a certificate and its key together.
+            let files = TlsFiles {
+                ca_file: options.tls_ca_file.clone(),
+                client_cert_file: options.tls_client_cert_file.clone(),
+                client_key_file: options.tls_client_key_file.clone(),
             };
-            let ca = read("tls_ca_file", &options.tls_ca_file, false)?;
-            let client = match (
-                read("tls_client_cert_file", &options.tls_client_cert_file, false)?,
-                read("tls_client_key_file", &options.tls_client_key_file, true)?,
-            ) {
-                (Some(cert), Some(key)) => Some((cert, key)),
-                (None, None) => None,
-                _ => {
-                    return Err(ConfigError::new(
-                        format!("{key}.tls_client_cert_file"),
-                        "set tls_client_cert_file and tls_client_key_file together",
-                    ))
+            let settings =
+                TlsSettings { mode: TlsMode::VerifyFull, files: files.clone(), explicit: true, local: false };
+            settings.check(&key, "url")?;
+            let read = |field: &str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| {
+                    ConfigError::new(format!("{key}.{field}"), format!("{}: {e}", path.display()))
+                })
+            };
+            let ca = files.ca_file.as_deref().map(|p| read("tls_ca_file", p)).transpose()?;
+            let client = match (&files.client_cert_file, &files.client_key_file) {
+                (Some(cert), Some(pem)) => {
+                    Some((read("tls_client_cert_file", cert)?, read("tls_client_key_file", pem)?))
                 }
+                _ => None,
             };
             Some(Tls { ca, client })
         } else if url.starts_with("redis://") {

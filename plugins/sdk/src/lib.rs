@@ -138,6 +138,10 @@ pub enum Credential {
         session_token: Option<SecretString>,
         expiration: Option<DateTime<Utc>>,
     },
+    /// A directory entry (LDAP): the name the user logs in with, the
+    /// entry's distinguished name (what a simple bind takes), and its
+    /// password.
+    Directory { username: String, distinguished_name: String, password: SecretString },
 }
 
 /// A backend plugin. One value serves one configured connection.
@@ -226,6 +230,24 @@ pub trait Plugin: Send + Sync + Debug {
     async fn set_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
         let _ = (username, password);
         Err(PluginError::Unsupported { operation: "set_password" })
+    }
+
+    /// Gives `username` a second password that works alongside the ones it
+    /// has (Redis ACL `>password`), for the `dual_password` strategy: the
+    /// account is rotated on one user, the old password retired by
+    /// [`Plugin::set_password`] with the new one once consumers have moved.
+    /// Idempotent.
+    async fn add_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        let _ = (username, password);
+        Err(PluginError::Unsupported { operation: "add_password" })
+    }
+
+    /// Takes one password away from `username`, leaving the others (Redis
+    /// ACL `<password`): a `dual_password` rotation whose new password
+    /// failed its test. "Not one of its passwords" is success.
+    async fn remove_password(&self, username: &str, password: &SecretString) -> Result<(), PluginError> {
+        let _ = (username, password);
+        Err(PluginError::Unsupported { operation: "remove_password" })
     }
 
     /// Logs in as `username` with `password`, over a connection of its own,

@@ -96,29 +96,23 @@ impl Connection {
         let key = format!("static_accounts.{}", account.name);
         let mut errors = Vec::new();
         let plugin = &self.plugin;
-        if plugin.name() == lessor_redis::PLUGIN_NAME {
-            errors.push(ConfigError::new(
-                format!("{key}.connection"),
-                format!(
-                    "connection {:?} uses the redis plugin, which does not rotate static accounts yet",
-                    account.connection
-                ),
-            ));
-            return errors;
-        }
-        let aws = plugin.name() == "aws";
-        if aws != (account.strategy == Strategy::AccessKey) {
+        let strategies = plugin.static_strategies();
+        if !strategies.contains(&account.strategy.as_str()) {
+            let fits = match strategies {
+                [] => "none: it rotates no static accounts".to_string(),
+                some => some.join(", "),
+            };
             errors.push(ConfigError::new(
                 format!("{key}.strategy"),
                 format!(
-                    "{} does not fit connection {:?} ({} plugin): access_key is for the aws plugin, \
-                     single and alternating for database users",
+                    "{} does not fit connection {:?}; the {} plugin's strategies are {fits}",
                     account.strategy.as_str(),
                     account.connection,
                     plugin.name()
                 ),
             ));
         }
+        let aws = account.strategy == Strategy::AccessKey;
         // IAM user names also take `+=,@`; database names are kept to what
         // every statement quotes safely.
         let (max, extra): (usize, &[u8]) =

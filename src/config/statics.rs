@@ -21,6 +21,10 @@ pub enum Strategy {
     /// Two users: the one not in use gets the new password, is tested, and
     /// becomes current; the other keeps working for `overlap`.
     Alternating,
+    /// One user that holds two passwords at once (Redis ACL): the new one
+    /// is added, tested, and becomes current; the old one is taken away
+    /// after `overlap`. No second user is needed.
+    DualPassword,
     /// An AWS IAM user's two access keys: a new key is made, tested, and
     /// becomes current; the old one is deleted after `overlap`.
     AccessKey,
@@ -31,6 +35,7 @@ impl Strategy {
         match self {
             Self::Single => "single",
             Self::Alternating => "alternating",
+            Self::DualPassword => "dual_password",
             Self::AccessKey => "access_key",
         }
     }
@@ -44,11 +49,12 @@ pub struct StaticAccountConfig {
     /// The connection (`[connections.NAME]`) whose backend the account lives in.
     pub connection: String,
     /// `single` (one user, password changed in place), `alternating` (two
-    /// users, both valid during the overlap), or `access_key` (an AWS IAM
-    /// user's two access keys).
+    /// users, both valid during the overlap), `dual_password` (one user
+    /// with both passwords during the overlap, Redis), or `access_key` (an
+    /// AWS IAM user's two access keys).
     pub strategy: Strategy,
-    /// The existing users: one for `single`, two for `alternating`, the IAM
-    /// user's name for `access_key`.
+    /// The existing users: one for `single` and `dual_password`, two for
+    /// `alternating`, the IAM user's name for `access_key`.
     pub usernames: Vec<String>,
     /// When to rotate: a cron expression in UTC, 5 fields (minute hour
     /// day-of-month month day-of-week) or 6 (with seconds first). Day names
@@ -165,7 +171,7 @@ pub(super) fn check(
             errors.push(ConfigError::new(&key, "name may hold only letters, digits, '_' and '-'"));
         }
         let wanted = match account.strategy {
-            Strategy::Single | Strategy::AccessKey => 1,
+            Strategy::Single | Strategy::DualPassword | Strategy::AccessKey => 1,
             Strategy::Alternating => 2,
         };
         if account.usernames.len() != wanted {

@@ -77,22 +77,32 @@ fn a_policy_naming_a_badly_named_role_gets_no_second_error() {
     assert!(!e.contains("names no configured role"), "{e}");
 }
 
-/// A static account on a Redis connection is refused at load, naming it,
+/// A static account whose strategy its connection's plugin cannot carry
+/// out is refused at load, naming the key and the strategies that fit,
 /// rather than failing at its first rotation.
 #[test]
-fn a_static_account_on_redis_is_refused_at_load() {
+fn a_strategy_the_plugin_cannot_carry_out_is_refused_at_load() {
     let key_dir = tempfile::tempdir().unwrap();
     let key = key_dir.path().join("seal.key");
     crate::seal::write_new_key(&key).unwrap();
     std::env::set_var("LESSOR_DAEMON_TEST_REDIS_PW", "x");
-    let text = format!(
-        "[server]\nseal_key_file = {key:?}\n\n[connections.cache]\nplugin = \"redis\"\n\
-         url = \"redis://lessor_admin@127.0.0.1:6379\"\npassword_env = \"LESSOR_DAEMON_TEST_REDIS_PW\"\n\n\
-         [static_accounts.app]\nconnection = \"cache\"\nstrategy = \"single\"\nusernames = [\"app\"]\n"
-    );
-    let e = errors_of(&text);
-    assert!(e.contains("test.toml: static_accounts.app.connection"), "{e}");
-    assert!(e.contains("does not rotate static accounts yet"), "{e}");
+    let config = |strategy: &str| {
+        format!(
+            "[server]\nseal_key_file = {key:?}\n\n[connections.cache]\nplugin = \"redis\"\n\
+             url = \"redis://lessor_admin@127.0.0.1:6379\"\npassword_env = \"LESSOR_DAEMON_TEST_REDIS_PW\"\n\n\
+             [connections.db]\nplugin = \"postgres\"\nurl = \"postgres://lessor@127.0.0.1/app\"\n\
+             password_env = \"LESSOR_DAEMON_TEST_REDIS_PW\"\n\n\
+             [static_accounts.app]\nconnection = \"cache\"\nstrategy = \"{strategy}\"\nusernames = [\"app\"]\n\n\
+             [static_accounts.report]\nconnection = \"db\"\nstrategy = \"dual_password\"\nusernames = [\"report\"]\n"
+        )
+    };
+    let e = errors_of(&config("access_key"));
+    assert!(e.contains("test.toml: static_accounts.app.strategy: access_key does not fit connection \"cache\""), "{e}");
+    assert!(e.contains("the redis plugin's strategies are single, alternating, dual_password"), "{e}");
+    assert!(e.contains("test.toml: static_accounts.report.strategy: dual_password does not fit connection \"db\""), "{e}");
+    assert!(e.contains("the postgres plugin's strategies are single, alternating"), "{e}");
+    let e = errors_of(&config("dual_password"));
+    assert!(!e.contains("static_accounts.app"), "{e}");
 }
 
 /// Every config example in the repository parses and validates; the

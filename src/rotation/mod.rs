@@ -167,9 +167,13 @@ impl Rotator {
             .iter()
             .filter_map(|(name, connection)| {
                 let admin = connection.plugin.admin_username()?;
-                // A key-based admin credential (AWS) is rotated as a key.
+                // A key-based admin credential (AWS) is rotated as a key;
+                // one that can hold two passwords keeps the old one until
+                // lessor's own connections use the new.
+                let dual = connection.plugin.static_strategies().contains(&Strategy::DualPassword.as_str());
                 let strategy = match connection.plugin.admin_key_id() {
                     Some(_) => Strategy::AccessKey,
+                    None if dual => Strategy::DualPassword,
                     None => Strategy::Single,
                 };
                 let account = StaticAccount {
@@ -272,7 +276,7 @@ impl Rotator {
                 secret_access_key: Some(password),
                 ..StaticCredential::default()
             },
-            Strategy::Single | Strategy::Alternating => {
+            Strategy::Single | Strategy::Alternating | Strategy::DualPassword => {
                 StaticCredential { username, password: Some(password), ..StaticCredential::default() }
             }
         };
@@ -308,7 +312,9 @@ impl Rotator {
         let account = self.account(name)?.clone();
         let overlap = match account.strategy {
             Strategy::Single => Duration::ZERO,
-            Strategy::Alternating | Strategy::AccessKey => request.overlap.unwrap_or(account.overlap),
+            Strategy::Alternating | Strategy::DualPassword | Strategy::AccessKey => {
+                request.overlap.unwrap_or(account.overlap)
+            }
         };
         if overlap > crate::config::TEN_YEARS {
             return Err(RotationError::BadRequest {
@@ -321,7 +327,7 @@ impl Rotator {
         }
         // An emergency: the previous credential is to stop working at once.
         let emergency = match account.strategy {
-            Strategy::Alternating | Strategy::AccessKey => overlap.as_std().is_zero(),
+            Strategy::Alternating | Strategy::DualPassword | Strategy::AccessKey => overlap.as_std().is_zero(),
             Strategy::Single => request.overlap.is_some_and(|o| o.as_std().is_zero()),
         };
         if emergency && reason.is_none() {

@@ -15,7 +15,9 @@
 //! backend step, so it never sets, rolls back or retires anything after. Retiring
 //! the previous credential of an `alternating` account gives its user a
 //! random password nobody knows (and, after a rotation with no overlap,
-//! ends its sessions).
+//! ends its sessions). A `dual_password` account's one user gets the new
+//! password beside the old (`set` adds it); retiring leaves it the current
+//! password alone.
 
 use chrono::{DateTime, Utc};
 use lessor_plugin::{names, Plugin, PluginError};
@@ -248,7 +250,8 @@ impl Rotator {
             return Ok(());
         }
         let username = match (account.strategy, &record.current) {
-            (Strategy::Single | Strategy::AccessKey, _) | (Strategy::Alternating, None) => {
+            (Strategy::Single | Strategy::DualPassword | Strategy::AccessKey, _)
+            | (Strategy::Alternating, None) => {
                 account.usernames[0].clone()
             }
             (Strategy::Alternating, Some(current)) => account
@@ -317,7 +320,12 @@ impl Rotator {
         }
         if phase == RotationPhase::Created {
             held.check()?;
-            if let Err(e) = self.bounded(plugin.set_password(&username, &secret)).await {
+            let set = match account.strategy {
+                // Beside the old one, which keeps working until retired.
+                Strategy::DualPassword => self.bounded(plugin.add_password(&username, &secret)).await,
+                _ => self.bounded(plugin.set_password(&username, &secret)).await,
+            };
+            if let Err(e) = set {
                 return Err(self.fail(account, record, "setting the new password", e, held).await);
             }
             phase = self.enter_phase(record, RotationPhase::Set, held).await?;
@@ -369,9 +377,16 @@ impl Rotator {
         let now = Utc::now();
         let overlap = chrono::Duration::milliseconds(pending.overlap_ms as i64);
         let old = record.current.take();
-        record.previous_username = old.map(|c| c.username).filter(|u| *u != pending.credential.username);
+        record.previous_username = match account.strategy {
+            // The user's other passwords, the one it had before lessor's
+            // first rotation included, are what is retired.
+            Strategy::DualPassword => Some(pending.credential.username.clone()),
+            _ => old.map(|c| c.username).filter(|u| *u != pending.credential.username),
+        };
         record.previous_valid_until = record.previous_username.as_ref().map(|_| now + overlap);
-        record.previous_end_sessions = overlap.is_zero();
+        // lessor's own admin sessions (they log in with the new password
+        // from now on) and an operator's are not ended.
+        record.previous_end_sessions = overlap.is_zero() && !is_root(account);
         record.current = Some(pending.credential);
         record.version = pending.version;
         record.rotated_at = Some(now);
@@ -429,6 +444,17 @@ impl Rotator {
                 Strategy::AccessKey => {
                     self.bounded(plugin.delete_key(&account.usernames[0], &username)).await
                 }
+                // The one user keeps the current password alone.
+                Strategy::DualPassword => match self.current_secret(account, record) {
+                    Ok(current) => {
+                        let mut result = self.bounded(plugin.set_password(&username, &current)).await;
+                        if result.is_ok() && record.previous_end_sessions {
+                            result = self.bounded(plugin.end_sessions(&username)).await;
+                        }
+                        result
+                    }
+                    Err(e) => return Err(e),
+                },
                 _ => {
                     let unknown = names::password(account.password_length.max(32));
                     let mut result = self.bounded(plugin.set_password(&username, &unknown)).await;
@@ -454,11 +480,39 @@ impl Rotator {
         Ok(())
     }
 
+    /// The current secret of `record`, opened.
+    fn current_secret(&self, account: &StaticAccount, record: &StaticRecord) -> Result<SecretString, RotationError> {
+        let current = record.current.as_ref().ok_or_else(|| RotationError::NotReady {
+            name: account.name.clone(),
+            last_error: record.last_error.clone(),
+        })?;
+        let context = seal_context(&account.name, record.version, &current.username);
+        Ok(self.sealer().open(&context, &current.sealed)?)
+    }
+
     /// After a failed login test: the pending secret is dropped. For
     /// `single`, whose one user now has the untested password, the current
     /// one is set back first; if that fails too, the pending secret is kept
     /// (its test is retried later), since the backend may hold it.
     async fn roll_back(&self, account: &StaticAccount, plugin: &dyn Plugin, record: &mut StaticRecord) {
+        if account.strategy == Strategy::DualPassword {
+            // The untested password is taken away; the old ones never left.
+            if let Some(pending) = &record.pending {
+                let context = seal_context(&account.name, pending.version, &pending.credential.username);
+                let removed = match self.sealer().open(&context, &pending.credential.sealed) {
+                    Ok(secret) => {
+                        self.bounded(plugin.remove_password(&pending.credential.username, &secret)).await
+                    }
+                    Err(e) => Err(PluginError::Internal { message: e.to_string() }),
+                };
+                if let Err(e) = removed {
+                    warn!(account = %account.name, error = %e, "cannot take the untested password away; it is kept and tested again later");
+                    return;
+                }
+            }
+            record.pending = None;
+            return;
+        }
         if is_root(account) {
             // The backend has the new admin password now; setting the old
             // one back needs a connection that logs in with one of them.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::distr::{Alphanumeric, SampleString};
 
 /// The least the plugin's admin needs.
-pub const ADMIN_RULES: &str = "+acl|setuser +acl|deluser +acl|users +acl|whoami +client|kill";
+pub const ADMIN_RULES: &str = "+acl|setuser +acl|getuser +acl|deluser +acl|users +acl|whoami +client|kill";
 
 /// What the admin also needs on a server with an `aclfile`.
 pub const ACLFILE_RULES: &str = "+config|get +acl|save";
@@ -36,25 +36,31 @@ pub fn tls_dir() -> std::path::PathBuf {
 
 impl Server {
     pub async fn start() -> Self {
-        Self::start_with(false, false).await
+        Self::start_with(false, false, None).await
+    }
+
+    /// Another plaintext server whose admin has this one's password: a
+    /// second node of one connection (`nodes = [...]`).
+    pub async fn another(&self) -> Self {
+        Self::start_with(false, false, Some(self.admin_password.clone())).await
     }
 
     /// A server that speaks TLS only.
     pub async fn start_tls() -> Self {
-        Self::start_with(false, true).await
+        Self::start_with(false, true, None).await
     }
 
     /// A server whose users live in an `aclfile` (its users are defined
     /// there, as Redis requires), the admin also allowed to save it.
     pub async fn start_with_aclfile() -> Self {
-        Self::start_with(true, false).await
+        Self::start_with(true, false, None).await
     }
 
-    async fn start_with(with_aclfile: bool, tls: bool) -> Self {
+    async fn start_with(with_aclfile: bool, tls: bool, admin_password: Option<String>) -> Self {
         let program = std::env::var("LESSOR_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let root_password = random(24);
-        let admin_password = random(24);
+        let admin_password = admin_password.unwrap_or_else(|| random(24));
         let port_text = port.to_string();
         let mut args: Vec<String> = match tls {
             false => vec!["--port", &port_text, "--bind", "127.0.0.1"],
@@ -127,28 +133,17 @@ impl Server {
         user: &str,
         password: &str,
     ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(format!("{scheme}://127.0.0.1:{}", self.port))?;
-        let settings = info.redis_settings().clone().set_username(user).set_password(password);
-        let info = info.set_redis_settings(settings);
-        let client = match self.tls {
-            false => redis::Client::open(info)?,
-            true => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(std::fs::read(tls_dir().join("ca.pem")).expect("the test CA")),
-                },
-            )?,
-        };
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(conn)
+        login_at(self.port, self.tls, user, password).await
     }
 
     pub async fn root(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
         self.login("default", &self.root_password).await
+    }
+
+    /// Runs one command as the server's `default` (root) user.
+    pub async fn as_root(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let mut root = self.root().await?;
+        redis::cmd(args[0]).arg(&args[1..]).query_async(&mut root).await
     }
 
     pub async fn users(&self) -> Vec<String> {
@@ -165,6 +160,33 @@ impl Drop for Server {
             let _ = std::fs::remove_file(file);
         }
     }
+}
+
+/// A connection as `user` to the server on `port` (TLS with the test CA
+/// when `tls`), once it answered a PING.
+pub async fn login_at(
+    port: u16,
+    tls: bool,
+    user: &str,
+    password: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let info = redis::IntoConnectionInfo::into_connection_info(format!("{scheme}://127.0.0.1:{port}"))?;
+    let settings = info.redis_settings().clone().set_username(user).set_password(password);
+    let info = info.set_redis_settings(settings);
+    let client = match tls {
+        false => redis::Client::open(info)?,
+        true => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(tls_dir().join("ca.pem")).expect("the test CA")),
+            },
+        )?,
+    };
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(conn)
 }
 
 pub fn random(len: usize) -> String {

@@ -29,6 +29,7 @@ mod mysql;
 mod outage;
 mod output_files;
 mod pg_store;
+mod redis_static;
 mod redis_users;
 mod rotation;
 mod scram;

@@ -43,6 +43,10 @@ impl Plugin for AwsPlugin {
         }
     }
 
+    fn static_strategies(&self) -> &'static [&'static str] {
+        &["access_key"]
+    }
+
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
         Ok(Arc::new(AwsRole::parse(role, options)?))
     }

@@ -228,6 +228,10 @@ impl Plugin for MySqlPlugin {
         Capabilities { renewable: true, revocable: true, max_username_len: self.max_username_len }
     }
 
+    fn static_strategies(&self) -> &'static [&'static str] {
+        &["single", "alternating"]
+    }
+
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
         Ok(Arc::new(MySqlRole::parse_for(role, options, self.encoding)?))
     }

@@ -206,6 +206,10 @@ impl Plugin for PgPlugin {
         Capabilities { renewable: true, revocable: true, max_username_len: MAX_USERNAME_LEN }
     }
 
+    fn static_strategies(&self) -> &'static [&'static str] {
+        &["single", "alternating"]
+    }
+
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
         Ok(Arc::new(PgRole::parse(role, options)?))
     }

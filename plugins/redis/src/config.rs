@@ -12,6 +12,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConnectionOptions {
+    /// Every other server that must hold the same users, e.g. the other
+    /// shards and replicas of a Redis Cluster (which propagate no ACL
+    /// change): `["redis://10.0.0.2:6379", …]`, with the scheme, admin user
+    /// and password of `url`. Each change is made on every node, and fails
+    /// (a revocation is retried) unless every node took it.
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// (rediss://) PEM CA certificates the server's certificate must chain
     /// to; the system's roots when absent. The host name is always checked.
     pub tls_ca_file: Option<std::path::PathBuf>,

@@ -22,6 +22,7 @@
 
 mod client;
 mod config;
+mod node;
 
 use std::sync::Arc;
 

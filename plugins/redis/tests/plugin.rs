@@ -185,3 +185,89 @@ async fn over_tls_the_certificate_and_host_name_are_checked() {
     let e = plugin_at(&format!("{}#insecure", url("127.0.0.1")), "x", &ca).unwrap_err();
     assert!(e.to_string().contains("connections.cache.url"), "{e}");
 }
+
+/// A static account's passwords: `add_password` keeps the old one working
+/// beside the new, `set_password` leaves the given one alone,
+/// `remove_password` takes one away (and is done when it is not there);
+/// none of them makes a user that does not exist.
+#[tokio::test]
+async fn a_static_users_passwords_are_added_tested_and_taken_away() {
+    let server = Server::start().await;
+    server.as_root(&["ACL", "SETUSER", "app_cache", "on", ">old-password-0000", "~*", "+@all"]).await.unwrap();
+    let plugin = plugin_on(&server, &server.admin_password);
+    let new = SecretString::from(format!("new-{}", random(24)));
+
+    plugin.add_password("app_cache", &new).await.expect("add a password");
+    plugin.test_login("app_cache", &new).await.expect("the added password logs in");
+    plugin.test_login("app_cache", &SecretString::from("old-password-0000".to_string())).await.expect("the old one too");
+    let wrong = plugin.test_login("app_cache", &SecretString::from("wrong-password".to_string())).await.unwrap_err();
+    assert!(!wrong.to_string().contains("wrong-password"), "{wrong}");
+
+    plugin.set_password("app_cache", &new).await.expect("keep the new one alone");
+    assert!(server.login("app_cache", "old-password-0000").await.is_err(), "the old password still logs in");
+    plugin.test_login("app_cache", &new).await.expect("the kept password logs in");
+
+    plugin.remove_password("app_cache", &new).await.expect("take it away");
+    assert!(server.login("app_cache", new.expose_secret()).await.is_err(), "a removed password logs in");
+    plugin.remove_password("app_cache", &new).await.expect("taking it away again is done");
+
+    // A user that is not there: refused, and not made.
+    let e = plugin.set_password("app_missing", &new).await.unwrap_err();
+    assert!(e.to_string().contains("no such user") && !e.to_string().contains(new.expose_secret()), "{e}");
+    plugin.add_password("app_missing", &new).await.unwrap_err();
+    plugin.remove_password("app_missing", &new).await.expect("nothing to take away");
+    assert!(!server.users().await.contains(&"app_missing".to_string()), "a missing user was made");
+    assert_eq!(plugin.static_strategies(), ["single", "alternating", "dual_password"]);
+}
+
+/// `nodes = [...]`: every change is made on every node; a node that is
+/// down or refuses fails the operation, naming it; the nodes are checked
+/// at load.
+#[tokio::test]
+async fn every_change_is_made_on_every_node_or_fails_naming_the_node() {
+    let first = Server::start().await;
+    let second = first.another().await;
+    let url = format!("redis://lessor_admin@127.0.0.1:{}", first.port);
+    let nodes = format!("nodes = [\"redis://127.0.0.1:{}\"]", second.port);
+    let plugin = plugin_at(&url, &first.admin_password, &nodes).unwrap();
+    plugin.verify().await.expect("verify on both nodes");
+    let settings = role(&plugin, r#"["~cache:*", "+@read", "+ping"]"#);
+    let username = format!("v_cache_ro_{}", random(8).to_lowercase());
+    let (user, password) = create(&plugin, &settings, &username).await;
+    for node in [&first, &second] {
+        node.login(&user, &password).await.expect("the user logs in on every node");
+    }
+    // A user on one node only is still listed for tidy.
+    second.as_root(&["ACL", "SETUSER", "v_cache_ro_stray", "off"]).await.unwrap();
+    let listed: Vec<String> = plugin.list_users("v_cache_ro_").await.unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(listed, {
+        let mut both = vec![user.clone(), "v_cache_ro_stray".to_string()];
+        both.sort();
+        both
+    });
+
+    second.as_root(&["ACL", "SETUSER", "lessor_admin", "-acl|deluser"]).await.unwrap();
+    let e = plugin.revoke(&lease(Some(&settings), &user)).await.unwrap_err();
+    assert!(e.to_string().contains(&format!("127.0.0.1:{}", second.port)), "{e}");
+    assert!(second.users().await.contains(&user), "the refusing node lost the user");
+    second.as_root(&["ACL", "SETUSER", "lessor_admin", "+acl|deluser"]).await.unwrap();
+    plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke once every node takes it");
+    for node in [&first, &second] {
+        assert!(!node.users().await.contains(&user));
+    }
+
+    let port = second.port;
+    drop(second);
+    let e = plugin.verify().await.unwrap_err();
+    assert!(matches!(e, PluginError::Unavailable { .. }) && e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+
+    for (options, wanted) in [
+        (format!("nodes = [\"rediss://127.0.0.1:{port}\"]"), "connections.cache.nodes[0]"),
+        (format!("nodes = [\"redis://other@127.0.0.1:{port}\"]"), "another user than url"),
+        (format!("nodes = [\"redis://:pw@127.0.0.1:{port}\"]"), "contains a password"),
+        (format!("nodes = [\"redis://127.0.0.1:{}\"]", first.port), "listed twice"),
+    ] {
+        let e = plugin_at(&url, "x", &options).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{options}: {e}");
+    }
+}

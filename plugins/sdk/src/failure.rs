@@ -18,6 +18,10 @@ pub enum Operation {
     ListUsers,
     /// Setting a static account's password.
     SetPassword,
+    /// Giving a static account a second password (`dual_password`).
+    AddPassword,
+    /// Taking one password away from a static account.
+    RemovePassword,
     /// Logging in as a static account to test its new password.
     TestLogin,
     /// Ending a static account's sessions.
@@ -34,6 +38,8 @@ impl Operation {
             Self::Revoke => "revoke",
             Self::ListUsers => "list users",
             Self::SetPassword => "set password of",
+            Self::AddPassword => "add a password to",
+            Self::RemovePassword => "remove a password of",
             Self::TestLogin => "log in as",
             Self::EndSessions => "end sessions of",
         }

@@ -162,6 +162,15 @@ pub trait Plugin: Send + Sync + Debug {
         self.capabilities()
     }
 
+    /// The rotation strategies (`strategy = "…"` of `[static_accounts]`)
+    /// the plugin can carry out: `single` and `alternating` need
+    /// [`Plugin::set_password`] and [`Plugin::test_login`], `dual_password`
+    /// also [`Plugin::add_password`] and [`Plugin::remove_password`],
+    /// `access_key` the key methods. None by default.
+    fn static_strategies(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Validates a role's plugin-specific settings at config load.
     /// `options` holds every key of the role table the broker does not own.
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError>;

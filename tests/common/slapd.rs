@@ -38,7 +38,8 @@ const MODULES: &str = "/usr/lib/ldap";
 pub struct Slapd {
     /// ldap:// (StartTLS offered).
     pub port: u16,
-    /// ldaps://.
+    /// ldaps:// (on 127.0.0.1, and on 127.0.0.2, which the test CA's
+    /// server certificate does not name).
     pub tls_port: u16,
     pub root_password: String,
     /// The password of `cn=lessor` (lessor's admin).
@@ -123,7 +124,8 @@ impl Slapd {
         let log = std::fs::File::create(dir.path().join("slapd.log")).unwrap();
         let child = Command::new(&slapd)
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/"))
+            // ldaps:// on 127.0.0.2 too: a name the server's certificate lacks.
+            .arg(format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/ ldaps://127.0.0.2:{tls_port}/"))
             .arg("-F")
             .arg(&conf)
             // In the foreground, logging nothing but what fails to start.
@@ -195,7 +197,8 @@ impl Slapd {
     /// The values of `attr` on `dn` (empty when either is missing).
     pub async fn values(&self, dn: &str, attr: &str) -> Vec<String> {
         let mut root = self.root().await;
-        let (entries, result) = root.search(dn, Scope::Base, "(objectClass=*)", vec![attr]).await.unwrap();
+        let ldap3::SearchResult(entries, result) =
+            root.search(dn, Scope::Base, "(objectClass=*)", vec![attr]).await.unwrap();
         if result.rc == 32 {
             return Vec::new();
         }

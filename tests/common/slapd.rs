@@ -104,10 +104,9 @@ impl Slapd {
             ],
         );
         let data_ldif = fill(DATA, &[("admin_password", &admin_password)]);
-        for (name, text, args) in [
-            ("config.ldif", &config, vec!["-n0"]),
-            ("data.ldif", &data_ldif, vec!["-b", SUFFIX]),
-        ] {
+        for (name, text, args) in
+            [("config.ldif", &config, vec!["-n0"]), ("data.ldif", &data_ldif, vec!["-b", SUFFIX])]
+        {
             let file = dir.path().join(name);
             std::fs::write(&file, text).unwrap();
             let out = Command::new(&slapadd)
@@ -125,7 +124,9 @@ impl Slapd {
         let child = Command::new(&slapd)
             .arg("-h")
             // ldaps:// on 127.0.0.2 too: a name the server's certificate lacks.
-            .arg(format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/ ldaps://127.0.0.2:{tls_port}/"))
+            .arg(format!(
+                "ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/ ldaps://127.0.0.2:{tls_port}/"
+            ))
             .arg("-F")
             .arg(&conf)
             // In the foreground, logging nothing but what fails to start.
@@ -253,8 +254,14 @@ impl Slapd {
 /// `text` with each `@name@` replaced by its value, and the DNs every
 /// template uses.
 fn fill(text: &str, values: &[(&str, &str)]) -> String {
-    let fixed =
-        [("suffix", SUFFIX), ("root_dn", ROOT_DN), ("admin_dn", ADMIN_DN), ("people", PEOPLE), ("groups", GROUPS), ("readers", READERS)];
+    let fixed = [
+        ("suffix", SUFFIX),
+        ("root_dn", ROOT_DN),
+        ("admin_dn", ADMIN_DN),
+        ("people", PEOPLE),
+        ("groups", GROUPS),
+        ("readers", READERS),
+    ];
     let mut out = text.to_string();
     for (name, value) in fixed.iter().chain(values) {
         out = out.replace(&format!("@{name}@"), value);

@@ -52,7 +52,10 @@ pub struct LdapPlugin {
 
 impl std::fmt::Debug for LdapPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LdapPlugin").field("connection", &self.name).field("conn", &self.conn).finish_non_exhaustive()
+        f.debug_struct("LdapPlugin")
+            .field("connection", &self.name)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +107,13 @@ impl LdapPlugin {
 
     /// A simple bind as `dn`; an empty password is refused, since LDAP
     /// takes it for an anonymous bind that "succeeds".
-    async fn bind(&self, ldap: &mut Ldap, dn: &str, password: &str, cx: &Context<'_>) -> Result<(), PluginError> {
+    async fn bind(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        password: &str,
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
         let what = format!("bind as {dn}");
         if password.is_empty() {
             return Err(PluginError::Rejected {
@@ -190,7 +199,12 @@ impl LdapPlugin {
         }
     }
 
-    async fn require(&self, ldap: &mut Ldap, username: &str, cx: &Context<'_>) -> Result<String, PluginError> {
+    async fn require(
+        &self,
+        ldap: &mut Ldap,
+        username: &str,
+        cx: &Context<'_>,
+    ) -> Result<String, PluginError> {
         match self.lookup(ldap, username, cx).await? {
             Lookup::Found(dn) => Ok(dn),
             Lookup::Missing => Err(PluginError::Rejected {
@@ -233,12 +247,11 @@ impl LdapPlugin {
         &self,
         ldap: &mut Ldap,
         ops: Vec<Op>,
-        label: &str,
-        tolerant: bool,
-        started: Option<&AtomicBool>,
+        how: Run<'_>,
         cx: &Context<'_>,
         redactor: &Redactor,
     ) -> Result<(), PluginError> {
+        let Run { label, tolerant, started } = how;
         let total = ops.len();
         for (i, op) in ops.into_iter().enumerate() {
             let what = op.describe();
@@ -246,7 +259,8 @@ impl LdapPlugin {
             if let Some(started) = started {
                 started.store(true, Ordering::SeqCst);
             }
-            let result = apply(ldap, op).await.map_err(|e| failed(&e, &what, &self.conn.bind_dn, &step, redactor))?;
+            let result =
+                apply(ldap, op).await.map_err(|e| failed(&e, &what, &self.conn.bind_dn, &step, redactor))?;
             let gone = tolerant && matches!(result.rc, rc::NO_SUCH_OBJECT | rc::NO_SUCH_ATTRIBUTE);
             if result.rc != rc::SUCCESS && !gone {
                 return Err(refused(&result, &what, &self.conn.bind_dn, &step, redactor));
@@ -256,7 +270,13 @@ impl LdapPlugin {
     }
 
     /// Adds `dn` to each group; a member already there is fine.
-    async fn join(&self, ldap: &mut Ldap, dn: &str, groups: &[String], cx: &Context<'_>) -> Result<(), PluginError> {
+    async fn join(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        groups: &[String],
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
         for group in groups {
             let what = format!("add member {dn} to {group}");
             let mods = vec![Mod::Add(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
@@ -272,7 +292,13 @@ impl LdapPlugin {
     }
 
     /// Removes `dn` from each group; a member (or group) already gone is fine.
-    async fn leave(&self, ldap: &mut Ldap, dn: &str, groups: &[String], cx: &Context<'_>) -> Result<(), PluginError> {
+    async fn leave(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        groups: &[String],
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
         for group in groups {
             let what = format!("remove member {dn} from {group}");
             let mods = vec![Mod::Delete(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
@@ -288,7 +314,12 @@ impl LdapPlugin {
     }
 
     /// The groups under `groupdn` that list `dn` as a member.
-    async fn groups_of(&self, ldap: &mut Ldap, dn: &str, cx: &Context<'_>) -> Result<Vec<String>, PluginError> {
+    async fn groups_of(
+        &self,
+        ldap: &mut Ldap,
+        dn: &str,
+        cx: &Context<'_>,
+    ) -> Result<Vec<String>, PluginError> {
         let Some(base) = &self.conn.groupdn else { return Ok(Vec::new()) };
         let filter = format!("(member={})", ldap3::ldap_escape(dn));
         let what = format!("search {filter} under {base}");
@@ -310,7 +341,14 @@ impl LdapPlugin {
         redactor: &Redactor,
     ) -> Result<(), PluginError> {
         let mut ldap = self.admin(cx).await?;
-        self.run(&mut ldap, ops, "creation_ldif", false, Some(started), cx, redactor).await?;
+        self.run(
+            &mut ldap,
+            ops,
+            Run { label: "creation_ldif", tolerant: false, started: Some(started) },
+            cx,
+            redactor,
+        )
+        .await?;
         self.join(&mut ldap, dn, &role.groups, cx).await
     }
 
@@ -323,10 +361,13 @@ impl LdapPlugin {
             None => (&role.deletion, "deletion_ldif"),
         };
         let work = async {
-            let ops = ldif.render(values, &Secrets::default()).map_err(|message| PluginError::InvalidRole { message })?;
+            let ops = ldif
+                .render(values, &Secrets::default())
+                .map_err(|message| PluginError::InvalidRole { message })?;
             let mut ldap = self.admin(cx).await?;
             self.leave(&mut ldap, dn, &role.groups, cx).await?;
-            self.run(&mut ldap, ops, label, true, None, cx, &Redactor::default()).await
+            self.run(&mut ldap, ops, Run { label, tolerant: true, started: None }, cx, &Redactor::default())
+                .await
         };
         match self.bounded(cx, work).await {
             Ok(()) => debug!(connection = %self.name, dn, "rolled back a failed creation"),
@@ -344,8 +385,13 @@ impl LdapPlugin {
         cx: &Context<'_>,
     ) -> Result<(), PluginError> {
         let now = Utc::now();
-        let values =
-            Values { username: lease.username, password: None, role: lease.role, issued_at: now, expires_at: now };
+        let values = Values {
+            username: lease.username,
+            password: None,
+            role: lease.role,
+            issued_at: now,
+            expires_at: now,
+        };
         let dn = match &stored.dn {
             Some(dn) => dn.clone(),
             None => role
@@ -354,19 +400,33 @@ impl LdapPlugin {
                 .ok_or_else(|| PluginError::Internal { message: "creation_ldif adds no entry".into() })?
                 .map_err(|message| PluginError::InvalidRole { message })?,
         };
-        let ops =
-            role.deletion.render(&values, &Secrets::default()).map_err(|message| PluginError::InvalidRole { message })?;
+        let ops = role
+            .deletion
+            .render(&values, &Secrets::default())
+            .map_err(|message| PluginError::InvalidRole { message })?;
         let mut groups = role.groups.clone();
         groups.extend(stored.groups.iter().filter(|g| !role.groups.contains(g)).cloned());
         let mut ldap = self.admin(cx).await?;
         self.leave(&mut ldap, &dn, &groups, cx).await?;
-        self.run(&mut ldap, ops, "deletion_ldif", true, None, cx, &Redactor::default()).await
+        self.run(
+            &mut ldap,
+            ops,
+            Run { label: "deletion_ldif", tolerant: true, started: None },
+            cx,
+            &Redactor::default(),
+        )
+        .await
     }
 
     /// Revocation without the role (it was removed from the config, or
     /// tidy found the user): the entry recorded at issuance, or the one
     /// named `username` under `userdn`, leaves its groups and is deleted.
-    async fn revoke_default(&self, username: &str, stored: &Stored, cx: &Context<'_>) -> Result<(), PluginError> {
+    async fn revoke_default(
+        &self,
+        username: &str,
+        stored: &Stored,
+        cx: &Context<'_>,
+    ) -> Result<(), PluginError> {
         let mut ldap = self.admin(cx).await?;
         let dn = match &stored.dn {
             Some(dn) => dn.clone(),
@@ -416,7 +476,12 @@ impl LdapPlugin {
                 continue;
             }
             let get = |name: &str| {
-                entry.attrs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
+                entry
+                    .attrs
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
             };
             let created_at = get("createTimestamp").first().and_then(|t| generalized_time(t));
             for name in get(&attr).into_iter().filter(|n| n.starts_with(prefix)) {
@@ -429,6 +494,17 @@ impl LdapPlugin {
         }
         Ok(users)
     }
+}
+
+/// How [`LdapPlugin::run`] runs a list of records.
+struct Run<'a> {
+    /// The LDIF's key, for messages (`creation_ldif`).
+    label: &'a str,
+    /// For deletions: an entry or value already gone is what was wanted.
+    tolerant: bool,
+    /// Set once the first record is sent (so a failure knows whether
+    /// anything may need undoing).
+    started: Option<&'a AtomicBool>,
 }
 
 /// Where revocation finds what issuance recorded (`plugin_data`).
@@ -516,14 +592,16 @@ impl Plugin for LdapPlugin {
             hashed: hashed.as_ref().map(|h| h.as_str()),
             unicode_pwd: unicode.as_ref().map(|u| u.as_slice()),
         };
-        let invalid = |message: String| PluginError::InvalidRole { message: format!("{}: {message}", cx.prefix()) };
+        let invalid =
+            |message: String| PluginError::InvalidRole { message: format!("{}: {message}", cx.prefix()) };
         let ops = role.creation.render(&values, &secrets).map_err(invalid)?;
         let dn = role
             .creation
             .entry_dn(&values)
             .ok_or_else(|| PluginError::Internal { message: "creation_ldif adds no entry".into() })?
             .map_err(invalid)?;
-        let redactor = Redactor::new([Some(password), hashed.as_ref().map(|h| h.as_str())].into_iter().flatten());
+        let redactor =
+            Redactor::new([Some(password), hashed.as_ref().map(|h| h.as_str())].into_iter().flatten());
         let started = AtomicBool::new(false);
         let made = self.bounded(&cx, self.create_entry(role, ops, &dn, &started, &cx, &redactor)).await;
         if let Err(e) = made {
@@ -577,7 +655,9 @@ impl Plugin for LdapPlugin {
             return Err(PluginError::Internal { message: format!("{}: an empty password", cx.prefix()) });
         }
         let (attribute, value): (&[u8], Zeroizing<Vec<u8>>) = match self.conn.schema {
-            Schema::OpenLdap => (b"userPassword", Zeroizing::new(self.hash(password).await?.as_bytes().to_vec())),
+            Schema::OpenLdap => {
+                (b"userPassword", Zeroizing::new(self.hash(password).await?.as_bytes().to_vec()))
+            }
             Schema::Ad => (b"unicodePwd", unicode_pwd(password)),
         };
         self.bounded(&cx, async {

@@ -99,7 +99,11 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-pub fn parse_connection(name: &str, url: Option<&str>, options: &toml::Table) -> Result<Connection, ConfigError> {
+pub fn parse_connection(
+    name: &str,
+    url: Option<&str>,
+    options: &toml::Table,
+) -> Result<Connection, ConfigError> {
     let prefix = format!("connections.{name}");
     let key = |field: &str| format!("{prefix}.{field}");
     if options.contains_key("bindpass") {
@@ -110,16 +114,14 @@ pub fn parse_connection(name: &str, url: Option<&str>, options: &toml::Table) ->
         ));
     }
     let raw: LdapConnectionOptions = parse_table(options, &prefix)?;
-    let url = url.ok_or_else(|| ConfigError::new(key("url"), "required, e.g. \"ldaps://ldap.example.com\""))?;
+    let url =
+        url.ok_or_else(|| ConfigError::new(key("url"), "required, e.g. \"ldaps://ldap.example.com\""))?;
     let parsed = url::Url::parse(url).map_err(|e| ConfigError::new(key("url"), format!("not a URL: {e}")))?;
     let ldaps = match parsed.scheme() {
         "ldaps" => true,
         "ldap" => false,
         other => {
-            return Err(ConfigError::new(
-                key("url"),
-                format!("scheme {other}:// is not ldap:// or ldaps://"),
-            ))
+            return Err(ConfigError::new(key("url"), format!("scheme {other}:// is not ldap:// or ldaps://")))
         }
     };
     if parsed.password().is_some() || !parsed.username().is_empty() {
@@ -139,7 +141,10 @@ pub fn parse_connection(name: &str, url: Option<&str>, options: &toml::Table) ->
         return Err(ConfigError::new(key("url"), "names no host"));
     }
     if ldaps && raw.starttls {
-        return Err(ConfigError::new(key("starttls"), "an ldaps:// connection is TLS already; remove starttls"));
+        return Err(ConfigError::new(
+            key("starttls"),
+            "an ldaps:// connection is TLS already; remove starttls",
+        ));
     }
     let tls = ldaps || raw.starttls;
     let files = TlsFiles {
@@ -173,7 +178,8 @@ pub fn parse_connection(name: &str, url: Option<&str>, options: &toml::Table) ->
         // The SDK's checks and config, as for the other plugins: readable
         // files, a private key, a certificate and its key together, the
         // chain and the host name verified.
-        let settings = TlsSettings { mode: TlsMode::VerifyFull, files, explicit: true, local: is_local_host(&host) };
+        let settings =
+            TlsSettings { mode: TlsMode::VerifyFull, files, explicit: true, local: is_local_host(&host) };
         settings.check(&prefix, "url")?;
         let config = settings
             .client_config()
@@ -184,7 +190,8 @@ pub fn parse_connection(name: &str, url: Option<&str>, options: &toml::Table) ->
         None
     };
     let required = |value: Option<String>, field: &str, example: &str| {
-        let value = value.ok_or_else(|| ConfigError::new(key(field), format!("required, e.g. {example:?}")))?;
+        let value =
+            value.ok_or_else(|| ConfigError::new(key(field), format!("required, e.g. {example:?}")))?;
         check_dn(&value).map_err(|e| ConfigError::new(key(field), format!("{value:?} {e}")))?;
         Ok::<_, ConfigError>(value)
     };
@@ -253,37 +260,42 @@ pub struct LdapRole {
 pub fn parse_role(role: &str, options: &toml::Table, schema: Schema) -> Result<LdapRole, ConfigError> {
     let prefix = format!("roles.{role}");
     let raw: LdapRoleOptions = parse_table(options, &prefix)?;
-    let ldif = |field: &str, source: Option<&String>, purpose: Purpose| -> Result<Option<Ldif>, ConfigError> {
-        let Some(source) = source else { return Ok(None) };
-        let key = format!("{prefix}.{field}");
-        let parsed = Ldif::parse(source, schema, purpose).map_err(|e| ConfigError::new(&key, e))?;
-        // A dry run with sample values: every DN must come out as a DN and
-        // every `::` value as base64.
-        let now = Utc::now();
-        let values = Values {
-            username: "v_sample_user",
-            password: (purpose == Purpose::Creation).then_some("Sample-Password-0"),
-            role,
-            issued_at: now,
-            expires_at: now,
+    let ldif =
+        |field: &str, source: Option<&String>, purpose: Purpose| -> Result<Option<Ldif>, ConfigError> {
+            let Some(source) = source else { return Ok(None) };
+            let key = format!("{prefix}.{field}");
+            let parsed = Ldif::parse(source, schema, purpose).map_err(|e| ConfigError::new(&key, e))?;
+            // A dry run with sample values: every DN must come out as a DN and
+            // every `::` value as base64.
+            let now = Utc::now();
+            let values = Values {
+                username: "v_sample_user",
+                password: (purpose == Purpose::Creation).then_some("Sample-Password-0"),
+                role,
+                issued_at: now,
+                expires_at: now,
+            };
+            let unicode = unicode_pwd("Sample-Password-0");
+            let secrets = Secrets { hashed: Some("{SSHA512}sample"), unicode_pwd: Some(&unicode) };
+            parsed.render(&values, &secrets).map_err(|e| ConfigError::new(&key, e))?;
+            Ok(Some(parsed))
         };
-        let unicode = unicode_pwd("Sample-Password-0");
-        let secrets = Secrets { hashed: Some("{SSHA512}sample"), unicode_pwd: Some(&unicode) };
-        parsed.render(&values, &secrets).map_err(|e| ConfigError::new(&key, e))?;
-        Ok(Some(parsed))
-    };
     let example = "\"dn: cn={{.Username}},ou=people,dc=example,dc=com\\nobjectClass: inetOrgPerson\\ncn: {{.Username}}\\nsn: {{.Username}}\\nuserPassword: {{.Password}}\\n\"";
-    let creation = ldif("creation_ldif", raw.creation_ldif.as_ref(), Purpose::Creation)?
-        .ok_or_else(|| ConfigError::new(format!("{prefix}.creation_ldif"), format!("required, e.g. {example}")))?;
-    let deletion = ldif("deletion_ldif", raw.deletion_ldif.as_ref(), Purpose::Deletion)?.ok_or_else(|| {
-        ConfigError::new(
-            format!("{prefix}.deletion_ldif"),
-            "required, e.g. \"dn: cn={{.Username}},ou=people,dc=example,dc=com\\nchangetype: delete\\n\"",
-        )
-    })?;
+    let creation =
+        ldif("creation_ldif", raw.creation_ldif.as_ref(), Purpose::Creation)?.ok_or_else(|| {
+            ConfigError::new(format!("{prefix}.creation_ldif"), format!("required, e.g. {example}"))
+        })?;
+    let deletion =
+        ldif("deletion_ldif", raw.deletion_ldif.as_ref(), Purpose::Deletion)?.ok_or_else(|| {
+            ConfigError::new(
+                format!("{prefix}.deletion_ldif"),
+                "required, e.g. \"dn: cn={{.Username}},ou=people,dc=example,dc=com\\nchangetype: delete\\n\"",
+            )
+        })?;
     let rollback = ldif("rollback_ldif", raw.rollback_ldif.as_ref(), Purpose::Rollback)?;
     for (i, group) in raw.groups.iter().enumerate() {
-        check_dn(group).map_err(|e| ConfigError::new(format!("{prefix}.groups[{i}]"), format!("{group:?} {e}")))?;
+        check_dn(group)
+            .map_err(|e| ConfigError::new(format!("{prefix}.groups[{i}]"), format!("{group:?} {e}")))?;
     }
     Ok(LdapRole { creation, deletion, rollback, groups: raw.groups })
 }
@@ -306,22 +318,45 @@ mod tests {
         let ad = connection("ldaps://dc.corp.example", &format!("{BASE}schema = \"ad\"")).unwrap();
         assert_eq!(ad.userattr, "sAMAccountName");
         assert!(ad.tls.is_some());
-        assert!(connection("ldap://dc.corp.example", &format!("{BASE}starttls = true")).unwrap().tls.is_some());
+        assert!(connection("ldap://dc.corp.example", &format!("{BASE}starttls = true"))
+            .unwrap()
+            .tls
+            .is_some());
         for (url, options, key, wanted) in [
             ("ldap://ldap.example.com", BASE.to_string(), "connections.dir.url", "not loopback"),
             ("ldap://localhost", format!("{BASE}schema = \"ad\""), "connections.dir.url", "needs TLS"),
             ("ldap://127.0.0.1", format!("{BASE}schema = \"AD\""), "connections.dir.schema", ""),
             ("ldaps://h", format!("{BASE}starttls = true"), "connections.dir.starttls", "TLS already"),
-            ("ldap://127.0.0.1", format!("{BASE}tls_ca_file = \"/x\""), "connections.dir.tls_ca_file", "plaintext"),
-            ("ldaps://h", format!("{BASE}tls_ca_file = \"/nonexistent/ca.pem\""), "connections.dir.tls_ca_file", "cannot read"),
+            (
+                "ldap://127.0.0.1",
+                format!("{BASE}tls_ca_file = \"/x\""),
+                "connections.dir.tls_ca_file",
+                "plaintext",
+            ),
+            (
+                "ldaps://h",
+                format!("{BASE}tls_ca_file = \"/nonexistent/ca.pem\""),
+                "connections.dir.tls_ca_file",
+                "cannot read",
+            ),
             ("ldaps://lessor:pw@h", BASE.to_string(), "connections.dir.url", "password_file"),
             ("ldaps://h/dc=x", BASE.to_string(), "connections.dir.url", "set userdn"),
             ("http://h", BASE.to_string(), "connections.dir.url", "not ldap://"),
             ("ldaps://h", "userdn = \"ou=p,dc=x\"".to_string(), "connections.dir.bind_dn", "required"),
             ("ldaps://h", "bind_dn = \"cn=l,dc=x\"".to_string(), "connections.dir.userdn", "required"),
             ("ldaps://h", format!("{BASE}groupdn = \"groups\""), "connections.dir.groupdn", "not type=value"),
-            ("ldaps://h", format!("{BASE}userattr = \"a b\""), "connections.dir.userattr", "not an attribute"),
-            ("ldaps://h", format!("{BASE}schema = \"ad\"\npassword_hash = \"argon2\""), "connections.dir.password_hash", "OpenLDAP"),
+            (
+                "ldaps://h",
+                format!("{BASE}userattr = \"a b\""),
+                "connections.dir.userattr",
+                "not an attribute",
+            ),
+            (
+                "ldaps://h",
+                format!("{BASE}schema = \"ad\"\npassword_hash = \"argon2\""),
+                "connections.dir.password_hash",
+                "OpenLDAP",
+            ),
             ("ldaps://h", format!("{BASE}password_hash = \"md5\""), "connections.dir.password_hash", ""),
             ("ldaps://h", format!("{BASE}bindpass = \"x\""), "connections.dir.bindpass", "password_file"),
         ] {
@@ -355,12 +390,31 @@ groups = ["cn=readers,ou=groups,dc=x"]
         assert!(parsed.creation.needs_hash() && parsed.rollback.is_none());
         assert_eq!(parsed.groups, ["cn=readers,ou=groups,dc=x"]);
         for (text, key, wanted) in [
-            (good.replace("dn: cn={{.Username}},ou=people,dc=x\nchangetype", "dn: {{.Username}}\nchangetype"), "roles.app.deletion_ldif", "not type=value"),
-            (good.replace("changetype: delete", "changetype: purge"), "roles.app.deletion_ldif", "unknown changetype"),
-            (good.replace("userPassword: {{.Password}}", "userPassword: {{.Pasword}}"), "roles.app.creation_ldif", "line 5"),
+            (
+                good.replace(
+                    "dn: cn={{.Username}},ou=people,dc=x\nchangetype",
+                    "dn: {{.Username}}\nchangetype",
+                ),
+                "roles.app.deletion_ldif",
+                "not type=value",
+            ),
+            (
+                good.replace("changetype: delete", "changetype: purge"),
+                "roles.app.deletion_ldif",
+                "unknown changetype",
+            ),
+            (
+                good.replace("userPassword: {{.Password}}", "userPassword: {{.Pasword}}"),
+                "roles.app.creation_ldif",
+                "line 5",
+            ),
             (good.replace("readers,ou", "readers;;ou"), "roles.app.groups[0]", ""),
             (good.replace("deletion_ldif", "revocation_ldif"), "roles.app.revocation_ldif", "unknown field"),
-            (good.replace("deletion_ldif = \"\"\"", "rollback_ldif = \"\"\"").replace("changetype: delete", "changetype: delete"), "roles.app.deletion_ldif", "required"),
+            (
+                good.replace("deletion_ldif = \"\"\"", "rollback_ldif = \"\"\""),
+                "roles.app.deletion_ldif",
+                "required",
+            ),
         ] {
             let e = role(&text).unwrap_err();
             assert_eq!(e.key, key, "{e}");

@@ -63,7 +63,13 @@ pub fn rc_name(code: u32) -> &'static str {
 
 /// A server's answer other than success, as an error. `what` is the
 /// operation and its DN (`add cn=…`); `bind_dn` who lessor was bound as.
-pub fn refused(result: &LdapResult, what: &str, bind_dn: &str, cx: &Context<'_>, redactor: &Redactor) -> PluginError {
+pub fn refused(
+    result: &LdapResult,
+    what: &str,
+    bind_dn: &str,
+    cx: &Context<'_>,
+    redactor: &Redactor,
+) -> PluginError {
     let said = match lessor_plugin::tls::server_text(&result.text) {
         t if t.is_empty() => String::new(),
         t => format!(": {}", redactor.scrub(&t)),
@@ -89,7 +95,13 @@ pub fn refused(result: &LdapResult, what: &str, bind_dn: &str, cx: &Context<'_>,
 
 /// A failure to talk to the server at all (or a refusal that ldap3 turned
 /// into an error). `what` as for [`refused`].
-pub fn failed(e: &LdapError, what: &str, bind_dn: &str, cx: &Context<'_>, redactor: &Redactor) -> PluginError {
+pub fn failed(
+    e: &LdapError,
+    what: &str,
+    bind_dn: &str,
+    cx: &Context<'_>,
+    redactor: &Redactor,
+) -> PluginError {
     if let LdapError::LdapResult { result } = e {
         return refused(result, what, bind_dn, cx, redactor);
     }
@@ -126,12 +138,20 @@ mod tests {
         let e = refused(&result(49, ""), "bind cn=lessor,dc=x", "cn=lessor,dc=x", &cx, &redactor);
         assert!(matches!(e, PluginError::Rejected { .. }));
         assert!(e.to_string().contains("create v_x: bind cn=lessor,dc=x: invalidCredentials (49)"), "{e}");
-        let e = refused(&result(50, "no write access to parent"), "add cn=v_x,ou=p", "cn=lessor", &cx, &redactor);
-        assert!(e.to_string().contains("cn=lessor lacks the access") && e.to_string().contains("no write access"), "{e}");
+        let e =
+            refused(&result(50, "no write access to parent"), "add cn=v_x,ou=p", "cn=lessor", &cx, &redactor);
+        assert!(
+            e.to_string().contains("cn=lessor lacks the access") && e.to_string().contains("no write access"),
+            "{e}"
+        );
         assert!(refused(&result(51, ""), "add x", "b", &cx, &redactor).is_retryable());
-        let schema = refused(&result(65, ""), "add x", "b", &cx.step("creation_ldif record 1 of 1", true), &redactor);
+        let schema =
+            refused(&result(65, ""), "add x", "b", &cx.step("creation_ldif record 1 of 1", true), &redactor);
         assert!(matches!(schema, PluginError::InvalidRole { .. }), "{schema}");
-        assert!(matches!(refused(&result(65, ""), "add x", "b", &cx, &redactor), PluginError::Rejected { .. }));
+        assert!(matches!(
+            refused(&result(65, ""), "add x", "b", &cx, &redactor),
+            PluginError::Rejected { .. }
+        ));
         let e = refused(&result(19, "password s3cret is in history"), "modify x", "b", &cx, &redactor);
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let io = failed(

@@ -132,8 +132,17 @@ impl Op {
 
 /// Attributes whose values are DNs: what is substituted into them is
 /// escaped as in a `dn:` line.
-const DN_ATTRIBUTES: &[&str] =
-    &["member", "uniquemember", "owner", "manager", "seealso", "roleoccupant", "secretary", "memberof", "distinguishedname"];
+const DN_ATTRIBUTES: &[&str] = &[
+    "member",
+    "uniquemember",
+    "owner",
+    "manager",
+    "seealso",
+    "roleoccupant",
+    "secretary",
+    "memberof",
+    "distinguishedname",
+];
 
 /// Attributes a password placeholder may be written to.
 const PASSWORD_ATTRIBUTES: &[&str] = &["userpassword", "unicodepwd"];
@@ -174,13 +183,17 @@ impl Ldif {
         let ldif = Self { records };
         let uses_name = ldif.records.iter().any(|r| r.values().any(|v| v.template.uses(Field::Username)));
         if !uses_name {
-            return Err("never uses {{.Username}} (or {{name}}), so it cannot act on the generated user".into());
+            return Err(
+                "never uses {{.Username}} (or {{name}}), so it cannot act on the generated user".into()
+            );
         }
         if purpose == Purpose::Creation && ldif.first_add().is_none() {
             return Err("adds no entry: the first record with `changetype: add` (or none) is the user's entry, whose DN the credential carries".into());
         }
         if purpose != Purpose::Creation {
-            if let Some(r) = ldif.records.iter().find(|r| r.values().any(|v| v.template.uses(Field::Password))) {
+            if let Some(r) =
+                ldif.records.iter().find(|r| r.values().any(|v| v.template.uses(Field::Password)))
+            {
                 return Err(format!(
                     "record at line {}: {{{{.Password}}}} is only known to creation_ldif",
                     r.line
@@ -270,10 +283,18 @@ fn render_dn(dn: &Value, values: &Values<'_>, line: usize) -> Result<String, Str
     Ok(text)
 }
 
-fn render_value(v: &Value, values: &Values<'_>, secrets: &Secrets<'_>, line: usize) -> Result<Vec<u8>, String> {
+fn render_value(
+    v: &Value,
+    values: &Values<'_>,
+    secrets: &Secrets<'_>,
+    line: usize,
+) -> Result<Vec<u8>, String> {
     match v.special {
         Special::HashedPassword => {
-            return secrets.hashed.map(|h| h.as_bytes().to_vec()).ok_or_else(|| "no password hash to write".into())
+            return secrets
+                .hashed
+                .map(|h| h.as_bytes().to_vec())
+                .ok_or_else(|| "no password hash to write".into())
         }
         Special::UnicodePwd => {
             return secrets.unicode_pwd.map(<[u8]>::to_vec).ok_or_else(|| "no unicodePwd to write".into())
@@ -319,9 +340,10 @@ fn check_version((line, text): &(usize, String)) -> Result<(), String> {
 }
 
 /// `name: value` → (name, value, base64?).
-fn split_line<'a>(line: usize, text: &'a str) -> Result<(&'a str, &'a str, bool), String> {
-    let (name, rest) =
-        text.split_once(':').ok_or_else(|| format!("line {line}: expected `attribute: value`, found {:?}", shorten(text)))?;
+fn split_line(line: usize, text: &str) -> Result<(&str, &str, bool), String> {
+    let (name, rest) = text
+        .split_once(':')
+        .ok_or_else(|| format!("line {line}: expected `attribute: value`, found {:?}", shorten(text)))?;
     if !is_attribute(name) {
         return Err(format!("line {line}: {:?} is not an attribute name", shorten(name)));
     }
@@ -345,8 +367,8 @@ pub(crate) fn is_attribute(name: &str) -> bool {
     let base = parts.next().unwrap_or_default();
     let descr = base.starts_with(|c: char| c.is_ascii_alphabetic())
         && base.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    let oid = !base.is_empty()
-        && base.split('.').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    let oid =
+        !base.is_empty() && base.split('.').all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
     (descr || oid) && parts.all(|o| !o.is_empty() && o.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
@@ -354,13 +376,7 @@ fn base_name(attr: &str) -> String {
     attr.split(';').next().unwrap_or_default().to_ascii_lowercase()
 }
 
-fn parse_value(
-    line: usize,
-    attr: &str,
-    text: &str,
-    base64: bool,
-    schema: Schema,
-) -> Result<Value, String> {
+fn parse_value(line: usize, attr: &str, text: &str, base64: bool, schema: Schema) -> Result<Value, String> {
     let template = Template::parse(text).map_err(|e| format!("line {line}: {e}"))?;
     let name = base_name(attr);
     if base64 && template.segments().iter().all(|s| matches!(s, crate::template::Segment::Text(_))) {
@@ -390,11 +406,7 @@ fn parse_value(
     Ok(Value { template, base64, dn: DN_ATTRIBUTES.contains(&name.as_str()), special })
 }
 
-fn parse_record(
-    lines: &[(usize, String)],
-    schema: Schema,
-    index: usize,
-) -> Result<Record, String> {
+fn parse_record(lines: &[(usize, String)], schema: Schema, index: usize) -> Result<Record, String> {
     let (first_line, first) = &lines[0];
     let (name, text, base64) = split_line(*first_line, first)?;
     if !name.eq_ignore_ascii_case("dn") {
@@ -443,7 +455,9 @@ fn parse_record(
         }
         "modify" => Change::Modify(parse_mods(rest, schema)?),
         "modrdn" | "moddn" => {
-            return Err(format!("record {index} (line {first_line}): changetype {changetype} is not supported"))
+            return Err(format!(
+                "record {index} (line {first_line}): changetype {changetype} is not supported"
+            ))
         }
         other => {
             return Err(format!(
@@ -459,7 +473,9 @@ fn parse_mods(lines: &[(usize, String)], schema: Schema) -> Result<Vec<Modificat
     let mut current: Option<Modification> = None;
     for (line, text) in lines {
         if text.trim_end() == "-" {
-            let done = current.take().ok_or_else(|| format!("line {line}: `-` without an add:, delete: or replace:"))?;
+            let done = current
+                .take()
+                .ok_or_else(|| format!("line {line}: `-` without an add:, delete: or replace:"))?;
             mods.push(done);
             continue;
         }
@@ -471,7 +487,9 @@ fn parse_mods(lines: &[(usize, String)], schema: Schema) -> Result<Vec<Modificat
                     "delete" => ModOp::Delete,
                     "replace" => ModOp::Replace,
                     other => {
-                        return Err(format!("line {line}: expected add:, delete: or replace:, found `{other}:`"))
+                        return Err(format!(
+                            "line {line}: expected add:, delete: or replace:, found `{other}:`"
+                        ))
                     }
                 };
                 let attr = value.trim();
@@ -531,7 +549,8 @@ pub fn check_dn(dn: &str) -> Result<(), String> {
     }
     rdns.last_mut().unwrap().push(ava);
     for ava in rdns.iter().flatten() {
-        let (kind, value) = ava.split_once('=').ok_or_else(|| format!("has {:?}, not type=value", ava.trim()))?;
+        let (kind, value) =
+            ava.split_once('=').ok_or_else(|| format!("has {:?}, not type=value", ava.trim()))?;
         if !is_attribute(kind.trim()) {
             return Err(format!("has {:?}, not an attribute type", kind.trim()));
         }
@@ -563,7 +582,9 @@ userPassword: {{.Password}}
     fn a_vault_creation_ldif_adds_the_entry_with_the_hash() {
         let ldif = Ldif::parse(VAULT_CREATION, Schema::OpenLdap, Purpose::Creation).unwrap();
         assert!(ldif.needs_hash() && !ldif.needs_unicode_pwd());
-        let ops = ldif.render(&values("v_ro_1"), &Secrets { hashed: Some("{SSHA512}xyz"), unicode_pwd: None }).unwrap();
+        let ops = ldif
+            .render(&values("v_ro_1"), &Secrets { hashed: Some("{SSHA512}xyz"), unicode_pwd: None })
+            .unwrap();
         let [Op::Add { dn, attrs }] = ops.as_slice() else { panic!("{ops:?}") };
         assert_eq!(dn, "cn=v_ro_1,ou=people,dc=lessor,dc=test");
         let get = |n: &str| attrs.iter().find(|(a, _)| a == n.as_bytes()).map(|(_, v)| v.clone()).unwrap();
@@ -603,7 +624,9 @@ delete: seeAlso
         let Op::Add { attrs, .. } = &ops[0] else { panic!() };
         assert!(attrs.iter().any(|(a, v)| a == b"sn" && v.contains(b"sn".as_slice())));
         // A plain value is not escaped; one holding a DN is.
-        assert!(attrs.iter().any(|(a, v)| a == b"description" && v.iter().any(|d| d.starts_with(b"a,b made at "))));
+        assert!(attrs
+            .iter()
+            .any(|(a, v)| a == b"description" && v.iter().any(|d| d.starts_with(b"a,b made at "))));
         let Op::Modify { mods, .. } = &ops[1] else { panic!() };
         assert_eq!(mods.len(), 3);
         match &mods[0] {
@@ -631,7 +654,8 @@ delete: seeAlso
             let source = format!(
                 "{add}\ndn: CN={{{{.Username}}}},CN=Users,DC=corp,DC=example\nchangetype: modify\nreplace: unicodePwd\n{password_line}\n-\n"
             );
-            let ldif = Ldif::parse(&source, Schema::Ad, Purpose::Creation).unwrap_or_else(|e| panic!("{source}: {e}"));
+            let ldif = Ldif::parse(&source, Schema::Ad, Purpose::Creation)
+                .unwrap_or_else(|e| panic!("{source}: {e}"));
             assert_eq!(ldif.needs_unicode_pwd(), !password_line.contains("printf"));
             let secrets = Secrets { hashed: None, unicode_pwd: Some(&quoted) };
             let ops = ldif.render(&values("u"), &secrets).unwrap();
@@ -672,7 +696,9 @@ delete: seeAlso
         for bad in ["", "cn", "cn=,dc=x", "c n=a", "cn=a\\"] {
             assert!(check_dn(bad).is_err(), "{bad}");
         }
-        let ldif = Ldif::parse("dn: {{.Username}}\nchangetype: delete\n", Schema::OpenLdap, Purpose::Deletion).unwrap();
+        let ldif =
+            Ldif::parse("dn: {{.Username}}\nchangetype: delete\n", Schema::OpenLdap, Purpose::Deletion)
+                .unwrap();
         let e = ldif.render(&values("v_x"), &Secrets::default()).unwrap_err();
         assert!(e.contains("not type=value"), "{e}");
     }

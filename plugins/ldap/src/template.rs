@@ -223,7 +223,10 @@ fn parse_action(inner: &str) -> Result<Action, String> {
                 let [format, arg] = args else {
                     return Err(format!("`{shown}`: printf takes a format and one field here"));
                 };
-                field = Some(parse_field(arg).ok_or_else(|| format!("`{shown}`: unknown field {arg}; known: {KNOWN}"))?);
+                field = Some(
+                    parse_field(arg)
+                        .ok_or_else(|| format!("`{shown}`: unknown field {arg}; known: {KNOWN}"))?,
+                );
                 funcs.push(printf(format).map_err(|e| format!("`{shown}`: {e}"))?);
                 continue;
             }
@@ -354,7 +357,10 @@ mod tests {
         assert_eq!(render("cn={{ name }}/{{username}}"), b"cn=v_ro_x/v_ro_x");
         assert_eq!(render("{{.Password}}{{password}}"), b"pwpw");
         assert_eq!(render("{{.RoleName}} {{.DisplayName}}"), b"ro ro");
-        assert_eq!(render("{{.ExpirationTime}} {{expiration}}"), b"2030-01-02T03:04:05Z 2030-01-02T03:04:05Z");
+        assert_eq!(
+            render("{{.ExpirationTime}} {{expiration}}"),
+            b"2030-01-02T03:04:05Z 2030-01-02T03:04:05Z"
+        );
         assert_eq!(render("{{.IssueTimeSeconds}}"), b"1893553445");
         assert_eq!(render("{{.Username | uppercase}}"), b"V_RO_X");
     }
@@ -389,7 +395,13 @@ mod tests {
     fn actions_are_escaped_text_is_not() {
         let t = Template::parse("cn={{.Username}},ou=p").unwrap();
         let v = Values { username: "a,b", ..values() };
-        assert_eq!(t.render(&v, |b| b.iter().flat_map(|&c| if c == b',' { b"\\2c".to_vec() } else { vec![c] }).collect()), b"cn=a\\2cb,ou=p");
+        assert_eq!(
+            t.render(&v, |b| b
+                .iter()
+                .flat_map(|&c| if c == b',' { b"\\2c".to_vec() } else { vec![c] })
+                .collect()),
+            b"cn=a\\2cb,ou=p"
+        );
         assert!(t.uses(Field::Username) && !t.uses(Field::Password));
         assert!(Template::parse("{{.Password}}").unwrap().only_action().is_some_and(Action::is_bare));
         assert!(Template::parse("x{{.Password}}").unwrap().only_action().is_none());

@@ -38,8 +38,7 @@ changetype: delete
 groups = ["cn=readers,ou=groups,dc=lessor,dc=test"]
 "#;
 
-fn options(server: &Slapd, extra: &str) -> String {
-    let _ = server;
+fn options(extra: &str) -> String {
     format!("bind_dn = {ADMIN_DN:?}\nuserdn = {PEOPLE:?}\n{extra}")
 }
 
@@ -57,7 +56,7 @@ fn plugin_at(url: &str, password: &str, options: &str) -> Result<Arc<dyn Plugin>
 
 /// The plugin on `server` over plain ldap:// (loopback), as lessor's admin.
 fn plugin_on(server: &Slapd, extra: &str) -> Arc<dyn Plugin> {
-    plugin_at(&server.url(), &server.admin_password, &options(server, extra)).unwrap_or_else(|e| panic!("{e}"))
+    plugin_at(&server.url(), &server.admin_password, &options(extra)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn role(plugin: &Arc<dyn Plugin>, text: &str) -> RoleSettings {
@@ -76,7 +75,12 @@ fn username() -> String {
     format!("v_app_{}", random(10).to_lowercase())
 }
 
-async fn create(plugin: &Arc<dyn Plugin>, settings: &RoleSettings, username: &str, password: &str) -> Result<Created, PluginError> {
+async fn create(
+    plugin: &Arc<dyn Plugin>,
+    settings: &RoleSettings,
+    username: &str,
+    password: &str,
+) -> Result<Created, PluginError> {
     let password = SecretString::from(password.to_string());
     plugin
         .create(&CreateRequest {
@@ -195,7 +199,10 @@ rollback_ldif = "dn: cn={{name}},ou=people,dc=lessor,dc=test\nchangetype: delete
     let password = format!("Pw-{}", random(28));
     let e = create(&plugin, &settings, &name, &password).await.expect_err("a create that should fail");
     let text = e.to_string();
-    assert!(text.contains("creation_ldif record 2 of 2") && text.contains("modify cn=admins,dc=lessor,dc=test"), "{text}");
+    assert!(
+        text.contains("creation_ldif record 2 of 2") && text.contains("modify cn=admins,dc=lessor,dc=test"),
+        "{text}"
+    );
     assert!(!text.contains(&password), "{text}");
     assert!(!server.exists(&format!("cn={name},{PEOPLE}")).await, "the half-made entry was left behind");
 
@@ -266,7 +273,7 @@ async fn the_admin_password_is_rotated_on_its_own_entry() {
     let settings = role(&plugin, VAULT_ROLE);
     create(&plugin, &settings, &username(), &random(24)).await.expect("create after rotate-root");
 
-    let stale = plugin_at(&server.url(), &server.admin_password, &options(&server, "")).unwrap();
+    let stale = plugin_at(&server.url(), &server.admin_password, &options("")).unwrap();
     let e = stale.verify().await.expect_err("the old admin password still binds");
     assert!(e.to_string().contains("bind as cn=lessor,dc=lessor,dc=test: invalidCredentials"), "{e}");
     assert!(!e.to_string().contains(&server.admin_password), "{e}");
@@ -276,7 +283,9 @@ async fn the_admin_password_is_rotated_on_its_own_entry() {
 async fn argon2_passwords_when_slapd_has_the_module() {
     let server = Slapd::start().await;
     if !server.argon2 {
-        eprintln!("slapd has no argon2 module (/usr/lib/ldap/argon2.so): {{ARGON2}} not tested against a server");
+        eprintln!(
+            "slapd has no argon2 module (/usr/lib/ldap/argon2.so): {{ARGON2}} not tested against a server"
+        );
         return;
     }
     let plugin = plugin_on(&server, "password_hash = \"argon2\"");
@@ -303,7 +312,7 @@ async fn over_tls_and_starttls_the_certificate_and_host_name_are_checked() {
     let server = Slapd::start().await;
     let dir = tls_dir();
     let ca = format!("tls_ca_file = {:?}", dir.join("ca.pem").display().to_string());
-    let ldaps = plugin_at(&server.ldaps_url(), &server.admin_password, &options(&server, &ca)).unwrap();
+    let ldaps = plugin_at(&server.ldaps_url(), &server.admin_password, &options(&ca)).unwrap();
     ldaps.verify().await.expect("verify over ldaps://");
     let settings = role(&ldaps, VAULT_ROLE);
     let password = random(24);
@@ -315,21 +324,24 @@ async fn over_tls_and_starttls_the_certificate_and_host_name_are_checked() {
     assert!(!server.exists(&dn).await);
 
     let starttls =
-        plugin_at(&server.url(), &server.admin_password, &options(&server, &format!("{ca}\nstarttls = true"))).unwrap();
+        plugin_at(&server.url(), &server.admin_password, &options(&format!("{ca}\nstarttls = true")))
+            .unwrap();
     starttls.verify().await.expect("verify with StartTLS");
     let created = create(&starttls, &settings, &username(), &password).await.expect("create with StartTLS");
     assert_eq!(server.bind_rc(&directory(&created).1, &password).await, 0);
 
     let other = format!("tls_ca_file = {:?}", dir.join("other-ca.pem").display().to_string());
-    for (url, extra) in [(server.ldaps_url(), other.clone()), (server.url(), format!("{other}\nstarttls = true"))] {
-        let stranger = plugin_at(&url, &server.admin_password, &options(&server, &extra)).unwrap();
+    for (url, extra) in
+        [(server.ldaps_url(), other.clone()), (server.url(), format!("{other}\nstarttls = true"))]
+    {
+        let stranger = plugin_at(&url, &server.admin_password, &options(&extra)).unwrap();
         let e = stranger.verify().await.expect_err("a server the CA did not sign was trusted");
         assert!(e.to_string().contains("not issued by a trusted CA"), "{url}: {e}");
         assert!(!e.is_retryable(), "{e}");
         assert!(!e.to_string().contains(&server.admin_password), "{e}");
     }
     let wrong_name = format!("ldaps://127.0.0.2:{}", server.tls_port);
-    let e = plugin_at(&wrong_name, &server.admin_password, &options(&server, &ca)).unwrap().verify().await;
+    let e = plugin_at(&wrong_name, &server.admin_password, &options(&ca)).unwrap().verify().await;
     assert!(e.expect_err("a name the certificate lacks").to_string().contains("name mismatch"));
 }
 
@@ -342,7 +354,8 @@ async fn bad_config_is_refused_at_load_naming_the_key() {
     let e = plugin_at("ldap://127.0.0.1:389", "pw", &format!("{options}schema = \"ad\"")).unwrap_err();
     assert_eq!(e.key, "connections.dir.url");
     assert!(e.message.contains("needs TLS"), "{e}");
-    let e = plugin_at("ldaps://127.0.0.1", "pw", &format!("{options}tls_ca_file = \"/nonexistent.pem\"")).unwrap_err();
+    let e = plugin_at("ldaps://127.0.0.1", "pw", &format!("{options}tls_ca_file = \"/nonexistent.pem\""))
+        .unwrap_err();
     assert_eq!(e.key, "connections.dir.tls_ca_file");
 
     let plugin = plugin_at("ldap://127.0.0.1:389", "pw", &options).unwrap();

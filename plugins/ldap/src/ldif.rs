@@ -96,7 +96,7 @@ pub struct Ldif {
 }
 
 /// What lessor writes for the password: computed only when the LDIF asks.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default, Clone, Copy)]
 pub struct Secrets<'a> {
     /// The `userPassword` hash (OpenLDAP).
     pub hashed: Option<&'a str>,
@@ -104,12 +104,27 @@ pub struct Secrets<'a> {
     pub unicode_pwd: Option<&'a [u8]>,
 }
 
-/// One LDAP operation, rendered.
-#[derive(Debug)]
+impl std::fmt::Debug for Secrets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("hashed", &self.hashed.map(|_| "[redacted]"))
+            .field("unicode_pwd", &self.unicode_pwd.map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// One LDAP operation, rendered. Its values may hold a password hash, so
+/// `Debug` shows the operation and its DN only.
 pub enum Op {
     Add { dn: String, attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> },
     Modify { dn: String, mods: Vec<Mod<Vec<u8>>> },
     Delete { dn: String },
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Op {
@@ -592,6 +607,8 @@ userPassword: {{.Password}}
         assert_eq!(get("userPassword"), HashSet::from([b"{SSHA512}xyz".to_vec()]));
         assert_eq!(get("cn"), HashSet::from([b"v_ro_1".to_vec()]));
         assert_eq!(ldif.entry_dn(&values("v_ro_1")).unwrap().unwrap(), *dn);
+        let shown = format!("{ops:?} {:?}", Secrets { hashed: Some("{SSHA512}xyz"), unicode_pwd: None });
+        assert!(!shown.contains("xyz") && shown.contains("add cn=v_ro_1"), "{shown}");
     }
 
     #[test]

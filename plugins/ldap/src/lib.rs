@@ -53,8 +53,3 @@ pub fn factory(ctx: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigErro
 // The registry stores plain function pointers; keep `factory` one.
 const _: PluginFactory = factory;
 
-/// The unicodePwd value AD takes for `password`: `"password"` in UTF-16LE.
-/// Public so tests (and tools) can check what is sent.
-pub fn ad_unicode_pwd(password: &str) -> Vec<u8> {
-    password::unicode_pwd(password).to_vec()
-}

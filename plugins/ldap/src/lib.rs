@@ -52,4 +52,3 @@ pub fn factory(ctx: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigErro
 
 // The registry stores plain function pointers; keep `factory` one.
 const _: PluginFactory = factory;
-

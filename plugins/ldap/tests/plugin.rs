@@ -375,3 +375,87 @@ async fn bad_config_is_refused_at_load_naming_the_key() {
     let e = gone.verify().await.expect_err("nothing listens there");
     assert!(e.is_retryable(), "{e}");
 }
+
+/// A server that takes the connection and never answers: the operation
+/// ends at `operation_timeout`, as retryable.
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_as_retryable() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ldap://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let options: toml::Table = options("").parse().unwrap();
+    let plugin = lessor_ldap::factory(ConnectionContext {
+        name: "dir",
+        url: Some(&url),
+        password: Some(SecretString::from("pw".to_string())),
+        max_connections: 1,
+        operation_timeout: Duration::from_millis(500),
+        options: &options,
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = plugin.verify().await.expect_err("a silent server verified");
+    assert!(e.is_retryable(), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+}
+
+/// The example of the README's LDAP section, as an operator writes it:
+/// the plugin's keys of the connection and the role load (the broker's
+/// own keys are the broker's to read).
+#[tokio::test]
+async fn the_readme_example_loads() {
+    let example = r#"
+[connections.directory]
+plugin = "ldap"
+url = "ldaps://ldap.example.com"
+password_file = "/etc/lessor/ldap_admin.pw"
+bind_dn = "cn=lessor,ou=services,dc=example,dc=com"
+userdn = "ou=people,dc=example,dc=com"
+groupdn = "ou=groups,dc=example,dc=com"
+tls_ca_file = "/etc/lessor/ldap-ca.pem"
+
+[roles.ldap_reader]
+connection = "directory"
+default_ttl = "1h"
+max_ttl = "8h"
+creation_ldif = """
+dn: cn={{.Username}},ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+cn: {{.Username}}
+sn: {{.Username}}
+userPassword: {{.Password}}
+"""
+deletion_ldif = """
+dn: cn={{.Username}},ou=people,dc=example,dc=com
+changetype: delete
+"""
+groups = ["cn=readers,ou=groups,dc=example,dc=com"]
+
+[static_accounts.reporting]
+connection = "directory"
+strategy = "single"
+usernames = ["reporting"]
+rotation_period = "24h"
+"#
+    .replace("/etc/lessor/ldap-ca.pem", &tls_dir().join("ca.pem").display().to_string());
+    let config: toml::Table = example.parse().unwrap();
+    let mut connection = config["connections"]["directory"].as_table().unwrap().clone();
+    let url = connection.remove("url").unwrap();
+    for broker in ["plugin", "password_file"] {
+        connection.remove(broker);
+    }
+    let plugin = lessor_ldap::factory(ConnectionContext {
+        name: "directory",
+        url: url.as_str(),
+        password: Some(SecretString::from("pw".to_string())),
+        max_connections: 4,
+        operation_timeout: Duration::from_secs(10),
+        options: &connection,
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut role = config["roles"]["ldap_reader"].as_table().unwrap().clone();
+    for broker in ["connection", "default_ttl", "max_ttl"] {
+        role.remove(broker);
+    }
+    plugin.check_role("ldap_reader", &role).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plugin.admin_username().as_deref(), Some("cn=lessor,ou=services,dc=example,dc=com"));
+}

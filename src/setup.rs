@@ -26,6 +26,7 @@ pub static PLUGINS: &[(&str, PluginFactory)] = &[
     (lessor_mysql::PLUGIN_NAME, lessor_mysql::factory),
     (lessor_aws::PLUGIN_NAME, lessor_aws::factory),
     (lessor_redis::PLUGIN_NAME, lessor_redis::factory),
+    (lessor_ldap::PLUGIN_NAME, lessor_ldap::factory),
 ];
 
 /// Everything the daemon runs on, built from one config.

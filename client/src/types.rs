@@ -47,6 +47,15 @@ mod optional_secret {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Credential {
+    /// An LDAP entry: the name it logs in with, the distinguished name a
+    /// simple bind takes, and its password. (First: untagged, a directory
+    /// credential would otherwise read as a database one.)
+    Directory {
+        username: String,
+        distinguished_name: String,
+        #[serde(with = "secret")]
+        password: SecretString,
+    },
     /// A PostgreSQL role or MySQL user.
     Database {
         username: String,
@@ -66,11 +75,12 @@ pub enum Credential {
 }
 
 impl Credential {
-    /// The name the backend knows the credential by: the database user, or
-    /// the access key id.
+    /// The name the backend knows the credential by: the database user,
+    /// the entry's distinguished name, or the access key id.
     pub fn identity(&self) -> &str {
         match self {
             Self::Database { username, .. } => username,
+            Self::Directory { distinguished_name, .. } => distinguished_name,
             Self::Aws { access_key_id, .. } => access_key_id,
         }
     }
@@ -82,6 +92,10 @@ impl Credential {
             (Self::Database { username: a, password: p }, Self::Database { username: b, password: q }) => {
                 a == b && p.expose_secret() == q.expose_secret()
             }
+            (
+                Self::Directory { distinguished_name: a, password: p, .. },
+                Self::Directory { distinguished_name: b, password: q, .. },
+            ) => a == b && p.expose_secret() == q.expose_secret(),
             (
                 Self::Aws { access_key_id: a, secret_access_key: p, .. },
                 Self::Aws { access_key_id: b, secret_access_key: q, .. },

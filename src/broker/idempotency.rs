@@ -87,6 +87,9 @@ fn credential_json(credential: &Credential) -> Option<serde_json::Value> {
         Credential::Database { username, password } => {
             serde_json::json!({ "db": [username, password.expose_secret()] })
         }
+        Credential::Directory { username, distinguished_name, password } => {
+            serde_json::json!({ "dir": [username, distinguished_name, password.expose_secret()] })
+        }
         Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => {
             serde_json::json!({
                 "aws": [access_key_id, secret_access_key.expose_secret(),
@@ -103,6 +106,13 @@ fn credential_from_json(value: &serde_json::Value) -> Option<Credential> {
         return Some(Credential::Database {
             username: text(&db[0])?,
             password: SecretString::from(text(&db[1])?),
+        });
+    }
+    if let Some(dir) = value.get("dir") {
+        return Some(Credential::Directory {
+            username: text(&dir[0])?,
+            distinguished_name: text(&dir[1])?,
+            password: SecretString::from(text(&dir[2])?),
         });
     }
     let aws = value.get("aws")?;

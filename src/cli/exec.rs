@@ -110,16 +110,15 @@ fn credential_env(held: &Held, templates: &[(String, String)], no_default: bool)
         }
         match &held.credential {
             Credential::Database { username, password } => {
-                let password = password.expose_secret();
-                let plugin = held.plugin.as_deref();
-                if plugin != Some("mysql") {
-                    put("PGUSER", username);
-                    put("PGPASSWORD", password);
+                for (user_var, password_var) in database_vars(held.plugin.as_deref()) {
+                    put(user_var, username);
+                    put(password_var, password.expose_secret());
                 }
-                if plugin != Some("postgres") {
-                    put("MYSQL_USER", username);
-                    put("MYSQL_PWD", password);
-                }
+            }
+            Credential::Directory { username, distinguished_name, password } => {
+                put("LDAPBINDDN", distinguished_name);
+                put("LDAP_USERNAME", username);
+                put("LDAP_PASSWORD", password.expose_secret());
             }
             Credential::Aws { access_key_id, secret_access_key, session_token, .. } => {
                 put("AWS_ACCESS_KEY_ID", access_key_id);
@@ -137,10 +136,22 @@ fn credential_env(held: &Held, templates: &[(String, String)], no_default: bool)
     vars
 }
 
+/// The (user, password) variables a database login goes in, the ones the
+/// plugin's own clients read; both SQL pairs when the plugin is not known.
+pub(super) fn database_vars(plugin: Option<&str>) -> &'static [(&'static str, &'static str)] {
+    match plugin {
+        Some("postgres") => &[("PGUSER", "PGPASSWORD")],
+        Some("mysql") => &[("MYSQL_USER", "MYSQL_PWD")],
+        // redis-cli reads REDISCLI_AUTH; the user has no variable of its own.
+        Some("redis") => &[("REDIS_USERNAME", "REDISCLI_AUTH")],
+        _ => &[("PGUSER", "PGPASSWORD"), ("MYSQL_USER", "MYSQL_PWD")],
+    }
+}
+
 /// Fills a template's `{{…}}` placeholders from the credential.
 fn render(template: &str, held: &Held) -> String {
     let (username, password, key, secret, token) = match &held.credential {
-        Credential::Database { username, password } => {
+        Credential::Database { username, password } | Credential::Directory { username, password, .. } => {
             (username.as_str(), password.expose_secret(), "", "", "")
         }
         Credential::Aws { access_key_id, secret_access_key, session_token, .. } => (
@@ -157,6 +168,10 @@ fn render(template: &str, held: &Held) -> String {
         .replace("{{access_key_id}}", key)
         .replace("{{secret_access_key}}", secret)
         .replace("{{session_token}}", token)
+        .replace("{{distinguished_name}}", match &held.credential {
+            Credential::Directory { distinguished_name, .. } => distinguished_name,
+            _ => "",
+        })
         .replace("{{lease_id}}", held.lease_id.as_deref().unwrap_or(""))
 }
 

@@ -16,16 +16,24 @@ pub(super) fn shell_quote(value: &str) -> String {
 pub(super) fn env_exports(body: &Value) -> Result<String, String> {
     let credential = body.get("credential").ok_or("the response has no credential")?;
     let plugin = body.get("plugin").and_then(Value::as_str).unwrap_or("");
+    let login;
     let vars: &[(&str, &str, bool)] = if credential.get("access_key_id").is_some() || plugin == "aws" {
         &[
             ("AWS_ACCESS_KEY_ID", "access_key_id", true),
             ("AWS_SECRET_ACCESS_KEY", "secret_access_key", true),
             ("AWS_SESSION_TOKEN", "session_token", false),
         ]
-    } else if plugin == "postgres" {
-        &[("PGUSER", "username", true), ("PGPASSWORD", "password", true)]
-    } else if plugin == "mysql" {
-        &[("MYSQL_USER", "username", true), ("MYSQL_PWD", "password", true)]
+    } else if credential.get("distinguished_name").is_some() || plugin == "ldap" {
+        &[
+            ("LDAPBINDDN", "distinguished_name", true),
+            ("LDAP_USERNAME", "username", true),
+            ("LDAP_PASSWORD", "password", true),
+        ]
+    } else if matches!(plugin, "postgres" | "mysql" | "redis") {
+        // The same variables `lessor exec` sets.
+        let (user, password) = super::exec::database_vars(Some(plugin))[0];
+        login = [(user, "username", true), (password, "password", true)];
+        &login
     } else if plugin.is_empty() {
         return Err("the response does not say which plugin made the credential".into());
     } else {
@@ -57,7 +65,7 @@ pub(super) fn env_exports(body: &Value) -> Result<String, String> {
 /// Fields of a credential in the order a person reads them; any others
 /// follow in name order.
 const CREDENTIAL_ORDER: &[&str] =
-    &["username", "password", "access_key_id", "secret_access_key", "session_token", "expiration"];
+    &["username", "distinguished_name", "password", "access_key_id", "secret_access_key", "session_token", "expiration"];
 
 /// `key  value` rows for an issue response.
 pub(super) fn creds_table(body: &Value) -> String {

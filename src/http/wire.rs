@@ -25,6 +25,13 @@ pub fn credential(credential: &lessor_plugin::Credential) -> Option<Credential> 
         lessor_plugin::Credential::Database { username, password } => {
             Credential::Database { username: username.clone(), password: password.clone() }
         }
+        lessor_plugin::Credential::Directory { username, distinguished_name, password } => {
+            Credential::Directory {
+                username: username.clone(),
+                distinguished_name: distinguished_name.clone(),
+                password: password.clone(),
+            }
+        }
         lessor_plugin::Credential::Aws { access_key_id, secret_access_key, session_token, expiration } => {
             Credential::Aws {
                 access_key_id: access_key_id.clone(),

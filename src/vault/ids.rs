@@ -24,7 +24,7 @@ impl Mount {
     /// engine path for here.
     pub fn of_plugin(plugin: &str) -> Option<Self> {
         match plugin {
-            "postgres" | "mysql" => Some(Self::Database),
+            "postgres" | "mysql" | "redis" => Some(Self::Database),
             "aws" => Some(Self::Aws),
             _ => None,
         }

@@ -94,6 +94,12 @@ async fn issue(
         Credential::Database { username, password } => {
             json!({ "username": username, "password": password.expose_secret() })
         }
+        // Vault's LDAP engine answers a dynamic credential so.
+        Credential::Directory { username, distinguished_name, password } => json!({
+            "username": username,
+            "password": password.expose_secret(),
+            "distinguished_names": [distinguished_name],
+        }),
         Credential::Aws { access_key_id, secret_access_key, session_token, .. } => {
             let token = session_token.as_ref().map(|t| t.expose_secret());
             json!({

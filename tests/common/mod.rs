@@ -12,6 +12,7 @@ pub mod aws;
 pub mod moto;
 pub mod mysql;
 pub mod redis_server;
+pub mod slapd;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -22,6 +22,7 @@ mod hardening;
 mod idempotency;
 mod irrevocable;
 mod lateness;
+mod ldap;
 mod lifecycle;
 mod listing;
 mod metrics;

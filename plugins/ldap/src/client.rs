@@ -556,6 +556,10 @@ impl Plugin for LdapPlugin {
         Capabilities { renewable: true, revocable: true, max_username_len: MAX_USERNAME_LEN }
     }
 
+    fn static_strategies(&self) -> &'static [&'static str] {
+        &["single", "alternating"]
+    }
+
     fn check_role(&self, role: &str, options: &toml::Table) -> Result<RoleSettings, ConfigError> {
         Ok(Arc::new(parse_role(role, options, self.conn.schema)?))
     }

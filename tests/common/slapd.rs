@@ -237,6 +237,21 @@ impl Slapd {
         assert_eq!(result.rc, 0, "lock {dn}: {result}");
     }
 
+    /// Disables `dn` as a directory administrator would: nobody can bind
+    /// as it, whatever its password, and a password change (which clears
+    /// ppolicy's lock) does not enable it again. `enable` undoes it.
+    pub async fn disable(&self, dn: &str) {
+        let mods = vec![Mod::Replace("description".to_string(), std::iter::once("disabled".to_string()).collect())];
+        let result = self.root().await.modify(dn, mods).await.unwrap();
+        assert_eq!(result.rc, 0, "disable {dn}: {result}");
+    }
+
+    pub async fn enable(&self, dn: &str) {
+        let mods = vec![Mod::Delete("description".to_string(), Default::default())];
+        let result = self.root().await.modify(dn, mods).await.unwrap();
+        assert_eq!(result.rc, 0, "enable {dn}: {result}");
+    }
+
     /// `ldapwhoami -x` as `dn` over plain ldap://: the OpenLDAP client's
     /// own verdict on a login. `Ok(authzid)` or `Err(stderr)`.
     pub fn ldapwhoami(&self, dn: &str, password: &str) -> Result<String, String> {
@@ -271,7 +286,9 @@ fn fill(text: &str, values: &[(&str, &str)]) -> String {
 
 /// cn=config: modules, schemas, TLS, the database and who may do what.
 /// lessor's admin writes under ou=people and ou=groups only (and may set
-/// its own password, for rotate-root); users may read, anonymous may bind.
+/// its own password, for rotate-root); users may read, anonymous may bind,
+/// except as an entry marked `description: disabled` (see
+/// [`Slapd::disable`]), whose password lessor may still set.
 const CONFIG: &str = "dn: cn=config
 objectClass: olcGlobal
 cn: config
@@ -317,11 +334,12 @@ olcDbMaxSize: 67108864
 olcSuffix: @suffix@
 olcRootDN: @root_dn@
 olcRootPW: @root_password@
-olcAccess: {0}to dn.subtree=\"@people@\" attrs=userPassword by dn.exact=\"@admin_dn@\" write by self write by anonymous auth by * none
-olcAccess: {1}to attrs=userPassword by self write by anonymous auth by * none
-olcAccess: {2}to dn.subtree=\"@people@\" by dn.exact=\"@admin_dn@\" write by users read by * none
-olcAccess: {3}to dn.subtree=\"@groups@\" by dn.exact=\"@admin_dn@\" write by users read by * none
-olcAccess: {4}to * by users read by * none
+olcAccess: {0}to dn.subtree=\"@people@\" filter=(description=disabled) attrs=userPassword by dn.exact=\"@admin_dn@\" write by * none
+olcAccess: {1}to dn.subtree=\"@people@\" attrs=userPassword by dn.exact=\"@admin_dn@\" write by self write by anonymous auth by * none
+olcAccess: {2}to attrs=userPassword by self write by anonymous auth by * none
+olcAccess: {3}to dn.subtree=\"@people@\" by dn.exact=\"@admin_dn@\" write by users read by * none
+olcAccess: {4}to dn.subtree=\"@groups@\" by dn.exact=\"@admin_dn@\" write by users read by * none
+olcAccess: {5}to * by users read by * none
 
 dn: olcOverlay={0}ppolicy,olcDatabase={1}mdb,cn=config
 objectClass: olcOverlayConfig

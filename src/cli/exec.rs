@@ -168,10 +168,13 @@ fn render(template: &str, held: &Held) -> String {
         .replace("{{access_key_id}}", key)
         .replace("{{secret_access_key}}", secret)
         .replace("{{session_token}}", token)
-        .replace("{{distinguished_name}}", match &held.credential {
-            Credential::Directory { distinguished_name, .. } => distinguished_name,
-            _ => "",
-        })
+        .replace(
+            "{{distinguished_name}}",
+            match &held.credential {
+                Credential::Directory { distinguished_name, .. } => distinguished_name,
+                _ => "",
+            },
+        )
         .replace("{{lease_id}}", held.lease_id.as_deref().unwrap_or(""))
 }
 

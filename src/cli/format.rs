@@ -64,8 +64,15 @@ pub(super) fn env_exports(body: &Value) -> Result<String, String> {
 
 /// Fields of a credential in the order a person reads them; any others
 /// follow in name order.
-const CREDENTIAL_ORDER: &[&str] =
-    &["username", "distinguished_name", "password", "access_key_id", "secret_access_key", "session_token", "expiration"];
+const CREDENTIAL_ORDER: &[&str] = &[
+    "username",
+    "distinguished_name",
+    "password",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "expiration",
+];
 
 /// `key  value` rows for an issue response.
 pub(super) fn creds_table(body: &Value) -> String {

@@ -97,9 +97,17 @@ fn a_strategy_the_plugin_cannot_carry_out_is_refused_at_load() {
         )
     };
     let e = errors_of(&config("access_key"));
-    assert!(e.contains("test.toml: static_accounts.app.strategy: access_key does not fit connection \"cache\""), "{e}");
+    assert!(
+        e.contains("test.toml: static_accounts.app.strategy: access_key does not fit connection \"cache\""),
+        "{e}"
+    );
     assert!(e.contains("the redis plugin's strategies are single, alternating, dual_password"), "{e}");
-    assert!(e.contains("test.toml: static_accounts.report.strategy: dual_password does not fit connection \"db\""), "{e}");
+    assert!(
+        e.contains(
+            "test.toml: static_accounts.report.strategy: dual_password does not fit connection \"db\""
+        ),
+        "{e}"
+    );
     assert!(e.contains("the postgres plugin's strategies are single, alternating"), "{e}");
     let e = errors_of(&config("dual_password"));
     assert!(!e.contains("static_accounts.app"), "{e}");

@@ -327,7 +327,9 @@ impl Rotator {
         }
         // An emergency: the previous credential is to stop working at once.
         let emergency = match account.strategy {
-            Strategy::Alternating | Strategy::DualPassword | Strategy::AccessKey => overlap.as_std().is_zero(),
+            Strategy::Alternating | Strategy::DualPassword | Strategy::AccessKey => {
+                overlap.as_std().is_zero()
+            }
             Strategy::Single => request.overlap.is_some_and(|o| o.as_std().is_zero()),
         };
         if emergency && reason.is_none() {

@@ -251,9 +251,7 @@ impl Rotator {
         }
         let username = match (account.strategy, &record.current) {
             (Strategy::Single | Strategy::DualPassword | Strategy::AccessKey, _)
-            | (Strategy::Alternating, None) => {
-                account.usernames[0].clone()
-            }
+            | (Strategy::Alternating, None) => account.usernames[0].clone(),
             (Strategy::Alternating, Some(current)) => account
                 .usernames
                 .iter()
@@ -481,7 +479,11 @@ impl Rotator {
     }
 
     /// The current secret of `record`, opened.
-    fn current_secret(&self, account: &StaticAccount, record: &StaticRecord) -> Result<SecretString, RotationError> {
+    fn current_secret(
+        &self,
+        account: &StaticAccount,
+        record: &StaticRecord,
+    ) -> Result<SecretString, RotationError> {
         let current = record.current.as_ref().ok_or_else(|| RotationError::NotReady {
             name: account.name.clone(),
             last_error: record.last_error.clone(),

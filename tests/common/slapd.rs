@@ -241,7 +241,8 @@ impl Slapd {
     /// as it, whatever its password, and a password change (which clears
     /// ppolicy's lock) does not enable it again. `enable` undoes it.
     pub async fn disable(&self, dn: &str) {
-        let mods = vec![Mod::Replace("description".to_string(), std::iter::once("disabled".to_string()).collect())];
+        let mods =
+            vec![Mod::Replace("description".to_string(), std::iter::once("disabled".to_string()).collect())];
         let result = self.root().await.modify(dn, mods).await.unwrap();
         assert_eq!(result.rc, 0, "disable {dn}: {result}");
     }

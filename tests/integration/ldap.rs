@@ -106,7 +106,10 @@ async fn ldap_entries_are_issued_bound_revoked_expired_and_tidied() {
         .output()
         .unwrap();
     let env = String::from_utf8_lossy(&out.stdout);
-    assert!(env.contains("export LDAPBINDDN='cn=v_reader_") && env.contains("export LDAP_PASSWORD="), "{env}");
+    assert!(
+        env.contains("export LDAPBINDDN='cn=v_reader_") && env.contains("export LDAP_PASSWORD="),
+        "{env}"
+    );
 
     // Revoked: the entry is gone, its bind refused, its membership removed.
     let revoked = client.revoke(issued["lease_id"].as_str().unwrap()).await.unwrap();
@@ -132,7 +135,12 @@ async fn ldap_entries_are_issued_bound_revoked_expired_and_tidied() {
     server.add_person("app_keep", "keep-password-0000").await;
     let swept = client.tidy(Some("directory"), false).await.unwrap();
     assert_eq!(swept.status, 200, "{:?}", swept.body);
-    assert_eq!(swept.body["connections"][0]["dropped"], serde_json::json!(["v_reader_stray"]), "{:?}", swept.body);
+    assert_eq!(
+        swept.body["connections"][0]["dropped"],
+        serde_json::json!(["v_reader_stray"]),
+        "{:?}",
+        swept.body
+    );
     assert_eq!(entries(&server, "v_reader").await, live);
     assert!(server.exists(&format!("cn=app_keep,{PEOPLE}")).await);
     assert!(!daemon.log().contains(&password), "a password is in the log");

@@ -57,7 +57,10 @@ async fn password_count(server: &Server, user: &str) -> usize {
 async fn dual_password_rotates_one_user_while_a_client_on_the_current_password_never_fails() {
     let server = Server::start().await;
     let initial = "initial-password-of-app-cache";
-    server.as_root(&["ACL", "SETUSER", "app_cache", "on", &format!(">{initial}"), "~*", "+@all"]).await.unwrap();
+    server
+        .as_root(&["ACL", "SETUSER", "app_cache", "on", &format!(">{initial}"), "~*", "+@all"])
+        .await
+        .unwrap();
     let db = TestDb::create().await;
     let (_key_dir, key) = seal_key();
     let body = format!(
@@ -113,12 +116,13 @@ async fn dual_password_rotates_one_user_while_a_client_on_the_current_password_n
         // The consumer has moved to the newest password before the next
         // rotation, as a consumer that re-reads it does within the overlap.
         wait_for(&format!("the consumer to log in with version {}", version - 1), SETTLE, || async {
-            let moved = newest.load(Ordering::SeqCst) == version - 1
-                && logins_at_newest.load(Ordering::SeqCst) >= 2;
+            let moved =
+                newest.load(Ordering::SeqCst) == version - 1 && logins_at_newest.load(Ordering::SeqCst) >= 2;
             moved.then_some(())
         })
         .await;
-        let rotated = daemon.client().static_rotate("cache_app", Some("scheduled drill"), None).await.unwrap();
+        let rotated =
+            daemon.client().static_rotate("cache_app", Some("scheduled drill"), None).await.unwrap();
         assert_eq!(rotated.status, 200, "{:?}", rotated.body);
         let now = settled(&daemon, "cache_app", version).await;
         let (_, current) = credential(&now);
@@ -210,7 +214,10 @@ async fn every_node_gets_every_change_and_a_node_that_refuses_fails_the_revocati
     let refused = client.revoke(&lease_id).await.unwrap();
     assert_eq!(refused.status, 502, "{:?}", refused.body);
     let said = refused.body.to_string();
-    assert!(said.contains(&format!("127.0.0.1:{}", second.port)), "the failure does not name the node: {said}");
+    assert!(
+        said.contains(&format!("127.0.0.1:{}", second.port)),
+        "the failure does not name the node: {said}"
+    );
     assert!(second.users().await.contains(&user), "the refusing node lost the user");
     assert!(!first.users().await.contains(&user), "the first node kept the user");
     assert!(second.login(&user, &password).await.is_ok());

@@ -7,6 +7,7 @@ use std::future::Future;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
 use lessor_plugin::failure::{self, Context, Operation};
 use lessor_plugin::redact::Redactor;
 use lessor_plugin::tls::{TlsFiles, TlsMode, TlsSettings};
@@ -14,7 +15,6 @@ use lessor_plugin::{
     downcast_role, BackendUser, Capabilities, ConfigError, ConnectionContext, CreateRequest, Created,
     Credential, LeaseRef, Plugin, PluginError, RoleSettings,
 };
-use futures_util::future::join_all;
 use redis::aio::ConnectionManager;
 use redis::{ErrorKind, IntoConnectionInfo, RedisError};
 use secrecy::{ExposeSecret, SecretString};
@@ -70,7 +70,9 @@ fn tls(key: &str, url: &str, options: &RedisConnectionOptions) -> Result<Option<
         };
         let ca = files.ca_file.as_deref().map(|p| read("tls_ca_file", p)).transpose()?;
         let client = match (&files.client_cert_file, &files.client_key_file) {
-            (Some(cert), Some(pem)) => Some((read("tls_client_cert_file", cert)?, read("tls_client_key_file", pem)?)),
+            (Some(cert), Some(pem)) => {
+                Some((read("tls_client_cert_file", cert)?, read("tls_client_key_file", pem)?))
+            }
             _ => None,
         };
         Ok(Some(Tls { ca, client }))

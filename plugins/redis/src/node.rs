@@ -139,7 +139,8 @@ impl Node {
         let info = self.lock().info.clone();
         let settings =
             info.redis_settings().clone().set_username(username).set_password(password.expose_secret());
-        let client = self.client(info.set_redis_settings(settings)).map_err(|e| self.error(&e, cx, redactor))?;
+        let client =
+            self.client(info.set_redis_settings(settings)).map_err(|e| self.error(&e, cx, redactor))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));

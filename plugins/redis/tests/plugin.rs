@@ -91,7 +91,7 @@ async fn a_user_logs_in_with_its_rules_only_and_revocation_ends_it_and_its_sessi
     assert!(server.login(&user, "wrong-password").await.is_err(), "a wrong password logged in");
     assert_eq!(
         plugin.list_users("v_cache_ro_").await.unwrap().iter().map(|u| u.name.clone()).collect::<Vec<_>>(),
-        [user.clone()]
+        std::slice::from_ref(&user)
     );
 
     plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke");
@@ -193,14 +193,21 @@ async fn over_tls_the_certificate_and_host_name_are_checked() {
 #[tokio::test]
 async fn a_static_users_passwords_are_added_tested_and_taken_away() {
     let server = Server::start().await;
-    server.as_root(&["ACL", "SETUSER", "app_cache", "on", ">old-password-0000", "~*", "+@all"]).await.unwrap();
+    server
+        .as_root(&["ACL", "SETUSER", "app_cache", "on", ">old-password-0000", "~*", "+@all"])
+        .await
+        .unwrap();
     let plugin = plugin_on(&server, &server.admin_password);
     let new = SecretString::from(format!("new-{}", random(24)));
 
     plugin.add_password("app_cache", &new).await.expect("add a password");
     plugin.test_login("app_cache", &new).await.expect("the added password logs in");
-    plugin.test_login("app_cache", &SecretString::from("old-password-0000".to_string())).await.expect("the old one too");
-    let wrong = plugin.test_login("app_cache", &SecretString::from("wrong-password".to_string())).await.unwrap_err();
+    plugin
+        .test_login("app_cache", &SecretString::from("old-password-0000".to_string()))
+        .await
+        .expect("the old one too");
+    let wrong =
+        plugin.test_login("app_cache", &SecretString::from("wrong-password".to_string())).await.unwrap_err();
     assert!(!wrong.to_string().contains("wrong-password"), "{wrong}");
 
     plugin.set_password("app_cache", &new).await.expect("keep the new one alone");
@@ -239,7 +246,8 @@ async fn every_change_is_made_on_every_node_or_fails_naming_the_node() {
     }
     // A user on one node only is still listed for tidy.
     second.as_root(&["ACL", "SETUSER", "v_cache_ro_stray", "off"]).await.unwrap();
-    let listed: Vec<String> = plugin.list_users("v_cache_ro_").await.unwrap().into_iter().map(|u| u.name).collect();
+    let listed: Vec<String> =
+        plugin.list_users("v_cache_ro_").await.unwrap().into_iter().map(|u| u.name).collect();
     assert_eq!(listed, {
         let mut both = vec![user.clone(), "v_cache_ro_stray".to_string()];
         both.sort();
@@ -259,7 +267,10 @@ async fn every_change_is_made_on_every_node_or_fails_naming_the_node() {
     let port = second.port;
     drop(second);
     let e = plugin.verify().await.unwrap_err();
-    assert!(matches!(e, PluginError::Unavailable { .. }) && e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    assert!(
+        matches!(e, PluginError::Unavailable { .. }) && e.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
 
     for (options, wanted) in [
         (format!("nodes = [\"rediss://127.0.0.1:{port}\"]"), "connections.cache.nodes[0]"),

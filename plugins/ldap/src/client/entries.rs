@@ -48,44 +48,35 @@ impl LdapPlugin {
         Ok(())
     }
 
-    /// Adds `dn` to each group; a member already there is fine.
-    pub(super) async fn join(
+    /// Adds `dn` to each group (`join`) or removes it (a member already
+    /// there, or already gone with its group, is fine).
+    async fn membership(
         &self,
         ldap: &mut Ldap,
         dn: &str,
         groups: &[String],
+        join: bool,
         cx: &Context<'_>,
     ) -> Result<(), PluginError> {
         for group in groups {
-            let what = format!("add member {dn} to {group}");
-            let mods = vec![Mod::Add(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
+            let (what, change, fine): (_, fn(_, _) -> Mod<Vec<u8>>, &[u32]) = match join {
+                true => (
+                    format!("add member {dn} to {group}"),
+                    Mod::Add,
+                    &[rc::SUCCESS, rc::ATTRIBUTE_OR_VALUE_EXISTS],
+                ),
+                false => (
+                    format!("remove member {dn} from {group}"),
+                    Mod::Delete,
+                    &[rc::SUCCESS, rc::NO_SUCH_ATTRIBUTE, rc::NO_SUCH_OBJECT],
+                ),
+            };
+            let mods = vec![change(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
             let result = ldap
                 .modify(group, mods)
                 .await
                 .map_err(|e| failed(&e, &what, &self.conn.bind_dn, cx, &Redactor::default()))?;
-            if !matches!(result.rc, rc::SUCCESS | rc::ATTRIBUTE_OR_VALUE_EXISTS) {
-                return Err(refused(&result, &what, &self.conn.bind_dn, cx, &Redactor::default()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes `dn` from each group; a member (or group) already gone is fine.
-    pub(super) async fn leave(
-        &self,
-        ldap: &mut Ldap,
-        dn: &str,
-        groups: &[String],
-        cx: &Context<'_>,
-    ) -> Result<(), PluginError> {
-        for group in groups {
-            let what = format!("remove member {dn} from {group}");
-            let mods = vec![Mod::Delete(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
-            let result = ldap
-                .modify(group, mods)
-                .await
-                .map_err(|e| failed(&e, &what, &self.conn.bind_dn, cx, &Redactor::default()))?;
-            if !matches!(result.rc, rc::SUCCESS | rc::NO_SUCH_ATTRIBUTE | rc::NO_SUCH_OBJECT) {
+            if !fine.contains(&result.rc) {
                 return Err(refused(&result, &what, &self.conn.bind_dn, cx, &Redactor::default()));
             }
         }
@@ -128,7 +119,7 @@ impl LdapPlugin {
             redactor,
         )
         .await?;
-        self.join(&mut ldap, dn, &role.groups, cx).await
+        self.membership(&mut ldap, dn, &role.groups, true, cx).await
     }
 
     /// After a failed creation: the role's `rollback_ldif` (or its
@@ -144,7 +135,7 @@ impl LdapPlugin {
                 .render(values, &Secrets::default())
                 .map_err(|message| PluginError::InvalidRole { message })?;
             let mut ldap = self.admin(cx).await?;
-            self.leave(&mut ldap, dn, &role.groups, cx).await?;
+            self.membership(&mut ldap, dn, &role.groups, false, cx).await?;
             self.run(&mut ldap, ops, Run { label, tolerant: true, started: None }, cx, &Redactor::default())
                 .await
         };
@@ -186,7 +177,7 @@ impl LdapPlugin {
         let mut groups = role.groups.clone();
         groups.extend(stored.groups.iter().filter(|g| !role.groups.contains(g)).cloned());
         let mut ldap = self.admin(cx).await?;
-        self.leave(&mut ldap, &dn, &groups, cx).await?;
+        self.membership(&mut ldap, &dn, &groups, false, cx).await?;
         self.run(
             &mut ldap,
             ops,
@@ -218,7 +209,7 @@ impl LdapPlugin {
             false => stored.groups.clone(),
             true => self.groups_of(&mut ldap, &dn, cx).await?,
         };
-        self.leave(&mut ldap, &dn, &groups, cx).await?;
+        self.membership(&mut ldap, &dn, &groups, false, cx).await?;
         let what = format!("delete {dn}");
         let result = ldap
             .delete(&dn)

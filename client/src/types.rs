@@ -259,6 +259,12 @@ mod tests {
         let c: Credential = serde_json::from_value(db.clone()).unwrap();
         assert_eq!(c.identity(), "u");
         assert_eq!(serde_json::to_value(&c).unwrap(), db);
+        // A directory credential is not mistaken for a database one.
+        let dir = json!({"username": "u", "distinguished_name": "cn=u,ou=people,dc=x", "password": "p"});
+        let c: Credential = serde_json::from_value(dir.clone()).unwrap();
+        assert!(matches!(&c, Credential::Directory { .. }), "{c:?}");
+        assert_eq!(c.identity(), "cn=u,ou=people,dc=x");
+        assert_eq!(serde_json::to_value(&c).unwrap(), dir);
         let only_name: StaticCredential = serde_json::from_value(json!({"username": "u"})).unwrap();
         assert!(only_name.to_credential().is_none());
         assert_eq!(serde_json::to_value(&only_name).unwrap(), json!({"username": "u"}));

@@ -442,20 +442,14 @@ impl Rotator {
                 Strategy::AccessKey => {
                     self.bounded(plugin.delete_key(&account.usernames[0], &username)).await
                 }
-                // The one user keeps the current password alone.
-                Strategy::DualPassword => match self.current_secret(account, record) {
-                    Ok(current) => {
-                        let mut result = self.bounded(plugin.set_password(&username, &current)).await;
-                        if result.is_ok() && record.previous_end_sessions {
-                            result = self.bounded(plugin.end_sessions(&username)).await;
-                        }
-                        result
-                    }
-                    Err(e) => return Err(e),
-                },
+                // The user gets a password nobody knows (dual_password: the
+                // one user keeps the current password alone).
                 _ => {
-                    let unknown = names::password(account.password_length.max(32));
-                    let mut result = self.bounded(plugin.set_password(&username, &unknown)).await;
+                    let password = match account.strategy {
+                        Strategy::DualPassword => self.current_secret(account, record)?,
+                        _ => names::password(account.password_length.max(32)),
+                    };
+                    let mut result = self.bounded(plugin.set_password(&username, &password)).await;
                     if result.is_ok() && record.previous_end_sessions {
                         result = self.bounded(plugin.end_sessions(&username)).await;
                     }

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,mysql,redis,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
@@ -25,8 +25,11 @@
 //!   lessor, with group-role membership or a direct GRANT;
 //! - `mysql` (`issuance/mysql.rs`): the same comparison on MySQL or MariaDB
 //!   (`LESSOR_TEST_MYSQL_URL`);
-//! - `redis` (`issuance/redis.rs`): Redis ACL users, the plugin's command
-//!   run directly against lessor, on a `redis-server` the phase starts;
+//! - `redis` (`issuance/redis.rs`): Redis ACL users issued and revoked,
+//!   the plugin's commands run directly against lessor, on a
+//!   `redis-server` the phase starts;
+//! - `ldap` (`issuance/ldap.rs`): directory entries issued and revoked, an
+//!   `ldap3` add and delete against lessor, on a `slapd` the phase starts;
 //! - `openbao` (`issuance/openbao.rs`): `grp`'s statements through
 //!   OpenBao's database secrets engine, drained with revoke-prefix, next to
 //!   the `grp` figures; skipped with a note when there is no `bao` (from
@@ -58,6 +61,8 @@ use crate::setup::{cleanup, connect, create_fixtures, local_target, lower, vacuu
 mod drain;
 #[path = "issuance/issue.rs"]
 mod issue;
+#[path = "issuance/ldap.rs"]
+mod ldap_phase;
 #[path = "issuance/load.rs"]
 mod load;
 #[path = "issuance/mysql.rs"]
@@ -85,8 +90,9 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,drain] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
-const PHASES: &[&str] = &["grp", "direct", "mysql", "redis", "openbao", "drain", "storm", "pool", "scale"];
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
+const PHASES: &[&str] =
+    &["grp", "direct", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -255,6 +261,9 @@ fn main() {
     let password_env = format!("LESSOR_BENCH_ADMIN_PW_{}", run.to_uppercase());
     // Set before the runtime starts any thread.
     std::env::set_var(&password_env, &admin_password);
+    // Phase `ldap`: the password its slapd's cn=lessor gets, which lessor
+    // reads through `password_env`.
+    std::env::set_var(ldap_phase::PASSWORD_ENV, Alphanumeric.sample_string(&mut rand::rng(), 32));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let started = Instant::now();
@@ -366,6 +375,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
     }
     if chosen("redis") {
         redis_phase::phase(redis_phase::Params { n: args.n, duration, warmup }).await?;
+    }
+    if chosen("ldap") {
+        ldap_phase::phase(ldap_phase::Params { n: args.n, duration, warmup }).await?;
     }
     let mut openbao_drain = None;
     if chosen("openbao") {

@@ -78,9 +78,17 @@ fn env_for_postgres_mysql_and_aws() {
 fn env_errors_never_quote_the_secret() {
     let missing = issued("postgres", json!({"username": "u"}));
     assert_eq!(env_exports(&missing).unwrap_err(), "the credential has no `password`");
-    let odd = issued("redis", json!({"username": "u", "password": "hunter2"}));
+    let odd = issued("mongodb", json!({"username": "u", "password": "hunter2"}));
     let e = env_exports(&odd).unwrap_err();
-    assert!(e.contains("redis") && !e.contains("hunter2"), "{e}");
+    assert!(e.contains("mongodb") && !e.contains("hunter2"), "{e}");
+    // Redis: what redis-cli reads; LDAP: the bind DN OpenLDAP's tools read.
+    let redis = issued("redis", json!({"username": "u", "password": "p"}));
+    assert_eq!(
+        env_exports(&redis).unwrap(),
+        "export LESSOR_LEASE_ID='app_ro/AbC'\nexport REDIS_USERNAME='u'\nexport REDISCLI_AUTH='p'\n"
+    );
+    let ldap = issued("ldap", json!({"username": "u", "distinguished_name": "cn=u,dc=x", "password": "p"}));
+    assert!(env_exports(&ldap).unwrap().contains("export LDAPBINDDN='cn=u,dc=x'\n"));
     let nul = issued("postgres", json!({"username": "u", "password": "a\u{0}hunter2"}));
     assert!(!env_exports(&nul).unwrap_err().contains("hunter2"));
 }

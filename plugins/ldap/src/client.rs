@@ -24,10 +24,11 @@ use secrecy::{ExposeSecret, SecretString};
 use tracing::debug;
 use zeroize::Zeroizing;
 
-use crate::config::{parse_connection, parse_role, Connection, LdapRole, Schema};
+use crate::config::{parse_connection, parse_role, Connection, LdapRole};
 use crate::error::{failed, rc, refused};
 use crate::ldif::{Ldif, Secrets};
 use crate::password::unicode_pwd;
+use crate::password::Schema;
 use crate::template::Values;
 
 mod entries;

@@ -14,20 +14,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::ldif::{check_dn, is_attribute, Ldif, Purpose, Secrets};
-use crate::password::{unicode_pwd, PasswordHash};
+use crate::password::{unicode_pwd, PasswordHash, Schema};
 use crate::template::Values;
-
-/// Which directory the server is: it decides how a password is written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-pub enum Schema {
-    /// OpenLDAP (or any server taking a hashed `userPassword`).
-    #[default]
-    #[serde(rename = "openldap")]
-    OpenLdap,
-    /// Active Directory: `unicodePwd`, over TLS only.
-    #[serde(rename = "ad")]
-    Ad,
-}
 
 /// `[connections.NAME]` keys of the LDAP plugin, beside the broker's:
 /// `url = "ldaps://ldap.example.com"` (or `ldap://…` with `starttls =

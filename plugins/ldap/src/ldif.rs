@@ -29,7 +29,7 @@ use std::collections::HashSet;
 use base64::Engine as _;
 use ldap3::Mod;
 
-use crate::config::Schema;
+use crate::password::Schema;
 use crate::template::{Field, Template, Values};
 
 /// Which list an LDIF is, for the checks that differ.

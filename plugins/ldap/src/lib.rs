@@ -39,8 +39,9 @@ use std::sync::Arc;
 use lessor_plugin::{ConfigError, ConnectionContext, Plugin, PluginFactory};
 
 pub use client::LdapPlugin;
-pub use config::{LdapConnectionOptions, LdapRoleOptions, Schema};
+pub use config::{LdapConnectionOptions, LdapRoleOptions};
 pub use password::PasswordHash;
+pub use password::Schema;
 
 /// The name this plugin is registered under (`plugin = "ldap"`).
 pub const PLUGIN_NAME: &str = "ldap";

@@ -19,6 +19,18 @@ use serde::Deserialize;
 use sha2::{Digest, Sha512};
 use zeroize::Zeroizing;
 
+/// Which directory the server is: it decides how a password is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum Schema {
+    /// OpenLDAP (or any server taking a hashed `userPassword`).
+    #[default]
+    #[serde(rename = "openldap")]
+    OpenLdap,
+    /// Active Directory: `unicodePwd`, over TLS only.
+    #[serde(rename = "ad")]
+    Ad,
+}
+
 /// How an OpenLDAP `userPassword` is hashed before it is sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

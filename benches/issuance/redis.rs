@@ -111,13 +111,16 @@ impl Op for LessorIssue {
     }
 }
 
+/// Where one issuing op keeps the leases it made.
+pub type Kept = Arc<Mutex<Vec<Issued>>>;
+
 /// N issuing ops on `client`, and where each keeps its leases.
 pub fn lessor_issue_ops(
     client: &Client,
     n: usize,
     role: &str,
     user_field: &'static str,
-) -> (Vec<LessorIssue>, Vec<Arc<Mutex<Vec<Issued>>>>) {
+) -> (Vec<LessorIssue>, Vec<Kept>) {
     let kept: Vec<_> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let ops = kept
         .iter()

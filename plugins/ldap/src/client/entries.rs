@@ -59,21 +59,21 @@ impl LdapPlugin {
         cx: &Context<'_>,
     ) -> Result<(), PluginError> {
         for group in groups {
-            let (what, change, fine): (_, fn(_, _) -> Mod<Vec<u8>>, &[u32]) = match join {
+            let member = HashSet::from([dn.as_bytes().to_vec()]);
+            let (what, change, fine): (_, _, &[u32]) = match join {
                 true => (
                     format!("add member {dn} to {group}"),
-                    Mod::Add,
+                    Mod::Add(MEMBER.to_vec(), member),
                     &[rc::SUCCESS, rc::ATTRIBUTE_OR_VALUE_EXISTS],
                 ),
                 false => (
                     format!("remove member {dn} from {group}"),
-                    Mod::Delete,
+                    Mod::Delete(MEMBER.to_vec(), member),
                     &[rc::SUCCESS, rc::NO_SUCH_ATTRIBUTE, rc::NO_SUCH_OBJECT],
                 ),
             };
-            let mods = vec![change(MEMBER.to_vec(), HashSet::from([dn.as_bytes().to_vec()]))];
             let result = ldap
-                .modify(group, mods)
+                .modify(group, vec![change])
                 .await
                 .map_err(|e| failed(&e, &what, &self.conn.bind_dn, cx, &Redactor::default()))?;
             if !fine.contains(&result.rc) {

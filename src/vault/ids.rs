@@ -17,6 +17,9 @@ pub enum Mount {
     Database,
     /// `aws/`: roles and static accounts of the AWS plugin.
     Aws,
+    /// `ldap/`: roles and static accounts of the LDAP plugin (Vault's LDAP
+    /// secrets engine).
+    Ldap,
 }
 
 impl Mount {
@@ -26,6 +29,7 @@ impl Mount {
         match plugin {
             "postgres" | "mysql" | "redis" => Some(Self::Database),
             "aws" => Some(Self::Aws),
+            "ldap" => Some(Self::Ldap),
             _ => None,
         }
     }
@@ -34,6 +38,7 @@ impl Mount {
         match self {
             Self::Database => "database",
             Self::Aws => "aws",
+            Self::Ldap => "ldap",
         }
     }
 
@@ -41,7 +46,7 @@ impl Mount {
     /// also `sts`).
     fn issuing_paths(self) -> &'static [&'static str] {
         match self {
-            Self::Database => &["creds"],
+            Self::Database | Self::Ldap => &["creds"],
             Self::Aws => &["creds", "sts"],
         }
     }
@@ -55,7 +60,7 @@ pub fn vault_id(mount: Mount, path: &str, id: &LeaseId) -> String {
 /// The issuing path a Vault-style lease id or prefix starts with
 /// (`database/creds/`), and the rest after it.
 fn split_issuing(raw: &str) -> Option<(Mount, &str)> {
-    [Mount::Database, Mount::Aws].into_iter().find_map(|mount| {
+    [Mount::Database, Mount::Aws, Mount::Ldap].into_iter().find_map(|mount| {
         mount.issuing_paths().iter().find_map(|path| {
             raw.strip_prefix(mount.as_str())?
                 .strip_prefix('/')?
@@ -95,7 +100,7 @@ pub fn folder(prefix: &str) -> String {
 pub fn in_vault_form(prefix: &str, mount: Mount) -> String {
     let prefix = folder(prefix);
     let root = prefix.split('/').next().unwrap_or("");
-    if prefix.is_empty() || root == "database" || root == "aws" {
+    if prefix.is_empty() || ["database", "aws", "ldap"].contains(&root) {
         prefix
     } else {
         format!("{}/creds/{prefix}", mount.as_str())
@@ -143,7 +148,8 @@ mod tests {
         assert_eq!(parse("database/creds/app_ro/abc123"), Some((Some(Mount::Database), id.clone())));
         assert_eq!(parse("app_ro/abc123"), Some((None, id.clone())));
         assert_eq!(parse("aws/sts/app_ro/abc123"), Some((Some(Mount::Aws), id.clone())));
-        assert_eq!(parse("aws/creds/app_ro/abc123/"), Some((Some(Mount::Aws), id)));
+        assert_eq!(parse("aws/creds/app_ro/abc123/"), Some((Some(Mount::Aws), id.clone())));
+        assert_eq!(parse("ldap/creds/app_ro/abc123"), Some((Some(Mount::Ldap), id)));
         for bad in
             ["database/creds/app_ro", "database/static-creds/x/y", "kv/creds/a/b", "database/creds/a/b/c", ""]
         {

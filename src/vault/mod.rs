@@ -40,7 +40,7 @@ use crate::rotation::RotationError;
 pub use ids::Mount;
 
 /// The first path segments (after `/v1/`) of the Vault API lessor serves.
-const VAULT_ROOTS: &[&str] = &["database", "aws", "sys", "auth"];
+const VAULT_ROOTS: &[&str] = &["database", "aws", "ldap", "sys", "auth"];
 
 /// The Vault routes, which the socket API's router (`api::router`)
 /// merges with its own.
@@ -54,6 +54,9 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/aws/creds/{role}", on(update.or(MethodFilter::GET), secrets::aws_creds))
         .route("/v1/aws/sts/{role}", on(update.or(MethodFilter::GET), secrets::aws_sts))
         .route("/v1/aws/static-creds/{name}", get(secrets::static_creds))
+        .route("/v1/ldap/creds/{role}", get(secrets::ldap_creds))
+        .route("/v1/ldap/static-cred/{name}", get(secrets::static_creds))
+        .route("/v1/ldap/rotate-role/{name}", on(update, secrets::rotate_role))
         .route("/v1/sys/leases/renew", on(update, leases::renew))
         .route("/v1/sys/leases/renew/{*lease_id}", on(update, leases::renew))
         .route("/v1/sys/leases/lookup", on(update, leases::lookup).get(leases::list))

@@ -1,7 +1,8 @@
-//! `database/…` and `aws/…`: issuing credentials, reading static ones and
-//! rotating, in the shapes of Vault's database and AWS secrets engines.
-//! A role or account answers only under the mount of its plugin
-//! (`database/` for PostgreSQL and MySQL, `aws/` for AWS).
+//! `database/…`, `aws/…` and `ldap/…`: issuing credentials, reading static
+//! ones and rotating, in the shapes of Vault's database, AWS and LDAP
+//! secrets engines. A role or account answers only under the mount of its
+//! plugin (`database/` for PostgreSQL, MySQL and Redis, `aws/` for AWS,
+//! `ldap/` for LDAP).
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +32,26 @@ pub(super) async fn database_creds(
 ) -> VaultResult {
     let caller = caller(request.extensions());
     issue(&state, Mount::Database, "creds", role, None, caller, Vec::new()).await
+}
+
+/// `GET ldap/creds/:role`
+pub(super) async fn ldap_creds(
+    State(state): State<AppState>,
+    Path(role): Path<String>,
+    request: Request,
+) -> VaultResult {
+    let caller = caller(request.extensions());
+    issue(&state, Mount::Ldap, "creds", role, None, caller, Vec::new()).await
+}
+
+/// The mount a request's path is under (`/v1/aws/…`, `/v1/ldap/…`,
+/// `/v1/database/…`).
+fn mount_of(request: &Request) -> Mount {
+    let path = request.uri().path();
+    [Mount::Aws, Mount::Ldap]
+        .into_iter()
+        .find(|m| path.strip_prefix("/v1/").is_some_and(|p| p.starts_with(&format!("{}/", m.as_str()))))
+        .unwrap_or(Mount::Database)
 }
 
 /// `GET|PUT|POST aws/creds/:role` (`ttl` in the query or the body).
@@ -124,13 +145,14 @@ async fn issue(
     Ok(response)
 }
 
-/// `GET database/static-creds/:name` and `GET aws/static-creds/:name`.
+/// `GET database/static-creds/:name`, `GET aws/static-creds/:name` and
+/// `GET ldap/static-cred/:name`.
 pub(super) async fn static_creds(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: Request,
 ) -> VaultResult {
-    let mount = if request.uri().path().starts_with("/v1/aws/") { Mount::Aws } else { Mount::Database };
+    let mount = mount_of(&request);
     let caller = caller(request.extensions());
     let kind = state.rotator.account_kind(&name);
     if !in_mount(mount, kind.map(|(plugin, _)| plugin)) {
@@ -160,22 +182,24 @@ pub(super) async fn static_creds(
     Ok(Envelope { data: Some(data), ..Envelope::default() }.into_response())
 }
 
-/// `PUT|POST database/rotate-role/:name`: an operator's rotation of a
-/// static account, with the account's `overlap`. 204 once the new
-/// credential is current.
+/// `PUT|POST database/rotate-role/:name` (and `ldap/rotate-role/:name`):
+/// an operator's rotation of a static account, with the account's
+/// `overlap`. 204 once the new credential is current.
 pub(super) async fn rotate_role(
     State(state): State<AppState>,
     Path(name): Path<String>,
     request: Request,
 ) -> VaultResult {
+    let mount = mount_of(&request);
     let caller = caller(request.extensions());
-    if !in_mount(Mount::Database, state.rotator.account_kind(&name).map(|(plugin, _)| plugin)) {
+    if !in_mount(mount, state.rotator.account_kind(&name).map(|(plugin, _)| plugin)) {
         let unknown = rotation_error(RotationError::UnknownAccount { name: name.clone() });
         return Err(unknown_here(caller.may_rotate(&name), unknown));
     }
     caller.may_rotate(&name).map_err(|denied| broker_error(denied.into()))?;
     let intent = intend(&state.audit, &caller, Irreversible::RotateStatic { account: &name }).await?;
-    let request = OperatorRequest { reason: Some("database/rotate-role (Vault API)".into()), overlap: None };
+    let reason = format!("{}/rotate-role (Vault API)", mount.as_str());
+    let request = OperatorRequest { reason: Some(reason), overlap: None };
     let rotated = state.rotator.rotate(&name, request, &caller).await;
     Ok(intent.answer(rotated.map(|_| no_content()).map_err(rotation_error)))
 }

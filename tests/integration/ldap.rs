@@ -209,3 +209,46 @@ async fn kill_9_during_ldap_issuance_leaves_no_orphan_entry() {
     let mut daemon = start(&db, &server, &config(&server)).await;
     kill_9_during_bursts(&mut daemon, "reader", 3, || async { entries(&server, "v_reader_").await }).await;
 }
+
+/// Vault's LDAP secrets engine paths, through the real `bao` CLI: `read
+/// ldap/creds/ROLE` answers Vault's shape (`username`, `password`,
+/// `distinguished_names`) with a lease under `ldap/creds/`, which `bao
+/// lease revoke` ends; `read ldap/static-cred/NAME` and `write
+/// ldap/rotate-role/NAME` serve static accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vaults_ldap_engine_paths_issue_revoke_and_rotate_through_the_bao_cli() {
+    use crate::vault::{bao_json, bao_ok};
+    let server = Slapd::start().await;
+    let report = server.add_person("svc_report", "initial-report-password").await;
+    let db = TestDb::create().await;
+    let (_key_dir, key) = seal_key();
+    let body = format!(
+        "seal_key_file = {key:?}\n\n{}\n{}",
+        config(&server),
+        static_account("report", "directory", "single", &["svc_report"], "overlap = \"0s\""),
+    );
+    let daemon = start(&db, &server, &body).await;
+
+    let read = bao_json(&daemon, &["read", "ldap/creds/reader"]);
+    let lease_id = read["lease_id"].as_str().unwrap().to_string();
+    assert!(lease_id.starts_with("ldap/creds/reader/"), "{read}");
+    let data = &read["data"];
+    let dn = data["distinguished_names"][0].as_str().unwrap().to_string();
+    assert_eq!(dn, format!("cn={},{PEOPLE}", data["username"].as_str().unwrap()));
+    server.ldapwhoami(&dn, data["password"].as_str().unwrap()).expect("the Vault-issued entry binds");
+    bao_ok(&daemon, &["lease", "revoke", "-sync", &lease_id]);
+    assert!(!server.exists(&dn).await, "the entry outlived its revoked Vault lease");
+    // Not under the other engines' mounts.
+    let out = crate::vault::run(crate::vault::bao_command(&daemon, &["read", "database/creds/reader"]));
+    assert!(!out.status.success(), "an LDAP role answered under database/");
+
+    let v1 = settled(&daemon, "report", 1).await;
+    let cred = bao_json(&daemon, &["read", "ldap/static-cred/report"]);
+    assert_eq!(cred["data"]["username"], "svc_report", "{cred}");
+    assert_eq!(cred["data"]["password"], v1["credential"]["password"]);
+    bao_ok(&daemon, &["write", "-f", "ldap/rotate-role/report"]);
+    let v2 = settled(&daemon, "report", 2).await;
+    let password = v2["credential"]["password"].as_str().unwrap();
+    server.ldapwhoami(&report, password).expect("the password rotated through ldap/rotate-role binds");
+    assert_eq!(bao_json(&daemon, &["read", "ldap/static-cred/report"])["data"]["password"], password);
+}

@@ -50,7 +50,7 @@ pub(crate) fn text(out: &Output) -> String {
 }
 
 /// `bao ARGS… -format=json` that must succeed: its JSON answer.
-fn bao_json(daemon: &Daemon, args: &[&str]) -> Value {
+pub(crate) fn bao_json(daemon: &Daemon, args: &[&str]) -> Value {
     let mut all = vec![args[0], args[1], "-format=json"];
     all.extend(&args[2..]);
     let out = run(bao_command(daemon, &all));
@@ -59,7 +59,7 @@ fn bao_json(daemon: &Daemon, args: &[&str]) -> Value {
 }
 
 /// `bao ARGS…` that must succeed.
-fn bao_ok(daemon: &Daemon, args: &[&str]) -> String {
+pub(crate) fn bao_ok(daemon: &Daemon, args: &[&str]) -> String {
     let out = run(bao_command(daemon, args));
     assert!(out.status.success(), "bao {args:?}: {}", text(&out));
     text(&out)

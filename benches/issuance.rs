@@ -377,7 +377,7 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
         redis_phase::phase(redis_phase::Params { n: args.n, duration, warmup }).await?;
     }
     if chosen("ldap") {
-        ldap_phase::phase(ldap_phase::Params { n: args.n, duration, warmup }).await?;
+        ldap_phase::phase(redis_phase::Params { n: args.n, duration, warmup }).await?;
     }
     let mut openbao_drain = None;
     if chosen("openbao") {

@@ -44,14 +44,13 @@ use lessor::client::Client;
 use rand::distr::{Alphanumeric, SampleString};
 use tokio_util::sync::CancellationToken;
 
-use crate::load::{drive, lessor_ops, Op, Stats};
+use crate::load::{drive, Op, Stats};
 use crate::nodes::start_daemon;
 use crate::redis_phase::{
-    gather, lessor_issue_ops, lessor_revoke, print_internals, print_ratios, print_state, revoke_warmup,
-    server_pid, Issued, Kept, Queue, REVOKE_DEADLINE,
+    gather, lessor_round, print_ratios, print_state, server_pid, Kept, Params, Queue, REVOKE_DEADLINE,
 };
 use crate::report::print_stats;
-use crate::{scrape, Result};
+use crate::Result;
 
 #[path = "../../tests/common/slapd.rs"]
 mod slapd;
@@ -66,14 +65,6 @@ const ROLE: &str = "ldap_ro";
 /// before the runtime starts, as setting it later would race the
 /// runtime's threads.
 pub const PASSWORD_ENV: &str = "LESSOR_BENCH_LDAP_PW";
-
-/// What the phase needs from the command line.
-#[derive(Debug, Clone, Copy)]
-pub struct Params {
-    pub n: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
-}
 
 /// One raw connection adding entries, keeping their DNs.
 struct RawAdd {
@@ -265,26 +256,10 @@ pub async fn phase(p: Params) -> Result<()> {
     let running =
         start_daemon(&lessor_config(&server, dir.path(), p), "(bench ldap config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = async {
-        if !p.warmup.is_zero() {
-            drive(lessor_ops(std::slice::from_ref(&client), p.n, ROLE), p.warmup, &pid, None).await;
-            revoke_warmup(&client, ROLE).await?;
-        }
-        let (ops, kept) = lessor_issue_ops(&client, p.n, ROLE, "distinguished_name");
-        let before = scrape::metrics(&client).await?;
-        let lessor = drive(ops, p.duration, &pid, None).await;
-        let after = scrape::metrics(&client).await?;
-        let issued: Vec<Issued> = kept.iter().flat_map(|k| std::mem::take(&mut *k.lock().unwrap())).collect();
-        let dns: Vec<String> = issued.iter().map(|i| i.user.clone()).collect();
-        print_stats("lessor", &lessor, SERVER);
-        print_internals("issuance", lessor.ok(), &before, &after);
-        print_state("lessor", "issuance", present(&server, &dns).await?, dns.len(), true)?;
-        let (revoked, before, after) = lessor_revoke(&client, p.n, &issued, &pid).await?;
-        print_stats("lessor revoke", &revoked, SERVER);
-        print_internals("revocation", revoked.ok(), &before, &after);
-        print_state("lessor", "revocation", present(&server, &dns).await?, dns.len(), false)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((lessor, revoked))
-    }
+    let outcome = lessor_round(&client, p, ROLE, "distinguished_name", &pid, |dns| {
+        let server = &server;
+        async move { present(server, &dns).await }
+    })
     .await;
     shutdown.cancel();
     running.stopped().await;

@@ -51,7 +51,7 @@ const ROLE: &str = "cache_ro";
 /// (what is left is then reported by the check that follows).
 pub const REVOKE_DEADLINE: Duration = Duration::from_secs(600);
 
-/// What the phase needs from the command line.
+/// What the phase (and phase `ldap`) needs from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct Params {
     pub n: usize,
@@ -112,7 +112,7 @@ impl Op for LessorIssue {
 }
 
 /// Where one issuing op keeps the leases it made.
-pub type Kept = Arc<Mutex<Vec<Issued>>>;
+pub type Leases = Arc<Mutex<Vec<Issued>>>;
 
 /// N issuing ops on `client`, and where each keeps its leases.
 pub fn lessor_issue_ops(
@@ -120,7 +120,7 @@ pub fn lessor_issue_ops(
     n: usize,
     role: &str,
     user_field: &'static str,
-) -> (Vec<LessorIssue>, Vec<Kept>) {
+) -> (Vec<LessorIssue>, Vec<Leases>) {
     let kept: Vec<_> = (0..n).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let ops = kept
         .iter()
@@ -173,6 +173,43 @@ pub async fn lessor_revoke(
 
 /// Revokes the warm-up's leases of `role` (`POST /v1/leases/revoke`; the
 /// bench runs as the daemon's user, an admin), so the measured side starts
+
+/// lessor's side on a running daemon: a warm-up (revoked), issuance for
+/// the phase's duration, then revocation of all it issued, with the
+/// backend checked after each (`present`: how many of the names it holds).
+/// `user_field` is the credential field the backend knows a user by.
+pub async fn lessor_round<F, Fut>(
+    client: &Client,
+    p: Params,
+    role: &str,
+    user_field: &'static str,
+    pid: &[i32],
+    present: F,
+) -> Result<(Stats, Stats)>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<usize>>,
+{
+    if !p.warmup.is_zero() {
+        drive(lessor_ops(std::slice::from_ref(client), p.n, role), p.warmup, pid, None).await;
+        revoke_warmup(client, role).await?;
+    }
+    let (ops, kept) = lessor_issue_ops(client, p.n, role, user_field);
+    let before = scrape::metrics(client).await?;
+    let lessor = drive(ops, p.duration, pid, None).await;
+    let after = scrape::metrics(client).await?;
+    let issued: Vec<Issued> = kept.iter().flat_map(|k| std::mem::take(&mut *k.lock().unwrap())).collect();
+    let users: Vec<String> = issued.iter().map(|i| i.user.clone()).collect();
+    print_stats("lessor", &lessor, SERVER);
+    print_internals("issuance", lessor.ok(), &before, &after);
+    print_state("lessor", "issuance", present(users.clone()).await?, users.len(), true)?;
+    let (revoked, before, after) = lessor_revoke(client, p.n, &issued, pid).await?;
+    print_stats("lessor revoke", &revoked, SERVER);
+    print_internals("revocation", revoked.ok(), &before, &after);
+    print_state("lessor", "revocation", present(users.clone()).await?, users.len(), false)?;
+    Ok((lessor, revoked))
+}
+
 /// on a backend without them.
 pub async fn revoke_warmup(client: &Client, role: &str) -> Result<()> {
     let response = client.revoke_prefix(&format!("{role}/"), false).await?;
@@ -411,26 +448,10 @@ pub async fn phase(p: Params) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = start_daemon(&config, "(bench redis config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = async {
-        if !p.warmup.is_zero() {
-            drive(lessor_ops(std::slice::from_ref(&client), p.n, ROLE), p.warmup, &pid, None).await;
-            revoke_warmup(&client, ROLE).await?;
-        }
-        let (ops, kept) = lessor_issue_ops(&client, p.n, ROLE, "username");
-        let before = scrape::metrics(&client).await?;
-        let lessor = drive(ops, p.duration, &pid, None).await;
-        let after = scrape::metrics(&client).await?;
-        let issued: Vec<Issued> = kept.iter().flat_map(|k| std::mem::take(&mut *k.lock().unwrap())).collect();
-        let users: Vec<String> = issued.iter().map(|i| i.user.clone()).collect();
-        print_stats("lessor", &lessor, SERVER);
-        print_internals("issuance", lessor.ok(), &before, &after);
-        print_state("lessor", "issuance", present(&server, &users).await?, users.len(), true)?;
-        let (revoked, before, after) = lessor_revoke(&client, p.n, &issued, &pid).await?;
-        print_stats("lessor revoke", &revoked, SERVER);
-        print_internals("revocation", revoked.ok(), &before, &after);
-        print_state("lessor", "revocation", present(&server, &users).await?, users.len(), false)?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((lessor, revoked))
-    }
+    let outcome = lessor_round(&client, p, ROLE, "username", &pid, |users| {
+        let server = &server;
+        async move { present(server, &users).await }
+    })
     .await;
     shutdown.cancel();
     running.stopped().await;

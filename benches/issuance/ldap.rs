@@ -256,7 +256,7 @@ pub async fn phase(p: Params) -> Result<()> {
     let running =
         start_daemon(&lessor_config(&server, dir.path(), p), "(bench ldap config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = lessor_round(&client, p, ROLE, "distinguished_name", &pid, |dns| {
+    let outcome = lessor_round(&client, p, ROLE, "distinguished_name", &pid, SERVER, |dns| {
         let server = &server;
         async move { present(server, &dns).await }
     })

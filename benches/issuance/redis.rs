@@ -171,19 +171,18 @@ pub async fn lessor_revoke(
     Ok((stats, before, after))
 }
 
-/// Revokes the warm-up's leases of `role` (`POST /v1/leases/revoke`; the
-/// bench runs as the daemon's user, an admin), so the measured side starts
-
 /// lessor's side on a running daemon: a warm-up (revoked), issuance for
 /// the phase's duration, then revocation of all it issued, with the
 /// backend checked after each (`present`: how many of the names it holds).
-/// `user_field` is the credential field the backend knows a user by.
+/// `user_field` is the credential field the backend knows a user by,
+/// `server` the backend's process name (for its CPU figures).
 pub async fn lessor_round<F, Fut>(
     client: &Client,
     p: Params,
     role: &str,
     user_field: &'static str,
     pid: &[i32],
+    server: &str,
     present: F,
 ) -> Result<(Stats, Stats)>
 where
@@ -200,16 +199,18 @@ where
     let after = scrape::metrics(client).await?;
     let issued: Vec<Issued> = kept.iter().flat_map(|k| std::mem::take(&mut *k.lock().unwrap())).collect();
     let users: Vec<String> = issued.iter().map(|i| i.user.clone()).collect();
-    print_stats("lessor", &lessor, SERVER);
+    print_stats("lessor", &lessor, server);
     print_internals("issuance", lessor.ok(), &before, &after);
     print_state("lessor", "issuance", present(users.clone()).await?, users.len(), true)?;
     let (revoked, before, after) = lessor_revoke(client, p.n, &issued, pid).await?;
-    print_stats("lessor revoke", &revoked, SERVER);
+    print_stats("lessor revoke", &revoked, server);
     print_internals("revocation", revoked.ok(), &before, &after);
     print_state("lessor", "revocation", present(users.clone()).await?, users.len(), false)?;
     Ok((lessor, revoked))
 }
 
+/// Revokes the warm-up's leases of `role` (`POST /v1/leases/revoke`; the
+/// bench runs as the daemon's user, an admin), so the measured side starts
 /// on a backend without them.
 pub async fn revoke_warmup(client: &Client, role: &str) -> Result<()> {
     let response = client.revoke_prefix(&format!("{role}/"), false).await?;
@@ -448,7 +449,7 @@ pub async fn phase(p: Params) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = start_daemon(&config, "(bench redis config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = lessor_round(&client, p, ROLE, "username", &pid, |users| {
+    let outcome = lessor_round(&client, p, ROLE, "username", &pid, SERVER, |users| {
         let server = &server;
         async move { present(server, &users).await }
     })

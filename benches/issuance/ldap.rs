@@ -41,13 +41,12 @@ use std::time::Duration;
 
 use ldap3::{Ldap, Mod, Scope, SearchEntry};
 use lessor::client::Client;
-use rand::distr::{Alphanumeric, SampleString};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{drive, Op, Stats};
 use crate::nodes::start_daemon;
 use crate::redis_phase::{
-    gather, lessor_round, print_ratios, print_state, server_pid, Kept, Params, Queue, REVOKE_DEADLINE,
+    fresh, gather, lessor_round, print_ratios, print_state, server_pid, Kept, Params, Queue, REVOKE_DEADLINE,
 };
 use crate::report::print_stats;
 use crate::Result;
@@ -75,9 +74,7 @@ struct RawAdd {
 
 impl Op for RawAdd {
     async fn run(&mut self) -> std::result::Result<(), String> {
-        let name =
-            format!("{}{}", self.prefix, Alphanumeric.sample_string(&mut rand::rng(), 16).to_lowercase());
-        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let (name, password) = fresh(&self.prefix);
         let hashed = lessor_ldap::PasswordHash::Ssha512.hash(&password);
         let dn = format!("cn={name},{PEOPLE}");
         let one = |v: &str| HashSet::from([v.to_string()]);

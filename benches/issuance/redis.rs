@@ -279,6 +279,13 @@ pub fn print_state(label: &str, after: &str, present: usize, total: usize, want_
     }
 }
 
+/// A fresh user name under `prefix` and a password for it, as a raw op
+/// makes one per credential.
+pub fn fresh(prefix: &str) -> (String, String) {
+    let name = format!("{prefix}{}", Alphanumeric.sample_string(&mut rand::rng(), 16).to_lowercase());
+    (name, Alphanumeric.sample_string(&mut rand::rng(), 32))
+}
+
 // ---------------------------------------------------------------------------
 // Redis
 
@@ -291,9 +298,7 @@ struct RawSetUser {
 
 impl Op for RawSetUser {
     async fn run(&mut self) -> std::result::Result<(), String> {
-        let name =
-            format!("{}{}", self.prefix, Alphanumeric.sample_string(&mut rand::rng(), 16).to_lowercase());
-        let password = Alphanumeric.sample_string(&mut rand::rng(), 32);
+        let (name, password) = fresh(&self.prefix);
         let made: redis::RedisResult<String> = redis::cmd("ACL")
             .arg("SETUSER")
             .arg(&name)

@@ -10,11 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::common::redis_server::{login_at, Server};
 use crate::common::*;
-use crate::rotation::{seal_key, settled, static_account};
+use crate::rotation::{credential, seal_key, settled, static_account};
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -32,11 +30,6 @@ fn connection(server: &Server, nodes: &[&Server]) -> String {
 
 async fn start(db: &TestDb, server: &Server, body: &str) -> Daemon {
     Daemon::start_with_env(db, body, &[("LESSOR_TEST_REDIS_ADMIN", &server.admin_password)]).await
-}
-
-fn credential(body: &Value) -> (String, String) {
-    let c = &body["credential"];
-    (c["username"].as_str().unwrap().to_string(), c["password"].as_str().unwrap().to_string())
 }
 
 /// How many passwords `user` has on `server` (`ACL GETUSER`'s `passwords`).

@@ -48,7 +48,8 @@ pub(crate) async fn settled(daemon: &Daemon, name: &str, version: u64) -> Value 
     .await
 }
 
-fn credential(body: &Value) -> (String, String) {
+/// A static account's `(username, password)` from `static get`'s answer.
+pub(crate) fn credential(body: &Value) -> (String, String) {
     let c = &body["credential"];
     (c["username"].as_str().unwrap().to_string(), c["password"].as_str().unwrap().to_string())
 }

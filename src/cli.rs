@@ -24,7 +24,9 @@ use crate::client::{Client, ClientError, Response};
 mod audit;
 mod exec;
 mod format;
+mod kit;
 mod output;
+mod plugin;
 mod store;
 
 use audit::AuditCommand;
@@ -134,6 +136,10 @@ enum Command {
     /// The lease store, offline: copy a SQLite store into PostgreSQL.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Plugins: list them, serve a built-in one out of process, run the
+    /// conformance kit against one.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Print the daemon's events for you as they happen, one JSON line
     /// each: a snapshot, then rotations, leases expiring and revoked.
     Watch,
@@ -319,6 +325,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(command) => audit::run(command),
+        Command::Plugin(command) => plugin::run(command, &client),
         Command::Store(command) => store::run(command),
         Command::Seal(SealCommand::NewKey { file }) => {
             crate::seal::write_new_key(&file)
@@ -484,6 +491,7 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
         | Command::Config(_)
         | Command::Seal(_)
         | Command::Audit(_)
+        | Command::Plugin(_)
         | Command::Store(_)
         | Command::Exec(_) => {
             unreachable!("handled without a client")

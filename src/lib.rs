@@ -33,8 +33,12 @@
 //! - [`vault`]: the Vault-compatible routes, a thin translation of Vault's
 //!   paths and shapes onto the broker.
 //!
+//! - [`external`]: plugins outside the binary, each its own process
+//!   speaking the plugin protocol, supervised and restarted.
+//!
 //! Backends live in their own crates behind the `lessor_plugin::Plugin`
-//! trait; [`setup::PLUGINS`] is the one table that registers them.
+//! trait; [`setup::PLUGINS`] is the one table that registers the built-in
+//! ones, `[plugins.NAME]` the external ones.
 
 pub mod api;
 pub mod audit;
@@ -45,6 +49,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod expiry;
+pub mod external;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -69,6 +69,10 @@ pub const STATIC_LAST_ROTATION: &str = "lessor_static_last_rotation_timestamp_se
 pub const REQUESTS: &str = "lessor_requests_total";
 pub const CONNECTIONS: &str = "lessor_connections_open";
 pub const CONNECTIONS_REFUSED: &str = "lessor_connections_refused_total";
+// External plugins.
+pub const PLUGIN_RESTARTS: &str = "lessor_plugin_restarts_total";
+pub const PLUGIN_CALL_SECONDS: &str = "lessor_plugin_call_duration_seconds";
+pub const PLUGIN_UP: &str = "lessor_plugin_up";
 
 /// Issuance takes milliseconds on a database and up to seconds on a cloud
 /// API; past 30 s a request has timed out.
@@ -103,6 +107,7 @@ pub fn recorder() -> PrometheusRecorder {
         (ISSUE_SECONDS, ISSUE_BUCKETS),
         (LATENESS_SECONDS, LATENESS_BUCKETS),
         (STORE_COMMIT_SECONDS, FSYNC_BUCKETS),
+        (PLUGIN_CALL_SECONDS, ISSUE_BUCKETS),
         (AUDIT_WRITE_SECONDS, FSYNC_BUCKETS),
     ] {
         builder = builder
@@ -186,6 +191,30 @@ pub fn describe() {
         CONNECTIONS_REFUSED,
         "Socket connections closed at accept, by reason (max_connections, per_uid, accept_error)."
     );
+    describe_counter!(PLUGIN_RESTARTS, "Restarts of an external plugin's process, by plugin.");
+    describe_histogram!(
+        PLUGIN_CALL_SECONDS,
+        Unit::Seconds,
+        "Time an external plugin took to answer a call, by plugin and operation (failures included)."
+    );
+    describe_gauge!(PLUGIN_UP, "Whether an external plugin's process is running and answering, by plugin.");
+}
+
+/// External plugin `plugin`'s process was started again after it exited
+/// or hung.
+pub fn plugin_restarted(plugin: &str) {
+    counter!(PLUGIN_RESTARTS, "plugin" => plugin.to_owned()).increment(1);
+}
+
+/// A call to an external plugin ended (answered, failed or timed out).
+pub fn plugin_call(plugin: &str, operation: &'static str, took: Duration) {
+    histogram!(PLUGIN_CALL_SECONDS, "plugin" => plugin.to_owned(), "operation" => operation)
+        .record(took.as_secs_f64());
+}
+
+/// Whether external plugin `plugin` is up now.
+pub fn plugin_up(plugin: &str, up: bool) {
+    gauge!(PLUGIN_UP, "plugin" => plugin.to_owned()).set(if up { 1.0 } else { 0.0 });
 }
 
 /// A credential of `role` was issued, after `took`.

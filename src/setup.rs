@@ -14,6 +14,7 @@ use lessor_plugin::names::{self, UsernameTemplate};
 use lessor_plugin::{Capabilities, ConfigError, ConnectionContext, Plugin, PluginFactory, RoleSettings};
 use secrecy::SecretString;
 
+use crate::external::{Hosts, Remote};
 use crate::config::{
     ConnectionConfig, Duration, RoleConfig, StaticAccount, Strategy, TidySettings, ValidatedConfig,
 };
@@ -40,6 +41,8 @@ pub struct Setup {
     pub sealer: Option<Arc<Sealer>>,
     /// Who may do what.
     pub policies: Policies,
+    /// The external plugins' processes.
+    pub hosts: Hosts,
 }
 
 /// A connection ready to serve.
@@ -57,29 +60,44 @@ pub struct Connection {
 impl Connection {
     /// Builds `[connections.NAME]`'s plugin with its admin credential
     /// (read from `password_file` or `password_env`). The plugin does not
-    /// reach its backend yet.
+    /// reach its backend yet, except an external one, whose process builds
+    /// it (and checks its options) now.
     pub fn build(
         name: &str,
         config: &ConnectionConfig,
         tidy: Option<TidySettings>,
+        hosts: &Hosts,
     ) -> Result<Self, ConfigError> {
         let key = format!("connections.{name}");
-        let Some((_, factory)) = PLUGINS.iter().find(|(plugin, _)| *plugin == config.plugin) else {
-            let known: Vec<_> = PLUGINS.iter().map(|(p, _)| *p).collect();
+        let builtin = PLUGINS.iter().find(|(plugin, _)| *plugin == config.plugin);
+        let external = hosts.get(&config.plugin);
+        if builtin.is_none() && external.is_none() {
+            let known: Vec<_> =
+                PLUGINS.iter().map(|(p, _)| *p).chain(hosts.iter().map(|h| h.name())).collect();
             return Err(ConfigError::new(
                 format!("{key}.plugin"),
-                format!("unknown plugin {:?} (known: {})", config.plugin, known.join(", ")),
+                format!(
+                    "unknown plugin {:?} (known: {}; an external one needs a [plugins.{}] table)",
+                    config.plugin,
+                    known.join(", "),
+                    config.plugin
+                ),
             ));
-        };
+        }
         let password = admin_password(&key, config)?;
-        let plugin = factory(ConnectionContext {
+        let context = ConnectionContext {
             name,
             url: config.url.as_deref(),
             password,
             max_connections: config.max_connections.max(1),
             operation_timeout: config.operation_timeout.as_std(),
             options: &config.options,
-        })?;
+        };
+        let plugin: Arc<dyn Plugin> = match (builtin, external) {
+            (Some((_, factory)), _) => factory(context)?,
+            (None, Some(host)) => Arc::new(Remote::configure(host.clone(), context)?),
+            (None, None) => unreachable!("refused above"),
+        };
         Ok(Self {
             name: name.to_string(),
             plugin,

@@ -428,6 +428,12 @@ impl Client {
     pub async fn health(&self) -> Result<Response, ClientError> {
         self.request(Method::GET, "/v1/health", None).await
     }
+
+    /// `GET /v1/plugins`: every plugin in use, built-in and external, with
+    /// its version, capabilities and state (admins and `metrics` callers).
+    pub async fn plugins(&self) -> Result<Response, ClientError> {
+        self.request(Method::GET, "/v1/plugins", None).await
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     let mut routes = Router::new()
         .route("/v1/health", get(status::health))
         .route("/v1/metrics", get(status::metrics))
+        .route("/v1/plugins", get(status::plugins))
         .route("/v1/creds/{role}", post(issue))
         .route("/v1/leases", get(list_leases))
         .route("/v1/leases/revoke", post(revoke_prefix))

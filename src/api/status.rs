@@ -35,6 +35,7 @@ pub(super) async fn health(State(state): State<AppState>, request: Request) -> R
     if let Some(error) = store_failure {
         body["store"] = json!({ "ok": false, "error": error });
     }
+    body["plugins"] = json!(state.plugins.statuses());
     if let Some(cluster) = state.broker.store.cluster() {
         body["node"] = json!(cluster.node());
         // Every node that has used the shared store, with its last heartbeat.
@@ -44,6 +45,15 @@ pub(super) async fn health(State(state): State<AppState>, request: Request) -> R
         }
     }
     (code, Json(body)).into_response()
+}
+
+/// `GET /v1/plugins`: every plugin in use, built-in and external, with
+/// its state; for admins and callers granted `metrics`.
+pub(super) async fn plugins(State(state): State<AppState>, request: Request) -> Response {
+    if let Err(denied) = caller(request.extensions()).may_read_metrics() {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.message).into_response();
+    }
+    Json(json!({ "plugins": state.plugins.statuses() })).into_response()
 }
 
 /// The Prometheus text: for admins and callers granted `metrics`.

@@ -307,7 +307,7 @@ impl Broker {
             Ok(created) => created,
             Err(source) => {
                 metrics::issue_failed(&role.name);
-                let unsettled = matches!(source, PluginError::Unavailable { .. });
+                let unsettled = matches!(source, PluginError::Unavailable { .. } | PluginError::Down { .. });
                 if unsettled {
                     self.unsettled.lock().unwrap().insert(lease.id.clone());
                 }

@@ -59,6 +59,7 @@ impl BrokerError {
                 Fault::Caller => (400, "invalid_role"),
                 Fault::Backend => (502, "backend_failed"),
                 Fault::Internal => (500, "internal"),
+                Fault::Plugin => (503, "plugin_unavailable"),
             },
             // Nothing was created: the lease could not be recorded first.
             Self::Store(_) => (503, "store_unavailable"),

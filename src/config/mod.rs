@@ -11,6 +11,7 @@
 //! once with the file and the dotted key it concerns.
 
 pub mod duration;
+pub mod plugins;
 pub mod policies;
 mod server;
 pub mod statics;
@@ -26,6 +27,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use duration::Duration;
+pub use plugins::PluginConfig;
 pub use policies::{AdminConfig, MatchConfig, PolicyConfig};
 pub use server::ServerConfig;
 pub use statics::{RotationSchedule, StaticAccount, StaticAccountConfig, Strategy};
@@ -40,6 +42,10 @@ pub struct Config {
     /// The daemon itself: socket, store, limits.
     #[serde(default)]
     pub server: ServerConfig,
+    /// External plugins: executables lessor starts and talks to over the
+    /// plugin protocol, by the name connections use in `plugin = "…"`.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// Backends lessor holds an admin credential for, by name.
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionConfig>,
@@ -158,6 +164,8 @@ pub struct ValidatedConfig {
     pub source: String,
     pub server: ServerConfig,
     pub socket_mode: u32,
+    /// External plugins with valid settings.
+    pub plugins: BTreeMap<String, PluginConfig>,
     pub connections: BTreeMap<String, ConnectionConfig>,
     /// Tidy's settings of each connection with `tidy = true`.
     pub tidy: BTreeMap<String, TidySettings>,
@@ -287,6 +295,7 @@ fn check(config: Config, source: &str) -> Checked {
     check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
     check_range(&mut errors, "server.irrevocable_retry", server.irrevocable_retry, SECOND, WEEK);
 
+    let plugins = plugins::check(&config.plugins, BUILTIN_PLUGINS, &mut errors);
     let mut connections = BTreeMap::new();
     let mut tidy = BTreeMap::new();
     for (name, conn) in &config.connections {
@@ -373,6 +382,7 @@ fn check(config: Config, source: &str) -> Checked {
             source: source.to_string(),
             server: config.server,
             socket_mode,
+            plugins,
             connections,
             tidy,
             roles,
@@ -399,6 +409,16 @@ fn check_range(errors: &mut Vec<ConfigError>, key: &str, value: Duration, min: D
         errors.push(ConfigError::new(key, format!("{value} is too long: it must be at most {max}")));
     }
 }
+
+/// The plugins compiled in: an external plugin may not take one's name.
+/// (`crate::setup::PLUGINS` registers their factories.)
+pub const BUILTIN_PLUGINS: &[&str] = &[
+    "postgres",
+    lessor_mysql::PLUGIN_NAME,
+    lessor_aws::PLUGIN_NAME,
+    lessor_redis::PLUGIN_NAME,
+    lessor_ldap::PLUGIN_NAME,
+];
 
 /// Each plugin's own keys for connection and role tables, for the schema.
 type OptionSchemas =

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::api::{self, AppState};
 use crate::broker::Broker;
 use crate::config::{self, Checked, ConfigErrors};
+use crate::external::Hosts;
 use crate::policy::Policies;
 use crate::seal::Sealer;
 use crate::setup::{Connection, Role, Setup};
@@ -111,11 +112,14 @@ pub fn load_str(text: &str, source: &str) -> Result<Setup, ConfigErrors> {
 /// entry whose name is invalid); the errors of both steps are returned
 /// together.
 pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
-    let mut errors = Vec::new();
     let config = &checked.config;
+    let (hosts, mut errors) = Hosts::start(&config.plugins);
     let mut connections = BTreeMap::new();
     for (name, section) in &config.connections {
-        match Connection::build(name, section, config.tidy.get(name).cloned()) {
+        if checked.has_error_at(&format!("plugins.{}", section.plugin)) {
+            continue;
+        }
+        match Connection::build(name, section, config.tidy.get(name).cloned(), &hosts) {
             Ok(connection) => {
                 connections.insert(name.clone(), connection);
             }
@@ -163,7 +167,9 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     let Checked { config, errors: mut found } = checked;
     found.extend(errors);
     match policies {
-        Some(policies) if found.is_empty() => Ok(Setup { config, connections, roles, sealer, policies }),
+        Some(policies) if found.is_empty() => {
+            Ok(Setup { config, connections, roles, sealer, policies, hosts })
+        }
         _ => Err(ConfigErrors { file: config.source, errors: found }),
     }
 }
@@ -358,6 +364,25 @@ fn init_logging() {
     let quiet = filter::filter_fn(allowed_whatever_the_filter);
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_filter(filter::FilterExt::and(env, quiet));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Logging for `lessor plugin serve`: to stderr, each line starting with
+/// its level and nothing before it (what the daemon's relay of a plugin's
+/// stderr reads), the [`QUIET_TARGETS`] capped as in the daemon.
+pub fn init_plugin_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{filter, Layer};
+    let env = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let quiet = filter::filter_fn(allowed_whatever_the_filter);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
         .with_writer(std::io::stderr)
         .with_filter(filter::FilterExt::and(env, quiet));
     let _ = tracing_subscriber::registry().with(layer).try_init();

@@ -58,6 +58,8 @@ pub struct AppState {
     /// `server.max_watches_per_uid`: a stream holds a task and a
     /// subscription for as long as it is open.
     pub watchers: Arc<PerKey<u32>>,
+    /// The plugins in use, for `GET /v1/plugins`.
+    pub plugins: crate::external::Catalog,
 }
 
 impl AppState {
@@ -98,6 +100,10 @@ impl AppState {
             metrics: None,
             vault_api: config.server.vault_api,
             watchers: PerKey::new(config.server.max_watches_per_uid),
+            plugins: crate::external::Catalog::new(
+                setup.connections.iter().map(|(name, c)| (name, &c.plugin)),
+                &setup.hosts,
+            ),
         }
     }
 }

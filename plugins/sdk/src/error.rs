@@ -12,6 +12,8 @@ pub enum Fault {
     Caller,
     /// lessor itself is wrong (500).
     Internal,
+    /// An external plugin is not running; it is being restarted (503).
+    Plugin,
 }
 
 /// A failure while talking to a backend. Messages never contain secrets:
@@ -42,12 +44,17 @@ pub enum PluginError {
     /// A bug: the broker and the plugin disagree.
     #[error("internal plugin error: {message}")]
     Internal { message: String },
+    /// An external plugin's process is not there to ask: it exited, hung
+    /// or has not finished starting, and is being restarted. Nothing was
+    /// done; the same call may succeed once it is back.
+    #[error("plugin {plugin:?} is not running ({message}); it is being restarted, try again shortly")]
+    Down { plugin: String, message: String },
 }
 
 impl PluginError {
     /// Whether repeating the same operation can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Transient { .. })
+        matches!(self, Self::Unavailable { .. } | Self::Transient { .. } | Self::Down { .. })
     }
 
     /// Whether the failure is a transient conflict that the broker should
@@ -62,6 +69,7 @@ impl PluginError {
             Self::Unavailable { .. } | Self::Transient { .. } | Self::Rejected { .. } => Fault::Backend,
             Self::InvalidRole { .. } => Fault::Caller,
             Self::Unsupported { .. } | Self::Internal { .. } => Fault::Internal,
+            Self::Down { .. } => Fault::Plugin,
         }
     }
 }

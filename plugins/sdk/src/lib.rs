@@ -18,6 +18,9 @@
 //!   a backend's failure into a message (where it happened, no secrets);
 //! - [`deadline`]: an operation bounded by `operation_timeout` and
 //!   cancelled on the server, not merely abandoned, when it runs over;
+//! - [`proto`] and [`serve`]: the plugin protocol for plugins outside the
+//!   daemon (any language, gRPC over a Unix socket), and any [`Plugin`]
+//!   served that way;
 //! - [`tls`] and [`files`]: TLS modes, their defaults and certificate
 //!   checks, shared by the SQL plugins so both secure a connection alike.
 
@@ -27,7 +30,9 @@ pub mod failure;
 pub mod files;
 pub mod names;
 pub mod options;
+pub mod proto;
 pub mod redact;
+mod serve;
 pub mod template;
 pub mod tls;
 
@@ -41,6 +46,7 @@ use secrecy::SecretString;
 
 pub use deadline::CANCEL_GRACE;
 pub use error::{ConfigError, Fault, PluginError};
+pub use serve::serve;
 
 /// A role's plugin-specific settings after the plugin has validated them.
 ///

@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod moto;
 pub mod mysql;
+pub mod rabbitmq;
 pub mod redis_server;
 pub mod slapd;
 
@@ -607,6 +608,14 @@ pub fn unique_role(base: &str) -> (String, String) {
     let role = format!("{base}_{}", rand_suffix(6));
     let prefix = format!("v_{role}_");
     (role, prefix)
+}
+
+/// The SHA-256 of a file in hex, as `sha256sum` prints it (what
+/// `[plugins.NAME] sha256` pins).
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(&bytes))
 }
 
 /// Writes a password file as lessor wants it: mode 0600 (a file group or

@@ -27,7 +27,7 @@ use hyper::Method;
 use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use super::sha256_hex;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -276,9 +276,3 @@ impl Drop for Rabbitmq {
     }
 }
 
-/// The SHA-256 of a file in hex, as `sha256sum` prints it (what
-/// `[plugins.NAME] sha256` pins).
-pub fn sha256_hex(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    hex::encode(Sha256::digest(&bytes))
-}

@@ -30,6 +30,8 @@ mod mysql;
 mod outage;
 mod output_files;
 mod pg_store;
+mod plugins;
+mod rabbitmq;
 mod redis_static;
 mod redis_users;
 mod rotation;

@@ -7,6 +7,11 @@
 //! is resumed). Assertions look at the server's real state: `pg_roles`,
 //! `pg_authid`, logins, live sessions.
 //!
+//! Every test runs twice: against the plugin in process, and against it
+//! out of process, served by `lessor plugin serve postgres` and reached
+//! through the broker's own client of the plugin protocol, so the two
+//! paths cannot drift.
+//!
 //! On a server that trusts every login, a login proves nothing about the
 //! password; the tests detect that (a wrong password gets in) and then only
 //! check that logging in works.
@@ -51,6 +56,45 @@ async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// Where the plugin under test runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    InProcess,
+    OutOfProcess,
+}
+
+/// The `lessor` binary, built with the workspace: the test binary is in
+/// `target/<profile>/deps`, `lessor` one folder up.
+fn lessor_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("lessor");
+    assert!(path.exists(), "{} is missing: build it first (cargo build -p lessor)", path.display());
+    path
+}
+
+/// The plugin for `context`, in process or as an external plugin.
+fn build(mode: Mode, context: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, lessor_plugin::ConfigError> {
+    match mode {
+        Mode::InProcess => lessor_postgres::factory(context),
+        Mode::OutOfProcess => {
+            use sha2::Digest;
+            let command = lessor_binary();
+            let config = lessor::config::PluginConfig {
+                sha256: hex::encode(sha2::Sha256::digest(std::fs::read(&command).unwrap())),
+                command,
+                args: ["plugin", "serve", "postgres"].map(String::from).to_vec(),
+                env: Default::default(),
+                user: None,
+                group: None,
+                log_level: "info".into(),
+                start_timeout: lessor::config::Duration::from_secs(60),
+            };
+            let host = lessor::external::Host::start("pg_ext", &config).expect("the plugin starts");
+            Ok(Arc::new(lessor::external::Remote::configure(Arc::new(host), context)?))
+        }
+    }
+}
+
 /// A throwaway admin role and database, and the plugin built on them.
 #[derive(Clone)]
 struct Fixture {
@@ -62,10 +106,11 @@ struct Fixture {
     tag: String,
     next: Arc<AtomicUsize>,
     plugin: Arc<dyn Plugin>,
+    mode: Mode,
 }
 
 impl Fixture {
-    async fn setup(options: &str) -> Self {
+    async fn setup(options: &str, mode: Mode) -> Self {
         let superuser = superuser_config();
         let tag = random(8);
         let admin = format!("lessor_t_admin_{tag}");
@@ -82,7 +127,7 @@ impl Fixture {
 
         let options: toml::Table = options.parse().unwrap();
         let url = url_for(&superuser, &admin, &db);
-        let plugin = lessor_postgres::factory(ConnectionContext {
+        let plugin = build(mode, ConnectionContext {
             name: "pg_test",
             url: Some(&url),
             password: Some(SecretString::from(admin_password.clone())),
@@ -91,7 +136,7 @@ impl Fixture {
             options: &options,
         })
         .expect("build the plugin");
-        Self { superuser, admin, admin_password, db, tag, next: Arc::new(AtomicUsize::new(0)), plugin }
+        Self { superuser, admin, admin_password, db, tag, next: Arc::new(AtomicUsize::new(0)), plugin, mode }
     }
 
     async fn cleanup(self) {
@@ -191,17 +236,21 @@ fn url_for(superuser: &Config, user: &str, db: &str) -> String {
     format!("postgres://{user}@{host}:{port}/{db}")
 }
 
-/// Runs `body` against a fresh fixture and always cleans up.
+/// Runs `body` against a fresh fixture, once with the plugin in process
+/// and once out of process, and always cleans up.
 async fn with_fixture<F, Fut>(options: &str, body: F)
 where
-    F: FnOnce(Fixture) -> Fut,
+    F: Fn(Fixture) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let fixture = Fixture::setup(options).await;
-    let result = tokio::spawn(body(fixture.clone())).await;
-    fixture.cleanup().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e.into_panic());
+    for mode in [Mode::InProcess, Mode::OutOfProcess] {
+        let fixture = Fixture::setup(options, mode).await;
+        let result = tokio::spawn(body(fixture.clone())).await;
+        fixture.cleanup().await;
+        if let Err(e) = result {
+            eprintln!("failed with the plugin {mode:?}");
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }
 
@@ -223,7 +272,7 @@ async fn verify_needs_createrole_and_a_reachable_server() {
         su.batch_execute(&format!("CREATE ROLE \"{weak}\" LOGIN PASSWORD '{}'", fx.admin_password))
             .await
             .unwrap();
-        let plugin = lessor_postgres::factory(ConnectionContext {
+        let plugin = build(fx.mode, ConnectionContext {
             name: "weak",
             url: Some(&url_for(&fx.superuser, &weak, &fx.db)),
             password: Some(SecretString::from(fx.admin_password.clone())),
@@ -237,7 +286,7 @@ async fn verify_needs_createrole_and_a_reachable_server() {
         assert!(err.to_string().contains("CREATEROLE"), "{err}");
 
         // Nothing listens on port 1.
-        let plugin = lessor_postgres::factory(ConnectionContext {
+        let plugin = build(fx.mode, ConnectionContext {
             name: "nowhere",
             url: Some("postgres://nobody@127.0.0.1:1/postgres"),
             password: Some(SecretString::from(fx.admin_password.clone())),

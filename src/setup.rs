@@ -14,10 +14,10 @@ use lessor_plugin::names::{self, UsernameTemplate};
 use lessor_plugin::{Capabilities, ConfigError, ConnectionContext, Plugin, PluginFactory, RoleSettings};
 use secrecy::SecretString;
 
-use crate::external::{Hosts, Remote};
 use crate::config::{
     ConnectionConfig, Duration, RoleConfig, StaticAccount, Strategy, TidySettings, ValidatedConfig,
 };
+use crate::external::{Hosts, Remote};
 use crate::policy::Policies;
 use crate::seal::Sealer;
 

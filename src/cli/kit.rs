@@ -117,7 +117,9 @@ pub(super) async fn run(setup: &Setup, connection: &str, role: Option<&str>) -> 
     if let Some(listing) = listed(plugin, role, &made.username).await {
         match listing {
             Ok(true) => report.record("list_users lists it", Verdict::Pass, ""),
-            Ok(false) => report.record("list_users lists it", Verdict::Fail, format!("{} not listed", made.username)),
+            Ok(false) => {
+                report.record("list_users lists it", Verdict::Fail, format!("{} not listed", made.username))
+            }
             Err(e) => report.record("list_users lists it", Verdict::Fail, e.to_string()),
         }
     }
@@ -131,7 +133,9 @@ pub(super) async fn run(setup: &Setup, connection: &str, role: Option<&str>) -> 
     if revoked && logged_in {
         match login(plugin, &made).await {
             Err(PluginError::Unsupported { .. }) => {}
-            Ok(()) => report.record("after revoke it no longer logs in", Verdict::Fail, "the login still works"),
+            Ok(()) => {
+                report.record("after revoke it no longer logs in", Verdict::Fail, "the login still works")
+            }
             Err(_) => report.record("after revoke it no longer logs in", Verdict::Pass, ""),
         }
     }
@@ -144,7 +148,9 @@ pub(super) async fn run(setup: &Setup, connection: &str, role: Option<&str>) -> 
                     Verdict::Fail,
                     format!("{} still listed", made.username),
                 ),
-                Err(e) => report.record("after revoke list_users does not list it", Verdict::Fail, e.to_string()),
+                Err(e) => {
+                    report.record("after revoke list_users does not list it", Verdict::Fail, e.to_string())
+                }
             }
         }
         report.expect_ok("revoke again is success", plugin.revoke(&made.lease(role)).await);
@@ -161,7 +167,9 @@ fn bad_options(report: &mut Report, plugin: &dyn Plugin, role: &Role, options: &
     let step = "bad role options are refused, the key named";
     match plugin.check_role(&role.name, &bad) {
         Ok(_) => report.record(step, Verdict::Fail, format!("{KEY} = true was accepted")),
-        Err(e) if e.key.contains(KEY) || e.message.contains(KEY) => report.record(step, Verdict::Pass, e.to_string()),
+        Err(e) if e.key.contains(KEY) || e.message.contains(KEY) => {
+            report.record(step, Verdict::Pass, e.to_string())
+        }
         Err(e) => report.record(step, Verdict::Fail, format!("the error does not name {KEY}: {e}")),
     }
     let step = "the role's own options are accepted";
@@ -199,7 +207,13 @@ async fn create(report: &mut Report, plugin: &dyn Plugin, role: &Role) -> Option
     match plugin.create(&request).await {
         Ok(created) => {
             report.record("create", Verdict::Pass, username.clone());
-            Some(Made { lease_id, username, password, credential: created.credential, plugin_data: created.plugin_data })
+            Some(Made {
+                lease_id,
+                username,
+                password,
+                credential: created.credential,
+                plugin_data: created.plugin_data,
+            })
         }
         Err(e) => {
             report.record("create", Verdict::Fail, e.to_string());
@@ -208,7 +222,10 @@ async fn create(report: &mut Report, plugin: &dyn Plugin, role: &Role) -> Option
                 lease_id,
                 username,
                 password,
-                credential: Credential::Database { username: String::new(), password: SecretString::from("") },
+                credential: Credential::Database {
+                    username: String::new(),
+                    password: SecretString::from(""),
+                },
                 plugin_data: None,
             };
             let _ = plugin.revoke(&made.lease(role)).await;

@@ -107,7 +107,11 @@ fn table(body: &Value) -> String {
         let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
         let list = |v: &Value| {
             let items: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            if items.is_empty() { "-".to_string() } else { items.join(",") }
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
         };
         let state = match p["reason"].as_str() {
             Some(reason) => format!("{}: {}", text(&p["state"]), super::one_line(reason)),
@@ -124,7 +128,8 @@ fn table(body: &Value) -> String {
             p["sha256"].as_str().map_or("-".to_string(), |s| s[..s.len().min(16)].to_string()),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..8).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut text = String::new();
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

@@ -101,7 +101,13 @@ pub fn check(
         if let Some(bad) = plugin.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
             errors.push(ConfigError::new(format!("{key}.env"), format!("{bad:?} is not a variable name")));
         }
-        check_range(errors, &format!("{key}.start_timeout"), plugin.start_timeout, SECOND, Duration::from_secs(600));
+        check_range(
+            errors,
+            &format!("{key}.start_timeout"),
+            plugin.start_timeout,
+            SECOND,
+            Duration::from_secs(600),
+        );
         if errors.len() == before {
             valid.insert(name.clone(), plugin.clone());
         }

@@ -39,10 +39,17 @@ const HEALTH_MISSES: u32 = 3;
 /// Where a plugin's process stands.
 #[derive(Debug, Clone)]
 pub enum State {
-    Running { client: PluginClient<Channel>, pid: u32, since: DateTime<Utc> },
+    Running {
+        client: PluginClient<Channel>,
+        pid: u32,
+        since: DateTime<Utc>,
+    },
     /// It exited, hung or failed to start; it is started again after a
     /// delay. `reason` says what happened last.
-    Restarting { reason: String, since: DateTime<Utc> },
+    Restarting {
+        reason: String,
+        since: DateTime<Utc>,
+    },
     /// The daemon is shutting down.
     Stopped,
 }
@@ -182,8 +189,11 @@ impl Drop for Host {
         std::thread::spawn(move || {
             runtime.block_on(async {
                 let mut state = shared.state.subscribe();
-                let _ = tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| matches!(s, State::Stopped)))
-                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    state.wait_for(|s| matches!(s, State::Stopped)),
+                )
+                .await;
             });
         });
     }

@@ -98,9 +98,12 @@ fn joined(errors: &[lessor_plugin::proto::v1::ConfigError]) -> Option<ConfigErro
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     /// Each plugin's name, with its connections and their plugin values.
-    plugins: BTreeMap<String, Vec<(String, Arc<dyn lessor_plugin::Plugin>)>>,
+    plugins: BTreeMap<String, Vec<Using>>,
     hosts: Hosts,
 }
+
+/// A connection's name and its plugin value.
+type Using = (String, Arc<dyn lessor_plugin::Plugin>);
 
 /// One plugin as `GET /v1/plugins` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -151,7 +154,8 @@ impl Catalog {
         self.plugins
             .iter()
             .map(|(name, connections)| {
-                let capabilities = connections.first().map(|(_, p)| capability_names(p.as_ref())).unwrap_or_default();
+                let capabilities =
+                    connections.first().map(|(_, p)| capability_names(p.as_ref())).unwrap_or_default();
                 let mut status = PluginStatus {
                     name: name.clone(),
                     kind: "built-in",

@@ -90,7 +90,11 @@ pub(super) async fn start(name: &str, config: &PluginConfig) -> Result<Process, 
     let pid = child.id().ok_or("the process ended at once")?;
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
-    tokio::spawn(relay_stderr(name.to_string(), level_cap(&config.log_level), child.stderr.take().expect("piped")));
+    tokio::spawn(relay_stderr(
+        name.to_string(),
+        level_cap(&config.log_level),
+        child.stderr.take().expect("piped"),
+    ));
     let ready = async {
         let mut stdout = BufReader::new(stdout);
         let mut line = String::new();

@@ -102,9 +102,9 @@ impl Remote {
             operation_timeout_ms: context.operation_timeout.as_millis().try_into().unwrap_or(u64::MAX),
             options_json: proto::options_to_json(context.options),
         };
-        let answer = host
-            .configure(context.name, spec)
-            .map_err(|e| ConfigError::new(format!("{key}.plugin"), format!("plugin {:?}: {e}", host.name())))?;
+        let answer = host.configure(context.name, spec).map_err(|e| {
+            ConfigError::new(format!("{key}.plugin"), format!("plugin {:?}: {e}", host.name()))
+        })?;
         if let Some(e) = configure_error(&key, &answer) {
             return Err(e);
         }
@@ -143,7 +143,8 @@ impl Remote {
         let started = Instant::now();
         // The plugin's own deadline ends the call first; this one is for a
         // peer that stops reading altogether.
-        let answer = tokio::time::timeout(self.deadline + Duration::from_secs(1), send(client, request)).await;
+        let answer =
+            tokio::time::timeout(self.deadline + Duration::from_secs(1), send(client, request)).await;
         crate::metrics::plugin_call(self.name, operation, started.elapsed());
         let no_answer = || PluginError::Unavailable {
             message: format!(
@@ -157,7 +158,9 @@ impl Remote {
             Ok(Err(status)) => Err(match status.code() {
                 Code::DeadlineExceeded | Code::Cancelled => no_answer(),
                 Code::Unimplemented => PluginError::Unsupported { operation },
-                _ if !matches!(self.host.state(), State::Running { .. }) => self.down(status.message().to_string()),
+                _ if !matches!(self.host.state(), State::Running { .. }) => {
+                    self.down(status.message().to_string())
+                }
                 Code::Unavailable | Code::Unknown => self.down(format!("{operation}: {}", status.message())),
                 _ => PluginError::Internal {
                     message: format!("plugin {:?} failed {operation}: {}", self.name, status.message()),
@@ -167,7 +170,12 @@ impl Remote {
     }
 
     /// A call answering [`v1::Outcome`].
-    async fn outcome<T, F, Fut>(&self, operation: &'static str, message: T, send: F) -> Result<(), PluginError>
+    async fn outcome<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        message: T,
+        send: F,
+    ) -> Result<(), PluginError>
     where
         F: FnOnce(PluginClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<v1::Outcome>, Status>>,
@@ -329,14 +337,20 @@ impl Plugin for Remote {
 
     async fn list_users(&self, prefix: &str) -> Result<Vec<BackendUser>, PluginError> {
         let message = v1::ListUsersRequest { connection: self.connection(), prefix: prefix.to_string() };
-        let answer = self.call("list_users", message, |mut c, r| async move { c.list_users(r).await }).await?;
+        let answer =
+            self.call("list_users", message, |mut c, r| async move { c.list_users(r).await }).await?;
         if let Some(e) = answer.error {
             return Err(proto::error_from_wire(e, "list_users"));
         }
         answer
             .users
             .into_iter()
-            .map(|u| Ok(BackendUser { name: u.name, created_at: u.created_at_ms.map(proto::ms_to_time).transpose()? }))
+            .map(|u| {
+                Ok(BackendUser {
+                    name: u.name,
+                    created_at: u.created_at_ms.map(proto::ms_to_time).transpose()?,
+                })
+            })
             .collect()
     }
 
@@ -375,7 +389,8 @@ impl Plugin for Remote {
             username: username.to_string(),
             keep: keep.map(|k| v1::KeyList { key_ids: k.to_vec() }),
         };
-        let answer = self.call("create_key", message, |mut c, r| async move { c.create_key(r).await }).await?;
+        let answer =
+            self.call("create_key", message, |mut c, r| async move { c.create_key(r).await }).await?;
         match answer.error {
             Some(e) => Err(proto::error_from_wire(e, "create_key")),
             None => Ok((answer.key_id, SecretString::from(answer.secret))),
@@ -437,10 +452,13 @@ impl Plugin for Remote {
         settings: &RoleSettings,
     ) -> Result<serde_json::Value, PluginError> {
         let _ = role;
-        let message =
-            v1::RevokeSessionsRequest { connection: self.connection(), role: Some(Self::role(settings)?.wire.clone()) };
-        let answer =
-            self.call("revoke_sessions", message, |mut c, r| async move { c.revoke_sessions(r).await }).await?;
+        let message = v1::RevokeSessionsRequest {
+            connection: self.connection(),
+            role: Some(Self::role(settings)?.wire.clone()),
+        };
+        let answer = self
+            .call("revoke_sessions", message, |mut c, r| async move { c.revoke_sessions(r).await })
+            .await?;
         if let Some(e) = answer.error {
             return Err(proto::error_from_wire(e, "revoke_sessions"));
         }

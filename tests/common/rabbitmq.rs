@@ -20,6 +20,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::sha256_hex;
 use base64::Engine as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -27,7 +28,6 @@ use hyper::Method;
 use hyper_util::rt::TokioIo;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
-use super::sha256_hex;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -275,4 +275,3 @@ impl Drop for Rabbitmq {
         let _ = cleanup.join();
     }
 }
-

@@ -35,7 +35,11 @@ fn lessor(args: &[&str]) -> Output {
 /// The fixture plugin, built with the workspace next to `lessor`.
 fn fixture() -> PathBuf {
     let path = Path::new(LESSOR).with_file_name("lessor-fixture-plugin");
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p lessor-fixture-plugin`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p lessor-fixture-plugin`",
+        path.display()
+    );
     path
 }
 
@@ -60,7 +64,8 @@ fn pg_out_of_process(db: &TestDb, extra: &str) -> String {
 
 /// Runs the kit against `connection` of `config`; returns its table.
 fn kit(config: &Path, connection: &str) -> String {
-    let out = lessor(&["plugin", "test", "--config", &config.display().to_string(), "--connection", connection]);
+    let out =
+        lessor(&["plugin", "test", "--config", &config.display().to_string(), "--connection", connection]);
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -127,8 +132,13 @@ async fn the_conformance_kit_passes_for_postgres_in_and_out_of_process_and_for_m
     for connection in ["pg", "pg_in"] {
         let table = kit(&daemon.config_path, connection);
         assert_login_contract(&table);
-        for step in ["renew", "set_password", "the new password logs in", "the old password no longer logs in"] {
-            assert!(table.lines().any(|l| l.starts_with(&format!("{step} ")) && l.contains(" ok ")), "{step}:\n{table}");
+        for step in
+            ["renew", "set_password", "the new password logs in", "the old password no longer logs in"]
+        {
+            assert!(
+                table.lines().any(|l| l.starts_with(&format!("{step} ")) && l.contains(" ok ")),
+                "{step}:\n{table}"
+            );
         }
     }
     assert_login_contract(&kit(&daemon.config_path, "my"));
@@ -154,7 +164,10 @@ async fn the_conformance_kit_passes_for_aws_on_moto_and_for_the_python_rabbitmq_
     let table = kit(&daemon.config_path, "aws");
     assert_full_contract(&table);
     let admin = iam(&moto.endpoint, (&admin_id, &admin_secret)).await;
-    assert!(crate::common::aws::users_under(&admin, path).await.is_empty(), "the kit left IAM users:\n{table}");
+    assert!(
+        crate::common::aws::users_under(&admin, path).await.is_empty(),
+        "the kit left IAM users:\n{table}"
+    );
 
     let node = Rabbitmq::from_env();
     let db = TestDb::create().await;
@@ -178,7 +191,11 @@ async fn plugins(daemon: &Daemon) -> Vec<Value> {
 }
 
 async fn plugin(daemon: &Daemon, name: &str) -> Value {
-    plugins(daemon).await.into_iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no plugin {name}"))
+    plugins(daemon)
+        .await
+        .into_iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name}"))
 }
 
 /// Waits until plugin `name` runs in a process other than `not`, and
@@ -208,10 +225,13 @@ async fn a_plugin_whose_digest_differs_is_refused_at_start_and_at_a_restart() {
     // At start: a pin that does not match names the file and both digests.
     let wrong = "0".repeat(64);
     let config = dir.path().join("wrong.toml");
-    let section = plugin_section("pg_ext", &copy, &["plugin", "serve", "postgres"], "")
-        .replace(&pinned, &wrong);
-    std::fs::write(&config, format!("{section}\n[connections.pg]\nplugin = \"pg_ext\"\nurl = \"postgres://x@127.0.0.1/x\"\n"))
-        .unwrap();
+    let section =
+        plugin_section("pg_ext", &copy, &["plugin", "serve", "postgres"], "").replace(&pinned, &wrong);
+    std::fs::write(
+        &config,
+        format!("{section}\n[connections.pg]\nplugin = \"pg_ext\"\nurl = \"postgres://x@127.0.0.1/x\"\n"),
+    )
+    .unwrap();
     let out = lessor(&["config", "check", &config.display().to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a wrong digest passed: {stderr}");
@@ -356,8 +376,10 @@ async fn a_create_that_hangs_is_cancelled_at_its_deadline_and_rolled_back_once_t
 
     // The plugin answers again: the rollback goes through.
     std::fs::remove_file(faults.path().join("hang")).unwrap();
-    wait_for("the lease to be rolled back", SETTLE, || async { daemon.leases().await.is_empty().then_some(()) })
-        .await;
+    wait_for("the lease to be rolled back", SETTLE, || async {
+        daemon.leases().await.is_empty().then_some(())
+    })
+    .await;
     assert!(db.roles_with_prefix(&prefix).await.is_empty(), "{}", daemon.log());
     let issued = client.creds(&role, None).await.unwrap();
     assert_eq!(issued.status, 200, "{:?}", issued.body);
@@ -372,7 +394,11 @@ async fn a_password_a_plugin_prints_at_debug_stays_out_of_lessors_log() {
     let (role, prefix) = unique_role("leak");
     db.track_prefix(&prefix);
     for (log_level, relayed) in [("", false), ("log_level = \"debug\"\n", true)] {
-        let body = format!("{}\n{}", faulty(&db, faults.path(), log_level, ""), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+        let body = format!(
+            "{}\n{}",
+            faulty(&db, faults.path(), log_level, ""),
+            pg_role(&role, "1h", "2h", &[CREATE_ROLE])
+        );
         // lessor's own log at debug: only the plugin's cap keeps its line out.
         let daemon = Daemon::start_with_env(&db, &body, &[("LESSOR_LOG", "debug")]).await;
         let issued = daemon.client().creds(&role, None).await.unwrap();
@@ -394,7 +420,11 @@ async fn a_password_a_plugin_prints_at_debug_stays_out_of_lessors_log() {
             })
             .await;
         } else {
-            assert!(!daemon.log().contains(&password), "the password reached lessor's log:\n{}", daemon.log());
+            assert!(
+                !daemon.log().contains(&password),
+                "the password reached lessor's log:\n{}",
+                daemon.log()
+            );
         }
     }
 }

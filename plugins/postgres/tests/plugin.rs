@@ -127,14 +127,17 @@ impl Fixture {
 
         let options: toml::Table = options.parse().unwrap();
         let url = url_for(&superuser, &admin, &db);
-        let plugin = build(mode, ConnectionContext {
-            name: "pg_test",
-            url: Some(&url),
-            password: Some(SecretString::from(admin_password.clone())),
-            max_connections: 4,
-            operation_timeout: std::time::Duration::from_secs(30),
-            options: &options,
-        })
+        let plugin = build(
+            mode,
+            ConnectionContext {
+                name: "pg_test",
+                url: Some(&url),
+                password: Some(SecretString::from(admin_password.clone())),
+                max_connections: 4,
+                operation_timeout: std::time::Duration::from_secs(30),
+                options: &options,
+            },
+        )
         .expect("build the plugin");
         Self { superuser, admin, admin_password, db, tag, next: Arc::new(AtomicUsize::new(0)), plugin, mode }
     }
@@ -272,28 +275,34 @@ async fn verify_needs_createrole_and_a_reachable_server() {
         su.batch_execute(&format!("CREATE ROLE \"{weak}\" LOGIN PASSWORD '{}'", fx.admin_password))
             .await
             .unwrap();
-        let plugin = build(fx.mode, ConnectionContext {
-            name: "weak",
-            url: Some(&url_for(&fx.superuser, &weak, &fx.db)),
-            password: Some(SecretString::from(fx.admin_password.clone())),
-            max_connections: 1,
-            operation_timeout: std::time::Duration::from_secs(30),
-            options: &toml::Table::new(),
-        })
+        let plugin = build(
+            fx.mode,
+            ConnectionContext {
+                name: "weak",
+                url: Some(&url_for(&fx.superuser, &weak, &fx.db)),
+                password: Some(SecretString::from(fx.admin_password.clone())),
+                max_connections: 1,
+                operation_timeout: std::time::Duration::from_secs(30),
+                options: &toml::Table::new(),
+            },
+        )
         .unwrap();
         let err = plugin.verify().await.unwrap_err();
         assert!(matches!(err, PluginError::Rejected { .. }), "{err:?}");
         assert!(err.to_string().contains("CREATEROLE"), "{err}");
 
         // Nothing listens on port 1.
-        let plugin = build(fx.mode, ConnectionContext {
-            name: "nowhere",
-            url: Some("postgres://nobody@127.0.0.1:1/postgres"),
-            password: Some(SecretString::from(fx.admin_password.clone())),
-            max_connections: 1,
-            operation_timeout: std::time::Duration::from_secs(30),
-            options: &toml::Table::new(),
-        })
+        let plugin = build(
+            fx.mode,
+            ConnectionContext {
+                name: "nowhere",
+                url: Some("postgres://nobody@127.0.0.1:1/postgres"),
+                password: Some(SecretString::from(fx.admin_password.clone())),
+                max_connections: 1,
+                operation_timeout: std::time::Duration::from_secs(30),
+                options: &toml::Table::new(),
+            },
+        )
         .unwrap();
         let err = plugin.verify().await.unwrap_err();
         assert!(matches!(err, PluginError::Unavailable { .. }), "{err:?}");

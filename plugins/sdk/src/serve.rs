@@ -18,7 +18,9 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::v1::plugin_server::{self, PluginServer};
 use crate::proto::{self, v1};
-use crate::{BackendUser, ConnectionContext, CreateRequest, LeaseRef, Plugin, PluginError, PluginFactory, RoleSettings};
+use crate::{
+    BackendUser, ConnectionContext, CreateRequest, LeaseRef, Plugin, PluginError, PluginFactory, RoleSettings,
+};
 
 /// Serves `factory`'s plugin on the socket named by
 /// `LESSOR_PLUGIN_SOCKET`, prints the handshake line once it listens, and
@@ -44,7 +46,10 @@ pub async fn serve(name: &'static str, version: &'static str, factory: PluginFac
     stdout.flush().await?;
     let served = tonic::transport::Server::builder()
         .add_service(server)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), told_to_stop())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            told_to_stop(),
+        )
         .await;
     let _ = std::fs::remove_file(&path);
     served.map_err(std::io::Error::other)
@@ -134,7 +139,13 @@ impl OwnedLease {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|e| PluginError::Internal { message: format!("plugin data is not JSON: {e}") })?;
-        Ok(Self { lease_id: lease.lease_id, role: lease.role_name, settings, username: lease.username, plugin_data })
+        Ok(Self {
+            lease_id: lease.lease_id,
+            role: lease.role_name,
+            settings,
+            username: lease.username,
+            plugin_data,
+        })
     }
 
     fn as_ref(&self) -> LeaseRef<'_> {
@@ -192,7 +203,8 @@ impl Service {
                     Ok(plugin) => plugin,
                     Err(e) => return config_error(e.key, e.message),
                 };
-                let connection = Arc::new(Connection { plugin, built_from, roles: Mutex::new(HashMap::new()) });
+                let connection =
+                    Arc::new(Connection { plugin, built_from, roles: Mutex::new(HashMap::new()) });
                 self.connections.write().unwrap().insert(request.connection.clone(), connection.clone());
                 connection
             }
@@ -224,7 +236,10 @@ fn capabilities(c: crate::Capabilities) -> v1::Capabilities {
 
 #[tonic::async_trait]
 impl plugin_server::Plugin for Service {
-    async fn describe(&self, _: Request<v1::DescribeRequest>) -> Result<Response<v1::DescribeResponse>, Status> {
+    async fn describe(
+        &self,
+        _: Request<v1::DescribeRequest>,
+    ) -> Result<Response<v1::DescribeResponse>, Status> {
         Ok(Response::new(v1::DescribeResponse {
             name: self.name.into(),
             version: self.version.into(),
@@ -266,7 +281,10 @@ impl plugin_server::Plugin for Service {
         })))
     }
 
-    async fn check_ttls(&self, request: Request<v1::CheckTtlsRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn check_ttls(
+        &self,
+        request: Request<v1::CheckTtlsRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let request = request.into_inner();
         let result = (|| {
             let connection = self.connection(&request.connection)?;
@@ -293,7 +311,10 @@ impl plugin_server::Plugin for Service {
         outcome(connection.plugin.verify().await)
     }
 
-    async fn create(&self, request: Request<v1::CreateRequest>) -> Result<Response<v1::CreateResponse>, Status> {
+    async fn create(
+        &self,
+        request: Request<v1::CreateRequest>,
+    ) -> Result<Response<v1::CreateResponse>, Status> {
         let request = request.into_inner();
         let created = async {
             let connection = self.connection(&request.connection)?;
@@ -346,7 +367,10 @@ impl plugin_server::Plugin for Service {
         )
     }
 
-    async fn revoke_batch(&self, request: Request<v1::RevokeBatchRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn revoke_batch(
+        &self,
+        request: Request<v1::RevokeBatchRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let request = request.into_inner();
         outcome(
             async {
@@ -368,7 +392,8 @@ impl plugin_server::Plugin for Service {
         request: Request<v1::ListUsersRequest>,
     ) -> Result<Response<v1::ListUsersResponse>, Status> {
         let request = request.into_inner();
-        let listed = async { self.connection(&request.connection)?.plugin.list_users(&request.prefix).await }.await;
+        let listed =
+            async { self.connection(&request.connection)?.plugin.list_users(&request.prefix).await }.await;
         Ok(Response::new(match listed {
             Ok(users) => v1::ListUsersResponse {
                 error: None,
@@ -384,16 +409,26 @@ impl plugin_server::Plugin for Service {
         }))
     }
 
-    async fn set_password(&self, request: Request<v1::PasswordRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn set_password(
+        &self,
+        request: Request<v1::PasswordRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let r = request.into_inner();
         let password = SecretString::from(r.password);
-        outcome(async { self.connection(&r.connection)?.plugin.set_password(&r.username, &password).await }.await)
+        outcome(
+            async { self.connection(&r.connection)?.plugin.set_password(&r.username, &password).await }.await,
+        )
     }
 
-    async fn add_password(&self, request: Request<v1::PasswordRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn add_password(
+        &self,
+        request: Request<v1::PasswordRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let r = request.into_inner();
         let password = SecretString::from(r.password);
-        outcome(async { self.connection(&r.connection)?.plugin.add_password(&r.username, &password).await }.await)
+        outcome(
+            async { self.connection(&r.connection)?.plugin.add_password(&r.username, &password).await }.await,
+        )
     }
 
     async fn remove_password(
@@ -402,13 +437,21 @@ impl plugin_server::Plugin for Service {
     ) -> Result<Response<v1::Outcome>, Status> {
         let r = request.into_inner();
         let password = SecretString::from(r.password);
-        outcome(async { self.connection(&r.connection)?.plugin.remove_password(&r.username, &password).await }.await)
+        outcome(
+            async { self.connection(&r.connection)?.plugin.remove_password(&r.username, &password).await }
+                .await,
+        )
     }
 
-    async fn test_login(&self, request: Request<v1::PasswordRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn test_login(
+        &self,
+        request: Request<v1::PasswordRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let r = request.into_inner();
         let password = SecretString::from(r.password);
-        outcome(async { self.connection(&r.connection)?.plugin.test_login(&r.username, &password).await }.await)
+        outcome(
+            async { self.connection(&r.connection)?.plugin.test_login(&r.username, &password).await }.await,
+        )
     }
 
     async fn end_sessions(&self, request: Request<v1::UserRequest>) -> Result<Response<v1::Outcome>, Status> {
@@ -423,7 +466,8 @@ impl plugin_server::Plugin for Service {
         let r = request.into_inner();
         let keep = r.keep.map(|k| k.key_ids);
         let made =
-            async { self.connection(&r.connection)?.plugin.create_key(&r.username, keep.as_deref()).await }.await;
+            async { self.connection(&r.connection)?.plugin.create_key(&r.username, keep.as_deref()).await }
+                .await;
         Ok(Response::new(match made {
             Ok((key_id, secret)) => v1::CreateKeyResponse {
                 error: None,
@@ -440,9 +484,14 @@ impl plugin_server::Plugin for Service {
         outcome(async { self.connection(&r.connection)?.plugin.test_key(&r.key_id, &secret).await }.await)
     }
 
-    async fn delete_key(&self, request: Request<v1::DeleteKeyRequest>) -> Result<Response<v1::Outcome>, Status> {
+    async fn delete_key(
+        &self,
+        request: Request<v1::DeleteKeyRequest>,
+    ) -> Result<Response<v1::Outcome>, Status> {
         let r = request.into_inner();
-        outcome(async { self.connection(&r.connection)?.plugin.delete_key(&r.username, &r.key_id).await }.await)
+        outcome(
+            async { self.connection(&r.connection)?.plugin.delete_key(&r.username, &r.key_id).await }.await,
+        )
     }
 
     async fn revoke_sessions(
@@ -459,7 +508,9 @@ impl plugin_server::Plugin for Service {
         .await;
         Ok(Response::new(match done {
             Ok(result) => v1::RevokeSessionsResponse { error: None, result_json: result.to_string() },
-            Err(e) => v1::RevokeSessionsResponse { error: Some(proto::error_to_wire(&e)), ..Default::default() },
+            Err(e) => {
+                v1::RevokeSessionsResponse { error: Some(proto::error_to_wire(&e)), ..Default::default() }
+            }
         }))
     }
 }

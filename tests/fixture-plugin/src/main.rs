@@ -118,9 +118,9 @@ impl Plugin for Faulty {
 }
 
 fn factory(context: ConnectionContext<'_>) -> Result<Arc<dyn Plugin>, ConfigError> {
-    let dir = std::env::var_os("LESSOR_FIXTURE_DIR")
-        .map(PathBuf::from)
-        .ok_or_else(|| ConfigError::new(format!("connections.{}", context.name), "LESSOR_FIXTURE_DIR is not set"))?;
+    let dir = std::env::var_os("LESSOR_FIXTURE_DIR").map(PathBuf::from).ok_or_else(|| {
+        ConfigError::new(format!("connections.{}", context.name), "LESSOR_FIXTURE_DIR is not set")
+    })?;
     Ok(Arc::new(Faulty { inner: lessor_postgres::factory(context)?, dir }))
 }
 

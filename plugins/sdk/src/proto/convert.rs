@@ -88,7 +88,8 @@ pub fn credential_to_wire(credential: &Credential) -> v1::Credential {
 /// A wire credential; a missing one is an internal error.
 pub fn credential_from_wire(credential: Option<v1::Credential>) -> Result<Credential, PluginError> {
     use v1::credential::Kind;
-    let missing = || PluginError::Internal { message: "the plugin answered a create with no credential".into() };
+    let missing =
+        || PluginError::Internal { message: "the plugin answered a create with no credential".into() };
     Ok(match credential.and_then(|c| c.kind).ok_or_else(missing)? {
         Kind::Database(c) => Credential::Database { username: c.username, password: c.password.into() },
         Kind::Aws(c) => Credential::Aws {
@@ -112,7 +113,9 @@ pub fn options_to_json(options: &toml::Table) -> String {
         match v {
             toml::Value::String(s) => s.clone().into(),
             toml::Value::Integer(i) => (*i).into(),
-            toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into),
+            toml::Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+            }
             toml::Value::Boolean(b) => (*b).into(),
             toml::Value::Datetime(d) => d.to_string().into(),
             toml::Value::Array(a) => a.iter().map(value).collect(),
@@ -159,10 +162,9 @@ mod tests {
 
     #[test]
     fn options_cross_the_wire_and_back() {
-        let options: toml::Table = toml::from_str(
-            "a = 1\nb = \"x\"\nc = [1.5, true]\nd = { e = 1979-05-27T07:32:00Z }\nf = []\n",
-        )
-        .unwrap();
+        let options: toml::Table =
+            toml::from_str("a = 1\nb = \"x\"\nc = [1.5, true]\nd = { e = 1979-05-27T07:32:00Z }\nf = []\n")
+                .unwrap();
         let json = options_to_json(&options);
         let back = json_to_options(&json).unwrap();
         assert_eq!(back["a"].as_integer(), Some(1));
@@ -177,7 +179,10 @@ mod tests {
     fn every_error_kind_survives_the_wire() {
         let errors = [
             PluginError::Unavailable { message: "u".into() },
-            PluginError::Transient { message: "t".into(), retry_after: Some(std::time::Duration::from_millis(7)) },
+            PluginError::Transient {
+                message: "t".into(),
+                retry_after: Some(std::time::Duration::from_millis(7)),
+            },
             PluginError::Rejected { message: "r".into() },
             PluginError::InvalidRole { message: "i".into() },
             PluginError::Unsupported { operation: "renew" },

@@ -358,15 +358,20 @@ fn init_logging() {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{filter, Layer};
-    let env = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let quiet = filter::filter_fn(allowed_whatever_the_filter);
+    use tracing_subscriber::Layer;
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_filter(filter::FilterExt::and(env, quiet));
+        .with_filter(log_filter());
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// `LESSOR_LOG` (default `info`), with the [`QUIET_TARGETS`] capped after it.
+fn log_filter<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    use tracing_subscriber::filter;
+    let env = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    filter::FilterExt::and(env, filter::filter_fn(allowed_whatever_the_filter))
 }
 
 /// Logging for `lessor plugin serve`: to stderr, each line starting with
@@ -375,16 +380,13 @@ fn init_logging() {
 pub fn init_plugin_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{filter, Layer};
-    let env = tracing_subscriber::EnvFilter::try_from_env("LESSOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let quiet = filter::filter_fn(allowed_whatever_the_filter);
+    use tracing_subscriber::Layer;
     let layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .without_time()
         .with_target(false)
         .with_writer(std::io::stderr)
-        .with_filter(filter::FilterExt::and(env, quiet));
+        .with_filter(log_filter());
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 

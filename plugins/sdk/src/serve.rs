@@ -164,6 +164,25 @@ fn outcome(result: Result<(), PluginError>) -> Result<Response<v1::Outcome>, Sta
 }
 
 impl Service {
+    /// A call that names a user and a password: `op` on the connection's
+    /// plugin, its outcome on the wire.
+    async fn with_password<F, Fut>(
+        &self,
+        request: Request<v1::PasswordRequest>,
+        op: F,
+    ) -> Result<Response<v1::Outcome>, Status>
+    where
+        F: FnOnce(Arc<dyn Plugin>, String, SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<(), PluginError>>,
+    {
+        let r = request.into_inner();
+        let password = SecretString::from(r.password);
+        outcome(match self.connection(&r.connection) {
+            Ok(connection) => op(connection.plugin.clone(), r.username, password).await,
+            Err(e) => Err(e),
+        })
+    }
+
     fn connection(&self, name: &str) -> Result<Arc<Connection>, PluginError> {
         self.connections.read().unwrap().get(name).cloned().ok_or_else(|| PluginError::Unavailable {
             message: format!("connection {name:?} is not configured in this plugin process yet"),
@@ -413,45 +432,35 @@ impl plugin_server::Plugin for Service {
         &self,
         request: Request<v1::PasswordRequest>,
     ) -> Result<Response<v1::Outcome>, Status> {
-        let r = request.into_inner();
-        let password = SecretString::from(r.password);
-        outcome(
-            async { self.connection(&r.connection)?.plugin.set_password(&r.username, &password).await }.await,
-        )
+        self.with_password(request, |p, user, password| async move { p.set_password(&user, &password).await })
+            .await
     }
 
     async fn add_password(
         &self,
         request: Request<v1::PasswordRequest>,
     ) -> Result<Response<v1::Outcome>, Status> {
-        let r = request.into_inner();
-        let password = SecretString::from(r.password);
-        outcome(
-            async { self.connection(&r.connection)?.plugin.add_password(&r.username, &password).await }.await,
-        )
+        self.with_password(request, |p, user, password| async move { p.add_password(&user, &password).await })
+            .await
     }
 
     async fn remove_password(
         &self,
         request: Request<v1::PasswordRequest>,
     ) -> Result<Response<v1::Outcome>, Status> {
-        let r = request.into_inner();
-        let password = SecretString::from(r.password);
-        outcome(
-            async { self.connection(&r.connection)?.plugin.remove_password(&r.username, &password).await }
-                .await,
+        self.with_password(
+            request,
+            |p, user, password| async move { p.remove_password(&user, &password).await },
         )
+        .await
     }
 
     async fn test_login(
         &self,
         request: Request<v1::PasswordRequest>,
     ) -> Result<Response<v1::Outcome>, Status> {
-        let r = request.into_inner();
-        let password = SecretString::from(r.password);
-        outcome(
-            async { self.connection(&r.connection)?.plugin.test_login(&r.username, &password).await }.await,
-        )
+        self.with_password(request, |p, user, password| async move { p.test_login(&user, &password).await })
+            .await
     }
 
     async fn end_sessions(&self, request: Request<v1::UserRequest>) -> Result<Response<v1::Outcome>, Status> {

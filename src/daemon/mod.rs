@@ -116,7 +116,12 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     let (hosts, mut errors) = Hosts::start(&config.plugins);
     let mut connections = BTreeMap::new();
     for (name, section) in &config.connections {
-        if checked.has_error_at(&format!("plugins.{}", section.plugin)) {
+        // A plugin whose table is wrong, or that did not start, is already
+        // reported; its connections would only repeat it.
+        let named = &section.plugin;
+        if checked.has_error_at(&format!("plugins.{named}"))
+            || (config.plugins.contains_key(named) && hosts.get(named).is_none())
+        {
             continue;
         }
         match Connection::build(name, section, config.tidy.get(name).cloned(), &hosts) {

@@ -75,16 +75,9 @@ pub(super) async fn start(name: &str, config: &PluginConfig) -> Result<Process, 
         .process_group(0)
         .kill_on_drop(true);
     if let Some((uid, gid)) = identity {
+        // std drops lessor's supplementary groups too (setgroups) before
+        // switching.
         cmd.uid(uid).gid(gid);
-        // SAFETY: setgroups is async-signal-safe; between fork and exec it
-        // drops the supplementary groups of lessor's user before the
-        // switch to the plugin's.
-        unsafe {
-            cmd.pre_exec(|| match libc::setgroups(0, std::ptr::null()) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            });
-        }
     }
     let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", command.display()))?;
     let pid = child.id().ok_or("the process ended at once")?;

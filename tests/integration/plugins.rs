@@ -428,3 +428,50 @@ async fn a_password_a_plugin_prints_at_debug_stays_out_of_lessors_log() {
         }
     }
 }
+
+/// The uid a process runs as, from `/proc/PID/status`.
+fn uid_of(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_runs_as_its_user_and_a_frozen_one_is_killed_and_restarted() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::create().await;
+    // A copy of lessor where user nobody can run it.
+    let dir = tempfile::Builder::new().prefix("lessor-plugin-bin-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("lessor");
+    std::fs::copy(LESSOR, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (role, prefix) = unique_role("nobody");
+    db.track_prefix(&prefix);
+    let body = format!(
+        "{}\n{}\n{}",
+        plugin_section("pg_ext", &copy, &["plugin", "serve", "postgres"], "user = \"nobody\"\n"),
+        pg_connection(&db, None).replace("plugin = \"postgres\"", "plugin = \"pg_ext\""),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    let pid = running_pid(&daemon, "pg_ext", None).await;
+    assert_eq!(uid_of(pid), 65534, "the plugin does not run as nobody");
+    let issued = daemon.client().creds(&role, None).await.unwrap();
+    assert_eq!(issued.status, 200, "{:?}\n{}", issued.body, daemon.log());
+    assert!(db.role_exists(issued.body["credential"]["username"].as_str().unwrap()).await);
+
+    // Frozen (SIGSTOP): it answers nothing, not even health checks, and is
+    // killed and started again; issuance then works.
+    // SAFETY: a signal to the plugin process the daemon started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+    let again = running_pid(&daemon, "pg_ext", Some(pid)).await;
+    let p = plugin(&daemon, "pg_ext").await;
+    assert!(p["restarts"].as_u64().unwrap() >= 1, "{p}");
+    assert!(daemon.log().contains("health checks"), "{}", daemon.log());
+    assert_eq!(uid_of(again), 65534);
+    wait_for("an issuance after the restart", SETTLE, || async {
+        (daemon.client().creds(&role, None).await.ok()?.status == 200).then_some(())
+    })
+    .await;
+}

@@ -135,7 +135,11 @@ impl Remote {
     {
         let client = match self.host.state() {
             State::Running { client, .. } => client,
-            State::Restarting { reason, .. } => return Err(self.down(reason)),
+            State::Restarting { reason, .. } => {
+                return Err(
+                    self.down(format!("not running ({reason}); it is being restarted, try again shortly"))
+                )
+            }
             State::Stopped => return Err(self.down("lessor is shutting down")),
         };
         let mut request = Request::new(message);
@@ -158,13 +162,9 @@ impl Remote {
             Ok(Err(status)) => Err(match status.code() {
                 Code::DeadlineExceeded | Code::Cancelled => no_answer(),
                 Code::Unimplemented => PluginError::Unsupported { operation },
-                _ if !matches!(self.host.state(), State::Running { .. }) => {
-                    self.down(status.message().to_string())
-                }
-                Code::Unavailable | Code::Unknown => self.down(format!("{operation}: {}", status.message())),
-                _ => PluginError::Internal {
-                    message: format!("plugin {:?} failed {operation}: {}", self.name, status.message()),
-                },
+                // Errors are data in the protocol: any other status is the
+                // process or the socket failing (a crash mid-call, say).
+                _ => self.down(format!("{operation} failed: {}", status.message())),
             }),
         }
     }

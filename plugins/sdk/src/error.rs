@@ -44,10 +44,11 @@ pub enum PluginError {
     /// A bug: the broker and the plugin disagree.
     #[error("internal plugin error: {message}")]
     Internal { message: String },
-    /// An external plugin's process is not there to ask: it exited, hung
-    /// or has not finished starting, and is being restarted. Nothing was
-    /// done; the same call may succeed once it is back.
-    #[error("plugin {plugin:?} is not running ({message}); it is being restarted, try again shortly")]
+    /// An external plugin's process could not answer: it exited, hung or
+    /// has not finished starting (and is being restarted), or the call
+    /// broke off at the transport. The same call may succeed once it is
+    /// back; a create is rolled back like one whose outcome is unknown.
+    #[error("plugin {plugin:?} is unavailable: {message}")]
     Down { plugin: String, message: String },
 }
 

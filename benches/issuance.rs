@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
 //!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
@@ -23,6 +23,9 @@
 //! clients for S seconds and a file of its own:
 //! - `grp` and `direct` (`issuance/issue.rs`): issuance, raw SQL against
 //!   lessor, with group-role membership or a direct GRANT;
+//! - `external` (`issuance/external.rs`): `grp`'s statements through the
+//!   PostgreSQL plugin in process and out of process (`lessor plugin serve
+//!   postgres` as an external plugin), taking turns in one daemon;
 //! - `mysql` (`issuance/mysql.rs`): the same comparison on MySQL or MariaDB
 //!   (`LESSOR_TEST_MYSQL_URL`);
 //! - `redis` (`issuance/redis.rs`): Redis ACL users issued and revoked,
@@ -59,6 +62,8 @@ use crate::setup::{cleanup, connect, create_fixtures, local_target, lower, vacuu
 
 #[path = "issuance/drain.rs"]
 mod drain;
+#[path = "issuance/external.rs"]
+mod external;
 #[path = "issuance/issue.rs"]
 mod issue;
 #[path = "issuance/ldap.rs"]
@@ -90,9 +95,9 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
 const PHASES: &[&str] =
-    &["grp", "direct", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale"];
+    &["grp", "direct", "external", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale"];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -364,6 +369,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
     }
     if chosen("direct") {
         issue::phase(&run, "direct").await?;
+    }
+    if chosen("external") {
+        external::phase(&run).await?;
     }
     let grp_rate =
         grp_stats.iter().find(|(label, _)| *label == "lessor").map(|(_, lessor)| lessor.throughput());

@@ -46,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 use crate::load::{drive, Op, Stats};
 use crate::nodes::start_daemon;
 use crate::redis_phase::{
-    fresh, gather, lessor_round, print_ratios, print_state, server_pid, Kept, Params, Queue, REVOKE_DEADLINE,
+    fresh, gather, lessor_round, print_ratios, print_state, server_pid, Kept, Params, Queue, Side,
+    REVOKE_DEADLINE,
 };
 use crate::report::print_stats;
 use crate::Result;
@@ -253,7 +254,9 @@ pub async fn phase(p: Params) -> Result<()> {
     let running =
         start_daemon(&lessor_config(&server, dir.path(), p), "(bench ldap config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = lessor_round(&client, p, ROLE, "distinguished_name", &pid, SERVER, |dns| {
+    let side =
+        Side { label: "lessor", role: ROLE, user_field: "distinguished_name", pids: &pid, server: SERVER };
+    let outcome = lessor_round(&client, p, side, |dns| {
         let server = &server;
         async move { present(server, &dns).await }
     })

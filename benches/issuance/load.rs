@@ -56,6 +56,24 @@ impl Stats {
     pub fn max(&self) -> Duration {
         self.latencies.last().copied().unwrap_or_default()
     }
+
+    /// `parts` as one run: their operations, errors, time and CPU added
+    /// up, the latencies sorted.
+    pub fn merged(parts: impl IntoIterator<Item = Stats>) -> Stats {
+        let mut all = Stats::default();
+        for part in parts {
+            all.latencies.extend(part.latencies);
+            all.errors += part.errors;
+            for (kind, count) in part.error_kinds {
+                *all.error_kinds.entry(kind).or_default() += count;
+            }
+            all.elapsed += part.elapsed;
+            all.own_cpu_ms += part.own_cpu_ms;
+            all.backends_cpu_ms += part.backends_cpu_ms;
+        }
+        all.latencies.sort_unstable();
+        all
+    }
 }
 
 /// Runs every op in its own task until `duration` has passed; each task
@@ -90,23 +108,18 @@ pub async fn drive<O: Op>(ops: Vec<O>, duration: Duration, backends: &[i32], cap
             })
         })
         .collect();
-    let mut all = Stats::default();
+    let mut parts = Vec::new();
     let mut ops = Vec::new();
     for task in tasks {
         let (s, op) = task.await.expect("load task panicked");
         ops.push(op);
-        all.latencies.extend(s.latencies);
-        all.errors += s.errors;
-        for (k, v) in s.error_kinds {
-            *all.error_kinds.entry(k).or_default() += v;
-        }
+        parts.push(s);
     }
-    all.elapsed = start.elapsed();
-    all.own_cpu_ms = own_cpu_ms() - cpu_before.0;
-    all.backends_cpu_ms = backends_cpu_ms(backends) - cpu_before.1;
+    let elapsed = start.elapsed();
+    let own_cpu_ms = own_cpu_ms() - cpu_before.0;
+    let backends_cpu_ms = backends_cpu_ms(backends) - cpu_before.1;
     drop(ops);
-    all.latencies.sort_unstable();
-    all
+    Stats { elapsed, own_cpu_ms, backends_cpu_ms, ..Stats::merged(parts) }
 }
 
 /// `POST /v1/creds/{role}` on a fresh socket connection; non-200 is an error.

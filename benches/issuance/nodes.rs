@@ -13,8 +13,11 @@
 //! any node reports the counters and histograms of all of them.
 //!
 //! Here too: [`lessor_config`], the config every PostgreSQL phase runs
-//! lessor with (phase `scale` writes it to a file for `lessor serve`), and
-//! [`start_daemon`], which the MySQL phase uses for its own daemon.
+//! lessor with (phase `scale` writes it to a file for `lessor serve`),
+//! built from [`connection_table`] and [`role_table`], which phase
+//! `external` uses for its own connection and roles; and [`start_daemon`],
+//! which the MySQL, Redis, LDAP and external phases use for their own
+//! daemons.
 
 use std::fmt::Write as _;
 
@@ -92,65 +95,100 @@ pub async fn start_daemon(
     Ok(lessor::daemon::start(config, shutdown).await?)
 }
 
+/// The TTLs of most bench roles: longer than any run.
+pub const HOUR: (&str, &str) = ("1h", "24h");
+
 /// The config of node `node_id`, its socket (and SQLite store, audit log)
 /// in `dir`.
 pub fn lessor_config(setup: &Setup, dir: &std::path::Path, args: &Args, node_id: &str) -> String {
-    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
     let n = &setup.names;
     let mut text = String::new();
     let _ = writeln!(text, "[server]");
-    let _ = writeln!(text, "socket = {}", q(&dir.join("lessor.sock").display().to_string()));
+    let _ = writeln!(text, "socket = {}", toml_str(&dir.join("lessor.sock").display().to_string()));
     let _ = writeln!(text, "socket_mode = \"0600\"");
-    let _ = writeln!(text, "node_id = {}", q(node_id));
+    let _ = writeln!(text, "node_id = {}", toml_str(node_id));
     if args.postgres_store {
         let url = format!("postgres://{}@{}:{}/{}", n.admin, setup.host, setup.port, n.database);
-        let _ = writeln!(text, "store = {}", q(&url));
-        let _ = writeln!(text, "store_password_env = {}", q(&setup.password_env));
+        let _ = writeln!(text, "store = {}", toml_str(&url));
+        let _ = writeln!(text, "store_password_env = {}", toml_str(&setup.password_env));
     } else {
-        let _ = writeln!(text, "store = {}", q(&format!("sqlite://{}", dir.join("lessor.db").display())));
+        let _ =
+            writeln!(text, "store = {}", toml_str(&format!("sqlite://{}", dir.join("lessor.db").display())));
     }
     if args.audit {
-        let _ = writeln!(text, "audit_log = {}", q(&dir.join("audit.jsonl").display().to_string()));
+        let _ = writeln!(text, "audit_log = {}", toml_str(&dir.join("audit.jsonl").display().to_string()));
     }
-    let _ = writeln!(text, "\n[connections.bench]\nplugin = \"postgres\"");
-    let _ = writeln!(
-        text,
-        "url = {}",
-        q(&format!("postgres://{}@{}:{}/{}{}", n.admin, setup.host, setup.port, n.database, tls_query(args)))
-    );
-    let _ = writeln!(text, "password_env = {}", q(&setup.password_env));
-    let _ = writeln!(text, "max_connections = {}", args.max_connections());
-    let _ = writeln!(text, "revocation_workers = {}", args.revocation_workers);
-    if let Some(encoding) = &args.password_encoding {
-        let _ = writeln!(text, "password_encoding = {}", q(encoding));
-    }
-    if let Some(iterations) = args.scram_iterations {
-        let _ = writeln!(text, "scram_iterations = {iterations}");
-    }
+    connection_table(&mut text, setup, args, "bench", "postgres");
     for (role, statements) in [
         ("grp", setup.grp_statements()),
         ("direct", setup.direct_statements()),
         ("drain", setup.grp_statements()),
     ] {
-        let _ = writeln!(text, "\n[roles.{role}]\nconnection = \"bench\"");
-        let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
-        let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
-        let _ = writeln!(text, "creation_statements = {}", list(&statements));
+        role_table(&mut text, setup, role, "bench", &statements, HOUR);
     }
     // Phase `storm`: revocations that wait on the bench's advisory lock.
-    let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", storm::ROLE);
-    let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
-    let _ = writeln!(text, "default_ttl = \"1h\"\nmax_ttl = \"24h\"");
-    let _ = writeln!(text, "creation_statements = {}", list(&setup.grp_statements()));
-    let _ = writeln!(text, "revocation_statements = {}", list(&storm::revocation_statements(setup)));
+    role_table(&mut text, setup, storm::ROLE, "bench", &setup.grp_statements(), HOUR);
+    let _ = writeln!(text, "revocation_statements = {}", toml_list(&storm::revocation_statements(setup)));
     // Short leases, so the keeper of phase `pool` replaces its credential
     // while the load runs.
-    let _ = writeln!(text, "\n[roles.{}]\nconnection = \"bench\"", pool::ROLE);
-    let _ = writeln!(text, "username_template = {}", q(&format!("{}{{role}}_{{random}}", n.prefix)));
-    let _ = writeln!(text, "default_ttl = \"6s\"\nmax_ttl = \"12s\"");
-    let _ = writeln!(text, "creation_statements = {}", list(&setup.grp_statements()));
+    role_table(&mut text, setup, pool::ROLE, "bench", &setup.grp_statements(), ("6s", "12s"));
     text
+}
+
+/// Appends `[connections.NAME]`: the bench database as its admin, served
+/// by `plugin` (`postgres`, or an external plugin's name), with the run's
+/// pool, TLS and password settings.
+pub fn connection_table(text: &mut String, setup: &Setup, args: &Args, name: &str, plugin: &str) {
+    let n = &setup.names;
+    let _ = writeln!(text, "\n[connections.{name}]\nplugin = {}", toml_str(plugin));
+    let _ = writeln!(
+        text,
+        "url = {}",
+        toml_str(&format!(
+            "postgres://{}@{}:{}/{}{}",
+            n.admin,
+            setup.host,
+            setup.port,
+            n.database,
+            tls_query(args)
+        ))
+    );
+    let _ = writeln!(text, "password_env = {}", toml_str(&setup.password_env));
+    let _ = writeln!(text, "max_connections = {}", args.max_connections());
+    let _ = writeln!(text, "revocation_workers = {}", args.revocation_workers);
+    if let Some(encoding) = &args.password_encoding {
+        let _ = writeln!(text, "password_encoding = {}", toml_str(encoding));
+    }
+    if let Some(iterations) = args.scram_iterations {
+        let _ = writeln!(text, "scram_iterations = {iterations}");
+    }
+}
+
+/// Appends `[roles.NAME]` on `connection`: `statements`, usernames under
+/// the run's prefix, leases of `ttls` (default, max). The table is left
+/// open: what the caller writes next belongs to the role.
+pub fn role_table(
+    text: &mut String,
+    setup: &Setup,
+    name: &str,
+    connection: &str,
+    statements: &[String],
+    (default_ttl, max_ttl): (&str, &str),
+) {
+    let template = format!("{}{{role}}_{{random}}", setup.names.prefix);
+    let _ = writeln!(text, "\n[roles.{name}]\nconnection = {}", toml_str(connection));
+    let _ = writeln!(text, "username_template = {}", toml_str(&template));
+    let _ = writeln!(text, "default_ttl = {}\nmax_ttl = {}", toml_str(default_ttl), toml_str(max_ttl));
+    let _ = writeln!(text, "creation_statements = {}", toml_list(statements));
+}
+
+/// `s` as a TOML string (JSON's escapes are TOML's).
+pub fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+fn toml_list(v: &[String]) -> String {
+    format!("[{}]", v.iter().map(|s| toml_str(s)).collect::<Vec<_>>().join(", "))
 }
 
 /// The URL's TLS parameters for `--sslmode`; a verifying mode trusts the

@@ -51,7 +51,7 @@ use self::http::Http;
 use crate::drain::{DRAIN_DEADLINE, POLL};
 use crate::load::{cpu_by_pid, cpu_ms, cpu_since, drive, Op, Stats};
 use crate::nodes::tls_query;
-use crate::report::{ms, print_cpu, print_stats, ratio, PG_BACKENDS};
+use crate::report::{print_cpu, print_stats, print_versus, PG_BACKENDS};
 use crate::setup::{count_roles, vacuum_catalogs, Setup};
 use crate::{Args, Result, Run};
 
@@ -155,20 +155,13 @@ fn print_ratios(baselines: &[(&str, Stats)], bao: &Stats) {
     if baselines.is_empty() {
         println!("  (no `grp` figures in this run to compare with: add grp to --phases)");
     }
-    let p = |s: &Stats, q: f64| ms(s.percentile(q));
     for (label, base) in baselines {
         let (top, bottom, name) = if *label == "lessor" {
             (base, bao, "lessor/openbao".to_string())
         } else {
             (bao, base, format!("openbao/{label}"))
         };
-        println!(
-            "  ratios {:<17} throughput {:.2}   p50 {:.2}   p99 {:.2}",
-            name,
-            ratio(top.throughput(), bottom.throughput()),
-            ratio(p(top, 50.0), p(bottom, 50.0)),
-            ratio(p(top, 99.0), p(bottom, 99.0)),
-        );
+        print_versus(&name, top, bottom, None);
     }
 }
 

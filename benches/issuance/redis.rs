@@ -171,41 +171,50 @@ pub async fn lessor_revoke(
     Ok((stats, before, after))
 }
 
+/// What one lessor round issues and how it reports: `label` heads its
+/// lines, `role` is what it issues, `user_field` the credential field the
+/// backend knows a user by, and `pids` the processes charged as `server`
+/// in its CPU figures (the backend's, or a plugin's).
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub label: &'a str,
+    pub role: &'a str,
+    pub user_field: &'static str,
+    pub pids: &'a [i32],
+    pub server: &'a str,
+}
+
 /// lessor's side on a running daemon: a warm-up (revoked), issuance for
 /// the phase's duration, then revocation of all it issued, with the
 /// backend checked after each (`present`: how many of the names it holds).
-/// `user_field` is the credential field the backend knows a user by,
-/// `server` the backend's process name (for its CPU figures).
 pub async fn lessor_round<F, Fut>(
     client: &Client,
     p: Params,
-    role: &str,
-    user_field: &'static str,
-    pid: &[i32],
-    server: &str,
+    side: Side<'_>,
     present: F,
 ) -> Result<(Stats, Stats)>
 where
     F: Fn(Vec<String>) -> Fut,
     Fut: std::future::Future<Output = Result<usize>>,
 {
+    let Side { label, role, user_field, pids, server } = side;
     if !p.warmup.is_zero() {
-        drive(lessor_ops(std::slice::from_ref(client), p.n, role), p.warmup, pid, None).await;
+        drive(lessor_ops(std::slice::from_ref(client), p.n, role), p.warmup, pids, None).await;
         revoke_warmup(client, role).await?;
     }
     let (ops, kept) = lessor_issue_ops(client, p.n, role, user_field);
     let before = scrape::metrics(client).await?;
-    let lessor = drive(ops, p.duration, pid, None).await;
+    let lessor = drive(ops, p.duration, pids, None).await;
     let after = scrape::metrics(client).await?;
     let issued: Vec<Issued> = kept.iter().flat_map(|k| std::mem::take(&mut *k.lock().unwrap())).collect();
     let users: Vec<String> = issued.iter().map(|i| i.user.clone()).collect();
-    print_stats("lessor", &lessor, server);
+    print_stats(label, &lessor, server);
     print_internals("issuance", lessor.ok(), &before, &after);
-    print_state("lessor", "issuance", present(users.clone()).await?, users.len(), true)?;
-    let (revoked, before, after) = lessor_revoke(client, p.n, &issued, pid).await?;
-    print_stats("lessor revoke", &revoked, server);
+    print_state(label, "issuance", present(users.clone()).await?, users.len(), true)?;
+    let (revoked, before, after) = lessor_revoke(client, p.n, &issued, pids).await?;
+    print_stats(&format!("{label} revoke"), &revoked, server);
     print_internals("revocation", revoked.ok(), &before, &after);
-    print_state("lessor", "revocation", present(users.clone()).await?, users.len(), false)?;
+    print_state(label, "revocation", present(users.clone()).await?, users.len(), false)?;
     Ok((lessor, revoked))
 }
 
@@ -454,7 +463,8 @@ pub async fn phase(p: Params) -> Result<()> {
     let shutdown = CancellationToken::new();
     let running = start_daemon(&config, "(bench redis config)", shutdown.clone()).await?;
     let client = Client::new(running.socket.clone());
-    let outcome = lessor_round(&client, p, ROLE, "username", &pid, SERVER, |users| {
+    let side = Side { label: "lessor", role: ROLE, user_field: "username", pids: &pid, server: SERVER };
+    let outcome = lessor_round(&client, p, side, |users| {
         let server = &server;
         async move { present(server, &users).await }
     })

@@ -73,3 +73,18 @@ pub fn print_ratios(label: &str, raw: &Stats, lessor: &Stats, targets: &Targets)
         verdict(p99 <= p99_target)
     );
 }
+
+/// One line of `top` against `bottom`, named `name` (`lessor/openbao`):
+/// the ratios of their throughputs, p50s and p99s, and with `target`
+/// whether the throughput ratio reaches it.
+pub fn print_versus(name: &str, top: &Stats, bottom: &Stats, target: Option<f64>) {
+    let p = |s: &Stats, q: f64| ms(s.percentile(q));
+    let throughput = ratio(top.throughput(), bottom.throughput());
+    let verdict =
+        target.map(|t| format!(" (target ≥ {t:.2}: {})", verdict(throughput >= t))).unwrap_or_default();
+    println!(
+        "  ratios {name:<17} throughput {throughput:.2}{verdict}   p50 {:.2}   p99 {:.2}",
+        ratio(p(top, 50.0), p(bottom, 50.0)),
+        ratio(p(top, 99.0), p(bottom, 99.0)),
+    );
+}

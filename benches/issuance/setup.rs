@@ -171,6 +171,14 @@ pub async fn count_roles(su: &tokio_postgres::Client, prefix: &str) -> Result<i6
         .get(0))
 }
 
+/// How many of `names` are roles (a lookup on `pg_authid`'s name index).
+pub async fn roles_present(su: &tokio_postgres::Client, names: Vec<String>) -> Result<usize> {
+    let row = su
+        .query_one("SELECT count(*) FROM pg_authid WHERE rolname = ANY($1::text[]::name[])", &[&names])
+        .await?;
+    Ok(row.get::<_, i64>(0).try_into()?)
+}
+
 /// The least string greater than every string starting with `prefix`
 /// (ASCII prefixes only, which the run's names are).
 fn prefix_upper_bound(prefix: &str) -> Option<String> {

@@ -218,17 +218,14 @@ async fn create(report: &mut Report, plugin: &dyn Plugin, role: &Role) -> Option
         Err(e) => {
             report.record("create", Verdict::Fail, e.to_string());
             // Whatever it left behind goes, as the broker's rollback would.
-            let made = Made {
-                lease_id,
-                username,
-                password,
-                credential: Credential::Database {
-                    username: String::new(),
-                    password: SecretString::from(""),
-                },
+            let lease = LeaseRef {
+                lease_id: &lease_id,
+                role: &role.name,
+                settings: Some(&role.settings),
+                username: &username,
                 plugin_data: None,
             };
-            let _ = plugin.revoke(&made.lease(role)).await;
+            let _ = plugin.revoke(&lease).await;
             None
         }
     }

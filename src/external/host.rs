@@ -243,11 +243,8 @@ async fn start_once(shared: Arc<Shared>) -> Result<Process, String> {
             .await
             .map_err(|s| format!("Configure of connection {name:?} failed: {}", s.message()))?
             .into_inner();
-        if let Some(e) = answer.config_errors.first() {
-            return Err(format!("Configure of connection {name:?}: {}: {}", e.key, e.message));
-        }
-        if let Some(e) = answer.error {
-            return Err(format!("Configure of connection {name:?}: {}", e.message));
+        if let Some(e) = super::configure_error(&format!("connections.{name}"), &answer) {
+            return Err(format!("Configure of connection {name:?}: {e}"));
         }
     }
     Ok(process)

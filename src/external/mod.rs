@@ -209,3 +209,14 @@ fn capability_names(plugin: &dyn lessor_plugin::Plugin) -> Vec<String> {
     names.extend(plugin.static_strategies().iter().map(|s| format!("static:{s}")));
     names
 }
+
+/// A `ConfigureResponse`'s problems as one config error.
+pub(super) fn configure_error(
+    key: &str,
+    answer: &lessor_plugin::proto::v1::ConfigureResponse,
+) -> Option<ConfigError> {
+    if let Some(e) = joined(&answer.config_errors) {
+        return Some(e);
+    }
+    answer.error.as_ref().map(|e| ConfigError::new(key, e.message.clone()))
+}

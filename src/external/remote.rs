@@ -82,14 +82,6 @@ impl Described {
     }
 }
 
-/// A `ConfigureResponse`'s problems as one config error.
-fn configure_error(key: &str, answer: &v1::ConfigureResponse) -> Option<ConfigError> {
-    if let Some(e) = super::joined(&answer.config_errors) {
-        return Some(e);
-    }
-    answer.error.as_ref().map(|e| ConfigError::new(key, e.message.clone()))
-}
-
 impl Remote {
     /// Builds `context`'s connection in the plugin's process.
     pub fn configure(host: Arc<Host>, context: ConnectionContext<'_>) -> Result<Self, ConfigError> {
@@ -105,7 +97,7 @@ impl Remote {
         let answer = host.configure(context.name, spec).map_err(|e| {
             ConfigError::new(format!("{key}.plugin"), format!("plugin {:?}: {e}", host.name()))
         })?;
-        if let Some(e) = configure_error(&key, &answer) {
+        if let Some(e) = super::configure_error(&key, &answer) {
             return Err(e);
         }
         Ok(Self {
@@ -235,7 +227,7 @@ impl Plugin for Remote {
         let wire = v1::Role { name: role.to_string(), options_json: proto::options_to_json(options) };
         let request = v1::CheckRoleRequest { connection: self.connection(), role: Some(wire.clone()) };
         let key = format!("roles.{role}");
-        let answer = self.host.wait(check_role(self.deadline, self.host_client(), request));
+        let answer = self.blocking(request, |mut c, r| async move { c.check_role(r).await });
         let answer = answer.map_err(|e| ConfigError::new(&key, format!("plugin {:?}: {e}", self.name)))?;
         if let Some(e) = super::joined(&answer.config_errors) {
             return Err(e);
@@ -261,15 +253,7 @@ impl Plugin for Remote {
             default_ttl_ms: default_ttl.as_millis().try_into().unwrap_or(u64::MAX),
             max_ttl_ms: max_ttl.as_millis().try_into().unwrap_or(u64::MAX),
         };
-        let client = self.host_client();
-        let deadline = self.deadline;
-        let answer = self.host.wait(async move {
-            let mut client = client?;
-            let mut request = Request::new(request);
-            request.set_timeout(deadline);
-            client.check_ttls(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
-        });
-        match answer {
+        match self.blocking(request, |mut c, r| async move { c.check_ttls(r).await }) {
             Ok(v1::Outcome { error: None }) => Ok(()),
             Ok(v1::Outcome { error: Some(e) }) => match proto::error_from_wire(e, "check_ttls") {
                 PluginError::Unsupported { .. } => Ok(()),
@@ -476,15 +460,22 @@ impl Remote {
             State::Stopped => Err("stopped".into()),
         }
     }
-}
 
-async fn check_role(
-    deadline: Duration,
-    client: Result<PluginClient<Channel>, String>,
-    request: v1::CheckRoleRequest,
-) -> Result<v1::CheckRoleResponse, String> {
-    let mut client = client?;
-    let mut request = Request::new(request);
-    request.set_timeout(deadline);
-    client.check_role(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+    /// One call from synchronous code (the config load), run on the
+    /// host's runtime and waited for here, bounded like any call.
+    fn blocking<T, R, F, Fut>(&self, message: T, send: F) -> Result<R, String>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(PluginClient<Channel>, Request<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Response<R>, Status>> + Send + 'static,
+    {
+        let client = self.host_client();
+        let deadline = self.deadline;
+        self.host.wait(async move {
+            let mut request = Request::new(message);
+            request.set_timeout(deadline);
+            send(client?, request).await.map(Response::into_inner).map_err(|s| s.message().to_string())
+        })
+    }
 }

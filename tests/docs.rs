@@ -98,12 +98,14 @@ fn config_reference_is_generated_from_the_schema() {
 }
 
 /// Renders the schema as one section per top-level key, each a table of
-/// keys, with the tables nested in them (a policy's `match`) below.
+/// keys, then the tables used inside them (a policy's `match`).
 struct ConfigPage<'a> {
     definitions: &'a Map<String, Value>,
     out: String,
-    /// Nested tables already rendered, by definition name, with their anchor.
+    /// Nested tables met so far, by definition name, with their anchor.
     nested: BTreeMap<String, String>,
+    /// Nested tables still to render, in the order they were met.
+    pending: Vec<(String, &'a Value)>,
 }
 
 /// Top-level keys in the order a config file is usually written; any
@@ -114,7 +116,8 @@ impl<'a> ConfigPage<'a> {
     fn new(schema: &'a Value) -> Self {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
         let definitions = schema["definitions"].as_object().unwrap_or_else(|| EMPTY.get_or_init(Map::new));
-        let mut page = ConfigPage { definitions, out: String::new(), nested: BTreeMap::new() };
+        let mut page =
+            ConfigPage { definitions, out: String::new(), nested: BTreeMap::new(), pending: Vec::new() };
         page.out.push_str(CONFIG_INTRO);
         let top = schema["properties"].as_object().expect("top-level properties");
         let mut keys: Vec<&String> = top.keys().collect();
@@ -123,6 +126,17 @@ impl<'a> ConfigPage<'a> {
         });
         for key in keys {
             page.top_level(key, &top[key.as_str()]);
+        }
+        if !page.pending.is_empty() {
+            page.out.push_str("\n## Tables inside other keys\n");
+        }
+        while !page.pending.is_empty() {
+            let (name, definition) = page.pending.remove(0);
+            page.out.push_str(&format!("\n### `{name}`\n\n"));
+            if let Some(description) = definition.get("description").and_then(Value::as_str) {
+                page.out.push_str(&format!("{}\n\n", paragraph(description)));
+            }
+            page.table(definition);
         }
         page
     }
@@ -169,15 +183,17 @@ impl<'a> ConfigPage<'a> {
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let mut nested = Vec::new();
-        let mut rows = String::from("| key | type | default | description |\n|---|---|---|---|\n");
+        // Two columns: a table of four overflows the page on the long
+        // defaults and types, and squeezes the description out of sight.
+        let mut rows = String::from("| key | type, default and meaning |\n|---|---|\n");
         for (key, property) in properties {
             let kind = self.kind(property, &mut nested);
             let default = if required.contains(key.as_str()) {
-                "required".to_owned()
+                ", required".to_owned()
             } else {
                 match property.get("default") {
-                    None | Some(Value::Null) => "—".to_owned(),
-                    Some(value) => format!("`{}`", toml_value(value)),
+                    None | Some(Value::Null) => String::new(),
+                    Some(value) => format!(", default `{}`", toml_value(value)),
                 }
             };
             let mut description =
@@ -186,7 +202,12 @@ impl<'a> ConfigPage<'a> {
                 description.push_str("\n\n");
                 description.push_str(&values);
             }
-            rows.push_str(&format!("| `{key}` | {kind} | {default} | {} |\n", cell(&description)));
+            let meaning = if description.trim().is_empty() {
+                String::new()
+            } else {
+                format!("<br>{}", cell(&description))
+            };
+            rows.push_str(&format!("| `{key}` | *{kind}{default}*{meaning} |\n"));
         }
         self.out.push_str(&rows);
         if definition.get("additionalProperties") == Some(&Value::Bool(true)) {
@@ -195,13 +216,7 @@ impl<'a> ConfigPage<'a> {
                  loaded (the LDAP plugin's, and an external plugin's; see its chapter).\n",
             );
         }
-        for (name, definition) in nested {
-            self.out.push_str(&format!("\n### `{name}`\n\n"));
-            if let Some(description) = definition.get("description").and_then(Value::as_str) {
-                self.out.push_str(&format!("{}\n\n", paragraph(description)));
-            }
-            self.table(definition);
-        }
+        self.pending.extend(nested);
     }
 
     /// The type column: `string`, `duration`, `array of string`, one of a

@@ -22,9 +22,12 @@ use serde_json::Value;
 use crate::client::{Client, ClientError, Response};
 
 mod audit;
+mod completions;
+mod config_page;
 mod exec;
 mod format;
 mod kit;
+mod man;
 mod output;
 mod plugin;
 mod store;
@@ -146,6 +149,20 @@ enum Command {
     /// The audit log, offline (no daemon needed).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a completion script for a shell, e.g.
+    /// `lessor completions bash > /etc/bash_completion.d/lessor`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write every man page (lessor(1), one per subcommand, lessor.toml(5))
+    /// into a directory, for packaging.
+    #[command(hide = true)]
+    Man {
+        /// The directory; made when missing.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +342,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(command) => audit::run(command),
+        Command::Completions { shell } => out(&completions::script(shell)).map(|()| ExitCode::SUCCESS),
+        Command::Man { out: dir } => {
+            let written = man::write_all(&dir)
+                .map_err(|e| Failure::new(format!("cannot write the man pages to {}: {e}", dir.display())))?;
+            out(&written.iter().map(|path| format!("{}\n", path.display())).collect::<String>())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(command) => plugin::run(command, &client),
         Command::Store(command) => store::run(command),
         Command::Seal(SealCommand::NewKey { file }) => {
@@ -493,7 +517,9 @@ async fn client_command(client: &Client, command: Command) -> Result<(), Failure
         | Command::Audit(_)
         | Command::Plugin(_)
         | Command::Store(_)
-        | Command::Exec(_) => {
+        | Command::Exec(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("handled without a client")
         }
     }

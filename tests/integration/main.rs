@@ -29,6 +29,7 @@ mod metrics;
 mod mysql;
 mod outage;
 mod output_files;
+mod packaging;
 mod pg_store;
 mod plugins;
 mod rabbitmq;

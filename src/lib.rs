@@ -33,6 +33,9 @@
 //! - [`vault`]: the Vault-compatible routes, a thin translation of Vault's
 //!   paths and shapes onto the broker.
 //!
+//! - [`systemd`]: readiness and socket activation under systemd, and the
+//!   credentials socket `LoadCredential=` reads, tying a lease to the
+//!   unit's life;
 //! - [`external`]: plugins outside the binary, each its own process
 //!   speaking the plugin protocol, supervised and restarted.
 //!
@@ -58,5 +61,6 @@ pub mod rotation;
 pub mod seal;
 pub mod setup;
 pub mod store;
+pub mod systemd;
 pub mod tidy;
 pub mod vault;

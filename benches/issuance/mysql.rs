@@ -5,7 +5,7 @@
 //! The server comes from `LESSOR_TEST_MYSQL_URL` (default
 //! `mysql://root@127.0.0.1:3306/`; an account that may create users and
 //! grant, on 127.0.0.1 or localhost). The phase creates, and drops at the
-//! end, an admin user with the privileges the README asks for, a database
+//! end, an admin user with the privileges the manual asks for, a database
 //! with one table, and every user it minted (found by the run's prefix).
 //!
 //! The role: `CREATE USER … IDENTIFIED BY …` then `GRANT SELECT ON db.t`,

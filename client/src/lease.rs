@@ -106,6 +106,11 @@ pub struct LeaseOwner {
     /// owner is this uid on that node (a socket is local to its host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The systemd unit the credential was delivered to through
+    /// `LoadCredential=` (the credentials socket): the lease lives while
+    /// the unit's processes run, and is revoked when they are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// One lease (`GET /v1/leases/{id}`, the lease list, watch events). Holds
@@ -182,7 +187,7 @@ mod tests {
             renewable: true,
             attempts: 2,
             last_error: Some("timeout".into()),
-            owner: LeaseOwner { uid: 1000, gid: 1000, pid: Some(7), policy: None, node: None },
+            owner: LeaseOwner { uid: 1000, gid: 1000, pid: Some(7), policy: None, node: None, unit: None },
             revoked_at: None,
             plugin_data: Some(serde_json::json!({"grants": ["SELECT"]})),
             idempotency: Some("digest".into()),

@@ -14,8 +14,11 @@
 //!   new connections use the keeper's credential and whose recycle step
 //!   retires connections opened with one that is about to stop working.
 //!
+//! - [`env`]: which environment variables a credential goes in.
+//!
 //! The socket is `LESSOR_SOCKET` or [`DEFAULT_SOCKET`] ([`Client::from_env`]).
 
+pub mod env;
 pub mod keeper;
 mod lease;
 #[cfg(any(feature = "deadpool-postgres", feature = "mysql"))]

@@ -95,6 +95,8 @@ pub struct Broker {
     pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
     pub(crate) ready: AtomicBool,
+    /// Woken when `ready` is set.
+    pub(crate) became_ready: tokio::sync::Notify,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     pub(crate) revoked_retention: Duration,
@@ -162,6 +164,7 @@ impl Broker {
             events,
             locks: LeaseLocks::default(),
             ready: AtomicBool::new(false),
+            became_ready: tokio::sync::Notify::new(),
             tasks: TaskTracker::new(),
             shutdown,
             revoked_retention: setup.config.server.revoked_retention,
@@ -181,6 +184,18 @@ impl Broker {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Returns once start-up recovery is done (at once if it is).
+    pub async fn wait_ready(&self) {
+        loop {
+            // Registered before the check, so a wake-up between the two is kept.
+            let woken = self.became_ready.notified();
+            if self.is_ready() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Counts the live leases `max_leases` limits, from the store (in a

@@ -84,6 +84,7 @@ impl Broker {
         crate::metrics::rolled_back(pending);
         tokio::join!(due.finish(), warnings.finish());
         self.ready.store(true, Ordering::Release);
+        self.became_ready.notify_waiters();
         let ms = (Utc::now() - now).num_milliseconds();
         info!(pending, active, retry, ms, "start-up recovery done; ready");
         Ok(())

@@ -83,6 +83,19 @@ impl Broker {
         }
     }
 
+    /// Revokes a lease whose holder is gone (a systemd unit whose
+    /// processes have all exited): no caller asks, so no permission is
+    /// checked; revoking only ever takes a credential away. A failure is
+    /// recorded and retried like any revocation's.
+    pub async fn revoke_ended(&self, id: &LeaseId) -> Result<Revocation, BrokerError> {
+        self.revoke_claimed(id).await
+    }
+
+    /// The active leases this node delivered to systemd units.
+    pub async fn unit_bound(&self) -> Result<Vec<crate::lease::Lease>, BrokerError> {
+        Ok(self.store.unit_bound().await?)
+    }
+
     /// Revokes a lease now; when another node works on it (it is expiring
     /// there, or being renewed), waits for that node to finish, a while.
     async fn revoke_claimed(&self, id: &LeaseId) -> Result<Revocation, BrokerError> {

@@ -110,7 +110,7 @@ fn credential_env(held: &Held, templates: &[(String, String)], no_default: bool)
         }
         match &held.credential {
             Credential::Database { username, password } => {
-                for (user_var, password_var) in database_vars(held.plugin.as_deref()) {
+                for (user_var, password_var) in lessor_client::env::database_vars(held.plugin.as_deref()) {
                     put(user_var, username);
                     put(password_var, password.expose_secret());
                 }
@@ -134,18 +134,6 @@ fn credential_env(held: &Held, templates: &[(String, String)], no_default: bool)
         vars.insert(name.clone(), value);
     }
     vars
-}
-
-/// The (user, password) variables a database login goes in, the ones the
-/// plugin's own clients read; both SQL pairs when the plugin is not known.
-pub(super) fn database_vars(plugin: Option<&str>) -> &'static [(&'static str, &'static str)] {
-    match plugin {
-        Some("postgres") => &[("PGUSER", "PGPASSWORD")],
-        Some("mysql") => &[("MYSQL_USER", "MYSQL_PWD")],
-        // redis-cli reads REDISCLI_AUTH; the user has no variable of its own.
-        Some("redis") => &[("REDIS_USERNAME", "REDISCLI_AUTH")],
-        _ => &[("PGUSER", "PGPASSWORD"), ("MYSQL_USER", "MYSQL_PWD")],
-    }
 }
 
 /// Fills a template's `{{…}}` placeholders from the credential.

@@ -5,61 +5,13 @@ use serde_json::Value;
 
 use super::one_line;
 
-/// Quotes `value` for POSIX shells: inside single quotes nothing is special
-/// except `'` itself, which becomes `'\''`.
-pub(super) fn shell_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', r"'\''"))
-}
+pub(super) use lessor_client::env::shell_quote;
 
 /// `export` lines for an issue response: `LESSOR_LEASE_ID`, then the
 /// variables the backend's own tools read. The error never quotes a value.
 pub(super) fn env_exports(body: &Value) -> Result<String, String> {
-    let credential = body.get("credential").ok_or("the response has no credential")?;
-    let plugin = body.get("plugin").and_then(Value::as_str).unwrap_or("");
-    let login;
-    let vars: &[(&str, &str, bool)] = if credential.get("access_key_id").is_some() || plugin == "aws" {
-        &[
-            ("AWS_ACCESS_KEY_ID", "access_key_id", true),
-            ("AWS_SECRET_ACCESS_KEY", "secret_access_key", true),
-            ("AWS_SESSION_TOKEN", "session_token", false),
-        ]
-    } else if credential.get("distinguished_name").is_some() || plugin == "ldap" {
-        &[
-            ("LDAPBINDDN", "distinguished_name", true),
-            ("LDAP_USERNAME", "username", true),
-            ("LDAP_PASSWORD", "password", true),
-        ]
-    } else if matches!(plugin, "postgres" | "mysql" | "redis") {
-        // The same variables `lessor exec` sets.
-        let (user, password) = super::exec::database_vars(Some(plugin))[0];
-        login = [(user, "username", true), (password, "password", true)];
-        &login
-    } else if plugin.is_empty() {
-        return Err("the response does not say which plugin made the credential".into());
-    } else {
-        return Err(format!("no environment variables are defined for `{plugin}` credentials"));
-    };
-
-    let mut lines = Vec::with_capacity(vars.len() + 1);
-    let lease_id = body.get("lease_id").and_then(Value::as_str).ok_or("the response has no lease_id")?;
-    lines.push(("LESSOR_LEASE_ID", lease_id));
-    for &(var, field, required) in vars {
-        match credential.get(field) {
-            Some(Value::String(value)) => lines.push((var, value)),
-            None | Some(Value::Null) if !required => {}
-            None | Some(Value::Null) => return Err(format!("the credential has no `{field}`")),
-            Some(_) => return Err(format!("the credential's `{field}` is not a string")),
-        }
-    }
-
-    let mut text = String::new();
-    for (var, value) in lines {
-        if value.contains('\0') {
-            return Err(format!("the value for {var} contains a NUL byte, which no shell variable can hold"));
-        }
-        text.push_str(&format!("export {var}={}\n", shell_quote(value)));
-    }
-    Ok(text)
+    let vars = lessor_client::env::issued_vars(body)?;
+    Ok(vars.iter().map(|(var, value)| format!("export {var}={}\n", shell_quote(value))).collect())
 }
 
 /// Fields of a credential in the order a person reads them; any others

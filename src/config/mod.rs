@@ -10,6 +10,7 @@
 //! the ones found here, so `lessor config check` reports every problem at
 //! once with the file and the dotted key it concerns.
 
+pub mod credentials;
 pub mod duration;
 pub mod plugins;
 pub mod policies;
@@ -26,6 +27,7 @@ use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use credentials::{CredentialConfig, CredentialFormat};
 pub use duration::Duration;
 pub use plugins::PluginConfig;
 pub use policies::{AdminConfig, MatchConfig, PolicyConfig};
@@ -59,6 +61,10 @@ pub struct Config {
     /// Who may do what; without any, only admins may issue.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Credentials systemd loads for units through the credentials socket
+    /// (`LoadCredential=ID:/run/lessor/credentials.sock`), by id.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
 }
 
 fn default_max_connections() -> usize {
@@ -172,6 +178,7 @@ pub struct ValidatedConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     pub static_accounts: BTreeMap<String, StaticAccount>,
     pub policies: Vec<PolicyConfig>,
+    pub credentials: BTreeMap<String, CredentialConfig>,
 }
 
 /// A parsed config and every problem found in it. `config` holds every
@@ -377,6 +384,14 @@ fn check(config: Config, source: &str) -> Checked {
         ));
     }
 
+    credentials::check(
+        &config.credentials,
+        config.server.credentials_socket.is_some(),
+        &config.roles,
+        &config.static_accounts,
+        &mut errors,
+    );
+
     Checked {
         config: ValidatedConfig {
             source: source.to_string(),
@@ -388,6 +403,7 @@ fn check(config: Config, source: &str) -> Checked {
             roles,
             static_accounts,
             policies: config.policies,
+            credentials: config.credentials,
         },
         errors,
     }

@@ -90,6 +90,11 @@ pub struct ServerConfig {
     /// The most `GET /v1/watch` streams one uid holds open at once.
     #[serde(default = "default_max_watches_per_uid")]
     pub max_watches_per_uid: usize,
+    /// Path of the socket systemd's `LoadCredential=` connects to
+    /// (`/run/lessor/credentials.sock`), serving `[credentials]`. Only the
+    /// service manager (PID 1, as root) is answered; the file is made
+    /// mode 0600. Off when omitted.
+    pub credentials_socket: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +120,7 @@ impl Default for ServerConfig {
             admin_connections: default_admin_connections(),
             max_connections_per_uid: default_max_connections_per_uid(),
             max_watches_per_uid: default_max_watches_per_uid(),
+            credentials_socket: None,
         }
     }
 }

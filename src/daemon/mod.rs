@@ -4,7 +4,9 @@
 //!
 //! The socket is bound and answering `health` ("starting") before the
 //! start-up recovery scan runs, so a large backlog of leases never delays
-//! the daemon becoming reachable.
+//! the daemon becoming reachable. Under systemd the sockets may be passed
+//! in instead (socket activation), and the service manager hears
+//! `READY=1` once the scan is done (`crate::systemd`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,8 @@ pub const DEV_DIR: &str = ".lessor-dev";
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     init_logging();
+    // First: the descriptors are this process's alone from here on.
+    let inherited = crate::systemd::Inherited::take()?;
     let mut config = if options.dev {
         dev_config().await?
     } else {
@@ -57,7 +61,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         warn!("dev server: every local user may issue credentials and read static accounts");
     }
     let shutdown = CancellationToken::new();
-    let handle = start(config, shutdown.clone()).await?;
+    let handle = start_with(config, shutdown.clone(), inherited).await?;
     if options.dev {
         eprintln!(
             "lessor dev server listening on {}\n  export LESSOR_SOCKET={}\n  lessor creds dev_pg --format env",
@@ -67,6 +71,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     wait_for_signal().await;
     info!("shutting down");
+    crate::systemd::notify::stopping();
     shutdown.cancel();
     handle.stopped().await;
     Ok(())
@@ -78,6 +83,9 @@ pub struct Running {
     pub socket: PathBuf,
     pub broker: Arc<Broker>,
     server: tokio::task::JoinHandle<()>,
+    /// The socket files this daemon made (not the service manager's),
+    /// removed when it stops.
+    owned: Vec<PathBuf>,
 }
 
 impl Running {
@@ -89,7 +97,9 @@ impl Running {
         if tokio::time::timeout(StdDuration::from_secs(10), self.broker.tasks().wait()).await.is_err() {
             warn!("background tasks still running at shutdown; they resume at the next start");
         }
-        let _ = std::fs::remove_file(&self.socket);
+        for path in &self.owned {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -171,11 +181,14 @@ pub fn build(checked: Checked) -> Result<Setup, ConfigErrors> {
     .ok();
     let Checked { config, errors: mut found } = checked;
     found.extend(errors);
-    match policies {
-        Some(policies) if found.is_empty() => {
-            Ok(Setup { config, connections, roles, sealer, policies, hosts })
-        }
-        _ => Err(ConfigErrors { file: config.source, errors: found }),
+    let setup = match policies {
+        Some(policies) if found.is_empty() => Setup { config, connections, roles, sealer, policies, hosts },
+        _ => return Err(ConfigErrors { file: config.source, errors: found }),
+    };
+    // Built again when the daemon starts; here for its problems.
+    match crate::systemd::Credentials::from_setup(&setup) {
+        Ok(_) => Ok(setup),
+        Err(errors) => Err(ConfigErrors { file: setup.config.source.clone(), errors }),
     }
 }
 
@@ -208,7 +221,17 @@ async fn open_store(config: &config::ValidatedConfig) -> anyhow::Result<Arc<dyn 
 
 /// Opens the store, binds the socket and starts serving. Returns once the
 /// socket accepts connections.
-pub async fn start(mut setup: Setup, shutdown: CancellationToken) -> anyhow::Result<Running> {
+pub async fn start(setup: Setup, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    start_with(setup, shutdown, crate::systemd::Inherited::default()).await
+}
+
+/// [`start`], serving the sockets the service manager passed in where it
+/// passed them.
+pub async fn start_with(
+    mut setup: Setup,
+    shutdown: CancellationToken,
+    inherited: crate::systemd::Inherited,
+) -> anyhow::Result<Running> {
     // Before anything records (the recorder is installed once per process).
     let exporter = crate::metrics::Exporter::new(crate::metrics::install());
     let store =
@@ -218,8 +241,36 @@ pub async fn start(mut setup: Setup, shutdown: CancellationToken) -> anyhow::Res
         setup.policies = setup.policies.on_node(cluster.node());
     }
     let config = &setup.config;
-    let socket = config.server.socket.clone();
-    let listener = bind_socket(&socket, config.socket_mode).await?;
+    let mut owned = Vec::new();
+    let (socket, listener) = match inherited.api {
+        Some(listener) => {
+            let path = crate::systemd::activation::path_of(&listener).unwrap_or(config.server.socket.clone());
+            info!(socket = %path.display(), "serving the API socket the service manager passed in");
+            (path, UnixListener::from_std(listener).context("the API socket passed in")?)
+        }
+        None => {
+            let socket = config.server.socket.clone();
+            let listener = bind_socket(&socket, config.socket_mode).await?;
+            owned.push(socket.clone());
+            (socket, listener)
+        }
+    };
+    let credentials_listener = match (inherited.credentials, &config.server.credentials_socket) {
+        (Some(listener), _) => {
+            info!("serving the credentials socket the service manager passed in");
+            Some(UnixListener::from_std(listener).context("the credentials socket passed in")?)
+        }
+        (None, Some(path)) => {
+            // Only the service manager (root) is answered; nobody else
+            // needs to reach it.
+            let listener = bind_socket(path, 0o600)
+                .await
+                .with_context(|| format!("{}: server.credentials_socket", config.source))?;
+            owned.push(path.clone());
+            Some(listener)
+        }
+        (None, None) => None,
+    };
     let audit = match config.server.audit_log.clone() {
         Some(path) => tokio::task::spawn_blocking(move || crate::audit::Audit::open(&path))
             .await?
@@ -251,16 +302,43 @@ pub async fn start(mut setup: Setup, shutdown: CancellationToken) -> anyhow::Res
             }
         });
     }
+    if let Some(listener) = credentials_listener {
+        let credentials = crate::systemd::Credentials::from_setup(&setup)
+            .map_err(|errors| anyhow::anyhow!(ConfigErrors { file: setup.config.source.clone(), errors }))?;
+        let lifetimes =
+            crate::systemd::units::Lifetimes::new(broker.clone(), state.policies.clone(), shutdown.clone());
+        let server = Arc::new(crate::systemd::credentials::Server {
+            credentials,
+            broker: broker.clone(),
+            rotator: rotator.clone(),
+            policies: state.policies.clone(),
+            audit: state.audit.clone(),
+            lifetimes: lifetimes.clone(),
+        });
+        // Leases delivered before a restart are watched again once
+        // recovery has put every lease back.
+        let (ready, rebind_shutdown) = (broker.clone(), shutdown.clone());
+        broker.tasks().spawn(async move {
+            tokio::select! {
+                _ = ready.wait_ready() => {}
+                _ = rebind_shutdown.cancelled() => return,
+            }
+            let credentials = &server.credentials;
+            lifetimes.rebind(|lease| credentials.increment(lease)).await;
+            server.clone().serve(listener, rebind_shutdown).await;
+        });
+    }
     let app = api::router(state);
     let limits = api::listen::Limits::from_config(&config.server);
     let server = tokio::spawn(api::listen::serve(listener, app, limits, shutdown.clone()));
     broker.start();
     broker.tasks().spawn(exporter.upkeep(shutdown.clone()));
     rotator.start();
+    crate::systemd::notify::start(broker.clone(), shutdown.clone());
     let ready = broker.clone();
     tidy.start(move || ready.is_ready(), broker.tasks(), shutdown.clone());
     info!(socket = %socket.display(), "listening");
-    Ok(Running { socket, broker, server })
+    Ok(Running { socket, broker, server, owned })
 }
 
 /// Says at start-up who may do what, and how to grant more.

@@ -231,7 +231,7 @@ fn innermost_unit(path: &str) -> Option<String> {
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` on a hybrid host), from `/proc/self/mountinfo`.
-fn cgroup_mount() -> Option<&'static Path> {
+pub fn cgroup_mount() -> Option<&'static Path> {
     static MOUNT: OnceLock<Option<PathBuf>> = OnceLock::new();
     MOUNT
         .get_or_init(|| {
@@ -250,7 +250,7 @@ fn cgroup_mount() -> Option<&'static Path> {
 /// Whether the cgroup directory `dir` (a path inside the hierarchy) is
 /// root's and writable by nobody else, so nothing below it was made by a
 /// user it was delegated to.
-fn trusted_dir(dir: &str) -> bool {
+pub fn trusted_dir(dir: &str) -> bool {
     let Some(mount) = cgroup_mount() else { return false };
     match std::fs::symlink_metadata(mount.join(dir.trim_start_matches('/'))) {
         Ok(meta) => meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o022 == 0,

@@ -92,6 +92,23 @@ impl Policies {
         self.inner.policies.iter().map(|p| &**p)
     }
 
+    /// A systemd unit asking for a credential through `LoadCredential=`
+    /// (the credentials socket), whose cgroup is `cgroup` where it was
+    /// found. The service manager asks on its behalf, so the unit is the
+    /// whole identity: no uid (`u32::MAX`, which no process has), so no
+    /// `uid`/`user` policy and no default admin matches it, and on the
+    /// host. Its leases record the unit they are delivered to.
+    pub fn unit_caller(&self, unit: &str, cgroup: Option<String>) -> Caller {
+        let identity = Identity {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            systemd_unit: Some(unit.to_string()),
+            cgroup,
+            ..Identity::default()
+        };
+        Caller { unit: Some(unit.into()), ..self.caller(identity) }
+    }
+
     /// The caller with this identity: the policies it matches, once.
     pub fn caller(&self, identity: Identity) -> Caller {
         let matched: Vec<Arc<Policy>> =
@@ -114,6 +131,7 @@ impl Policies {
             node: self.inner.node.clone(),
             matched: matched.into(),
             identity: Arc::new(identity),
+            unit: None,
         }
     }
 }
@@ -137,6 +155,8 @@ pub struct Caller {
     configured: bool,
     /// The node the caller's socket is on, when nodes share a store.
     node: Option<Arc<str>>,
+    /// The systemd unit a credential is delivered to (`unit_caller`).
+    unit: Option<Arc<str>>,
 }
 
 /// What a policy granted for an issuance: the policy the lease is owned
@@ -256,7 +276,9 @@ impl Caller {
             Some(name) => self.matched.iter().any(|p| &p.name == name),
             None => self.open,
         };
-        self.admin || (lease.owner.uid == self.uid && same_node && same_grant)
+        // A unit's lease is that unit's alone (its owner uid is none).
+        let same_unit = lease.owner.unit.as_deref() == self.unit.as_deref();
+        self.admin || (lease.owner.uid == self.uid && same_node && same_grant && same_unit)
     }
 
     /// The owner a lease issued now under `grant` records.
@@ -267,11 +289,15 @@ impl Caller {
             pid: self.pid,
             policy: grant.policy.as_ref().map(|p| p.name.clone()),
             node: self.node.as_deref().map(str::to_string),
+            unit: self.unit.as_deref().map(str::to_string),
         }
     }
 
     /// "uid 65534 (nobody)" for messages.
     pub fn who(&self) -> String {
+        if let Some(unit) = &self.unit {
+            return format!("unit {unit}");
+        }
         match &self.identity.user {
             Some(user) => format!("uid {} ({user})", self.uid),
             None => format!("uid {}", self.uid),
@@ -285,7 +311,7 @@ impl Caller {
                 names => format!("none of the policies matching it ({}) grants that", names.join(", ")),
             }
         } else {
-            "no [[policies]] are configured, so only admins may; see the README's \"Access policies\"".into()
+            "no [[policies]] are configured, so only admins may; see the manual's \"Access and identity\" chapter (docs/src/access.md)".into()
         };
         Denied {
             message: format!("{} may not {what}: it needs permission {permission:?}, and {why}", self.who()),
@@ -318,6 +344,7 @@ mod tests {
                 pid: None,
                 policy: Some("apps".into()),
                 node: node.map(str::to_string),
+                unit: None,
             },
             plugin_data: None,
             revoked_at: None,

@@ -230,6 +230,12 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// nodes share, the leases this node issued: each node counts its own.
     async fn live_counts(&self) -> Result<Vec<(String, Option<String>, u64)>, StoreError>;
 
+    /// The active leases whose credential was delivered to a systemd unit
+    /// (`owner.unit`); in a store several nodes share, those this node
+    /// issued (the unit runs on its host). Read at start-up, to watch
+    /// their units again.
+    async fn unit_bound(&self) -> Result<Vec<Lease>, StoreError>;
+
     /// The newest lease issued for this idempotency digest, in any state.
     async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError>;
 

@@ -70,7 +70,7 @@ fn lease(username: &str, state: LeaseState) -> Lease {
         renewable: false,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None },
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None, unit: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,

@@ -228,6 +228,9 @@ pub struct Daemon {
     pub log_path: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// A command the binary runs under (`lessor serve …` its last
+    /// arguments): a stand-in service manager, say.
+    pub wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -263,15 +266,47 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("lessor.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env };
+        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env, wrapper: Vec::new() };
         daemon.spawn().await;
         daemon
+    }
+
+    /// Writes the config as [`start_on_store`](Self::start_on_store) does
+    /// and returns the daemon unstarted, for a test that sets `wrapper`
+    /// (which may name files in `dir`) before [`spawn`](Self::spawn).
+    pub fn prepare(db: &TestDb, body: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lessor.sock");
+        let password_file = dir.path().join("admin.pw");
+        write_private(&password_file, &format!("{}\n", db.admin_password));
+        let config = format!(
+            "[server]\nsocket = {socket:?}\nstore = \"sqlite://{}\"\nsocket_mode = \"0600\"\nrevoked_retention = \"1h\"\n\n{}",
+            dir.path().join("lessor.db").display(),
+            body.replace("PASSWORD_FILE", &password_file.display().to_string())
+                .replace("DAEMON_DIR", &dir.path().display().to_string()),
+        );
+        let config_path = dir.path().join("lessor.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("lessor.log");
+        Self { dir, config_path, socket, log_path, child: None, env: Vec::new(), wrapper: Vec::new() }
+    }
+
+    /// Sets variables of the daemon's environment for its next start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     }
 
     /// Starts (or restarts) the binary and waits for `ready`.
     pub async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lessor"));
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_lessor"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_lessor")),
+        };
         command
             .arg("serve")
             .arg("--config")
@@ -321,6 +356,12 @@ impl Daemon {
     /// SIGTERM and wait (a daemon a test left stopped is continued, so
     /// the SIGTERM takes effect).
     pub fn stop(&mut self) {
+        if !self.wrapper.is_empty() {
+            // A wrapper is told by SIGKILL (`unshare` ignores SIGTERM while
+            // it waits); it passes the end on to the daemon itself.
+            self.kill9();
+            return;
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: sending signals to our own child process.
             unsafe {

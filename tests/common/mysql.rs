@@ -232,7 +232,7 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("lessor.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env };
+        let mut daemon = Self { dir, config_path, socket, log_path, child: None, env, wrapper: Vec::new() };
         daemon.spawn().await;
         daemon
     }

@@ -454,7 +454,7 @@ fn pending_lease(id: &str, node: &str, expires_at: DateTime<Utc>) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None, node: Some(node.into()) },
+        owner: Owner { uid: 1000, gid: 1000, pid: None, policy: None, node: Some(node.into()), unit: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,

@@ -223,7 +223,7 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None },
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None, unit: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,

@@ -44,7 +44,7 @@ async fn listing_2500_leases_in_pages_of_1000_returns_each_once() {
                 renewable: true,
                 attempts: 0,
                 last_error: None,
-                owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None },
+                owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None, unit: None },
                 plugin_data: None,
                 revoked_at: None,
                 idempotency: None,

@@ -42,6 +42,7 @@ mod secrets;
 mod serve;
 mod storm;
 mod strangers;
+mod systemd;
 mod tidy;
 mod tls;
 mod trust;

@@ -41,6 +41,7 @@ fn lease(id: &str, username: &str, state: LeaseState) -> Lease {
             pid: Some(42),
             policy: Some("web".into()),
             node: Some("node-a".into()),
+            unit: Some("billing.service".into()),
         },
         plugin_data: Some(serde_json::json!({"k": [1, 2]})),
         revoked_at: None,

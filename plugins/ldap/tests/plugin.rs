@@ -398,7 +398,7 @@ async fn a_server_that_never_answers_times_out_as_retryable() {
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
 }
 
-/// The example of the README's LDAP section, as an operator writes it:
+/// The example of the manual's LDAP chapter, as an operator writes it:
 /// the plugin's keys of the connection and the role load (the broker's
 /// own keys are the broker's to read).
 #[tokio::test]

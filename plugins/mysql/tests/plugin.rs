@@ -2,7 +2,7 @@
 //! (default `mysql://root@127.0.0.1:3306/`, an account that may create
 //! users and grant everything).
 //!
-//! Each test makes its own admin user (with only the privileges the README
+//! Each test makes its own admin user (with only the privileges the manual
 //! asks for) and its own database, both with random names, and drops them
 //! and every user it made afterwards even when the test panics (the body
 //! runs in a task; cleanup runs before the panic is resumed). Assertions

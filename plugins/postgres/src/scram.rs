@@ -6,7 +6,7 @@
 //! with the connection's `scram_iterations` (default 4096, PostgreSQL's
 //! own and the lowest every client checked accepts; the iterations only
 //! stretch a guessable password, and lessor's are 95 to 760 random bits, so
-//! fewer lose nothing where no old pgjdbc connects: see the README). The
+//! fewer lose nothing where no old pgjdbc connects: see the PostgreSQL chapter of the manual, docs/src/backends/postgresql.md). The
 //! keyed HMAC state is built once and
 //! cloned for each iteration instead of re-keyed every time. Passwords
 //! lessor generates are ASCII alphanumeric, for which SASLprep changes

@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 500;
 /// Batches in flight at once (each on a connection of the read pool).
 const BATCHES: usize = 2;
 /// How many columns [`LEASE_COLUMNS`] selects.
-const LEASE_COLUMN_COUNT: usize = 19;
+const LEASE_COLUMN_COUNT: usize = 20;
 
 /// One claim waiting for its batch.
 struct Job {

@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/postgres/0001_leases.sql"),
     include_str!("../../../schemas/sql/postgres/0002_nodes.sql"),
     include_str!("../../../schemas/sql/postgres/0003_static_claim_token.sql"),
+    include_str!("../../../schemas/sql/postgres/0004_owner_unit.sql"),
 ];
 
 /// The advisory lock key migrations run under (any fixed number will do;
@@ -79,7 +80,7 @@ macro_rules! lease_columns {
     () => {
         "id, role, connection, username, state, issued_at, expires_at, max_expires_at, renewable, \
          attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, owner_policy, \
-         idempotency, node"
+         idempotency, node, owner_unit"
     };
 }
 pub(super) const LEASE_COLUMNS: &str = lease_columns!();
@@ -333,6 +334,12 @@ impl LeaseStore for PostgresStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u64)).collect())
     }
 
+    async fn unit_bound(&self) -> Result<Vec<Lease>, StoreError> {
+        let sql = format!("{SELECT_LEASES} WHERE owner_unit IS NOT NULL AND state = 'active' AND node = $1");
+        let rows = self.query("list leases delivered to units", &sql, &[&self.node]).await?;
+        self.leases(rows)
+    }
+
     async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError> {
         let sql = format!("{SELECT_LEASES} WHERE idempotency = $1 ORDER BY issued_at DESC LIMIT 1");
         let rows = self.query("find an idempotent lease", &sql, &[&digest]).await?;
@@ -536,6 +543,7 @@ pub(super) fn lease_from_row(row: &Row) -> Result<Lease, String> {
             pid: row.get(13),
             policy: row.get(16),
             node: row.get(18),
+            unit: row.get(19),
         },
         plugin_data: row.get(14),
         revoked_at: revoked_at.map(time).transpose()?,

@@ -59,8 +59,8 @@ impl Statements {
                 .prepare(
                     "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, \
                      max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, \
-                     plugin_data, revoked_at, owner_policy, idempotency, node) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+                     plugin_data, revoked_at, owner_policy, idempotency, node, owner_unit) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
                      ON CONFLICT DO NOTHING",
                 )
                 .await?,
@@ -356,6 +356,7 @@ async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) 
                         &lease.owner.policy,
                         &lease.idempotency,
                         &node,
+                        &lease.owner.unit,
                     ],
                 )
                 .await

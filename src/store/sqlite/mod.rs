@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/sqlite/0003_static_accounts.sql"),
     include_str!("../../../schemas/sql/sqlite/0004_owner_policy_and_idempotency.sql"),
     include_str!("../../../schemas/sql/sqlite/0005_static_claim_token.sql"),
+    include_str!("../../../schemas/sql/sqlite/0006_owner_unit.sql"),
 ];
 
 /// Writes waiting for the writer before `write` callers wait for room.
@@ -65,7 +66,7 @@ macro_rules! select_leases {
         concat!(
             "SELECT id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
              renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, \
-             owner_policy, idempotency FROM leases ",
+             owner_policy, idempotency, owner_unit FROM leases ",
             $($tail),*
         )
     };
@@ -333,6 +334,15 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn unit_bound(&self) -> Result<Vec<Lease>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(select_leases!("WHERE owner_unit IS NOT NULL AND state = 'active'"))?
+                .query_map([], lease_from_row)?
+                .collect()
+        })
+        .await
+    }
+
     async fn find_idempotent(&self, digest: &str) -> Result<Option<Lease>, StoreError> {
         let digest = digest.to_string();
         self.read(move |conn| {
@@ -577,6 +587,7 @@ fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
             pid: row.get(13)?,
             policy: row.get(16)?,
             node: None,
+            unit: row.get(18)?,
         },
         plugin_data: plugin_data
             .map(|text| {

@@ -26,7 +26,7 @@ fn pending(role: &str) -> Lease {
         renewable: true,
         attempts: 0,
         last_error: None,
-        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242), policy: None, node: None },
+        owner: Owner { uid: 1000, gid: 1000, pid: Some(4242), policy: None, node: None, unit: None },
         plugin_data: None,
         revoked_at: None,
         idempotency: None,
@@ -54,7 +54,14 @@ async fn a_lease_round_trips_with_every_field() {
     full.renewable = false;
     full.attempts = 7;
     full.last_error = Some("role \"v_x\" cannot be dropped".into());
-    full.owner = Owner { uid: u32::MAX, gid: 0, pid: None, policy: Some("web".into()), node: None };
+    full.owner = Owner {
+        uid: u32::MAX,
+        gid: 0,
+        pid: None,
+        policy: Some("web".into()),
+        node: None,
+        unit: Some("billing.service".into()),
+    };
     full.idempotency = Some("ab".repeat(32));
     full.plugin_data = Some(json!({"db": "orders", "grants": ["SELECT"], "n": 1.5}));
     full.revoked_at = Some(millis(Utc::now()));
@@ -315,6 +322,7 @@ async fn reopening_migrates_once_and_keeps_leases() {
             "revoked_at",
             "owner_policy",
             "idempotency",
+            "owner_unit",
         ]
     );
 

@@ -166,8 +166,8 @@ fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, max_expires_at, \
          renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, plugin_data, revoked_at, \
-         owner_policy, idempotency) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+         owner_policy, idempotency, owner_unit) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
          ON CONFLICT DO NOTHING",
     )?
     .execute(params![
@@ -189,6 +189,7 @@ fn insert(conn: &Connection, lease: &Lease) -> rusqlite::Result<usize> {
         lease.revoked_at.map(|t| t.timestamp_millis()),
         lease.owner.policy,
         lease.idempotency,
+        lease.owner.unit,
     ])
 }
 

@@ -190,9 +190,15 @@ fn refuse(stream: UnixStream, status: u16, code: &str, message: &str) {
 /// A warning at most every 10 s: a flood must not flood the log too.
 fn rate_limited_warn(message: &str) {
     static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = chrono::Utc::now().timestamp();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+    if now_due(&LAST) {
         warn!("{message} (further such warnings held back for 10 s; see lessor_connections_refused_total)");
     }
+}
+
+/// Whether 10 s have passed since `last` (epoch seconds) said yes; if so,
+/// `last` is now. For warnings a flood of connections would repeat.
+pub(crate) fn now_due(last: &AtomicI64) -> bool {
+    let now = chrono::Utc::now().timestamp();
+    let then = last.load(Ordering::Relaxed);
+    now - then >= 10 && last.compare_exchange(then, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }

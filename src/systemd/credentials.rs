@@ -26,7 +26,7 @@
 //!   revoked at once, like any credential its caller never got.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -405,9 +405,7 @@ async fn stream_write(stream: &UnixStream, text: &str) -> std::io::Result<()> {
 /// flood the log.
 fn rate_limited_warn(message: &str) {
     static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = chrono::Utc::now().timestamp();
-    let last = LAST.load(Ordering::Relaxed);
-    if now - last >= 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+    if crate::api::listen::now_due(&LAST) {
         warn!("{message} (further such warnings held back for 10 s)");
     }
 }

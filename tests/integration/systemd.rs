@@ -120,7 +120,11 @@ fn connect_as(prefix: &[&str], socket: &Path, address: &str) -> String {
         path_str(socket)
     );
     let mut command = Command::new(prefix.first().copied().unwrap_or("/usr/bin/python3"));
-    command.args(prefix.iter().skip(1)).args(if prefix.is_empty() { vec![] } else { vec!["/usr/bin/python3"] });
+    command.args(prefix.iter().skip(1)).args(if prefix.is_empty() {
+        vec![]
+    } else {
+        vec!["/usr/bin/python3"]
+    });
     let out = command.arg("-c").arg(script).stderr(Stdio::inherit()).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

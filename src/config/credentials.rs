@@ -58,21 +58,14 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// Checks every `[credentials."ID"]` against the roles and static
-/// accounts it names.
+/// accounts it names. `server.credentials_socket` is not required with
+/// them: under systemd the socket is passed in (`lessor-credentials.socket`).
 pub(super) fn check(
     credentials: &BTreeMap<String, CredentialConfig>,
-    socket_set: bool,
     roles: &BTreeMap<String, RoleConfig>,
     statics: &BTreeMap<String, StaticAccountConfig>,
     errors: &mut Vec<ConfigError>,
 ) {
-    if !credentials.is_empty() && !socket_set {
-        errors.push(ConfigError::new(
-            "server.credentials_socket",
-            "required with [credentials]: the socket systemd's LoadCredential= connects to \
-             (e.g. \"/run/lessor/credentials.sock\")",
-        ));
-    }
     for (id, credential) in credentials {
         let key = format!("credentials.{id:?}");
         if !is_valid_id(id) {

@@ -384,13 +384,7 @@ fn check(config: Config, source: &str) -> Checked {
         ));
     }
 
-    credentials::check(
-        &config.credentials,
-        config.server.credentials_socket.is_some(),
-        &config.roles,
-        &config.static_accounts,
-        &mut errors,
-    );
+    credentials::check(&config.credentials, &config.roles, &config.static_accounts, &mut errors);
 
     Checked {
         config: ValidatedConfig {

@@ -93,7 +93,8 @@ pub struct ServerConfig {
     /// Path of the socket systemd's `LoadCredential=` connects to
     /// (`/run/lessor/credentials.sock`), serving `[credentials]`. Only the
     /// service manager (PID 1, as root) is answered; the file is made
-    /// mode 0600. Off when omitted.
+    /// mode 0600. Off when omitted, unless the service manager passes the
+    /// socket in (`lessor-credentials.socket`), which is then served.
     pub credentials_socket: Option<PathBuf>,
 }
 

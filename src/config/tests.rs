@@ -76,3 +76,27 @@ fn committed_schema_matches_the_types() {
         }
     }
 }
+
+#[test]
+fn credentials_entries_name_a_known_role_or_account_and_their_units() {
+    let good = format!(
+        "{EXAMPLE}\n[credentials.\"db.env\"]\nrole = \"app_ro\"\nunits = [\"billing-*.service\"]\nttl = \"2h\"\n"
+    );
+    let config = parse(&good, "test.toml").and_then(Checked::into_result).unwrap();
+    assert_eq!(config.credentials["db.env"].format, CredentialFormat::Env);
+    let bad = format!(
+        "{EXAMPLE}\n[credentials.\".hidden\"]\nrole = \"nope\"\nunits = []\n\n\
+         [credentials.both]\nrole = \"app_ro\"\nstatic = \"x\"\nunits = [\"a.service\"]\n\n\
+         [credentials.long]\nrole = \"app_ro\"\nttl = \"48h\"\nunits = [\"a.service\"]\n"
+    );
+    let errors = errors_of(&bad);
+    for expected in [
+        "credentials.\".hidden\": a credential id may hold only",
+        "credentials.\".hidden\".role: unknown role \"nope\"",
+        "credentials.\".hidden\".units: name the units",
+        "credentials.\"both\": give exactly one of `role`",
+        "credentials.\"long\".ttl: 2d must be longer than 0s and at most role \"app_ro\"'s max_ttl 1d",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
+    }
+}

@@ -269,7 +269,15 @@ pub async fn start_with(
             owned.push(path.clone());
             Some(listener)
         }
-        (None, None) => None,
+        (None, None) => {
+            if !config.credentials.is_empty() {
+                warn!(
+                    "[credentials] are configured but no credentials socket is served: set \
+                     server.credentials_socket, or start lessor with lessor-credentials.socket"
+                );
+            }
+            None
+        }
     };
     let audit = match config.server.audit_log.clone() {
         Some(path) => tokio::task::spawn_blocking(move || crate::audit::Audit::open(&path))

@@ -14,7 +14,7 @@
 mod admin;
 mod leases;
 pub mod listen;
-mod peer;
+pub(crate) mod peer;
 mod statics;
 mod status;
 mod watch;

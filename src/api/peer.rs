@@ -19,7 +19,7 @@
 //! therefore the weakest key; paired with `uid` or `systemd_unit` it only
 //! narrows what those grant.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use tokio::net::UnixStream;
@@ -126,20 +126,24 @@ impl PeerInfo {
 
 /// The peer's pidfd (`SO_PEERPIDFD`), or `None` on kernels without it.
 fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
-    let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` and `len` are valid for the kernel to write an int into.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut fd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
+    let fd = socket_option(stream.as_raw_fd(), SO_PEERPIDFD).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: on success the kernel gave us a new descriptor we now own.
-    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An int-valued `SOL_SOCKET` option of the socket `fd`.
+pub(crate) fn socket_option(fd: RawFd, option: libc::c_int) -> std::io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for the kernel to write an int into.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A pidfd polls readable once its process has exited.

@@ -57,25 +57,7 @@ impl Inherited {
 /// The descriptor as a listener, if it is a listening Unix stream socket.
 fn listening_unix_stream(fd: OwnedFd) -> anyhow::Result<StdUnixListener> {
     use std::os::fd::AsRawFd;
-    let int_opt = |option: libc::c_int| -> std::io::Result<libc::c_int> {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `value` and `len` are valid for the kernel to write an int.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc == 0 {
-            Ok(value)
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
+    let int_opt = |option| crate::api::peer::socket_option(fd.as_raw_fd(), option);
     let domain = int_opt(libc::SO_DOMAIN).context("not a socket")?;
     let kind = int_opt(libc::SO_TYPE).context("not a socket")?;
     let listening = int_opt(libc::SO_ACCEPTCONN).context("not a socket")?;

@@ -49,6 +49,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod containers;
 pub mod daemon;
 pub mod events;
 pub mod expiry;

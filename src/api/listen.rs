@@ -37,6 +37,7 @@ use tracing::{debug, warn};
 
 use super::PeerInfo;
 use crate::config::ServerConfig;
+use crate::containers::Containers;
 use crate::http::PerKey;
 use crate::policy::identity::namespaces_differ;
 use crate::policy::rules::current_uid;
@@ -89,7 +90,13 @@ impl Drop for Slot {
 
 /// Serves `router` on `listener` until `shutdown`, then waits (a while) for
 /// the connections still answering.
-pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: UnixListener,
+    router: Router,
+    limits: Limits,
+    containers: Option<Arc<Containers>>,
+    shutdown: CancellationToken,
+) {
     let counts = Arc::new(Counts { open: AtomicUsize::new(0), per_uid: PerKey::new(limits.per_uid) });
     let graceful = GracefulShutdown::new();
     let daemon_uid = current_uid();
@@ -151,9 +158,9 @@ pub async fn serve(listener: UnixListener, router: Router, limits: Limits, shutd
         };
         let slot = Slot::take(&counts);
         let watcher = graceful.watcher();
-        let (router, limits) = (router.clone(), limits.clone());
+        let (router, limits, containers) = (router.clone(), limits.clone(), containers.clone());
         tokio::spawn(async move {
-            let peer = PeerInfo::accept(&stream, elsewhere.flatten()).await;
+            let peer = PeerInfo::accept(&stream, elsewhere.flatten(), containers.as_deref()).await;
             let service = router.map_request(move |mut request: axum::http::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer.clone()));
                 request

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use tokio::net::UnixStream;
 
+use crate::containers::Containers;
 use crate::policy::identity::{boot_seconds, Stamp};
 use crate::policy::Identity;
 
@@ -49,7 +50,13 @@ impl PeerInfo {
     /// and its identity read on the blocking pool. `elsewhere` is why it is
     /// not in the daemon's namespaces (`None`: it is), as the accept loop
     /// read it.
-    pub async fn accept(stream: &UnixStream, elsewhere: Option<String>) -> Self {
+    /// `containers`, when configured, says what a containerised caller's
+    /// container is.
+    pub async fn accept(
+        stream: &UnixStream,
+        elsewhere: Option<String>,
+        containers: Option<&Containers>,
+    ) -> Self {
         let Ok(cred) = stream.peer_cred() else { return Self::nobody() };
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         let accepted_s = boot_seconds();
@@ -58,7 +65,7 @@ impl PeerInfo {
             let stamp = pid.and_then(Stamp::read);
             (Identity::read_with(uid, gid, pid, accepted_s, |_| elsewhere), stamp)
         });
-        let (identity, stamp) = read.await.unwrap_or_else(|_| {
+        let (mut identity, stamp) = read.await.unwrap_or_else(|_| {
             let unread =
                 Identity { confined: Some("its process could not be read".into()), ..Identity::default() };
             (Identity { uid, gid, pid, ..unread }, None)
@@ -68,6 +75,9 @@ impl PeerInfo {
         // process read above; one that exited may have left its pid to
         // another, and is worse than none: the stamp then decides.
         let pidfd = pidfd.filter(|fd| !has_exited(fd));
+        if let (Some(containers), Some(id)) = (containers, identity.container_id.as_deref()) {
+            identity.container = containers.lookup(id).await;
+        }
         Self { uid, gid, pid, identity: Arc::new(identity), stamp, pidfd }
     }
 

@@ -298,6 +298,15 @@ pub struct Actor {
     pub systemd_unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The container's name, as its engine says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The image the container was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `namespace/pod`, for a Kubernetes pod's container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 impl Actor {
@@ -338,6 +347,9 @@ impl From<&crate::policy::Identity> for Actor {
             policy: None,
             systemd_unit: id.systemd_unit.clone(),
             container_id: id.container_id.clone(),
+            container_name: id.container.as_ref().map(|c| c.name.clone()),
+            image: id.container.as_ref().map(|c| c.image.clone()),
+            pod: id.container.as_ref().and_then(|c| c.pod()),
         }
     }
 }

@@ -288,7 +288,7 @@ impl Broker {
             id: crate::lease::new_id(&role.name),
             role: role.name.clone(),
             connection: role.connection.clone(),
-            username: role.username.generate(&role.name),
+            username: role.username.generate_for(&role.name, &caller.subject()),
             state: LeaseState::Pending,
             issued_at: now,
             expires_at: now.checked_add_signed(ttl.to_chrono()).ok_or_else(too_far)?,

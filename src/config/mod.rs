@@ -10,6 +10,7 @@
 //! the ones found here, so `lessor config check` reports every problem at
 //! once with the file and the dotted key it concerns.
 
+pub mod containers;
 pub mod credentials;
 pub mod duration;
 pub mod plugins;
@@ -27,6 +28,7 @@ use lessor_plugin::ConfigError;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use containers::{ContainersConfig, EngineKind};
 pub use credentials::{CredentialConfig, CredentialFormat};
 pub use duration::Duration;
 pub use plugins::PluginConfig;
@@ -65,6 +67,8 @@ pub struct Config {
     /// (`LoadCredential=ID:/run/lessor/credentials.sock`), by id.
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialConfig>,
+    /// The container engine that says who a containerised caller is.
+    pub containers: Option<ContainersConfig>,
 }
 
 fn default_max_connections() -> usize {
@@ -148,8 +152,10 @@ pub struct RoleConfig {
     /// The longest a lease may live, renewals included, from issuance.
     #[serde(default = "default_max_ttl")]
     pub max_ttl: Duration,
-    /// Username template: `{role}` and `{random}` in `[a-z0-9_]`.
-    /// Default `v_{role}_{random}`.
+    /// Username template in `[a-z0-9_]`: `{role}`, `{random}` (required)
+    /// and the caller's `{container}`, `{k8s_namespace}`, `{unit}` and
+    /// `{user}` (sanitised, and shortened before `{random}` is). Default
+    /// `v_{role}_{random}`.
     pub username_template: Option<String>,
     /// Length of generated passwords.
     #[serde(default = "default_password_length")]
@@ -179,6 +185,7 @@ pub struct ValidatedConfig {
     pub static_accounts: BTreeMap<String, StaticAccount>,
     pub policies: Vec<PolicyConfig>,
     pub credentials: BTreeMap<String, CredentialConfig>,
+    pub containers: Option<ContainersConfig>,
 }
 
 /// A parsed config and every problem found in it. `config` holds every
@@ -385,6 +392,9 @@ fn check(config: Config, source: &str) -> Checked {
     }
 
     credentials::check(&config.credentials, &config.roles, &config.static_accounts, &mut errors);
+    if let Some(containers) = &config.containers {
+        containers::check(containers, &mut errors);
+    }
 
     Checked {
         config: ValidatedConfig {
@@ -398,6 +408,7 @@ fn check(config: Config, source: &str) -> Checked {
             static_accounts,
             policies: config.policies,
             credentials: config.credentials,
+            containers: config.containers,
         },
         errors,
     }

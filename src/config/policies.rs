@@ -2,6 +2,8 @@
 //! written. `crate::policy` compiles them (`Policies::from_config`), so a
 //! typo is an error at load rather than a silent deny.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -50,6 +52,32 @@ pub struct MatchConfig {
     /// namespaces, outside any container's cgroup); `false`: only callers
     /// elsewhere (in a container).
     pub host: Option<bool>,
+    /// Glob of the caller's container's name, as the engine
+    /// (`[containers]`) says. Every container key needs the engine: a
+    /// caller whose container it does not know, or while it is down,
+    /// matches none of them.
+    pub container_name: Option<String>,
+    /// Glob of the image reference the container was made from
+    /// (`registry.example.com/billing/*`); `*` stays within a segment,
+    /// `**` crosses them.
+    pub image: Option<String>,
+    /// The image's digest (`sha256:…`), or a glob of it.
+    pub image_digest: Option<String>,
+    /// Globs of the container's labels' values, by label
+    /// (`label.app = "billing"`); every one given must match.
+    #[serde(default)]
+    pub label: BTreeMap<String, String>,
+    /// Glob of the pod's Kubernetes namespace (the CRI label
+    /// `io.kubernetes.pod.namespace`).
+    pub k8s_namespace: Option<String>,
+    /// Glob of the pod's name (`io.kubernetes.pod.name`).
+    pub k8s_pod: Option<String>,
+    /// Glob of the pod's service account (read from the pod's projected
+    /// token, with `containers.kubelet_pods_dir`).
+    pub k8s_service_account: Option<String>,
+    /// Glob of the container's name in its pod
+    /// (`io.kubernetes.container.name`).
+    pub k8s_container: Option<String>,
 }
 
 /// An entry of `server.admins`: a uid, a user name, or a table of the

@@ -338,7 +338,8 @@ pub async fn start_with(
     }
     let app = api::router(state);
     let limits = api::listen::Limits::from_config(&config.server);
-    let server = tokio::spawn(api::listen::serve(listener, app, limits, shutdown.clone()));
+    let containers = config.containers.as_ref().map(crate::containers::Containers::new);
+    let server = tokio::spawn(api::listen::serve(listener, app, limits, containers, shutdown.clone()));
     broker.start();
     broker.tasks().spawn(exporter.upkeep(shutdown.clone()));
     rotator.start();

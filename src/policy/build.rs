@@ -5,10 +5,14 @@ use std::collections::HashSet;
 
 use lessor_plugin::ConfigError;
 
+use super::rules::ContainerMatch;
 use super::{Admins, Matcher, Pattern, Permission, Policies, Policy};
 use crate::config::{is_valid_name, AdminConfig, MatchConfig, PolicyConfig};
 
-const MATCH_KEYS: &str = "uid, user, gid, group, exe, systemd_unit, user_unit, cgroup, host";
+const MATCH_KEYS: &str =
+    "uid, user, gid, group, exe, systemd_unit, user_unit, cgroup, host, container_name, \
+                          image, image_digest, label.<key>, k8s_namespace, k8s_pod, k8s_service_account, \
+                          k8s_container";
 
 /// Compiles a `match` table; errors go under `key`. `None` when it names
 /// nothing (reported) or a pattern was bad (reported).
@@ -33,6 +37,22 @@ fn matcher(m: &MatchConfig, key: &str, errors: &mut Vec<ConfigError>) -> Option<
         user_unit: pattern("user_unit", &m.user_unit, false),
         cgroup: pattern("cgroup", &m.cgroup, true),
         host: m.host,
+        container: ContainerMatch {
+            name: pattern("container_name", &m.container_name, false),
+            image: pattern("image", &m.image, true),
+            image_digest: pattern("image_digest", &m.image_digest, false),
+            labels: m
+                .label
+                .iter()
+                .filter_map(|(label, glob)| {
+                    pattern(&format!("label.{label}"), &Some(glob.clone()), false).map(|p| (label.clone(), p))
+                })
+                .collect(),
+            k8s_namespace: pattern("k8s_namespace", &m.k8s_namespace, false),
+            k8s_pod: pattern("k8s_pod", &m.k8s_pod, false),
+            k8s_service_account: pattern("k8s_service_account", &m.k8s_service_account, false),
+            k8s_container: pattern("k8s_container", &m.k8s_container, false),
+        },
     };
     if errors.len() > before {
         return None;

@@ -29,10 +29,11 @@
 //! map is locked, an LDAP-backed NSS): [`Identity::read`] is blocking and is
 //! called on the blocking pool, never in the accept loop.
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// A caller's identity. The uid, gid and pid are the kernel's; the rest is
 /// `None` (or empty) when it could not be read or was not trusted.
@@ -61,12 +62,59 @@ pub struct Identity {
     /// The innermost unit below the caller's own `user@UID.service`: a unit
     /// of the caller's user manager, named by the caller.
     pub user_unit: Option<String>,
-    /// A 64-hex-digit container id in the cgroup path (Docker, containerd,
-    /// CRI-O, Podman).
+    /// The 64-hex-digit id of the caller's container (Docker, containerd,
+    /// CRI-O, Podman): the outermost one in the trusted part of the cgroup
+    /// path, where only root (the engine) makes directories. A process in
+    /// a container may make cgroups below its own, of any name; they are
+    /// inside its container's and never change which one it is.
     pub container_id: Option<String>,
+    /// What the container engine says of that container; `None` when no
+    /// engine is configured, the engine does not know the id, or it did not
+    /// answer.
+    pub container: Option<Arc<Container>>,
     /// Why the caller is not on the host (another pid or user namespace
     /// than the daemon's, or a container's cgroup); `None` on the host.
     pub confined: Option<String>,
+}
+
+/// What the container engine says of a caller's container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
+    /// The image reference it was made from (`registry/app:1.4`).
+    pub image: String,
+    /// The image's digest (`sha256:…`): the registry's manifest digest
+    /// when the engine has one, otherwise the image id.
+    pub image_digest: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The pod's service account, where it could be read (the kubelet's
+    /// projected token of the pod).
+    pub service_account: Option<String>,
+}
+
+impl Container {
+    /// The Kubernetes namespace, from the CRI label the kubelet sets.
+    pub fn k8s_namespace(&self) -> Option<&str> {
+        self.label("io.kubernetes.pod.namespace")
+    }
+    pub fn k8s_pod(&self) -> Option<&str> {
+        self.label("io.kubernetes.pod.name")
+    }
+    pub fn k8s_pod_uid(&self) -> Option<&str> {
+        self.label("io.kubernetes.pod.uid")
+    }
+    pub fn k8s_container(&self) -> Option<&str> {
+        self.label("io.kubernetes.container.name")
+    }
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+    /// `namespace/pod` for logs, when it is a pod's.
+    pub fn pod(&self) -> Option<String> {
+        Some(format!("{}/{}", self.k8s_namespace()?, self.k8s_pod()?))
+    }
 }
 
 impl Identity {
@@ -128,10 +176,13 @@ impl Identity {
             }
             Err(_) => (None, false),
         };
-        let container_id = cgroup.as_deref().and_then(container_id);
+        // Any container id anywhere in the path keeps the caller off the
+        // host; only one in the trusted part names its container.
         let confined = namespaces(pid).or_else(|| {
-            container_id.as_ref().map(|id| format!("it runs in container {}'s cgroup", &id[..12]))
+            let id = cgroup.as_deref().and_then(container_id)?;
+            Some(format!("it runs in container {}'s cgroup", &id[..12]))
         });
+        let container_id = view.as_ref().and_then(|v| container_id(&v.trusted));
         let identity = Identity {
             group_names: groups.iter().filter_map(|gid| group_name(*gid)).collect(),
             groups,
@@ -333,8 +384,11 @@ fn cgroup_v2_path(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
 }
 
+/// The outermost 64-hex-digit container id in a cgroup path
+/// (`/system.slice/docker-ID.scope`, `/kubepods/…/cri-containerd-ID.scope`,
+/// `/libpod_parent/libpod-ID`, `/docker/ID`).
 fn container_id(path: &str) -> Option<String> {
-    path.rsplit('/').find_map(|part| {
+    path.split('/').find_map(|part| {
         let part = part.strip_suffix(".scope").unwrap_or(part);
         let id = part.rsplit(['-', ':']).next()?;
         (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
@@ -410,6 +464,7 @@ mod tests {
                 Some(id),
             ),
             (&format!("0::/docker/{id}\n"), None, Some(id)),
+            (&format!("0::/libpod_parent/libpod-{id}\n"), None, Some(id)),
             ("0::/\n", None, None),
         ];
         for (cgroup, unit, container) in cases {
@@ -420,6 +475,20 @@ mod tests {
             assert_eq!(container_id(&path).as_deref(), container, "{cgroup}");
         }
         assert_eq!(cgroup_v2_path("12:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn the_outermost_container_id_of_the_trusted_part_names_the_container() {
+        let (outer, inner) = ("a".repeat(64), "b".repeat(64));
+        // Root in container `outer` made a cgroup named after another one.
+        let nested = format!("/libpod_parent/libpod-{outer}/docker-{inner}.scope");
+        assert_eq!(container_id(&nested), Some(outer.clone()));
+        // A user's delegated subtree names containers it is not in: the
+        // trusted part ends above it.
+        let path = format!("/user.slice/user-1000.slice/user@1000.service/docker-{inner}.scope");
+        let view = CgroupView::read(&path, &|dir: &str| !dir.contains("user@1000"));
+        assert_eq!(container_id(&view.trusted), None);
+        assert_eq!(container_id(&path), Some(inner), "still not on the host");
     }
 
     #[test]

@@ -179,6 +179,18 @@ impl Caller {
         &self.identity
     }
 
+    /// Who a username is made for: the identity placeholders of a
+    /// role's `username_template`.
+    pub fn subject(&self) -> lessor_plugin::names::Subject<'_> {
+        let container = self.identity.container.as_deref();
+        lessor_plugin::names::Subject {
+            container: container.map(|c| c.name.as_str()),
+            k8s_namespace: container.and_then(|c| c.k8s_namespace()),
+            unit: self.unit.as_deref().or(self.identity.systemd_unit.as_deref()),
+            user: self.identity.user.as_deref(),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.admin
     }

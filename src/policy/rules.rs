@@ -14,7 +14,7 @@
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use super::identity::Identity;
+use super::identity::{Container, Identity};
 
 /// What a policy grants.
 #[derive(Debug, Clone)]
@@ -94,6 +94,57 @@ pub struct Matcher {
     pub cgroup: Option<Pattern>,
     /// `Some(true)`: on the host only; `Some(false)`: elsewhere only.
     pub host: Option<bool>,
+    /// What the container engine must say of the caller's container.
+    pub container: ContainerMatch,
+}
+
+/// The container keys of a `match`: each is checked against what the
+/// engine said ([`Identity::container`]); without that, none matches.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerMatch {
+    pub name: Option<Pattern>,
+    pub image: Option<Pattern>,
+    pub image_digest: Option<Pattern>,
+    /// Label and the glob its value must match.
+    pub labels: Vec<(String, Pattern)>,
+    pub k8s_namespace: Option<Pattern>,
+    pub k8s_pod: Option<Pattern>,
+    pub k8s_service_account: Option<Pattern>,
+    pub k8s_container: Option<Pattern>,
+}
+
+impl ContainerMatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.image.is_none()
+            && self.image_digest.is_none()
+            && self.labels.is_empty()
+            && self.k8s_namespace.is_none()
+            && self.k8s_pod.is_none()
+            && self.k8s_service_account.is_none()
+            && self.k8s_container.is_none()
+    }
+
+    fn matches(&self, container: Option<&Container>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Some(c) = container else { return false };
+        text(&self.name, Some(&c.name))
+            && text(&self.image, Some(&c.image))
+            && text(&self.image_digest, c.image_digest.as_deref())
+            && self.labels.iter().all(|(key, p)| c.label(key).is_some_and(|v| p.matches(v)))
+            && text(&self.k8s_namespace, c.k8s_namespace())
+            && text(&self.k8s_pod, c.k8s_pod())
+            && text(&self.k8s_service_account, c.service_account.as_deref())
+            && text(&self.k8s_container, c.k8s_container())
+    }
+}
+
+/// A key left out matches anything; one given matches only a value that
+/// was read and fits.
+fn text(pattern: &Option<Pattern>, value: Option<&str>) -> bool {
+    pattern.as_ref().is_none_or(|p| value.is_some_and(|v| p.matches(v)))
 }
 
 impl Matcher {
@@ -107,12 +158,10 @@ impl Matcher {
             && self.user_unit.is_none()
             && self.cgroup.is_none()
             && self.host.is_none()
+            && self.container.is_empty()
     }
 
     pub fn matches(&self, who: &Identity) -> bool {
-        fn text(pattern: &Option<Pattern>, value: Option<&str>) -> bool {
-            pattern.as_ref().is_none_or(|p| value.is_some_and(|v| p.matches(v)))
-        }
         self.uid.is_none_or(|uid| uid == who.uid)
             && self.gid.is_none_or(|gid| gid == who.gid || who.groups.contains(&gid))
             && text(&self.user, who.user.as_deref())
@@ -125,6 +174,7 @@ impl Matcher {
             && text(&self.user_unit, who.user_unit.as_deref())
             && text(&self.cgroup, who.cgroup.as_deref())
             && self.host.is_none_or(|host| host == who.on_host())
+            && self.container.matches(who.container.as_deref())
     }
 }
 

@@ -22,11 +22,35 @@ pub const DEFAULT_PASSWORD_LEN: usize = 32;
 const NAME_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Role,
+    Container,
+    K8sNamespace,
+    Unit,
+    User,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Literal(String),
-    Role,
+    Field(Field),
     Random,
+}
+
+/// Who a username is made for, for a template's identity placeholders
+/// (`{container}`, `{k8s_namespace}`, `{unit}`, `{user}`); what is not
+/// known renders empty.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subject<'a> {
+    /// The caller's container's name, as its engine says.
+    pub container: Option<&'a str>,
+    /// Its pod's Kubernetes namespace.
+    pub k8s_namespace: Option<&'a str>,
+    /// The systemd unit (`billing.service` renders `billing`).
+    pub unit: Option<&'a str>,
+    /// The caller's user name.
+    pub user: Option<&'a str>,
 }
 
 /// A parsed username template such as `v_{role}_{random}`.
@@ -40,8 +64,8 @@ pub struct UsernameTemplate {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TemplateError {
-    /// A placeholder other than `{role}` and `{random}`.
-    #[error("unknown placeholder `{{{0}}}` (known: {{role}}, {{random}})")]
+    /// A placeholder other than those [`UsernameTemplate`] knows.
+    #[error("unknown placeholder `{{{0}}}` (known: {{role}}, {{random}}, {{container}}, {{k8s_namespace}}, {{unit}}, {{user}})")]
     UnknownPlaceholder(String),
     /// A `{` without its `}`.
     #[error("unclosed `{{`")]
@@ -73,8 +97,12 @@ impl UsernameTemplate {
                     parts.push(Part::Literal(std::mem::take(&mut literal)));
                 }
                 parts.push(match name {
-                    "role" => Part::Role,
+                    "role" => Part::Field(Field::Role),
                     "random" => Part::Random,
+                    "container" => Part::Field(Field::Container),
+                    "k8s_namespace" => Part::Field(Field::K8sNamespace),
+                    "unit" => Part::Field(Field::Unit),
+                    "user" => Part::Field(Field::User),
                     other => return Err(TemplateError::UnknownPlaceholder(other.to_string())),
                 });
                 rest = &rest[end + 1..];
@@ -109,41 +137,65 @@ impl UsernameTemplate {
     }
 
     /// The part of every generated name before the first placeholder that
-    /// varies per lease, for `role`: what a sweep can match on.
+    /// varies per lease (`{random}`, or one of the caller's), for `role`:
+    /// what a sweep can match on.
     pub fn prefix(&self, role: &str) -> String {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
-                Part::Role => out.push_str(&sanitize(role)),
-                Part::Random => break,
+                Part::Field(Field::Role) => out.push_str(&sanitize(role)),
+                Part::Field(_) | Part::Random => break,
             }
         }
         out
     }
 
-    /// A fresh username for `role`. The role part is shortened first, then
-    /// the random part, never below [`MIN_RANDOM`].
+    /// A fresh username for `role`, for nobody in particular.
     pub fn generate(&self, role: &str) -> String {
-        let role = sanitize(role);
+        self.generate_for(role, &Subject::default())
+    }
+
+    /// A fresh username for `role` and `subject`. The role and identity
+    /// parts are shortened first (the longest first), then the random
+    /// part, never below [`MIN_RANDOM`].
+    pub fn generate_for(&self, role: &str, subject: &Subject<'_>) -> String {
+        let value =
+            |field: Field| -> String {
+                match field {
+                    Field::Role => sanitize(role),
+                    Field::Container => tidy(subject.container),
+                    Field::K8sNamespace => tidy(subject.k8s_namespace),
+                    Field::Unit => tidy(subject.unit.map(|u| {
+                        u.strip_suffix(".service").or_else(|| u.strip_suffix(".scope")).unwrap_or(u)
+                    })),
+                    Field::User => tidy(subject.user),
+                }
+            };
+        let mut values: Vec<String> = self
+            .parts
+            .iter()
+            .filter_map(|p| if let Part::Field(f) = p { Some(value(*f)) } else { None })
+            .collect();
         let slots = self.random_slots();
-        let roles = self.parts.iter().filter(|p| **p == Part::Role).count();
         let budget = self.max_len - self.fixed_len();
         let mut random_len = DEFAULT_RANDOM;
-        let mut role_len = role.len();
-        if roles * role_len + slots * random_len > budget {
-            role_len = budget.saturating_sub(slots * random_len) / roles.max(1);
-            if roles * role_len + slots * random_len > budget || role_len == 0 {
-                role_len = 0;
-                random_len = (budget / slots).max(MIN_RANDOM);
-            }
+        let room = budget.saturating_sub(slots * random_len);
+        // Water-filling: the longest value loses a character until all fit.
+        while values.iter().map(String::len).sum::<usize>() > room {
+            let longest = (0..values.len()).max_by_key(|&i| values[i].len()).expect("a value is too long");
+            let cut = values[longest].len() - 1;
+            values[longest].truncate(cut);
         }
-        let role = role[..role_len.min(role.len())].trim_end_matches('_');
+        if values.iter().all(String::is_empty) && slots * random_len > budget {
+            random_len = (budget / slots).max(MIN_RANDOM);
+        }
+        let mut values = values.into_iter().map(|v| v.trim_end_matches('_').to_string());
         let mut out = String::with_capacity(self.max_len);
         for part in &self.parts {
             match part {
                 Part::Literal(l) => out.push_str(l),
-                Part::Role => out.push_str(role),
+                Part::Field(_) => out.push_str(&values.next().unwrap_or_default()),
                 Part::Random => push_random(&mut out, NAME_ALPHABET, random_len),
             }
         }
@@ -155,6 +207,18 @@ impl UsernameTemplate {
 /// Lowercases a role name and maps anything outside `[a-z0-9_]` to `_`.
 fn sanitize(role: &str) -> String {
     role.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+/// An identity value as a name part: sanitised, runs of `_` made one, and
+/// none at either end.
+fn tidy(value: Option<&str>) -> String {
+    let mut out = String::new();
+    for c in sanitize(value.unwrap_or_default()).chars() {
+        if c != '_' || !out.ends_with('_') {
+            out.push(c);
+        }
+    }
+    out.trim_matches('_').to_string()
 }
 
 /// A password of `len` alphanumeric characters from the OS CSPRNG.
@@ -245,8 +309,8 @@ mod tests {
     fn rejects_bad_templates() {
         assert_eq!(UsernameTemplate::parse("v_{role}", 63), Err(TemplateError::NoRandom));
         assert_eq!(
-            UsernameTemplate::parse("v_{user}_{random}", 63),
-            Err(TemplateError::UnknownPlaceholder("user".into()))
+            UsernameTemplate::parse("v_{uid}_{random}", 63),
+            Err(TemplateError::UnknownPlaceholder("uid".into()))
         );
         assert_eq!(UsernameTemplate::parse("V_{random}", 63), Err(TemplateError::BadCharacter('V')));
         assert_eq!(UsernameTemplate::parse("v_{random", 63), Err(TemplateError::Unclosed));
@@ -254,6 +318,27 @@ mod tests {
             UsernameTemplate::parse("a_very_long_fixed_prefix_{random}", 30),
             Err(TemplateError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn identity_placeholders_are_sanitised_and_shortened_before_the_random_part() {
+        let t = UsernameTemplate::parse("{k8s_namespace}_{container}_{random}", 40).unwrap();
+        let who =
+            Subject { container: Some("Billing-API.v2"), k8s_namespace: Some("prod"), ..Subject::default() };
+        let name = t.generate_for("ro", &who);
+        assert!(name.starts_with("prod_billing_api_v2_"), "{name}");
+        assert_eq!(name.len(), "prod_billing_api_v2_".len() + DEFAULT_RANDOM);
+        assert_eq!(t.prefix("ro"), "", "an identity part varies per lease");
+        // Too long: the identity parts give way, the random part keeps 8+.
+        let long = Subject { container: Some(&"c".repeat(60)), k8s_namespace: Some(&"n".repeat(60)), ..who };
+        let name = t.generate_for("ro", &long);
+        assert!(name.len() <= 40, "{name}");
+        assert!(name.rsplit('_').next().unwrap().len() >= MIN_RANDOM, "{name}");
+        assert!(name.starts_with("nnnn") && name.contains("_cccc"), "both shortened alike: {name}");
+        // Unknown parts render empty; units lose their suffix.
+        let t = UsernameTemplate::parse("v_{unit}_{user}_{random}", 63).unwrap();
+        let unit = Subject { unit: Some("billing-worker.service"), ..Subject::default() };
+        assert!(t.generate_for("ro", &unit).starts_with("v_billing_worker__"));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! Who a containerised caller is, as its container engine says: the
+//! container's name, image (reference and digest), labels and, for a
+//! Kubernetes pod's container, the CRI labels the kubelet sets
+//! (`io.kubernetes.pod.namespace`, `.pod.name`, `.pod.uid`,
+//! `.container.name`) and the pod's service account.
+//!
+//! What is trusted, and why:
+//! - *Which* container a caller is in comes from the kernel: the
+//!   container id in the trusted part of its cgroup path
+//!   ([`Identity::container_id`]), which only root (the engine) can make.
+//! - *What* that container is comes from the engine, over its socket,
+//!   which must be root's (or the daemon user's): a socket planted by
+//!   anyone else is not asked.
+//! - Nothing is guessed: a container the engine does not know (removed, or
+//!   another engine's) has no attributes, and neither does any container
+//!   while the engine is down or slow ([`ContainersConfig::timeout`]).
+//!   Container keys then match nothing, so default deny holds; the log
+//!   says when the engine goes down and when it is back.
+//!
+//! Answers are cached per container id for `cache_ttl` (a container's
+//! name, image and labels never change while it exists), so a burst of
+//! connections from one container costs one question.
+
+mod docker;
+mod kubelet;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::config::ContainersConfig;
+use crate::policy::identity::Container;
+
+/// The most answers kept; past it, stale ones are dropped.
+const CACHE_ENTRIES: usize = 4096;
+
+/// The engine, a cache of its answers, and whether it was last reachable.
+pub struct Containers {
+    engine: docker::Docker,
+    socket: PathBuf,
+    cache_ttl: Duration,
+    timeout: Duration,
+    kubelet_pods_dir: Option<PathBuf>,
+    cache: Mutex<HashMap<String, (Instant, Option<Arc<Container>>)>>,
+    down: AtomicBool,
+}
+
+impl Containers {
+    pub fn new(config: &ContainersConfig) -> Arc<Self> {
+        Arc::new(Self {
+            engine: docker::Docker::new(config.socket.clone()),
+            socket: config.socket.clone(),
+            cache_ttl: config.cache_ttl.as_std(),
+            timeout: config.timeout.as_std(),
+            kubelet_pods_dir: config.kubelet_pods_dir.clone(),
+            cache: Mutex::new(HashMap::new()),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// What the engine says of container `id` (64 hex digits), or `None`
+    /// when it does not know it or cannot be asked.
+    pub async fn lookup(&self, id: &str) -> Option<Arc<Container>> {
+        if let Some((at, answer)) = self.cache.lock().unwrap().get(id) {
+            if at.elapsed() < self.cache_ttl {
+                return answer.clone();
+            }
+        }
+        let asked = tokio::time::timeout(self.timeout, self.ask(id)).await.unwrap_or_else(|_| {
+            Err(format!("it did not answer within {:?} (containers.timeout)", self.timeout))
+        });
+        match asked {
+            Ok(answer) => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    info!(socket = %self.socket.display(), "the container engine answers again");
+                }
+                let answer = answer.map(Arc::new);
+                if answer.is_none() {
+                    debug!(container = %&id[..12], "the container engine does not know this container: no container attributes");
+                }
+                let mut cache = self.cache.lock().unwrap();
+                if cache.len() >= CACHE_ENTRIES {
+                    let ttl = self.cache_ttl;
+                    cache.retain(|_, (at, _)| at.elapsed() < ttl);
+                }
+                cache.insert(id.to_string(), (Instant::now(), answer.clone()));
+                answer
+            }
+            Err(why) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    warn!(socket = %self.socket.display(), error = %why, "cannot ask the container engine: container keys (container_name, image, label, k8s_*) match no caller until it answers");
+                }
+                None
+            }
+        }
+    }
+
+    async fn ask(&self, id: &str) -> Result<Option<Container>, String> {
+        check_socket(&self.socket)?;
+        let Some(mut container) = self.engine.inspect(id).await? else { return Ok(None) };
+        if let (Some(dir), Some(uid)) = (&self.kubelet_pods_dir, container.k8s_pod_uid()) {
+            let (dir, uid, namespace) =
+                (dir.clone(), uid.to_string(), container.k8s_namespace().map(str::to_string));
+            container.service_account = tokio::task::spawn_blocking(move || {
+                kubelet::service_account(&dir, &uid, namespace.as_deref())
+            })
+            .await
+            .ok()
+            .flatten();
+        }
+        Ok(Some(container))
+    }
+}
+
+/// The engine's socket must be root's or the daemon user's: whoever owns
+/// it answers for every container.
+fn check_socket(socket: &std::path::Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{} belongs to uid {}, neither root nor lessor's user: not asked",
+            socket.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}

@@ -174,6 +174,8 @@ pub struct Role {
     pub username: UsernameTemplate,
     pub password_length: usize,
     pub max_leases: Option<usize>,
+    /// `share = "workload"`: the `share_grace`.
+    pub share: Option<Duration>,
     pub capabilities: Capabilities,
     pub settings: RoleSettings,
 }
@@ -226,6 +228,7 @@ impl Role {
             username,
             password_length: config.password_length,
             max_leases: config.max_leases,
+            share: (config.share == crate::config::Share::Workload).then_some(config.share_grace),
             capabilities: plugin.role_capabilities(&settings),
             settings,
         })

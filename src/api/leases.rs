@@ -99,14 +99,20 @@ pub(super) async fn revoke_lease(
 }
 
 fn revocation_json(id: &LeaseId, outcome: Revocation) -> Value {
-    let outcome = match outcome {
+    let text = match outcome {
         Revocation::Revoked => "revoked",
         Revocation::AlreadyRevoked => "already_revoked",
         Revocation::Forced => "forced",
         Revocation::NotDue => "not_due",
         Revocation::Busy { .. } => "busy",
+        Revocation::Released { .. } => "released",
     };
-    json!({ "lease_id": id, "outcome": outcome })
+    let mut body = json!({ "lease_id": id, "outcome": text });
+    if let Revocation::Released { holders } = outcome {
+        // A shared lease: still held by this many others.
+        body["holders"] = json!(holders);
+    }
+    body
 }
 
 #[derive(Debug, Default, Deserialize)]

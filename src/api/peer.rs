@@ -1,8 +1,9 @@
 //! Who is on the other end of the socket, as the kernel says (`SO_PEERCRED`):
 //! uid, gid and pid, plus what `/proc/<pid>` and the user database add
 //! ([`Identity`]: names, supplementary groups, executable, cgroup, systemd
-//! unit, container id, whether it is on the host). Nothing the client sends
-//! can change it.
+//! unit, container id, whether it is on the host) and, with `[containers]`,
+//! what the container engine says of the caller's container
+//! ([`crate::containers`]). Nothing the client sends can change it.
 //!
 //! The identity is read when the connection is accepted, before any byte of
 //! a request, and held by the connection ([`PeerInfo::accept`]). Each

@@ -178,7 +178,7 @@ impl Broker {
                     let entries = self.remembered.entries.lock().unwrap();
                     entries.get(digest).filter(|e| e.lease_id == lease.id).and_then(|entry| {
                         let credential = self.remembered.open(entry)?;
-                        Some(Issued { lease: lease.clone(), plugin: entry.plugin, credential })
+                        Some(Issued { lease: lease.clone(), plugin: entry.plugin, credential, shared: false })
                     })
                 };
                 return remembered.ok_or_else(|| BrokerError::Conflict {

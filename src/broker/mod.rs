@@ -27,6 +27,7 @@ mod recovery;
 mod renew;
 mod revocation;
 mod revoke;
+mod share;
 mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -48,6 +49,7 @@ use crate::expiry::{self, bounded, ExpiryIndex, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::policy::quota::Quotas;
+use crate::policy::Grant;
 use crate::setup::{Connection, Role, Setup};
 use crate::store::{LeaseStore, Write};
 use locks::LeaseLocks;
@@ -123,6 +125,8 @@ pub struct Broker {
     /// still made their credential (see `Write::Reopen`): their lease was
     /// counted revoked once already.
     pub(crate) reopened: Mutex<HashSet<LeaseId>>,
+    /// The live leases of `share = "workload"` roles, by workload.
+    shares: share::Shares,
 }
 
 impl Broker {
@@ -179,6 +183,7 @@ impl Broker {
             unsettled: Mutex::default(),
             rechecking: Mutex::default(),
             reopened: Mutex::default(),
+            shares: share::Shares::default(),
         })
     }
 
@@ -242,6 +247,10 @@ impl Broker {
         });
         let me = self.clone();
         self.tasks.spawn(async move { me.purge_loop().await });
+        if self.roles.values().any(|r| r.share.is_some()) {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.tend_shares().await });
+        }
         self.start_cluster();
     }
 
@@ -261,6 +270,24 @@ impl Broker {
         // Asked first: a caller without the permission learns nothing,
         // not even whether the role exists.
         let grant = caller.may_issue(role_name)?;
+        let role = self.role(role_name)?;
+        if let (Some(grace), None) = (role.share, &idempotency) {
+            if let Some(workload) = share::Workload::of(role_name, caller, &grant) {
+                return self.issue_shared(workload, grace, ttl, caller, grant).await;
+            }
+        }
+        self.issue_one(role_name, ttl, caller, grant, idempotency).await
+    }
+
+    /// A lease of its own for the caller, under `grant`.
+    async fn issue_one(
+        &self,
+        role_name: &str,
+        ttl: Option<Duration>,
+        caller: &Caller,
+        grant: Grant,
+        idempotency: Option<String>,
+    ) -> Result<Issued, BrokerError> {
         let started = std::time::Instant::now();
         let role = self.role(role_name)?;
         let ttl = match ttl {
@@ -376,7 +403,12 @@ impl Broker {
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =
             Lease { state: LeaseState::Active, plugin_data: created.plugin_data, expires_at, ..lease };
-        Ok(Issued { lease, plugin: backend.connection.plugin.name(), credential: created.credential })
+        Ok(Issued {
+            lease,
+            plugin: backend.connection.plugin.name(),
+            credential: created.credential,
+            shared: false,
+        })
     }
 
     /// Issues in a task of its own, so a caller that goes away (it hung
@@ -406,6 +438,11 @@ impl Broker {
         self.tasks.spawn(async move {
             let outcome = me.issue(&role, ttl, &caller, idempotency).await;
             if let Err(Ok(issued)) = answer.send(outcome) {
+                if issued.shared {
+                    // Held by its other holders, or let go when they are
+                    // gone (share_grace after the last).
+                    return;
+                }
                 me.revoke_undelivered(&issued.lease).await;
             }
         });

@@ -25,6 +25,16 @@ impl Broker {
         // loop would keep the owner's renewals busy), and learns nothing of
         // it. The owner of a lease never changes, so this read is enough.
         super::visible(id, self.store.get(id).await?, caller)?;
+        self.renew_held(id, increment).await
+    }
+
+    /// [`renew`](Self::renew) for lessor itself (a shared lease its
+    /// holders still hold): no caller, so no owner check.
+    pub(super) async fn renew_held(
+        &self,
+        id: &LeaseId,
+        increment: Option<Duration>,
+    ) -> Result<Lease, BrokerError> {
         let _lock = self.locks.lock(id).await;
         // Claimed, so no other node revokes or renews it meanwhile; the
         // renewal's write ends the claim, and so does any way out before it.

@@ -68,6 +68,15 @@ impl Broker {
         if lease.state == LeaseState::Revoked {
             return Ok(Revocation::AlreadyRevoked);
         }
+        // A holder of a shared lease lets go of it; an admin revokes it
+        // for every holder.
+        if !caller.is_admin() {
+            if let Some(holders) = self.release_shared(id, caller).await {
+                return Ok(Revocation::Released { holders });
+            }
+        } else {
+            self.forget_shared(id).await;
+        }
         match self.revoke_claimed(id).await {
             Err(BrokerError::Backend { .. }) if force => {
                 let _lock = self.locks.lock(id).await;

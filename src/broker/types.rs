@@ -69,11 +69,13 @@ impl BrokerError {
 }
 
 /// What a successful issuance returns to the caller, once.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Issued {
     pub lease: Lease,
     pub plugin: &'static str,
     pub credential: Credential,
+    /// A `share = "workload"` lease, held by every caller of the workload.
+    pub shared: bool,
 }
 
 /// The outcome of a revocation that did not fail.
@@ -90,4 +92,7 @@ pub enum Revocation {
     /// Another node (of a shared store) works on the lease now; this one
     /// looks again when that node's claim ends.
     Busy { node: String },
+    /// A holder of a shared lease (`share = "workload"`) let go of it; it
+    /// is revoked once every holder has, and `share_grace` has passed.
+    Released { holders: usize },
 }

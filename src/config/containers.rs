@@ -16,12 +16,17 @@ use super::Duration;
 #[serde(deny_unknown_fields)]
 pub struct ContainersConfig {
     /// The engine's API: `docker` (the Docker Engine API, which Docker and
-    /// Podman's `podman system service` both answer).
+    /// Podman's `podman system service` both answer) or `containerd` (its
+    /// gRPC API: Kubernetes nodes running containerd).
     #[serde(default)]
     pub engine: EngineKind,
     /// The engine's Unix socket (`/run/docker.sock`,
-    /// `/run/podman/podman.sock`). lessor only reads from it.
+    /// `/run/podman/podman.sock`, `/run/containerd/containerd.sock`).
+    /// lessor only reads from it.
     pub socket: PathBuf,
+    /// containerd's namespace of the containers (`k8s.io`, where the
+    /// kubelet's are; the default). Only with `engine = "containerd"`.
+    pub namespace: Option<String>,
     /// How long what the engine said of a container is reused; a
     /// container's name, image and labels never change while it exists.
     #[serde(default = "default_cache_ttl")]
@@ -43,6 +48,8 @@ pub enum EngineKind {
     /// The Docker Engine API (Docker, Podman).
     #[default]
     Docker,
+    /// containerd's gRPC API.
+    Containerd,
 }
 
 fn default_cache_ttl() -> Duration {
@@ -74,6 +81,21 @@ pub fn check(config: &ContainersConfig, errors: &mut Vec<ConfigError>) {
             "containers.timeout",
             format!("{} is not within 1ms..=60s", config.timeout),
         ));
+    }
+    match (&config.namespace, config.engine) {
+        (Some(_), EngineKind::Docker) => errors.push(ConfigError::new(
+            "containers.namespace",
+            "is containerd's: only with engine = \"containerd\"",
+        )),
+        (Some(ns), EngineKind::Containerd)
+            if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            errors.push(ConfigError::new(
+                "containers.namespace",
+                format!("{ns:?} is not a containerd namespace"),
+            ))
+        }
+        _ => {}
     }
     if let Some(dir) = &config.kubelet_pods_dir {
         if !dir.is_absolute() {

@@ -92,6 +92,9 @@ fn default_ttl() -> Duration {
 fn default_max_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
 }
+fn default_share_grace() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_password_length() -> usize {
     names::DEFAULT_PASSWORD_LEN
 }
@@ -162,10 +165,33 @@ pub struct RoleConfig {
     pub password_length: usize,
     /// The most live leases of this role at once (429 beyond).
     pub max_leases: Option<usize>,
+    /// `workload`: callers with the same identity (the policy that
+    /// granted them, and their container's image and labels, or their
+    /// systemd unit, or their uid and executable) get the same live lease
+    /// instead of a new user each, counted once against quotas. `none` (the
+    /// default): a lease of its own for every request.
+    #[serde(default)]
+    pub share: Share,
+    /// With `share = "workload"`: how long the lease outlives its last
+    /// holder (a container or unit with no process left, or a process
+    /// that exited) before it is revoked.
+    #[serde(default = "default_share_grace")]
+    pub share_grace: Duration,
     /// Plugin-specific settings.
     #[serde(flatten)]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub options: toml::Table,
+}
+
+/// Whether a role's leases are shared (`[roles.NAME] share`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Share {
+    /// A lease of its own for every request.
+    #[default]
+    None,
+    /// One live lease per workload.
+    Workload,
 }
 
 /// A config whose every key has been checked: plain data, from which
@@ -354,6 +380,15 @@ fn check(config: Config, source: &str) -> Checked {
         }
         if role.default_ttl.as_std().is_zero() {
             errors.push(ConfigError::new(format!("{key}.default_ttl"), "must be longer than 0s"));
+        }
+        if role.share == Share::Workload {
+            check_range(
+                &mut errors,
+                &format!("{key}.share_grace"),
+                role.share_grace,
+                Duration::ZERO,
+                role.max_ttl,
+            );
         }
         if role.default_ttl > role.max_ttl {
             errors.push(ConfigError::new(

@@ -95,6 +95,7 @@ impl Docker {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
+        super::check_peer(&stream).map_err(|e| format!("{}: {e}", self.socket.display()))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("{}: {e}", self.socket.display()))?;

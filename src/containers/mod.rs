@@ -21,6 +21,7 @@
 //! name, image and labels never change while it exists), so a burst of
 //! connections from one container costs one question.
 
+mod containerd;
 mod docker;
 mod kubelet;
 
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::config::ContainersConfig;
+use crate::config::{ContainersConfig, EngineKind};
 use crate::policy::identity::Container;
 
 /// The most answers kept; past it, stale ones are dropped.
@@ -41,7 +42,7 @@ const CACHE_ENTRIES: usize = 4096;
 
 /// The engine, a cache of its answers, and whether it was last reachable.
 pub struct Containers {
-    engine: docker::Docker,
+    engine: Engine,
     socket: PathBuf,
     cache_ttl: Duration,
     timeout: Duration,
@@ -53,7 +54,13 @@ pub struct Containers {
 impl Containers {
     pub fn new(config: &ContainersConfig) -> Arc<Self> {
         Arc::new(Self {
-            engine: docker::Docker::new(config.socket.clone()),
+            engine: match config.engine {
+                EngineKind::Docker => Engine::Docker(docker::Docker::new(config.socket.clone())),
+                EngineKind::Containerd => Engine::Containerd(containerd::Containerd::new(
+                    config.socket.clone(),
+                    config.namespace.clone().unwrap_or_else(|| "k8s.io".into()),
+                )),
+            },
             socket: config.socket.clone(),
             cache_ttl: config.cache_ttl.as_std(),
             timeout: config.timeout.as_std(),
@@ -102,7 +109,11 @@ impl Containers {
 
     async fn ask(&self, id: &str) -> Result<Option<Container>, String> {
         check_socket(&self.socket)?;
-        let Some(mut container) = self.engine.inspect(id).await? else { return Ok(None) };
+        let found = match &self.engine {
+            Engine::Docker(docker) => docker.inspect(id).await?,
+            Engine::Containerd(containerd) => containerd.inspect(id).await?,
+        };
+        let Some(mut container) = found else { return Ok(None) };
         if let (Some(dir), Some(uid)) = (&self.kubelet_pods_dir, container.k8s_pod_uid()) {
             let (dir, uid, namespace) =
                 (dir.clone(), uid.to_string(), container.k8s_namespace().map(str::to_string));
@@ -115,6 +126,26 @@ impl Containers {
         }
         Ok(Some(container))
     }
+}
+
+enum Engine {
+    Docker(docker::Docker),
+    Containerd(containerd::Containerd),
+}
+
+/// The process answering on the engine's socket must be root or lessor's
+/// own user (`SO_PEERCRED`): whoever answers speaks for every container.
+fn check_peer(stream: &tokio::net::UnixStream) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    if peer.uid() != 0 && peer.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("the engine's socket is answered by uid {}, neither root nor lessor's user", peer.uid()),
+        ));
+    }
+    Ok(())
 }
 
 /// The engine's socket must be root's or the daemon user's: whoever owns

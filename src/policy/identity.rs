@@ -308,6 +308,15 @@ pub fn trusted_dir(dir: &str) -> bool {
         Err(_) => false,
     }
 }
+
+/// Whether the cgroup holds a process (`populated 1` in `cgroup.events`);
+/// a cgroup that is gone holds none.
+pub fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .map(|events| events.lines().any(|line| line == "populated 1"))
+        .unwrap_or(false)
+}
+
 /// What must stay the same between the accept and each request of a
 /// connection: the process (its start time) and the program it runs (the
 /// executable's device and inode, which an `exec` of another binary

@@ -179,6 +179,11 @@ impl Caller {
         &self.identity
     }
 
+    /// The systemd unit a credential is delivered to (`unit_caller`).
+    pub fn unit(&self) -> Option<&str> {
+        self.unit.as_deref()
+    }
+
     /// Who a username is made for: the identity placeholders of a
     /// role's `username_template`.
     pub fn subject(&self) -> lessor_plugin::names::Subject<'_> {

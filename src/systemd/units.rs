@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Duration;
 use crate::lease::Lease;
-use crate::policy::identity::{cgroup_mount, trusted_dir};
+use crate::policy::identity::{cgroup_mount, populated, trusted_dir};
 use crate::policy::Policies;
 
 /// How often a watched cgroup is looked at even without an inotify event.
@@ -93,14 +93,6 @@ pub fn locate(unit: &str) -> Option<UnitCgroup> {
         level = next;
     }
     None
-}
-
-/// Whether the cgroup holds a process (`populated 1` in `cgroup.events`);
-/// a cgroup that is gone holds none.
-pub fn populated(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|events| events.lines().any(|line| line == "populated 1"))
-        .unwrap_or(false)
 }
 
 /// inotify watches on `cgroup.events` files, each waking the tasks of the

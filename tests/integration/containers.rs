@@ -302,3 +302,249 @@ async fn with_the_engine_down_container_keys_match_nobody_and_host_policies_stil
     issued(&second.lessor(&["creds", &role, "--format", "json"]));
     assert!(daemon.log().contains("the container engine answers again"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_one_workload_share_one_lease_until_the_last_is_gone() {
+    let db = TestDb::create().await;
+    let engine = Engine::start().await;
+    let (role, prefix) = unique_role("ctrs");
+    db.track_prefix(&prefix);
+    let run = rand_suffix(6);
+    let body = format!(
+        "{}\n{}\nshare = \"workload\"\nshare_grace = \"2s\"\nmax_leases = 1\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        containers_section(&engine),
+        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    daemon.open_to_all_users();
+    let replicas: Vec<Ctr> = (0..3)
+        .map(|i| Ctr::run(&format!("billing-{run}-{i}"), &["app=billing", "tier=api"], &daemon))
+        .collect();
+    let leases: Vec<Value> =
+        replicas.iter().map(|r| issued(&r.lessor(&["creds", &role, "--format", "json"]))).collect();
+    let id = leases[0]["lease_id"].as_str().unwrap().to_string();
+    let username = leases[0]["credential"]["username"].as_str().unwrap().to_string();
+    for lease in &leases {
+        assert_eq!(lease["lease_id"], leases[0]["lease_id"], "one lease for the workload");
+        assert_eq!(lease["credential"]["password"], leases[0]["credential"]["password"]);
+    }
+    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 1, "one user in the database");
+    db.login(&username, leases[2]["credential"]["password"].as_str().unwrap())
+        .await
+        .expect("the shared login works");
+
+    // Counted once: the role's max_leases of 1 is taken by the whole
+    // workload, so another workload (other labels) is refused.
+    let other = Ctr::run(&format!("billing-{run}-worker"), &["app=billing", "tier=worker"], &daemon);
+    let out = other.lessor(&["creds", &role]);
+    assert!(!out.status.success() && text(&out).contains("HTTP 429"), "{}", text(&out));
+
+    // A replica that revokes only lets go; the others keep the login.
+    let out = replicas[0].lessor(&["lease", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("released"), "{}", text(&out));
+    assert!(db.role_exists(&username).await, "a holder's revoke left the shared login alone");
+    let lease = daemon.client().lease_get(&id).await.unwrap();
+    assert_eq!(lease.body["state"], "active", "{:?}", lease.body);
+
+    // Every replica gone: revoked once share_grace has passed.
+    for replica in &replicas {
+        replica.remove();
+    }
+    wait_for("the shared lease to be revoked", Duration::from_secs(90), || async {
+        let lease = daemon.client().lease_get(&id).await.unwrap();
+        (lease.body["state"] == "revoked").then_some(())
+    })
+    .await;
+    assert!(!db.role_exists(&username).await, "the shared user is gone");
+    assert!(daemon.log().contains("last holder has been gone for share_grace"));
+    // The next replica gets a lease of its own.
+    let next = Ctr::run(&format!("billing-{run}-3"), &["app=billing", "tier=api"], &daemon);
+    let lease = issued(&next.lessor(&["creds", &role, "--format", "json"]));
+    assert_ne!(lease["lease_id"].as_str(), Some(id.as_str()));
+}
+
+/// A containerd of the test's own (its CRI plugin off), with the test
+/// image imported into namespace `k8s.io`.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    async fn start() -> Self {
+        // Below /var/tmp: the overlay snapshotter wants a real file system.
+        let dir = tempfile::Builder::new().prefix("lessor-ctrd-").tempdir_in("/var/tmp").unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n[ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n"
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts");
+        let me = Self { dir, child };
+        wait_for("containerd to answer", Duration::from_secs(60), || async {
+            me.ctr(&["version"]).status.success().then_some(())
+        })
+        .await;
+        let archive =
+            std::env::var("LESSOR_TEST_IMAGE_ARCHIVE").expect("LESSOR_TEST_IMAGE_ARCHIVE (scripts/test)");
+        let out = me.ctr(&["images", "import", "--base-name", "localhost/lessor-busybox", &archive]);
+        assert!(out.status.success(), "ctr images import: {}", text(&out));
+        me
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        let socket = self.socket().display().to_string();
+        let mut all = vec!["-a", &socket, "-n", "k8s.io"];
+        all.extend_from_slice(args);
+        Command::new("ctr").args(all).stdin(Stdio::null()).output().expect("ctr runs")
+    }
+
+    /// Runs a container with a 64-hex-digit id (as the kubelet's are) and
+    /// `labels`; returns its id.
+    fn run(&self, labels: &[String], daemon: &Daemon) -> String {
+        let id: String = (0..4).map(|_| format!("{:016x}", rand::random::<u64>())).collect();
+        let mut args = vec!["run".to_string(), "-d".into()];
+        for label in labels {
+            args.extend(["--label".into(), label.clone()]);
+        }
+        for (src, dst) in [
+            ("/usr".to_string(), "/usr"),
+            (daemon.socket.display().to_string(), "/run/lessor/lessor.sock"),
+            (LESSOR.to_string(), "/lessor"),
+        ] {
+            args.extend(["--mount".into(), format!("type=bind,src={src},dst={dst},options=rbind:ro")]);
+        }
+        args.extend([
+            "--env".into(),
+            "LESSOR_SOCKET=/run/lessor/lessor.sock".into(),
+            "localhost/lessor-busybox:test".into(),
+            id.clone(),
+            "sleep".into(),
+            "3600".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.ctr(&args);
+        assert!(out.status.success(), "ctr run: {}", text(&out));
+        id
+    }
+
+    fn lessor(&self, id: &str, args: &[&str]) -> Output {
+        let exec_id = format!("x{}", rand_suffix(8));
+        let mut all = vec!["tasks", "exec", "--exec-id", &exec_id, id, "/lessor"];
+        all.extend_from_slice(args);
+        self.ctr(&all)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let out = self.ctr(&["tasks", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        }
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            for _ in 0..50 {
+                if self.ctr(&["tasks", "delete", id]).status.success() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The snapshots are overlay mounts: gone with their tasks.
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("state")).status();
+    }
+}
+
+/// A kubelet's pods directory with pod `uid`'s projected token naming
+/// `account` in `namespace`.
+fn kubelet_pods(uid: &str, namespace: &str, account: &str) -> tempfile::TempDir {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    let pods = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pods.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let volume = pods.path().join(uid).join("volumes/kubernetes.io~projected/kube-api-access-q7x2p");
+    std::fs::create_dir_all(&volume).unwrap();
+    let claims = serde_json::json!({
+        "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "kubernetes.io": {
+            "namespace": namespace,
+            "pod": { "name": "billing-api-7d4f", "uid": uid },
+            "serviceaccount": { "name": account, "uid": "5c1e" },
+        },
+    });
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let token = format!("{}.{}.c2ln", b64(br#"{"alg":"RS256"}"#), b64(claims.to_string().as_bytes()));
+    std::fs::write(volume.join("token"), token).unwrap();
+    pods
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_namespace_service_account_and_container_come_from_containerd_and_the_kubelet() {
+    let db = TestDb::create().await;
+    let containerd = Containerd::start().await;
+    let (role, prefix) = unique_role("k8s");
+    db.track_prefix(&prefix);
+    let pod_uid = format!("9a1b2c3d-{}", rand_suffix(8));
+    let pods = kubelet_pods(&pod_uid, "billing", "billing-api");
+    let body = format!(
+        "{}\n{}\nusername_template = \"v_{role}_{{k8s_namespace}}_{{random}}\"\n\
+         [containers]\nengine = \"containerd\"\nsocket = {:?}\nnamespace = \"k8s.io\"\nkubelet_pods_dir = {:?}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        containerd.socket(),
+        pods.path(),
+        policy(
+            "billing",
+            "k8s_namespace = \"billing\", k8s_service_account = \"billing-api\", k8s_container = \"api\"",
+            &[&format!("creds:{role}")],
+            ""
+        ),
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    daemon.open_to_all_users();
+    let cri = |namespace: &str, container: &str, uid: &str| {
+        vec![
+            format!("io.kubernetes.pod.namespace={namespace}"),
+            "io.kubernetes.pod.name=billing-api-7d4f".to_string(),
+            format!("io.kubernetes.pod.uid={uid}"),
+            format!("io.kubernetes.container.name={container}"),
+        ]
+    };
+    let api = containerd.run(&cri("billing", "api", &pod_uid), &daemon);
+    let out = containerd.lessor(&api, &["creds", &role, "--format", "json"]);
+    let lease = issued(&out);
+    let username = lease["credential"]["username"].as_str().unwrap();
+    assert!(username.starts_with(&format!("v_{role}_billing_")), "{username}");
+    assert!(db.role_exists(username).await);
+    assert!(daemon.log().contains("pod=\"billing/billing-api-7d4f\""), "the request log names the pod");
+
+    // The pod's sidecar (another container name), a pod in another
+    // namespace, and a pod whose token names another service account: no.
+    let sidecar = containerd.run(&cri("billing", "sidecar", &pod_uid), &daemon);
+    refused(&containerd.lessor(&sidecar, &["creds", &role]), "its container is not api");
+    let web = containerd.run(&cri("web", "api", &pod_uid), &daemon);
+    refused(&containerd.lessor(&web, &["creds", &role]), "its namespace is web, the token's billing");
+    let other_uid = format!("0f0e0d0c-{}", rand_suffix(8));
+    let _other_pods = kubelet_pods(&other_uid, "billing", "default");
+    let unknown = containerd.run(&cri("billing", "api", &other_uid), &daemon);
+    refused(&containerd.lessor(&unknown, &["creds", &role]), "no token of its pod lies in kubelet_pods_dir");
+}

@@ -131,8 +131,9 @@ pub struct LeaseRef<'a> {
     pub plugin_data: Option<&'a serde_json::Value>,
 }
 
-/// Credential material handed to the caller exactly once.
-#[derive(Debug)]
+/// Credential material handed to the caller: once, or to each holder of
+/// a shared lease.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Credential {
     /// A database login.

@@ -51,7 +51,13 @@ fn identity(config: &PluginConfig) -> Result<Option<(u32, u32)>, String> {
 /// The error says what went wrong, without secrets.
 pub(super) async fn start(name: &str, config: &PluginConfig) -> Result<Process, String> {
     let command = &config.command;
-    let actual = digest(command).map_err(|e| format!("cannot read {}: {e}", command.display()))?;
+    // Read on the blocking pool: a large executable takes a while to hash,
+    // and the host's runtime has one thread, which the running calls need.
+    let path = command.clone();
+    let actual = tokio::task::spawn_blocking(move || digest(&path))
+        .await
+        .map_err(|e| format!("cannot hash {}: {e}", command.display()))?
+        .map_err(|e| format!("cannot read {}: {e}", command.display()))?;
     if !actual.eq_ignore_ascii_case(&config.sha256) {
         return Err(format!(
             "{} has sha256 {actual}, but plugins.{name}.sha256 pins {}: refusing to run it",

@@ -20,6 +20,10 @@ use tonic::{Code, Request, Response, Status};
 
 use super::host::{Host, Spec, State};
 
+/// How much earlier than the deadline a call may end and still count as
+/// having run out of time (timers are not exact).
+const DEADLINE_SLACK: Duration = Duration::from_millis(500);
+
 /// One connection of an external plugin.
 #[derive(Debug)]
 pub struct Remote {
@@ -141,7 +145,8 @@ impl Remote {
         // peer that stops reading altogether.
         let answer =
             tokio::time::timeout(self.deadline + Duration::from_secs(1), send(client, request)).await;
-        crate::metrics::plugin_call(self.name, operation, started.elapsed());
+        let took = started.elapsed();
+        crate::metrics::plugin_call(self.name, operation, took);
         let no_answer = || PluginError::Unavailable {
             message: format!(
                 "plugin {:?} did not answer {operation} within {:?}; the call was cancelled",
@@ -152,7 +157,12 @@ impl Remote {
             Err(_) => Err(no_answer()),
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(match status.code() {
-                Code::DeadlineExceeded | Code::Cancelled => no_answer(),
+                // The deadline passed: the plugin did not answer in time.
+                // Before it, a cancelled call is the connection going
+                // away under it (the process died mid-call).
+                Code::DeadlineExceeded | Code::Cancelled if took + DEADLINE_SLACK >= self.deadline => {
+                    no_answer()
+                }
                 Code::Unimplemented => PluginError::Unsupported { operation },
                 // Errors are data in the protocol: any other status is the
                 // process or the socket failing (a crash mid-call, say).

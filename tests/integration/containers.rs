@@ -104,7 +104,15 @@ struct Ctr {
 
 impl Ctr {
     fn run(name: &str, labels: &[&str], daemon: &Daemon) -> Self {
+        Self::run_with(name, labels, daemon, &[])
+    }
+
+    /// [`run`](Self::run), with more `-v` mounts (`SRC:DST`).
+    fn run_with(name: &str, labels: &[&str], daemon: &Daemon, mounts: &[String]) -> Self {
         let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), name.into()];
+        for mount in mounts {
+            args.extend(["-v".into(), mount.clone()]);
+        }
         for label in labels {
             args.extend(["--label".into(), label.to_string()]);
         }
@@ -547,4 +555,128 @@ async fn a_pods_namespace_service_account_and_container_come_from_containerd_and
     let _other_pods = kubelet_pods(&other_uid, "billing", "default");
     let unknown = containerd.run(&cri("billing", "api", &other_uid), &daemon);
     refused(&containerd.lessor(&unknown, &["creds", &role]), "no token of its pod lies in kubelet_pods_dir");
+}
+
+/// The user end of `tests/fixtures/held_connection.py`: a connection a
+/// process in a container made, used from the host.
+struct HeldConnection {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl HeldConnection {
+    fn listen(handoff: &Path) -> Self {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(fixture_script())
+            .arg("use")
+            .arg(handoff)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, stdin, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(120)).expect("an answer from held_connection.py")
+    }
+
+    /// Sends `METHOD PATH`; the status (0 when the connection is closed)
+    /// and the body.
+    fn request(&mut self, request: &str) -> (u16, Value) {
+        writeln!(self.stdin, "{request}").unwrap();
+        let line = self.line();
+        if line == "closed" {
+            return (0, Value::Null);
+        }
+        let (status, body) = line.split_once(' ').unwrap();
+        let body: String = serde_json::from_str(body).unwrap();
+        (status.parse().unwrap(), serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/held_connection.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_container_is_removed_gets_nothing_more() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::create().await;
+    let engine = Engine::start().await;
+    let (role, prefix) = unique_role("ctrh");
+    db.track_prefix(&prefix);
+    let body = format!(
+        "{}\n{}\n{}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+        containers_section(&engine),
+        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
+    );
+    let daemon = Daemon::start(&db, &body).await;
+    daemon.open_to_all_users();
+    let handoff = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(handoff.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = handoff.path().join("handoff.sock");
+    let mut held = HeldConnection::listen(&socket);
+    wait_for("the handoff socket", Duration::from_secs(60), || {
+        let socket = socket.clone();
+        async move { socket.exists().then_some(()) }
+    })
+    .await;
+    let name = format!("billing-held-{}", rand_suffix(6));
+    let ctr = Ctr::run_with(
+        &name,
+        &["app=billing"],
+        &daemon,
+        &[
+            format!("{}:/handoff", handoff.path().display()),
+            format!("{}:/held.py:ro", fixture_script().display()),
+        ],
+    );
+    let out = podman(&[
+        "exec",
+        "-d",
+        &name,
+        "/usr/bin/python3",
+        "/held.py",
+        "hold",
+        "/handoff/handoff.sock",
+        "/run/lessor/lessor.sock",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(held.line(), "ready");
+
+    // The connection is the container's process's: its label grants the role.
+    let (status, answer) = held.request(&format!("POST /v1/creds/{role}"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(db.role_exists(answer["credential"]["username"].as_str().unwrap()).await);
+
+    // The container removed, the connection still open: refused, nothing made.
+    ctr.remove();
+    let (status, answer) = held.request(&format!("POST /v1/creds/{role}"));
+    assert!(status == 403 || status == 0, "{status} {answer}");
+    if status == 403 {
+        assert_eq!(answer["error"]["code"], "identity_changed", "{answer}");
+    }
+    assert_eq!(db.roles_with_prefix(&prefix).await.len(), 1, "nothing was made after the removal");
 }

@@ -474,6 +474,13 @@ mod tests {
             ),
             (&format!("0::/docker/{id}\n"), None, Some(id)),
             (&format!("0::/libpod_parent/libpod-{id}\n"), None, Some(id)),
+            (
+                &format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{id}.scope\n"),
+                Some(&format!("crio-{id}.scope") as &str),
+                Some(id),
+            ),
+            (&format!("0::/kubepods/besteffort/pod0b1c/{id}\n"), None, Some(id)),
+            (&format!("0::/k8s.io/{id}\n"), None, Some(id)),
             ("0::/\n", None, None),
         ];
         for (cgroup, unit, container) in cases {

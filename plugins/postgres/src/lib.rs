@@ -28,7 +28,8 @@ mod config;
 mod error;
 mod grants;
 mod revoke;
-mod scram;
+#[doc(hidden)] // pub for its benchmark (benches/scram.rs)
+pub mod scram;
 mod tls;
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@ const SALT_LEN: usize = 16;
 pub const ITERATIONS_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
 
 /// A verifier for `password` with a fresh random salt.
-pub(crate) fn verifier(password: &str, iterations: u32) -> String {
+pub fn verifier(password: &str, iterations: u32) -> String {
     let mut salt = [0u8; SALT_LEN];
     rand::rng().fill_bytes(&mut salt);
     // SASLprep, as libpq and the server apply it; it changes nothing in the

@@ -38,6 +38,9 @@ impl Broker {
         due: Option<&Due>,
     ) -> Result<Revocation, BrokerError> {
         let expired = due.is_some();
+        // A shared lease ends for every holder; taken before the lease's
+        // lock, which the shared leases' upkeep takes under theirs.
+        self.forget_shared(id).await;
         let _lock = self.locks.lock(id).await;
         let mut retry = Reschedule { index: &self.index, id, armed: true };
         let lease = match self.store.claim(id).await? {

@@ -69,13 +69,11 @@ impl Broker {
             return Ok(Revocation::AlreadyRevoked);
         }
         // A holder of a shared lease lets go of it; an admin revokes it
-        // for every holder.
+        // for every holder (revoke_now forgets it).
         if !caller.is_admin() {
             if let Some(holders) = self.release_shared(id, caller).await {
                 return Ok(Revocation::Released { holders });
             }
-        } else {
-            self.forget_shared(id).await;
         }
         match self.revoke_claimed(id).await {
             Err(BrokerError::Backend { .. }) if force => {

@@ -12,8 +12,10 @@
 //!   the role's `share_grace`, the lease is revoked. While any remains it
 //!   is renewed, never past `max_ttl`; then it expires as any lease does,
 //!   and the next caller gets a new one.
-//! - A holder that revokes the lease (`lessor exec` does, when its program
-//!   exits) only lets go of it; an admin's revocation revokes it for all.
+//! - A caller that is not an admin never revokes a shared lease for all: a
+//!   process holder lets go of it, and a container or unit holds it while
+//!   its cgroup holds a process, whoever asks. An admin's revocation, or
+//!   the lease's expiry, ends it for every holder.
 //! - The credential is kept in memory only. After a restart of lessor a
 //!   shared lease is not handed out again: it runs to its TTL, unrenewed,
 //!   and the next caller gets a new one.
@@ -27,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::{now_ms, Broker, BrokerError, Caller, Issued};
 use crate::config::Duration;
-use crate::lease::LeaseId;
+use crate::lease::{LeaseId, LeaseState};
 use crate::policy::identity::{cgroup_mount, populated, Stamp};
 use crate::policy::Grant;
 
@@ -40,6 +42,8 @@ const TEND_EVERY: StdDuration = StdDuration::from_secs(1);
 #[derive(Default)]
 pub(super) struct Shares {
     entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Live>>>>>,
+    /// Which workload each shared lease is of.
+    by_lease: Mutex<HashMap<LeaseId, String>>,
 }
 
 impl std::fmt::Debug for Shares {
@@ -105,10 +109,10 @@ impl Workload {
             let image = c.image_digest.as_deref().unwrap_or(&c.image);
             (
                 format!("image={image}\nlabels={}", labels.join("\n")),
-                cgroup_through(who.cgroup.as_deref(), &c.id),
+                cgroup_through(who.cgroup.as_deref(), |part| part.contains(c.id.as_str())),
             )
         } else if let Some(unit) = caller.unit().or(who.systemd_unit.as_deref()) {
-            (format!("unit={unit}"), cgroup_through(who.cgroup.as_deref(), unit))
+            (format!("unit={unit}"), cgroup_through(who.cgroup.as_deref(), |part| part == unit))
         } else {
             let stamp = who.pid.and_then(Stamp::read);
             let holder =
@@ -119,14 +123,17 @@ impl Workload {
     }
 }
 
-/// The cgroup directory of the trusted `path` down to the component that
-/// holds `name` (a container id, a unit).
-fn cgroup_through(path: Option<&str>, name: &str) -> Option<Holder> {
-    let path = path?;
-    let at = path.find(name)?;
-    let end = path[at..].find('/').map_or(path.len(), |i| at + i);
-    let dir = cgroup_mount()?.join(path[..end].trim_start_matches('/'));
-    Some(Holder::Cgroup(dir))
+/// The cgroup directory of the trusted `path` down to its first component
+/// that `is_it` (the container's, the unit's).
+fn cgroup_through(path: Option<&str>, is_it: impl Fn(&str) -> bool) -> Option<Holder> {
+    let mut through = Vec::new();
+    for part in path?.split('/').filter(|p| !p.is_empty()) {
+        through.push(part);
+        if is_it(part) {
+            return Some(Holder::Cgroup(cgroup_mount()?.join(through.join("/"))));
+        }
+    }
+    None
 }
 
 impl Shares {
@@ -136,6 +143,16 @@ impl Shares {
 
     fn all(&self) -> Vec<(String, Arc<tokio::sync::Mutex<Option<Live>>>)> {
         self.entries.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The entry of the workload lease `id` is shared by, if it is.
+    fn of_lease(&self, id: &LeaseId) -> Option<Arc<tokio::sync::Mutex<Option<Live>>>> {
+        let key = self.by_lease.lock().unwrap().get(id).cloned()?;
+        self.entries.lock().unwrap().get(&key).cloned()
+    }
+
+    fn unindex(&self, id: &LeaseId) {
+        self.by_lease.lock().unwrap().remove(id);
     }
 }
 
@@ -167,6 +184,10 @@ impl Broker {
         }
         let mut issued = self.issue_one(&workload.role, ttl, caller, grant, None).await?;
         issued.shared = true;
+        if let Some(old) = live.as_ref() {
+            self.shares.unindex(&old.issued.lease.id);
+        }
+        self.shares.by_lease.lock().unwrap().insert(issued.lease.id.clone(), workload.key.clone());
         *live = Some(Live {
             length: issued.lease.expires_at - issued.lease.issued_at,
             renewing: issued.lease.renewable,
@@ -179,35 +200,33 @@ impl Broker {
         Ok(issued)
     }
 
-    /// A holder's revocation of a shared lease: it lets go of it. `None`
-    /// when `id` is not a shared lease the caller holds.
+    /// A non-admin's revocation of a shared lease: never for every
+    /// holder. A process that holds it lets go of it; a container or unit
+    /// holds it while its cgroup holds a process, whoever asks. `None`
+    /// when `id` is no live shared lease (it is revoked as any other).
     pub(super) async fn release_shared(&self, id: &LeaseId, caller: &Caller) -> Option<usize> {
-        for (_, entry) in self.shares.all() {
-            let mut live = entry.lock().await;
-            let Some(l) = live.as_mut().filter(|l| &l.issued.lease.id == id) else { continue };
-            let grant = Grant { policy: None };
-            let holder = Workload::of(&l.issued.lease.role, caller, &grant)?.holder;
-            let before = l.holders.len();
+        let entry = self.shares.of_lease(id)?;
+        let mut live = entry.lock().await;
+        let l = live.as_mut().filter(|l| &l.issued.lease.id == id)?;
+        let holder = Workload::of(&l.issued.lease.role, caller, &Grant { policy: None }).map(|w| w.holder);
+        if let Some(holder @ Holder::Process { .. }) = holder {
             l.holders.retain(|h| *h != holder);
-            if l.holders.len() == before {
-                return None;
-            }
             if l.holders.is_empty() {
                 l.empty_since = Some(Instant::now());
             }
-            info!(lease = %id, holders = l.holders.len(), "a holder let go of the shared lease");
-            return Some(l.holders.len());
         }
-        None
+        info!(lease = %id, holders = l.holders.len(), "a holder let go of the shared lease; it is revoked once every holder is gone");
+        Some(l.holders.len())
     }
 
-    /// An admin's revocation: the lease is no workload's any more.
+    /// The lease is being revoked (by an admin, its expiry, another
+    /// node): it is no workload's any more.
     pub(super) async fn forget_shared(&self, id: &LeaseId) {
-        for (_, entry) in self.shares.all() {
-            let mut live = entry.lock().await;
-            if live.as_ref().is_some_and(|l| &l.issued.lease.id == id) {
-                *live = None;
-            }
+        let Some(entry) = self.shares.of_lease(id) else { return };
+        self.shares.unindex(id);
+        let mut live = entry.lock().await;
+        if live.as_ref().is_some_and(|l| &l.issued.lease.id == id) {
+            *live = None;
         }
     }
 
@@ -222,7 +241,8 @@ impl Broker {
                 _ = self.shutdown.cancelled() => return,
             }
             for (key, entry) in self.shares.all() {
-                let mut live = entry.lock().await;
+                // Busy (an issuance for the workload runs): next time.
+                let Ok(mut live) = entry.try_lock() else { continue };
                 let Some(l) = live.as_mut() else {
                     drop(live);
                     let mut entries = self.shares.entries.lock().unwrap();
@@ -239,15 +259,29 @@ impl Broker {
                 let id = l.issued.lease.id.clone();
                 let now = now_ms();
                 if now >= l.issued.lease.expires_at {
-                    // The expiry loop revokes it.
-                    *live = None;
-                    continue;
+                    // A holder may have renewed it meanwhile: the store says.
+                    match self.store.get(&id).await {
+                        Ok(Some(lease)) if lease.state == LeaseState::Active && lease.expires_at > now => {
+                            l.issued.lease = lease;
+                        }
+                        // Ended: the expiry loop revokes it.
+                        Ok(_) => {
+                            *live = None;
+                            self.shares.unindex(&id);
+                            continue;
+                        }
+                        Err(e) => {
+                            debug!(lease = %id, error = %e, "cannot read the shared lease; looking again shortly");
+                            continue;
+                        }
+                    }
                 }
                 if l.holders.is_empty() {
                     let since = *l.empty_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= l.grace {
                         *live = None;
                         drop(live);
+                        self.shares.unindex(&id);
                         info!(lease = %id, "the shared lease's last holder has been gone for share_grace; revoking it");
                         if let Err(e) = self.revoke_ended(&id).await {
                             warn!(lease = %id, error = %e, "revocation failed; it is retried");

@@ -37,8 +37,15 @@ pub struct ContainersConfig {
     pub timeout: Duration,
     /// The kubelet's pods directory (`/var/lib/kubelet/pods`): where the
     /// pod's service account is read from its projected token, for
-    /// `k8s_service_account`. Left out: that key matches nothing.
+    /// `k8s_service_account`. Left out: that key matches nothing. Needs
+    /// `service_account_keys`.
     pub kubelet_pods_dir: Option<PathBuf>,
+    /// The cluster's service-account public keys, PEM (the API server's
+    /// `--service-account-key-file`, `/etc/kubernetes/pki/sa.pub` with
+    /// kubeadm): a token counts only with a valid signature by one of
+    /// them, unexpired. A pod can put a file named `token` of its own in a
+    /// projected volume; only the API server can sign one.
+    pub service_account_keys: Option<PathBuf>,
 }
 
 /// Which API the engine speaks.
@@ -96,6 +103,25 @@ pub fn check(config: &ContainersConfig, errors: &mut Vec<ConfigError>) {
             ))
         }
         _ => {}
+    }
+    match (&config.kubelet_pods_dir, &config.service_account_keys) {
+        (Some(_), None) => errors.push(ConfigError::new(
+            "containers.service_account_keys",
+            "is required with kubelet_pods_dir: a token is believed only with the cluster's signature",
+        )),
+        (None, Some(_)) => errors.push(ConfigError::new(
+            "containers.kubelet_pods_dir",
+            "is required with service_account_keys: it is where the pods' tokens are read",
+        )),
+        _ => {}
+    }
+    if let Some(keys) = &config.service_account_keys {
+        if let Err(e) = std::fs::metadata(keys) {
+            errors.push(ConfigError::new(
+                "containers.service_account_keys",
+                format!("{}: {e}", keys.display()),
+            ));
+        }
     }
     if let Some(dir) = &config.kubelet_pods_dir {
         if !dir.is_absolute() {

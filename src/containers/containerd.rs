@@ -1,7 +1,9 @@
 //! containerd's gRPC API over its Unix socket, in the namespace the
 //! config names (`k8s.io` for the kubelet's containers):
 //! `Containers/Get` for the labels and image, `Tasks/Get` for whether it
-//! runs, `Images/Get` for the image's digest. Only the fields lessor reads
+//! runs. The image's digest is given only when the container was made from
+//! a reference by digest (`repo@sha256:…`): the image store would say what
+//! a tag points to now, not then. Only the fields lessor reads
 //! are declared; prost skips the rest.
 
 use std::collections::HashMap;
@@ -57,30 +59,6 @@ struct Process {
 
 const RUNNING: i32 = 2;
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct GetImageRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct GetImageResponse {
-    #[prost(message, optional, tag = "1")]
-    image: Option<Image>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Image {
-    #[prost(message, optional, tag = "3")]
-    target: Option<Descriptor>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Descriptor {
-    #[prost(string, tag = "2")]
-    digest: String,
-}
-
 pub struct Containerd {
     socket: PathBuf,
     namespace: String,
@@ -114,15 +92,9 @@ impl Containerd {
         if task.and_then(|t| t.process).is_none_or(|p| p.status != RUNNING) {
             return Ok(None);
         }
-        let image: Option<GetImageResponse> = self
-            .call(
-                &channel,
-                "/containerd.services.images.v1.Images/Get",
-                GetImageRequest { name: record.image.clone() },
-            )
-            .await?;
-        let digest =
-            image.and_then(|i| i.image).and_then(|i| i.target).map(|t| t.digest).filter(|d| !d.is_empty());
+        // Only a reference by digest says what the container was made
+        // from: a tag may point elsewhere by now.
+        let digest = record.image.split_once('@').map(|(_, digest)| digest.to_string());
         Ok(Some(Container {
             id: record.id.clone(),
             name: record.id,

@@ -46,14 +46,26 @@ pub struct Containers {
     socket: PathBuf,
     cache_ttl: Duration,
     timeout: Duration,
-    kubelet_pods_dir: Option<PathBuf>,
+    /// The kubelet's pods directory and the keys its tokens are checked with.
+    kubelet: Option<(PathBuf, Arc<kubelet::TokenKeys>)>,
     cache: Mutex<HashMap<String, (Instant, Option<Arc<Container>>)>>,
     down: AtomicBool,
 }
 
 impl Containers {
-    pub fn new(config: &ContainersConfig) -> Arc<Self> {
-        Arc::new(Self {
+    /// The error names the key whose file is wrong.
+    pub fn new(config: &ContainersConfig) -> Result<Arc<Self>, String> {
+        let kubelet = match (&config.kubelet_pods_dir, &config.service_account_keys) {
+            (Some(dir), Some(keys)) => Some((
+                dir.clone(),
+                Arc::new(
+                    kubelet::TokenKeys::load(keys)
+                        .map_err(|e| format!("containers.service_account_keys: {e}"))?,
+                ),
+            )),
+            _ => None,
+        };
+        Ok(Arc::new(Self {
             engine: match config.engine {
                 EngineKind::Docker => Engine::Docker(docker::Docker::new(config.socket.clone())),
                 EngineKind::Containerd => Engine::Containerd(containerd::Containerd::new(
@@ -64,10 +76,10 @@ impl Containers {
             socket: config.socket.clone(),
             cache_ttl: config.cache_ttl.as_std(),
             timeout: config.timeout.as_std(),
-            kubelet_pods_dir: config.kubelet_pods_dir.clone(),
+            kubelet,
             cache: Mutex::new(HashMap::new()),
             down: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// What the engine says of container `id` (64 hex digits), or `None`
@@ -88,7 +100,7 @@ impl Containers {
                 }
                 let answer = answer.map(Arc::new);
                 if answer.is_none() {
-                    debug!(container = %&id[..12], "the container engine does not know this container: no container attributes");
+                    debug!(container = %id.get(..12).unwrap_or(id), "the container engine does not know this container: no container attributes");
                 }
                 let mut cache = self.cache.lock().unwrap();
                 if cache.len() >= CACHE_ENTRIES {
@@ -114,11 +126,11 @@ impl Containers {
             Engine::Containerd(containerd) => containerd.inspect(id).await?,
         };
         let Some(mut container) = found else { return Ok(None) };
-        if let (Some(dir), Some(uid)) = (&self.kubelet_pods_dir, container.k8s_pod_uid()) {
-            let (dir, uid, namespace) =
-                (dir.clone(), uid.to_string(), container.k8s_namespace().map(str::to_string));
+        if let (Some((dir, keys)), Some(uid)) = (&self.kubelet, container.k8s_pod_uid()) {
+            let (dir, keys, uid) = (dir.clone(), keys.clone(), uid.to_string());
+            let namespace = container.k8s_namespace().map(str::to_string);
             container.service_account = tokio::task::spawn_blocking(move || {
-                kubelet::service_account(&dir, &uid, namespace.as_deref())
+                kubelet::service_account(&dir, &uid, namespace.as_deref(), &keys)
             })
             .await
             .ok()

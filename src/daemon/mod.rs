@@ -338,7 +338,12 @@ pub async fn start_with(
     }
     let app = api::router(state);
     let limits = api::listen::Limits::from_config(&config.server);
-    let containers = config.containers.as_ref().map(crate::containers::Containers::new);
+    let containers = config
+        .containers
+        .as_ref()
+        .map(crate::containers::Containers::new)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.source))?;
     let server = tokio::spawn(api::listen::serve(listener, app, limits, containers, shutdown.clone()));
     broker.start();
     broker.tasks().spawn(exporter.upkeep(shutdown.clone()));

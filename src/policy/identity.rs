@@ -254,6 +254,11 @@ impl CgroupView {
     pub fn read(path: &str, trusted_dir: &dyn Fn(&str) -> bool) -> Self {
         let mut trusted = String::new();
         for part in path.split('/').filter(|p| !p.is_empty()) {
+            // Above the daemon's own cgroup namespace root (`..`): not a
+            // path this view can check.
+            if part == ".." {
+                break;
+            }
             // `part` is made inside the directory `trusted` names.
             if !trusted_dir(if trusted.is_empty() { "/" } else { &trusted }) {
                 break;

@@ -482,10 +482,26 @@ impl Drop for Containerd {
     }
 }
 
+/// The cluster's service-account key pair, made by openssl: the private
+/// key (PEM) and the public key's file.
+fn cluster_keys(dir: &Path) -> (Vec<u8>, PathBuf) {
+    let (private, public) = (dir.join("sa.key"), dir.join("sa.pub"));
+    let out = Command::new("openssl").args(["genrsa", "-out"]).arg(&private).arg("2048").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    (std::fs::read(&private).unwrap(), public)
+}
+
 /// A kubelet's pods directory with pod `uid`'s projected token naming
-/// `account` in `namespace`.
-fn kubelet_pods(uid: &str, namespace: &str, account: &str) -> tempfile::TempDir {
-    use base64::Engine as _;
+/// `account` in `namespace`, signed with `key`.
+fn kubelet_pods(key: &[u8], uid: &str, namespace: &str, account: &str) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let pods = tempfile::tempdir().unwrap();
     std::fs::set_permissions(pods.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
@@ -493,14 +509,17 @@ fn kubelet_pods(uid: &str, namespace: &str, account: &str) -> tempfile::TempDir 
     std::fs::create_dir_all(&volume).unwrap();
     let claims = serde_json::json!({
         "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "exp": chrono::Utc::now().timestamp() + 3600,
         "kubernetes.io": {
             "namespace": namespace,
             "pod": { "name": "billing-api-7d4f", "uid": uid },
             "serviceaccount": { "name": account, "uid": "5c1e" },
         },
     });
-    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-    let token = format!("{}.{}.c2ln", b64(br#"{"alg":"RS256"}"#), b64(claims.to_string().as_bytes()));
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key).unwrap();
+    let token =
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key)
+            .unwrap();
     std::fs::write(volume.join("token"), token).unwrap();
     pods
 }
@@ -512,14 +531,18 @@ async fn a_pods_namespace_service_account_and_container_come_from_containerd_and
     let (role, prefix) = unique_role("k8s");
     db.track_prefix(&prefix);
     let pod_uid = format!("9a1b2c3d-{}", rand_suffix(8));
-    let pods = kubelet_pods(&pod_uid, "billing", "billing-api");
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = cluster_keys(keys.path());
+    let pods = kubelet_pods(&key, &pod_uid, "billing", "billing-api");
     let body = format!(
         "{}\n{}\nusername_template = \"v_{role}_{{k8s_namespace}}_{{random}}\"\n\
-         [containers]\nengine = \"containerd\"\nsocket = {:?}\nnamespace = \"k8s.io\"\nkubelet_pods_dir = {:?}\n{}",
+         [containers]\nengine = \"containerd\"\nsocket = {:?}\nnamespace = \"k8s.io\"\nkubelet_pods_dir = {:?}\n\
+         service_account_keys = {:?}\n{}",
         pg_connection(&db, None),
         pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
         containerd.socket(),
         pods.path(),
+        public,
         policy(
             "billing",
             "k8s_namespace = \"billing\", k8s_service_account = \"billing-api\", k8s_container = \"api\"",
@@ -552,7 +575,7 @@ async fn a_pods_namespace_service_account_and_container_come_from_containerd_and
     let web = containerd.run(&cri("web", "api", &pod_uid), &daemon);
     refused(&containerd.lessor(&web, &["creds", &role]), "its namespace is web, the token's billing");
     let other_uid = format!("0f0e0d0c-{}", rand_suffix(8));
-    let _other_pods = kubelet_pods(&other_uid, "billing", "default");
+    let _other_pods = kubelet_pods(&key, &other_uid, "billing", "default");
     let unknown = containerd.run(&cri("billing", "api", &other_uid), &daemon);
     refused(&containerd.lessor(&unknown, &["creds", &role]), "no token of its pod lies in kubelet_pods_dir");
 }

@@ -75,12 +75,15 @@ fn the_manifests_hold_together() {
     let pods_dir = config["containers"]["kubelet_pods_dir"].as_str().unwrap().to_string();
     let password_file = config["connections"]["pg"]["password_file"].as_str().unwrap().to_string();
     let lessor_socket = config["server"]["socket"].as_str().unwrap().to_string();
+    let keys_file = config["containers"]["service_account_keys"].as_str().unwrap().to_string();
     let root = tempfile::tempdir().unwrap();
     let relocated = toml_text
         .replace(&password_file, &root.path().join("pg-admin-password").display().to_string())
+        .replace(&keys_file, &root.path().join("sa.pub").display().to_string())
         .replace("/var/lib/lessor", &root.path().display().to_string())
         .replace("/run/lessor", &root.path().display().to_string());
     std::fs::write(root.path().join("pg-admin-password"), "x\n").unwrap();
+    std::fs::write(root.path().join("sa.pub"), str_at(config_map, "/data/sa.pub")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.path().join("pg-admin-password"), std::fs::Permissions::from_mode(0o600))
         .unwrap();
@@ -138,6 +141,14 @@ fn the_manifests_hold_together() {
     assert_eq!(volume["secret"]["secretName"], secret["metadata"]["name"]);
     let key = Path::new(&password_file).file_name().unwrap().to_str().unwrap();
     assert!(secret["stringData"][key].is_string(), "the Secret has the key {key} the config reads");
+    let (mount, volume) = volume_at(&keys_file);
+    assert_eq!(mount["readOnly"], true);
+    let key_name = Path::new(&keys_file).file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        volume["configMap"]["name"], config_map["metadata"]["name"],
+        "the keys come from the ConfigMap"
+    );
+    assert!(config_map["data"][key_name].is_string(), "the ConfigMap has {key_name}");
     let (_, volume) = volume_at("/etc/lessor/lessor.toml");
     assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
     for doc in [daemon_set, config_map, secret] {

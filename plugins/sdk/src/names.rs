@@ -76,6 +76,14 @@ pub enum TemplateError {
     /// No `{random}` part: two leases would share a name.
     #[error("the template must contain {{random}}")]
     NoRandom,
+    /// A caller placeholder without a fixed part before it that starts
+    /// with a letter: the names would have no prefix a sweep can match,
+    /// and could start with `_`, a digit, or a prefix the backend keeps
+    /// for itself.
+    #[error(
+        "a template with {{container}}, {{k8s_namespace}}, {{unit}} or {{user}} must start with a fixed part that begins with a letter (e.g. v_)"
+    )]
+    NoFixedStart,
     /// The fixed parts leave fewer than [`MIN_RANDOM`] random characters.
     #[error(
         "the fixed parts take {fixed} of {max} bytes, leaving fewer than {MIN_RANDOM} random characters"
@@ -119,6 +127,11 @@ impl UsernameTemplate {
         }
         if !parts.contains(&Part::Random) {
             return Err(TemplateError::NoRandom);
+        }
+        let caller_part = parts.iter().any(|p| matches!(p, Part::Field(f) if *f != Field::Role));
+        let fixed_start = matches!(parts.first(), Some(Part::Literal(l)) if l.starts_with(|c: char| c.is_ascii_lowercase()));
+        if caller_part && !fixed_start {
+            return Err(TemplateError::NoFixedStart);
         }
         let template = Self { parts, max_len };
         let fixed = template.fixed_len();
@@ -322,19 +335,25 @@ mod tests {
 
     #[test]
     fn identity_placeholders_are_sanitised_and_shortened_before_the_random_part() {
-        let t = UsernameTemplate::parse("{k8s_namespace}_{container}_{random}", 40).unwrap();
+        assert_eq!(
+            UsernameTemplate::parse("{k8s_namespace}_{container}_{random}", 40),
+            Err(TemplateError::NoFixedStart),
+            "names would have no fixed prefix"
+        );
+        assert_eq!(UsernameTemplate::parse("_{user}_{random}", 40), Err(TemplateError::NoFixedStart));
+        let t = UsernameTemplate::parse("k{k8s_namespace}_{container}_{random}", 41).unwrap();
         let who =
             Subject { container: Some("Billing-API.v2"), k8s_namespace: Some("prod"), ..Subject::default() };
         let name = t.generate_for("ro", &who);
-        assert!(name.starts_with("prod_billing_api_v2_"), "{name}");
-        assert_eq!(name.len(), "prod_billing_api_v2_".len() + DEFAULT_RANDOM);
-        assert_eq!(t.prefix("ro"), "", "an identity part varies per lease");
+        assert!(name.starts_with("kprod_billing_api_v2_"), "{name}");
+        assert_eq!(name.len(), "kprod_billing_api_v2_".len() + DEFAULT_RANDOM);
+        assert_eq!(t.prefix("ro"), "k", "an identity part varies per lease");
         // Too long: the identity parts give way, the random part keeps 8+.
         let long = Subject { container: Some(&"c".repeat(60)), k8s_namespace: Some(&"n".repeat(60)), ..who };
         let name = t.generate_for("ro", &long);
-        assert!(name.len() <= 40, "{name}");
+        assert!(name.len() <= 41, "{name}");
         assert!(name.rsplit('_').next().unwrap().len() >= MIN_RANDOM, "{name}");
-        assert!(name.starts_with("nnnn") && name.contains("_cccc"), "both shortened alike: {name}");
+        assert!(name.starts_with("knnnn") && name.contains("_cccc"), "both shortened alike: {name}");
         // Unknown parts render empty; units lose their suffix.
         let t = UsernameTemplate::parse("v_{unit}_{user}_{random}", 63).unwrap();
         let unit = Subject { unit: Some("billing-worker.service"), ..Subject::default() };

@@ -99,7 +99,7 @@ impl Workload {
     pub(super) fn of(role: &str, caller: &Caller, grant: &Grant) -> Option<Self> {
         let who = caller.identity();
         let policy = grant.policy.as_ref().map_or("-", |p| p.name.as_str());
-        let (what, holder) = if let Some(c) = who.container.as_deref() {
+        let what = if let Some(c) = who.container.as_deref() {
             let labels: Vec<String> = c
                 .labels
                 .iter()
@@ -107,19 +107,33 @@ impl Workload {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             let image = c.image_digest.as_deref().unwrap_or(&c.image);
-            (
-                format!("image={image}\nlabels={}", labels.join("\n")),
-                cgroup_through(who.cgroup.as_deref(), |part| part.contains(c.id.as_str())),
-            )
+            format!("image={image}\nlabels={}", labels.join("\n"))
         } else if let Some(unit) = caller.unit().or(who.systemd_unit.as_deref()) {
-            (format!("unit={unit}"), cgroup_through(who.cgroup.as_deref(), |part| part == unit))
+            format!("unit={unit}")
         } else {
-            let stamp = who.pid.and_then(Stamp::read);
-            let holder =
-                who.pid.zip(stamp).map(|(pid, s)| Holder::Process { pid, start_ticks: s.start_ticks });
-            (format!("uid={}\nexe={}", who.uid, who.exe.as_deref()?), holder)
+            format!("uid={}\nexe={}", who.uid, who.exe.as_deref()?)
         };
-        Some(Self { role: role.to_string(), key: format!("{role}\n{policy}\n{what}"), holder: holder? })
+        Some(Self {
+            role: role.to_string(),
+            key: format!("{role}\n{policy}\n{what}"),
+            holder: Holder::of(caller)?,
+        })
+    }
+}
+
+impl Holder {
+    /// What of `caller` holds a lease: its container's cgroup, its unit's,
+    /// or its process.
+    fn of(caller: &Caller) -> Option<Self> {
+        let who = caller.identity();
+        if let Some(c) = who.container.as_deref() {
+            cgroup_through(who.cgroup.as_deref(), |part| part.contains(c.id.as_str()))
+        } else if let Some(unit) = caller.unit().or(who.systemd_unit.as_deref()) {
+            cgroup_through(who.cgroup.as_deref(), |part| part == unit)
+        } else {
+            let pid = who.pid?;
+            Some(Self::Process { pid, start_ticks: Stamp::read(pid)?.start_ticks })
+        }
     }
 }
 
@@ -208,8 +222,7 @@ impl Broker {
         let entry = self.shares.of_lease(id)?;
         let mut live = entry.lock().await;
         let l = live.as_mut().filter(|l| &l.issued.lease.id == id)?;
-        let holder = Workload::of(&l.issued.lease.role, caller, &Grant { policy: None }).map(|w| w.holder);
-        if let Some(holder @ Holder::Process { .. }) = holder {
+        if let Some(holder @ Holder::Process { .. }) = Holder::of(caller) {
             l.holders.retain(|h| *h != holder);
             if l.holders.is_empty() {
                 l.empty_since = Some(Instant::now());

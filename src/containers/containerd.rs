@@ -60,23 +60,35 @@ struct Process {
 const RUNNING: i32 = 2;
 
 pub struct Containerd {
-    socket: PathBuf,
+    /// Connected on first use and again after containerd restarts, each
+    /// connection's peer checked.
+    channel: Channel,
     namespace: String,
 }
 
 impl Containerd {
+    /// Within the runtime: the channel's worker is spawned on it.
     pub fn new(socket: PathBuf, namespace: String) -> Self {
-        Self { socket, namespace }
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                super::check_peer(&stream)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel = Endpoint::from_static("http://containerd").connect_with_connector_lazy(connector);
+        Self { channel, namespace }
     }
 
     /// The container with exactly this id, while its task runs; `None`
     /// when containerd does not know it (in this namespace) or it has
     /// stopped. containerd names containers by id only: the id is its name.
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>, String> {
-        let channel = self.connect().await?;
+        let channel = &self.channel;
         let got: Option<GetContainerResponse> = self
             .call(
-                &channel,
+                channel,
                 "/containerd.services.containers.v1.Containers/Get",
                 GetContainerRequest { id: id.to_string() },
             )
@@ -84,7 +96,7 @@ impl Containerd {
         let Some(record) = got.and_then(|r| r.container).filter(|c| c.id == id) else { return Ok(None) };
         let task: Option<GetTaskResponse> = self
             .call(
-                &channel,
+                channel,
                 "/containerd.services.tasks.v1.Tasks/Get",
                 GetTaskRequest { container_id: id.to_string() },
             )
@@ -103,22 +115,6 @@ impl Containerd {
             labels: record.labels.into_iter().collect(),
             service_account: None,
         }))
-    }
-
-    async fn connect(&self) -> Result<Channel, String> {
-        let socket = self.socket.clone();
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(&socket).await?;
-                super::check_peer(&stream)?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
-        Endpoint::from_static("http://containerd")
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))
     }
 
     /// A unary call in the namespace: the answer, or `None` on NotFound.

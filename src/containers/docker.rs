@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -60,7 +61,8 @@ impl Docker {
     /// The container with exactly this id, while it runs; `None` when the
     /// engine does not know it or it has stopped.
     pub async fn inspect(&self, id: &str) -> Result<Option<Container>, String> {
-        let Some(inspect) = self.get::<Inspect>(&format!("{API}/containers/{id}/json")).await? else {
+        let mut connection = self.connect().await?;
+        let Some(inspect) = connection.get::<Inspect>(&format!("{API}/containers/{id}/json")).await? else {
             return Ok(None);
         };
         // An id prefix could name another container; the engine must
@@ -68,7 +70,7 @@ impl Docker {
         if inspect.id != id || !inspect.state.running {
             return Ok(None);
         }
-        let image = self.get::<ImageInspect>(&format!("{API}/images/{}/json", inspect.image)).await?;
+        let image = connection.get::<ImageInspect>(&format!("{API}/images/{}/json", inspect.image)).await?;
         let repo = inspect.config.image.split_once('@').map_or(inspect.config.image.as_str(), |(r, _)| r);
         let repo = strip_tag(repo);
         let digests = image.and_then(|i| i.repo_digests).unwrap_or_default();
@@ -90,24 +92,34 @@ impl Docker {
         }))
     }
 
+    /// One connection to the engine, its peer checked.
+    async fn connect(&self) -> Result<Connection, String> {
+        let at = |e: &dyn std::fmt::Display| format!("{}: {e}", self.socket.display());
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| at(&e))?;
+        super::check_peer(&stream).map_err(|e| at(&e))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| at(&e))?;
+        Ok(Connection { sender, driver: tokio::spawn(connection) })
+    }
+}
+
+/// A connection to the engine, for the requests of one look-up.
+struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Connection {
     /// GETs `path`: the answer, or `None` on 404.
-    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<Option<T>, String> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
-        super::check_peer(&stream).map_err(|e| format!("{}: {e}", self.socket.display()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
-        let driver = tokio::spawn(connection);
+    async fn get<T: for<'de> Deserialize<'de>>(&mut self, path: &str) -> Result<Option<T>, String> {
         let request = Request::get(path)
             .header(hyper::header::HOST, "docker")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let answer = sender.send_request(request).await.map_err(|e| format!("GET {path}: {e}"));
-        let result = match answer {
-            Ok(response) if response.status() == StatusCode::NOT_FOUND => Ok(None),
-            Ok(response) if response.status().is_success() => {
+        let response = self.sender.send_request(request).await.map_err(|e| format!("GET {path}: {e}"))?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => {
                 let body = Limited::new(response.into_body(), MAX_BODY)
                     .collect()
                     .await
@@ -117,11 +129,14 @@ impl Docker {
                     .map(Some)
                     .map_err(|e| format!("GET {path}: unexpected answer: {e}"))
             }
-            Ok(response) => Err(format!("GET {path}: the engine answered {}", response.status())),
-            Err(e) => Err(e),
-        };
-        driver.abort();
-        result
+            status => Err(format!("GET {path}: the engine answered {status}")),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 

@@ -168,8 +168,33 @@ fn refused(out: &Output, why: &str) {
     assert!(text(out).contains("HTTP 403"), "{why}: {}", text(out));
 }
 
-fn containers_section(engine: &Engine) -> String {
-    format!("[containers]\nengine = \"docker\"\nsocket = {:?}\ncache_ttl = \"1s\"\n", engine.socket())
+/// The config most tests here run with: `role` on the test database, the
+/// engine, and the `billing` policy (`label.app = "billing"` grants the
+/// role), plus `server` lines, `role_extra` lines in the role's section and
+/// `more` sections; the daemon's socket open to every user.
+#[derive(Default)]
+struct Billing<'a> {
+    server: &'a str,
+    role_extra: &'a str,
+    more: &'a str,
+}
+
+impl Billing<'_> {
+    async fn start(&self, db: &TestDb, engine: &Engine, role: &str) -> Daemon {
+        let body = format!(
+            "{}\n\n{}\n{}\n{}\n[containers]\nengine = \"docker\"\nsocket = {:?}\ncache_ttl = \"1s\"\n{}\n{}",
+            self.server,
+            pg_connection(db, None),
+            pg_role(role, "1h", "2h", &[CREATE_ROLE]),
+            self.role_extra,
+            engine.socket(),
+            policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
+            self.more,
+        );
+        let daemon = Daemon::start(db, &body).await;
+        daemon.open_to_all_users();
+        daemon
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,13 +208,9 @@ async fn labels_image_and_name_from_the_engine_decide_what_a_container_gets() {
     let run = rand_suffix(6);
     let audit = tempfile::tempdir().unwrap();
     let audit_log = audit.path().join("audit.jsonl");
-    let body = format!(
-        "audit_log = {audit_log:?}\n\n{}\n{}\nusername_template = \"v_{role}_{{container}}_{{random}}\"\n{}\n{}\n{}\n{}",
-        pg_connection(&db, None),
-        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
+    let more = format!(
+        "{}\n{}",
         pg_role(&named, "1h", "2h", &[CREATE_ROLE]),
-        containers_section(&engine),
-        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
         policy(
             "by_image",
             &format!("image = \"localhost/lessor-busybox:*\", container_name = \"named-{run}-*\""),
@@ -197,8 +218,13 @@ async fn labels_image_and_name_from_the_engine_decide_what_a_container_gets() {
             ""
         ),
     );
-    let daemon = Daemon::start(&db, &body).await;
-    daemon.open_to_all_users();
+    let daemon = Billing {
+        server: &format!("audit_log = {audit_log:?}"),
+        role_extra: &format!("username_template = \"v_{role}_{{container}}_{{random}}\""),
+        more: &more,
+    }
+    .start(&db, &engine, &role)
+    .await;
 
     let billing = Ctr::run(&format!("billing-{run}"), &["app=billing", "tier=backend"], &daemon);
     let web = Ctr::run(&format!("web-{run}"), &["app=web"], &daemon);
@@ -272,16 +298,8 @@ async fn with_the_engine_down_container_keys_match_nobody_and_host_policies_stil
     let (role, prefix) = unique_role("ctrd");
     db.track_prefix(&prefix);
     let run = rand_suffix(6);
-    let body = format!(
-        "{}\n{}\n{}\n{}\n{}",
-        pg_connection(&db, None),
-        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
-        containers_section(&engine),
-        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
-        policy("nobody", "uid = 65534", &[&format!("creds:{role}")], ""),
-    );
-    let daemon = Daemon::start(&db, &body).await;
-    daemon.open_to_all_users();
+    let nobody = policy("nobody", "uid = 65534", &[&format!("creds:{role}")], "");
+    let daemon = Billing { more: &nobody, ..Billing::default() }.start(&db, &engine, &role).await;
     let first = Ctr::run(&format!("billing-a-{run}"), &["app=billing"], &daemon);
     issued(&first.lessor(&["creds", &role, "--format", "json"]));
 
@@ -318,15 +336,8 @@ async fn replicas_of_one_workload_share_one_lease_until_the_last_is_gone() {
     let (role, prefix) = unique_role("ctrs");
     db.track_prefix(&prefix);
     let run = rand_suffix(6);
-    let body = format!(
-        "{}\n{}\nshare = \"workload\"\nshare_grace = \"2s\"\nmax_leases = 1\n{}\n{}",
-        pg_connection(&db, None),
-        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
-        containers_section(&engine),
-        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
-    );
-    let daemon = Daemon::start(&db, &body).await;
-    daemon.open_to_all_users();
+    let shared = "share = \"workload\"\nshare_grace = \"2s\"\nmax_leases = 1";
+    let daemon = Billing { role_extra: shared, ..Billing::default() }.start(&db, &engine, &role).await;
     let replicas: Vec<Ctr> = (0..3)
         .map(|i| Ctr::run(&format!("billing-{run}-{i}"), &["app=billing", "tier=api"], &daemon))
         .collect();
@@ -648,15 +659,7 @@ async fn a_connection_whose_container_is_removed_gets_nothing_more() {
     let engine = Engine::start().await;
     let (role, prefix) = unique_role("ctrh");
     db.track_prefix(&prefix);
-    let body = format!(
-        "{}\n{}\n{}\n{}",
-        pg_connection(&db, None),
-        pg_role(&role, "1h", "2h", &[CREATE_ROLE]),
-        containers_section(&engine),
-        policy("billing", "label.app = \"billing\"", &[&format!("creds:{role}")], ""),
-    );
-    let daemon = Daemon::start(&db, &body).await;
-    daemon.open_to_all_users();
+    let daemon = Billing::default().start(&db, &engine, &role).await;
     let handoff = tempfile::tempdir().unwrap();
     std::fs::set_permissions(handoff.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = handoff.path().join("handoff.sock");

@@ -4,9 +4,9 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
-//!     [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]
+//!     [--scale-leases 1000000] [--outage-leases 100000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -22,7 +22,9 @@
 //! their sockets. The phases, in the order they run, each with N concurrent
 //! clients for S seconds and a file of its own:
 //! - `grp` and `direct` (`issuance/issue.rs`): issuance, raw SQL against
-//!   lessor, with group-role membership or a direct GRANT;
+//!   lessor, with group-role membership or a direct GRANT; `grp` also
+//!   runs the physical limit (`issuance/limit.rs`: pgbench, one
+//!   `CREATE ROLE` with a precomputed 1-iteration verifier);
 //! - `external` (`issuance/external.rs`): `grp`'s statements through the
 //!   PostgreSQL plugin in process and out of process (`lessor plugin serve
 //!   postgres` as an external plugin), taking turns in one daemon;
@@ -46,7 +48,11 @@
 //!   application's connection pool;
 //! - `scale` (`issuance/scale.rs`): `lessor serve` started on a store
 //!   holding `--scale-leases` active leases: time to ready, memory, and
-//!   issuance latency during and after the start-up scan.
+//!   issuance latency during and after the start-up scan;
+//! - `outage` (`issuance/outage.rs`): `lessor serve` started on a store
+//!   whose `--outage-leases` leases (real roles) all expired while no
+//!   daemon ran: the drain rate from the start, the backend connections
+//!   lessor holds against its pool's size, issuance latency meanwhile.
 //!
 //! What they share: `setup.rs` (the run's names, fixtures and cleanup on
 //! PostgreSQL), `nodes.rs` (lessor's config and the in-process daemons),
@@ -68,6 +74,8 @@ mod external;
 mod issue;
 #[path = "issuance/ldap.rs"]
 mod ldap_phase;
+#[path = "issuance/limit.rs"]
+mod limit;
 #[path = "issuance/load.rs"]
 mod load;
 #[path = "issuance/mysql.rs"]
@@ -76,6 +84,8 @@ mod mysql;
 mod nodes;
 #[path = "issuance/openbao.rs"]
 mod openbao;
+#[path = "issuance/outage.rs"]
+mod outage;
 #[path = "issuance/pool.rs"]
 mod pool;
 #[path = "issuance/redis.rs"]
@@ -95,9 +105,11 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
-const PHASES: &[&str] =
-    &["grp", "direct", "external", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale"];
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--outage-leases 100000] [--audit] [--store sqlite|postgres] [--nodes 1]";
+const PHASES: &[&str] = &[
+    "grp", "direct", "external", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale",
+    "outage",
+];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -117,6 +129,8 @@ struct Args {
     scram_iterations: Option<u32>,
     /// Leases in the store for phase `scale`.
     scale_leases: usize,
+    /// Expired leases (and roles) in the store for phase `outage`.
+    outage_leases: usize,
     /// `--audit`: lessor writes its audit log (every request fsync'd, grouped).
     audit: bool,
     /// `--store postgres`: lessor keeps its leases in PostgreSQL (the
@@ -161,6 +175,7 @@ fn parse_args() -> Result<Args, String> {
         sslmode: None,
         scram_iterations: None,
         scale_leases: 1_000_000,
+        outage_leases: 100_000,
         audit: false,
         postgres_store: false,
         store_named: false,
@@ -199,6 +214,7 @@ fn parse_args() -> Result<Args, String> {
             "--sslmode" => args.sslmode = Some(value()?),
             "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
             "--scale-leases" => args.scale_leases = value()?.parse().map_err(|_| bad(&arg))?,
+            "--outage-leases" => args.outage_leases = value()?.parse().map_err(|_| bad(&arg))?,
             "--audit" => args.audit = true,
             "--store" => {
                 args.postgres_store = match value()?.as_str() {
@@ -402,6 +418,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
     }
     if chosen("scale") {
         scale::phase(args, setup).await?;
+    }
+    if chosen("outage") {
+        outage::phase(args, setup).await?;
     }
     Ok(())
 }

@@ -21,9 +21,9 @@ use rand::Rng;
 use tokio_postgres::error::SqlState;
 
 use crate::load::{cpu_since, drive, lessor_backends_cpu, lessor_ops, Op, Stats};
-use crate::report::{ms, print_ratios, print_stats, Targets, PG_BACKENDS};
+use crate::report::{ms, print_ratios, print_stats, verdict, Targets, PG_BACKENDS};
 use crate::setup::{connect, create_role, pg_error, vacuum_catalogs, Setup};
-use crate::{scrape, Result, Run};
+use crate::{limit, scrape, Result, Run};
 
 /// Operations per `direct` run, below the ~680 grants t2's ACL can hold.
 const DIRECT_CAP: usize = 500;
@@ -86,6 +86,7 @@ pub async fn phase(run: &Run<'_>, role: &'static str) -> Result<Vec<(&'static st
         ("raw+retry", raw_run(true, false).await?)
     };
     print_stats(label, &other, PG_BACKENDS);
+    let limit = if role == "grp" { limit::measure(run).await? } else { None };
 
     if role == "direct" {
         reset_t2(setup).await?;
@@ -123,6 +124,15 @@ pub async fn phase(run: &Run<'_>, role: &'static str) -> Result<Vec<(&'static st
     }
     print_ratios("vs raw", &raw, &lessor, &TARGETS);
     print_ratios(&format!("vs {label}"), &other, &lessor, &TARGETS);
+    if let Some(limit) = limit {
+        let share = lessor.throughput() / limit.tps.max(f64::MIN_POSITIVE);
+        println!(
+            "  vs limit         throughput {share:.2} × the limit (target ≥ 0.5 at scram_iterations = 1: {}); \
+             lessor/raw {:.2}",
+            verdict(share >= 0.5),
+            lessor.throughput() / raw.throughput().max(f64::MIN_POSITIVE)
+        );
+    }
     Ok(vec![("raw", raw), (label, other), ("lessor", lessor)])
 }
 

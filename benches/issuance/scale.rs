@@ -55,7 +55,8 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     let t = Instant::now();
     let path = store.clone();
     let prefix = setup.names.minted("scale");
-    tokio::task::spawn_blocking(move || fill(&path, leases, &prefix)).await??;
+    let (day, two_days) = (86_400_000, 2 * 86_400_000);
+    tokio::task::spawn_blocking(move || fill(&path, leases, &prefix, day..two_days)).await??;
     let size = std::fs::metadata(&store).map(|m| m.len()).unwrap_or(0);
     println!("  store filled in {:.1} s ({:.0} MB on disk)", t.elapsed().as_secs_f64(), size as f64 / 1e6);
 
@@ -229,13 +230,15 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 /// Creates the store with lessor's own schema, then writes `leases` active
-/// leases of role `grp` into it, in transactions of [`FILL_CHUNK`] rows.
-fn fill(path: &Path, leases: usize, prefix: &str) -> Result<()> {
+/// leases of role `grp` into it, in transactions of [`FILL_CHUNK`] rows:
+/// user `<prefix><n>` for lease n, expiring at a random point of
+/// `expiring` (ms from now; phase `outage` gives a range in the past).
+pub fn fill(path: &Path, leases: usize, prefix: &str, expiring: std::ops::Range<i64>) -> Result<()> {
     drop(lessor::store::SqliteStore::open(path)?);
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "synchronous", "OFF")?;
     let now = Utc::now().timestamp_millis();
-    let day = 86_400_000i64;
+    let hour = 3_600_000i64;
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut rng = rand::rng();
     let mut written = 0;
@@ -250,8 +253,9 @@ fn fill(path: &Path, leases: usize, prefix: &str) -> Result<()> {
             for n in written..(written + FILL_CHUNK).min(leases) {
                 let id = format!("grp/{}", Alphanumeric.sample_string(&mut rng, 22));
                 let username = format!("{prefix}{n}");
-                let expires = now + day + rng.random_range(0..day);
-                insert.execute(rusqlite::params![id, username, now, expires, expires + day, uid, gid])?;
+                let expires = now + rng.random_range(expiring.clone());
+                let issued = now.min(expires - hour);
+                insert.execute(rusqlite::params![id, username, issued, expires, expires + hour, uid, gid])?;
             }
         }
         tx.commit()?;

@@ -43,7 +43,12 @@ impl Broker {
         self.forget_shared(id).await;
         let _lock = self.locks.lock(id).await;
         let mut retry = Reschedule { index: &self.index, id, armed: true };
-        let lease = match self.store.claim(id).await? {
+        // An expiry marks the lease `revoking` only if it has expired by
+        // now (it may have been renewed meanwhile); a revocation asked for
+        // now marks it whatever its expiry.
+        let expired_by = expired.then(Utc::now);
+        let (claim, marked) = self.store.claim_to_revoke(id, expired_by).await?;
+        let lease = match claim {
             Claim::Granted(lease) => lease,
             Claim::Missing => {
                 retry.armed = false;
@@ -89,6 +94,7 @@ impl Broker {
             return Ok(Revocation::NotDue);
         }
         if matches!(lease.state, LeaseState::Pending | LeaseState::Active)
+            && !marked
             && !self.store.write(Write::StartRevoking { id: id.clone() }).await?
         {
             // The claim was lost meanwhile (this node was out of touch for

@@ -581,6 +581,67 @@ async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_to_revoke_marks_revoking_only_what_is_due() {
+    let db = TestDb::create().await;
+    let a = Arc::new(store(&db, "a").await);
+    let now = Utc::now();
+    let (past, future) = (now - chrono::Duration::seconds(5), now + chrono::Duration::hours(1));
+    // (name, expiry, state to bring it to, asked to revoke now, marked, state before)
+    let kinds = [
+        ("expired", past, LeaseState::Active, false, true, LeaseState::Active),
+        ("renewed", future, LeaseState::Active, false, false, LeaseState::Active),
+        ("asked", future, LeaseState::Active, true, true, LeaseState::Active),
+        ("pending", future, LeaseState::Pending, false, true, LeaseState::Pending),
+        ("retrying", past, LeaseState::Revoking, false, false, LeaseState::Revoking),
+    ];
+    // One claim at a time (each alone in its statement), then 100 of each
+    // kind at once (in batches).
+    for (round, copies) in [(0, 1), (1, 100)] {
+        let mut cases = Vec::new();
+        for (kind, expires, state, now_asked, marked, before) in kinds {
+            for i in 0..copies {
+                let id = LeaseId::parse(&format!("app/{kind}{round}x{i:03}")).unwrap();
+                assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", expires))).await.unwrap());
+                if state != LeaseState::Pending {
+                    let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+                    assert!(a.write(activate).await.unwrap());
+                }
+                if state == LeaseState::Revoking {
+                    assert!(a.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
+                }
+                cases.push((id, now_asked, marked, before));
+            }
+        }
+        let claims = cases.iter().map(|(id, now_asked, ..)| {
+            let a = a.clone();
+            let (id, expired_by) = (id.clone(), (!now_asked).then(Utc::now));
+            async move { a.claim_to_revoke(&id, expired_by).await.unwrap() }
+        });
+        let answers = if copies == 1 {
+            let mut answers = Vec::new();
+            for claim in claims {
+                answers.push(claim.await);
+            }
+            answers
+        } else {
+            futures_util::future::join_all(claims).await
+        };
+        for ((id, _, marked, before), (claim, was_marked)) in cases.iter().zip(answers) {
+            let Claim::Granted(lease) = claim else { panic!("{id}: not granted: {claim:?}") };
+            assert_eq!((lease.state, was_marked), (*before, *marked), "{id}: the lease as it was");
+            let row = db
+                .su
+                .query_one("SELECT state, claimed_by FROM leases WHERE id = $1", &[&id.as_str()])
+                .await
+                .unwrap();
+            let (state, holder): (String, Option<String>) = (row.get(0), row.get(1));
+            let expected = if *marked { "revoking" } else { before.as_str() };
+            assert_eq!((state.as_str(), holder.as_deref()), (expected, Some("a")), "{id} in the store");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_does_not_wait_on_a_row_a_stopped_node_holds() {
     let db = TestDb::create().await;
     let (a, b) = (Arc::new(store(&db, "a").await), Arc::new(store(&db, "b").await));

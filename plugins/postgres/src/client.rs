@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::config::{target, ConnectionSettings, PasswordEncoding, PgRole, CONNECT_TIMEOUT};
 use crate::error::{classify, classify_pool, with_verifier_parts};
 use crate::grants;
+use crate::pipeline::{pipelined, Failed};
 use crate::scram;
 use crate::tls::{self, PgTls};
 
@@ -277,27 +278,23 @@ impl Plugin for PgPlugin {
             Values { name: username, password: Some(sent.expose_secret()), expiration: Some(&expiration) };
         debug!(operation = "create", connection = %self.connection, role = request.role, username, lease_id = request.lease_id, "creating role");
 
-        let mut client = self.get(&cx, &redactor).await?;
+        let client = self.get(&cx, &redactor).await?;
         let token = client.cancel_token();
         let work = async {
-            let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
-            let total = role.creation.len();
-            for (i, template) in role.creation.iter().enumerate() {
-                let sql = template.render(&values);
-                if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
+            let sql: Vec<SecretString> = role.creation.iter().map(|t| t.render(&values)).collect();
+            let total = sql.len();
+            match pipelined(&client, &sql).await {
+                Ok(()) => Ok(()),
+                Err(Failed::Statement(i, e)) => {
                     let step = cx.step(format!("creation statement {} of {total}", i + 1), true);
-                    let acl_full = e
-                        .as_db_error()
-                        .and_then(|db| grants::acl_full(db.code(), db.message(), template, &step, &redactor));
-                    let err = acl_full.unwrap_or_else(|| classify(&e, &step, &redactor));
-                    if let Err(e) = tx.rollback().await {
-                        let e = classify(&e, &cx, &redactor);
-                        debug!(operation = "create", connection = %self.connection, username, error = %e, "rollback failed");
-                    }
-                    return Err(err);
+                    let acl_full = e.as_db_error().and_then(|db| {
+                        grants::acl_full(db.code(), db.message(), &role.creation[i], &step, &redactor)
+                    });
+                    Err(acl_full.unwrap_or_else(|| classify(&e, &step, &redactor)))
                 }
+                Err(Failed::Begin(e)) => Err(classify(&e, &cx, &redactor)),
+                Err(Failed::Commit(e)) => Err(classify(&e, &cx.step("COMMIT", false), &redactor)),
             }
-            tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
         };
         // A timed-out creation is not rolled back here: its connection is
         // closed, and the broker revokes the username once the server has
@@ -366,24 +363,25 @@ impl Plugin for PgPlugin {
                 false,
             )],
         };
-        let mut client = self.get(&cx, &redactor).await?;
+        let client = self.get(&cx, &redactor).await?;
         let token = client.cancel_token();
         let work = async {
-            let tx = client.transaction().await.map_err(|e| classify(&e, &cx, &redactor))?;
-            for (step, sql, role_statement) in statements {
-                if let Err(e) = tx.batch_execute(sql.expose_secret()).await {
-                    let err = if is_undefined_object(&e) && !role_statement {
+            let sql: Vec<SecretString> = statements.iter().map(|(_, sql, _)| sql.clone()).collect();
+            match pipelined(&client, &sql).await {
+                Ok(()) => Ok(()),
+                Err(Failed::Statement(i, e)) => {
+                    let (step, _, role_statement) = &statements[i];
+                    Err(if is_undefined_object(&e) && !role_statement {
                         PluginError::Rejected {
                             message: format!("renew {username}: the role no longer exists"),
                         }
                     } else {
-                        classify(&e, &cx.step(step, role_statement), &redactor)
-                    };
-                    let _ = tx.rollback().await;
-                    return Err(err);
+                        classify(&e, &cx.step(step.clone(), *role_statement), &redactor)
+                    })
                 }
+                Err(Failed::Begin(e)) => Err(classify(&e, &cx, &redactor)),
+                Err(Failed::Commit(e)) => Err(classify(&e, &cx.step("COMMIT", false), &redactor)),
             }
-            tx.commit().await.map_err(|e| classify(&e, &cx.step("COMMIT", false), &redactor))
         };
         match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result?,

@@ -8,6 +8,7 @@
 //!   the offending key), and the admin URL check (no password in it);
 //! - `client`: [`PgPlugin`], the engine: the admin pool, the creation
 //!   transaction, the renew statement and the step-by-step revocation;
+//! - `pipeline`: a transaction sent in one round trip (creation, renewal);
 //! - `tls`: the connector every connection goes through (rustls, libpq's
 //!   `sslmode` levels, see `lessor_plugin::tls`);
 //! - `revoke`: the default revocation recipe and custom statements, one role;
@@ -27,6 +28,7 @@ mod client;
 mod config;
 mod error;
 mod grants;
+mod pipeline;
 mod revoke;
 #[doc(hidden)] // pub for its benchmark (benches/scram.rs)
 pub mod scram;

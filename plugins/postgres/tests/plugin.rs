@@ -410,7 +410,9 @@ async fn failed_creation_leaves_no_role_and_no_secret_in_the_error() {
                 (r#"GRANTT SELECT ON no_such_table TO "{{name}}""#, "invalid_role"),
             ];
             for (second, class) in cases {
-                let settings = fx.role(&format!("creation_statements = [{CREATE_ROLE:?}, {second:?}]"));
+                let third = r#"COMMENT ON ROLE "{{name}}" IS 'made'"#;
+                let settings =
+                    fx.role(&format!("creation_statements = [{CREATE_ROLE:?}, {second:?}, {third:?}]"));
                 let user = fx.username();
                 let pw = password();
                 let err = fx.create(&settings, &user, &pw, in_one_hour()).await.unwrap_err();
@@ -419,6 +421,9 @@ async fn failed_creation_leaves_no_role_and_no_secret_in_the_error() {
                 assert!(!message.contains("SCRAM-SHA-256$"), "verifier leaked: {message}");
                 assert!(!message.contains("GRANT SELECT"), "statement text leaked: {message}");
                 assert!(message.contains(&user), "the error names the username: {message}");
+                // The statement that failed, not a later one of the same
+                // round trip that failed because the transaction had.
+                assert!(message.contains("creation statement 2 of 3"), "{message}");
                 match class {
                     "rejected" => assert!(matches!(err, PluginError::Rejected { .. }), "{err:?}"),
                     _ => assert!(matches!(err, PluginError::InvalidRole { .. }), "{err:?}"),
@@ -430,6 +435,14 @@ async fn failed_creation_leaves_no_role_and_no_secret_in_the_error() {
                 // The broker revokes regardless: that must succeed on a role that never was.
                 fx.plugin.revoke(&lease(Some(&settings), &user)).await.expect("revoke after failure");
             }
+            // The pool's connections came back out of the failed
+            // transactions: the next creation commits.
+            let settings = fx.role(&format!("creation_statements = [{CREATE_ROLE:?}]"));
+            let user = fx.username();
+            fx.create(&settings, &user, &password(), in_one_hour())
+                .await
+                .expect("a creation after the failures");
+            assert!(fx.role_exists(&user).await, "role {user} was not committed");
         })
         .await;
     }

@@ -10,6 +10,11 @@
 //! one by one, waiting for that transaction as a lone claim does. So a
 //! batch never waits on another node's, nor deadlocks with it, and every
 //! claim gets the answer a lone claim would.
+//!
+//! A claim to revoke also moves a `pending` lease, or an `active` one whose
+//! expiry has come, to `revoking` in the same statement
+//! ([`crate::store::LeaseStore::claim_to_revoke`]): the revocation then
+//! needs one durable write of its own, the one that records it done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,12 +37,23 @@ const BATCHES: usize = 2;
 /// How many columns [`LEASE_COLUMNS`] selects.
 const LEASE_COLUMN_COUNT: usize = 20;
 
+/// The part of a claim's `UPDATE` that marks a lease `revoking` when the
+/// claim is to revoke it (`k.mark_by` set: epoch ms by which an `active`
+/// lease must have expired, `i64::MAX` for a revocation asked for now).
+/// `$6` is this node's clock, for `retry_at` as `StartRevoking` sets it.
+const MARK: &str = "state = CASE WHEN k.mark_by IS NOT NULL AND (l.state = 'pending' \
+       OR (l.state = 'active' AND l.expires_at <= k.mark_by)) THEN 'revoking' ELSE l.state END, \
+     retry_at = CASE WHEN k.mark_by IS NOT NULL AND (l.state = 'pending' \
+       OR (l.state = 'active' AND l.expires_at <= k.mark_by)) THEN $6 ELSE l.retry_at END";
+
 /// One claim waiting for its batch.
 struct Job {
     id: LeaseId,
+    /// For a claim to revoke: see [`MARK`].
+    mark_by: Option<i64>,
     /// The node timeout in ms (the same for every job of a store).
     timeout_ms: i64,
-    reply: oneshot::Sender<Result<Claim, StoreError>>,
+    reply: oneshot::Sender<Result<(Claim, bool), StoreError>>,
 }
 
 /// The queue of a store's claim gatherer.
@@ -55,10 +71,16 @@ impl Claims {
 }
 
 impl PostgresStore {
-    /// Claims `id` for this node, in the next batch.
-    pub(super) async fn claim_lease(&self, id: &LeaseId) -> Result<Claim, StoreError> {
+    /// Claims `id` for this node, in the next batch; with `mark_by`, to
+    /// revoke it (see [`MARK`]). The lease as it was, and whether it was
+    /// marked `revoking`.
+    pub(super) async fn claim_lease(
+        &self,
+        id: &LeaseId,
+        mark_by: Option<i64>,
+    ) -> Result<(Claim, bool), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { id: id.clone(), timeout_ms: self.timeout_ms(), reply };
+        let job = Job { id: id.clone(), mark_by, timeout_ms: self.timeout_ms(), reply };
         if self.claims.queue.send(job).is_err() {
             return Err(self.failed("claim a lease", "the claim gatherer has stopped"));
         }
@@ -125,7 +147,8 @@ impl Claimer {
     async fn run(&self, mut batch: Vec<Job>) {
         if batch.len() == 1 {
             let job = batch.pop().expect("one job");
-            let _ = job.reply.send(self.claim_one(&job.id, job.timeout_ms).await);
+            let answer = self.claim_one(&job, Utc::now().timestamp_millis()).await;
+            let _ = job.reply.send(answer);
             return;
         }
         let mut settled = match self.claim_many(&batch).await {
@@ -149,59 +172,83 @@ impl Claimer {
                 None => alone.push(job),
             }
         }
+        let now = Utc::now().timestamp_millis();
         futures_util::future::join_all(alone.into_iter().map(|job| async move {
-            let _ = job.reply.send(self.claim_one(&job.id, job.timeout_ms).await);
+            let answer = self.claim_one(&job, now).await;
+            let _ = job.reply.send(answer);
         }))
         .await;
     }
 
     /// Claims what it can of `batch` in one statement; the answer of every
     /// lease it could lock.
-    async fn claim_many(&self, batch: &[Job]) -> Result<HashMap<String, Claim>, StoreError> {
+    async fn claim_many(&self, batch: &[Job]) -> Result<HashMap<String, (Claim, bool)>, StoreError> {
         let ids: Vec<&str> = batch.iter().map(|job| job.id.as_str()).collect();
+        let marks: Vec<Option<i64>> = batch.iter().map(|job| job.mark_by).collect();
         let timeout_ms = batch[0].timeout_ms;
+        let now = Utc::now().timestamp_millis();
+        // `locked` keeps each lease's state from before the claim, which
+        // the `UPDATE`'s own RETURNING no longer sees.
         let sql = format!(
-            "WITH locked AS (SELECT id FROM leases WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED), \
-             claimed AS (UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4 \
-               WHERE l.id IN (SELECT id FROM locked) AND l.state <> 'revoked' AND {CLAIMABLE} \
-               RETURNING {LEASE_COLUMNS}) \
-             SELECT c.*, k.id FROM locked k LEFT JOIN claimed c ON c.id = k.id"
+            "WITH locked AS (SELECT l.id AS lid, l.state AS was, j.mark_by \
+               FROM leases l JOIN unnest($1::text[], $5::int8[]) AS j(id, mark_by) ON l.id = j.id \
+               ORDER BY l.id FOR UPDATE OF l SKIP LOCKED), \
+             claimed AS (UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4, {MARK} \
+               FROM locked k WHERE l.id = k.lid AND l.state <> 'revoked' AND {CLAIMABLE} \
+               RETURNING {LEASE_COLUMNS}, k.was) \
+             SELECT c.*, k.lid FROM locked k LEFT JOIN claimed c ON c.id = k.lid"
         );
-        let params: [&(dyn ToSql + Sync); 4] = [&ids, &self.node, &timeout_ms, &CLAIM_TTL_MS];
+        let params: [&(dyn ToSql + Sync); 6] = [&ids, &self.node, &timeout_ms, &CLAIM_TTL_MS, &marks, &now];
         let rows = self.query("claim leases", &sql, &params).await?;
         let mut settled = HashMap::with_capacity(rows.len());
         let mut not_granted = Vec::new();
         for row in &rows {
-            let id: String = row.get(LEASE_COLUMN_COUNT);
+            let id: String = row.get(LEASE_COLUMN_COUNT + 1);
             if row.get::<_, Option<String>>(0).is_some() {
-                let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
-                settled.insert(id, Claim::Granted(lease));
+                settled.insert(id, self.granted(row)?);
             } else {
                 not_granted.push(id);
             }
         }
         if !not_granted.is_empty() {
             let ids: Vec<&str> = not_granted.iter().map(String::as_str).collect();
-            settled.extend(self.read_claims(&ids, timeout_ms).await?);
+            settled.extend(
+                self.read_claims(&ids, timeout_ms).await?.into_iter().map(|(id, c)| (id, (c, false))),
+            );
         }
         Ok(settled)
     }
 
-    /// Claims `id` alone, waiting for a transaction that holds its row.
-    async fn claim_one(&self, id: &LeaseId, timeout_ms: i64) -> Result<Claim, StoreError> {
+    /// A claimed row (the lease's columns, then its state before the
+    /// claim): the lease as it was, and whether the claim marked it.
+    fn granted(&self, row: &tokio_postgres::Row) -> Result<(Claim, bool), StoreError> {
+        let mut lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
+        let was: String = row.get(LEASE_COLUMN_COUNT);
+        let was =
+            LeaseState::parse(&was).ok_or_else(|| self.failed("read a lease", format!("state {was:?}")))?;
+        let marked = was != lease.state;
+        lease.state = was;
+        Ok((Claim::Granted(lease), marked))
+    }
+
+    /// Claims `job`'s lease alone, waiting for a transaction that holds
+    /// its row. `now` is this node's clock (ms).
+    async fn claim_one(&self, job: &Job, now: i64) -> Result<(Claim, bool), StoreError> {
+        let (id, timeout_ms) = (&job.id, job.timeout_ms);
         let sql = format!(
-            "UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4 \
-             WHERE l.id = $1 AND l.state <> 'revoked' AND {CLAIMABLE} RETURNING {LEASE_COLUMNS}"
+            "WITH k AS (SELECT l.id AS lid, l.state AS was, $5::int8 AS mark_by FROM leases l \
+               WHERE l.id = $1 FOR UPDATE OF l) \
+             UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4, {MARK} \
+             FROM k WHERE l.id = k.lid AND l.state <> 'revoked' AND {CLAIMABLE} \
+             RETURNING {LEASE_COLUMNS}, k.was"
         );
-        let params: [&(dyn ToSql + Sync); 4] = [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS];
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS, &job.mark_by, &now];
         let client = self.readers.get().await.map_err(|e| self.failed("claim a lease", e))?;
         let statement = client.prepare_cached(&sql).await.map_err(|e| self.failed("claim a lease", e))?;
         let busy = match client.query(&statement, &params).await {
             Ok(rows) => match rows.first() {
-                Some(row) => {
-                    let lease = lease_from_row(row).map_err(|e| self.failed("read a lease", e))?;
-                    return Ok(Claim::Granted(lease));
-                }
+                Some(row) => return self.granted(row),
                 None => false,
             },
             // Another transaction held the row for longer than the claim
@@ -212,14 +259,15 @@ impl Claimer {
         };
         drop(client);
         let claim = self.read_claims(&[id.as_str()], timeout_ms).await?.remove(id.as_str());
-        Ok(match claim {
+        let claim = match claim {
             Some(Claim::Held { by, .. }) if busy => {
                 let again = chrono::Duration::milliseconds(i64::from(CLAIM_LOCK_WAIT_MS));
                 Claim::Held { by, until: Utc::now() + again }
             }
             Some(claim) => claim,
             None => Claim::Missing,
-        })
+        };
+        Ok((claim, false))
     }
 
     /// The answer for leases that were not granted: revoked (granted, as

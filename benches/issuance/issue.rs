@@ -86,7 +86,6 @@ pub async fn phase(run: &Run<'_>, role: &'static str) -> Result<Vec<(&'static st
         ("raw+retry", raw_run(true, false).await?)
     };
     print_stats(label, &other, PG_BACKENDS);
-    let limit = if role == "grp" { limit::measure(run).await? } else { None };
 
     if role == "direct" {
         reset_t2(setup).await?;
@@ -122,14 +121,20 @@ pub async fn phase(run: &Run<'_>, role: &'static str) -> Result<Vec<(&'static st
             &lessor,
         );
     }
+    // After lessor's line: the limit makes a role every few tens of
+    // microseconds, and the catalogs it leaves behind would slow lessor's.
+    let limit = if role == "grp" { limit::measure(run).await? } else { None };
     print_ratios("vs raw", &raw, &lessor, &TARGETS);
     print_ratios(&format!("vs {label}"), &other, &lessor, &TARGETS);
     if let Some(limit) = limit {
         let share = lessor.throughput() / limit.tps.max(f64::MIN_POSITIVE);
+        let target = if args.scram_iterations == Some(1) {
+            format!("target ≥ 0.5: {}", verdict(share >= 0.5))
+        } else {
+            "its target, ≥ 0.5, is for scram_iterations = 1".to_string()
+        };
         println!(
-            "  vs limit         throughput {share:.2} × the limit (target ≥ 0.5 at scram_iterations = 1: {}); \
-             lessor/raw {:.2}",
-            verdict(share >= 0.5),
+            "  vs limit         throughput {share:.2} × the limit ({target}); lessor/raw {:.2}",
             lessor.throughput() / raw.throughput().max(f64::MIN_POSITIVE)
         );
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Utc;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, Revocation};
@@ -22,6 +23,14 @@ use crate::expiry::{Due, ExpiryIndex, ANY_ATTEMPT, MAX_FAST_ATTEMPTS};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::store::{Claim, Write};
+
+/// Expiry revocations under way at once. A mass expiry (say a restart
+/// after a long outage, every lease due) would otherwise be a task per
+/// lease at once, each waiting in every queue (the lease locks, the store's
+/// writer, the batches) ahead of the issuances arriving meanwhile. This
+/// many keeps every connection's revocation workers in full batches
+/// (`expiry::batch::MAX_BATCH`) several times over.
+const EXPIRIES_IN_FLIGHT: usize = 2048;
 
 impl Broker {
     /// One revocation attempt under the lease's lock and its connection's
@@ -93,16 +102,24 @@ impl Broker {
             self.index.schedule(id, lease.expires_at, lease.attempts);
             return Ok(Revocation::NotDue);
         }
-        if matches!(lease.state, LeaseState::Pending | LeaseState::Active)
-            && !marked
-            && !self.store.write(Write::StartRevoking { id: id.clone() }).await?
-        {
+        // An active lease whose expiry has come is revoked without first
+        // being marked `revoking`: should this node die before recording
+        // the outcome, the lease is still expired and is revoked again at
+        // start-up (or by another node), and dropping a credential twice is
+        // harmless; so the mark would be a durable write that protects
+        // nothing. A revocation asked for before the expiry (or a rollback)
+        // is marked first, so that it is resumed after a crash rather than
+        // left until the expiry.
+        let expiring = expired && lease.state == LeaseState::Active;
+        let mut in_revoking = marked || !matches!(lease.state, LeaseState::Pending | LeaseState::Active);
+        if !in_revoking && !expiring && !self.store.write(Write::StartRevoking { id: id.clone() }).await? {
             // The claim was lost meanwhile (this node was out of touch for
             // longer than the node timeout): another node has the lease.
             // The retry armed above looks again later.
             claim.held = false;
             return Ok(Revocation::NotDue);
         }
+        in_revoking |= !expiring;
         metrics::revocation_attempt(&lease.connection);
         let result = match self.backend(&lease) {
             Ok(backend) if backend.connection.plugin.revokes_in_batches() => {
@@ -177,6 +194,13 @@ impl Broker {
                 metrics::revoke_failed(&lease.connection);
                 let wait = expiry::backoff(attempts, self.irrevocable_retry);
                 let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+                // A failure is recorded on a `revoking` lease: an expiry
+                // that skipped the mark makes it now.
+                if !in_revoking && !self.store.write(Write::StartRevoking { id: id.clone() }).await? {
+                    // Fenced: another node has the lease (see above).
+                    claim.held = false;
+                    return Ok(Revocation::NotDue);
+                }
                 let write = Write::RevokeFailed {
                     id: id.clone(),
                     attempts,
@@ -204,16 +228,25 @@ impl Broker {
     }
 
     /// Sleeps until the earliest deadline, then hands every due lease to a
-    /// revocation task. Runs until shutdown.
+    /// revocation task, at most [`EXPIRIES_IN_FLIGHT`] at a time. Runs
+    /// until shutdown.
     pub(crate) async fn expiry_loop(self: Arc<Self>) {
+        let in_flight = Arc::new(Semaphore::new(EXPIRIES_IN_FLIGHT));
         loop {
             let due = self.index.due(Utc::now(), 1024);
             let more = due.len() == 1024;
             for due in due {
+                let permit = tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                    // What was taken from the index is in the store, and
+                    // the next start's recovery schedules it again.
+                    _ = self.shutdown.cancelled() => return,
+                };
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     // Failures are recorded and rescheduled inside.
                     let _ = me.revoke_now(&due.id, Some(&due)).await;
+                    drop(permit);
                 });
             }
             if more {

@@ -52,11 +52,12 @@ impl Broker {
         self.forget_shared(id).await;
         let _lock = self.locks.lock(id).await;
         let mut retry = Reschedule { index: &self.index, id, armed: true };
-        // An expiry marks the lease `revoking` only if it has expired by
-        // now (it may have been renewed meanwhile); a revocation asked for
-        // now marks it whatever its expiry.
-        let expired_by = expired.then(Utc::now);
-        let (claim, marked) = self.store.claim_to_revoke(id, expired_by).await?;
+        // A revocation asked for now is marked `revoking` in its claim
+        // where the store can; an expiry is not marked at all (below).
+        let (claim, marked) = match due {
+            Some(_) => (self.store.claim(id).await?, false),
+            None => self.store.claim_to_revoke(id).await?,
+        };
         let lease = match claim {
             Claim::Granted(lease) => lease,
             Claim::Missing => {

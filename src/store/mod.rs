@@ -174,19 +174,14 @@ pub trait LeaseStore: Send + Sync + Debug {
         })
     }
 
-    /// [`claim`](Self::claim)s a lease to revoke it. A store that can also
-    /// moves a `pending` lease, or an `active` one that has expired by
-    /// `expired_by` (any `active` one when `None`: a revocation asked for
-    /// now), to `revoking` in the same step, and answers `true`; the lease
-    /// comes back as it was before. On `false` the caller records
+    /// [`claim`](Self::claim)s a lease to revoke it now (before its
+    /// expiry, or a rollback). A store that can also moves a `pending` or
+    /// `active` lease to `revoking` in the same step, and answers `true`;
+    /// the lease comes back as it was before. On `false` the caller records
     /// [`Write::StartRevoking`] itself. The shared store marks in its claim
-    /// statement, so a revocation costs one durable write (`Revoked`); this
-    /// default, for a store of one node, only reads.
-    async fn claim_to_revoke(
-        &self,
-        id: &LeaseId,
-        _expired_by: Option<DateTime<Utc>>,
-    ) -> Result<(Claim, bool), StoreError> {
+    /// statement, so such a revocation waits on one durable write
+    /// (`Revoked`); this default, for a store of one node, only reads.
+    async fn claim_to_revoke(&self, id: &LeaseId) -> Result<(Claim, bool), StoreError> {
         Ok((self.claim(id).await?, false))
     }
 

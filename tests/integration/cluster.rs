@@ -581,24 +581,25 @@ async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_to_revoke_marks_revoking_only_what_is_due() {
+async fn a_claim_to_revoke_marks_the_lease_revoking_and_a_plain_claim_does_not() {
     let db = TestDb::create().await;
     let a = Arc::new(store(&db, "a").await);
     let now = Utc::now();
     let (past, future) = (now - chrono::Duration::seconds(5), now + chrono::Duration::hours(1));
-    // (name, expiry, state to bring it to, asked to revoke now, marked, state before)
+    // (name, expiry, state to bring it to, claimed to revoke now, marked)
     let kinds = [
-        ("expired", past, LeaseState::Active, false, true, LeaseState::Active),
-        ("renewed", future, LeaseState::Active, false, false, LeaseState::Active),
-        ("asked", future, LeaseState::Active, true, true, LeaseState::Active),
-        ("pending", future, LeaseState::Pending, false, true, LeaseState::Pending),
-        ("retrying", past, LeaseState::Revoking, false, false, LeaseState::Revoking),
+        ("active", future, LeaseState::Active, true, true),
+        ("pending", future, LeaseState::Pending, true, true),
+        ("retrying", past, LeaseState::Revoking, true, false),
+        // An expiry claims plainly: the lease stays as it is.
+        ("expired", past, LeaseState::Active, false, false),
+        ("rollback", future, LeaseState::Pending, false, false),
     ];
     // One claim at a time (each alone in its statement), then 100 of each
     // kind at once (in batches).
     for (round, copies) in [(0, 1), (1, 100)] {
         let mut cases = Vec::new();
-        for (kind, expires, state, now_asked, marked, before) in kinds {
+        for (kind, expires, state, to_revoke, marked) in kinds {
             for i in 0..copies {
                 let id = LeaseId::parse(&format!("app/{kind}{round}x{i:03}")).unwrap();
                 assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", expires))).await.unwrap());
@@ -609,13 +610,17 @@ async fn a_claim_to_revoke_marks_revoking_only_what_is_due() {
                 if state == LeaseState::Revoking {
                     assert!(a.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
                 }
-                cases.push((id, now_asked, marked, before));
+                cases.push((id, state, to_revoke, marked));
             }
         }
-        let claims = cases.iter().map(|(id, now_asked, ..)| {
-            let a = a.clone();
-            let (id, expired_by) = (id.clone(), (!now_asked).then(Utc::now));
-            async move { a.claim_to_revoke(&id, expired_by).await.unwrap() }
+        let claims = cases.iter().map(|(id, _, to_revoke, _)| {
+            let (a, id, to_revoke) = (a.clone(), id.clone(), *to_revoke);
+            async move {
+                match to_revoke {
+                    true => a.claim_to_revoke(&id).await.unwrap(),
+                    false => (a.claim(&id).await.unwrap(), false),
+                }
+            }
         });
         let answers = if copies == 1 {
             let mut answers = Vec::new();
@@ -626,7 +631,7 @@ async fn a_claim_to_revoke_marks_revoking_only_what_is_due() {
         } else {
             futures_util::future::join_all(claims).await
         };
-        for ((id, _, marked, before), (claim, was_marked)) in cases.iter().zip(answers) {
+        for ((id, before, _, marked), (claim, was_marked)) in cases.iter().zip(answers) {
             let Claim::Granted(lease) = claim else { panic!("{id}: not granted: {claim:?}") };
             assert_eq!((lease.state, was_marked), (*before, *marked), "{id}: the lease as it was");
             let row = db

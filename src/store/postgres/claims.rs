@@ -11,8 +11,8 @@
 //! batch never waits on another node's, nor deadlocks with it, and every
 //! claim gets the answer a lone claim would.
 //!
-//! A claim to revoke also moves a `pending` lease, or an `active` one whose
-//! expiry has come, to `revoking` in the same statement
+//! A claim to revoke a lease now also moves a `pending` or `active` lease
+//! to `revoking` in the same statement
 //! ([`crate::store::LeaseStore::claim_to_revoke`]): the revocation then
 //! needs one durable write of its own, the one that records it done.
 
@@ -37,20 +37,19 @@ const BATCHES: usize = 2;
 /// How many columns [`LEASE_COLUMNS`] selects.
 const LEASE_COLUMN_COUNT: usize = 20;
 
-/// The part of a claim's `UPDATE` that marks a lease `revoking` when the
-/// claim is to revoke it (`k.mark_by` set: epoch ms by which an `active`
-/// lease must have expired, `i64::MAX` for a revocation asked for now).
-/// `$6` is this node's clock, for `retry_at` as `StartRevoking` sets it.
-const MARK: &str = "state = CASE WHEN k.mark_by IS NOT NULL AND (l.state = 'pending' \
-       OR (l.state = 'active' AND l.expires_at <= k.mark_by)) THEN 'revoking' ELSE l.state END, \
-     retry_at = CASE WHEN k.mark_by IS NOT NULL AND (l.state = 'pending' \
-       OR (l.state = 'active' AND l.expires_at <= k.mark_by)) THEN $6 ELSE l.retry_at END";
+/// The part of a claim's `UPDATE` that marks a `pending` or `active` lease
+/// `revoking` when the claim is to revoke it now (`k.mark`). `$6` is this
+/// node's clock, for `retry_at` as `StartRevoking` sets it. A plain claim
+/// changes no indexed column, so PostgreSQL can update the row in place.
+const MARK: &str = "state = CASE WHEN k.mark AND l.state IN ('pending', 'active') \
+       THEN 'revoking' ELSE l.state END, \
+     retry_at = CASE WHEN k.mark AND l.state IN ('pending', 'active') THEN $6 ELSE l.retry_at END";
 
 /// One claim waiting for its batch.
 struct Job {
     id: LeaseId,
-    /// For a claim to revoke: see [`MARK`].
-    mark_by: Option<i64>,
+    /// A claim to revoke now: see [`MARK`].
+    mark: bool,
     /// The node timeout in ms (the same for every job of a store).
     timeout_ms: i64,
     reply: oneshot::Sender<Result<(Claim, bool), StoreError>>,
@@ -71,16 +70,12 @@ impl Claims {
 }
 
 impl PostgresStore {
-    /// Claims `id` for this node, in the next batch; with `mark_by`, to
-    /// revoke it (see [`MARK`]). The lease as it was, and whether it was
+    /// Claims `id` for this node, in the next batch; with `mark`, to revoke
+    /// it now (see [`MARK`]). The lease as it was, and whether it was
     /// marked `revoking`.
-    pub(super) async fn claim_lease(
-        &self,
-        id: &LeaseId,
-        mark_by: Option<i64>,
-    ) -> Result<(Claim, bool), StoreError> {
+    pub(super) async fn claim_lease(&self, id: &LeaseId, mark: bool) -> Result<(Claim, bool), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { id: id.clone(), mark_by, timeout_ms: self.timeout_ms(), reply };
+        let job = Job { id: id.clone(), mark, timeout_ms: self.timeout_ms(), reply };
         if self.claims.queue.send(job).is_err() {
             return Err(self.failed("claim a lease", "the claim gatherer has stopped"));
         }
@@ -184,14 +179,14 @@ impl Claimer {
     /// lease it could lock.
     async fn claim_many(&self, batch: &[Job]) -> Result<HashMap<String, (Claim, bool)>, StoreError> {
         let ids: Vec<&str> = batch.iter().map(|job| job.id.as_str()).collect();
-        let marks: Vec<Option<i64>> = batch.iter().map(|job| job.mark_by).collect();
+        let marks: Vec<bool> = batch.iter().map(|job| job.mark).collect();
         let timeout_ms = batch[0].timeout_ms;
         let now = Utc::now().timestamp_millis();
         // `locked` keeps each lease's state from before the claim, which
         // the `UPDATE`'s own RETURNING no longer sees.
         let sql = format!(
-            "WITH locked AS (SELECT l.id AS lid, l.state AS was, j.mark_by \
-               FROM leases l JOIN unnest($1::text[], $5::int8[]) AS j(id, mark_by) ON l.id = j.id \
+            "WITH locked AS (SELECT l.id AS lid, l.state AS was, j.mark \
+               FROM leases l JOIN unnest($1::text[], $5::bool[]) AS j(id, mark) ON l.id = j.id \
                ORDER BY l.id FOR UPDATE OF l SKIP LOCKED), \
              claimed AS (UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4, {MARK} \
                FROM locked k WHERE l.id = k.lid AND l.state <> 'revoked' AND {CLAIMABLE} \
@@ -236,14 +231,14 @@ impl Claimer {
     async fn claim_one(&self, job: &Job, now: i64) -> Result<(Claim, bool), StoreError> {
         let (id, timeout_ms) = (&job.id, job.timeout_ms);
         let sql = format!(
-            "WITH k AS (SELECT l.id AS lid, l.state AS was, $5::int8 AS mark_by FROM leases l \
+            "WITH k AS (SELECT l.id AS lid, l.state AS was, $5::bool AS mark FROM leases l \
                WHERE l.id = $1 FOR UPDATE OF l) \
              UPDATE leases l SET claimed_by = $2, claim_until = lessor_now_ms() + $4, {MARK} \
              FROM k WHERE l.id = k.lid AND l.state <> 'revoked' AND {CLAIMABLE} \
              RETURNING {LEASE_COLUMNS}, k.was"
         );
         let params: [&(dyn ToSql + Sync); 6] =
-            [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS, &job.mark_by, &now];
+            [&id.as_str(), &self.node, &timeout_ms, &CLAIM_TTL_MS, &job.mark, &now];
         let client = self.readers.get().await.map_err(|e| self.failed("claim a lease", e))?;
         let statement = client.prepare_cached(&sql).await.map_err(|e| self.failed("claim a lease", e))?;
         let busy = match client.query(&statement, &params).await {

@@ -234,16 +234,11 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn claim(&self, id: &LeaseId) -> Result<Claim, StoreError> {
-        Ok(self.claim_lease(id, None).await?.0)
+        Ok(self.claim_lease(id, false).await?.0)
     }
 
-    async fn claim_to_revoke(
-        &self,
-        id: &LeaseId,
-        expired_by: Option<DateTime<Utc>>,
-    ) -> Result<(Claim, bool), StoreError> {
-        let mark_by = expired_by.map_or(i64::MAX, |t| t.timestamp_millis());
-        self.claim_lease(id, Some(mark_by)).await
+    async fn claim_to_revoke(&self, id: &LeaseId) -> Result<(Claim, bool), StoreError> {
+        self.claim_lease(id, true).await
     }
 
     async fn release(&self, id: &LeaseId) -> Result<(), StoreError> {

@@ -647,6 +647,46 @@ async fn a_claim_to_revoke_marks_the_lease_revoking_and_a_plain_claim_does_not()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_writes_sent_together_each_get_their_own_answer() {
+    let db = TestDb::create().await;
+    let (a, b) = (Arc::new(store(&db, "a").await), Arc::new(store(&db, "b").await));
+    let past = Utc::now() - chrono::Duration::seconds(5);
+    let ids: Vec<LeaseId> = (0..300).map(|i| LeaseId::parse(&format!("app/r{i:03}")).unwrap()).collect();
+    for id in &ids {
+        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
+        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+        assert!(a.write(activate).await.unwrap());
+    }
+    // The first 100 are b's now (a's writes on them are fenced off), the
+    // next 50 are revoked already, the rest a may record.
+    for id in &ids[..100] {
+        assert!(matches!(b.claim(id).await.unwrap(), Claim::Granted(_)));
+    }
+    let earlier = Utc::now() - chrono::Duration::seconds(1);
+    for id in &ids[100..150] {
+        assert!(a.write(Write::Revoked { id: id.clone(), at: earlier }).await.unwrap());
+    }
+    // All at once: they reach the writer together and share statements.
+    let at = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let answers = futures_util::future::join_all(ids.iter().map(|id| {
+        let a = a.clone();
+        let id = id.clone();
+        async move { a.write(Write::Revoked { id, at }).await.unwrap() }
+    }))
+    .await;
+    for (i, (id, recorded)) in ids.iter().zip(answers).enumerate() {
+        assert_eq!(recorded, i >= 150, "{id}");
+        let lease = a.get(id).await.unwrap().unwrap();
+        let expected = match i {
+            0..100 => (LeaseState::Active, None),
+            100..150 => (LeaseState::Revoked, Some(earlier.timestamp_millis())),
+            _ => (LeaseState::Revoked, Some(at.timestamp_millis())),
+        };
+        assert_eq!((lease.state, lease.revoked_at.map(|t| t.timestamp_millis())), expected, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_does_not_wait_on_a_row_a_stopped_node_holds() {
     let db = TestDb::create().await;
     let (a, b) = (Arc::new(store(&db, "a").await), Arc::new(store(&db, "b").await));

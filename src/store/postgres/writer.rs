@@ -42,7 +42,6 @@ pub(super) struct Statements {
     start_revoking: Statement,
     revoke_failed: Statement,
     revoked: Statement,
-    revoked_many: Statement,
     reopen: Statement,
     delete: Statement,
     purge: Statement,
@@ -103,16 +102,6 @@ impl Statements {
                 .prepare(
                     "UPDATE leases SET state = 'revoked', revoked_at = $2, claimed_by = NULL, claim_until = NULL \
                      WHERE id = $1 AND state <> 'revoked' AND (claimed_by IS NULL OR claimed_by = $3)",
-                )
-                .await?,
-            // The same for many leases in one statement (a drain records
-            // hundreds per batch): the ids it changed come back.
-            revoked_many: client
-                .prepare(
-                    "UPDATE leases l SET state = 'revoked', revoked_at = r.at, claimed_by = NULL, \
-                     claim_until = NULL FROM unnest($1::text[], $2::int8[]) AS r(id, at) \
-                     WHERE l.id = r.id AND l.state <> 'revoked' AND (l.claimed_by IS NULL OR l.claimed_by = $3) \
-                     RETURNING l.id",
                 )
                 .await?,
             // Not fenced: the credential this node just made must go, so
@@ -301,18 +290,9 @@ async fn apply_batch(
     // tokio-postgres sends a request when its future is first polled, and
     // `join!` polls the BEGIN first, so it goes out ahead of the writes in
     // the same round trip. The COMMIT waits for every write's outcome.
-    // The `revoked` writes go in one statement when there are several.
-    let grouped = revoked_group(batch);
-    let writes = futures_util::future::join_all(
-        batch
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !grouped.contains_key(i))
-            .map(|(_, job)| apply(&*client, statements, job, node)),
-    );
-    let revoked = apply_revoked(&*client, statements, &grouped, node);
-    let (begun, alone, revoked) = futures_util::join!(client.batch_execute("BEGIN"), writes, revoked);
-    let outcomes = merge(batch.len(), &grouped, alone, revoked);
+    let writes =
+        futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
+    let (begun, outcomes) = futures_util::join!(client.batch_execute("BEGIN"), writes);
     // A BEGIN that failed leaves no telling what the writes did: start
     // again on a new connection.
     begun.map_err(|e| BatchError::Connection(e.to_string()))?;
@@ -335,71 +315,6 @@ async fn apply_batch(
         outcomes.push(outcome);
     }
     Ok(outcomes)
-}
-
-/// The `revoked` writes of `batch` that one statement can record, by their
-/// place in the batch: every `Revoked` whose lease no other job of the
-/// batch touches, when there are at least two. Empty otherwise.
-fn revoked_group(batch: &[Job]) -> std::collections::HashMap<usize, (&str, i64)> {
-    let mut touched: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for job in batch {
-        if let Job::Write(write, _) = job {
-            *touched.entry(write.id().as_str()).or_default() += 1;
-        }
-    }
-    let group: std::collections::HashMap<usize, (&str, i64)> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, job)| match job {
-            Job::Write(Write::Revoked { id, at }, _) if touched[id.as_str()] == 1 => {
-                Some((i, (id.as_str(), at.timestamp_millis())))
-            }
-            _ => None,
-        })
-        .collect();
-    if group.len() < 2 {
-        return std::collections::HashMap::new();
-    }
-    group
-}
-
-/// Records the grouped `revoked` writes in one statement; the ids changed.
-async fn apply_revoked(
-    tx: &impl GenericClient,
-    st: &Statements,
-    group: &std::collections::HashMap<usize, (&str, i64)>,
-    node: &str,
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    if group.is_empty() {
-        return Ok(std::collections::HashSet::new());
-    }
-    let (ids, ats): (Vec<&str>, Vec<i64>) = group.values().copied().unzip();
-    let rows = tx
-        .query(&st.revoked_many, &[&ids, &ats, &node])
-        .await
-        .map_err(|e| StoreError::Io(format!("mark {} leases revoked: {e}", ids.len())))?;
-    Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
-}
-
-/// Every job's outcome in batch order, from those applied alone (in
-/// order) and the grouped `revoked` writes (1 for each id changed).
-fn merge(
-    len: usize,
-    group: &std::collections::HashMap<usize, (&str, i64)>,
-    alone: Vec<Result<u64, StoreError>>,
-    revoked: Result<std::collections::HashSet<String>, StoreError>,
-) -> Vec<Result<u64, StoreError>> {
-    let mut alone = alone.into_iter();
-    (0..len)
-        .map(|i| match group.get(&i) {
-            None => alone.next().expect("an outcome per job applied alone"),
-            Some((id, _)) => match &revoked {
-                Ok(changed) => Ok(u64::from(changed.contains(*id))),
-                Err(StoreError::Io(e)) => Err(StoreError::Io(e.clone())),
-                Err(e) => Err(StoreError::Io(e.to_string())),
-            },
-        })
-        .collect()
 }
 
 /// Applies one job; the number of rows it changed.

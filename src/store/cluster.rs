@@ -44,8 +44,6 @@ pub enum Notice {
     /// A lease of `node` is active until `expires_at` (just issued or
     /// renewed; `previous` is the expiry it had).
     Scheduled { id: LeaseId, node: String, expires_at: DateTime<Utc>, previous: DateTime<Utc> },
-    /// A lease of `node` ended (revoked or dropped); it was due at `expires_at`.
-    Ended { id: LeaseId, node: String, expires_at: DateTime<Utc> },
     /// An event another node published.
     Event { node: String, event: Event },
 }

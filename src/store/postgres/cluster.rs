@@ -225,7 +225,9 @@ async fn listen_once(
 }
 
 /// `"<state> <id> <node> <expires_at> <old expires_at>"` from the
-/// `leases_changed` trigger.
+/// `leases_changed` trigger: only `active` ones since migration 5 (a node
+/// of an older version may still announce an ended lease, which is
+/// ignored).
 fn lease_notice(payload: &str) -> Option<Notice> {
     let mut parts = payload.split(' ');
     let (state, id, node) = (parts.next()?, parts.next()?, parts.next()?);
@@ -234,7 +236,6 @@ fn lease_notice(payload: &str) -> Option<Notice> {
     let (id, node) = (LeaseId::from_store(id.to_string()), node.to_string());
     match state {
         "active" => Some(Notice::Scheduled { id, node, expires_at, previous }),
-        "revoked" => Some(Notice::Ended { id, node, expires_at }),
         _ => None,
     }
 }
@@ -259,7 +260,7 @@ mod tests {
         let notice = lease_notice("active app/abc web-1 2000 1000").unwrap();
         assert!(matches!(notice, Notice::Scheduled { ref node, expires_at, previous, .. }
             if node == "web-1" && expires_at.timestamp_millis() == 2000 && previous.timestamp_millis() == 1000));
-        assert!(matches!(lease_notice("revoked app/abc web-1 2000 2000"), Some(Notice::Ended { .. })));
+        assert!(lease_notice("revoked app/abc web-1 2000 2000").is_none());
         assert!(lease_notice("pending app/abc web-1 2000 2000").is_none());
         assert!(lease_notice("active app/abc").is_none());
     }

@@ -44,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/postgres/0002_nodes.sql"),
     include_str!("../../../schemas/sql/postgres/0003_static_claim_token.sql"),
     include_str!("../../../schemas/sql/postgres/0004_owner_unit.sql"),
+    include_str!("../../../schemas/sql/postgres/0005_no_notice_when_a_lease_ends.sql"),
 ];
 
 /// The advisory lock key migrations run under (any fixed number will do;

@@ -56,7 +56,8 @@
 //!
 //! What they share: `setup.rs` (the run's names, fixtures and cleanup on
 //! PostgreSQL), `nodes.rs` (lessor's config and the in-process daemons),
-//! `load.rs` (the load driver and CPU accounting), `scrape.rs` (the
+//! `load.rs` (the load driver and CPU accounting), `serve.rs` (`lessor
+//! serve` as a process of its own, for `scale` and `outage`), `scrape.rs` (the
 //! daemon's metrics) and `report.rs` (the printed figures and ratios).
 
 use std::time::{Duration, Instant};
@@ -96,6 +97,8 @@ mod report;
 mod scale;
 #[path = "issuance/scrape.rs"]
 mod scrape;
+#[path = "issuance/serve.rs"]
+mod serve;
 #[path = "issuance/setup.rs"]
 mod setup;
 #[path = "issuance/storm.rs"]

@@ -15,18 +15,14 @@
 //!   its pool's size (`max_connections`);
 //! - issuance latency while the drain runs, and after it.
 
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lessor::client::Client;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::load::{LessorCreate, Op, Stats};
 use crate::nodes::lessor_config;
 use crate::report::{ms, verdict};
 use crate::scale::fill;
+use crate::serve::{print_latency, Issuers, Serve};
 use crate::setup::{connect, count_roles, vacuum_catalogs, Setup};
 use crate::{Args, Result};
 
@@ -47,16 +43,10 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     let config = lessor_config(setup, dir.path(), args, "bench-outage");
     // The restarted daemon's connections, told apart from the bench's own
     // daemons' by their application name.
-    let url = format!("/{}", setup.names.database);
-    let tagged = config.replacen(
-        &format!("{url}{}\"", crate::nodes::tls_query(args)),
-        &format!(
-            "{url}{}{}application_name={APPLICATION}\"",
-            crate::nodes::tls_query(args),
-            if crate::nodes::tls_query(args).is_empty() { "?" } else { "&" }
-        ),
-        1,
-    );
+    let url = format!("/{}{}", setup.names.database, crate::nodes::tls_query(args));
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let tagged =
+        config.replacen(&format!("{url}\""), &format!("{url}{separator}application_name={APPLICATION}\""), 1);
     if tagged == config {
         return Err("outage: the connection's url was not found in the config".into());
     }
@@ -72,30 +62,9 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     vacuum_catalogs(setup).await;
 
     let su = connect(&setup.superuser).await?;
-    let log = std::fs::File::create(dir.path().join("serve.log"))?;
-    let binary =
-        std::env::var_os("LESSOR_BENCH_LESSOR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lessor").into());
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(&binary)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or("lessor serve exited at once")?;
-    let client = Client::new(dir.path().join("lessor.sock"));
-    let outcome = measure(args, &su, &client, &prefix, leases, started, &mut child).await;
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
-    if outcome.is_err() {
-        let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-        eprintln!("lessor serve's log:\n{}", log.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
-    }
+    let mut serve = Serve::start(dir.path(), &config_path)?;
+    let outcome = measure(args, &su, &mut serve, &prefix, leases).await;
+    serve.stop(outcome.is_err()).await;
     vacuum_catalogs(setup).await;
     outcome
 }
@@ -131,46 +100,24 @@ async fn make_roles(setup: &Setup, prefix: &str, count: usize) -> Result<()> {
     Ok(())
 }
 
+/// The restarted daemon's connections to the backend now.
+async fn lessor_connections(su: &tokio_postgres::Client) -> Result<i64> {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1";
+    Ok(su.query_one(sql, &[&APPLICATION]).await?.get(0))
+}
+
 async fn measure(
     args: &Args,
     su: &tokio_postgres::Client,
-    client: &Client,
+    serve: &mut Serve,
     prefix: &str,
     leases: usize,
-    started: Instant,
-    child: &mut tokio::process::Child,
 ) -> Result<()> {
+    let started = serve.started;
     let deadline = started + DRAIN_DEADLINE;
-    let answering = loop {
-        if client.health().await.is_ok() {
-            break started.elapsed();
-        }
-        if let Some(status) = child.try_wait()? {
-            return Err(format!("lessor serve exited with {status} before answering").into());
-        }
-        if Instant::now() > deadline {
-            return Err("lessor serve did not answer within the deadline".into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-
+    let answering = serve.answering(deadline).await?;
     // N clients issue from the first answer until the end of the phase.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..args.n)
-        .map(|_| {
-            let (client, stop) = (client.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let mut op = LessorCreate { client, role: "grp".to_string() };
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    let ok = op.run().await.is_ok();
-                    samples.push((t0, t0.elapsed(), ok));
-                }
-                samples
-            })
-        })
-        .collect();
+    let issuers = Issuers::start(&serve.client, args.n);
 
     // Poll the roles left and lessor's backend connections until none is left.
     let mut most_connections = 0i64;
@@ -182,40 +129,18 @@ async fn measure(
         if first_gone.is_none() && remaining < leases as i64 {
             first_gone = Some(started.elapsed());
         }
-        let connections: i64 = su
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&APPLICATION])
-            .await?
-            .get(0);
-        most_connections = most_connections.max(connections);
+        most_connections = most_connections.max(lessor_connections(su).await?);
     }
     let drained_at = started.elapsed();
     let drained = leases as i64 - remaining;
     // Issuance goes on for `seconds` after the drain, for the latency after.
     let after_window = Duration::from_secs_f64(args.seconds);
     tokio::time::sleep(after_window).await;
-    stop.store(true, Ordering::Relaxed);
-    let connections_after: i64 = su
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&APPLICATION])
-        .await?
-        .get(0);
-    most_connections = most_connections.max(connections_after);
+    let (mut during, mut after) = issuers.finish(started + drained_at).await?;
+    most_connections = most_connections.max(lessor_connections(su).await?);
 
-    let drain_end = started + drained_at;
-    let (mut during, mut after) = (Stats::default(), Stats::default());
-    for task in load {
-        for (t0, latency, ok) in task.await? {
-            let stats = if t0 < drain_end { &mut during } else { &mut after };
-            if ok {
-                stats.latencies.push(latency);
-            } else {
-                stats.errors += 1;
-            }
-        }
-    }
     during.elapsed = drained_at.saturating_sub(answering);
     after.elapsed = after_window;
-    during.latencies.sort_unstable();
-    after.latencies.sort_unstable();
 
     let rate = drained as f64 / drained_at.as_secs_f64();
     println!(
@@ -235,17 +160,8 @@ async fn measure(
          (target: never more: {})",
         verdict(most_connections <= pool)
     );
-    for (label, s) in [("during the drain", &during), ("after it", &after)] {
-        println!(
-            "  issuance {label:<16} {:>6} ok  {:>7.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
-            s.ok(),
-            if s.elapsed.is_zero() { 0.0 } else { s.ok() as f64 / s.elapsed.as_secs_f64() },
-            ms(s.percentile(50.0)),
-            ms(s.percentile(99.0)),
-            ms(s.max()),
-            s.errors
-        );
-    }
+    print_latency("  ", "during the drain", &during);
+    print_latency("  ", "after it", &after);
     println!(
         "  issuance p99 during the drain {:.1} ms (target < 100 ms: {})",
         ms(during.percentile(99.0)),

@@ -23,19 +23,15 @@
 //! run's prefix, dropped by the run's cleanup.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lessor::client::Client;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
 
-use crate::load::{LessorCreate, Op, Stats};
 use crate::nodes::lessor_config;
 use crate::report::{ms, verdict};
+use crate::serve::{print_latency, Issuers, Serve};
 use crate::setup::Setup;
 use crate::{Args, Result};
 
@@ -71,92 +67,31 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
 /// Starts `lessor serve` on the store, measures it, stops it.
 async fn start(args: &Args, dir: &Path, config: &Path, load: bool) -> Result<()> {
     println!("  start {}:", if load { "with N clients issuing from the first answer on" } else { "alone" });
-    let log = std::fs::File::create(dir.join("serve.log"))?;
-    // Another build of lessor can be measured on the same store (before
-    // and after a change) with LESSOR_BENCH_LESSOR_BIN.
-    let binary =
-        std::env::var_os("LESSOR_BENCH_LESSOR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_lessor").into());
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(&binary)
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or("lessor serve exited at once")?;
-    let client = Client::new(dir.join("lessor.sock"));
-    let outcome = measure(args, &client, pid, started, &mut child, load).await;
-    // SIGTERM: a clean shutdown, within the deadline or killed.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
-    if outcome.is_err() {
-        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
-        eprintln!("lessor serve's log:\n{log}");
-    }
+    let mut serve = Serve::start(dir, config)?;
+    let outcome = measure(args, &mut serve, load).await;
+    serve.stop(outcome.is_err()).await;
     outcome
 }
 
-async fn measure(
-    args: &Args,
-    client: &Client,
-    pid: u32,
-    started: Instant,
-    child: &mut tokio::process::Child,
-    load: bool,
-) -> Result<()> {
-    let deadline = started + READY_DEADLINE;
-    // First answer (any status): the socket is bound and serving.
-    let answering = loop {
-        if client.health().await.is_ok() {
-            break started.elapsed();
-        }
-        if let Some(status) = child.try_wait()? {
-            return Err(format!("lessor serve exited with {status} before answering").into());
-        }
-        if Instant::now() > deadline {
-            return Err("lessor serve did not answer within the deadline".into());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-
+async fn measure(args: &Args, serve: &mut Serve, load: bool) -> Result<()> {
+    let deadline = serve.started + READY_DEADLINE;
+    let answering = serve.answering(deadline).await?;
     // The load starts now and runs until `seconds` after ready.
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = if load { args.n } else { 0 };
-    let load: Vec<_> = (0..clients)
-        .map(|_| {
-            let client = client.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut samples = Vec::new();
-                let mut op = LessorCreate { client, role: "grp".to_string() };
-                while !stop.load(Ordering::Relaxed) {
-                    let t0 = Instant::now();
-                    let ok = op.run().await.is_ok();
-                    samples.push((t0, t0.elapsed(), ok));
-                }
-                samples
-            })
-        })
-        .collect();
-
+    let client = serve.client.clone();
+    let issuers = Issuers::start(&client, if load { args.n } else { 0 });
     let ready = loop {
         let response = client.health().await?;
         if response.status == 200 {
-            break started.elapsed();
+            break serve.started.elapsed();
         }
         if Instant::now() > deadline {
-            stop.store(true, Ordering::Relaxed);
+            issuers.finish(Instant::now()).await?;
             return Err("lessor serve did not become ready within the deadline".into());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let ready_at = started + ready;
-    let memory_at_ready = memory(pid);
+    let ready_at = serve.started + ready;
+    let memory_at_ready = memory(serve.pid);
     let scheduled = client.health().await?.body.get("scheduled_leases").and_then(|v| v.as_u64()).unwrap_or(0);
     let mb = |kb: u64| kb as f64 / 1024.0;
     println!(
@@ -171,49 +106,23 @@ async fn measure(
         verdict(mb(memory_at_ready.0) <= 200.0),
         mb(memory_at_ready.1)
     );
-    if load.is_empty() {
+    if issuers.is_empty() {
         return Ok(());
     }
 
     tokio::time::sleep_until((ready_at + Duration::from_secs_f64(args.seconds)).into()).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut during = Stats::default();
-    let mut after = Stats::default();
-    for task in load {
-        for (t0, latency, ok) in task.await? {
-            let stats = if t0 < ready_at { &mut during } else { &mut after };
-            if ok {
-                stats.latencies.push(latency);
-            } else {
-                stats.errors += 1;
-            }
-        }
-    }
+    let (mut during, mut after) = issuers.finish(ready_at).await?;
     during.elapsed = ready.saturating_sub(answering);
     after.elapsed = Duration::from_secs_f64(args.seconds);
-    during.latencies.sort_unstable();
-    after.latencies.sort_unstable();
-    let memory_at_end = memory(pid);
-    print_latency("during the scan", &during);
-    print_latency("after ready", &after);
+    let memory_at_end = memory(serve.pid);
+    print_latency("    ", "during the scan", &during);
+    print_latency("    ", "after ready", &after);
     println!(
         "    memory after the load: RSS {:.0} MB, peak {:.0} MB",
         mb(memory_at_end.0),
         mb(memory_at_end.1)
     );
     Ok(())
-}
-
-fn print_latency(label: &str, s: &Stats) {
-    println!(
-        "    issuance {label:<16} {:>6} ok  {:>7.1} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  errors {}",
-        s.ok(),
-        if s.elapsed.is_zero() { 0.0 } else { s.throughput() },
-        ms(s.percentile(50.0)),
-        ms(s.percentile(99.0)),
-        ms(s.max()),
-        s.errors
-    );
 }
 
 /// `VmRSS` and `VmHWM` of a process, in kB (0 when unreadable).

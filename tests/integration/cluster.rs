@@ -461,6 +461,16 @@ fn pending_lease(id: &str, node: &str, expires_at: DateTime<Utc>) -> Lease {
     }
 }
 
+/// Records lease `id` of node `a` as pending in `store`, then, unless
+/// `pending`, as active.
+async fn stored_lease(store: &PostgresStore, id: &LeaseId, expires_at: DateTime<Utc>, pending: bool) {
+    assert!(store.write(Write::Insert(pending_lease(id.as_str(), "a", expires_at))).await.unwrap());
+    if !pending {
+        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
+        assert!(store.write(activate).await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
     let db = TestDb::create().await;
@@ -511,9 +521,7 @@ async fn claims_fence_a_node_that_comes_back_after_it_was_taken_for_dead() {
     // An expired active lease of a dead node is swept by one node once.
     let due = LeaseId::parse("app/expired").unwrap();
     let past = Utc::now() - chrono::Duration::seconds(5);
-    assert!(a.write(Write::Insert(pending_lease(due.as_str(), "a", past))).await.unwrap());
-    let activate = Write::Activate { id: due.clone(), plugin_data: None, expires_at: None };
-    assert!(a.write(activate).await.unwrap());
+    stored_lease(&a, &due, past, false).await;
     let swept = wait_for("a to count as dead again", Duration::from_secs(10), || async {
         let swept = b.claim_due(Duration::ZERO, 10).await.unwrap();
         (!swept.is_empty()).then_some(swept)
@@ -537,9 +545,7 @@ async fn concurrent_claims_from_two_nodes_grant_each_lease_to_one() {
     let past = Utc::now() - chrono::Duration::seconds(5);
     let ids: Vec<LeaseId> = (0..600).map(|i| LeaseId::parse(&format!("app/c{i:03}")).unwrap()).collect();
     for id in &ids {
-        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
-        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
-        assert!(a.write(activate).await.unwrap());
+        stored_lease(&a, &id, past, false).await;
     }
     let missing = LeaseId::parse("app/nowhere").unwrap();
     // Both nodes claim every lease (and one that is not there) at once.
@@ -602,11 +608,7 @@ async fn a_claim_to_revoke_marks_the_lease_revoking_and_a_plain_claim_does_not()
         for (kind, expires, state, to_revoke, marked) in kinds {
             for i in 0..copies {
                 let id = LeaseId::parse(&format!("app/{kind}{round}x{i:03}")).unwrap();
-                assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", expires))).await.unwrap());
-                if state != LeaseState::Pending {
-                    let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
-                    assert!(a.write(activate).await.unwrap());
-                }
+                stored_lease(&a, &id, expires, state == LeaseState::Pending).await;
                 if state == LeaseState::Revoking {
                     assert!(a.write(Write::StartRevoking { id: id.clone() }).await.unwrap());
                 }
@@ -653,9 +655,7 @@ async fn revoked_writes_sent_together_each_get_their_own_answer() {
     let past = Utc::now() - chrono::Duration::seconds(5);
     let ids: Vec<LeaseId> = (0..300).map(|i| LeaseId::parse(&format!("app/r{i:03}")).unwrap()).collect();
     for id in &ids {
-        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
-        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
-        assert!(a.write(activate).await.unwrap());
+        stored_lease(&a, &id, past, false).await;
     }
     // The first 100 are b's now (a's writes on them are fenced off), the
     // next 50 are revoked already, the rest a may record.
@@ -693,9 +693,7 @@ async fn a_claim_does_not_wait_on_a_row_a_stopped_node_holds() {
     let past = Utc::now() - chrono::Duration::seconds(5);
     let ids: Vec<LeaseId> = (0..20).map(|i| LeaseId::parse(&format!("app/h{i:02}")).unwrap()).collect();
     for id in &ids {
-        assert!(a.write(Write::Insert(pending_lease(id.as_str(), "a", past))).await.unwrap());
-        let activate = Write::Activate { id: id.clone(), plugin_data: None, expires_at: None };
-        assert!(a.write(activate).await.unwrap());
+        stored_lease(&a, &id, past, false).await;
     }
     // A transaction left open on one lease's row, as by a node frozen
     // between its writer's BEGIN and COMMIT.

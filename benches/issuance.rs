@@ -4,9 +4,9 @@
 //! ```text
 //! cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000]
 //!     [--revocation-workers 4] [--max-connections N+4] [--warmup 1]
-//!     [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage] [--password-encoding scram-sha-256|plaintext]
+//!     [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage,window] [--password-encoding scram-sha-256|plaintext]
 //!     [--sslmode disable|prefer|require|verify-full] [--scram-iterations N]
-//!     [--scale-leases 1000000] [--outage-leases 100000] [--audit] [--store sqlite|postgres] [--nodes 1]
+//!     [--scale-leases 1000000] [--outage-leases 100000] [--window-leases 10000000] [--audit] [--store sqlite|postgres] [--nodes 1]
 //! ```
 //!
 //! PostgreSQL comes from `LESSOR_TEST_PG_URL` (default
@@ -52,12 +52,16 @@
 //! - `outage` (`issuance/outage.rs`): `lessor serve` started on a store
 //!   whose `--outage-leases` leases (real roles) all expired while no
 //!   daemon ran: the drain rate from the start, the backend connections
-//!   lessor holds against its pool's size, issuance latency meanwhile.
+//!   lessor holds against its pool's size, issuance latency meanwhile;
+//! - `window` (`issuance/window.rs`): `--window-leases` active leases on a
+//!   PostgreSQL store of their own, over three `lessor serve` nodes: each
+//!   node's time to ready and memory, issuance latency against the empty
+//!   store, and how soon the others revoke a killed node's leases.
 //!
 //! What they share: `setup.rs` (the run's names, fixtures and cleanup on
 //! PostgreSQL), `nodes.rs` (lessor's config and the in-process daemons),
 //! `load.rs` (the load driver and CPU accounting), `serve.rs` (`lessor
-//! serve` as a process of its own, for `scale` and `outage`), `scrape.rs` (the
+//! serve` as a process of its own, for `scale`, `outage` and `window`), `scrape.rs` (the
 //! daemon's metrics) and `report.rs` (the printed figures and ratios).
 
 use std::time::{Duration, Instant};
@@ -103,15 +107,17 @@ mod serve;
 mod setup;
 #[path = "issuance/storm.rs"]
 mod storm;
+#[path = "issuance/window.rs"]
+mod window;
 
 type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--n 8] [--seconds 10] [--revoke 2000] \
-                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--outage-leases 100000] [--audit] [--store sqlite|postgres] [--nodes 1]";
+                     [--revocation-workers 4] [--max-connections N+4] [--warmup 1] [--phases grp,direct,external,mysql,redis,ldap,openbao,drain,storm,pool,scale,outage,window] [--password-encoding scram-sha-256|plaintext] [--sslmode disable|prefer|require|verify-full] [--scram-iterations N] [--scale-leases 1000000] [--outage-leases 100000] [--window-leases 10000000] [--audit] [--store sqlite|postgres] [--nodes 1]";
 const PHASES: &[&str] = &[
     "grp", "direct", "external", "mysql", "redis", "ldap", "openbao", "drain", "storm", "pool", "scale",
-    "outage",
+    "outage", "window",
 ];
 
 #[derive(Debug, Clone)]
@@ -134,6 +140,8 @@ struct Args {
     scale_leases: usize,
     /// Expired leases (and roles) in the store for phase `outage`.
     outage_leases: usize,
+    /// Active leases in the shared store for phase `window`.
+    window_leases: i64,
     /// `--audit`: lessor writes its audit log (every request fsync'd, grouped).
     audit: bool,
     /// `--store postgres`: lessor keeps its leases in PostgreSQL (the
@@ -179,6 +187,7 @@ fn parse_args() -> Result<Args, String> {
         scram_iterations: None,
         scale_leases: 1_000_000,
         outage_leases: 100_000,
+        window_leases: 10_000_000,
         audit: false,
         postgres_store: false,
         store_named: false,
@@ -218,6 +227,7 @@ fn parse_args() -> Result<Args, String> {
             "--scram-iterations" => args.scram_iterations = Some(value()?.parse().map_err(|_| bad(&arg))?),
             "--scale-leases" => args.scale_leases = value()?.parse().map_err(|_| bad(&arg))?,
             "--outage-leases" => args.outage_leases = value()?.parse().map_err(|_| bad(&arg))?,
+            "--window-leases" => args.window_leases = value()?.parse().map_err(|_| bad(&arg))?,
             "--audit" => args.audit = true,
             "--store" => {
                 args.postgres_store = match value()?.as_str() {
@@ -424,6 +434,9 @@ async fn phases(args: &Args, setup: &Setup, clients: &[Client]) -> Result<()> {
     }
     if chosen("outage") {
         outage::phase(args, setup).await?;
+    }
+    if chosen("window") {
+        window::phase(args, setup).await?;
     }
     Ok(())
 }

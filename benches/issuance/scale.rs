@@ -126,7 +126,7 @@ async fn measure(args: &Args, serve: &mut Serve, load: bool) -> Result<()> {
 }
 
 /// `VmRSS` and `VmHWM` of a process, in kB (0 when unreadable).
-fn memory(pid: u32) -> (u64, u64) {
+pub fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status

@@ -1,5 +1,6 @@
-//! `lessor serve` as a process of its own, for phases `scale` and `outage`
-//! (its memory is its own, and it starts on a store the phase prepared):
+//! `lessor serve` as a process of its own, for phases `scale`, `outage` and
+//! `window` (its memory is its own, and it starts on a store the phase
+//! prepared):
 //! started on a config, awaited, loaded with issuing clients, stopped.
 //!
 //! `LESSOR_BENCH_LESSOR_BIN` names another build of lessor to start

@@ -120,6 +120,9 @@ pub async fn cleanup(setup: &Setup) -> Result<usize> {
     let su = connect(&setup.superuser).await?;
     let n = &setup.names;
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", n.database)).await?;
+    // Phase `window`'s store, if the phase stopped before dropping it.
+    su.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", crate::window::database(setup)))
+        .await?;
     let rows = su
         .query(
             "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname::text, $1) AND rolname::text <> $2 \

@@ -33,12 +33,13 @@ use tracing::{debug, info, warn};
 
 use lessor_client::Rotation;
 
+use super::window::Load;
 use super::Broker;
 use crate::events::Event;
 use crate::expiry::{self, Due, ANY_ATTEMPT};
 use crate::lease::LeaseId;
 use crate::store::cluster::{Cluster, Notice, TAKEOVER_GRACE};
-use crate::store::StoreError;
+use crate::store::{Span, StoreError};
 
 /// Most leases one sweep claims.
 const SWEEP_BATCH: usize = 256;
@@ -137,8 +138,11 @@ impl Broker {
                 // taken out of the index on a notice's word, so a forged one
                 // cannot hide a real deadline (an entry left by a renewal
                 // wakes a sweep that finds nothing, and is gone).
+                // One beyond the expiry window is read in by a refill.
                 Notice::Scheduled { id, node, expires_at, .. } if node != me => {
-                    self.foreign.schedule(&id, expires_at + grace, ANY_ATTEMPT);
+                    if self.horizon.covers(expires_at) {
+                        self.foreign.schedule(&id, expires_at + grace, ANY_ATTEMPT);
+                    }
                 }
                 Notice::Event { node, event } if node != me => self.forward_verified(event).await,
                 _ => {}
@@ -177,24 +181,12 @@ impl Broker {
         self.events.emit_local(Event::Rotated(record.rotation()));
     }
 
-    /// Puts every other node's active lease in the index of their
-    /// deadlines (a re-read after notices may have been lost).
+    /// Puts the other nodes' deadlines that fall within the expiry window
+    /// in the index of their deadlines again (a re-read after notices may
+    /// have been lost; those already past are swept at once anyway).
     async fn rescan_foreign(&self) -> Result<(), StoreError> {
-        let me = self.cluster().node();
-        let grace = chrono::Duration::from_std(TAKEOVER_GRACE).unwrap_or_default();
-        let mut from = crate::store::ScanFrom::default();
-        loop {
-            let (page, next) = self.store.unfinished(from, 10_000).await?;
-            for lease in page {
-                if lease.state == crate::lease::LeaseState::Active && lease.node.as_deref() != Some(me) {
-                    self.foreign.schedule(&lease.id, lease.expires_at + grace, ANY_ATTEMPT);
-                }
-            }
-            match next {
-                Some(next) => from = next,
-                None => return Ok(()),
-            }
-        }
+        let span = Span { after: Utc::now().timestamp_millis(), until: self.horizon.until() };
+        self.load(span, Load::Foreign).await
     }
 
     /// Claims and revokes the due work nobody else does: woken by the other

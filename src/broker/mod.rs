@@ -23,12 +23,12 @@ mod cluster;
 pub mod idempotency;
 mod list;
 mod locks;
-mod recovery;
 mod renew;
 mod revocation;
 mod revoke;
 mod share;
 mod types;
+mod window;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Duration;
 use crate::events::Events;
-use crate::expiry::{self, bounded, ExpiryIndex, WarningIndex};
+use crate::expiry::{self, bounded, ExpiryIndex, Horizon, WarningIndex};
 use crate::lease::{Lease, LeaseId, LeaseState};
 use crate::metrics;
 use crate::policy::quota::Quotas;
@@ -94,6 +94,11 @@ pub struct Broker {
     /// When each active lease reaches two thirds of its TTL, for the
     /// `lease_expiring` event of `GET /v1/watch`.
     pub(crate) warnings: WarningIndex,
+    /// How far ahead `index`, `foreign` and `warnings` reach; refilled
+    /// from the store every half `window` (`window.rs`).
+    pub(crate) horizon: Horizon,
+    /// `server.expiry_window`.
+    pub(crate) window: StdDuration,
     pub(crate) events: Events,
     pub(crate) locks: LeaseLocks,
     pub(crate) ready: AtomicBool,
@@ -165,6 +170,8 @@ impl Broker {
             index: ExpiryIndex::new(),
             foreign: ExpiryIndex::new(),
             warnings: WarningIndex::new(),
+            horizon: Horizon::default(),
+            window: setup.config.server.expiry_window.as_std(),
             events,
             locks: LeaseLocks::default(),
             ready: AtomicBool::new(false),
@@ -215,7 +222,7 @@ impl Broker {
         Ok(())
     }
 
-    /// Leases waiting for expiry or a retry.
+    /// Leases waiting for expiry (within the expiry window) or a retry.
     pub fn scheduled(&self) -> usize {
         self.index.len()
     }
@@ -245,6 +252,8 @@ impl Broker {
                 }
             }
         });
+        let me = self.clone();
+        self.tasks.spawn(async move { me.window_loop().await });
         let me = self.clone();
         self.tasks.spawn(async move { me.purge_loop().await });
         if self.roles.values().any(|r| r.share.is_some()) {
@@ -393,12 +402,8 @@ impl Broker {
                 return Err(e.into());
             }
         }
-        self.index.schedule(&lease.id, expires_at, lease.attempts);
-        self.warnings.insert(
-            &lease.id,
-            expiry::warning_at(lease.issued_at, expires_at),
-            expires_at.timestamp_millis(),
-        );
+        self.schedule_expiry(&lease.id, expires_at, lease.attempts);
+        self.schedule_warning(&lease.id, expiry::warning_at(lease.issued_at, expires_at), expires_at);
         metrics::issued(&role.name, started.elapsed());
         debug!(lease = %lease.id, role = %role.name, username = %lease.username, "issued");
         let lease =

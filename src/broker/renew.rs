@@ -109,8 +109,8 @@ impl Broker {
         // The old expiry's entry goes; its warning, if still to come, is
         // recognised as stale by the expiry it carries.
         self.index.unschedule(id, lease.expires_at, lease.attempts);
-        self.index.schedule(id, expires_at, lease.attempts);
-        self.warnings.insert(id, expiry::warning_at(now, expires_at), expires_at.timestamp_millis());
+        self.schedule_expiry(id, expires_at, lease.attempts);
+        self.schedule_warning(id, expiry::warning_at(now, expires_at), expires_at);
         metrics::renewed(&lease.role);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })

@@ -103,7 +103,7 @@ impl Broker {
             // another node): not due yet.
             retry.armed = false;
             claim.release().await;
-            self.index.schedule(id, lease.expires_at, lease.attempts);
+            self.schedule_expiry(id, lease.expires_at, lease.attempts);
             return Ok(Revocation::NotDue);
         }
         // An active lease whose expiry has come is revoked without first

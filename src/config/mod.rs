@@ -334,6 +334,7 @@ fn check(config: Config, source: &str) -> Checked {
     }
     check_range(&mut errors, "server.revoked_retention", server.revoked_retention, Duration::ZERO, TEN_YEARS);
     check_range(&mut errors, "server.irrevocable_retry", server.irrevocable_retry, SECOND, WEEK);
+    check_range(&mut errors, "server.expiry_window", server.expiry_window, SECOND, WEEK);
 
     let plugins = plugins::check(&config.plugins, BUILTIN_PLUGINS, &mut errors);
     let mut connections = BTreeMap::new();

@@ -62,6 +62,13 @@ pub struct ServerConfig {
     /// random point within one such period, so a backlog is spread out.
     #[serde(default = "default_irrevocable_retry")]
     pub irrevocable_retry: Duration,
+    /// How far ahead the daemon keeps deadlines in memory: the expiries
+    /// and `lease_expiring` warnings that fall within it, its own and, with
+    /// a shared store, the other nodes'. Later ones stay in the store and
+    /// are read in every half window, so memory follows how many leases
+    /// fall due within the window, not how many there are.
+    #[serde(default = "default_expiry_window")]
+    pub expiry_window: Duration,
     /// Serve the Vault-compatible routes (`/v1/database/…`, `/v1/aws/…`,
     /// `/v1/sys/leases/…`) beside lessor's own, so the `bao`/`vault` CLI,
     /// hvac and OpenBao Agent work unchanged. The same identity and
@@ -115,6 +122,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             revoked_retention: default_revoked_retention(),
             irrevocable_retry: default_irrevocable_retry(),
+            expiry_window: default_expiry_window(),
             vault_api: default_vault_api(),
             header_timeout: default_header_timeout(),
             max_connections: default_max_connections(),
@@ -167,6 +175,9 @@ fn default_revoked_retention() -> Duration {
 }
 fn default_irrevocable_retry() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_expiry_window() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// `server.store` and what goes with it: the kind of store, a PostgreSQL

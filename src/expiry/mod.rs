@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use lessor_plugin::PluginError;
 use rand::Rng;
 
-pub use timeline::{Due, ExpiryIndex, WarningIndex, ANY_ATTEMPT};
+pub use timeline::{Due, ExpiryIndex, Horizon, WarningIndex, ANY_ATTEMPT};
 
 /// After this many failed attempts a lease is flagged `irrevocable`.
 pub const MAX_FAST_ATTEMPTS: u32 = 6;

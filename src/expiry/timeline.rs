@@ -22,6 +22,7 @@
 //! start-up set).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
@@ -278,6 +279,51 @@ impl ExpiryIndex {
     /// Takes up to `max` leases due at or before `now`, earliest first.
     pub fn due(&self, now: DateTime<Utc>, max: usize) -> Vec<Due> {
         self.pop_due(now, max).into_iter().map(|(id, attempts)| Due { id, attempts }).collect()
+    }
+}
+
+/// How far ahead the expiry indexes reach (DESIGN §8). Every active
+/// lease of this node whose expiry falls by the horizon is in the expiry
+/// index, and every expiring warning that falls by it in the warning
+/// index; later ones are in the store only, and are read in as the
+/// horizon moves on (`broker/window.rs`). Memory then follows how many
+/// leases fall due within the window, not how many there are.
+///
+/// A refill moves the horizon before it reads the store, and an issuance
+/// or renewal checks it after its write committed: a lease is either read
+/// by the refill or scheduled by its writer (or both, which is one entry).
+#[derive(Debug)]
+pub struct Horizon {
+    until_ms: AtomicI64,
+}
+
+impl Default for Horizon {
+    fn default() -> Self {
+        Self { until_ms: AtomicI64::new(i64::MIN) }
+    }
+}
+
+impl Horizon {
+    /// Whether an entry at `at` belongs in the indexes now.
+    pub fn covers(&self, at: DateTime<Utc>) -> bool {
+        millis(at) <= self.until()
+    }
+
+    /// The last instant covered, in epoch milliseconds.
+    pub fn until(&self) -> i64 {
+        self.until_ms.load(Ordering::SeqCst)
+    }
+
+    /// Moves the horizon to `until_ms`; what it was.
+    pub fn set(&self, until_ms: i64) -> i64 {
+        self.until_ms.swap(until_ms, Ordering::SeqCst)
+    }
+
+    /// Whether a warning at `at` falls in `(after, until]`, as the
+    /// warning index keeps it (whole milliseconds, rounded up): the store,
+    /// which rounds down, is read a millisecond earlier and this picks.
+    pub fn warning_in(at: DateTime<Utc>, after: i64, until: i64) -> bool {
+        (after.saturating_add(1)..=until).contains(&millis(at))
     }
 }
 

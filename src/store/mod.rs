@@ -37,7 +37,7 @@ impl Page<'_> {
     pub const ALL: Page<'static> = Page { after: None, limit: usize::MAX };
 }
 
-/// What start-up needs of a lease that still needs work to schedule it.
+/// What the expiry window needs of a lease to schedule it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfinished {
     pub id: LeaseId,
@@ -66,10 +66,31 @@ pub enum Claim {
     Missing,
 }
 
-/// Where a scan of [`LeaseStore::unfinished`] goes on: a position in the
-/// store's own order (SQLite: a rowid), meaningless elsewhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScanFrom(pub i64);
+/// When a lease's expiring warning falls, as the stores compute and index
+/// it: [`crate::expiry::warning_at`] in whole milliseconds, rounded down.
+pub(crate) const WARNING_AT_SQL: &str = "issued_at + (expires_at - issued_at) * 2 / 3";
+
+/// A span of time the expiry window reads leases for: instants after
+/// `after` and up to `until`, in epoch milliseconds (`i64::MIN` for "from
+/// the beginning").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub after: i64,
+    pub until: i64,
+}
+
+/// Where a page of [`LeaseStore::expiring`] or [`LeaseStore::warned`]
+/// goes on: after the lease `id` at `at` (epoch milliseconds), in the
+/// order `(at, id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: i64,
+    pub id: String,
+}
+
+/// One page of a read by [`Span`], with where the next starts (`None`
+/// after the last).
+pub type SpanPage = (Vec<Unfinished>, Option<Cursor>);
 
 /// A change to one lease. Each names the states it applies in; a write whose
 /// lease is not in one of them changes nothing and reports `false`.
@@ -205,15 +226,22 @@ pub trait LeaseStore: Send + Sync + Debug {
         page: Page<'_>,
     ) -> Result<Vec<Lease>, StoreError>;
 
-    /// Up to `limit` leases that still need work (not `revoked`), in the
-    /// store's own order from `from` on, with where the next page starts
-    /// (`None` after the last): what start-up feeds to the expiry index,
-    /// a page at a time so a million leases are never one answer.
-    async fn unfinished(
-        &self,
-        from: ScanFrom,
-        limit: usize,
-    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError>;
+    /// Up to `limit` of this node's leases that are `pending`, `revoking`
+    /// or `irrevocable`, by id after `after`: what start-up schedules
+    /// whatever their time (a rollback, a retry), a page at a time.
+    async fn settling(&self, after: Option<&LeaseId>, limit: usize) -> Result<Vec<Unfinished>, StoreError>;
+
+    /// Up to `limit` `active` leases, of every node, whose expiry falls in
+    /// `span`, in the order `(expires_at, id)` from `from` on: what the
+    /// expiry window loads (DESIGN §8).
+    async fn expiring(&self, span: Span, from: Option<&Cursor>, limit: usize)
+        -> Result<SpanPage, StoreError>;
+
+    /// Up to `limit` of this node's `active` leases whose expiring warning
+    /// ([`crate::expiry::warning_at`] of their issue and expiry, within a
+    /// millisecond: the store rounds down) falls in `span`, in that
+    /// order from `from` on.
+    async fn warned(&self, span: Span, from: Option<&Cursor>, limit: usize) -> Result<SpanPage, StoreError>;
 
     /// Which of `usernames` a lease still covers, on any connection: one
     /// in any state but `revoked`, or revoked at or after `revoked_since`

@@ -51,3 +51,4 @@ mod trust;
 mod vault;
 mod vault_live;
 mod vault_shape;
+mod window;

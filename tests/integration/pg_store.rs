@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
 use lessor::store::{
-    LeaseStore, Page, PendingRotation, PostgresStore, RotationPhase, ScanFrom, SealedCredential,
-    StaticRecord, StoreError, Write,
+    LeaseStore, Page, PendingRotation, PostgresStore, RotationPhase, SealedCredential, Span, StaticRecord,
+    StoreError, Write,
 };
 use secrecy::SecretString;
 
@@ -108,12 +108,29 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
     assert_eq!(ids(store.list("ap_", &[], Page::ALL).await.unwrap()), ["ap_x/b04"]);
     assert_eq!(store.find_idempotent("digest-1").await.unwrap().unwrap().id.as_str(), "app/b02");
 
-    // The start-up scan pages through what is not revoked.
-    let (page, next) = store.unfinished(ScanFrom::default(), 3).await.unwrap();
+    // The expiry window pages through the active leases by expiry, and
+    // through this node's by warning.
+    let all = Span { after: i64::MIN, until: i64::MAX };
+    let (page, next) = store.expiring(all, None, 3).await.unwrap();
     assert_eq!(page.len(), 3);
-    let (rest, end) = store.unfinished(next.unwrap(), 3).await.unwrap();
+    let (rest, end) = store.expiring(all, next.as_ref(), 3).await.unwrap();
     assert_eq!((rest.len(), end), (2, None));
-    assert!(page.iter().chain(&rest).all(|u| u.state == LeaseState::Active));
+    assert!(page
+        .iter()
+        .chain(&rest)
+        .all(|u| u.state == LeaseState::Active && u.node.as_deref() == Some("node-a")));
+    let mut by_expiry: Vec<_> = page.iter().chain(&rest).map(|u| (u.expires_at, u.id.clone())).collect();
+    let sorted = {
+        let mut s = by_expiry.clone();
+        s.sort();
+        s
+    };
+    assert_eq!(by_expiry, sorted);
+    by_expiry.dedup();
+    assert_eq!(by_expiry.len(), 5);
+    let (warned, end) = store.warned(all, None, 10).await.unwrap();
+    assert_eq!((warned.len(), end), (5, None));
+    assert!(store.settling(None, 10).await.unwrap().is_empty());
 
     let names = vec!["v_app_a".to_string(), "v_0".into(), "nobody".into()];
     let leased = store.leased_usernames(&names, at).await.unwrap();

@@ -32,8 +32,8 @@ use tokio_postgres::Row;
 
 use super::jobs::Queue;
 use super::{
-    Claim, LeaseStore, Page, PendingRotation, RotationPhase, ScanFrom, SealedCredential, StaticClaim,
-    StaticRecord, StoreError, Unfinished, Write,
+    Claim, Cursor, LeaseStore, Page, PendingRotation, RotationPhase, SealedCredential, Span, SpanPage,
+    StaticClaim, StaticRecord, StoreError, Unfinished, Write,
 };
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/postgres/0003_static_claim_token.sql"),
     include_str!("../../../schemas/sql/postgres/0004_owner_unit.sql"),
     include_str!("../../../schemas/sql/postgres/0005_no_notice_when_a_lease_ends.sql"),
+    include_str!("../../../schemas/sql/postgres/0006_expiry_window.sql"),
 ];
 
 /// The advisory lock key migrations run under (any fixed number will do;
@@ -217,6 +218,61 @@ impl PostgresStore {
         query(&self.readers, &self.location, what, sql, params).await
     }
 
+    /// A page of `active` leases whose `key` (an expression of the row,
+    /// indexed for `state = 'active'`) falls in `span`, in `(key, id)`
+    /// order from `from` on; only this node's when `mine`.
+    async fn span_page(
+        &self,
+        what: &str,
+        key: &str,
+        mine: bool,
+        span: Span,
+        from: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<SpanPage, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = from.map_or(span.after, |cursor| cursor.at);
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&after, &span.until, &limit];
+        let mut filter = String::new();
+        if mine {
+            params.push(&self.node);
+            filter = format!("node = ${} AND ", params.len());
+        }
+        // The first page starts after `span.after`, whatever the id; the
+        // next ones after the cursor's (key, id).
+        match from {
+            Some(cursor) => {
+                params.push(&cursor.id);
+                filter += &format!("({key}, id) > ($1, ${})", params.len());
+            }
+            None => filter += &format!("{key} > $1"),
+        }
+        let sql = format!(
+            "SELECT {key}, id, state, issued_at, expires_at, attempts, node FROM leases \
+             WHERE state = 'active' AND {filter} AND {key} <= $2 ORDER BY {key}, id LIMIT $3"
+        );
+        let rows = self.query(what, &sql, &params).await?;
+        let page = rows.iter().map(|row| self.unfinished(row)).collect::<Result<Vec<_>, _>>()?;
+        let next = (page.len() as i64 == limit).then(|| page.last().map(|(c, _)| c.clone())).flatten();
+        Ok((page.into_iter().map(|(_, u)| u).collect(), next))
+    }
+
+    /// Reads a row of columns `key, id, state, issued_at, expires_at,
+    /// attempts, node`, with the cursor it ends at.
+    fn unfinished(&self, row: &Row) -> Result<(Cursor, Unfinished), StoreError> {
+        let state: String = row.get(2);
+        let unfinished = Unfinished {
+            id: LeaseId::from_store(row.get(1)),
+            state: LeaseState::parse(&state)
+                .ok_or_else(|| self.failed("scan", format!("unknown state {state:?}")))?,
+            issued_at: time(row.get(3)).map_err(|e| self.failed("scan", e))?,
+            expires_at: time(row.get(4)).map_err(|e| self.failed("scan", e))?,
+            attempts: row.get::<_, i32>(5) as u32,
+            node: Some(row.get(6)),
+        };
+        Ok((Cursor { at: row.get(0), id: unfinished.id.to_string() }, unfinished))
+    }
+
     fn leases(&self, rows: Vec<Row>) -> Result<Vec<Lease>, StoreError> {
         rows.iter().map(|row| lease_from_row(row).map_err(|e| self.failed("read a lease", e))).collect()
     }
@@ -274,37 +330,32 @@ impl LeaseStore for PostgresStore {
         self.leases(rows)
     }
 
-    async fn unfinished(
-        &self,
-        from: ScanFrom,
-        limit: usize,
-    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError> {
+    async fn settling(&self, after: Option<&LeaseId>, limit: usize) -> Result<Vec<Unfinished>, StoreError> {
+        let after = after.map_or("", |id| id.as_str());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .query(
-                "scan unfinished leases",
-                "SELECT seq, id, state, issued_at, expires_at, attempts, node FROM leases \
-                 WHERE seq > $1 AND state <> 'revoked' ORDER BY seq LIMIT $2",
-                &[&from.0, &limit],
+                "read leases still settling",
+                "SELECT 0::bigint, id, state, issued_at, expires_at, attempts, node FROM leases \
+                 WHERE node = $1 AND state IN ('pending', 'revoking', 'irrevocable') AND id > $2 \
+                 ORDER BY id LIMIT $3",
+                &[&self.node, &after, &limit],
             )
             .await?;
-        let mut last = None;
-        let mut page = Vec::with_capacity(rows.len());
-        for row in &rows {
-            last = Some(row.get::<_, i64>(0));
-            let state: String = row.get(2);
-            page.push(Unfinished {
-                id: LeaseId::from_store(row.get(1)),
-                state: LeaseState::parse(&state)
-                    .ok_or_else(|| self.failed("scan", format!("unknown state {state:?}")))?,
-                issued_at: time(row.get(3)).map_err(|e| self.failed("scan", e))?,
-                expires_at: time(row.get(4)).map_err(|e| self.failed("scan", e))?,
-                attempts: row.get::<_, i32>(5) as u32,
-                node: Some(row.get(6)),
-            });
-        }
-        let next = (page.len() as i64 == limit).then_some(last).flatten().map(ScanFrom);
-        Ok((page, next))
+        rows.iter().map(|row| self.unfinished(row).map(|(_, u)| u)).collect()
+    }
+
+    async fn expiring(
+        &self,
+        span: Span,
+        from: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<SpanPage, StoreError> {
+        self.span_page("read leases by expiry", "expires_at", false, span, from, limit).await
+    }
+
+    async fn warned(&self, span: Span, from: Option<&Cursor>, limit: usize) -> Result<SpanPage, StoreError> {
+        self.span_page("read leases by warning", super::WARNING_AT_SQL, true, span, from, limit).await
     }
 
     async fn leased_usernames(

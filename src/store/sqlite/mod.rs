@@ -37,7 +37,9 @@ use writer::commit_batch;
 use writer::run_writer;
 
 use super::jobs::Queue;
-use super::{LeaseStore, Page, ScanFrom, StaticClaim, StaticRecord, StoreError, Unfinished, Write};
+use super::{
+    Cursor, LeaseStore, Page, Span, SpanPage, StaticClaim, StaticRecord, StoreError, Unfinished, Write,
+};
 use crate::lease::{Lease, LeaseId, LeaseState, Owner};
 
 /// Migrations in order; migration `n` (1-based) brings `user_version` to `n`.
@@ -48,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/sqlite/0004_owner_policy_and_idempotency.sql"),
     include_str!("../../../schemas/sql/sqlite/0005_static_claim_token.sql"),
     include_str!("../../../schemas/sql/sqlite/0006_owner_unit.sql"),
+    include_str!("../../../schemas/sql/sqlite/0007_expiry_window.sql"),
 ];
 
 /// Writes waiting for the writer before `write` callers wait for room.
@@ -187,6 +190,44 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// A page of `active` leases whose `key` (an expression of the row,
+    /// indexed for `state = 'active'`) falls in `span`, in `(key, id)`
+    /// order from `from` on.
+    async fn span_page(
+        &self,
+        key: &'static str,
+        span: Span,
+        from: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<SpanPage, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let from = from.cloned();
+        self.read(move |conn| {
+            let columns = format!("SELECT {key}, id, state, issued_at, expires_at, attempts FROM leases");
+            let mut statement;
+            let rows = match &from {
+                None => {
+                    statement = conn.prepare_cached(&format!(
+                        "{columns} WHERE state = 'active' AND {key} > ?1 AND {key} <= ?2 \
+                         ORDER BY {key}, id LIMIT ?3"
+                    ))?;
+                    statement.query_map(params![span.after, span.until, limit], span_row)?
+                }
+                Some(cursor) => {
+                    statement = conn.prepare_cached(&format!(
+                        "{columns} WHERE state = 'active' AND ({key}, id) > (?1, ?4) AND {key} <= ?2 \
+                         ORDER BY {key}, id LIMIT ?3"
+                    ))?;
+                    statement.query_map(params![cursor.at, span.until, limit, cursor.id], span_row)?
+                }
+            };
+            let page = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let next = (page.len() as i64 == limit).then(|| page.last().map(|(c, _)| c.clone())).flatten();
+            Ok((page.into_iter().map(|(_, u)| u).collect(), next))
+        })
+        .await
+    }
+
     async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -273,30 +314,31 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn unfinished(
-        &self,
-        from: ScanFrom,
-        limit: usize,
-    ) -> Result<(Vec<Unfinished>, Option<ScanFrom>), StoreError> {
-        // In rowid order: the table's own order, read straight through,
-        // where id or expiry order would look every row up from an index.
+    async fn settling(&self, after: Option<&LeaseId>, limit: usize) -> Result<Vec<Unfinished>, StoreError> {
+        let after = after.map_or(String::new(), |id| id.to_string());
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut last = None;
-            let page = conn
-                .prepare_cached(
-                    "SELECT rowid, id, state, issued_at, expires_at, attempts FROM leases \
-                     WHERE rowid > ?1 AND state != 'revoked' ORDER BY rowid LIMIT ?2",
-                )?
-                .query_map(params![from.0, limit], |row| {
-                    last = Some(row.get::<_, i64>(0)?);
-                    unfinished_from_row(row)
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let next = (page.len() as i64 == limit).then_some(last).flatten().map(ScanFrom);
-            Ok((page, next))
+            conn.prepare_cached(
+                "SELECT 0, id, state, issued_at, expires_at, attempts FROM leases \
+                 WHERE state IN ('pending', 'revoking', 'irrevocable') AND id > ?1 ORDER BY id LIMIT ?2",
+            )?
+            .query_map(params![after, limit], unfinished_from_row)?
+            .collect()
         })
         .await
+    }
+
+    async fn expiring(
+        &self,
+        span: Span,
+        from: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<SpanPage, StoreError> {
+        self.span_page("expires_at", span, from, limit).await
+    }
+
+    async fn warned(&self, span: Span, from: Option<&Cursor>, limit: usize) -> Result<SpanPage, StoreError> {
+        self.span_page(super::WARNING_AT_SQL, span, from, limit).await
     }
 
     async fn leased_usernames(
@@ -535,8 +577,15 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
     tx.commit().map_err(|e| format!("cannot commit the migrations: {e}"))
 }
 
-/// Reads a row of `unfinished`: columns `(rowid,) id, state, issued_at,
-/// expires_at, attempts`.
+/// Reads a row of a span: columns `key, id, state, issued_at, expires_at,
+/// attempts`, with the cursor it ends at.
+fn span_row(row: &Row<'_>) -> rusqlite::Result<(Cursor, Unfinished)> {
+    let unfinished = unfinished_from_row(row)?;
+    Ok((Cursor { at: row.get(0)?, id: unfinished.id.to_string() }, unfinished))
+}
+
+/// Reads a row of the start-up or window reads: columns `(key,) id,
+/// state, issued_at, expires_at, attempts`.
 fn unfinished_from_row(row: &Row<'_>) -> rusqlite::Result<Unfinished> {
     let state: String = row.get(2)?;
     Ok(Unfinished {

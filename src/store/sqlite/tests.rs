@@ -242,7 +242,7 @@ async fn concurrent_inserts_are_durable_after_reopening() {
 
     let store = SqliteStore::open(&dir.path().join("leases.db")).unwrap();
     assert_eq!(store.list("", &[], Page::ALL).await.unwrap(), written);
-    assert_eq!(store.unfinished(ScanFrom::default(), 1000).await.unwrap().0.len(), 200);
+    assert_eq!(store.settling(None, 1000).await.unwrap().len(), 200);
 }
 
 #[tokio::test]
@@ -419,49 +419,111 @@ async fn list_takes_the_prefix_literally() {
     assert_eq!(store.list("app_r/", &[LeaseState::Pending], Page::ALL).await.unwrap().len(), 1);
 }
 
+/// Pages through a span read to its end.
+async fn read_span(store: &SqliteStore, span: Span, warned: bool, limit: usize) -> (Vec<Unfinished>, usize) {
+    let (mut seen, mut pages, mut from) = (Vec::new(), 0, None);
+    loop {
+        let (page, next) = if warned {
+            store.warned(span, from.as_ref(), limit).await.unwrap()
+        } else {
+            store.expiring(span, from.as_ref(), limit).await.unwrap()
+        };
+        assert!(page.len() <= limit);
+        pages += 1;
+        seen.extend(page);
+        match next {
+            Some(next) => from = Some(next),
+            None => return (seen, pages),
+        }
+    }
+}
+
 #[tokio::test]
-async fn unfinished_pages_through_every_lease_but_the_revoked_once() {
+async fn the_window_reads_settling_leases_and_spans_of_expiries_and_warnings() {
     let (_dir, store) = temp_store();
     let now = millis(Utc::now());
     let mut leases = Vec::new();
     for minutes in 0..25 {
         let mut lease = pending("app");
-        lease.expires_at = now + TimeDelta::minutes(30 - minutes);
+        lease.issued_at = now - TimeDelta::minutes(minutes);
+        // Pairs of leases share an expiry, so a page may end between two.
+        lease.expires_at = now + TimeDelta::minutes(30 - minutes / 2);
         store.write(Write::Insert(lease.clone())).await.unwrap();
         leases.push(lease);
     }
-    store
-        .write(Write::Activate { id: leases[0].id.clone(), plugin_data: None, expires_at: None })
-        .await
-        .unwrap();
-    store.write(Write::Revoked { id: leases[3].id.clone(), at: now }).await.unwrap();
-
-    let mut seen = Vec::new();
-    let mut pages = 0;
-    let mut from = Some(ScanFrom::default());
-    while let Some(cursor) = from {
-        let (page, next) = store.unfinished(cursor, 4).await.unwrap();
-        assert!(page.len() <= 4);
-        pages += 1;
-        seen.extend(page);
-        from = next;
+    for lease in &leases[..20] {
+        store
+            .write(Write::Activate { id: lease.id.clone(), plugin_data: None, expires_at: None })
+            .await
+            .unwrap();
     }
-    assert!(pages >= 6, "{pages} pages of at most 4 for 24 leases");
-    let mut want: Vec<Unfinished> = leases
+    store.write(Write::Revoked { id: leases[3].id.clone(), at: now }).await.unwrap();
+    store.write(Write::StartRevoking { id: leases[4].id.clone() }).await.unwrap();
+    let active: Vec<&Lease> =
+        leases[..20].iter().filter(|l| l.id != leases[3].id && l.id != leases[4].id).collect();
+
+    // Settling: the pending and the revoking, by id, a page at a time.
+    let mut settling = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.settling(after.as_ref(), 2).await.unwrap();
+        after = page.last().map(|u| u.id.clone());
+        let full = page.len() == 2;
+        settling.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let mut want: Vec<&LeaseId> = leases[20..].iter().chain([&leases[4]]).map(|l| &l.id).collect();
+    want.sort();
+    assert_eq!(settling.iter().map(|u| &u.id).collect::<Vec<_>>(), want);
+    assert!(settling.iter().all(|u| u.node.is_none()));
+
+    // Expiries: exactly the active leases in (after, until], in order.
+    let span = Span {
+        after: (now + TimeDelta::minutes(22)).timestamp_millis(),
+        until: (now + TimeDelta::minutes(27)).timestamp_millis(),
+    };
+    let (seen, pages) = read_span(&store, span, false, 3).await;
+    let mut want: Vec<&Lease> = active
         .iter()
-        .filter(|l| l.id != leases[3].id)
-        .map(|l| Unfinished {
-            id: l.id.clone(),
-            state: if l.id == leases[0].id { LeaseState::Active } else { LeaseState::Pending },
-            issued_at: l.issued_at,
-            expires_at: l.expires_at,
-            attempts: 0,
-            node: None,
-        })
+        .copied()
+        .filter(|l| (span.after + 1..=span.until).contains(&l.expires_at.timestamp_millis()))
         .collect();
-    want.sort_by(|a, b| a.id.cmp(&b.id));
-    seen.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(seen, want);
+    want.sort_by_key(|l| (l.expires_at, l.id.clone()));
+    assert_eq!(
+        seen.iter().map(|u| &u.id).collect::<Vec<_>>(),
+        want.iter().map(|l| &l.id).collect::<Vec<_>>()
+    );
+    assert!(want.len() >= 8 && pages >= 3, "{} leases in {pages} pages", want.len());
+    assert!(seen.iter().all(|u| u.state == LeaseState::Active && u.attempts == 0));
+    let everything = read_span(&store, Span { after: i64::MIN, until: i64::MAX }, false, 4).await.0;
+    assert_eq!(everything.len(), active.len());
+
+    // Warnings: those whose warning falls in the span, as the window
+    // computes it, within the millisecond the store rounds down.
+    let span = Span {
+        after: (now + TimeDelta::minutes(10)).timestamp_millis(),
+        until: (now + TimeDelta::minutes(14)).timestamp_millis(),
+    };
+    let (seen, _) = read_span(&store, span, true, 2).await;
+    let warned = |l: &Lease| crate::expiry::warning_at(l.issued_at, l.expires_at).timestamp_millis();
+    let want: Vec<&LeaseId> = active
+        .iter()
+        .filter(|l| (span.after - 1..=span.until + 1).contains(&warned(l)))
+        .map(|l| &l.id)
+        .collect();
+    let mut got: Vec<&LeaseId> = seen.iter().map(|u| &u.id).collect();
+    got.sort();
+    let mut want = want;
+    want.sort();
+    assert!(!want.is_empty());
+    for id in &got {
+        assert!(want.contains(id), "{id} read but its warning is outside the span");
+    }
+    for l in active.iter().filter(|l| (span.after + 1..=span.until - 1).contains(&warned(l))) {
+        assert!(got.contains(&&l.id), "{} not read", l.id);
+    }
 }
 
 #[tokio::test]

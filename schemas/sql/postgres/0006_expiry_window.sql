@@ -1,0 +1,13 @@
+-- The expiry window (DESIGN §8): a node's start-up reads only its own
+-- leases that are still settling and the leases falling due soon, and its
+-- refills only the next stretch of time, so neither grows with the fleet.
+-- Active leases by expiry (every node's: a node also keeps the others'
+-- deadlines that fall due soon) and, per node, by when their expiring
+-- warning falls (the expression the store queries with,
+-- `WARNING_AT_SQL`), and each node's leases still settling, each in the
+-- order the reads page in. The scan by insertion order they replace goes.
+CREATE INDEX leases_active_expiry ON leases (expires_at, id) WHERE state = 'active';
+CREATE INDEX leases_active_warning ON leases (node, (issued_at + (expires_at - issued_at) * 2 / 3), id)
+    WHERE state = 'active';
+CREATE INDEX leases_settling ON leases (node, id) WHERE state IN ('pending', 'revoking', 'irrevocable');
+DROP INDEX leases_unfinished_seq;

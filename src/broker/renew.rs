@@ -99,7 +99,11 @@ impl Broker {
         bounded(backend.operation_timeout, backend.connection.plugin.renew(&lease_ref, expires_at))
             .await
             .map_err(|source| BrokerError::Backend { context: format!("renewing lease {id}"), source })?;
-        if !self.store.write(Write::Renew { id: id.clone(), expires_at }).await? {
+        // The new term's start, in whole milliseconds as the store keeps
+        // it: the warning scheduled below is the one the store's window
+        // reads would schedule.
+        let renewed_at = super::whole_ms(now);
+        if !self.store.write(Write::Renew { id: id.clone(), expires_at, renewed_at }).await? {
             return Err(BrokerError::Conflict {
                 id: id.clone(),
                 state: "revoking",
@@ -110,7 +114,7 @@ impl Broker {
         // recognised as stale by the expiry it carries.
         self.index.unschedule(id, lease.expires_at, lease.attempts);
         self.schedule_expiry(id, expires_at, lease.attempts);
-        self.schedule_warning(id, expiry::warning_at(now, expires_at), expires_at);
+        self.schedule_warning(id, expiry::warning_at(renewed_at, expires_at), expires_at);
         metrics::renewed(&lease.role);
         debug!(lease = %id, %expires_at, "renewed");
         Ok(Lease { expires_at, ..lease })

@@ -111,8 +111,7 @@ impl Broker {
             if self.is_mine(&lease) {
                 active += 1;
                 due.push(&lease.id, lease.expires_at, lease.attempts);
-                let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
-                warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
+                warnings.push(&lease.id, warning_of(&lease), lease.expires_at.timestamp_millis());
             } else if lease.expires_at + grace > now {
                 // Another node's: it does the work while alive; this one
                 // sweeps for it a grace after it falls due (one already
@@ -125,7 +124,7 @@ impl Broker {
         // The store rounds warnings down: read a millisecond early.
         let now_ms = now.timestamp_millis();
         self.read_span(Span { after: now_ms - 1, until }, true, |lease| {
-            let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
+            let warn_at = warning_of(&lease);
             if Horizon::warning_in(warn_at, now_ms, until) {
                 warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
             }
@@ -195,7 +194,7 @@ impl Broker {
             // The store rounds warnings down: read a millisecond early.
             let early = Span { after: span.after.saturating_sub(1), until: span.until };
             self.read_span(early, true, |lease| {
-                let warn_at = expiry::warning_at(lease.issued_at, lease.expires_at);
+                let warn_at = warning_of(&lease);
                 if Horizon::warning_in(warn_at, span.after, span.until) {
                     self.warnings.insert(&lease.id, warn_at, lease.expires_at.timestamp_millis());
                 }
@@ -231,4 +230,11 @@ impl Broker {
     fn window_chrono(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.window).unwrap_or(chrono::Duration::MAX)
     }
+}
+
+/// When a lease's `lease_expiring` warning falls: two thirds into its term
+/// (from its last renewal, or its issue), as its issuance or renewal
+/// scheduled it.
+fn warning_of(lease: &Unfinished) -> DateTime<Utc> {
+    expiry::warning_at(lease.renewed_at.unwrap_or(lease.issued_at), lease.expires_at)
 }

@@ -46,6 +46,8 @@ pub struct Unfinished {
     pub expires_at: DateTime<Utc>,
     /// Failed revocation attempts so far.
     pub attempts: u32,
+    /// When it was last renewed, if ever.
+    pub renewed_at: Option<DateTime<Utc>>,
     /// The node that issued it, in a store several nodes share; `None`
     /// in a store of one node.
     pub node: Option<String>,
@@ -67,8 +69,10 @@ pub enum Claim {
 }
 
 /// When a lease's expiring warning falls, as the stores compute and index
-/// it: [`crate::expiry::warning_at`] in whole milliseconds, rounded down.
-pub(crate) const WARNING_AT_SQL: &str = "issued_at + (expires_at - issued_at) * 2 / 3";
+/// it: [`crate::expiry::warning_at`] of its term (from its last renewal,
+/// or its issue) in whole milliseconds, rounded down.
+pub(crate) const WARNING_AT_SQL: &str =
+    "coalesce(renewed_at, issued_at) + (expires_at - coalesce(renewed_at, issued_at)) * 2 / 3";
 
 /// A span of time the expiry window reads leases for: instants after
 /// `after` and up to `until`, in epoch milliseconds (`i64::MIN` for "from
@@ -104,8 +108,10 @@ pub enum Write {
     /// `pending` → `active`, storing the plugin's non-secret data and, when
     /// the backend set its own, the credential's real expiry.
     Activate { id: LeaseId, plugin_data: Option<serde_json::Value>, expires_at: Option<DateTime<Utc>> },
-    /// Moves `expires_at` of an `active` lease.
-    Renew { id: LeaseId, expires_at: DateTime<Utc> },
+    /// Moves `expires_at` of an `active` lease, renewed at `renewed_at`
+    /// (whole milliseconds: the start of the term its expiring warning is
+    /// two thirds into).
+    Renew { id: LeaseId, expires_at: DateTime<Utc>, renewed_at: DateTime<Utc> },
     /// `pending` | `active` | `irrevocable` → `revoking`.
     StartRevoking { id: LeaseId },
     /// Records a failed revocation attempt of a `revoking` or `irrevocable`

@@ -68,11 +68,13 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
 
     // Writes apply only in their states.
     let later = (Utc::now() + chrono::Duration::minutes(90)).trunc_subsecs(3);
-    assert!(!store.write(Write::Renew { id: first.id.clone(), expires_at: later }).await.unwrap(), "pending");
+    let renewed_at = Utc::now().trunc_subsecs(3);
+    let renew = Write::Renew { id: first.id.clone(), expires_at: later, renewed_at };
+    assert!(!store.write(renew.clone()).await.unwrap(), "pending");
     let activate = Write::Activate { id: first.id.clone(), plugin_data: None, expires_at: None };
     assert!(store.write(activate.clone()).await.unwrap());
     assert!(!store.write(activate).await.unwrap(), "active already");
-    assert!(store.write(Write::Renew { id: first.id.clone(), expires_at: later }).await.unwrap());
+    assert!(store.write(renew).await.unwrap());
     let active = store.get(&first.id).await.unwrap().unwrap();
     assert_eq!((active.state, active.expires_at, active.plugin_data), (LeaseState::Active, later, None));
     assert!(store.write(Write::StartRevoking { id: first.id.clone() }).await.unwrap());

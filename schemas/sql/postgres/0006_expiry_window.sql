@@ -3,11 +3,17 @@
 -- refills only the next stretch of time, so neither grows with the fleet.
 -- Active leases by expiry (every node's: a node also keeps the others'
 -- deadlines that fall due soon) and, per node, by when their expiring
--- warning falls (the expression the store queries with,
+-- warning falls (two thirds into the lease's term: from its last renewal,
+-- `renewed_at`, or its issue; the expression the store queries with,
 -- `WARNING_AT_SQL`), and each node's leases still settling, each in the
--- order the reads page in. The scan by insertion order they replace goes.
+-- order the reads page in. Leases delivered to systemd units are found
+-- without reading the others. The scan by insertion order these replace
+-- goes.
+ALTER TABLE leases ADD COLUMN renewed_at BIGINT;
 CREATE INDEX leases_active_expiry ON leases (expires_at, id) WHERE state = 'active';
-CREATE INDEX leases_active_warning ON leases (node, (issued_at + (expires_at - issued_at) * 2 / 3), id)
-    WHERE state = 'active';
+CREATE INDEX leases_active_warning ON leases (
+    node, (coalesce(renewed_at, issued_at) + (expires_at - coalesce(renewed_at, issued_at)) * 2 / 3), id
+) WHERE state = 'active';
 CREATE INDEX leases_settling ON leases (node, id) WHERE state IN ('pending', 'revoking', 'irrevocable');
+CREATE INDEX leases_owner_unit ON leases (node, owner_unit) WHERE owner_unit IS NOT NULL;
 DROP INDEX leases_unfinished_seq;

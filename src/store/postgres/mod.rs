@@ -248,7 +248,7 @@ impl PostgresStore {
             None => filter += &format!("{key} > $1"),
         }
         let sql = format!(
-            "SELECT {key}, id, state, issued_at, expires_at, attempts, node FROM leases \
+            "SELECT {key}, id, state, issued_at, expires_at, attempts, node, renewed_at FROM leases \
              WHERE state = 'active' AND {filter} AND {key} <= $2 ORDER BY {key}, id LIMIT $3"
         );
         let rows = self.query(what, &sql, &params).await?;
@@ -258,7 +258,7 @@ impl PostgresStore {
     }
 
     /// Reads a row of columns `key, id, state, issued_at, expires_at,
-    /// attempts, node`, with the cursor it ends at.
+    /// attempts, node, renewed_at`, with the cursor it ends at.
     fn unfinished(&self, row: &Row) -> Result<(Cursor, Unfinished), StoreError> {
         let state: String = row.get(2);
         let unfinished = Unfinished {
@@ -269,6 +269,11 @@ impl PostgresStore {
             expires_at: time(row.get(4)).map_err(|e| self.failed("scan", e))?,
             attempts: row.get::<_, i32>(5) as u32,
             node: Some(row.get(6)),
+            renewed_at: row
+                .get::<_, Option<i64>>(7)
+                .map(time)
+                .transpose()
+                .map_err(|e| self.failed("scan", e))?,
         };
         Ok((Cursor { at: row.get(0), id: unfinished.id.to_string() }, unfinished))
     }
@@ -336,7 +341,7 @@ impl LeaseStore for PostgresStore {
         let rows = self
             .query(
                 "read leases still settling",
-                "SELECT 0::bigint, id, state, issued_at, expires_at, attempts, node FROM leases \
+                "SELECT 0::bigint, id, state, issued_at, expires_at, attempts, node, renewed_at FROM leases \
                  WHERE node = $1 AND state IN ('pending', 'revoking', 'irrevocable') AND id > $2 \
                  ORDER BY id LIMIT $3",
                 &[&self.node, &after, &limit],

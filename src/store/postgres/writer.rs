@@ -78,7 +78,7 @@ impl Statements {
                 .await?,
             renew: client
                 .prepare(
-                    "UPDATE leases SET expires_at = $2, claimed_by = NULL, claim_until = NULL \
+                    "UPDATE leases SET expires_at = $2, renewed_at = $4, claimed_by = NULL, claim_until = NULL \
                      WHERE id = $1 AND state = 'active' AND (claimed_by IS NULL OR claimed_by = $3)",
                 )
                 .await?,
@@ -370,8 +370,8 @@ async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) 
             .execute(&st.activate, &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis()), &node])
             .await
             .map_err(|e| failed(format!("activate lease {id}"), e)),
-        Write::Renew { expires_at, .. } => tx
-            .execute(&st.renew, &[&id, &expires_at.timestamp_millis(), &node])
+        Write::Renew { expires_at, renewed_at, .. } => tx
+            .execute(&st.renew, &[&id, &expires_at.timestamp_millis(), &node, &renewed_at.timestamp_millis()])
             .await
             .map_err(|e| failed(format!("renew lease {id}"), e)),
         Write::StartRevoking { .. } => tx

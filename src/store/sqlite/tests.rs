@@ -93,7 +93,7 @@ async fn writes_apply_only_in_their_states() {
     let lease = pending("app");
     let id = lease.id.clone();
     let later = millis(Utc::now()) + TimeDelta::hours(2);
-    let renew = || Write::Renew { id: id.clone(), expires_at: later };
+    let renew = || Write::Renew { id: id.clone(), expires_at: later, renewed_at: millis(Utc::now()) };
     let failed = |attempts, irrevocable| Write::RevokeFailed {
         id: id.clone(),
         attempts,
@@ -323,6 +323,7 @@ async fn reopening_migrates_once_and_keeps_leases() {
             "owner_policy",
             "idempotency",
             "owner_unit",
+            "renewed_at",
         ]
     );
 
@@ -459,6 +460,13 @@ async fn the_window_reads_settling_leases_and_spans_of_expiries_and_warnings() {
     }
     store.write(Write::Revoked { id: leases[3].id.clone(), at: now }).await.unwrap();
     store.write(Write::StartRevoking { id: leases[4].id.clone() }).await.unwrap();
+    // A renewal starts a new term: its warning falls two thirds into it.
+    let renewed_at = now + TimeDelta::minutes(1);
+    // 12 minutes from now, in the warnings' span below; from its issue it
+    // would be 10 minutes, just outside.
+    leases[5].expires_at = now + TimeDelta::seconds(17 * 60 + 30);
+    let renew = Write::Renew { id: leases[5].id.clone(), expires_at: leases[5].expires_at, renewed_at };
+    assert!(store.write(renew).await.unwrap());
     let active: Vec<&Lease> =
         leases[..20].iter().filter(|l| l.id != leases[3].id && l.id != leases[4].id).collect();
 
@@ -507,7 +515,10 @@ async fn the_window_reads_settling_leases_and_spans_of_expiries_and_warnings() {
         until: (now + TimeDelta::minutes(14)).timestamp_millis(),
     };
     let (seen, _) = read_span(&store, span, true, 2).await;
-    let warned = |l: &Lease| crate::expiry::warning_at(l.issued_at, l.expires_at).timestamp_millis();
+    let term = |l: &Lease| if l.id == leases[5].id { renewed_at } else { l.issued_at };
+    let warned = |l: &Lease| crate::expiry::warning_at(term(l), l.expires_at).timestamp_millis();
+    assert!(seen.iter().all(|u| u.renewed_at == (u.id == leases[5].id).then_some(renewed_at)));
+    assert!(seen.iter().any(|u| u.id == leases[5].id), "the renewed lease's warning");
     let want: Vec<&LeaseId> = active
         .iter()
         .filter(|l| (span.after - 1..=span.until + 1).contains(&warned(l)))

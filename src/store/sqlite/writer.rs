@@ -122,9 +122,13 @@ fn apply(conn: &Connection, job: &Job, path: &Path) -> Result<u64, StoreError> {
                 ])
             })
             .map_err(|e| failed(&format!("activate lease {id}"), e))?,
-        Write::Renew { expires_at, .. } => conn
-            .prepare_cached("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'")
-            .and_then(|mut s| s.execute(params![id, expires_at.timestamp_millis()]))
+        Write::Renew { expires_at, renewed_at, .. } => conn
+            .prepare_cached(
+                "UPDATE leases SET expires_at = ?2, renewed_at = ?3 WHERE id = ?1 AND state = 'active'",
+            )
+            .and_then(|mut s| {
+                s.execute(params![id, expires_at.timestamp_millis(), renewed_at.timestamp_millis()])
+            })
             .map_err(|e| failed(&format!("renew lease {id}"), e))?,
         Write::StartRevoking { .. } => conn
             .prepare_cached(

@@ -56,11 +56,9 @@ pub async fn phase(args: &Args, setup: &Setup) -> Result<()> {
     );
     let su = connect(&setup.superuser).await?;
     let db = database(setup);
-    su.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db} OWNER {}",
-        setup.names.admin
-    ))
-    .await?;
+    // One statement each: neither may run inside a transaction block.
+    su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await?;
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {}", setup.names.admin)).await?;
     let outcome = run(args, setup, &db, leases).await;
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await?;
     outcome
@@ -122,7 +120,7 @@ async fn measure(args: &Args, setup: &Setup, db: &str, nodes: &mut [Serve], base
 
     // 4. Issuance with every lease in the store.
     let loaded = issue(&nodes[0], args).await?;
-    print_latency("  ", "10M-lease store", &loaded);
+    print_latency("  ", "filled store", &loaded);
     let ratio = |f: fn(&Stats) -> Duration| ms(f(&loaded)) / ms(f(baseline)).max(1e-9);
     println!(
         "  latency against the empty store: p50 {:.2} ×, p99 {:.2} ×",
@@ -142,7 +140,7 @@ async fn measure(args: &Args, setup: &Setup, db: &str, nodes: &mut [Serve], base
         if response.status != 200 {
             return Err(format!("bench-w2 answered {} to an issuance", response.status).into());
         }
-        let username = response.body["data"]["username"].as_str().ok_or("no username in the answer")?;
+        let username = response.body["credential"]["username"].as_str().ok_or("no username in the answer")?;
         usernames.push(username.to_string());
     }
     unsafe { libc::kill(dying.pid as i32, libc::SIGKILL) };

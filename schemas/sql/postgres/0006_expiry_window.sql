@@ -6,14 +6,16 @@
 -- warning falls (two thirds into the lease's term: from its last renewal,
 -- `renewed_at`, or its issue; the expression the store queries with,
 -- `WARNING_AT_SQL`), and each node's leases still settling, each in the
--- order the reads page in. Leases delivered to systemd units are found
--- without reading the others. The scan by insertion order these replace
--- goes.
+-- order the reads page in; the window's two carry what it reads, so they
+-- are read without visiting the table (once vacuum has marked its pages
+-- all-visible). Leases delivered to systemd units are found without
+-- reading the others. The scan by insertion order these replace goes.
 ALTER TABLE leases ADD COLUMN renewed_at BIGINT;
-CREATE INDEX leases_active_expiry ON leases (expires_at, id) WHERE state = 'active';
+CREATE INDEX leases_active_expiry ON leases (expires_at, id)
+    INCLUDE (node, issued_at, attempts, renewed_at) WHERE state = 'active';
 CREATE INDEX leases_active_warning ON leases (
     node, (coalesce(renewed_at, issued_at) + (expires_at - coalesce(renewed_at, issued_at)) * 2 / 3), id
-) WHERE state = 'active';
+) INCLUDE (issued_at, expires_at, attempts, renewed_at) WHERE state = 'active';
 CREATE INDEX leases_settling ON leases (node, id) WHERE state IN ('pending', 'revoking', 'irrevocable');
 CREATE INDEX leases_owner_unit ON leases (node, owner_unit) WHERE owner_unit IS NOT NULL;
 DROP INDEX leases_unfinished_seq;

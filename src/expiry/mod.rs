@@ -4,8 +4,9 @@
 //! the backoff that spaces retries, the deadline every backend call gets
 //! ([`bounded`]), and (in `batch`) the gathering of due revocations into
 //! batches per connection. The broker drives them: its revocation
-//! attempts and loop are in `broker/revocation.rs`, the start-up scan that
-//! fills the indexes in `broker/recovery.rs`.
+//! attempts and loop are in `broker/revocation.rs`; the start-up read and
+//! the refills that fill the indexes within the expiry window
+//! ([`Horizon`]) in `broker/window.rs`.
 //!
 //! The indexes have the shape of mini-redis's expiry set: an ordered set
 //! of `(deadline, id)` for "what is next" and a [`Notify`](tokio::sync::Notify)

@@ -13,9 +13,10 @@
 //! lease before acting, as every revocation attempt does anyway, and drops
 //! it when its tag shows a later attempt has scheduled its own.
 //!
-//! Start-up feeds the whole store through [`Timeline::loader`], which builds
-//! the set in one sorted pass (full B-tree nodes) instead of a million
-//! single inserts (half-empty nodes when the input arrives in order).
+//! Start-up feeds what falls in the expiry window through
+//! [`Timeline::loader`], which builds the set in one sorted pass (full
+//! B-tree nodes) instead of a million single inserts (half-empty nodes
+//! when the input arrives in order).
 //!
 //! A std mutex is right here: it is never held across an await and every
 //! critical section is a few set operations (or, once, the merge of the

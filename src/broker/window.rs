@@ -121,15 +121,8 @@ impl Broker {
         })
         .await?;
         // Warnings that fall within the window for leases expiring after it.
-        // The store rounds warnings down: read a millisecond early.
-        let now_ms = now.timestamp_millis();
-        self.read_span(Span { after: now_ms - 1, until }, true, |lease| {
-            let warn_at = warning_of(&lease);
-            if Horizon::warning_in(warn_at, now_ms, until) {
-                warnings.push(&lease.id, warn_at, lease.expires_at.timestamp_millis());
-            }
-        })
-        .await?;
+        let span = Span { after: now.timestamp_millis(), until };
+        self.read_warnings(span, |id, at, expires_ms| warnings.push(id, at, expires_ms)).await?;
 
         // Counted once the whole scan succeeded: a failed one is run again.
         crate::metrics::rolled_back(pending);
@@ -191,17 +184,28 @@ impl Broker {
         })
         .await?;
         if which == Load::All {
-            // The store rounds warnings down: read a millisecond early.
-            let early = Span { after: span.after.saturating_sub(1), until: span.until };
-            self.read_span(early, true, |lease| {
-                let warn_at = warning_of(&lease);
-                if Horizon::warning_in(warn_at, span.after, span.until) {
-                    self.warnings.insert(&lease.id, warn_at, lease.expires_at.timestamp_millis());
-                }
-            })
-            .await?;
+            self.read_warnings(span, |id, at, expires_ms| self.warnings.insert(id, at, expires_ms)).await?;
         }
         Ok(())
+    }
+
+    /// Pages through this node's warnings that fall in `span`, each with
+    /// its instant and the expiry (epoch ms) it is about. The store rounds
+    /// warnings down: it is read a millisecond early, and the span picked
+    /// as the warning index keeps them.
+    async fn read_warnings(
+        &self,
+        span: Span,
+        mut each: impl FnMut(&LeaseId, DateTime<Utc>, i64),
+    ) -> Result<(), StoreError> {
+        let early = Span { after: span.after.saturating_sub(1), until: span.until };
+        self.read_span(early, true, |lease| {
+            let warn_at = warning_of(&lease);
+            if Horizon::warning_in(warn_at, span.after, span.until) {
+                each(&lease.id, warn_at, lease.expires_at.timestamp_millis());
+            }
+        })
+        .await
     }
 
     /// Pages through the active leases expiring in `span` (this node's

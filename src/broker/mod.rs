@@ -121,9 +121,10 @@ pub struct Broker {
     /// clock stepped backwards would make a crashed run's lease look new).
     pub(crate) issuing: Mutex<HashSet<LeaseId>>,
     /// Leases rolled back after an issuance whose outcome in the backend is
-    /// unknown (it timed out, or the connection was lost): their first
-    /// successful revocation is checked once more a grace period later.
-    unsettled: Mutex<HashSet<LeaseId>>,
+    /// unknown (it timed out, or the connection was lost, or the process
+    /// issuing it died): their first successful revocation is checked once
+    /// more a grace period later.
+    pub(crate) unsettled: Mutex<HashSet<LeaseId>>,
     /// Those of them whose second look is scheduled.
     pub(crate) rechecking: Mutex<HashSet<LeaseId>>,
     /// Leases another node rolled back while this one, out of touch,

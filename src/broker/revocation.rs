@@ -152,7 +152,7 @@ impl Broker {
                 let at =
                     Utc::now() + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::seconds(30));
                 self.index.schedule(id, at, lease.attempts);
-                debug!(lease = %id, username = %lease.username, recheck_in_ms = grace.as_millis() as u64, "rolled back; checking the backend once more later");
+                info!(lease = %id, username = %lease.username, recheck_in_ms = grace.as_millis() as u64, "rolled back; checking the backend once more later");
                 Ok(Revocation::Revoked)
             }
             Ok(_) => {

@@ -87,8 +87,14 @@ impl Broker {
                     // this check, the lease is settled already, and an extra
                     // attempt on it is harmless: revocation re-reads.)
                     LeaseState::Pending if self.issuing.lock().unwrap().contains(&lease.id) => continue,
+                    // A crashed run's: rolled back now. Its last statements
+                    // may still be running on the backend (the server
+                    // finishes what it was sent after the client died), so
+                    // a drop now could find nothing that commits just
+                    // after: look once more, as for a timed-out issuance.
                     LeaseState::Pending => {
                         pending += 1;
+                        self.unsettled.lock().unwrap().insert(lease.id.clone());
                         now
                     }
                     LeaseState::Irrevocable => {

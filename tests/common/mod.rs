@@ -641,6 +641,12 @@ pub fn pg_connection(db: &TestDb, port: Option<u16>) -> String {
     )
 }
 
+/// A connection setting for the kill -9 tests: a crashed run's pending
+/// leases are rolled back at start-up and looked at once more an operation
+/// timeout later (its statements may still commit on the server), so a
+/// short timeout keeps each round short.
+pub const SHORT_OPERATIONS: &str = "operation_timeout = \"2s\"\n";
+
 pub const CREATE_ROLE: &str =
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'";
 

@@ -16,7 +16,7 @@ async fn kill_9_during_issuance_leaves_no_orphans() {
     let (role, prefix) = unique_role("crash");
     db.track_prefix(&prefix);
     let body = format!(
-        "{}\n{}",
+        "{}{SHORT_OPERATIONS}\n{}",
         pg_connection(&db, None),
         pg_role(&role, "1h", "2h", &[CREATE_ROLE, "SELECT pg_sleep(0.02)"])
     );

@@ -1,7 +1,8 @@
 //! Faults that must not leave a credential behind or crash the daemon: a
 //! backend operation that times out (cancelled on the server, rolled back,
 //! checked once more), a credential made for a caller that already gave up,
-//! a clock that says a crashed run's lease is from the future, forced
+//! a clock that says a crashed run's lease is from the future, a crashed
+//! run's creation that commits after its rollback, forced
 //! revokes by non-operators, two daemons on one store, sessions that cannot
 //! be ended, and a socket path that is not a socket.
 
@@ -205,32 +206,14 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("clock");
     db.track_prefix(&prefix);
-    let body = format!("{}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let body =
+        format!("{}{SHORT_OPERATIONS}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
     let mut daemon = Daemon::start(&db, &body).await;
     daemon.stop();
 
     let username = format!("{prefix}fromthefuture");
     let future = chrono::Utc::now() + chrono::Duration::hours(1);
-    let lease = Lease {
-        id: lessor::lease::new_id(&role),
-        role: role.clone(),
-        connection: "pg".into(),
-        username: username.clone(),
-        state: LeaseState::Pending,
-        issued_at: future,
-        expires_at: future + chrono::Duration::hours(1),
-        max_expires_at: future + chrono::Duration::hours(2),
-        renewable: true,
-        attempts: 0,
-        last_error: None,
-        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None, unit: None },
-        plugin_data: None,
-        revoked_at: None,
-        idempotency: None,
-    };
-    let store = SqliteStore::open(&daemon.dir.path().join("lessor.db")).unwrap();
-    store.write(Write::Insert(lease)).await.unwrap();
-    store.close().await.unwrap();
+    plant_pending(&daemon, &role, &username, future).await;
     // The crashed run had created the role when it died.
     db.su
         .batch_execute(&format!("CREATE ROLE \"{username}\" LOGIN PASSWORD 'pw-{}'", rand_suffix(16)))
@@ -239,6 +222,71 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
 
     daemon.spawn().await;
     wait_revoked_and_gone(&daemon, &username, || db.role_exists(&username)).await;
+}
+
+/// A crashed run's last statement can still commit on the server after
+/// the restarted daemon rolled its lease back (the server finishes what it
+/// was sent after the client died): the rollback found nothing to drop,
+/// yet the role appears just after. It is looked at once more an operation
+/// timeout later, and dropped then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_runs_creation_that_commits_after_the_rollback_is_dropped_on_the_second_look() {
+    let db = TestDb::create().await;
+    let (role, prefix) = unique_role("latecommit");
+    db.track_prefix(&prefix);
+    let body =
+        format!("{}{SHORT_OPERATIONS}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let mut daemon = Daemon::start(&db, &body).await;
+    daemon.stop();
+    let username = format!("{prefix}late");
+    let id = plant_pending(&daemon, &role, &username, chrono::Utc::now()).await;
+
+    daemon.spawn().await;
+    // The first look dropped nothing: the role does not exist yet.
+    wait_for("the rollback's first look", SETTLE, || async {
+        daemon.log().lines().any(|l| l.contains(id.as_str()) && l.contains("once more")).then_some(())
+    })
+    .await;
+    assert_eq!(lease_state_of(&daemon, &username).as_deref(), Some("revoking"), "{}", daemon.log());
+    // The crashed run's CREATE ROLE commits now.
+    db.su
+        .batch_execute(&format!("CREATE ROLE \"{username}\" LOGIN PASSWORD 'pw-{}'", rand_suffix(16)))
+        .await
+        .unwrap();
+    wait_revoked_and_gone(&daemon, &username, || db.role_exists(&username)).await;
+}
+
+/// Writes a `pending` lease of `role` for `username`, issued at
+/// `issued_at`, into the stopped daemon's store, as a run that crashed
+/// mid-issuance leaves it; its id.
+async fn plant_pending(
+    daemon: &Daemon,
+    role: &str,
+    username: &str,
+    issued_at: chrono::DateTime<chrono::Utc>,
+) -> lessor::lease::LeaseId {
+    let lease = Lease {
+        id: lessor::lease::new_id(role),
+        role: role.to_string(),
+        connection: "pg".into(),
+        username: username.to_string(),
+        state: LeaseState::Pending,
+        issued_at,
+        expires_at: issued_at + chrono::Duration::hours(1),
+        max_expires_at: issued_at + chrono::Duration::hours(2),
+        renewable: true,
+        attempts: 0,
+        last_error: None,
+        owner: Owner { uid: 0, gid: 0, pid: None, policy: None, node: None, unit: None },
+        plugin_data: None,
+        revoked_at: None,
+        idempotency: None,
+    };
+    let id = lease.id.clone();
+    let store = SqliteStore::open(&daemon.dir.path().join("lessor.db")).unwrap();
+    store.write(Write::Insert(lease)).await.unwrap();
+    store.close().await.unwrap();
+    id
 }
 
 /// An issuance that outlives `request_timeout`: the caller got a 503 and

@@ -206,7 +206,8 @@ async fn ldap_static_accounts_rotate_with_a_bind_test_and_a_failed_test_sets_the
 async fn kill_9_during_ldap_issuance_leaves_no_orphan_entry() {
     let server = Slapd::start().await;
     let db = TestDb::create().await;
-    let mut daemon = start(&db, &server, &config(&server)).await;
+    let config = config(&server).replacen("tidy = true\n", &format!("tidy = true\n{SHORT_OPERATIONS}"), 1);
+    let mut daemon = start(&db, &server, &config).await;
     kill_9_during_bursts(&mut daemon, "reader", 3, || async { entries(&server, "v_reader_").await }).await;
 }
 

@@ -171,7 +171,7 @@ async fn kill_9_during_a_burst_leaves_no_orphans() {
     db.track_prefix(&prefix);
     let body = format!(
         "{}\n{}",
-        db.connection("my", ""),
+        db.connection("my", SHORT_OPERATIONS),
         my_role(&role, "my", "1h", "2h", &[CREATE_USER, "DO SLEEP(0.02)"])
     );
     let mut daemon = Daemon::start_with_mysql(None, &db, &body, &[]).await;

@@ -105,9 +105,9 @@ async fn redis_users_are_issued_with_their_rules_revoked_expired_and_tidied() {
 async fn kill_9_during_redis_issuance_leaves_no_orphan_user() {
     let server = Server::start().await;
     let db = TestDb::create().await;
+    let config = config(&server).replacen("tidy = true\n", &format!("tidy = true\n{SHORT_OPERATIONS}"), 1);
     let mut daemon =
-        Daemon::start_with_env(&db, &config(&server), &[("LESSOR_TEST_REDIS_ADMIN", &server.admin_password)])
-            .await;
+        Daemon::start_with_env(&db, &config, &[("LESSOR_TEST_REDIS_ADMIN", &server.admin_password)]).await;
     kill_9_during_bursts(&mut daemon, "cache_ro", 3, || async {
         server.users().await.into_iter().filter(|u| u.starts_with("v_cache_ro_")).collect()
     })

@@ -8,7 +8,8 @@
 //! duplicate id) is undone alone and the rest of the batch still commits.
 //!
 //! Reads run on a small pool of separate connections inside
-//! `spawn_blocking`; WAL lets them proceed while the writer commits.
+//! `spawn_blocking`; WAL lets them proceed while the writer commits. Reads
+//! of one lease by id are gathered, many to a transaction ([`gets`]).
 //!
 //! Times are stored as Unix epoch milliseconds, so they come back truncated
 //! to the millisecond. The schema lives in `schemas/sql/sqlite/`, one file per
@@ -75,12 +76,15 @@ macro_rules! select_leases {
     };
 }
 
+mod gets;
+
 /// The embedded SQLite lease store. Cheap to share behind an `Arc`; dropping
 /// the last handle lets the writer finish what is queued and close the file.
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Queue,
     readers: Arc<Readers>,
+    gets: Arc<gets::Gets>,
     read_slots: tokio::sync::Semaphore,
     commits: Arc<AtomicU64>,
     writer: Option<thread::JoinHandle<()>>,
@@ -153,6 +157,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             jobs: Queue(jobs),
             readers,
+            gets: Arc::default(),
             read_slots,
             commits,
             writer: Some(writer),
@@ -258,11 +263,7 @@ impl LeaseStore for SqliteStore {
     }
 
     async fn get(&self, id: &LeaseId) -> Result<Option<Lease>, StoreError> {
-        let id = id.as_str().to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(select_leases!("WHERE id = ?1"))?.query_row([id], lease_from_row).optional()
-        })
-        .await
+        self.gets.get(&self.readers, id.as_str()).await
     }
 
     async fn list(

@@ -263,6 +263,56 @@ async fn group_commit_batches_concurrent_writes() {
     assert_eq!(store.list("app/", &[], Page::ALL).await.unwrap().len(), writes as usize);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_asked_together_each_get_their_own_lease_and_see_every_write_before_them() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let mut leases = Vec::new();
+    for _ in 0..300 {
+        let lease = pending("gathered");
+        store.write(Write::Insert(lease.clone())).await.unwrap();
+        leases.push(lease);
+    }
+    // Many reads at once, known and unknown ids mixed, are gathered into
+    // shared transactions; each answer is its own id's.
+    let mut reads = tokio::task::JoinSet::new();
+    for (n, lease) in leases.iter().enumerate() {
+        let (reader, id) = (Arc::clone(&store), lease.id.clone());
+        reads.spawn(async move { (Some(id.clone()), reader.get(&id).await.unwrap()) });
+        if n % 3 == 0 {
+            let store = Arc::clone(&store);
+            let unknown = crate::lease::new_id("gathered");
+            reads.spawn(async move { (None, store.get(&unknown).await.unwrap()) });
+        }
+    }
+    let mut found = 0;
+    while let Some(read) = reads.join_next().await {
+        match read.unwrap() {
+            (Some(id), Some(lease)) => {
+                assert_eq!(lease.id, id);
+                found += 1;
+            }
+            (Some(id), None) => panic!("{id} was written but read as missing"),
+            (None, lease) => assert!(lease.is_none(), "an unknown id read as {lease:?}"),
+        }
+    }
+    assert_eq!(found, leases.len());
+    // A write answered before a read is asked is seen by it, however the
+    // reads are batched.
+    let mut writes = tokio::task::JoinSet::new();
+    for lease in leases.clone() {
+        let store = Arc::clone(&store);
+        writes.spawn(async move {
+            let write = Write::Activate { id: lease.id.clone(), plugin_data: None, expires_at: None };
+            assert!(store.write(write).await.unwrap());
+            assert_eq!(state_of(&store, &lease.id).await, LeaseState::Active);
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_second_open_of_the_same_store_is_refused_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,9 +38,15 @@ const EXPIRIES_IN_FLIGHT: usize = 8192;
 /// first. An expiry's revocation is cheap enough that 8192 of them in
 /// flight take both cores of a small machine, and issuances woken behind a
 /// thousand revocations waited for them (a p99 of 0.3-0.9 s while 100 000
-/// expired leases drained; 61 ms with this bound). With nobody issuing,
+/// expired leases drained; 62-99 ms with this bound). With nobody issuing,
 /// the drain runs at full width.
 const EXPIRIES_BESIDE_ISSUANCE: usize = 256;
+/// How long the expiry loop waits for one of those. Revocations that hold
+/// them longer wait on a backend (a slow or hung one), not on the cores:
+/// the narrowing is then off for [`NARROW_PAUSE`], so a hung backend does
+/// not hold back the expiries of the others.
+const NARROW_WAIT: StdDuration = StdDuration::from_millis(100);
+const NARROW_PAUSE: StdDuration = StdDuration::from_secs(1);
 
 impl Broker {
     /// One revocation attempt under the lease's lock and its connection's
@@ -244,23 +250,28 @@ impl Broker {
     pub(crate) async fn expiry_loop(self: Arc<Self>) {
         let in_flight = Arc::new(Semaphore::new(EXPIRIES_IN_FLIGHT));
         let beside_issuance = Arc::new(Semaphore::new(EXPIRIES_BESIDE_ISSUANCE));
+        let mut narrow_off_until = tokio::time::Instant::now();
         loop {
             let due = self.index.due(Utc::now(), 1024);
             let more = due.len() == 1024;
             for due in due {
-                let issuing = !self.issuing.lock().unwrap().is_empty();
+                let narrow =
+                    tokio::time::Instant::now() >= narrow_off_until && !self.issuing.lock().unwrap().is_empty();
                 let permits = tokio::select! {
                     permits = async {
-                        let narrow = match issuing {
-                            true => Some(beside_issuance.clone().acquire_owned().await),
+                        let narrowed = match narrow {
+                            true => tokio::time::timeout(NARROW_WAIT, beside_issuance.clone().acquire_owned()).await.ok(),
                             false => None,
                         };
-                        (in_flight.clone().acquire_owned().await, narrow)
+                        (in_flight.clone().acquire_owned().await, narrowed)
                     } => permits,
                     // What was taken from the index is in the store, and
                     // the next start's recovery schedules it again.
                     _ = self.shutdown.cancelled() => return,
                 };
+                if narrow && permits.1.is_none() {
+                    narrow_off_until = tokio::time::Instant::now() + NARROW_PAUSE;
+                }
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     // Failures are recorded and rescheduled inside.

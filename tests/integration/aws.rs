@@ -309,7 +309,9 @@ async fn kill_9_during_iam_user_issuance_leaves_no_orphaned_user() {
          iam_groups = [{group:?}]\niam_tags = {{ test = \"crash\" }}\n\
          policy_document = '{{\"Version\":\"2012-10-17\",\"Statement\":[{{\"Effect\":\"Allow\",\"Action\":\"s3:ListBucket\",\"Resource\":\"*\"}}]}}'\n\
          default_ttl = \"1h\"\nmax_ttl = \"2h\"\n",
-        conn = aws_connection(&endpoint, ANY_KEY.0),
+        // A crashed run's rollbacks are looked at once more an operation
+        // timeout later: short, but roomy for several IAM calls.
+        conn = format!("{}operation_timeout = \"5s\"\n", aws_connection(&endpoint, ANY_KEY.0)),
     );
     let mut daemon = Daemon::start_aws(ANY_KEY.1, &body, &[]).await;
     let rounds = 6;

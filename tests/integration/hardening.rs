@@ -234,8 +234,13 @@ async fn a_crashed_runs_creation_that_commits_after_the_rollback_is_dropped_on_t
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("latecommit");
     db.track_prefix(&prefix);
-    let body =
-        format!("{}{SHORT_OPERATIONS}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    // The second look comes an operation timeout after the first: long
+    // enough for this test to make the role in between on a loaded machine.
+    let body = format!(
+        "{}operation_timeout = \"10s\"\n\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE])
+    );
     let mut daemon = Daemon::start(&db, &body).await;
     daemon.stop();
     let username = format!("{prefix}late");

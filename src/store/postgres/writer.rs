@@ -1,8 +1,8 @@
 //! The PostgreSQL store's writer task: it takes every queued write (up to
 //! [`MAX_BATCH`]), applies them in one transaction, commits the batch once
-//! and then answers every caller (group commit). The batch is pipelined:
-//! its BEGIN, its writes (each a prepared statement) and its COMMIT are
-//! sent together on the connection and read back together, one round trip. A write that fails aborts the
+//! and then answers every caller (group commit). The batch's writes
+//! are pipelined: sent together on the connection, each a prepared
+//! statement, and read back together. A write that fails aborts the
 //! transaction; the batch is then applied again one write per transaction,
 //! so that write fails alone. A lost connection fails the batch, and the
 //! next batch connects again.
@@ -286,26 +286,21 @@ async fn apply_batch(
     batch: &[Job],
     node: &str,
 ) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
-    // The whole batch in one round trip, one transaction: tokio-postgres
-    // sends a request when its future is first polled, and `join!` polls
-    // in order, so BEGIN, the writes and COMMIT go out in that order
-    // together. A write that fails aborts the transaction, the writes
-    // after it fail with it, and the COMMIT then ends it as a ROLLBACK
-    // (PostgreSQL's answer to COMMIT in a failed transaction): so the
-    // batch committed exactly when every write and the COMMIT succeeded.
+    // The whole batch pipelined in one transaction, its BEGIN included:
+    // tokio-postgres sends a request when its future is first polled, and
+    // `join!` polls the BEGIN first, so it goes out ahead of the writes in
+    // the same round trip. The COMMIT waits for every write's outcome.
     let writes =
         futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
-    let (begun, outcomes, committed) =
-        futures_util::join!(client.batch_execute("BEGIN"), writes, client.batch_execute("COMMIT"));
+    let (begun, outcomes) = futures_util::join!(client.batch_execute("BEGIN"), writes);
     // A BEGIN that failed leaves no telling what the writes did: start
     // again on a new connection.
     begun.map_err(|e| BatchError::Connection(e.to_string()))?;
     if outcomes.iter().all(kept) {
-        committed?;
+        client.batch_execute("COMMIT").await?;
         return Ok(outcomes);
     }
-    // Not committed: the COMMIT rolled the failed transaction back (or, if
-    // it failed itself, the connection is gone and the next step says so).
+    client.batch_execute("ROLLBACK").await?;
     // A statement failed, and the transaction with it: each write again in
     // a transaction of its own, so the one that fails fails alone.
     let mut outcomes = Vec::with_capacity(batch.len());

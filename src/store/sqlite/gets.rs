@@ -54,8 +54,8 @@ impl Gets {
 
     /// Serves batches until the queue is empty. Blocks.
     fn drain(&self, readers: &Readers) {
-        // Should a read panic, the next `get` starts a drain of its own;
-        // the callers of this batch hear that their read was dropped.
+        // Should a read panic, every caller waiting hears that its read
+        // was dropped, and the next `get` starts a drain of its own.
         let _done = Done(self);
         loop {
             let batch = {
@@ -72,7 +72,9 @@ impl Gets {
             match readers.run(|conn| read_all(conn, &ids)) {
                 Ok(leases) => {
                     for ((_, reply), lease) in batch.into_iter().zip(leases) {
-                        let _ = reply.send(Ok(lease));
+                        let lease = lease
+                            .map_err(|e| StoreError::Io(format!("{}: {e}", readers.path.display())));
+                        let _ = reply.send(lease);
                     }
                 }
                 Err(e) => {
@@ -89,27 +91,31 @@ impl Gets {
     }
 }
 
+/// One lease's read: a row that cannot be read fails only its own.
+type Read = rusqlite::Result<Option<Lease>>;
+
 /// Each lease of `ids`, in order, read in one transaction.
-fn read_all(conn: &rusqlite::Connection, ids: &[&str]) -> rusqlite::Result<Vec<Option<Lease>>> {
+fn read_all(conn: &rusqlite::Connection, ids: &[&str]) -> rusqlite::Result<Vec<Read>> {
     let tx = conn.unchecked_transaction()?;
     let mut statement = tx.prepare_cached(select_leases!("WHERE id = ?1"))?;
-    let leases = ids
-        .iter()
-        .map(|id| statement.query_row([id], lease_from_row).optional())
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let leases = ids.iter().map(|id| statement.query_row([id], lease_from_row).optional()).collect();
     drop(statement);
     tx.finish()?;
     Ok(leases)
 }
 
-/// Marks the queue as no longer drained when a drain panics.
+/// When a drain panics: drops every read still queued (its caller hears
+/// that it was dropped, rather than waiting for a drain that is gone) and
+/// marks the queue as no longer drained.
 struct Done<'a>(&'a Gets);
 
 impl Drop for Done<'_> {
     fn drop(&mut self) {
         // A drain that returned has already said so, under the lock.
         if std::thread::panicking() {
-            self.0.state.lock().unwrap_or_else(PoisonError::into_inner).draining = false;
+            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.waiting.clear();
+            state.draining = false;
         }
     }
 }

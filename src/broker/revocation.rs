@@ -255,28 +255,31 @@ impl Broker {
             let due = self.index.due(Utc::now(), 1024);
             let more = due.len() == 1024;
             for due in due {
-                let narrow =
-                    tokio::time::Instant::now() >= narrow_off_until && !self.issuing.lock().unwrap().is_empty();
-                let permits = tokio::select! {
+                let narrow = tokio::time::Instant::now() >= narrow_off_until
+                    && !self.issuing.lock().unwrap().is_empty();
+                let (permit, narrowed) = tokio::select! {
                     permits = async {
                         let narrowed = match narrow {
-                            true => tokio::time::timeout(NARROW_WAIT, beside_issuance.clone().acquire_owned()).await.ok(),
+                            true => tokio::time::timeout(NARROW_WAIT, beside_issuance.clone().acquire_owned())
+                                .await
+                                .ok()
+                                .map(|permit| permit.expect("semaphore never closed")),
                             false => None,
                         };
-                        (in_flight.clone().acquire_owned().await, narrowed)
+                        (in_flight.clone().acquire_owned().await.expect("semaphore never closed"), narrowed)
                     } => permits,
                     // What was taken from the index is in the store, and
                     // the next start's recovery schedules it again.
                     _ = self.shutdown.cancelled() => return,
                 };
-                if narrow && permits.1.is_none() {
+                if narrow && narrowed.is_none() {
                     narrow_off_until = tokio::time::Instant::now() + NARROW_PAUSE;
                 }
                 let me = self.clone();
                 self.tasks.spawn(async move {
                     // Failures are recorded and rescheduled inside.
                     let _ = me.revoke_now(&due.id, Some(&due)).await;
-                    drop(permits);
+                    drop((permit, narrowed));
                 });
             }
             if more {

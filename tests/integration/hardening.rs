@@ -206,8 +206,11 @@ async fn a_pending_lease_from_the_future_is_rolled_back_at_start_up() {
     let db = TestDb::create().await;
     let (role, prefix) = unique_role("clock");
     db.track_prefix(&prefix);
-    let body =
-        format!("{}{SHORT_OPERATIONS}\n{}", pg_connection(&db, None), pg_role(&role, "1h", "2h", &[CREATE_ROLE]));
+    let body = format!(
+        "{}{SHORT_OPERATIONS}\n{}",
+        pg_connection(&db, None),
+        pg_role(&role, "1h", "2h", &[CREATE_ROLE])
+    );
     let mut daemon = Daemon::start(&db, &body).await;
     daemon.stop();
 

@@ -38,7 +38,11 @@ struct Queued {
 
 impl Gets {
     /// Reads lease `id` with the next batch.
-    pub(super) async fn get(self: &Arc<Self>, readers: &Arc<Readers>, id: &str) -> Result<Option<Lease>, StoreError> {
+    pub(super) async fn get(
+        self: &Arc<Self>,
+        readers: &Arc<Readers>,
+        id: &str,
+    ) -> Result<Option<Lease>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -49,7 +53,9 @@ impl Gets {
             let (gets, readers) = (Arc::clone(self), Arc::clone(readers));
             tokio::task::spawn_blocking(move || gets.drain(&readers));
         }
-        answer.await.unwrap_or_else(|_| Err(StoreError::Io(format!("{}: the read was dropped", readers.path.display()))))
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Io(format!("{}: the read was dropped", readers.path.display())))
+        })
     }
 
     /// Serves batches until the queue is empty. Blocks.
@@ -72,8 +78,8 @@ impl Gets {
             match readers.run(|conn| read_all(conn, &ids)) {
                 Ok(leases) => {
                     for ((_, reply), lease) in batch.into_iter().zip(leases) {
-                        let lease = lease
-                            .map_err(|e| StoreError::Io(format!("{}: {e}", readers.path.display())));
+                        let lease =
+                            lease.map_err(|e| StoreError::Io(format!("{}: {e}", readers.path.display())));
                         let _ = reply.send(lease);
                     }
                 }

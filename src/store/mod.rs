@@ -254,7 +254,8 @@ pub trait LeaseStore: Send + Sync + Debug {
     /// (a revocation that may still be settling). These are the users tidy
     /// must leave alone; a user whose every lease was revoked before
     /// `revoked_since` should not exist, and is a stray. This default reads
-    /// every lease; stores answer it from an index on `username`.
+    /// every lease; stores answer it from an index (`username` on SQLite,
+    /// `(connection, username)` on PostgreSQL).
     async fn leased_usernames(
         &self,
         usernames: &[String],

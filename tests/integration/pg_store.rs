@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
+use futures_util::future::join_all;
 use lessor::lease::{Lease, LeaseId, LeaseState, Owner};
 use lessor::store::{
     LeaseStore, Page, PendingRotation, PostgresStore, RotationPhase, SealedCredential, Span, StaticRecord,
@@ -139,6 +140,19 @@ async fn the_postgres_store_keeps_the_lease_store_contract() {
     assert_eq!(leased, ["v_app_a".to_string(), "v_0".into()].into_iter().collect());
     let leased = store.leased_usernames(&names, at + chrono::Duration::seconds(1)).await.unwrap();
     assert_eq!(leased, ["v_0".to_string()].into_iter().collect(), "revoked before: a stray");
+    // A username leased on any connection counts, whichever connections
+    // sort before or after the others (two may name one server).
+    for (id, connection, username) in [("app/c01", "aa", "v_first"), ("app/c02", "zz", "v_last")] {
+        let mut l = lease(id, username, LeaseState::Pending);
+        l.connection = connection.into();
+        store.write(Write::Insert(l)).await.unwrap();
+    }
+    let names = vec!["v_first".to_string(), "v_last".into(), "v_0".into(), "nobody".into()];
+    let leased = store.leased_usernames(&names, at).await.unwrap();
+    assert_eq!(leased, ["v_first".to_string(), "v_last".into(), "v_0".into()].into_iter().collect());
+    for id in ["app/c01", "app/c02"] {
+        store.write(Write::Delete { id: LeaseId::parse(id).unwrap() }).await.unwrap();
+    }
     let mut counts = store.live_counts().await.unwrap();
     counts.sort();
     assert_eq!(
@@ -291,6 +305,96 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     assert!(matches!(failed, Err(StoreError::Io(_))), "{failed:?}");
     assert!(before.unwrap() && after.unwrap());
     assert_eq!(a.list("mixed/", &[], Page::ALL).await.unwrap().len(), 2);
+
+    // The same in a batch of hundreds, the refused write in the middle:
+    // the batch's COMMIT goes out behind every write, so none of them ran
+    // outside its transaction (one that had would have committed on its
+    // own, and its second try, one write per transaction, would find it a
+    // duplicate).
+    let bad = || Write::RevokeFailed {
+        id: LeaseId::parse("burst/l0000").unwrap(),
+        attempts: u32::MAX,
+        last_error: "x".into(),
+        irrevocable: false,
+        retry_at: Utc::now(),
+    };
+    let writes = (0..300).map(|i| {
+        let write = match i {
+            150 => bad(),
+            _ => Write::Insert(lease(&format!("big/l{i:04}"), &format!("v_big_{i}"), LeaseState::Pending)),
+        };
+        a.write(write)
+    });
+    let commits = a.commits();
+    let results = futures_util::future::join_all(writes).await;
+    assert!(a.commits() - commits < 300, "no batch: {} commits", a.commits() - commits);
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            150 => assert!(matches!(result, Err(StoreError::Io(_))), "{result:?}"),
+            _ => assert!(matches!(result, Ok(true)), "write {i}: {result:?}"),
+        }
+    }
+    assert_eq!(a.list("big/", &[], Page::ALL).await.unwrap().len(), 299);
+
+    // A batch's writes of one kind go as one statement, and each still
+    // gets its own answer: whether its lease was in the state to take it.
+    let id = |i: usize| LeaseId::parse(&format!("burst/l{i:04}")).unwrap();
+    let activate = |i: usize| Write::Activate { id: id(i), plugin_data: None, expires_at: None };
+    let answers = |results: Vec<Result<bool, StoreError>>| -> Vec<bool> {
+        results.into_iter().map(|r| r.unwrap()).collect()
+    };
+    let first = answers(join_all((100..200).map(|i| a.write(activate(i)))).await);
+    assert!(first.iter().all(|&changed| changed), "pending, so activated");
+    let again = answers(join_all((100..300).map(|i| a.write(activate(i)))).await);
+    assert_eq!(again, (100..300).map(|i| i >= 200).collect::<Vec<_>>(), "active already: unchanged");
+    let active = a.list("burst/", &[LeaseState::Pending, LeaseState::Revoking], Page::ALL).await.unwrap();
+    assert_eq!(active.len(), 200, "l0100-l0299 active");
+    // One lease written twice in a batch goes one write at a time, in order.
+    let twice = answers(join_all([a.write(activate(300)), a.write(activate(300))]).await);
+    assert_eq!(twice, [true, false]);
+    let revoked_at = Utc::now().trunc_subsecs(3);
+    let revoke = |i: usize| Write::Revoked { id: id(i), at: revoked_at };
+    let first = answers(join_all((150..250).map(|i| a.write(revoke(i)))).await);
+    assert!(first.iter().all(|&changed| changed));
+    let again = answers(join_all((200..260).map(|i| a.write(revoke(i)))).await);
+    assert_eq!(again, (200..260).map(|i| i >= 250).collect::<Vec<_>>(), "revoked already: unchanged");
+    let gone = a.get(&id(240)).await.unwrap().unwrap();
+    assert_eq!((gone.state, gone.revoked_at), (LeaseState::Revoked, Some(revoked_at)));
+    let start = |i: usize| Write::StartRevoking { id: id(i) };
+    let started = answers(join_all((255..265).map(|i| a.write(start(i)))).await);
+    assert_eq!(started, (255..265).map(|i| i >= 260).collect::<Vec<_>>(), "revoked: no going back");
+    // Inserts grouped: one whose id or username is taken is a duplicate.
+    let inserts = (0..50).map(|i| match i {
+        10 => lease("burst/l0005", "v_fresh_10", LeaseState::Pending),
+        20 => lease("fresh/f20", "v_burst_7", LeaseState::Pending),
+        _ => lease(&format!("fresh/f{i:02}"), &format!("v_fresh_{i}"), LeaseState::Pending),
+    });
+    let results = join_all(inserts.map(|l| a.write(Write::Insert(l)))).await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            10 | 20 => assert!(matches!(result, Err(StoreError::Duplicate(_))), "insert {i}: {result:?}"),
+            _ => assert!(matches!(result, Ok(true)), "insert {i}: {result:?}"),
+        }
+    }
+    let fresh = a.get(&LeaseId::parse("fresh/f03").unwrap()).await.unwrap().unwrap();
+    let expected = lease("fresh/f03", "v_fresh_3", LeaseState::Pending);
+    assert_eq!(
+        (&fresh.role, &fresh.connection, &fresh.username, fresh.state, &fresh.plugin_data, fresh.renewable),
+        (
+            &expected.role,
+            &expected.connection,
+            &expected.username,
+            expected.state,
+            &expected.plugin_data,
+            true
+        )
+    );
+    assert_eq!(
+        (fresh.owner.uid, fresh.owner.pid, fresh.owner.policy, fresh.owner.unit, fresh.owner.node),
+        (1000, Some(42), Some("web".into()), Some("billing.service".into()), Some("a".into()))
+    );
+    assert_eq!(fresh.expires_at - fresh.issued_at, chrono::Duration::hours(1));
+    assert_eq!(fresh.max_expires_at - fresh.issued_at, chrono::Duration::hours(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

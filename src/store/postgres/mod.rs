@@ -17,6 +17,7 @@
 
 mod claims;
 mod cluster;
+mod groups;
 mod writer;
 
 use std::collections::HashSet;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/postgres/0004_owner_unit.sql"),
     include_str!("../../../schemas/sql/postgres/0005_no_notice_when_a_lease_ends.sql"),
     include_str!("../../../schemas/sql/postgres/0006_expiry_window.sql"),
+    include_str!("../../../schemas/sql/postgres/0007_no_username_index.sql"),
 ];
 
 /// The advisory lock key migrations run under (any fixed number will do;
@@ -379,11 +381,21 @@ impl LeaseStore for PostgresStore {
             return Ok(HashSet::new());
         }
         let since = revoked_since.timestamp_millis();
+        // Through the unique index on (connection, username), there being
+        // no index on the username alone: the connections the store holds
+        // leases of, each found by one step through the index (a loose
+        // scan), then each name under each of them.
         let rows = self
             .query(
                 "find leased usernames",
-                "SELECT DISTINCT username FROM leases WHERE username = ANY($1) \
-                 AND (state <> 'revoked' OR revoked_at IS NULL OR revoked_at >= $2)",
+                "WITH RECURSIVE connections(name) AS ( \
+                     SELECT min(connection) FROM leases \
+                     UNION ALL \
+                     SELECT (SELECT min(connection) FROM leases WHERE connection > name) \
+                     FROM connections WHERE name IS NOT NULL) \
+                 SELECT DISTINCT l.username FROM connections c JOIN leases l ON l.connection = c.name \
+                 WHERE l.username = ANY($1) \
+                 AND (l.state <> 'revoked' OR l.revoked_at IS NULL OR l.revoked_at >= $2)",
                 &[&usernames, &since],
             )
             .await?;

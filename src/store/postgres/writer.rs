@@ -1,21 +1,26 @@
 //! The PostgreSQL store's writer task: it takes every queued write (up to
 //! [`MAX_BATCH`]), applies them in one transaction, commits the batch once
-//! and then answers every caller (group commit). The batch's writes
-//! are pipelined: sent together on the connection, each a prepared
-//! statement, and read back together. A write that fails aborts the
+//! and then answers every caller (group commit). The batch is pipelined:
+//! its BEGIN, its writes (each a prepared statement) and its COMMIT are
+//! sent together on the connection and read back together, one round
+//! trip. A write that fails aborts the
 //! transaction; the batch is then applied again one write per transaction,
 //! so that write fails alone. A lost connection fails the batch, and the
 //! next batch connects again.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::future::{join_all, maybe_done};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, GenericClient, Statement};
 
-use super::MAX_BATCH;
+use super::{groups, MAX_BATCH};
 use crate::store::jobs::{Job, StaticWrite};
 use crate::store::{StoreError, Write};
 
@@ -50,6 +55,8 @@ pub(super) struct Statements {
     static_claim: Statement,
     static_renew: Statement,
     static_release: Statement,
+    /// A batch's writes of one kind as one statement.
+    groups: groups::Statements,
 }
 
 impl Statements {
@@ -166,6 +173,7 @@ impl Statements {
                      WHERE name = $1 AND claimed_by = $2 AND claim_token = $3",
                 )
                 .await?,
+            groups: groups::Statements::prepare(client).await?,
         })
     }
 }
@@ -286,21 +294,34 @@ async fn apply_batch(
     batch: &[Job],
     node: &str,
 ) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
-    // The whole batch pipelined in one transaction, its BEGIN included:
-    // tokio-postgres sends a request when its future is first polled, and
-    // `join!` polls the BEGIN first, so it goes out ahead of the writes in
-    // the same round trip. The COMMIT waits for every write's outcome.
-    let writes =
-        futures_util::future::join_all(batch.iter().map(|job| apply(&*client, statements, job, node)));
-    let (begun, outcomes) = futures_util::join!(client.batch_execute("BEGIN"), writes);
+    // The whole batch in one transaction and one round trip: its BEGIN,
+    // its writes and its COMMIT go out together, in that order, and are
+    // read back together. A write that fails aborts the transaction, the
+    // writes after it fail with it, and PostgreSQL ends a failed
+    // transaction's COMMIT as a ROLLBACK: so the batch committed exactly
+    // when every write succeeded.
+    let shared = &*client;
+    let parts = groups::plan(batch);
+    let (begun, answers, committed) = in_order(
+        shared.batch_execute("BEGIN"),
+        parts.iter().map(|part| apply_part(shared, statements, batch, part, node)),
+        shared.batch_execute("COMMIT"),
+    )
+    .await;
+    let mut outcomes: Vec<Option<Result<u64, StoreError>>> = batch.iter().map(|_| None).collect();
+    for (i, outcome) in answers.into_iter().flatten() {
+        outcomes[i] = Some(outcome);
+    }
+    let outcomes: Vec<_> = outcomes.into_iter().map(|o| o.expect("every job is in one part")).collect();
     // A BEGIN that failed leaves no telling what the writes did: start
     // again on a new connection.
     begun.map_err(|e| BatchError::Connection(e.to_string()))?;
     if outcomes.iter().all(kept) {
-        client.batch_execute("COMMIT").await?;
+        committed?;
         return Ok(outcomes);
     }
-    client.batch_execute("ROLLBACK").await?;
+    // Not committed: the COMMIT ended the failed transaction as a
+    // ROLLBACK (or failed itself, and the next statement finds out why).
     // A statement failed, and the transaction with it: each write again in
     // a transaction of its own, so the one that fails fails alone.
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -317,7 +338,61 @@ async fn apply_batch(
     Ok(outcomes)
 }
 
-/// Applies one job; the number of rows it changed.
+/// Runs `first`, every one of `middle` and `last` to completion, and sends
+/// their requests in that order: tokio-postgres sends a request when its
+/// future is first polled, so one pass polls each once, in order, before
+/// anything else is awaited. (`join_all` would not do: past 30 futures it
+/// may yield before polling the last ones, and `last` would overtake them.)
+/// Each of `middle` must send everything it sends at its first poll, as
+/// [`apply`] does (one statement per job).
+async fn in_order<A: Future, B: Future, C: Future>(
+    first: A,
+    middle: impl Iterator<Item = B>,
+    last: C,
+) -> (A::Output, Vec<B::Output>, C::Output) {
+    let mut first = pin!(maybe_done(first));
+    let mut middle: Vec<_> = middle.map(|f| Box::pin(maybe_done(f))).collect();
+    let mut last = pin!(maybe_done(last));
+    std::future::poll_fn(|cx| {
+        let _ = first.as_mut().poll(cx);
+        for f in &mut middle {
+            let _ = f.as_mut().poll(cx);
+        }
+        let _ = last.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
+    // Every request is out: the rest may finish in any order.
+    futures_util::join!(first.as_mut(), join_all(middle.iter_mut()), last.as_mut());
+    let taken = "every future was run to completion above";
+    (
+        first.take_output().expect(taken),
+        middle.iter_mut().map(|f| f.as_mut().take_output().expect(taken)).collect(),
+        last.take_output().expect(taken),
+    )
+}
+
+/// Applies one part of a batch ([`groups::plan`]) as one statement sent at
+/// the future's first poll; the outcome of each of its jobs, by index.
+async fn apply_part(
+    client: &Client,
+    st: &Statements,
+    batch: &[Job],
+    part: &groups::Part,
+    node: &str,
+) -> Vec<(usize, Result<u64, StoreError>)> {
+    match part {
+        groups::Part::One(i) => vec![(*i, apply(client, st, &batch[*i], node).await)],
+        groups::Part::Group(kind, members) => {
+            let outcomes = groups::apply(client, &st.groups, *kind, batch, members, node).await;
+            members.iter().copied().zip(outcomes).collect()
+        }
+    }
+}
+
+/// Applies one job, as one statement sent at the future's first poll (a
+/// batch's COMMIT goes out right behind it: [`in_order`]); the number of
+/// rows it changed.
 async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) -> Result<u64, StoreError> {
     let failed = |what: String, e: tokio_postgres::Error| StoreError::Io(format!("{what}: {e}"));
     let write = match job {

@@ -97,6 +97,17 @@ pub(super) struct Statements {
 
 impl Statements {
     pub(super) async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        // A custom plan sees how long the arrays are, and for a large batch
+        // on a small table picks a scan of the whole table; the generic
+        // plan looks each id up in the primary key, which is what every
+        // statement of the writer wants (`plan_cache_mode` is PostgreSQL
+        // 12's: an older server plans as it did).
+        client
+            .batch_execute(
+                "SELECT set_config('plan_cache_mode', 'force_generic_plan', false) \
+                 WHERE current_setting('server_version_num')::int >= 120000",
+            )
+            .await?;
         Ok(Self {
             insert: client
                 .prepare(

@@ -3,8 +3,8 @@
 //! in one `UPDATE … FROM unnest(…)`, and so for the revocations' writes.
 //! What a write costs the server is mostly its statement's: parsing the
 //! message, starting the executor, the trigger's call. One statement for
-//! the batch's every issuance pays that once (measured in BENCHMARKS.md,
-//! "one statement per kind of write").
+//! the batch's every issuance pays that once (BENCHMARKS.md, "The shared
+//! store's statements").
 //!
 //! Each statement returns the ids it changed, and each write's answer is
 //! whether its id is among them: the answer its own statement would have

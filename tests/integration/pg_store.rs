@@ -335,11 +335,32 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
         }
     }
     assert_eq!(a.list("big/", &[], Page::ALL).await.unwrap().len(), 299);
+    // Hundreds of writes that each go as a statement of their own (a
+    // delete is never grouped), the refused one among them: had any gone
+    // out after the COMMIT, it would have deleted its lease on its own,
+    // and its second try would find nothing (false).
+    let writes = (0..300).map(|i| match i {
+        150 => a.write(bad()),
+        _ => a.write(Write::Delete { id: LeaseId::parse(&format!("big/l{i:04}")).unwrap() }),
+    });
+    let results = futures_util::future::join_all(writes).await;
+    for (i, result) in results.iter().enumerate() {
+        match i {
+            150 => assert!(matches!(result, Err(StoreError::Io(_))), "{result:?}"),
+            _ => assert!(matches!(result, Ok(true)), "delete {i}: {result:?}"),
+        }
+    }
+    assert!(a.list("big/", &[], Page::ALL).await.unwrap().is_empty());
 
     // A batch's writes of one kind go as one statement, and each still
     // gets its own answer: whether its lease was in the state to take it.
     let id = |i: usize| LeaseId::parse(&format!("burst/l{i:04}")).unwrap();
-    let activate = |i: usize| Write::Activate { id: id(i), plugin_data: None, expires_at: None };
+    let later = (Utc::now() + chrono::Duration::hours(3)).trunc_subsecs(3);
+    let activate = |i: usize| Write::Activate {
+        id: id(i),
+        plugin_data: (i % 2 == 0).then(|| serde_json::json!({"n": i})),
+        expires_at: (i % 3 == 0).then_some(later),
+    };
     let answers = |results: Vec<Result<bool, StoreError>>| -> Vec<bool> {
         results.into_iter().map(|r| r.unwrap()).collect()
     };
@@ -349,6 +370,12 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     assert_eq!(again, (100..300).map(|i| i >= 200).collect::<Vec<_>>(), "active already: unchanged");
     let active = a.list("burst/", &[LeaseState::Pending, LeaseState::Revoking], Page::ALL).await.unwrap();
     assert_eq!(active.len(), 200, "l0100-l0299 active");
+    for lease in &active {
+        let i: usize = lease.id.as_str()["burst/l".len()..].parse().unwrap();
+        assert_eq!(lease.plugin_data, (i % 2 == 0).then(|| serde_json::json!({"n": i})), "{}", lease.id);
+        let expires_at = if i % 3 == 0 { later } else { lease.issued_at + chrono::Duration::hours(1) };
+        assert_eq!(lease.expires_at, expires_at, "{}", lease.id);
+    }
     // One lease written twice in a batch goes one write at a time, in order.
     let twice = answers(join_all([a.write(activate(300)), a.write(activate(300))]).await);
     assert_eq!(twice, [true, false]);
@@ -390,8 +417,19 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
         )
     );
     assert_eq!(
-        (fresh.owner.uid, fresh.owner.pid, fresh.owner.policy, fresh.owner.unit, fresh.owner.node),
-        (1000, Some(42), Some("web".into()), Some("billing.service".into()), Some("a".into()))
+        (
+            fresh.owner.uid,
+            fresh.owner.gid,
+            fresh.owner.pid,
+            fresh.owner.policy,
+            fresh.owner.unit,
+            fresh.owner.node
+        ),
+        (1000, 1000, Some(42), Some("web".into()), Some("billing.service".into()), Some("a".into()))
+    );
+    assert_eq!(
+        (fresh.attempts, fresh.last_error, fresh.revoked_at, fresh.idempotency),
+        (0, None, None, None)
     );
     assert_eq!(fresh.expires_at - fresh.issued_at, chrono::Duration::hours(1));
     assert_eq!(fresh.max_expires_at - fresh.issued_at, chrono::Duration::hours(2));

@@ -1,5 +1,5 @@
-//! A batch's writes of one kind as one statement: every `pending` insert
-//! of the batch in one `INSERT … SELECT FROM unnest(…)`, every activation
+//! A batch's writes of one kind as one statement: every insert of the
+//! batch in one `INSERT … SELECT FROM unnest(…)`, every activation
 //! in one `UPDATE … FROM unnest(…)`, and so for the revocations' writes.
 //! What a write costs the server is mostly its statement's: parsing the
 //! message, starting the executor, the trigger's call. One statement for
@@ -9,8 +9,12 @@
 //! Each statement returns the ids it changed, and each write's answer is
 //! whether its id is among them: the answer its own statement would have
 //! given. Only writes to leases no other write of the batch touches are
-//! grouped, so their order does not matter; the rest (and every kind that
-//! is rare) go one statement each, as before.
+//! grouped; the rest (and every kind that is rare) go one statement each,
+//! in their order, after the groups. Moving a write ahead of another on a
+//! different lease may change which of the two sees the other (a purge, a
+//! username freed and taken), but every write of a batch is in flight at
+//! once, and each caller is answered only after the commit: any order of
+//! them is one they could have arrived in.
 
 use std::collections::{HashMap, HashSet};
 

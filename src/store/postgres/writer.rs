@@ -296,16 +296,18 @@ async fn apply_batch(
 ) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
     // The whole batch in one transaction and one round trip: its BEGIN,
     // its writes and its COMMIT go out together, in that order, and are
-    // read back together. A write that fails aborts the transaction, the
-    // writes after it fail with it, and PostgreSQL ends a failed
-    // transaction's COMMIT as a ROLLBACK: so the batch committed exactly
-    // when every write succeeded.
+    // read back together. A write that fails on the server aborts the
+    // transaction, the writes after it fail with it, and PostgreSQL ends a
+    // failed transaction's COMMIT as a ROLLBACK. A write that fails before
+    // it is sent (its parameters could not be encoded) fails nothing on
+    // the server, so the batch then ends with a ROLLBACK instead. Either
+    // way the batch committed exactly when every write succeeded.
     let shared = &*client;
     let parts = groups::plan(batch);
-    let (begun, answers, committed) = in_order(
+    let (begun, answers, ended, all_sent) = in_order(
         shared.batch_execute("BEGIN"),
         parts.iter().map(|part| apply_part(shared, statements, batch, part, node)),
-        shared.batch_execute("COMMIT"),
+        |all_sent| shared.batch_execute(if all_sent { "COMMIT" } else { "ROLLBACK" }),
     )
     .await;
     let mut outcomes: Vec<Option<Result<u64, StoreError>>> = batch.iter().map(|_| None).collect();
@@ -316,12 +318,13 @@ async fn apply_batch(
     // A BEGIN that failed leaves no telling what the writes did: start
     // again on a new connection.
     begun.map_err(|e| BatchError::Connection(e.to_string()))?;
-    if outcomes.iter().all(kept) {
-        committed?;
+    if all_sent && outcomes.iter().all(kept) {
+        ended?;
         return Ok(outcomes);
     }
-    // Not committed: the COMMIT ended the failed transaction as a
-    // ROLLBACK (or failed itself, and the next statement finds out why).
+    // Not committed: the batch ended in a ROLLBACK, sent as such or made
+    // one by the server (or the statement failed itself, and the next one
+    // finds out why).
     // A statement failed, and the transaction with it: each write again in
     // a transaction of its own, so the one that fails fails alone.
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -338,37 +341,42 @@ async fn apply_batch(
     Ok(outcomes)
 }
 
-/// Runs `first`, every one of `middle` and `last` to completion, and sends
-/// their requests in that order: tokio-postgres sends a request when its
-/// future is first polled, so one pass polls each once, in order, before
-/// anything else is awaited. (`join_all` would not do: past 30 futures it
-/// may yield before polling the last ones, and `last` would overtake them.)
-/// Each of `middle` must send everything it sends at its first poll, as
-/// [`apply`] does (one statement per job).
+/// Runs `first`, every one of `middle` and then `last(all_sent)` to
+/// completion, and sends their requests in that order: tokio-postgres
+/// sends a request when its future is first polled, so one pass polls
+/// each once, in order, before anything else is awaited. (`join_all` would
+/// not do: past 30 futures it may yield before polling the last ones, and
+/// `last` would overtake them.) Each of `middle` must send everything it
+/// sends at its first poll, as [`apply`] does (one statement per job); one
+/// that is done at that first poll failed before sending anything, and
+/// `all_sent` (also returned) is then false.
 async fn in_order<A: Future, B: Future, C: Future>(
     first: A,
     middle: impl Iterator<Item = B>,
-    last: C,
-) -> (A::Output, Vec<B::Output>, C::Output) {
+    last: impl FnOnce(bool) -> C,
+) -> (A::Output, Vec<B::Output>, C::Output, bool) {
     let mut first = pin!(maybe_done(first));
     let mut middle: Vec<_> = middle.map(|f| Box::pin(maybe_done(f))).collect();
-    let mut last = pin!(maybe_done(last));
-    std::future::poll_fn(|cx| {
+    let all_sent = std::future::poll_fn(|cx| {
         let _ = first.as_mut().poll(cx);
+        let mut all_sent = true;
         for f in &mut middle {
-            let _ = f.as_mut().poll(cx);
+            all_sent &= f.as_mut().poll(cx).is_pending();
         }
-        let _ = last.as_mut().poll(cx);
-        Poll::Ready(())
+        Poll::Ready(all_sent)
     })
     .await;
-    // Every request is out: the rest may finish in any order.
+    // Every request of `first` and `middle` is out, and `join!` polls
+    // `last` in its first pass, with nothing awaited in between: the rest
+    // may finish in any order.
+    let mut last = pin!(maybe_done(last(all_sent)));
     futures_util::join!(first.as_mut(), join_all(middle.iter_mut()), last.as_mut());
     let taken = "every future was run to completion above";
     (
         first.take_output().expect(taken),
         middle.iter_mut().map(|f| f.as_mut().take_output().expect(taken)).collect(),
         last.take_output().expect(taken),
+        all_sent,
     )
 }
 

@@ -339,11 +339,43 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     // delete is never grouped), the refused one among them: had any gone
     // out after the COMMIT, it would have deleted its lease on its own,
     // and its second try would find nothing (false).
-    let writes = (0..300).map(|i| match i {
-        150 => a.write(bad()),
-        _ => a.write(Write::Delete { id: LeaseId::parse(&format!("big/l{i:04}")).unwrap() }),
-    });
-    let results = futures_util::future::join_all(writes).await;
+    // They are queued while the writer waits on a row lock held here, so
+    // they make one batch.
+    db.su.batch_execute("BEGIN; SELECT 1 FROM leases WHERE id = 'burst/l0001' FOR UPDATE").await.unwrap();
+    let held = a.write(Write::Delete { id: LeaseId::parse("burst/l0001").unwrap() });
+    let queued = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: i64 =
+                db.su.query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[]).await.unwrap().get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the writer never waited on the lock");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let writes = join_all((0..300).map(|i| match i {
+            150 => a.write(bad()),
+            _ => a.write(Write::Delete { id: LeaseId::parse(&format!("big/l{i:04}")).unwrap() }),
+        }));
+        // Every write is queued once the join has been polled a few times
+        // (it takes 32 a poll); each yield here is one more poll.
+        let release = async {
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            db.su.batch_execute("COMMIT").await.unwrap();
+        };
+        tokio::join!(writes, release).0
+    };
+    let commits = a.commits();
+    let (held, results) = tokio::join!(held, queued);
+    assert!(held.unwrap());
+    assert!(
+        a.commits() - commits <= 3,
+        "{} batches: the writes were not queued together",
+        a.commits() - commits
+    );
     for (i, result) in results.iter().enumerate() {
         match i {
             150 => assert!(matches!(result, Err(StoreError::Io(_))), "{result:?}"),

@@ -390,8 +390,8 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     let later = (Utc::now() + chrono::Duration::hours(3)).trunc_subsecs(3);
     let activate = |i: usize| Write::Activate {
         id: id(i),
-        plugin_data: (i % 2 == 0).then(|| serde_json::json!({"n": i})),
-        expires_at: (i % 3 == 0).then_some(later),
+        plugin_data: i.is_multiple_of(2).then(|| serde_json::json!({"n": i})),
+        expires_at: i.is_multiple_of(3).then_some(later),
     };
     let answers = |results: Vec<Result<bool, StoreError>>| -> Vec<bool> {
         results.into_iter().map(|r| r.unwrap()).collect()
@@ -404,8 +404,14 @@ async fn nodes_starting_together_migrate_once_and_writes_share_commits() {
     assert_eq!(active.len(), 200, "l0100-l0299 active");
     for lease in &active {
         let i: usize = lease.id.as_str()["burst/l".len()..].parse().unwrap();
-        assert_eq!(lease.plugin_data, (i % 2 == 0).then(|| serde_json::json!({"n": i})), "{}", lease.id);
-        let expires_at = if i % 3 == 0 { later } else { lease.issued_at + chrono::Duration::hours(1) };
+        assert_eq!(
+            lease.plugin_data,
+            i.is_multiple_of(2).then(|| serde_json::json!({"n": i})),
+            "{}",
+            lease.id
+        );
+        let expires_at =
+            if i.is_multiple_of(3) { later } else { lease.issued_at + chrono::Duration::hours(1) };
         assert_eq!(lease.expires_at, expires_at, "{}", lease.id);
     }
     // One lease written twice in a batch goes one write at a time, in order.

@@ -8,9 +8,8 @@
 //!
 //! Each statement returns the ids it changed, and each write's answer is
 //! whether its id is among them: the answer its own statement would have
-//! given. A write applied alone is a group of one: these are the only
-//! statements for these four kinds. Only writes to leases no other write
-//! of the batch touches are grouped; the rest (and every kind that is rare) go one statement each,
+//! given. Only writes to leases no other write of the batch touches are
+//! grouped; the rest (and every kind that is rare) go one statement each,
 //! in their order, after the groups. Moving a write ahead of another on a
 //! different lease may change which of the two sees the other (a purge, a
 //! username freed and taken), but every write of a batch is in flight at
@@ -19,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::store::jobs::Job;
 use crate::store::{StoreError, Write};
@@ -35,7 +34,7 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    pub(super) fn of(write: &Write) -> Option<Self> {
+    fn of(write: &Write) -> Option<Self> {
         match write {
             Write::Insert(_) => Some(Self::Insert),
             Write::Activate { .. } => Some(Self::Activate),
@@ -54,8 +53,9 @@ pub(super) enum Part {
 }
 
 /// Splits `batch` into statements: a group per kind for the writes whose
-/// lease no other write of the batch touches, one statement for each other
-/// job. Groups come first; the jobs left alone keep their order.
+/// lease no other write of the batch touches (when there are two or more
+/// of them), one statement for each other job. Groups come first; the
+/// jobs left alone keep their order.
 pub(super) fn plan(batch: &[Job]) -> Vec<Part> {
     let mut writes_per_lease: HashMap<&str, usize> = HashMap::new();
     for job in batch {
@@ -78,8 +78,16 @@ pub(super) fn plan(batch: &[Job]) -> Vec<Part> {
             None => alone.push(i),
         }
     }
-    let groups = groups.into_iter().map(|(kind, members)| Part::Group(kind, members));
-    groups.chain(alone.into_iter().map(Part::One)).collect()
+    let mut parts = Vec::with_capacity(groups.len() + alone.len());
+    for (kind, members) in groups {
+        match members[..] {
+            [one] => alone.push(one),
+            _ => parts.push(Part::Group(kind, members)),
+        }
+    }
+    alone.sort_unstable();
+    parts.extend(alone.into_iter().map(Part::One));
+    parts
 }
 
 /// The grouped statements, prepared once per connection. Each takes one
@@ -150,25 +158,32 @@ impl Statements {
     }
 }
 
-/// Applies `writes` (all of `kind`) as one statement, sent at the
-/// future's first poll: a batch's group, or one write alone (a group of
-/// one). Each one's outcome, in order: the rows it changed (0 or 1), a
-/// duplicate for an insert that found its id or username taken, or the
-/// statement's failure for all.
+/// Applies the writes `members` of `batch` (all of `kind`) as one
+/// statement, sent at the future's first poll; each one's outcome, in
+/// order: the rows it changed (0 or 1), a duplicate for an insert that
+/// found its id or username taken, or the statement's failure for all.
 pub(super) async fn apply(
-    client: &impl GenericClient,
+    client: &Client,
     st: &Statements,
     kind: Kind,
-    writes: &[&Write],
+    batch: &[Job],
+    members: &[usize],
     node: &str,
 ) -> Vec<Result<u64, StoreError>> {
+    let writes: Vec<&Write> = members
+        .iter()
+        .map(|&i| match &batch[i] {
+            Job::Write(write, _) => write,
+            _ => unreachable!("only lease writes are grouped"),
+        })
+        .collect();
     let ids: Vec<&str> = writes.iter().map(|w| w.id().as_str()).collect();
     let changed = match kind {
-        Kind::Insert => insert(client, st, writes, &ids, node).await,
+        Kind::Insert => insert(client, st, &writes, &ids, node).await,
         Kind::Activate => {
             let mut data = Vec::with_capacity(writes.len());
             let mut expiries = Vec::with_capacity(writes.len());
-            for write in writes {
+            for write in &writes {
                 if let Write::Activate { plugin_data, expires_at, .. } = write {
                     data.push(plugin_data.as_ref());
                     expiries.push(expires_at.map(|t| t.timestamp_millis()));
@@ -193,10 +208,7 @@ pub(super) async fn apply(
     let changed: HashSet<String> = match changed {
         Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
         Err(e) => {
-            let message = match ids[..] {
-                [id] => format!("{}: {e}", kind.failed(id)),
-                _ => format!("{} {} leases, {} first: {e}", kind.doing(), ids.len(), ids[0]),
-            };
+            let message = format!("{} {} lease(s), {} first: {e}", kind.doing(), ids.len(), ids[0]);
             return writes.iter().map(|_| Err(StoreError::Io(message.clone()))).collect();
         }
     };
@@ -220,19 +232,11 @@ impl Kind {
             Self::Revoked => "mark revoked",
         }
     }
-
-    /// For messages: what the statement failed to do to lease `id`.
-    fn failed(self, id: &str) -> String {
-        match self {
-            Self::Revoked => format!("mark lease {id} revoked"),
-            _ => format!("{} lease {id}", self.doing()),
-        }
-    }
 }
 
 /// The inserts, one array per column.
 async fn insert(
-    client: &impl GenericClient,
+    client: &Client,
     st: &Statements,
     writes: &[&Write],
     ids: &[&str],

@@ -41,8 +41,12 @@ pub(super) struct Writer {
 /// The writer's statements, prepared once per connection, so each write is
 /// one message in the batch's pipeline.
 pub(super) struct Statements {
+    insert: Statement,
+    activate: Statement,
     renew: Statement,
+    start_revoking: Statement,
     revoke_failed: Statement,
+    revoked: Statement,
     reopen: Statement,
     delete: Statement,
     purge: Statement,
@@ -58,17 +62,38 @@ pub(super) struct Statements {
 impl Statements {
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
+            insert: client
+                .prepare(
+                    "INSERT INTO leases (id, role, connection, username, state, issued_at, expires_at, \
+                     max_expires_at, renewable, attempts, last_error, owner_uid, owner_gid, owner_pid, \
+                     plugin_data, revoked_at, owner_policy, idempotency, node, owner_unit) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .await?,
             // The writes that record work on a lease are fenced: they apply
             // only while this node ($node) holds the lease's claim or nobody
             // does, so a node that was out of touch for longer than the node
             // timeout cannot overwrite the work of the node that took over.
-            // Each ends the claim it was done under. (An insert, an
-            // activation, the start of a revocation and its end are
-            // `groups`' statements.)
+            // Each ends the claim it was done under.
+            activate: client
+                .prepare(
+                    "UPDATE leases SET state = 'active', plugin_data = $2, expires_at = coalesce($3, expires_at), \
+                     claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state = 'pending' AND (claimed_by IS NULL OR claimed_by = $4)",
+                )
+                .await?,
             renew: client
                 .prepare(
                     "UPDATE leases SET expires_at = $2, renewed_at = $4, claimed_by = NULL, claim_until = NULL \
                      WHERE id = $1 AND state = 'active' AND (claimed_by IS NULL OR claimed_by = $3)",
+                )
+                .await?,
+            start_revoking: client
+                .prepare(
+                    "UPDATE leases SET state = 'revoking', retry_at = $3 \
+                     WHERE id = $1 AND state IN ('pending', 'active', 'irrevocable') \
+                     AND (claimed_by IS NULL OR claimed_by = $2)",
                 )
                 .await?,
             revoke_failed: client
@@ -78,6 +103,12 @@ impl Statements {
                      claimed_by = NULL, claim_until = NULL \
                      WHERE id = $1 AND state IN ('revoking', 'irrevocable') \
                      AND (claimed_by IS NULL OR claimed_by = $6)",
+                )
+                .await?,
+            revoked: client
+                .prepare(
+                    "UPDATE leases SET state = 'revoked', revoked_at = $2, claimed_by = NULL, claim_until = NULL \
+                     WHERE id = $1 AND state <> 'revoked' AND (claimed_by IS NULL OR claimed_by = $3)",
                 )
                 .await?,
             // Not fenced: the credential this node just made must go, so
@@ -361,14 +392,7 @@ async fn apply_part(
     match part {
         groups::Part::One(i) => vec![(*i, apply(client, st, &batch[*i], node).await)],
         groups::Part::Group(kind, members) => {
-            let writes: Vec<&Write> = members
-                .iter()
-                .map(|&i| match &batch[i] {
-                    Job::Write(write, _) => write,
-                    _ => unreachable!("only lease writes are grouped"),
-                })
-                .collect();
-            let outcomes = groups::apply(client, &st.groups, *kind, &writes, node).await;
+            let outcomes = groups::apply(client, &st.groups, *kind, batch, members, node).await;
             members.iter().copied().zip(outcomes).collect()
         }
     }
@@ -391,15 +415,52 @@ async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) 
     };
     let id = write.id().as_str();
     match write {
-        // A group of one: the kinds `groups` has statements for.
-        Write::Insert(_) | Write::Activate { .. } | Write::StartRevoking { .. } | Write::Revoked { .. } => {
-            let kind = groups::Kind::of(write).expect("one of the grouped kinds");
-            groups::apply(tx, &st.groups, kind, &[write], node).await.pop().expect("one outcome per write")
+        Write::Insert(lease) => {
+            let inserted = tx
+                .execute(
+                    &st.insert,
+                    &[
+                        &id,
+                        &lease.role,
+                        &lease.connection,
+                        &lease.username,
+                        &lease.state.as_str(),
+                        &lease.issued_at.timestamp_millis(),
+                        &lease.expires_at.timestamp_millis(),
+                        &lease.max_expires_at.timestamp_millis(),
+                        &lease.renewable,
+                        &(lease.attempts as i32),
+                        &lease.last_error,
+                        &i64::from(lease.owner.uid),
+                        &i64::from(lease.owner.gid),
+                        &lease.owner.pid,
+                        &lease.plugin_data,
+                        &lease.revoked_at.map(|t| t.timestamp_millis()),
+                        &lease.owner.policy,
+                        &lease.idempotency,
+                        &node,
+                        &lease.owner.unit,
+                    ],
+                )
+                .await
+                .map_err(|e| failed(format!("insert lease {id}"), e))?;
+            if inserted == 0 {
+                return Err(StoreError::Duplicate(lease.id.clone()));
+            }
+            Ok(inserted)
         }
+        Write::Activate { plugin_data, expires_at, .. } => tx
+            .execute(&st.activate, &[&id, plugin_data, &expires_at.map(|t| t.timestamp_millis()), &node])
+            .await
+            .map_err(|e| failed(format!("activate lease {id}"), e)),
         Write::Renew { expires_at, renewed_at, .. } => tx
             .execute(&st.renew, &[&id, &expires_at.timestamp_millis(), &node, &renewed_at.timestamp_millis()])
             .await
             .map_err(|e| failed(format!("renew lease {id}"), e)),
+        Write::StartRevoking { .. } => tx
+            .execute(&st.start_revoking, &[&id, &node, &chrono::Utc::now().timestamp_millis()])
+            .await
+            .map_err(|e| failed(format!("start revoking lease {id}"), e)),
         Write::RevokeFailed { attempts, last_error, irrevocable, retry_at, .. } => tx
             .execute(
                 &st.revoke_failed,
@@ -407,6 +468,10 @@ async fn apply(tx: &impl GenericClient, st: &Statements, job: &Job, node: &str) 
             )
             .await
             .map_err(|e| failed(format!("record failed revocation of lease {id}"), e)),
+        Write::Revoked { at, .. } => tx
+            .execute(&st.revoked, &[&id, &at.timestamp_millis(), &node])
+            .await
+            .map_err(|e| failed(format!("mark lease {id} revoked"), e)),
         Write::Reopen { .. } => tx
             .execute(&st.reopen, &[&id, &node, &super::cluster::CLAIM_TTL_MS])
             .await

@@ -8,8 +8,10 @@
 //!
 //! Each statement returns the ids it changed, and each write's answer is
 //! whether its id is among them: the answer its own statement would have
-//! given. Only writes to leases no other write of the batch touches are
-//! grouped; the rest (and every kind that is rare) go one statement each,
+//! given. A write alone of its kind in its batch keeps its plain one-row
+//! statement (`writer.rs`): as a one-element `unnest` it cost the server
+//! more (BENCHMARKS.md, "The shared store's statements"). Only writes to
+//! leases no other write of the batch touches are grouped; the rest (and every kind that is rare) go one statement each,
 //! in their order, after the groups. Moving a write ahead of another on a
 //! different lease may change which of the two sees the other (a purge, a
 //! username freed and taken), but every write of a batch is in flight at

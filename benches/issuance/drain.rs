@@ -149,6 +149,14 @@ pub async fn phase(run: &Run<'_>, grp_rate: Option<f64>, openbao_rate: Option<f6
         delta("lessor_revoke_failures_total"),
     );
     print_drain_cpu(cpu, drained.max(1) as f64);
+    let commits = delta("lessor_store_commits_total");
+    println!(
+        "                     store: {commits:.0} commits, {:.3} per revocation, mean {:.2} ms{}",
+        commits / drained.max(1) as f64,
+        delta("lessor_store_commit_duration_seconds_sum") * 1000.0
+            / delta("lessor_store_commit_duration_seconds_count").max(1.0),
+        args.on_all_nodes(),
+    );
 
     let raw_rate = raw_drain(run).await?;
     println!(

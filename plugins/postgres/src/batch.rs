@@ -6,7 +6,7 @@
 //!    its own so it sticks whatever follows;
 //! 2. membership of the roles (PostgreSQL 15 does not give it to the
 //!    CREATEROLE admin that made them);
-//! 3. `pg_terminate_backend` over `usename = ANY(…)`, `REASSIGN OWNED BY
+//! 3. `pg_terminate_backend` over the roles' sessions, `REASSIGN OWNED BY
 //!    a, b, …`, `DROP OWNED BY a, b, …`, `DROP ROLE IF EXISTS a, b, …`: one
 //!    implicit transaction, so the roles are dropped only if their sessions
 //!    could be signalled.
@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::client::{check_username, quote_ident, PgPlugin};
 use crate::config::PgRole;
-use crate::revoke::pipelined;
+use crate::revoke::{pipelined, terminate_sessions};
 
 impl PgPlugin {
     /// [`Plugin::revoke_batch`]: `Ok` when every role of the batch is gone.
@@ -88,10 +88,11 @@ async fn recipe(client: &Object, usernames: &[&str]) -> bool {
         .join("; ");
     let grant = format!("GRANT {idents} TO CURRENT_USER");
     let end = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(ARRAY[{literals}]::name[]); \
+        "{}; \
          REASSIGN OWNED BY {idents} TO CURRENT_USER; \
          DROP OWNED BY {idents}; \
-         DROP ROLE IF EXISTS {idents}"
+         DROP ROLE IF EXISTS {idents}",
+        terminate_sessions(&format!("ARRAY[{literals}]::name[]"))
     );
     let results = pipelined(client, [&nologin, &grant, &end]).await;
     // A superuser admin needs no membership and may fail to get it.

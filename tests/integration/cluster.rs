@@ -161,7 +161,8 @@ async fn all_revoked(
 /// the last count may trail the store by a moment; more than `expected`
 /// is a lease revoked twice, and fails at once.
 async fn revocations_counted(nodes: &[&Daemon], before: f64, expected: usize, what: &str) {
-    wait_for(what, Duration::from_secs(30), || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let mut counted = before;
         for node in nodes {
             counted += node.metric(REVOKED).await;
@@ -170,9 +171,15 @@ async fn revocations_counted(nodes: &[&Daemon], before: f64, expected: usize, wh
             counted as usize <= expected,
             "{what}: {counted} revocations counted, {expected} revoked leases"
         );
-        (counted as usize == expected).then_some(())
-    })
-    .await;
+        if counted as usize == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {counted} revocations counted after 30 s, {expected} revoked leases"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

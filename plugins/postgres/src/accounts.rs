@@ -77,14 +77,8 @@ impl PgPlugin {
         let redactor = Redactor::default();
         let client = self.get(&cx, &redactor).await?;
         let token = client.cancel_token();
-        let work = async {
-            client
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                    &[&username],
-                )
-                .await
-        };
+        let work =
+            async { client.query(&crate::revoke::end_sessions_sql("ARRAY[$1]::name[]"), &[&username]).await };
         let rows = match deadline::run(self.operation_timeout, work, || self.tls.cancel(token)).await {
             Bounded::Done(result) => result.map_err(|e| classify(&e, &cx, &redactor))?,
             Bounded::TimedOut { settled } => return Err(self.abandon(client, settled, &cx)),

@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::client::{check_username, quote_ident, PgPlugin};
 use crate::config::PgRole;
-use crate::revoke::{pipelined, terminate_sessions};
+use crate::revoke::{end_sessions_sql, pipelined};
 
 impl PgPlugin {
     /// [`Plugin::revoke_batch`]: `Ok` when every role of the batch is gone.
@@ -92,7 +92,7 @@ async fn recipe(client: &Object, usernames: &[&str]) -> bool {
          REASSIGN OWNED BY {idents} TO CURRENT_USER; \
          DROP OWNED BY {idents}; \
          DROP ROLE IF EXISTS {idents}",
-        terminate_sessions(&format!("ARRAY[{literals}]::name[]"))
+        end_sessions_sql(&format!("ARRAY[{literals}]::name[]"))
     );
     let results = pipelined(client, [&nologin, &grant, &end]).await;
     // A superuser admin needs no membership and may fail to get it.

@@ -24,7 +24,7 @@ use crate::error::classify;
 /// such check, a tenth of its CPU in a drain (BENCHMARKS.md, "Ending
 /// sessions without `pg_stat_activity`"). `pg_terminate_backend` still
 /// checks the admin's right to signal each session it ends.
-pub(crate) fn terminate_sessions(names: &str) -> String {
+pub(crate) fn end_sessions_sql(names: &str) -> String {
     format!(
         "SELECT pg_terminate_backend(pg_stat_get_backend_pid(s.id)) FROM pg_stat_get_backend_idset() AS s(id) \
          WHERE pg_stat_get_backend_userid(s.id) IN (SELECT oid FROM pg_roles WHERE rolname = ANY({names}))"
@@ -57,7 +57,7 @@ impl PgPlugin {
 
         // 2. End live sessions: NOLOGIN does not, and DROP ROLE leaves them
         // running under a dangling identity.
-        let terminate = terminate_sessions("ARRAY[$1]::name[]");
+        let terminate = end_sessions_sql("ARRAY[$1]::name[]");
         let steps: [(&str, Step<'_>); 4] = [
             ("terminate sessions", Step::Query(&terminate)),
             ("REASSIGN OWNED", Step::Batch(format!("REASSIGN OWNED BY {ident} TO CURRENT_USER"))),
@@ -119,7 +119,7 @@ impl PgPlugin {
              REASSIGN OWNED BY {ident} TO CURRENT_USER; \
              DROP OWNED BY {ident}; \
              DROP ROLE IF EXISTS {ident}",
-            terminate_sessions(&format!("ARRAY['{literal}']::name[]"))
+            end_sessions_sql(&format!("ARRAY['{literal}']::name[]"))
         );
         let results = pipelined(client, [&nologin, &grant, &end]).await;
         let gone = results.iter().any(|r| matches!(r, Err(e) if is_undefined_object(e)));

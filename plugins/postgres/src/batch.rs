@@ -28,7 +28,7 @@ use tracing::debug;
 
 use crate::client::{check_username, quote_ident, PgPlugin};
 use crate::config::PgRole;
-use crate::revoke::{end_sessions_sql, pipelined};
+use crate::revoke::{end_sessions_of, pipelined};
 
 impl PgPlugin {
     /// [`Plugin::revoke_batch`]: `Ok` when every role of the batch is gone.
@@ -79,8 +79,6 @@ async fn recipe(client: &Object, usernames: &[&str]) -> bool {
         return true;
     }
     let idents = present.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
-    let literals =
-        present.iter().map(|n| format!("'{}'", n.replace('\'', "''"))).collect::<Vec<_>>().join(", ");
     let nologin = present
         .iter()
         .map(|n| format!("ALTER ROLE {} NOLOGIN", quote_ident(n)))
@@ -92,7 +90,7 @@ async fn recipe(client: &Object, usernames: &[&str]) -> bool {
          REASSIGN OWNED BY {idents} TO CURRENT_USER; \
          DROP OWNED BY {idents}; \
          DROP ROLE IF EXISTS {idents}",
-        end_sessions_sql(&format!("ARRAY[{literals}]::name[]"))
+        end_sessions_of(&present)
     );
     let results = pipelined(client, [&nologin, &grant, &end]).await;
     // A superuser admin needs no membership and may fail to get it.

@@ -31,6 +31,15 @@ pub(crate) fn end_sessions_sql(names: &str) -> String {
     )
 }
 
+/// [`end_sessions_sql`] for roles named in the statement itself, each
+/// quoted as a string literal (for messages of several statements, which
+/// take no parameters).
+pub(crate) fn end_sessions_of<S: AsRef<str>>(names: &[S]) -> String {
+    let literals =
+        names.iter().map(|n| format!("'{}'", n.as_ref().replace('\'', "''"))).collect::<Vec<_>>().join(", ");
+    end_sessions_sql(&format!("ARRAY[{literals}]::name[]"))
+}
+
 impl PgPlugin {
     pub(crate) async fn revoke_default(
         &self,
@@ -113,13 +122,12 @@ impl PgPlugin {
     async fn revoke_pipelined(&self, client: &Object, username: &str, ident: &str) -> bool {
         let nologin = format!("ALTER ROLE {ident} NOLOGIN");
         let grant = format!("GRANT {ident} TO CURRENT_USER");
-        let literal = username.replace('\'', "''");
         let end = format!(
             "{}; \
              REASSIGN OWNED BY {ident} TO CURRENT_USER; \
              DROP OWNED BY {ident}; \
              DROP ROLE IF EXISTS {ident}",
-            end_sessions_sql(&format!("ARRAY['{literal}']::name[]"))
+            end_sessions_of(&[username])
         );
         let results = pipelined(client, [&nologin, &grant, &end]).await;
         let gone = results.iter().any(|r| matches!(r, Err(e) if is_undefined_object(e)));

@@ -171,9 +171,13 @@ async fn failed_revocations_are_counted_by_connection() {
 
     // Back up: the retry (or a revocation by hand) gets through.
     proxy.restore();
+    // The revoked counter and the leases-by-state gauge move one after the
+    // other: wait for both.
     let up = wait_for("the revocation to get through", Duration::from_secs(30), || async {
         let m = Metrics::scrape(&daemon).await;
-        (m.value("lessor_leases_revoked_total", &pg) == 1.0).then_some(m)
+        (m.value("lessor_leases_revoked_total", &pg) == 1.0
+            && m.value("lessor_leases", &[("role", &role), ("state", "revoking")]) == 0.0)
+            .then_some(m)
     })
     .await;
     assert!(!db.role_exists(&username).await);
